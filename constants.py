@@ -1,0 +1,135 @@
+"""Task configurations and fixed robot constants.
+
+Users add a task by adding an entry to SIM_TASK_CONFIGS. Dataset directories default to
+`<repo>/data/<task_name>`; set the environment variable ACT_DATA_DIR to keep data elsewhere,
+or pass --dataset_dir to the scripts for a one-off run.
+"""
+import os
+import pathlib
+
+REPO_DIR = pathlib.Path(__file__).parent.resolve()
+DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all task datasets
+
+
+def _sim_task(name, episode_len, camera_names=('top',), num_episodes=50):
+    return {
+        'dataset_dir': os.path.join(DATA_DIR, name),
+        'num_episodes': num_episodes,
+        'episode_len': episode_len,  # control steps per episode
+        'camera_names': list(camera_names),
+    }
+
+
+### Task parameters (episode lengths and cameras as in the original)
+SIM_TASK_CONFIGS = {
+    'sim_transfer_cube_scripted': _sim_task('sim_transfer_cube_scripted', 400),
+    'sim_transfer_cube_human': _sim_task('sim_transfer_cube_human', 400),
+    'sim_insertion_scripted': _sim_task('sim_insertion_scripted', 400),
+    'sim_insertion_human': _sim_task('sim_insertion_human', 500),
+}
+
+
+def get_sim_task_config(task_name):
+    """Return the config of a sim task, or raise a KeyError that lists the known tasks."""
+    if task_name not in SIM_TASK_CONFIGS:
+        known = ', '.join(sorted(SIM_TASK_CONFIGS))
+        raise KeyError(f"unknown task '{task_name}': known sim tasks are {known} "
+                       f"(add yours to SIM_TASK_CONFIGS in constants.py)")
+    return SIM_TASK_CONFIGS[task_name]
+
+
+### Simulation envs fixed constants
+DT = 0.02  # seconds per control step (50 Hz)
+JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
+# per arm: 6 joints, then the two finger joints (left finger, right finger = -left finger)
+START_ARM_POSE = [0, -0.96, 1.16, 0, -0.3, 0, 0.02239, -0.02239,
+                  0, -0.96, 1.16, 0, -0.3, 0, 0.02239, -0.02239]
+
+# Left finger position limits (qpos[7]), right_finger = -1 * left_finger
+MASTER_GRIPPER_POSITION_OPEN = 0.02417
+MASTER_GRIPPER_POSITION_CLOSE = 0.01244
+PUPPET_GRIPPER_POSITION_OPEN = 0.05800
+PUPPET_GRIPPER_POSITION_CLOSE = 0.01844
+
+# Gripper joint limits (qpos[6])
+MASTER_GRIPPER_JOINT_OPEN = 0.3083
+MASTER_GRIPPER_JOINT_CLOSE = -0.6842
+PUPPET_GRIPPER_JOINT_OPEN = 1.4910
+PUPPET_GRIPPER_JOINT_CLOSE = -0.6213
+MASTER_GRIPPER_JOINT_MID = (MASTER_GRIPPER_JOINT_OPEN + MASTER_GRIPPER_JOINT_CLOSE) / 2
+
+
+############################ Helper functions ############################
+# Gripper values are normalised to 0 (closed) .. 1 (open). The upper-case names are the
+# original's and are kept because user code imports them.
+
+def _normalize(x, close, open_):
+    return (x - close) / (open_ - close)
+
+
+def _unnormalize(x, close, open_):
+    return x * (open_ - close) + close
+
+
+def MASTER_GRIPPER_POSITION_NORMALIZE_FN(x):
+    return _normalize(x, MASTER_GRIPPER_POSITION_CLOSE, MASTER_GRIPPER_POSITION_OPEN)
+
+
+def PUPPET_GRIPPER_POSITION_NORMALIZE_FN(x):
+    return _normalize(x, PUPPET_GRIPPER_POSITION_CLOSE, PUPPET_GRIPPER_POSITION_OPEN)
+
+
+def MASTER_GRIPPER_POSITION_UNNORMALIZE_FN(x):
+    return _unnormalize(x, MASTER_GRIPPER_POSITION_CLOSE, MASTER_GRIPPER_POSITION_OPEN)
+
+
+def PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN(x):
+    return _unnormalize(x, PUPPET_GRIPPER_POSITION_CLOSE, PUPPET_GRIPPER_POSITION_OPEN)
+
+
+def MASTER2PUPPET_POSITION_FN(x):
+    return PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN(MASTER_GRIPPER_POSITION_NORMALIZE_FN(x))
+
+
+def MASTER_GRIPPER_JOINT_NORMALIZE_FN(x):
+    return _normalize(x, MASTER_GRIPPER_JOINT_CLOSE, MASTER_GRIPPER_JOINT_OPEN)
+
+
+def PUPPET_GRIPPER_JOINT_NORMALIZE_FN(x):
+    return _normalize(x, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN)
+
+
+def MASTER_GRIPPER_JOINT_UNNORMALIZE_FN(x):
+    return _unnormalize(x, MASTER_GRIPPER_JOINT_CLOSE, MASTER_GRIPPER_JOINT_OPEN)
+
+
+def PUPPET_GRIPPER_JOINT_UNNORMALIZE_FN(x):
+    return _unnormalize(x, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN)
+
+
+def MASTER2PUPPET_JOINT_FN(x):
+    return PUPPET_GRIPPER_JOINT_UNNORMALIZE_FN(MASTER_GRIPPER_JOINT_NORMALIZE_FN(x))
+
+
+def MASTER_GRIPPER_VELOCITY_NORMALIZE_FN(x):
+    return x / (MASTER_GRIPPER_POSITION_OPEN - MASTER_GRIPPER_POSITION_CLOSE)
+
+
+def PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN(x):
+    return x / (PUPPET_GRIPPER_POSITION_OPEN - PUPPET_GRIPPER_POSITION_CLOSE)
+
+
+def MASTER_POS2JOINT(x):
+    return MASTER_GRIPPER_POSITION_NORMALIZE_FN(x) * (MASTER_GRIPPER_JOINT_OPEN - MASTER_GRIPPER_JOINT_CLOSE) + MASTER_GRIPPER_JOINT_CLOSE
+
+
+def MASTER_JOINT2POS(x):
+    return MASTER_GRIPPER_POSITION_UNNORMALIZE_FN(MASTER_GRIPPER_JOINT_NORMALIZE_FN(x))
+
+
+def PUPPET_POS2JOINT(x):
+    return PUPPET_GRIPPER_POSITION_NORMALIZE_FN(x) * (PUPPET_GRIPPER_JOINT_OPEN - PUPPET_GRIPPER_JOINT_CLOSE) + PUPPET_GRIPPER_JOINT_CLOSE
+
+
+def PUPPET_JOINT2POS(x):
+    return PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN(PUPPET_GRIPPER_JOINT_NORMALIZE_FN(x))
