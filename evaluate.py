@@ -1,0 +1,418 @@
+"""Policy evaluation: roll a trained policy out in simulation (or on the real robot) and report.
+
+`eval_bc(config, ckpt_name)` is what `imitate_episodes.py --eval` runs. It behaves like the
+original's: a fixed evaluation seed, one object pose per rollout from the original samplers, the
+policy queried every `num_queries` steps (or every step with temporal ensembling), one printed
+line per rollout, the success/return summary and `result_<ckpt>.txt`, and `video<i>.mp4` per
+rollout. Differences: temporal ensembling keeps only the last `num_queries` chunks (the original
+kept an episode_len x (episode_len + num_queries) buffer) with identical results; only the
+cameras the policy uses are rendered, at the size it was trained on; rollouts may run in several
+processes (`eval_workers`) with the same per-rollout results.
+"""
+import multiprocessing
+import os
+import pickle
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+from constants import DT
+
+### Fixed evaluation settings (the original's values)
+EVAL_SEED = 1000  # set before the object poses are sampled
+TEMPORAL_AGG_K = 0.01  # ensembling weight exp(-k * i), i = 0 for the oldest prediction
+ONSCREEN_CAM = 'angle'  # camera shown by --onscreen_render
+ONSCREEN_HW = (480, 640)  # size of the onscreen view
+DEFAULT_IMAGE_HW = (480, 640)  # render size when config['image_size'] is None
+VIDEO_FPS = int(1 / DT)  # 50 frames per second: one frame per control step
+NON_INTERACTIVE_BACKENDS = {'agg', 'pdf', 'ps', 'svg', 'pgf', 'cairo', 'template'}
+
+
+class TemporalEnsembler:
+    """Temporal ensembling of action chunks, in memory that grows with the chunk size only.
+
+    Call it once per control step with the chunk predicted at that step. It returns the weighted
+    average of every stored prediction for the current step, weights exp(-k * i) with i = 0 for the
+    oldest prediction, normalised to sum 1 -- exactly the original's average over its
+    [episode_len, episode_len + chunk_size, action_dim] buffer, from a ring buffer of the last
+    chunk_size chunks.
+    """
+
+    def __init__(self, chunk_size, action_dim, k=TEMPORAL_AGG_K, device='cpu'):
+        self.chunk_size = chunk_size
+        self.k = k
+        self.chunks = torch.zeros(chunk_size, chunk_size, action_dim, device=device)  # (K, K, A) ring
+        self.t = 0
+
+    def reset(self):
+        self.chunks.zero_()
+        self.t = 0
+
+    def __call__(self, chunk):
+        """chunk (1, K, A) predicted at the current step -> action (1, A) float64 for this step."""
+        K, t = self.chunk_size, self.t
+        self.chunks[t % K] = chunk[0]
+        query_steps = torch.arange(max(0, t - K + 1), t + 1, device=self.chunks.device)  # oldest first
+        predictions = self.chunks[query_steps % K, t - query_steps]  # (n, A)
+        # NOTE(faithful): the original found the filled rows of its zero-initialised buffer by
+        # testing for non-zero values, so a prediction with any component exactly 0.0 is left out.
+        predictions = predictions[torch.all(predictions != 0, dim=1)]
+        weights = np.exp(-self.k * np.arange(len(predictions)))
+        weights = weights / weights.sum()
+        weights = torch.from_numpy(weights).to(self.chunks.device).unsqueeze(dim=1)  # (n, 1) float64
+        self.t += 1
+        return (predictions * weights).sum(dim=0, keepdim=True)
+
+
+class ChunkedController:
+    """Turns a policy into one normalised action per step: query every `query_frequency` steps and
+    play the chunk, or (temporal ensembling) query every step and ensemble the overlapping chunks."""
+
+    def __init__(self, policy, num_queries, temporal_agg, action_dim, device):
+        self.policy = policy
+        self.query_frequency = 1 if temporal_agg else num_queries
+        self.ensembler = TemporalEnsembler(num_queries, action_dim, device=device) if temporal_agg else None
+        self.chunk = None
+
+    def reset(self):
+        self.chunk = None
+        if self.ensembler is not None:
+            self.ensembler.reset()
+
+    def __call__(self, t, qpos, image):
+        """qpos (1, S), image (1, num_cams, 3, H, W) -> normalised action (A,) numpy."""
+        if t % self.query_frequency == 0:
+            self.chunk = self.policy(qpos, image)  # (1, K, A)
+        if self.ensembler is not None:
+            raw_action = self.ensembler(self.chunk)
+        else:
+            raw_action = self.chunk[:, t % self.query_frequency]
+        return raw_action.squeeze(0).cpu().numpy()
+
+
+def summary_text(highest_rewards, episode_returns, max_reward):
+    """The original's summary: success rate, average return and the `Reward >= r` table."""
+    num_rollouts = len(highest_rewards)
+    highest_rewards = np.array(highest_rewards)
+    success_rate = np.mean(highest_rewards == max_reward)
+    avg_return = np.mean(episode_returns)
+    text = f'\nSuccess rate: {success_rate}\nAverage return: {avg_return}\n\n'
+    for r in range(max_reward + 1):
+        count = (highest_rewards >= r).sum()
+        rate = count / num_rollouts
+        text += f'Reward >= {r}: {count}/{num_rollouts} = {rate * 100}%\n'
+    return text
+
+
+def result_file_name(ckpt_name):
+    """'policy_best.ckpt' -> 'result_policy_best.txt'."""
+    base = os.path.basename(ckpt_name)
+    return f"result_{base[:-len('.ckpt')] if base.endswith('.ckpt') else base}.txt"
+
+
+def write_result_file(path, summary, episode_returns, highest_rewards):
+    """The original's result file: the summary, then the returns and highest rewards as lists."""
+    tmp_path = path + '.tmp'
+    with open(tmp_path, 'w') as f:
+        f.write(summary)
+        f.write(repr(list(episode_returns)))
+        f.write('\n\n')
+        f.write(repr(list(highest_rewards)))
+    os.replace(tmp_path, path)
+
+
+def _python_number(x):
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def episode_outcome(rewards):
+    """Per-step rewards -> (episode return, highest reward) as plain Python numbers."""
+    rewards = np.array(rewards)
+    # NOTE(faithful): steps without a reward (None) are left out of the return, as in the original.
+    rewards = rewards[rewards != None]  # noqa: E711 (element-wise comparison)
+    if len(rewards) == 0:
+        return 0, 0
+    return _python_number(np.sum(rewards)), _python_number(np.max(rewards))
+
+
+### Loading
+def _train_command(config):
+    return (f"python imitate_episodes.py --task_name {config['task_name']} --ckpt_dir {config['ckpt_dir']} "
+            f"--policy_class {config['policy_class']} ... (the flags used for training, without --eval)")
+
+
+def load_stats(config):
+    """dataset_stats.pkl of the checkpoint directory, checked against the configured sizes."""
+    stats_path = os.path.join(config['ckpt_dir'], 'dataset_stats.pkl')
+    if not os.path.isfile(stats_path):
+        raise FileNotFoundError(f'dataset statistics not found: {stats_path}; training writes it: '
+                                f'{_train_command(config)}')
+    with open(stats_path, 'rb') as f:
+        stats = pickle.load(f)
+    expected = {'qpos_mean': config['state_dim'], 'qpos_std': config['state_dim'],
+                'action_mean': config['action_dim'], 'action_std': config['action_dim']}
+    for key, size in expected.items():
+        if key not in stats:
+            raise KeyError(f"{stats_path} has no '{key}' (keys: {sorted(stats)})")
+        if np.shape(stats[key]) != (size,):
+            raise ValueError(f"{stats_path}: '{key}' has shape {np.shape(stats[key])} but the policy "
+                             f"expects ({size},) (state_dim={config['state_dim']}, "
+                             f"action_dim={config['action_dim']}); the statistics and the checkpoint "
+                             f"come from different runs or the size flags differ from training")
+    return stats
+
+
+def load_policy(config, ckpt_name):
+    """Build the configured policy and load the checkpoint into it, on config['device']."""
+    from policy import make_policy
+    ckpt_path = os.path.join(config['ckpt_dir'], ckpt_name)
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f'checkpoint not found: {ckpt_path}; train one first: {_train_command(config)} '
+                                f'or pick another checkpoint with --eval_ckpt')
+    device = config.get('device', 'cpu')
+    policy = make_policy(config['policy_class'], config['policy_config'])
+    try:
+        policy.deserialize(torch.load(ckpt_path, map_location=device))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ValueError(f'{ckpt_path} does not match the {config["policy_class"]} policy built from the '
+                         f'given flags (chunk size, state/action size, model size must be those used '
+                         f'for training): {e}') from e
+    policy.to(device)
+    policy.eval()
+    return policy
+
+
+### Environments
+def image_hw(config):
+    return tuple(config.get('image_size') or DEFAULT_IMAGE_HW)
+
+
+def make_env(config):
+    """-> (env, max_reward). Sim tasks render only the policy's cameras at the policy's size."""
+    if config['real_robot']:
+        import real_robot
+        env = real_robot.make_eval_env(backend=config['robot_backend'], driver=config['robot_driver'])
+        # NOTE(faithful): the real robot gives no reward, so "success" is a highest reward of 0.
+        return env, 0
+    from sim_env import make_sim_env
+    env = make_sim_env(config['task_name'], camera_names=config['camera_names'], image_size=image_hw(config))
+    return env, env.task.max_reward
+
+
+def sample_rollout_poses(task_name, num_rollouts):
+    """Object pose of every rollout, drawn in rollout order from the global numpy RNG."""
+    from sim_env import sample_object_pose
+    return [sample_object_pose(task_name, rng=np.random) for _ in range(num_rollouts)]
+
+
+def get_image(ts, camera_names, size, device):
+    """Observation images -> (1, num_cams, 3, H, W) float32 in [0, 1], and the video frame."""
+    frames = np.stack([ts.observation['images'][cam] for cam in camera_names])  # (num_cams, h, w, 3)
+    if frames.shape[1:3] != tuple(size):
+        from utils import resize_images
+        frames = resize_images(frames, size)
+    image = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).unsqueeze(0)  # (1, num_cams, 3, H, W)
+    video_frame = np.concatenate(list(frames), axis=1)  # (H, W * num_cams, 3)
+    return image.float() / 255.0, video_frame
+
+
+### Output
+class VideoWriter:
+    """H.264 mp4 written frame by frame under a temporary name, renamed into place on close."""
+
+    def __init__(self, path, fps=VIDEO_FPS):
+        import imageio
+        self.path = path
+        self.tmp_path = os.path.join(os.path.dirname(path) or '.', '.tmp_' + os.path.basename(path))
+        self.writer = imageio.get_writer(self.tmp_path, format='FFMPEG', fps=fps, codec='libx264',
+                                         macro_block_size=2, ffmpeg_log_level='error')
+
+    def append(self, frame):
+        self.writer.append_data(frame)
+
+    def close(self):
+        self.writer.close()
+        os.replace(self.tmp_path, self.path)
+
+
+class OnscreenView:
+    """Live view of the 'angle' camera in a matplotlib window."""
+
+    def __init__(self):
+        import matplotlib.pyplot as plt
+        self.plt = plt
+        self.ax = plt.subplot()
+        self.image = None
+        plt.ion()
+
+    def show(self, env):
+        frame = env.physics.render(height=ONSCREEN_HW[0], width=ONSCREEN_HW[1], camera_id=ONSCREEN_CAM)
+        if self.image is None:
+            self.image = self.ax.imshow(frame)
+        self.image.set_data(frame)
+        self.plt.pause(DT)
+
+    def close(self):
+        self.plt.close()
+
+
+def display_available():
+    if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        return False
+    import matplotlib.pyplot as plt
+    return plt.get_backend().lower() not in NON_INTERACTIVE_BACKENDS
+
+
+def rollout_line(rollout_id, episode_return, highest_reward, max_reward):
+    return (f'Rollout {rollout_id}\nepisode_return={episode_return}, episode_highest_reward={highest_reward}, '
+            f'env_max_reward={max_reward}, Success: {highest_reward == max_reward}')
+
+
+### Rollouts
+class Evaluator:
+    """Everything one process needs to run rollouts: env, policy, pre/post-processing."""
+
+    def __init__(self, config, policy, stats):
+        from utils import get_pre_post_process
+        self.config = config
+        self.device = config.get('device', 'cpu')
+        self.policy = policy
+        self.pre_process, self.post_process = get_pre_post_process(stats, config['policy_class'])
+        self.env, self.max_reward = make_env(config)
+        policy_config = config['policy_config']
+        self.controller = ChunkedController(self.policy, policy_config['num_queries'], config['temporal_agg'],
+                                            config['action_dim'], self.device)
+        self.view = OnscreenView() if config['onscreen_render'] and not config['real_robot'] else None
+
+    def rollout(self, rollout_id, pose=None, video_path=None):
+        """One episode -> dict with rollout_id, episode_return, highest_reward, max_reward, rewards,
+        final_qpos."""
+        # fixes the sampling noise of stochastic policies (Diffusion); ACT and CNNMLP use none
+        torch.manual_seed(EVAL_SEED + rollout_id)
+        if pose is not None:
+            self.env.task.set_object_pose(pose)
+        ts = self.env.reset()
+        self.controller.reset()
+        video = VideoWriter(video_path) if video_path else None
+        rewards = []
+        with torch.inference_mode():
+            for t in range(self.config['episode_len']):
+                if self.view is not None:
+                    self.view.show(self.env)
+                qpos_numpy = np.array(ts.observation['qpos'])
+                qpos = torch.from_numpy(self.pre_process(qpos_numpy)).float().to(self.device).unsqueeze(0)  # (1, S)
+                image, frame = get_image(ts, self.config['camera_names'], image_hw(self.config), self.device)
+                if video is not None:
+                    video.append(frame)
+                action = self.post_process(self.controller(t, qpos, image))  # (A,)
+                ts = self.env.step(action)
+                rewards.append(ts.reward)
+        if video is not None:
+            video.close()
+        if self.view is not None:
+            self.view.close()
+        if self.config['real_robot']:
+            import real_robot
+            real_robot.open_grippers(self.env, self.config['robot_backend'])
+        episode_return, highest_reward = episode_outcome(rewards)
+        return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
+                'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos'])}
+
+
+def _video_path(config, rollout_id, save_episode):
+    if save_episode and config.get('save_video', True):
+        return os.path.join(config['ckpt_dir'], f'video{rollout_id}.mp4')
+    return None
+
+
+_WORKER = {}  # the Evaluator of a worker process
+
+
+def _init_worker(config, ckpt_name, num_threads):
+    torch.set_num_threads(num_threads)
+    _WORKER['evaluator'] = Evaluator(config, load_policy(config, ckpt_name), load_stats(config))
+
+
+def _worker_rollout(job):
+    rollout_id, pose, video_path = job
+    return _WORKER['evaluator'].rollout(rollout_id, pose, video_path)
+
+
+def run_parallel(config, ckpt_name, jobs, num_workers):
+    """Yield rollout results in rollout order from `num_workers` processes, each with its own
+    env and policy loaded from the checkpoint."""
+    num_threads = max(1, torch.get_num_threads() // num_workers)
+    method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
+    context = multiprocessing.get_context(method)
+    with context.Pool(num_workers, initializer=_init_worker, initargs=(config, ckpt_name, num_threads)) as pool:
+        yield from pool.imap(_worker_rollout, jobs)
+
+
+def _prompt_between_rollouts(rollout_id):
+    if sys.stdin is not None and sys.stdin.isatty():
+        input(f'Reset the scene for rollout {rollout_id}, then press Enter to start it...')
+
+
+def _rollouts_in_process(evaluator, jobs, real_robot):
+    for rollout_id, pose, video_path in jobs:
+        if real_robot:
+            _prompt_between_rollouts(rollout_id)
+        yield evaluator.rollout(rollout_id, pose, video_path)
+
+
+def eval_bc(config, ckpt_name, save_episode=True):
+    """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return)."""
+    from utils import set_seed
+    set_seed(EVAL_SEED)
+    config, num_workers = _checked_settings(config)
+    num_rollouts = config.get('num_rollouts', 50)
+    policy = load_policy(config, ckpt_name)  # bad inputs fail here, before any worker starts
+    stats = load_stats(config)
+    print(f'Loaded: {os.path.join(config["ckpt_dir"], ckpt_name)}')
+    if config['real_robot']:
+        poses = [None] * num_rollouts
+    else:
+        poses = sample_rollout_poses(config['task_name'], num_rollouts)
+    jobs = [(i, poses[i], _video_path(config, i, save_episode)) for i in range(num_rollouts)]
+    if num_workers == 1:
+        results = _rollouts_in_process(Evaluator(config, policy, stats), jobs, config['real_robot'])
+    else:
+        del policy
+        results = run_parallel(config, ckpt_name, jobs, num_workers)
+
+    episode_returns, highest_rewards = [], []
+    for result in results:
+        max_reward = result['max_reward']
+        episode_returns.append(result['episode_return'])
+        highest_rewards.append(result['highest_reward'])
+        print(rollout_line(result['rollout_id'], result['episode_return'], result['highest_reward'], max_reward))
+        if jobs[result['rollout_id']][2] is not None:
+            print(f'Saved video to: {jobs[result["rollout_id"]][2]}')
+
+    summary = summary_text(highest_rewards, episode_returns, max_reward)
+    print(summary)
+    write_result_file(os.path.join(config['ckpt_dir'], result_file_name(ckpt_name)), summary,
+                      episode_returns, highest_rewards)
+    return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))
+
+
+def _checked_settings(config):
+    """-> (config, number of worker processes), with settings that cannot apply turned off loudly."""
+    num_workers = config.get('eval_workers', 1)
+    if config.get('num_rollouts', 50) < 1:
+        raise ValueError(f"--num_rollouts must be at least 1, got {config['num_rollouts']}")
+    if num_workers < 1:
+        raise ValueError(f'--eval_workers must be at least 1, got {num_workers}')
+    if config['real_robot'] and num_workers > 1:
+        warnings.warn('--eval_workers is ignored on the real robot: rollouts run one at a time')
+        num_workers = 1
+    if config['onscreen_render'] and not config['real_robot'] and not display_available():
+        warnings.warn('--onscreen_render: no display found (set DISPLAY or use an interactive matplotlib '
+                      'backend); evaluating without the live view')
+        config = dict(config, onscreen_render=False)
+    if config['onscreen_render'] and num_workers > 1:
+        warnings.warn('--onscreen_render shows one process only: running rollouts with --eval_workers 1')
+        num_workers = 1
+    return config, num_workers
