@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -209,13 +210,11 @@ def sample_rollout_poses(task_name, num_rollouts):
 
 def get_image(ts, camera_names, size, device):
     """Observation images -> (1, num_cams, 3, H, W) float32 in [0, 1], and the video frame."""
+    from utils import image_to_tensor, resize_images
     frames = np.stack([ts.observation['images'][cam] for cam in camera_names])  # (num_cams, h, w, 3)
-    if frames.shape[1:3] != tuple(size):
-        from utils import resize_images
-        frames = resize_images(frames, size)
-    image = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).unsqueeze(0)  # (1, num_cams, 3, H, W)
+    frames = resize_images(frames, size)  # (num_cams, H, W, 3); real-robot cameras may differ in size
     video_frame = np.concatenate(list(frames), axis=1)  # (H, W * num_cams, 3)
-    return image.float() / 255.0, video_frame
+    return image_to_tensor(frames, device).unsqueeze(0), video_frame
 
 
 ### Output
@@ -288,7 +287,8 @@ class Evaluator:
 
     def rollout(self, rollout_id, pose=None, video_path=None):
         """One episode -> dict with rollout_id, episode_return, highest_reward, max_reward, rewards,
-        final_qpos."""
+        final_qpos, final_env_state (sim), video_path and wall_s."""
+        start = time.perf_counter()
         # fixes the sampling noise of stochastic policies (Diffusion); ACT and CNNMLP use none
         torch.manual_seed(EVAL_SEED + rollout_id)
         if pose is not None:
@@ -318,7 +318,9 @@ class Evaluator:
             real_robot.open_grippers(self.env, self.config['robot_backend'])
         episode_return, highest_reward = episode_outcome(rewards)
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
-                'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos'])}
+                'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
+                'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
+                'wall_s': time.perf_counter() - start}
 
 
 def _video_path(config, rollout_id, save_episode):
@@ -364,6 +366,24 @@ def _rollouts_in_process(evaluator, jobs, real_robot):
 
 def eval_bc(config, ckpt_name, save_episode=True):
     """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return)."""
+    episode_returns, highest_rewards = [], []
+    for result in rollout_results(config, ckpt_name, save_episode):
+        max_reward = result['max_reward']
+        episode_returns.append(result['episode_return'])
+        highest_rewards.append(result['highest_reward'])
+        print(rollout_line(result['rollout_id'], result['episode_return'], result['highest_reward'], max_reward))
+        if result['video_path'] is not None:
+            print(f'Saved video to: {result["video_path"]}')
+
+    summary = summary_text(highest_rewards, episode_returns, max_reward)
+    print(summary)
+    write_result_file(os.path.join(config['ckpt_dir'], result_file_name(ckpt_name)), summary,
+                      episode_returns, highest_rewards)
+    return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))
+
+
+def rollout_results(config, ckpt_name, save_episode=True):
+    """Yield the result dict of every rollout, in rollout order, from one or several processes."""
     from utils import set_seed
     set_seed(EVAL_SEED)
     config, num_workers = _checked_settings(config)
@@ -377,25 +397,10 @@ def eval_bc(config, ckpt_name, save_episode=True):
         poses = sample_rollout_poses(config['task_name'], num_rollouts)
     jobs = [(i, poses[i], _video_path(config, i, save_episode)) for i in range(num_rollouts)]
     if num_workers == 1:
-        results = _rollouts_in_process(Evaluator(config, policy, stats), jobs, config['real_robot'])
+        yield from _rollouts_in_process(Evaluator(config, policy, stats), jobs, config['real_robot'])
     else:
         del policy
-        results = run_parallel(config, ckpt_name, jobs, num_workers)
-
-    episode_returns, highest_rewards = [], []
-    for result in results:
-        max_reward = result['max_reward']
-        episode_returns.append(result['episode_return'])
-        highest_rewards.append(result['highest_reward'])
-        print(rollout_line(result['rollout_id'], result['episode_return'], result['highest_reward'], max_reward))
-        if jobs[result['rollout_id']][2] is not None:
-            print(f'Saved video to: {jobs[result["rollout_id"]][2]}')
-
-    summary = summary_text(highest_rewards, episode_returns, max_reward)
-    print(summary)
-    write_result_file(os.path.join(config['ckpt_dir'], result_file_name(ckpt_name)), summary,
-                      episode_returns, highest_rewards)
-    return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))
+        yield from run_parallel(config, ckpt_name, jobs, num_workers)
 
 
 def _checked_settings(config):
