@@ -396,6 +396,10 @@ def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_s
     norm_stats = get_norm_stats(dataset_dir, num_episodes)
     datasets = [EpisodicDataset(ids, dataset_dir, camera_names, norm_stats, policy_class, obs_horizon, image_size)
                 for ids in (train_indices, val_indices)]
+    train_hw, val_hw = (tuple(d.hw) for d in datasets)
+    if train_hw != val_hw:
+        raise ValueError(f'{datasets[1].paths[0]}: frames are {val_hw[0]}x{val_hw[1]} but {datasets[0].paths[0]} has '
+                         f'{train_hw[0]}x{train_hw[1]}; pass --image_size H W to resize all')
     preload_frames = should_preload(datasets, preload)
     pad_len = max(max(d.lengths) for d in datasets)  # one action length for train and validation
     for dataset in datasets:
