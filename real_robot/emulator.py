@@ -1,0 +1,239 @@
+"""A Dynamixel Protocol 2.0 servo bus on a pseudo-terminal, for tests and dry runs.
+
+The emulator opens a pty pair; the driver opens the slave end like a USB-serial adapter and
+exchanges real packets with it (header, stuffing, CRC-16, ping / read / write / reboot /
+sync read / sync write, status error bits). Each emulated X-series servo has a control table
+and a simple motor: with torque on it follows its goal position with a first-order lag.
+
+Faults for tests: `corrupt_replies(n)` spoils the CRC of the next n status packets (-1: all),
+`silence(servo_id)` makes a servo stop answering, `set_hardware_error(servo_id, bits)` raises
+the alert bit with a Hardware Error Status (and releases torque, as a servo does).
+
+    python -m real_robot.emulator   # prints the port of an arm's bus and serves until Ctrl-C
+"""
+import os
+import select
+import struct
+import threading
+import time
+import tty
+
+from real_robot import protocol as P
+from real_robot import settings
+
+MODEL_NUMBER = 1020  # XM430-W350
+FOLLOW_TIME_CONSTANT_S = 0.03  # motor lag behind its goal position
+CURRENT_PER_POSITION_ERROR = 0.5  # raw current units per raw position unit of tracking error
+
+
+class EmulatedServo:
+    """One X-series servo: control table bytes plus a first-order motor."""
+
+    def __init__(self, servo_id, position=P.POSITION_CENTER):
+        self.id = servo_id
+        self.table = bytearray(P.CONTROL_TABLE_SIZE)
+        self.silent = False
+        self._set('model_number', MODEL_NUMBER)
+        self._set('id', servo_id)
+        self._set('operating_mode', P.OPERATING_MODES['position'])
+        self._set('current_limit', 1193)
+        self._position = float(position)
+        self._set('goal_position', position)
+        self._sync_present(0.0)
+        self._last_time = time.monotonic()
+
+    def _set(self, name, value):
+        address, size = P.CONTROL_TABLE[name]
+        self.table[address:address + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, 'little')
+
+    def get(self, name):
+        address, size = P.CONTROL_TABLE[name]
+        return P.to_signed(int.from_bytes(self.table[address:address + size], 'little'), size)
+
+    @property
+    def error_byte(self):
+        return P.ALERT_BIT if self.get('hardware_error_status') else 0
+
+    def _sync_present(self, velocity):
+        goal = self.get('goal_position')
+        self._set('present_position', int(round(self._position)))
+        self._set('present_velocity', int(round(velocity)))
+        torque_on = self.get('torque_enable')
+        self._set('present_current', int(round(CURRENT_PER_POSITION_ERROR * (goal - self._position)))
+                  if torque_on else 0)
+
+    def advance(self):
+        """Move the motor for the time passed since the last call."""
+        now = time.monotonic()
+        dt, self._last_time = now - self._last_time, now
+        if not self.get('torque_enable') or dt <= 0:
+            self._sync_present(0.0)
+            return
+        step = (self.get('goal_position') - self._position) * min(1.0, dt / FOLLOW_TIME_CONSTANT_S)
+        self._position += step
+        velocity_units = step / dt * P.RAD_PER_POSITION / P.RAD_S_PER_VELOCITY
+        self._sync_present(velocity_units)
+
+    def set_present_position(self, position):
+        """Move the shaft by hand (a teleoperator holding a leader arm)."""
+        self._position = float(position)
+        self._sync_present(0.0)
+
+    def read(self, address, size):
+        self.advance()
+        return bytes(self.table[address:address + size])
+
+    def write(self, address, data):
+        """Write registers; returns a status error number (0: ok)."""
+        if address + len(data) > P.CONTROL_TABLE_SIZE:
+            return 7
+        eeprom = address < P.CONTROL_TABLE['torque_enable'][0]
+        if eeprom and self.get('torque_enable'):
+            return 7  # EEPROM area is locked while torque is on
+        torque_address = P.CONTROL_TABLE['torque_enable'][0]
+        if address == torque_address and data[0] and self.get('hardware_error_status'):
+            return 7  # a servo in hardware error refuses torque until rebooted
+        self.advance()
+        self.table[address:address + len(data)] = data
+        return 0
+
+    def reboot(self):
+        self._set('hardware_error_status', 0)
+        self._set('torque_enable', 0)
+        self._sync_present(0.0)
+
+
+class ServoBusEmulator:
+    """Servos on one pty; a background thread answers the driver's packets."""
+
+    def __init__(self, servo_ids=settings.ARM_SERVO_IDS + (settings.GRIPPER_SERVO_ID,), positions=None):
+        positions = positions or {}
+        self.servos = {i: EmulatedServo(i, positions.get(i, P.POSITION_CENTER)) for i in servo_ids}
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self.instructions = []  # (instruction, id) of every packet received, for tests
+        self._corrupt = 0
+        self._lock = threading.Lock()
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, name=f'dxl-emulator {self.port}', daemon=True)
+        self._thread.start()
+
+    ### fault injection
+    def corrupt_replies(self, count=-1):
+        with self._lock:
+            self._corrupt = count
+
+    def silence(self, servo_id, silent=True):
+        self.servos[servo_id].silent = silent
+
+    def set_hardware_error(self, servo_id, bits):
+        with self._lock:
+            servo = self.servos[servo_id]
+            servo._set('hardware_error_status', bits)
+            servo._set('torque_enable', 0)
+
+    ### serving
+    def _serve(self):
+        buffer = bytearray()
+        while self._running:
+            ready, _, _ = select.select([self._master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                buffer += os.read(self._master, 4096)
+            except OSError:
+                return
+            while True:
+                packet, consumed = P.split_packet(buffer)
+                del buffer[:consumed]
+                if packet is None:
+                    break
+                with self._lock:
+                    self._handle(packet)
+
+    def _handle(self, packet):
+        try:
+            servo_id, instruction, params = P.parse_packet(packet)
+        except P.PacketError:
+            if packet[4] in self.servos:
+                self._reply(self.servos[packet[4]], error=3)
+            return
+        self.instructions.append((instruction, servo_id))
+        if instruction in (P.SYNC_READ, P.SYNC_WRITE):
+            self._handle_sync(instruction, params)
+            return
+        targets = list(self.servos.values()) if servo_id == P.BROADCAST_ID else \
+            [self.servos[servo_id]] if servo_id in self.servos else []
+        for servo in targets:
+            self._handle_single(servo, instruction, params, reply=servo_id != P.BROADCAST_ID
+                                or instruction == P.PING)
+
+    def _handle_single(self, servo, instruction, params, reply):
+        data, error = b'', 0
+        if instruction == P.PING:
+            data = struct.pack('<HB', MODEL_NUMBER, 0x2E)  # model number, firmware version
+        elif instruction == P.READ:
+            address, size = struct.unpack_from('<HH', params)
+            data = servo.read(address, size)
+        elif instruction == P.WRITE:
+            address = struct.unpack_from('<H', params)[0]
+            error = servo.write(address, params[2:])
+        elif instruction == P.REBOOT:
+            servo.reboot()
+        else:
+            error = 2
+        if reply:
+            self._reply(servo, data, error)
+
+    def _handle_sync(self, instruction, params):
+        address, size = struct.unpack_from('<HH', params)
+        if instruction == P.SYNC_READ:
+            for servo_id in params[4:]:
+                if servo_id in self.servos:
+                    servo = self.servos[servo_id]
+                    self._reply(servo, servo.read(address, size))
+            return
+        for offset in range(4, len(params) - size, size + 1):
+            servo = self.servos.get(params[offset])
+            if servo is not None:
+                servo.write(address, params[offset + 1:offset + 1 + size])
+
+    def _reply(self, servo, data=b'', error=0):
+        if servo.silent:
+            return
+        packet = bytearray(P.build_status(servo.id, error | servo.error_byte, data))
+        if self._corrupt:
+            packet[-1] ^= 0xFF
+            self._corrupt -= self._corrupt > 0
+        os.write(self._master, packet)
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=1.0)
+        os.close(self._master)
+        os.close(self._slave)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def main(args):
+    bus = ServoBusEmulator(tuple(args['ids']))
+    print(f'Emulated servo bus (IDs {sorted(bus.servos)}) on {bus.port}; Ctrl-C to stop')
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        bus.close()
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='Serve an emulated Dynamixel bus on a pseudo-terminal.')
+    parser.add_argument('--ids', type=int, nargs='+', help='servo IDs on the bus',
+                        default=list(settings.ARM_SERVO_IDS) + [settings.GRIPPER_SERVO_ID])
+    main(vars(parser.parse_args()))
