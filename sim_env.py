@@ -38,6 +38,7 @@ CAMERA_ALIASES = {'vis': 'front_close'}  # observation name -> MuJoCo camera nam
 ROBOT_QPOS_DIM = len(START_ARM_POSE)  # robot joints come first in qpos, object free joints after
 HALF_QPOS = ROBOT_QPOS_DIM // 2  # per arm: 6 joints + 2 fingers
 ARM_DOF = HALF_QPOS - 2  # arm joints per arm, without the fingers
+STATE_DIM = 2 * (ARM_DOF + 1)  # qpos / action size: per arm its joints and one gripper value
 BOX_RANGES = {'x': (0.0, 0.2), 'y': (0.4, 0.6), 'z': (0.05, 0.05)}  # cube position range (m)
 PEG_RANGES = {'x': (0.1, 0.2), 'y': (0.4, 0.6), 'z': (0.05, 0.05)}
 SOCKET_RANGES = {'x': (-0.2, -0.1), 'y': (0.4, 0.6), 'z': (0.05, 0.05)}

@@ -1,0 +1,345 @@
+"""Generate scripted demonstrations in simulation and save them as HDF5 episodes.
+
+For each episode: roll out the scripted end-effector policy in ee_sim_env (nothing rendered
+unless --onscreen_render) and keep its joint trajectory, with the gripper joint positions replaced
+by the normalised gripper commands; replay that trajectory as actions in the joint-space sim_env,
+rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout:
+    attrs['sim'] = True
+    /action                     (T, 14) float32
+    /observations/qpos          (T, 14) float32
+    /observations/qvel          (T, 14) float32
+    /observations/images/<cam>  (T, H, W, 3) uint8, chunks (1, H, W, 3)
+Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
+"""
+import argparse
+import glob
+import multiprocessing
+import os
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+import sim_env
+from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, get_sim_task_config
+from ee_sim_env import make_ee_sim_env
+from scripted_policy import get_scripted_policy_class
+
+### Fixed settings
+RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render
+EE_PAUSE = 0.002  # seconds between onscreen frames of the EE rollout
+REPLAY_PAUSE = 0.02  # and of the joint replay
+HDF5_CACHE_BYTES = 1024 ** 2 * 2  # HDF5 chunk cache, as the original
+COMPRESSION = {'compression': 'gzip', 'compression_opts': 1}  # lossless, built into every HDF5
+LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # gripper slots in qpos/action
+
+
+############################ Episode files ############################
+
+def episode_file(dataset_dir, episode_idx):
+    return os.path.join(dataset_dir, f'episode_{episode_idx}.hdf5')
+
+
+def _temp_pattern(path):
+    """Hidden temporary names next to `path`, never matched by episode_*.hdf5."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f'.{name}.*.tmp')
+
+
+def expected_shapes(episode_len, camera_names, image_size):
+    """{hdf5 key: (shape, dtype)} of one recorded episode."""
+    low_dim = ((episode_len, sim_env.STATE_DIM), np.float32)
+    shapes = {'/action': low_dim, '/observations/qpos': low_dim, '/observations/qvel': low_dim}
+    for cam in camera_names:
+        shapes[f'/observations/images/{cam}'] = ((episode_len, *image_size, 3), np.uint8)
+    return shapes
+
+
+def existing_episode_problem(path, shapes):
+    """None if `path` holds a complete episode with these shapes, else what differs.
+
+    Raises OSError when the file cannot be read as HDF5 (e.g. truncated by an older tool).
+    """
+    with h5py.File(path, 'r') as root:
+        for key, (shape, dtype) in shapes.items():
+            if key not in root:
+                return f'{key} is missing'
+            if root[key].shape != shape or root[key].dtype != dtype:
+                return f'{key} is {root[key].shape} {root[key].dtype}, expected {shape} {np.dtype(dtype)}'
+    return None
+
+
+def write_episode(path, data, compress=False):
+    """Write one episode atomically: a hidden temporary file in the same folder, then a rename."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f'.{name}.{os.getpid()}.tmp')
+    try:
+        with h5py.File(tmp, 'w', rdcc_nbytes=HDF5_CACHE_BYTES) as root:
+            root.attrs['sim'] = True
+            obs = root.create_group('observations')
+            images = obs.create_group('images')
+            for cam, frames in data['images'].items():  # frames: (T, H, W, 3) uint8
+                images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]),
+                                      **(COMPRESSION if compress else {}))
+            obs.create_dataset('qpos', data=data['qpos'].astype(np.float32))
+            obs.create_dataset('qvel', data=data['qvel'].astype(np.float32))
+            root.create_dataset('action', data=data['action'].astype(np.float32))
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+############################ Rollouts ############################
+
+class OnscreenView:
+    """Matplotlib window showing one camera while an episode runs (--onscreen_render)."""
+
+    def __init__(self, frame, pause):
+        import matplotlib.pyplot as plt
+        self.plt, self.pause = plt, pause
+        self.image = plt.subplot().imshow(frame)
+        plt.ion()
+
+    def show(self, frame):
+        self.image.set_data(frame)
+        self.plt.pause(self.pause)
+
+    def close(self):
+        self.plt.close()
+
+
+def replace_gripper_with_commands(qpos, gripper_ctrl):
+    """Joint trajectory to replay: (T + 1, 14) qpos with the grippers set to their normalised
+    commands, taken from the (T + 1, 4) finger targets of the EE rollout."""
+    joint_traj = qpos.copy()
+    joint_traj[:, LEFT_GRIPPER] = PUPPET_GRIPPER_POSITION_NORMALIZE_FN(gripper_ctrl[:, 0])
+    joint_traj[:, RIGHT_GRIPPER] = PUPPET_GRIPPER_POSITION_NORMALIZE_FN(gripper_ctrl[:, 2])
+    return joint_traj
+
+
+def episode_result(rewards, max_reward):
+    """(success, episode return) from the rewards after each step."""
+    return bool(np.max(rewards) == max_reward), float(np.sum(rewards))
+
+
+class EpisodeRecorder:
+    """Holds the two environments of one process and records episodes with them."""
+
+    def __init__(self, task_name, camera_names, image_size, episode_len, seed=0, inject_noise=False,
+                 onscreen_render=False):
+        self.task_name, self.episode_len, self.seed = task_name, episode_len, seed
+        self.image_size, self.inject_noise, self.onscreen = tuple(image_size), inject_noise, onscreen_render
+        self.policy_cls = get_scripted_policy_class(task_name)
+        view = [RENDER_CAM_NAME] if onscreen_render else []
+        self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size)
+        self.env = sim_env.make_sim_env(task_name, camera_names=[])  # renders only what is saved
+        self.cameras = sim_env.resolve_camera_names(self.env.physics, camera_names)
+        self.view_camera = sim_env.resolve_camera_names(self.env.physics, view)
+
+    def rollout_ee(self, rng):
+        """Scripted EE rollout -> (joint trajectory (T + 1, 14), object pose, success, return)."""
+        self.ee_env.task.set_object_pose(sim_env.sample_object_pose(self.task_name, rng))
+        ts = self.ee_env.reset()
+        object_pose = ts.observation['env_state']  # the replay starts from the same objects
+        policy = self.policy_cls(self.inject_noise, rng=rng)
+        view = OnscreenView(ts.observation['images'][RENDER_CAM_NAME], EE_PAUSE) if self.onscreen else None
+        qpos, ctrl, rewards = [ts.observation['qpos']], [ts.observation['gripper_ctrl']], []
+        for _ in range(self.episode_len):
+            ts = self.ee_env.step(policy(ts))
+            qpos.append(ts.observation['qpos'])
+            ctrl.append(ts.observation['gripper_ctrl'])
+            rewards.append(ts.reward)
+            if view:
+                view.show(ts.observation['images'][RENDER_CAM_NAME])
+        if view:
+            view.close()
+        return (replace_gripper_with_commands(np.array(qpos), np.array(ctrl)), object_pose,
+                *episode_result(rewards, self.ee_env.task.max_reward))
+
+    def replay(self, joint_traj, object_pose):
+        """Replay the joint trajectory, rendering the recorded cameras for the first T time steps.
+
+        NOTE(faithful): all T + 1 actions are replayed (success counts every step), but only the
+        first T (observation, action) pairs are saved, so obs[t] is followed by action[t].
+        """
+        steps = self.episode_len
+        data = {'qpos': np.empty((steps, sim_env.STATE_DIM)), 'qvel': np.empty((steps, sim_env.STATE_DIM)),
+                'action': joint_traj[:steps],
+                'images': {cam: np.empty((steps, *self.image_size, 3), np.uint8) for cam in self.cameras}}
+        self.env.task.set_object_pose(object_pose)
+        ts = self.env.reset()
+        view = None
+        if self.onscreen:
+            view = OnscreenView(self._render(self.view_camera)[RENDER_CAM_NAME], REPLAY_PAUSE)
+        rewards = []
+        for t, action in enumerate(joint_traj):
+            if t < steps:
+                data['qpos'][t], data['qvel'][t] = ts.observation['qpos'], ts.observation['qvel']
+                for cam, frame in self._render(self.cameras).items():
+                    data['images'][cam][t] = frame
+            ts = self.env.step(action)
+            rewards.append(ts.reward)
+            if view:
+                view.show(self._render(self.view_camera)[RENDER_CAM_NAME])
+        if view:
+            view.close()
+        return data, *episode_result(rewards, self.env.task.max_reward)
+
+    def _render(self, cameras):
+        return sim_env.render_images(self.env.physics, cameras, self.image_size)
+
+    def record(self, episode_idx, path=None, compress=False):
+        """Record one episode (written to `path` unless None) -> result dict."""
+        start = time.time()
+        rng = np.random.default_rng((self.seed, episode_idx))  # same episode whatever the worker
+        joint_traj, object_pose, ee_success, ee_return = self.rollout_ee(rng)
+        data, success, episode_return = self.replay(joint_traj, object_pose)
+        if path is not None:
+            write_episode(path, data, compress)
+        return {'episode_idx': episode_idx, 'success': success, 'episode_return': episode_return,
+                'ee_success': ee_success, 'ee_return': ee_return, 'seconds': time.time() - start}
+
+
+############################ Parallel recording ############################
+
+_WORKER = {}  # per worker process: the recorder and where to write
+
+
+def _init_worker(recorder_kwargs, dataset_dir, compress):
+    _WORKER['recorder'] = EpisodeRecorder(**recorder_kwargs)
+    _WORKER['dataset_dir'], _WORKER['compress'] = dataset_dir, compress
+
+
+def _record_in_worker(episode_idx):
+    path = episode_file(_WORKER['dataset_dir'], episode_idx)
+    return _WORKER['recorder'].record(episode_idx, path, _WORKER['compress'])
+
+
+def record_episodes(indices, recorder_kwargs, dataset_dir, compress, num_workers):
+    """Yield result dicts as episodes finish (in any order with several workers)."""
+    if num_workers == 1 or len(indices) <= 1:
+        recorder = EpisodeRecorder(**recorder_kwargs)
+        for idx in indices:
+            yield recorder.record(idx, episode_file(dataset_dir, idx), compress)
+        return
+    ctx = multiprocessing.get_context('spawn')  # fresh processes: no GL context crosses a fork
+    with ctx.Pool(min(num_workers, len(indices)), initializer=_init_worker,
+                  initargs=(recorder_kwargs, dataset_dir, compress)) as pool:
+        yield from pool.imap_unordered(_record_in_worker, indices)
+
+
+############################ Command line ############################
+
+def check_args(args):
+    """Validate the arguments; ValueError naming the flag and what was expected."""
+    task_name = args['task_name']
+    try:
+        config = get_sim_task_config(task_name)
+    except KeyError as e:
+        raise ValueError(f'--task_name: {e.args[0]}') from None
+    get_scripted_policy_class(task_name)
+    if args.get('num_episodes') is not None and args['num_episodes'] < 0:
+        raise ValueError(f"--num_episodes must be 0 or more, got {args['num_episodes']}")
+    if args.get('num_workers', 1) < 1:
+        raise ValueError(f"--num_workers must be 1 or more, got {args['num_workers']}")
+    image_size = tuple(args.get('image_size') or sim_env.DEFAULT_IMAGE_SIZE)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f'--image_size must be two positive integers H W, got {image_size}')
+    if args.get('onscreen_render') and args.get('num_workers', 1) > 1:
+        raise ValueError('--onscreen_render shows one episode at a time: use --num_workers 1')
+    return config, image_size
+
+
+def prepare_dataset_dir(dataset_dir):
+    """Create the folder and make sure files can be written there."""
+    try:
+        os.makedirs(dataset_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dataset_dir):
+            pass
+    except OSError as e:
+        raise ValueError(f'--dataset_dir {dataset_dir} is not a writable folder: {e}') from None
+
+
+def episodes_to_record(dataset_dir, num_episodes, shapes):
+    """Indices whose file is missing or unreadable; ValueError if a readable one has another layout."""
+    todo = []
+    for idx in range(num_episodes):
+        path = episode_file(dataset_dir, idx)
+        for stale in glob.glob(_temp_pattern(path)):
+            os.remove(stale)
+        if not os.path.exists(path):
+            todo.append(idx)
+            continue
+        try:
+            problem = existing_episode_problem(path, shapes)
+        except OSError:
+            print(f'{path} is unreadable (interrupted write?): recording it again')
+            todo.append(idx)
+            continue
+        if problem:
+            raise ValueError(f'{path} already exists with another layout ({problem}): move it away or '
+                             f'choose another --dataset_dir')
+        print(f'{path} exists: skipping')
+    return todo
+
+
+def main(args):
+    """Record scripted episodes; returns the list of per-episode result dicts."""
+    config, image_size = check_args(args)
+    task_name = args['task_name']
+    dataset_dir = args.get('dataset_dir') or config['dataset_dir']
+    num_episodes = config['num_episodes'] if args.get('num_episodes') is None else args['num_episodes']
+    camera_names = args.get('camera_names') or config['camera_names']
+    recorder_kwargs = dict(task_name=task_name, camera_names=camera_names, image_size=image_size,
+                           episode_len=config['episode_len'], seed=args.get('seed', 0),
+                           inject_noise=args.get('inject_noise', False),
+                           onscreen_render=args.get('onscreen_render', False))
+    sim_env.resolve_camera_names(sim_env.load_physics(sim_env.task_family(task_name)[0]), camera_names)
+    prepare_dataset_dir(dataset_dir)
+    todo = episodes_to_record(dataset_dir, num_episodes,
+                              expected_shapes(config['episode_len'], camera_names, image_size))
+
+    results = []
+    for result in record_episodes(todo, recorder_kwargs, dataset_dir, args.get('compress', False),
+                                  args.get('num_workers', 1)):
+        results.append(result)
+        print_result(result)
+    print(f'Saved to {dataset_dir}')
+    print(f"Success: {sum(r['success'] for r in results)} / {len(results)}")
+    return results
+
+
+def print_result(r):
+    episode_idx, episode_return = r['episode_idx'], r['episode_return']
+    ee = 'Successful' if r['ee_success'] else 'Failed'
+    outcome = f'Successful, {episode_return=}' if r['success'] else 'Failed'
+    print(f"{episode_idx=} EE rollout {ee}; replay {outcome} ({r['seconds']:.1f} s)")
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='Record scripted sim demonstrations as HDF5 episodes.')
+    parser.add_argument('--task_name', action='store', type=str, help='task_name', required=True)
+    parser.add_argument('--dataset_dir', action='store', type=str, default=None,
+                        help='dataset saving dir (default: the task config dataset_dir)')
+    parser.add_argument('--num_episodes', action='store', type=int, default=None,
+                        help='num_episodes (default: the task config num_episodes)')
+    parser.add_argument('--onscreen_render', action='store_true')
+    parser.add_argument('--seed', action='store', type=int, default=0,
+                        help='episode i is the same for a given seed, whatever the number of workers')
+    parser.add_argument('--num_workers', action='store', type=int, default=1,
+                        help='episodes recorded in parallel processes')
+    parser.add_argument('--camera_names', action='store', type=str, nargs='+', default=None,
+                        help='cameras to record (default: the task config camera_names)')
+    parser.add_argument('--image_size', action='store', type=int, nargs=2, default=[480, 640],
+                        metavar=('H', 'W'), help='rendered frame size')
+    parser.add_argument('--compress', action='store_true',
+                        help='lossless gzip chunk compression of the images (read by any HDF5 reader)')
+    parser.add_argument('--inject_noise', action='store_true',
+                        help='add uniform noise to the scripted end-effector positions')
+    cli_args = vars(parser.parse_args())
+    try:
+        main(cli_args)
+    except ValueError as e:
+        parser.error(str(e))

@@ -1,0 +1,120 @@
+"""Write the video and the joint plot of one recorded episode.
+
+`episode_{i}_video.mp4`: all cameras side by side, 1 / DT fps, H.264 (plays in a browser).
+`episode_{i}_qpos.png`: one subplot per joint, state and command overlaid.
+Reads the original layout, gzip-compressed images, and the JPEG layout of later forks
+(attrs['compress'] with a /compress_len dataset).
+"""
+import argparse
+import os
+
+import h5py
+import numpy as np
+
+from constants import DT, JOINT_NAMES
+
+### Fixed settings
+STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm
+VIDEO_CODEC = 'libx264'
+VIDEO_PIXEL_FORMAT = 'yuv420p'  # what browsers decode
+SUBPLOT_HEIGHT = 2  # inches per joint subplot
+
+
+def decode_jpeg_frames(rows, lengths):
+    """(T, padded) uint8 JPEG rows with their encoded lengths -> (T, H, W, 3) uint8."""
+    import cv2
+    return np.stack([cv2.imdecode(row[:n], cv2.IMREAD_COLOR) for row, n in zip(rows, lengths)])
+
+
+def load_hdf5(dataset_dir, dataset_name):
+    """(qpos (T, D), qvel (T, D), action (T, A), {camera: (T, H, W, 3) uint8}) of one episode."""
+    dataset_path = os.path.join(dataset_dir, dataset_name + '.hdf5')
+    if not os.path.isfile(dataset_path):
+        raise FileNotFoundError(f'Dataset does not exist at {dataset_path}')
+    with h5py.File(dataset_path, 'r') as root:
+        for key in ('/observations/qpos', '/observations/qvel', '/action', '/observations/images'):
+            if key not in root:
+                raise KeyError(f'{dataset_path} has no {key}: not an episode in the ACT layout')
+        qpos = root['/observations/qpos'][()]
+        qvel = root['/observations/qvel'][()]
+        action = root['/action'][()]
+        jpeg = bool(root.attrs.get('compress', False))
+        image_dict = {}
+        for cam_idx, cam_name in enumerate(root['/observations/images'].keys()):
+            frames = root[f'/observations/images/{cam_name}'][()]
+            if jpeg:
+                frames = decode_jpeg_frames(frames, root['/compress_len'][cam_idx].astype(int))
+            image_dict[cam_name] = frames
+    return qpos, qvel, action, image_dict
+
+
+def save_videos(video, dt, video_path=None):
+    """Write cameras side by side as H.264 mp4 at 1 / dt fps.
+
+    video: {camera: (T, H, W, 3) uint8} or a list over time of {camera: (H, W, 3) uint8}.
+    """
+    import imageio.v2 as imageio
+    if isinstance(video, list):
+        cam_names = list(video[0].keys())
+        frames = (np.concatenate([step[cam] for cam in cam_names], axis=1) for step in video)
+    else:
+        cam_names = list(video.keys())
+        frames = (np.concatenate([video[cam][t] for cam in cam_names], axis=1)  # (H, W * cams, 3)
+                  for t in range(len(video[cam_names[0]])))
+    with imageio.get_writer(video_path, fps=int(1 / dt), codec=VIDEO_CODEC, macro_block_size=2,
+                            pixelformat=VIDEO_PIXEL_FORMAT) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    print(f'Saved video to: {video_path}')
+
+
+def joint_labels(num_dim):
+    """Names of the state dimensions: '<joint>_left', ..., '<joint>_right' for two-arm states."""
+    if num_dim == 2 * len(STATE_NAMES):
+        return [f'{n}_left' for n in STATE_NAMES] + [f'{n}_right' for n in STATE_NAMES]
+    return [f'dim {i}' for i in range(num_dim)]
+
+
+def visualize_joints(qpos_list, command_list, plot_path=None, ylim=None, label_overwrite=None):
+    """One subplot per dimension with the state and the command overlaid."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    label1, label2 = label_overwrite or ('State', 'Command')
+    qpos = np.array(qpos_list)  # (T, D)
+    command = np.array(command_list)  # (T, D)
+    num_dim = qpos.shape[1]
+    fig, axs = plt.subplots(num_dim, 1, figsize=(num_dim, SUBPLOT_HEIGHT * num_dim), squeeze=False)
+    for dim_idx, (ax, name) in enumerate(zip(axs[:, 0], joint_labels(num_dim))):
+        ax.plot(qpos[:, dim_idx], label=label1)
+        ax.plot(command[:, dim_idx], label=label2)
+        ax.set_title(f'Joint {dim_idx}: {name}')
+        if ylim:
+            ax.set_ylim(ylim)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(plot_path)
+    plt.close(fig)
+    print(f'Saved qpos plot to: {plot_path}')
+
+
+def main(args):
+    dataset_dir = args['dataset_dir']
+    dataset_name = f"episode_{args['episode_idx']}"
+    qpos, _, action, image_dict = load_hdf5(dataset_dir, dataset_name)
+    if image_dict:
+        save_videos(image_dict, DT, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
+    else:
+        print(f'{dataset_name} has no camera images: no video written')
+    visualize_joints(qpos, action, plot_path=os.path.join(dataset_dir, dataset_name + '_qpos.png'))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='Write the video and joint plot of an episode.')
+    parser.add_argument('--dataset_dir', action='store', type=str, help='Dataset dir.', required=True)
+    parser.add_argument('--episode_idx', action='store', type=int, default=0, help='Episode index.')
+    cli_args = vars(parser.parse_args())
+    try:
+        main(cli_args)
+    except (FileNotFoundError, KeyError) as e:
+        parser.error(str(e.args[0]))
