@@ -346,8 +346,11 @@ def run_parallel(config, ckpt_name, jobs, num_workers):
     """Yield rollout results in rollout order from `num_workers` processes, each with its own
     env and policy loaded from the checkpoint."""
     num_threads = max(1, torch.get_num_threads() // num_workers)
-    method = 'forkserver' if 'forkserver' in multiprocessing.get_all_start_methods() else 'spawn'
-    context = multiprocessing.get_context(method)
+    if 'forkserver' in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context('forkserver')
+        context.set_forkserver_preload(['evaluate', 'policy', 'sim_env'])  # imported once, not per worker
+    else:
+        context = multiprocessing.get_context('spawn')
     with context.Pool(num_workers, initializer=_init_worker, initargs=(config, ckpt_name, num_threads)) as pool:
         yield from pool.imap(_worker_rollout, jobs)
 
