@@ -194,7 +194,8 @@ def make_env(config):
     """-> (env, max_reward). Sim tasks render only the policy's cameras at the policy's size."""
     if config['real_robot']:
         import real_robot
-        env = real_robot.make_eval_env(backend=config['robot_backend'], driver=config['robot_driver'])
+        env = real_robot.make_eval_env(backend=config['robot_backend'], driver=config['robot_driver'],
+                                       camera_names=config['camera_names'], image_size=image_hw(config))
         # NOTE(faithful): the real robot gives no reward, so "success" is a highest reward of 0.
         return env, 0
     from sim_env import make_sim_env
@@ -361,10 +362,13 @@ def _prompt_between_rollouts(rollout_id):
 
 
 def _rollouts_in_process(evaluator, jobs, real_robot):
-    for rollout_id, pose, video_path in jobs:
-        if real_robot:
-            _prompt_between_rollouts(rollout_id)
-        yield evaluator.rollout(rollout_id, pose, video_path)
+    try:
+        for rollout_id, pose, video_path in jobs:
+            if real_robot:
+                _prompt_between_rollouts(rollout_id)
+            yield evaluator.rollout(rollout_id, pose, video_path)
+    finally:
+        evaluator.env.close()  # the real robot goes to its safe pose with torque off
 
 
 def eval_bc(config, ckpt_name, save_episode=True):

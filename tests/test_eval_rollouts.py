@@ -133,3 +133,21 @@ def test_no_display_no_video_other_checkpoint(tiny_ckpt_dir, tiny_act_config, mo
         eval_bc(config, 'policy_last.ckpt')
     assert (tiny_ckpt_dir / 'result_policy_last.txt').is_file()
     assert not list(tiny_ckpt_dir.glob('*.mp4'))
+
+
+def test_real_robot_path_with_simulated_driver(tiny_ckpt_dir, tiny_act_config, monkeypatch):
+    import real_robot
+    opened = []
+    open_grippers = real_robot.open_grippers
+    monkeypatch.setattr(real_robot, 'open_grippers', lambda env, backend: opened.append(backend) or
+                        open_grippers(env, backend))
+    policy_config = dict(tiny_act_config, camera_names=['cam_high'])
+    config = make_config(tiny_ckpt_dir, policy_config, task_name='aloha_wear_shoe', real_robot=True,
+                         robot_driver='sim', episode_len=3, eval_workers=2)
+    with pytest.warns(UserWarning, match='eval_workers is ignored on the real robot'):
+        success_rate, _ = eval_bc(config, 'policy_best.ckpt')
+    assert opened == ['builtin', 'builtin']  # grippers opened after every rollout
+    # the robot gives no reward: as in the original, every rollout reaches the "max reward" 0
+    assert success_rate == 1.0
+    assert 'Reward >= 0: 2/2 = 100.0%' in (tiny_ckpt_dir / 'result_policy_best.txt').read_text()
+    assert len(list(tiny_ckpt_dir.glob('video*.mp4'))) == 2
