@@ -1,0 +1,160 @@
+"""Record one teleoperated episode on the real robot (ALOHA: two leader and two follower arms).
+
+The followers copy the leaders at 50 Hz while the cameras record; the episode is written in the
+original real-robot HDF5 layout (attrs sim=False, qpos/qvel/effort/action, one image dataset per
+camera) under a temporary name and renamed into place when complete.
+
+    python record_episodes.py --task_name aloha_wear_shoe [--episode_idx 3] [--robot_driver dynamixel]
+"""
+import os
+import time
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
+import real_robot
+from real_robot import settings
+from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
+
+MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
+
+
+def opening_ceremony(master_bot_left, master_bot_right, puppet_bot_left, puppet_bot_right):
+    """Move all four arms to the start pose, then wait until both leader grippers are closed."""
+    for puppet, master in ((puppet_bot_left, master_bot_left), (puppet_bot_right, master_bot_right)):
+        puppet.reboot_gripper()
+        puppet.set_operating_mode('arm', settings.PUPPET_ARM_MODE)
+        puppet.set_operating_mode('gripper', settings.PUPPET_GRIPPER_MODE)
+        master.set_operating_mode('arm', 'position')
+        master.set_operating_mode('gripper', 'position')
+    for bot in (puppet_bot_left, master_bot_left, puppet_bot_right, master_bot_right):
+        torque_on(bot)
+
+    all_bots = [master_bot_left, puppet_bot_left, master_bot_right, puppet_bot_right]
+    move_arms(all_bots, [settings.START_ARM_QPOS] * 4, move_time=settings.OPENING_MOVE_TIME_S)
+    move_grippers(all_bots, [MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE] * 2, move_time=0.5)
+
+    # the operator closes both leader grippers to start; their arms stay powered until then
+    master_bot_left.torque(False, 'gripper')
+    master_bot_right.torque(False, 'gripper')
+    print('Close the gripper to start')
+    # NOTE(faithful): with the original gripper calibration the leaders' mid position is already
+    # below the threshold, so recording starts as soon as the grippers reach it.
+    while not (get_arm_gripper_positions(master_bot_left) < settings.TELEOP_START_THRESHOLD
+               and get_arm_gripper_positions(master_bot_right) < settings.TELEOP_START_THRESHOLD):
+        time.sleep(DT / 10)
+    torque_off(master_bot_left)
+    torque_off(master_bot_right)
+    print('Started!')
+
+
+def teleoperate(env, master_bot_left, master_bot_right, max_timesteps):
+    """-> (timesteps (T + 1), actions (T), [t0, t1, t2] per step)."""
+    ts = env.reset(fake=True)
+    timesteps, actions, actual_dt_history = [ts], [], []
+    for _ in tqdm(range(max_timesteps), unit='step'):
+        t0 = time.time()
+        action = real_robot.get_action(master_bot_left, master_bot_right)
+        t1 = time.time()
+        ts = env.step(action)
+        t2 = time.time()
+        timesteps.append(ts)
+        actions.append(action)
+        actual_dt_history.append([t0, t1, t2])
+    return timesteps, actions, actual_dt_history
+
+
+def print_dt_diagnosis(actual_dt_history):
+    history = np.array(actual_dt_history)  # (T, 3)
+    get_action_time = history[:, 1] - history[:, 0]
+    step_env_time = history[:, 2] - history[:, 1]
+    total_time = history[:, 2] - history[:, 0]
+    freq_mean = 1 / np.mean(total_time)
+    print(f'Avg freq: {freq_mean:.2f} Get action: {np.mean(get_action_time):.3f} '
+          f'Step env: {np.mean(step_env_time):.3f}')
+    return freq_mean
+
+
+def save_episode(dataset_path, timesteps, actions, camera_names):
+    """Write the original real-robot layout atomically; observation t pairs with action t."""
+    steps = timesteps[:len(actions)]  # the observation after the last action is not kept
+    tmp_path = os.path.join(os.path.dirname(dataset_path), '.tmp_' + os.path.basename(dataset_path))
+    t0 = time.time()
+    with h5py.File(tmp_path, 'w', rdcc_nbytes=1024 ** 2 * 2) as root:
+        root.attrs['sim'] = False
+        obs = root.create_group('observations')
+        image = obs.create_group('images')
+        for cam_name in camera_names:
+            frames = np.stack([ts.observation['images'][cam_name] for ts in steps])  # (T, H, W, 3)
+            image.create_dataset(cam_name, data=frames, dtype='uint8', chunks=(1,) + frames.shape[1:])
+        for key in ('qpos', 'qvel', 'effort'):
+            obs.create_dataset(key, data=np.array([ts.observation[key] for ts in steps], dtype=np.float32))
+        root.create_dataset('action', data=np.array(actions, dtype=np.float32))
+    os.replace(tmp_path, dataset_path)
+    print(f'Saving: {time.time() - t0:.1f} secs')
+
+
+def capture_one_episode(max_timesteps, camera_names, dataset_path, driver):
+    master_bot_left, master_bot_right = real_robot.make_master_bots(driver, init_node=True)
+    env = None
+    try:
+        env = real_robot.make_real_env(init_node=False, setup_robots=False, driver=driver, camera_names=camera_names)
+        opening_ceremony(master_bot_left, master_bot_right, env.puppet_bot_left, env.puppet_bot_right)
+        timesteps, actions, actual_dt_history = teleoperate(env, master_bot_left, master_bot_right, max_timesteps)
+        torque_on(master_bot_left)
+        torque_on(master_bot_right)
+        move_grippers([env.puppet_bot_left, env.puppet_bot_right], [PUPPET_GRIPPER_JOINT_OPEN] * 2, move_time=0.5)
+    except (real_robot.RobotFault, KeyboardInterrupt) as e:
+        reason = 'interrupted (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else str(e)
+        for bot in (master_bot_left, master_bot_right):
+            try:
+                bot.torque(False, 'all')
+            except real_robot.RobotFault as failure:
+                print(f"Could not confirm torque off of '{bot.name}': {failure}")
+        if env is not None:
+            env.safety_stop(reason)
+        raise
+    finally:
+        if env is not None:
+            env.close()
+        master_bot_left.close()
+        master_bot_right.close()
+    print_dt_diagnosis(actual_dt_history)
+    save_episode(dataset_path, timesteps, actions, camera_names)
+
+
+def get_auto_index(dataset_dir, dataset_name_prefix='', data_suffix='hdf5'):
+    for i in range(MAX_EPISODE_INDEX + 1):
+        if not os.path.isfile(os.path.join(dataset_dir, f'{dataset_name_prefix}episode_{i}.{data_suffix}')):
+            return i
+    raise RuntimeError(f'{dataset_dir}: no free episode index up to {MAX_EPISODE_INDEX}')
+
+
+def main(args):
+    task_config = real_robot.get_task_config(args['task_name'])
+    dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
+    os.makedirs(dataset_dir, exist_ok=True)
+    episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
+    dataset_name = f'episode_{episode_idx}'
+    dataset_path = os.path.join(dataset_dir, dataset_name + '.hdf5')
+    if os.path.isfile(dataset_path) and not args.get('overwrite'):
+        raise FileExistsError(f'{dataset_path} exists: choose another --episode_idx, leave it out to take the '
+                              'next free one, or pass --overwrite')
+    print(dataset_name + '\n')
+    capture_one_episode(task_config['episode_len'], task_config['camera_names'], dataset_path,
+                        args.get('robot_driver', 'auto'))
+    return dataset_path
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task_name', required=True, help='real-robot task (real_robot/tasks.py)')
+    parser.add_argument('--dataset_dir', help="folder of the episodes (default: the task's dataset_dir)")
+    parser.add_argument('--episode_idx', type=int, help='episode index (default: the first free one)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing episode_{idx}.hdf5')
+    parser.add_argument('--robot_driver', choices=('auto', 'interbotix', 'dynamixel'), default='auto',
+                        help='how to reach the arms (auto: interbotix when its ROS modules import)')
+    main(vars(parser.parse_args()))
