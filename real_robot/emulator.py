@@ -33,6 +33,7 @@ class EmulatedServo:
         self.id = servo_id
         self.table = bytearray(P.CONTROL_TABLE_SIZE)
         self.silent = False
+        self.goal_history = []  # every goal position written, for tests
         self._set('model_number', MODEL_NUMBER)
         self._set('id', servo_id)
         self._set('operating_mode', P.OPERATING_MODES['position'])
@@ -95,6 +96,8 @@ class EmulatedServo:
             return 7  # a servo in hardware error refuses torque until rebooted
         self.advance()
         self.table[address:address + len(data)] = data
+        if address == P.CONTROL_TABLE['goal_position'][0]:
+            self.goal_history.append(self.get('goal_position'))
         return 0
 
     def reboot(self):

@@ -1,0 +1,110 @@
+"""Teleoperation recording and replay end to end on four emulated servo buses and test-pattern
+cameras: the original real-robot HDF5 layout, written atomically, and actions replayed."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import constants
+import real_robot
+import record_episodes
+import replay_episodes
+from real_robot import settings
+from real_robot.cameras import TEST_PATTERN
+from real_robot.emulator import ServoBusEmulator
+from real_robot.protocol import position_to_rad, rad_to_position
+
+CAMERA_NAMES = ['cam_high', 'cam_low', 'cam_left_wrist', 'cam_right_wrist']
+EPISODE_LEN = 12
+LEADER_LEFT_WAIST = 0.25  # rad: where the operator holds the left leader arm
+
+
+@pytest.fixture
+def station(tmp_path, monkeypatch):
+    """Four emulated arms and test-pattern cameras wired into settings, and a tiny real task."""
+    emulators = {name: ServoBusEmulator() for name in settings.SERVO_PORTS}
+    for name, emu in emulators.items():
+        monkeypatch.setitem(settings.SERVO_PORTS, name, emu.port)
+    for cam in CAMERA_NAMES:
+        monkeypatch.setitem(settings.CAMERA_DEVICES, cam, TEST_PATTERN)
+    monkeypatch.setattr(settings, 'CAMERA_HW', (24, 32))
+    monkeypatch.setattr(settings, 'OPENING_MOVE_TIME_S', 0.1)
+    monkeypatch.setattr(settings, 'RESET_ARM_MOVE_TIME_S', 0.1)
+    monkeypatch.setattr(settings, 'SAFE_MOVE_TIME_S', 0.1)
+    dataset_dir = str(tmp_path / 'tiny_real_task')
+    monkeypatch.setitem(real_robot.TASK_CONFIGS, 'tiny_real_task', {
+        'dataset_dir': dataset_dir, 'num_episodes': 1, 'episode_len': EPISODE_LEN, 'camera_names': CAMERA_NAMES})
+    yield emulators, dataset_dir
+    for emu in emulators.values():
+        emu.close()
+
+
+def hold_leader_arm(emulator, waist):
+    """The operator moves the (torque-off) left leader's waist once the opening ceremony ends."""
+    import threading
+    import time
+
+    def wait_for_torque(value, deadline):
+        while emulator.servos[1].get('torque_enable') != value and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def operator():
+        deadline = time.monotonic() + 10
+        wait_for_torque(1, deadline)  # the ceremony moves the leader to the start pose
+        wait_for_torque(0, deadline)  # then releases it to the operator
+        emulator.servos[1].set_present_position(rad_to_position(waist))
+    thread = threading.Thread(target=operator, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_record_then_replay(station, capsys):
+    emulators, dataset_dir = station
+    operator = hold_leader_arm(emulators['master_left'], LEADER_LEFT_WAIST)
+    path = record_episodes.main({'task_name': 'tiny_real_task', 'episode_idx': None, 'robot_driver': 'dynamixel'})
+    operator.join()
+    out = capsys.readouterr()
+    assert path == os.path.join(dataset_dir, 'episode_0.hdf5')
+    assert 'Avg freq:' in out.out and 'Started!' in out.out
+    assert os.listdir(dataset_dir) == ['episode_0.hdf5']  # no temporary file left behind
+
+    with h5py.File(path, 'r') as root:
+        assert dict(root.attrs) == {'sim': False}
+        for key in ('observations/qpos', 'observations/qvel', 'observations/effort', 'action'):
+            assert root[key].shape == (EPISODE_LEN, 14) and root[key].dtype == np.float32
+        for cam in CAMERA_NAMES:
+            frames = root[f'observations/images/{cam}']
+            assert frames.shape == (EPISODE_LEN, 24, 32, 3) and frames.dtype == np.uint8
+            assert frames.chunks == (1, 24, 32, 3)
+        action = root['action'][()]
+        qpos = root['observations/qpos'][()]
+    # the operator's pose reaches the action; the follower follows it within the per-step limit
+    assert action[-1, 0] == pytest.approx(LEADER_LEFT_WAIST, abs=2e-3)
+    np.testing.assert_allclose(action[:, 7:13], np.tile(settings.START_ARM_QPOS, (EPISODE_LEN, 1)), atol=2e-3)
+    assert qpos[-1, 0] == pytest.approx(LEADER_LEFT_WAIST, abs=0.02)
+    # recording ends with the followers parked without torque
+    follower = emulators['puppet_left'].servos
+    assert all(servo.get('torque_enable') == 0 for servo in follower.values())
+
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        record_episodes.main({'task_name': 'tiny_real_task', 'episode_idx': 0, 'robot_driver': 'dynamixel'})
+
+    emulators['puppet_left'].servos[1].goal_history.clear()
+    replay_episodes.main({'dataset_dir': dataset_dir, 'episode_idx': 0, 'robot_driver': 'dynamixel'})
+    log = capsys.readouterr().out
+    assert 'Closing the robot environment' in log
+    waist_goals = [position_to_rad(value) for value in emulators['puppet_left'].servos[1].goal_history]
+    assert max(waist_goals) == pytest.approx(LEADER_LEFT_WAIST, abs=2e-3)  # the replayed action was sent
+    gripper_goal = position_to_rad(emulators['puppet_right'].servos[settings.GRIPPER_SERVO_ID].get('goal_position'))
+    assert gripper_goal == pytest.approx(constants.PUPPET_GRIPPER_JOINT_OPEN, abs=2e-3)  # grippers opened
+
+
+def test_replay_of_a_missing_episode_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='episode_7.hdf5'):
+        replay_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 7, 'robot_driver': 'dynamixel'})
+
+
+def test_teleoperation_needs_leader_arms():
+    with pytest.raises(ValueError, match='no leader arms'):
+        real_robot.make_master_bots('sim')
