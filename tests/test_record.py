@@ -1,0 +1,202 @@
+"""record_sim_episodes.py and visualize_episodes.py on short, small episodes."""
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import constants
+import record_sim_episodes
+import visualize_episodes
+from conftest import ROOT, write_episode
+
+TASK = 'sim_transfer_cube_scripted'
+STEPS = 10  # recorded steps per test episode (the real task has 400)
+SMALL = [24, 32]
+CAMERAS = ['top', 'angle']
+
+
+def record(dataset_dir, **overrides):
+    args = {'task_name': TASK, 'dataset_dir': str(dataset_dir), 'num_episodes': 2, 'onscreen_render': False,
+            'seed': 0, 'num_workers': 1, 'camera_names': CAMERAS, 'image_size': SMALL, 'compress': False}
+    args.update(overrides)
+    return record_sim_episodes.main(args)
+
+
+@pytest.fixture(scope='module')
+def recorded(tmp_path_factory):
+    """Two short episodes recorded in-process, and the same two by two workers with --compress."""
+    root = tmp_path_factory.mktemp('recorded')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+        record(root / 'plain')
+        record(root / 'parallel', num_workers=2, compress=True)
+    return root
+
+
+def read_all(path):
+    with h5py.File(path, 'r') as root:
+        return {name: root[name][()] for name in ('action', 'observations/qpos', 'observations/qvel',
+                                                   *(f'observations/images/{c}' for c in CAMERAS))}
+
+
+def test_recorded_layout_is_the_original(recorded):
+    assert sorted(os.listdir(recorded / 'plain')) == ['episode_0.hdf5', 'episode_1.hdf5']
+    with h5py.File(recorded / 'plain' / 'episode_0.hdf5', 'r') as root:
+        assert dict(root.attrs) == {'sim': True} and isinstance(root.attrs['sim'], np.bool_)
+        names = []
+        root.visit(names.append)
+        assert sorted(names) == ['action', 'observations', 'observations/images', 'observations/images/angle',
+                                 'observations/images/top', 'observations/qpos', 'observations/qvel']
+        for key in ('action', 'observations/qpos', 'observations/qvel'):
+            dset = root[key]
+            assert dset.shape == (STEPS, 14) and dset.dtype == np.float32 and dset.chunks is None
+        for cam in CAMERAS:
+            dset = root[f'observations/images/{cam}']
+            assert dset.shape == (STEPS, *SMALL, 3) and dset.dtype == np.uint8
+            assert dset.chunks == (1, *SMALL, 3) and dset.compression is None
+            assert dset[0].max() > 0
+        action, qpos = root['action'][()], root['observations/qpos'][()]
+    np.testing.assert_allclose(qpos[0, :6], constants.START_ARM_POSE[:6], atol=1e-6)
+    assert action[0, 6] == pytest.approx(0.0)  # scripted grippers start commanded closed
+    assert action[-1, 6] > 0.0 and action[-1, 13] > 0.0  # and open towards the first waypoint
+    assert np.all((action[:, [6, 13]] >= 0) & (action[:, [6, 13]] <= 1))
+
+
+def test_workers_and_compression_reproduce_the_episodes(recorded):
+    for idx in range(2):
+        plain = read_all(recorded / 'plain' / f'episode_{idx}.hdf5')
+        parallel = read_all(recorded / 'parallel' / f'episode_{idx}.hdf5')
+        for key in plain:
+            np.testing.assert_array_equal(plain[key], parallel[key], err_msg=key)
+    with h5py.File(recorded / 'parallel' / 'episode_0.hdf5', 'r') as root:
+        assert root['observations/images/top'].compression == 'gzip'
+    first, second = (read_all(recorded / 'plain' / f'episode_{i}.hdf5') for i in range(2))
+    assert not np.array_equal(first['observations/images/top'], second['observations/images/top'])
+
+
+def test_rerun_skips_valid_episodes_and_redoes_broken_ones(recorded, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+    dataset_dir = tmp_path / 'data'
+    shutil.copytree(recorded / 'plain', dataset_dir)
+    before = os.stat(dataset_dir / 'episode_0.hdf5').st_mtime_ns
+    assert record(dataset_dir) == []
+    out = capsys.readouterr().out
+    assert 'episode_0.hdf5 exists: skipping' in out and 'Success: 0 / 0' in out
+    assert os.stat(dataset_dir / 'episode_0.hdf5').st_mtime_ns == before
+    with open(dataset_dir / 'episode_1.hdf5', 'r+b') as f:  # truncated by a non-atomic writer
+        f.truncate(1000)
+    results = record(dataset_dir)
+    assert [r['episode_idx'] for r in results] == [1]
+    assert 'Success: ' in capsys.readouterr().out
+    for key, value in read_all(recorded / 'plain' / 'episode_1.hdf5').items():
+        np.testing.assert_array_equal(read_all(dataset_dir / 'episode_1.hdf5')[key], value)
+    assert sorted(os.listdir(dataset_dir)) == ['episode_0.hdf5', 'episode_1.hdf5']
+    with pytest.raises(ValueError, match='episode_0.hdf5 already exists with another layout'):
+        record(dataset_dir, image_size=[48, 64])
+
+
+class ExplodingArray:
+    """Stands in for qvel and fails in the middle of writing an episode."""
+
+    def astype(self, dtype):
+        raise KeyboardInterrupt
+
+
+def test_interrupted_write_leaves_the_old_file_and_no_temporary(recorded, tmp_path):
+    path = tmp_path / 'episode_0.hdf5'
+    shutil.copy(recorded / 'plain' / 'episode_0.hdf5', path)
+    good = read_all(path)
+    data = {'images': {'top': np.zeros((STEPS, *SMALL, 3), np.uint8)},
+            'qpos': np.zeros((STEPS, 14)), 'qvel': ExplodingArray(), 'action': np.zeros((STEPS, 14))}
+    with pytest.raises(KeyboardInterrupt):
+        record_sim_episodes.write_episode(str(path), data)
+    assert os.listdir(tmp_path) == ['episode_0.hdf5']
+    np.testing.assert_array_equal(read_all(path)['observations/images/top'], good['observations/images/top'])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'task_name': 'sim_pour_tea'}, 'known sim tasks are sim_insertion_human'),
+    ({'task_name': 'sim_insertion_human'}, 'scripted tasks are sim_insertion_scripted'),
+    ({'num_episodes': -1}, '--num_episodes must be 0 or more'),
+    ({'camera_names': ['top', 'wrist']}, "unknown camera 'wrist'"),
+    ({'image_size': [0, 32]}, '--image_size'),
+    ({'num_workers': 2, 'onscreen_render': True}, '--num_workers 1'),
+])
+def test_bad_inputs_write_nothing(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        record(tmp_path / 'data', **overrides)
+    assert not (tmp_path / 'data').exists()
+
+
+def test_unwritable_dataset_dir(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    with pytest.raises(ValueError, match='--dataset_dir .* is not a writable folder'):
+        record(blocker / 'data')
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_command_line_errors_exit_non_zero(tmp_path):
+    done = run_script('record_sim_episodes.py', '--task_name', TASK, '--dataset_dir', str(tmp_path / 'd'),
+                      '--camera_names', 'wrist')
+    assert done.returncode != 0
+    assert "unknown camera 'wrist'" in done.stderr and 'Traceback' not in done.stderr
+    assert run_script('record_sim_episodes.py', '--help').returncode == 0
+
+
+def _check_viewer_outputs(dataset_dir, idx, num_frames, width):
+    import imageio.v2 as imageio
+    video = os.path.join(dataset_dir, f'episode_{idx}_video.mp4')
+    plot = os.path.join(dataset_dir, f'episode_{idx}_qpos.png')
+    assert os.path.getsize(plot) > 0
+    with imageio.get_reader(video) as reader:
+        assert reader.count_frames() == num_frames
+        assert reader.get_meta_data()['fps'] == 50 and reader.get_meta_data()['codec'] == 'h264'
+        assert reader.get_data(0).shape[1] == width
+
+
+def test_viewer_writes_video_and_plot(recorded, tmp_path, capsys):
+    dataset_dir = tmp_path / 'view'
+    shutil.copytree(recorded / 'parallel', dataset_dir)
+    visualize_episodes.main({'dataset_dir': str(dataset_dir), 'episode_idx': 1})
+    assert 'Saved video to' in capsys.readouterr().out
+    _check_viewer_outputs(dataset_dir, 1, STEPS, SMALL[1] * len(CAMERAS))
+    write_episode(str(dataset_dir / 'episode_7.hdf5'), episode_len=10, camera_names=('cam_high', 'cam_low'),
+                  sim=False)
+    visualize_episodes.main({'dataset_dir': str(dataset_dir), 'episode_idx': 7})
+    _check_viewer_outputs(dataset_dir, 7, 10, 64)
+
+
+def test_viewer_reads_the_jpeg_layout(tmp_path):
+    import cv2
+    ramp = np.linspace(0, 255, 32)[None, :, None] * np.ones((24, 1, 3))  # smooth, JPEG-friendly
+    frames = np.stack([np.roll(ramp, 4 * t, axis=1) for t in range(6)]).astype(np.uint8)  # (6, 24, 32, 3)
+    encoded = [cv2.imencode('.jpg', f)[1].ravel() for f in frames]
+    padded = np.zeros((6, max(len(e) for e in encoded)), np.uint8)
+    for row, enc in zip(padded, encoded):
+        row[:len(enc)] = enc
+    path = tmp_path / 'episode_0.hdf5'
+    with h5py.File(path, 'w') as root:
+        root.attrs['sim'] = False
+        root.attrs['compress'] = True
+        root.create_dataset('observations/images/cam_high', data=padded)
+        root.create_dataset('compress_len', data=np.array([[len(e) for e in encoded]], np.float32))
+        for key in ('observations/qpos', 'observations/qvel', 'action'):
+            root.create_dataset(key, data=np.zeros((6, 14), np.float32))
+    _, _, _, images = visualize_episodes.load_hdf5(str(tmp_path), 'episode_0')
+    assert images['cam_high'].shape == (6, 24, 32, 3)
+    assert np.abs(images['cam_high'].astype(int) - frames).mean() < 8  # lossy, but the same pictures
+    visualize_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 0})
+    _check_viewer_outputs(tmp_path, 0, 6, 32)
+
+
+def test_viewer_missing_episode_exits_non_zero(tmp_path):
+    done = run_script('visualize_episodes.py', '--dataset_dir', str(tmp_path), '--episode_idx', '3')
+    assert done.returncode != 0 and 'episode_3.hdf5' in done.stderr
