@@ -1,0 +1,549 @@
+"""Diffusion Policy (Chi et al., 2023) beside ACT and CNNMLP, as the Mobile ALOHA code
+(act-plus-plus) trained it on ACT's data.
+
+Per camera, a ResNet-18 trunk with group norm in place of batch norm feeds a spatial-softmax
+layer (32 keypoints) whose keypoints are projected to 64 features; the features of all cameras
+and qpos, over the observation horizon, are the global condition of a 1-D UNet over the action
+chunk. The UNet predicts the noise added to the chunk (epsilon prediction) and is FiLM-conditioned
+on the diffusion step and the global condition. Noise schedules come from diffusers, imported only
+when a DiffusionPolicy is built so that ACT works without it.
+
+Module names follow act-plus-plus (robomimic's ResNet18Conv / SpatialSoftmax and the
+ConditionalUnet1D of the diffusion_policy code), so its checkpoints load. Differences:
+- the keypoint grid is computed from the feature map that arrives, so any image size works
+  (act-plus-plus fixed it to 480x640 frames); its constant grid buffers are dropped on load;
+- the action chunk is zero-padded inside the UNet to a multiple of 2 ** (levels - 1), so any
+  chunk size works (act-plus-plus fails unless the chunk size divides by 4);
+- training images are augmented in batch on the device (random 95% crop resized back, rotation,
+  colour jitter) and evaluation sees the centre 95% crop, as act-plus-plus did for ACT;
+- the EMA is updated in post_step() after each optimizer step instead of inside forward, so
+  validation passes do not move it;
+- weight decay 1e-6 (the diffusion_policy default; act-plus-plus used 0).
+"""
+import copy
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+### Fixed values
+NUM_KEYPOINTS = 32             # spatial-softmax keypoints per camera
+CAMERA_FEATURE_DIM = 64        # features per camera after projecting its keypoints
+STEP_EMBED_DIM = 256           # width of the diffusion-step embedding
+GROUP_NORM_CHANNELS = 16       # channels per group where group norm replaces batch norm
+BETA_SCHEDULE = 'squaredcos_cap_v2'
+EMA_MAX_DECAY = 0.9999         # ceiling of the EMA decay (warm-up 1 - (1 + step) ** -ema_power)
+CROP_RATIO = 0.95              # training crops 95% of each side at random, evaluation the centre
+MAX_ROTATION_DEG = 5.0         # training rotates each image by up to this many degrees
+BRIGHTNESS, CONTRAST, SATURATION = 0.3, 0.4, 0.5  # colour jitter: factors drawn in 1 -+ strength
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCHEDULERS = ('ddim', 'ddpm')
+
+# Optional policy_config keys (a missing key or None takes the default) and the flag that sets each.
+DEFAULTS = {
+    'state_dim': 14,
+    'action_dim': 14,
+    'lr': 1e-4,
+    'weight_decay': 1e-6,
+    'num_inference_steps': 10,     # --num_inference_steps
+    'scheduler': 'ddim',           # --scheduler
+    'num_train_timesteps': 50,
+    'obs_horizon': 1,              # --obs_horizon
+    'action_horizon': 8,           # --action_horizon (act-plus-plus: 8); capped at the chunk size
+    'ema_power': 0.75,
+    'down_dims': (256, 512, 1024),
+    'kernel_size': 5,
+    'n_groups': 8,
+    'backbone': 'resnet18',        # --backbone: resnet18 | resnet34 | resnet50
+    'pretrained_backbone': False,  # act-plus-plus trained the trunk from scratch
+    'backbone_weights': None,
+    'augment_images': True,        # training augmentation and the matching evaluation centre crop
+    'amp': 'off',                  # inference precision: off (fp32) | bf16 | fp16 (autocast)
+}
+AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+### Conditional 1-D UNet
+class SinusoidalStepEmbedding(nn.Module):
+    """Diffusion step k (B,) -> (B, dim): sines then cosines of k at geometric frequencies."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, steps):
+        half = self.dim // 2
+        freqs = torch.exp(torch.arange(half, device=steps.device) * (-math.log(10000) / (half - 1)))  # (half,)
+        angles = steps.float()[:, None] * freqs[None, :]  # (B, half)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, dim)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d (same length) -> GroupNorm -> Mish: (B, C_in, T) -> (B, C_out, T)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, n_groups):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, out_channels),
+            nn.Mish(),
+        )
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class FiLMResidualBlock(nn.Module):
+    """Two conv blocks with FiLM between them and a residual path.
+
+    FiLM (Perez et al., 2018): the condition predicts a per-channel scale and bias that modulate
+    the output of the first conv block; the second block then mixes it along time.
+    """
+
+    def __init__(self, in_channels, out_channels, cond_dim, kernel_size, n_groups):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            Conv1dBlock(in_channels, out_channels, kernel_size, n_groups),
+            Conv1dBlock(out_channels, out_channels, kernel_size, n_groups),
+        ])
+        self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
+        self.residual_conv = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x, cond):
+        """x (B, C_in, T), cond (B, cond_dim) -> (B, C_out, T)."""
+        scale, bias = self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)  # (B, C_out, 1) each
+        out = self.blocks[0](x) * scale + bias
+        return self.blocks[1](out) + self.residual_conv(x)
+
+
+class Downsample1d(nn.Module):
+    """(B, C, T) -> (B, C, ceil(T / 2))."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample1d(nn.Module):
+    """(B, C, T) -> (B, C, 2 T)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Predicts the noise in a noisy action chunk, conditioned on the step and the observation.
+
+    Levels of widths `down_dims`: each level has two FiLM residual blocks and halves the length
+    (not the last); two blocks in the middle; the way up mirrors the way down with skip
+    connections; a conv block and a 1x1 conv map back to the action size.
+    """
+
+    def __init__(self, action_dim, global_cond_dim, step_embed_dim=STEP_EMBED_DIM,
+                 down_dims=DEFAULTS['down_dims'], kernel_size=DEFAULTS['kernel_size'],
+                 n_groups=DEFAULTS['n_groups']):
+        super().__init__()
+        self.diffusion_step_encoder = nn.Sequential(
+            SinusoidalStepEmbedding(step_embed_dim),
+            nn.Linear(step_embed_dim, 4 * step_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * step_embed_dim, step_embed_dim),
+        )
+        cond_dim = step_embed_dim + global_cond_dim
+        dims = [action_dim, *down_dims]
+        levels = list(zip(dims[:-1], dims[1:]))  # (in, out) channels of each level
+
+        def block(c_in, c_out):
+            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups)
+
+        self.down_modules = nn.ModuleList(
+            nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
+                           Downsample1d(c_out) if i < len(levels) - 1 else nn.Identity()])
+            for i, (c_in, c_out) in enumerate(levels))
+        self.mid_modules = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        self.up_modules = nn.ModuleList(
+            nn.ModuleList([block(2 * c_out, c_in), block(c_in, c_in), Upsample1d(c_in)])
+            for c_in, c_out in reversed(levels[1:]))
+        self.final_conv = nn.Sequential(
+            # NOTE(faithful): the last conv block uses 8 groups whatever n_groups is, as the
+            # diffusion_policy UNet does; checkpoints with n_groups != 8 depend on it.
+            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups=8),
+            nn.Conv1d(down_dims[0], action_dim, 1),
+        )
+        self.length_multiple = 2 ** (len(levels) - 1)
+
+    def forward(self, sample, timestep, global_cond):
+        """sample (B, T, A) noisy actions, timestep (B,) or scalar, global_cond (B, G) -> (B, T, A)."""
+        batch, length = sample.shape[:2]
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)  # (B,)
+        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)  # (B, cond_dim)
+        padded = -length % self.length_multiple
+        x = F.pad(sample.transpose(1, 2), (0, padded))  # (B, A, T + padded)
+        skips = []
+        for first, second, downsample in self.down_modules:
+            x = second(first(x, cond), cond)
+            skips.append(x)
+            x = downsample(x)
+        for mid in self.mid_modules:
+            x = mid(x, cond)
+        for first, second, upsample in self.up_modules:
+            x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 C, T')
+            x = upsample(second(first(x, cond), cond))
+        x = self.final_conv(x)  # (B, A, T + padded)
+        return x[..., :length].transpose(1, 2)  # (B, T, A)
+
+
+### Observation encoder
+class SpatialSoftmax(nn.Module):
+    """Feature map (N, C, h, w) -> keypoints (N, K, 2): a 1x1 conv makes K maps, a softmax over
+    each map's positions gives a distribution, and its expected (x, y) in [-1, 1] is the keypoint.
+    The position grid is made for the map that arrives, so the layer fits any image size."""
+
+    def __init__(self, in_channels, num_keypoints=NUM_KEYPOINTS):
+        super().__init__()
+        self.nets = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+
+    def forward(self, features):
+        maps = self.nets(features)  # (N, K, h, w)
+        h, w = maps.shape[-2:]
+        attention = maps.flatten(2).float().softmax(dim=-1)  # (N, K, h * w)
+        ys = torch.linspace(-1.0, 1.0, h, device=maps.device)
+        xs = torch.linspace(-1.0, 1.0, w, device=maps.device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')  # (h, w) each
+        grid = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # (h * w, 2)
+        return attention @ grid  # (N, K, 2)
+
+
+class ResNetTrunk(nn.Module):
+    """ResNet without its pooling and classifier: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32)).
+    `nets` holds conv1, bn1 (a group norm here), relu, maxpool, layer1..layer4 in that order."""
+
+    def __init__(self, resnet):
+        super().__init__()
+        self.num_channels = resnet.num_channels
+        self.nets = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
+                                  resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+
+    def forward(self, images):
+        return self.nets(images)
+
+
+def group_norm(num_channels):
+    """Group norm with 16 channels per group, where ResNet has batch norm."""
+    return nn.GroupNorm(num_channels // GROUP_NORM_CHANNELS, num_channels)
+
+
+def build_trunk(name, pretrained, weights_path):
+    """ResNet trunk with group norm. From ImageNet weights the convolutions start pretrained and
+    each group norm takes its batch norm's scale and shift (running statistics have no place)."""
+    from detr.resnet import build_resnet_trunk, load_imagenet_weights
+    resnet = build_resnet_trunk(name, norm_layer=group_norm)
+    if pretrained:
+        load_imagenet_weights(resnet, name, weights_path)
+    return ResNetTrunk(resnet)
+
+
+### Image augmentation (batched torch ops on the images' device)
+def _affine_resample(images, scale, shift, angle):
+    """Sample each image at a rotated, scaled, shifted view, resized back to full size.
+
+    images (N, 3, H, W); scale (N,) side of the view as a fraction of the image; shift (N, 2) its
+    centre in normalised (x, y) coordinates; angle (N,) radians. Pixels from outside are black.
+    """
+    n, _, h, w = images.shape
+    cos, sin = angle.cos() * scale, angle.sin() * scale  # (N,) each
+    # output (u, v) -> input (x, y) in normalised coordinates; aspect terms keep the rotation rigid
+    theta = torch.stack([
+        torch.stack([cos, -sin * h / w, shift[:, 0]], dim=-1),
+        torch.stack([sin * w / h, cos, shift[:, 1]], dim=-1),
+    ], dim=1)  # (N, 2, 3)
+    grid = F.affine_grid(theta.to(images.dtype), [n, 3, h, w], align_corners=False)  # (N, H, W, 2)
+    return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+
+
+def _luminance(images):
+    """(N, 3, H, W) -> (N, 1, H, W), ITU-R 601 weights."""
+    r, g, b = images.unbind(dim=1)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _random_factors(n, strength, device):
+    return 1.0 + (torch.rand(n, 1, 1, 1, device=device) * 2 - 1) * strength  # (N, 1, 1, 1)
+
+
+def colour_jitter(images):
+    """Random brightness, contrast and saturation per image, in that order: (N, 3, H, W) in [0, 1]."""
+    n, device = images.shape[0], images.device
+    images = (images * _random_factors(n, BRIGHTNESS, device)).clamp(0, 1)
+    mean = _luminance(images).mean(dim=(2, 3), keepdim=True)  # (N, 1, 1, 1)
+    images = ((images - mean) * _random_factors(n, CONTRAST, device) + mean).clamp(0, 1)
+    gray = _luminance(images)  # (N, 1, H, W)
+    return ((images - gray) * _random_factors(n, SATURATION, device) + gray).clamp(0, 1)
+
+
+def augment_images(images):
+    """Training augmentation, independent per image: a random crop of 95% of each side resized back
+    to full size, a rotation of up to 5 degrees, colour jitter. (N, 3, H, W) in [0, 1] -> same."""
+    n, device = images.shape[0], images.device
+    scale = torch.full((n,), CROP_RATIO, device=device)
+    shift = (torch.rand(n, 2, device=device) * 2 - 1) * (1 - CROP_RATIO)  # crop stays inside the image
+    angle = (torch.rand(n, device=device) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
+    return colour_jitter(_affine_resample(images, scale, shift, angle))
+
+
+def centre_crop(images):
+    """Evaluation view matching the training crops: the centre 95% of each side resized back."""
+    n, device = images.shape[0], images.device
+    scale = torch.full((n,), CROP_RATIO, device=device)
+    zeros = torch.zeros(n, 2, device=device)
+    return _affine_resample(images, scale, zeros, zeros[:, 0])
+
+
+### Configuration
+def _config_value(policy_config, key):
+    value = policy_config.get(key)
+    return DEFAULTS[key] if value is None else value
+
+
+def resolve_config(policy_config):
+    """policy_config -> complete settings dict; clear errors naming the flag for bad values."""
+    for key in ('camera_names', 'num_queries'):
+        if policy_config.get(key) is None:
+            raise KeyError(f"Diffusion policy_config needs '{key}' (given keys: {sorted(policy_config)})")
+    cfg = {key: _config_value(policy_config, key) for key in DEFAULTS}
+    cfg['camera_names'] = list(policy_config['camera_names'])
+    cfg['num_queries'] = int(policy_config['num_queries'])
+    if policy_config.get('action_horizon') is None:
+        cfg['action_horizon'] = min(DEFAULTS['action_horizon'], cfg['num_queries'])
+    cfg['scheduler'] = str(cfg['scheduler']).lower()
+    _check_config(cfg)
+    return cfg
+
+
+def _check_config(cfg):
+    if not cfg['camera_names']:
+        raise ValueError('the Diffusion policy needs at least one camera (camera_names is empty)')
+    if cfg['num_queries'] < 1:
+        raise ValueError(f"--chunk_size (the prediction horizon) must be >= 1, got {cfg['num_queries']}")
+    if cfg['amp'] not in AMP_DTYPES:
+        raise ValueError(f"--amp must be one of {', '.join(AMP_DTYPES)}; got {cfg['amp']!r}")
+    if cfg['scheduler'] not in SCHEDULERS:
+        raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}; got {cfg['scheduler']!r}")
+    if not 1 <= cfg['action_horizon'] <= cfg['num_queries']:
+        raise ValueError(f"--action_horizon must be between 1 and the prediction horizon --chunk_size "
+                         f"({cfg['num_queries']}); got {cfg['action_horizon']}")
+    if cfg['obs_horizon'] < 1:
+        raise ValueError(f"--obs_horizon must be >= 1 (1 = the current observation only); got {cfg['obs_horizon']}")
+    if not 1 <= cfg['num_inference_steps'] <= cfg['num_train_timesteps']:
+        raise ValueError(f"--num_inference_steps must be between 1 and the {cfg['num_train_timesteps']} "
+                         f"training timesteps; got {cfg['num_inference_steps']}")
+    if cfg['scheduler'] == 'ddim' and cfg['num_train_timesteps'] % cfg['num_inference_steps']:
+        warnings.warn(f"--num_inference_steps {cfg['num_inference_steps']} does not divide the "
+                      f"{cfg['num_train_timesteps']} training timesteps; DDIM will use uneven steps")
+
+
+def make_noise_scheduler(name, num_train_timesteps):
+    """The diffusers scheduler: squared-cosine betas, sample clipping, epsilon prediction."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE,
+                  clip_sample=True, prediction_type='epsilon')
+    if name == 'ddim':
+        return DDIMScheduler(set_alpha_to_one=True, steps_offset=0, **common)
+    return DDPMScheduler(variance_type='fixed_small', **common)
+
+
+### Policy
+class DiffusionPolicy(nn.Module):
+    """policy(qpos, image, actions=None, is_pad=None), as ACT.
+
+    With obs_horizon 1: qpos (B, state_dim), image (B, num_cams, 3, H, W) in [0, 1]; with
+    obs_horizon To > 1: qpos (B, To, state_dim), image (B, To, num_cams, 3, H, W).
+    Training (actions (B, T >= num_queries, action_dim) in [-1, 1], is_pad (B, T) bool) returns
+    {'l2_loss', 'loss'}; inference returns the denoised chunk (B, num_queries, action_dim) in
+    [-1, 1], sampled with the EMA weights.
+    """
+
+    def __init__(self, policy_config):
+        super().__init__()
+        from diffusers.training_utils import EMAModel
+        cfg = resolve_config(policy_config)
+        self.cfg = cfg
+        self.camera_names = cfg['camera_names']
+        self.num_queries = cfg['num_queries']
+        self.action_horizon = cfg['action_horizon']
+        self.obs_horizon = cfg['obs_horizon']
+        self.state_dim, self.action_dim = cfg['state_dim'], cfg['action_dim']
+        self.normalise_images = bool(cfg['pretrained_backbone'])  # ImageNet trunks expect ImageNet statistics
+        self.nets = self._build_nets(cfg)
+        self.ema_nets = copy.deepcopy(self.nets).requires_grad_(False)
+        self.ema = EMAModel(self.nets.parameters(), decay=EMA_MAX_DECAY, min_decay=0.0, update_after_step=0,
+                            use_ema_warmup=True, inv_gamma=1.0, power=cfg['ema_power'], foreach=True)
+        # The average lives in ema_nets itself: it moves with .to(), is saved as 'ema', and is
+        # what inference runs. EMAModel.step updates its shadow parameters in place.
+        self.ema.shadow_params = list(self.ema_nets.parameters())
+        self.noise_scheduler = make_noise_scheduler(cfg['scheduler'], cfg['num_train_timesteps'])
+        self.register_buffer('image_mean', torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer('image_std', torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        print(f'number of parameters: {sum(p.numel() for p in self.nets.parameters()) / 1e6:.2f}M')
+
+    def _build_nets(self, cfg):
+        num_cams = len(cfg['camera_names'])
+        obs_dim = CAMERA_FEATURE_DIM * num_cams + cfg['state_dim']
+        backbones = nn.ModuleList(build_trunk(cfg['backbone'], cfg['pretrained_backbone'], cfg['backbone_weights'])
+                                  for _ in range(num_cams))
+        return nn.ModuleDict({'policy': nn.ModuleDict({
+            'backbones': backbones,
+            'pools': nn.ModuleList(SpatialSoftmax(trunk.num_channels) for trunk in backbones),
+            'linears': nn.ModuleList(nn.Linear(2 * NUM_KEYPOINTS, CAMERA_FEATURE_DIM) for _ in range(num_cams)),
+            'noise_pred_net': ConditionalUnet1D(cfg['action_dim'], obs_dim * cfg['obs_horizon'],
+                                                down_dims=tuple(cfg['down_dims']),
+                                                kernel_size=cfg['kernel_size'], n_groups=cfg['n_groups']),
+        })})
+
+    ### Training interface
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.nets.parameters(), lr=self.cfg['lr'], weight_decay=self.cfg['weight_decay'])
+
+    def post_step(self):
+        """Move the EMA toward the current weights; the training loop calls it after each optimizer step."""
+        self.ema.step(self.nets.parameters())
+
+    def serialize(self):
+        """{'nets': trained weights, 'ema': averaged weights (used for inference), 'ema_step': int}."""
+        return {'nets': self.nets.state_dict(), 'ema': self.ema_nets.state_dict(),
+                'ema_step': self.ema.optimization_step}
+
+    def deserialize(self, checkpoint):
+        """Load serialize()'s dict strictly (act-plus-plus checkpoints too); inference then uses 'ema'
+        (or 'nets' when the checkpoint has no EMA weights)."""
+        if not isinstance(checkpoint, dict) or 'nets' not in checkpoint:
+            keys = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise KeyError(f"a Diffusion checkpoint is a dict with 'nets' and 'ema' state dicts; got {keys} "
+                           f"(a raw state_dict comes from --policy_class ACT or CNNMLP)")
+        _load_strict(self.nets, checkpoint['nets'], 'nets')
+        ema = checkpoint.get('ema')
+        if ema is None:
+            warnings.warn("checkpoint has no EMA weights ('ema'); inference uses the trained weights")
+            ema = self.nets.state_dict()
+        _load_strict(self.ema_nets, ema, 'ema')
+        self.ema.optimization_step = int(checkpoint.get('ema_step', 0))
+
+    ### Forward
+    def forward(self, qpos, image, actions=None, is_pad=None):
+        qpos, image = self._check_observation(qpos, image)
+        if actions is not None:
+            return self._loss(qpos, image, actions, is_pad)
+        return self._sample(qpos, image)
+
+    def _check_observation(self, qpos, image):
+        """-> qpos (B, To, state_dim), image (B, To, num_cams, 3, H, W)."""
+        num_cams, horizon = len(self.camera_names), self.obs_horizon
+        if horizon == 1 and qpos.dim() == 2 and image.dim() == 5:
+            qpos, image = qpos.unsqueeze(1), image.unsqueeze(1)
+        expected = (f'qpos (B, {self.state_dim}) and image (B, {num_cams}, 3, H, W)' if horizon == 1 else
+                    f'qpos (B, {horizon}, {self.state_dim}) and image (B, {horizon}, {num_cams}, 3, H, W)')
+        if (qpos.dim() != 3 or image.dim() != 6 or tuple(qpos.shape[1:]) != (horizon, self.state_dim)
+                or tuple(image.shape[1:4]) != (horizon, num_cams, 3)):
+            raise ValueError(f'with --obs_horizon {horizon} the Diffusion policy expects {expected}; '
+                             f'got qpos {tuple(qpos.shape)} and image {tuple(image.shape)}')
+        return qpos, image
+
+    def _encode(self, nets, qpos, image):
+        """qpos (B, To, S), image (B, To, K, 3, H, W) -> global condition (B, To * (64 K + S))."""
+        batch, horizon = qpos.shape[:2]
+        image = image.flatten(0, 1)  # (B To, K, 3, H, W)
+        features = []
+        for cam_id in range(len(self.camera_names)):
+            frames = self._prepare_images(image[:, cam_id])  # (B To, 3, H, W)
+            feature_map = nets['policy']['backbones'][cam_id](frames)  # (B To, 512, h, w)
+            keypoints = nets['policy']['pools'][cam_id](feature_map).flatten(1)  # (B To, 2 * 32)
+            features.append(nets['policy']['linears'][cam_id](keypoints.to(frames.dtype)))  # (B To, 64)
+        features = torch.cat(features, dim=-1).view(batch, horizon, -1)  # (B, To, 64 K)
+        return torch.cat([features, qpos], dim=-1).flatten(1)  # (B, To * (64 K + S))
+
+    def _prepare_images(self, frames):
+        """Augmentation (training) or centre crop (evaluation), then ImageNet statistics if the
+        trunk started from ImageNet weights. (N, 3, H, W) -> same."""
+        if self.cfg['augment_images']:
+            frames = augment_images(frames) if self.training else centre_crop(frames)
+        if self.normalise_images:
+            frames = (frames - self.image_mean) / self.image_std
+        return frames
+
+    def _loss(self, qpos, image, actions, is_pad):
+        if actions.shape[1] < self.num_queries or actions.shape[2] != self.action_dim:
+            raise ValueError(f'actions must be (B, T >= {self.num_queries}, {self.action_dim}) '
+                             f'(chunk size, action_dim); got {tuple(actions.shape)}')
+        actions = actions[:, :self.num_queries]  # (B, T, A)
+        if is_pad is None:
+            is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
+        is_pad = is_pad[:, :self.num_queries]  # (B, T)
+        global_cond = self._encode(self.nets, qpos, image)
+        noise = torch.randn_like(actions)
+        steps = torch.randint(0, self.cfg['num_train_timesteps'], (actions.shape[0],), device=actions.device)
+        noisy_actions = self.noise_scheduler.add_noise(actions, noise, steps)
+        noise_pred = self.nets['policy']['noise_pred_net'](noisy_actions, steps, global_cond)
+        # NOTE(faithful): padded steps count in the denominator (mean over all elements), as in
+        # act-plus-plus; they only contribute zeros.
+        loss = (F.mse_loss(noise_pred, noise, reduction='none') * ~is_pad.unsqueeze(-1)).mean()
+        return {'l2_loss': loss, 'loss': loss}
+
+    @torch.inference_mode()
+    def _sample(self, qpos, image):
+        """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32."""
+        dtype = AMP_DTYPES[self.cfg['amp']]
+        with torch.autocast(qpos.device.type, dtype=dtype, enabled=dtype is not None):
+            global_cond = self._encode(self.ema_nets, qpos, image)  # (B, G)
+            unet = self.ema_nets['policy']['noise_pred_net']
+            actions = torch.randn(qpos.shape[0], self.num_queries, self.action_dim, device=qpos.device)
+            self.noise_scheduler.set_timesteps(self.cfg['num_inference_steps'])
+            for step in self.noise_scheduler.timesteps:
+                noise_pred = unet(actions, step.to(qpos.device), global_cond).float()
+                actions = self.noise_scheduler.step(noise_pred, step, actions).prev_sample
+        return actions
+
+
+### Checkpoint loading
+# act-plus-plus stored robomimic's constant keypoint grid and temperature; they are not weights.
+_CONSTANT_KEYS = ('.pos_x', '.pos_y', '.temperature')
+
+# Key fragment -> the setting that most likely differs when its shape does not match.
+_SHAPE_HINTS = (
+    ('cond_encoder', 'state_dim, the number of cameras or --obs_horizon'),
+    ('noise_pred_net.down_modules.0.0', 'action_dim or down_dims'),
+    ('final_conv.1', 'action_dim'),
+    ('noise_pred_net', 'down_dims, kernel_size or n_groups'),
+)
+
+
+def _load_strict(module, state_dict, name):
+    """load_state_dict(strict) with errors that say which keys and which setting differ."""
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith(_CONSTANT_KEYS)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    problems = []
+    if missing:
+        problems.append(f'missing keys {missing[:5]}{" ..." if len(missing) > 5 else ""}')
+    if unexpected:
+        problems.append(f'unexpected keys {unexpected[:5]}{" ..." if len(unexpected) > 5 else ""}'
+                        f' (a different number of cameras or down_dims?)')
+    for key in sorted(set(own) & set(state_dict)):
+        if own[key].shape != state_dict[key].shape:
+            hint = next((h for fragment, h in _SHAPE_HINTS if fragment in key), 'the model configuration')
+            problems.append(f'{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)} '
+                            f'(check {hint})')
+            break
+    if problems:
+        raise ValueError(f"Diffusion checkpoint '{name}' does not fit this policy: " + '; '.join(problems))
+    module.load_state_dict(state_dict, strict=True)
