@@ -12,6 +12,7 @@ rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in 
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 """
 import argparse
+import contextlib
 import glob
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ EE_PAUSE = 0.002  # seconds between onscreen frames of the EE rollout
 REPLAY_PAUSE = 0.02  # and of the joint replay
 HDF5_CACHE_BYTES = 1024 ** 2 * 2  # HDF5 chunk cache, as the original
 COMPRESSION = {'compression': 'gzip', 'compression_opts': 1}  # lossless, built into every HDF5
+LP_THREADS_VAR = 'LP_NUM_THREADS'  # Mesa llvmpipe rasteriser threads, read when EGL starts
 LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # gripper slots in qpos/action
 
 
@@ -225,9 +227,24 @@ def record_episodes(indices, recorder_kwargs, dataset_dir, compress, num_workers
             yield recorder.record(idx, episode_file(dataset_dir, idx), compress)
         return
     ctx = multiprocessing.get_context('spawn')  # fresh processes: no GL context crosses a fork
-    with ctx.Pool(min(num_workers, len(indices)), initializer=_init_worker,
-                  initargs=(recorder_kwargs, dataset_dir, compress)) as pool:
+    with single_threaded_software_gl():
+        pool = ctx.Pool(min(num_workers, len(indices)), initializer=_init_worker,
+                        initargs=(recorder_kwargs, dataset_dir, compress))
+    with pool:
         yield from pool.imap_unordered(_record_in_worker, indices)
+
+
+@contextlib.contextmanager
+def single_threaded_software_gl():
+    """Processes started inside inherit LP_NUM_THREADS=1 (unless the user set it): with one
+    episode per core, Mesa's software rasteriser wastes less time on its own threads."""
+    user_value = os.environ.get(LP_THREADS_VAR)
+    os.environ.setdefault(LP_THREADS_VAR, '1')
+    try:
+        yield
+    finally:
+        if user_value is None:
+            del os.environ[LP_THREADS_VAR]
 
 
 ############################ Command line ############################
