@@ -1,0 +1,184 @@
+"""ACT/CNNMLP latency: one inference query and one training forward+backward, optimised vs original.
+
+The baseline is the original computation (detr/reference.py: sequence-first tensors, reference
+attention, every decoder layer, contiguous NCHW trunk) on a copy of the same weights, timed in the
+same run, alternating with the optimised policy, so a CPU shared with other work slows both alike.
+Prints one JSON object; medians in milliseconds.
+
+    .venv/bin/python bench/policy_latency.py                 # README config, CPU (+ CUDA if present)
+    .venv/bin/python bench/policy_latency.py --skip_train --reps 5
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from detr.reference import original_forward  # noqa: E402
+from policy import ACTPolicy, CNNMLPPolicy, kl_divergence  # noqa: E402
+
+### The README's ACT config (sim tasks, one camera)
+README_ACT_CONFIG = {
+    'lr': 1e-5, 'num_queries': 100, 'kl_weight': 10, 'hidden_dim': 512, 'dim_feedforward': 3200,
+    'lr_backbone': 1e-5, 'backbone': 'resnet18', 'enc_layers': 4, 'dec_layers': 7, 'nheads': 8,
+    'camera_names': ['top'], 'pretrained_backbone': False,
+}
+CNNMLP_CONFIG = {'lr': 1e-5, 'lr_backbone': 1e-5, 'backbone': 'resnet18', 'num_queries': 1,
+                 'camera_names': ['top'], 'pretrained_backbone': False}
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return (time.perf_counter() - start) * 1000, out
+
+
+def alternate(fns, reps, device, warmup=1):
+    """Run each fn in turn `reps` times (after warm-up); median ms per fn and its last output."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    outs = {}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            ms, outs[name] = timed(fn, device)
+            times[name].append(ms)
+    return {name: statistics.median(t) for name, t in times.items()}, outs
+
+
+def unoptimised_copy(policy):
+    """A copy of the policy whose trunks hold plain contiguous (NCHW) weights, as the original."""
+    ref = copy.deepcopy(policy)
+    for joiner in ref.model.backbones:
+        joiner[0].body.to(memory_format=torch.contiguous_format)
+    return ref
+
+
+def reference_cnnmlp(model, qpos, image):
+    bs = qpos.shape[0]
+    flat = [model.backbone_down_projs[i](model.backbones[i][0].body(image[:, i])).reshape(bs, -1)
+            for i in range(len(model.camera_names))]
+    return model.mlp(torch.cat(flat + [qpos], dim=1))
+
+
+def act_inputs(cfg, batch, image_hw, device):
+    n_cams = len(cfg['camera_names'])
+    qpos = torch.randn(batch, 14, device=device)
+    image = torch.rand(batch, n_cams, 3, *image_hw, device=device)
+    actions = torch.randn(batch, cfg['num_queries'], 14, device=device)
+    is_pad = torch.zeros(batch, cfg['num_queries'], dtype=torch.bool, device=device)
+    is_pad[:, -10:] = True
+    return qpos, image, actions, is_pad
+
+
+def bench_act_query(policy, ref, device, image_hw, reps, with_bf16):
+    qpos, image, _, _ = act_inputs(policy.cfg, 1, image_hw, device)
+
+    def original():
+        with torch.inference_mode():  # the original evaluation loop ran in inference mode too
+            return original_forward(ref.model, qpos, ref.normalize(image))[0]
+
+    fns = {'original': original, 'optimised_fp32': lambda: policy(qpos, image)}
+    medians, outs = alternate(fns, reps, device)
+    result = {'original_ms': medians['original'], 'optimised_fp32_ms': medians['optimised_fp32'],
+              'speedup_fp32': medians['original'] / medians['optimised_fp32'],
+              'max_abs_diff_fp32': (outs['optimised_fp32'] - outs['original']).abs().max().item(),
+              'max_abs_action': outs['original'].abs().max().item()}
+    if with_bf16:
+        policy.cfg['amp'] = 'bf16'
+        medians, outs_bf16 = alternate({'bf16': lambda: policy(qpos, image)}, max(2, reps // 3), device)
+        policy.cfg['amp'] = 'off'
+        result.update({'optimised_bf16_ms': medians['bf16'], 'speedup_bf16': result['original_ms'] / medians['bf16'],
+                       'max_abs_diff_bf16': (outs_bf16['bf16'] - outs['original']).abs().max().item()})
+    return result
+
+
+def bench_act_train(policy, ref, device, image_hw, batch, reps):
+    qpos, image, actions, is_pad = act_inputs(policy.cfg, batch, image_hw, device)
+    policy.train()
+    ref.train()
+
+    def original():
+        a_hat, _, mu, logvar = original_forward(ref.model, qpos, ref.normalize(image), actions, is_pad)
+        l1 = (F.l1_loss(actions, a_hat, reduction='none') * ~is_pad.unsqueeze(-1)).mean()
+        loss = l1 + kl_divergence(mu, logvar) * ref.kl_weight
+        loss.backward()
+        ref.zero_grad(set_to_none=True)
+
+    def optimised():
+        policy(qpos, image, actions, is_pad)['loss'].backward()
+        policy.zero_grad(set_to_none=True)
+
+    medians, _ = alternate({'original': original, 'optimised': optimised}, reps, device)
+    policy.eval()
+    ref.eval()
+    return {'batch_size': batch, 'original_ms': medians['original'], 'optimised_ms': medians['optimised'],
+            'speedup': medians['original'] / medians['optimised']}
+
+
+def bench_cnnmlp_query(device, image_hw, reps):
+    policy = CNNMLPPolicy(dict(CNNMLP_CONFIG, image_size=image_hw)).to(device).eval()
+    ref = unoptimised_copy(policy)
+    qpos, image, _, _ = act_inputs(CNNMLP_CONFIG, 1, image_hw, device)
+
+    def original():
+        with torch.inference_mode():
+            return reference_cnnmlp(ref.model, qpos, ref.normalize(image))
+
+    medians, outs = alternate({'original': original, 'optimised': lambda: policy(qpos, image)[:, 0]}, reps, device)
+    return {'original_ms': medians['original'], 'optimised_ms': medians['optimised'],
+            'speedup': medians['original'] / medians['optimised'],
+            'max_abs_diff': (outs['optimised'] - outs['original']).abs().max().item()}
+
+
+def run_device(device, args):
+    torch.manual_seed(0)
+    policy = ACTPolicy(README_ACT_CONFIG).to(device).eval()
+    ref = unoptimised_copy(policy)
+    result = {'act_query': bench_act_query(policy, ref, device, args['image_size'], args['reps'],
+                                           with_bf16=not args['skip_bf16'])}
+    if not args['skip_cnnmlp']:
+        result['cnnmlp_query'] = bench_cnnmlp_query(device, tuple(args['image_size']), args['reps'])
+    if not args['skip_train']:
+        result['act_train_step'] = bench_act_train(policy, ref, device, args['image_size'], args['batch_size'],
+                                                   args['train_reps'])
+    return result
+
+
+def main(args):
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    report = {'config': 'README ACT: 1 camera, qpos 14, chunk 100, hidden 512, ff 3200, 4 enc / 7 dec layers, 8 heads',
+              'image_size': list(args['image_size']), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+              'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'machine': platform.machine(),
+              'load_avg_start': os.getloadavg()[0]}
+    for name in devices:
+        report[name] = run_device(torch.device(name), args)
+    report['load_avg_end'] = os.getloadavg()[0]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--reps', type=int, default=15, help='timed inference queries per variant')
+    parser.add_argument('--train_reps', type=int, default=3, help='timed training steps per variant')
+    parser.add_argument('--batch_size', type=int, default=8, help='training step batch size')
+    parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
+    parser.add_argument('--skip_train', action='store_true', help='skip the training step')
+    parser.add_argument('--skip_bf16', action='store_true', help='skip the bf16 autocast query')
+    parser.add_argument('--skip_cnnmlp', action='store_true', help='skip the CNNMLP query')
+    main(vars(parser.parse_args()))
