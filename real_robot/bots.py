@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from constants import DT
 from real_robot import settings
 
 JointState = collections.namedtuple('JointState', ['position', 'velocity', 'effort'])
@@ -36,7 +37,7 @@ class Clock:
     realtime = True
 
     def __init__(self, dt=None):
-        self.dt = settings.CONTROL_DT if dt is None else dt
+        self.dt = DT if dt is None else dt
         self._deadline = None
 
     def tick(self):

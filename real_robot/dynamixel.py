@@ -38,18 +38,30 @@ def _comm_words(result, packet_handler):
     return packet_handler.getTxRxResult(result).strip()
 
 
+def _port_handler_class():
+    from dynamixel_sdk import PortHandler
+
+    class Port(PortHandler):
+        """The SDK's serial port with the status-reply timeout from settings."""
+
+        def setPacketTimeout(self, packet_length):
+            self.packet_start_time = self.getCurrentTime()
+            self.packet_timeout = self.tx_time_per_byte * packet_length + settings.SERVO_REPLY_TIMEOUT_MS
+    return Port
+
+
 class DynamixelBus:
     """One serial port with Protocol 2.0 servos; safe to share between threads."""
 
     def __init__(self, name, port, baudrate=None, labels=None):
-        from dynamixel_sdk import PacketHandler, PortHandler
+        from dynamixel_sdk import PacketHandler
         self.name, self.port = name, port
         self.labels = labels or {}  # servo id -> joint name, for messages
         if not os.path.exists(port):
             present = ', '.join(sorted(glob.glob('/dev/ttyDXL*') + glob.glob('/dev/ttyUSB*'))) or 'none'
             raise RobotFault(f"servo bus '{name}': serial port {port} not found (present: {present}); "
                              f"{LIST_PORTS_HINT}, then set SERVO_PORTS in real_robot/settings.py")
-        self._port_handler = PortHandler(port)
+        self._port_handler = _port_handler_class()(port)
         try:
             self._port_handler.openPort()
         except Exception as e:  # serial.SerialException, OSError (permissions)

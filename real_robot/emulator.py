@@ -207,8 +207,9 @@ class ServoBusEmulator:
             return
         packet = bytearray(P.build_status(servo.id, error | servo.error_byte, data))
         if self._corrupt:
-            packet[-1] ^= 0xFF
-            self._corrupt -= self._corrupt > 0
+            packet[-1] ^= 0xFF  # spoil the CRC
+            if self._corrupt > 0:
+                self._corrupt -= 1
         os.write(self._master, packet)
 
     def close(self):

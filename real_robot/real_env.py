@@ -8,6 +8,8 @@ Observation (OrderedDict):
     effort (2 * 7,) per arm 6 joint currents and the gripper current (mA)
     images {camera name: (480, 640, 3) uint8 RGB}
 step() sends the clamped targets, waits for the next DT tick, then reads the robot and cameras.
+Ticks follow a deadline schedule, so the loop runs at 1 / DT whenever the policy and the reads fit
+in DT (aloha_scripts slept a full DT after each command, which slowed the loop by that work).
 """
 import atexit
 import collections
@@ -46,13 +48,17 @@ class RealEnv:
         self._engaged = False  # torque may be on: park the arms on close
         self._closed = False
         self.watchdog = Watchdog(self._on_policy_stall) if self.clock.realtime else None
-        atexit.register(self.close)
         if setup_robots:
             self.setup_robots()
+        atexit.register(self.close)  # parks the arms if the program ends without close()
 
     def setup_robots(self):
         self._engaged = True
-        self._guarded(lambda: [setup_puppet_bot(bot) for bot in self.bots])
+        self._guarded(self._setup_robots)
+
+    def _setup_robots(self):
+        for bot in self.bots:
+            setup_puppet_bot(bot)
 
     ### observation
     def _read_states(self):
@@ -106,7 +112,8 @@ class RealEnv:
 
     ### commands
     def set_gripper_pose(self, left_gripper_desired_pos_normalized, right_gripper_desired_pos_normalized):
-        for bot, normalized in zip(self.bots, (left_gripper_desired_pos_normalized, right_gripper_desired_pos_normalized)):
+        commands = (left_gripper_desired_pos_normalized, right_gripper_desired_pos_normalized)
+        for bot, normalized in zip(self.bots, commands):
             bot.command_gripper(PUPPET_GRIPPER_JOINT_UNNORMALIZE_FN(clamp_gripper_command(normalized)))
 
     def _command(self, action):
@@ -126,7 +133,7 @@ class RealEnv:
         """Command every joint to where it is now (stops pushing against whatever blocks it)."""
         with self._lock:
             states = self._read_states()
-            for side, (bot, state) in enumerate(zip(self.bots, states)):
+            for bot, state in zip(self.bots, states):
                 bot.command_arm(state.position[:ARM_JOINTS])
                 bot.command_gripper(state.position[GRIPPER_INDEX])
             self._targets = [np.array(s.position[:ARM_JOINTS]) for s in states]

@@ -5,7 +5,7 @@ per serial number); gripper calibration constants live in the top-level constant
 """
 import math
 
-from constants import DT, START_ARM_POSE
+from constants import START_ARM_POSE
 
 ### Servo buses (Dynamixel Protocol 2.0, one USB-serial adapter per arm)
 SERVO_PORTS = {  # bot name -> serial device
@@ -19,7 +19,8 @@ BAUDRATE = 1_000_000  # Interbotix arms ship configured for 1 Mbps
 # follow their primaries through the Secondary ID register set by the Interbotix set-up.
 ARM_SERVO_IDS = (1, 2, 4, 6, 7, 8)  # waist, shoulder, elbow, forearm_roll, wrist_angle, wrist_rotate
 GRIPPER_SERVO_ID = 9
-SERVO_IO_RETRIES = 3  # attempts per register write / reboot before giving up
+SERVO_IO_RETRIES = 3  # attempts per register write before giving up
+SERVO_REPLY_TIMEOUT_MS = 34.0  # wait for a status packet beyond its transfer time (the SDK's default)
 
 ### Gripper linkage (horn radius and arm length in metres, from the Interbotix robot descriptions):
 # finger position = r cos(pi/2 - q) + sqrt(l^2 - (r sin(pi/2 - q))^2) for gripper joint angle q
@@ -88,5 +89,3 @@ SIM_CAMERAS = {  # real camera name -> MuJoCo camera name
     'cam_left_wrist': 'left_wrist',
     'cam_right_wrist': 'right_wrist',
 }
-
-CONTROL_DT = DT  # seconds per control step (50 Hz); one source: constants.DT
