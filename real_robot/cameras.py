@@ -146,16 +146,16 @@ class GeneratedSource:
         self.stalled = threading.Event()  # set() to freeze the camera (as a hung USB camera does)
         self._closed = threading.Event()
         height, width = self.hw
-        rng = np.random.default_rng(seed)
-        self._base = np.add.outer(np.arange(height), np.arange(width))  # (H, W) int
-        self._tint = rng.integers(0, 256, size=3, dtype=np.uint8)
+        tint = np.random.default_rng(seed).integers(0, 256, size=3, dtype=np.uint8)
+        gradient = (np.add.outer(np.arange(height), np.arange(width + 256)) % 256).astype(np.uint8)
+        self._tile = gradient[..., None] ^ tint  # (H, W + 256, 3): frame k is a window shifted by k
 
     def read(self):
         if self._closed.wait(self.period) or self.stalled.is_set():
             return None
         self.count += 1
-        frame = np.empty(self.hw + (3,), dtype=np.uint8)
-        frame[...] = ((self._base + self.count) % 256).astype(np.uint8)[..., None] ^ self._tint
+        shift = self.count % 256
+        frame = self._tile[:, shift:shift + self.hw[1]].copy()  # (H, W, 3)
         frame[0, :8, 0] = np.frombuffer(self.count.to_bytes(8, 'little'), dtype=np.uint8)
         return frame
 

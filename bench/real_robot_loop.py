@@ -1,0 +1,66 @@
+"""Real-robot control loop on emulated hardware: achieved control frequency of env.step and the
+time of one state read of both arms. Prints JSON.
+
+Two servo-bus emulators on pseudo-terminals (real Protocol 2.0 packets through the Dynamixel SDK)
+and four test-pattern cameras at 480x640, 30 fps, each with its grabber thread, stand in for the
+robot; the emulators run in this process, so the figures include their share of the CPU.
+
+    python bench/real_robot_loop.py --steps 500
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from constants import DT  # noqa: E402
+from real_robot import settings  # noqa: E402
+from real_robot.cameras import Camera, GeneratedSource  # noqa: E402
+from real_robot.dynamixel import DynamixelBot  # noqa: E402
+from real_robot.emulator import ServoBusEmulator  # noqa: E402
+from real_robot.real_env import RealEnv  # noqa: E402
+from real_robot.tasks import CAMERA_NAMES  # noqa: E402
+
+
+def main(args):
+    settings.SERVO_REPLY_TIMEOUT_MS = args['reply_timeout_ms']
+    emulators = [ServoBusEmulator(), ServoBusEmulator()]
+    bots = [DynamixelBot(name, emu.port, settings.PUPPET_MODEL)
+            for name, emu in zip(('puppet_left', 'puppet_right'), emulators)]
+    cameras = {name: Camera(name, GeneratedSource(seed=i)) for i, name in enumerate(CAMERA_NAMES)}
+    for camera in cameras.values():
+        camera.wait_first_frame(settings.CAMERA_OPEN_TIMEOUT_S)
+    env = RealEnv(*bots, cameras)
+    try:
+        action = env.reset(fake=True).observation['qpos']
+        read_s = []
+        for _ in range(args['steps']):
+            start = time.perf_counter()
+            env.get_qpos()
+            read_s.append(time.perf_counter() - start)
+        step_s = []
+        env.step(action)
+        for _ in range(args['steps']):
+            start = time.perf_counter()
+            env.step(action)
+            step_s.append(time.perf_counter() - start)
+    finally:
+        env.close()
+        for emu in emulators:
+            emu.close()
+    print(json.dumps({'steps': args['steps'], 'target_hz': round(1 / DT, 2),
+                      'achieved_hz': round(1 / np.mean(step_s), 2),
+                      'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2),
+                      'state_read_both_arms_ms': round(np.mean(read_s) * 1e3, 3), 'cameras': len(cameras)}))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--steps', type=int, default=500, help='control steps to time')
+    parser.add_argument('--reply_timeout_ms', type=float, default=300.0,
+                        help='status-reply timeout: the in-process emulator can be slow on a busy CPU')
+    main(vars(parser.parse_args()))
