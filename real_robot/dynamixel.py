@@ -10,6 +10,7 @@ import threading
 import time
 
 import numpy as np
+from dynamixel_sdk import COMM_RX_CORRUPT, COMM_RX_TIMEOUT, COMM_SUCCESS, GroupSyncWrite, PacketHandler, PortHandler
 
 from real_robot import protocol as P
 from real_robot import settings
@@ -30,38 +31,33 @@ class ServoCommError(TransientFault):
 
 
 def _comm_words(result, packet_handler):
-    if result == -3001:  # COMM_RX_TIMEOUT
+    if result == COMM_RX_TIMEOUT:
         return 'did not answer (timed out): check its power, cable, ID and the baud rate'
-    if result == -3002:  # COMM_RX_CORRUPT
+    if result == COMM_RX_CORRUPT:
         return ('sent a corrupted status packet (bad CRC or truncated): check the cable and that '
                 'no other program uses the port')
     return packet_handler.getTxRxResult(result).strip()
 
 
-def _port_handler_class():
-    from dynamixel_sdk import PortHandler
+class _Port(PortHandler):
+    """The SDK's serial port with the status-reply timeout from settings."""
 
-    class Port(PortHandler):
-        """The SDK's serial port with the status-reply timeout from settings."""
-
-        def setPacketTimeout(self, packet_length):
-            self.packet_start_time = self.getCurrentTime()
-            self.packet_timeout = self.tx_time_per_byte * packet_length + settings.SERVO_REPLY_TIMEOUT_MS
-    return Port
+    def setPacketTimeout(self, packet_length):
+        self.packet_start_time = self.getCurrentTime()
+        self.packet_timeout = self.tx_time_per_byte * packet_length + settings.SERVO_REPLY_TIMEOUT_MS
 
 
 class DynamixelBus:
     """One serial port with Protocol 2.0 servos; safe to share between threads."""
 
     def __init__(self, name, port, baudrate=None, labels=None):
-        from dynamixel_sdk import PacketHandler
         self.name, self.port = name, port
         self.labels = labels or {}  # servo id -> joint name, for messages
         if not os.path.exists(port):
             present = ', '.join(sorted(glob.glob('/dev/ttyDXL*') + glob.glob('/dev/ttyUSB*'))) or 'none'
             raise RobotFault(f"servo bus '{name}': serial port {port} not found (present: {present}); "
                              f"{LIST_PORTS_HINT}, then set SERVO_PORTS in real_robot/settings.py")
-        self._port_handler = _port_handler_class()(port)
+        self._port_handler = _Port(port)
         try:
             self._port_handler.openPort()
         except Exception as e:  # serial.SerialException, OSError (permissions)
@@ -78,7 +74,7 @@ class DynamixelBus:
         return f"servo {servo_id}{f' ({label})' if label else ''} on bus '{self.name}' ({self.port})"
 
     def _check(self, servo_id, result, error):
-        if result != 0:
+        if result != COMM_SUCCESS:
             raise ServoCommError(f'{self.where(servo_id)} {_comm_words(result, self._packet_handler)}')
         if error:
             hardware = self._hardware_status(servo_id) if error & P.ALERT_BIT else None
@@ -87,7 +83,7 @@ class DynamixelBus:
     def _hardware_status(self, servo_id):
         address, _ = P.CONTROL_TABLE['hardware_error_status']
         value, result, _ = self._packet_handler.read1ByteTxRx(self._port_handler, servo_id, address)
-        return value if result == 0 else None
+        return value if result == COMM_SUCCESS else None
 
     def ping(self, servo_id):
         """Model number of a servo; raises if it does not answer."""
@@ -104,7 +100,7 @@ class DynamixelBus:
         with self._lock:
             for attempt in range(settings.SERVO_IO_RETRIES):
                 result, error = writer(self._port_handler, servo_id, address, int(value) & ((1 << 8 * size) - 1))
-                if result == 0 or attempt == settings.SERVO_IO_RETRIES - 1:
+                if result == COMM_SUCCESS or attempt == settings.SERVO_IO_RETRIES - 1:
                     break
             self._check(servo_id, result, error)
 
@@ -117,14 +113,13 @@ class DynamixelBus:
 
     def sync_write(self, register, values):
         """Write one register of several servos in one packet (no replies). values: {id: int}."""
-        from dynamixel_sdk import GroupSyncWrite
         address, size = P.CONTROL_TABLE[register]
         group = GroupSyncWrite(self._port_handler, self._packet_handler, address, size)
         for servo_id, value in values.items():
             group.addParam(servo_id, list((int(value) & ((1 << 8 * size) - 1)).to_bytes(size, 'little')))
         with self._lock:
             result = group.txPacket()
-        if result != 0:
+        if result != COMM_SUCCESS:
             raise ServoCommError(f"servo bus '{self.name}' ({self.port}): sync write of {register} failed: "
                                  f'{self._packet_handler.getTxRxResult(result)}')
 
@@ -134,7 +129,7 @@ class DynamixelBus:
         out = np.zeros((len(servo_ids), 3), dtype=np.int64)
         with self._lock:
             result = ph.syncReadTx(port, P.STATE_ADDRESS, P.STATE_SIZE, list(servo_ids), len(servo_ids), False)
-            if result != 0:
+            if result != COMM_SUCCESS:
                 raise ServoCommError(f"servo bus '{self.name}' ({self.port}): sync read could not be sent: "
                                      f'{ph.getTxRxResult(result)}')
             for row, servo_id in enumerate(servo_ids):
@@ -150,7 +145,7 @@ class DynamixelBus:
             deadline = time.monotonic() + REBOOT_WAIT_S
             while True:
                 model, result, _ = self._packet_handler.ping(self._port_handler, servo_id)
-                if result == 0 or time.monotonic() > deadline:
+                if result == COMM_SUCCESS or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
             self._check(servo_id, result, 0)

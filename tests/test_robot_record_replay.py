@@ -116,3 +116,13 @@ def test_replay_of_a_missing_episode_names_the_file(tmp_path):
 def test_teleoperation_needs_leader_arms():
     with pytest.raises(ValueError, match='no leader arms'):
         real_robot.make_master_bots('sim')
+
+
+@pytest.mark.parametrize('script', ['record_episodes.py', 'replay_episodes.py'])
+def test_help_works(script):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, script), '--help'], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and '--robot_driver' in result.stdout and '--episode_idx' in result.stdout
