@@ -48,30 +48,15 @@ def station(tmp_path, monkeypatch):
         emu.close()
 
 
-def hold_leader_arm(emulator, waist):
-    """The operator moves the (torque-off) left leader's waist once the opening ceremony ends."""
-    import threading
-    import time
-
-    def wait_for_torque(value, deadline):
-        while emulator.servos[1].get('torque_enable') != value and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def operator():
-        deadline = time.monotonic() + 10
-        wait_for_torque(1, deadline)  # the ceremony moves the leader to the start pose
-        wait_for_torque(0, deadline)  # then releases it to the operator
-        emulator.servos[1].set_present_position(rad_to_position(waist))
-    thread = threading.Thread(target=operator, daemon=True)
-    thread.start()
-    return thread
-
-
-def test_record_then_replay(station, capsys):
+def test_record_then_replay(station, capsys, monkeypatch):
     emulators, dataset_dir = station
-    operator = hold_leader_arm(emulators['master_left'], LEADER_LEFT_WAIST)
+    ceremony = record_episodes.opening_ceremony
+
+    def ceremony_then_operator_moves_the_leader(*bots):
+        ceremony(*bots)  # ends with the leaders released (torque off) to the operator
+        emulators['master_left'].servos[1].set_present_position(rad_to_position(LEADER_LEFT_WAIST))
+    monkeypatch.setattr(record_episodes, 'opening_ceremony', ceremony_then_operator_moves_the_leader)
     path = record_episodes.main({'task_name': 'tiny_real_task', 'episode_idx': None, 'robot_driver': 'dynamixel'})
-    operator.join()
     out = capsys.readouterr()
     assert path == os.path.join(dataset_dir, 'episode_0.hdf5')
     assert 'Avg freq:' in out.out and 'Started!' in out.out
@@ -87,8 +72,9 @@ def test_record_then_replay(station, capsys):
             assert frames.chunks == (1, 24, 32, 3)
         action = root['action'][()]
         qpos = root['observations/qpos'][()]
-    # the operator's pose reaches the action; the follower follows it within the per-step limit
-    assert action[-1, 0] == pytest.approx(LEADER_LEFT_WAIST, abs=2e-3)
+    # the operator's pose is the action; the follower starts at the start pose and follows it
+    np.testing.assert_allclose(action[:, 0], LEADER_LEFT_WAIST, atol=2e-3)
+    assert qpos[0, 0] == pytest.approx(settings.START_ARM_QPOS[0], abs=0.01)
     np.testing.assert_allclose(action[:, 7:13], np.tile(settings.START_ARM_QPOS, (EPISODE_LEN, 1)), atol=2e-3)
     assert qpos[-1, 0] == pytest.approx(LEADER_LEFT_WAIST, abs=0.02)
     # recording ends with the followers parked without torque
