@@ -137,8 +137,11 @@ class EpisodeRecorder:
         view = [RENDER_CAM_NAME] if onscreen_render else []
         self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size)
         self.env = sim_env.make_sim_env(task_name, camera_names=[])  # renders only what is saved
-        self.cameras = sim_env.resolve_camera_names(self.env.physics, camera_names)
-        self.view_camera = sim_env.resolve_camera_names(self.env.physics, view)
+        physics = self.env.physics
+        self.cameras = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, camera_names),
+                                         self.image_size)
+        self.view_camera = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, view),
+                                             self.image_size)
 
     def rollout_ee(self, rng):
         """Scripted EE rollout -> (joint trajectory (T + 1, 14), object pose, success, return)."""
@@ -169,28 +172,25 @@ class EpisodeRecorder:
         steps = self.episode_len
         data = {'qpos': np.empty((steps, sim_env.STATE_DIM)), 'qvel': np.empty((steps, sim_env.STATE_DIM)),
                 'action': joint_traj[:steps],
-                'images': {cam: np.empty((steps, *self.image_size, 3), np.uint8) for cam in self.cameras}}
+                'images': {cam: np.empty((steps, *self.image_size, 3), np.uint8) for cam in self.cameras.cameras}}
         self.env.task.set_object_pose(object_pose)
         ts = self.env.reset()
         view = None
         if self.onscreen:
-            view = OnscreenView(self._render(self.view_camera)[RENDER_CAM_NAME], REPLAY_PAUSE)
+            view = OnscreenView(self.view_camera.render()[RENDER_CAM_NAME], REPLAY_PAUSE)
         rewards = []
         for t, action in enumerate(joint_traj):
             if t < steps:
                 data['qpos'][t], data['qvel'][t] = ts.observation['qpos'], ts.observation['qvel']
-                for cam, frame in self._render(self.cameras).items():
-                    data['images'][cam][t] = frame
+                for cam, frame in self.cameras.render_views().items():
+                    np.copyto(data['images'][cam][t], frame)  # the only copy of each frame
             ts = self.env.step(action)
             rewards.append(ts.reward)
             if view:
-                view.show(self._render(self.view_camera)[RENDER_CAM_NAME])
+                view.show(self.view_camera.render()[RENDER_CAM_NAME])
         if view:
             view.close()
         return data, *episode_result(rewards, self.env.task.max_reward)
-
-    def _render(self, cameras):
-        return sim_env.render_images(self.env.physics, cameras, self.image_size)
 
     def record(self, episode_idx, path=None, compress=False):
         """Record one episode (written to `path` unless None) -> result dict."""

@@ -206,11 +206,21 @@ def resolve_camera_names(physics, camera_names):
     return resolved
 
 
-def render_images(physics, cameras, image_size):
-    """{name: (H, W, 3) uint8 contiguous frame} for cameras {name: MuJoCo camera name}."""
-    height, width = image_size
-    return {name: np.ascontiguousarray(physics.render(height=height, width=width, camera_id=mj_name))
-            for name, mj_name in cameras.items()}
+class CameraSet:
+    """dm_control cameras reused from frame to frame: {name: MuJoCo camera} at one (H, W)."""
+
+    def __init__(self, physics, cameras, image_size):
+        height, width = image_size
+        self.cameras = {name: mujoco.Camera(physics, height=height, width=width, camera_id=mj_name)
+                        for name, mj_name in cameras.items()}
+
+    def render_views(self):
+        """{name: (H, W, 3) uint8 view of the camera's buffer}, valid until the next render."""
+        return {name: camera.render() for name, camera in self.cameras.items()}
+
+    def render(self):
+        """{name: (H, W, 3) uint8 frame} that the caller owns."""
+        return {name: np.ascontiguousarray(view) for name, view in self.render_views().items()}
 
 
 ############################ Tasks ############################
@@ -225,6 +235,7 @@ class BimanualViperXTask(base.Task):
         super().__init__(random=random)
         self.cameras = dict(cameras or {})  # {observation name: MuJoCo camera name} to render
         self.image_size = tuple(image_size)  # (H, W)
+        self._camera_set = None  # built on the first observation, when the physics is known
         self._next_object_pose = None
 
     def set_object_pose(self, pose):
@@ -268,7 +279,9 @@ class BimanualViperXTask(base.Task):
         obs['qpos'] = get_qpos(physics)
         obs['qvel'] = get_qvel(physics)
         obs['env_state'] = get_env_state(physics)
-        obs['images'] = render_images(physics, self.cameras, self.image_size)
+        if self._camera_set is None:
+            self._camera_set = CameraSet(physics, self.cameras, self.image_size)
+        obs['images'] = self._camera_set.render()
         return obs
 
     def get_reward(self, physics):
