@@ -280,6 +280,14 @@ def autocast(device, amp):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+def to_channels_last(module):
+    """Store convolution weights channels-last: with channels-last images (image_to_tensor) the
+    convolutions run markedly faster on CPU and on GPU tensor cores."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+
+
 def rng_states():
     states = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()}
     if torch.cuda.is_available():
@@ -350,7 +358,8 @@ class Trainer:
         config = self.config
         set_seed(config['seed'])
         self.policy = make_policy(config['policy_class'], config['policy_config'])
-        self.policy.to(self.device).to(memory_format=torch.channels_last)  # faster convolutions
+        self.policy.to(self.device)
+        to_channels_last(self.policy)
         self.optimizer = self.policy.configure_optimizers()
         total = self.num_units if self.step_mode else self.num_units * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -387,7 +396,6 @@ class Trainer:
             raise ValueError(f'--resume: {self.state_path} was written with different settings: ' + '; '.join(
                 f'{k}: {state["run"].get(k)!r} then, {self.config[k]!r} now' for k in differ))
         self.policy.deserialize(state['model'])
-        self.policy.to(self.device).to(memory_format=torch.channels_last)
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])

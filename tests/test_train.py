@@ -13,19 +13,21 @@ import imitate_episodes
 from conftest import ROOT
 
 TASK = 'sim_transfer_cube_scripted'
+TINY_ACT = {'num_queries': 5, 'hidden_dim': 32, 'dim_feedforward': 64, 'enc_layers': 1, 'dec_layers': 2,
+            'nheads': 2}  # the sizes of conftest's tiny_act_config, for module-scoped fixtures
 
 
-def make_args(tiny_dataset, ckpt_dir, tiny_act_config, **overrides):
+def make_args(dataset_dir, ckpt_dir, sizes=TINY_ACT, **overrides):
     """The flags of imitate_episodes.py as main() receives them: defaults plus a tiny ACT."""
     args = {
         'eval': False, 'onscreen_render': False, 'ckpt_dir': str(ckpt_dir), 'policy_class': 'ACT', 'task_name': TASK,
         'batch_size': 2, 'seed': 0, 'num_epochs': 2, 'lr': 1e-4, 'kl_weight': 10.0,
-        'chunk_size': tiny_act_config['num_queries'], 'hidden_dim': tiny_act_config['hidden_dim'],
-        'dim_feedforward': tiny_act_config['dim_feedforward'], 'temporal_agg': False,
-        'dataset_dir': tiny_dataset, 'num_episodes': 5, 'camera_names': ['top'], 'image_size': None,
+        'chunk_size': sizes['num_queries'], 'hidden_dim': sizes['hidden_dim'],
+        'dim_feedforward': sizes['dim_feedforward'], 'temporal_agg': False,
+        'dataset_dir': str(dataset_dir), 'num_episodes': 5, 'camera_names': ['top'], 'image_size': None,
         'num_workers': None, 'preload': 'auto',
-        'enc_layers': tiny_act_config['enc_layers'], 'dec_layers': tiny_act_config['dec_layers'],
-        'nheads': tiny_act_config['nheads'], 'latent_dim': 32, 'dropout': 0.1, 'pre_norm': False,
+        'enc_layers': sizes['enc_layers'], 'dec_layers': sizes['dec_layers'],
+        'nheads': sizes['nheads'], 'latent_dim': 32, 'dropout': 0.1, 'pre_norm': False,
         'backbone': 'resnet18', 'per_camera_backbone': False, 'lr_backbone': 1e-5, 'weight_decay': None,
         'backbone_weights': None, 'pretrained_backbone': False,
         'num_inference_steps': 10, 'scheduler': 'ddim', 'obs_horizon': 1, 'action_horizon': None,
@@ -48,38 +50,55 @@ def losses(ckpt_dir):
     return progress['train_history'], progress['validation_history']
 
 
-def test_help_documents_every_flag(tiny_dataset, tmp_path, tiny_act_config):
+def test_help_documents_every_flag(tiny_dataset, tmp_path):
     out = subprocess.run([sys.executable, 'imitate_episodes.py', '--help'], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for key in make_args(tiny_dataset, tmp_path, tiny_act_config):
+    for key in make_args(tiny_dataset, tmp_path):
         assert f'--{key}' in out.stdout, f'--{key} missing from --help'
 
 
-def test_two_epochs_write_every_expected_file(tiny_dataset, tmp_path, tiny_act_config, capsys):
-    ckpt_dir = tmp_path / 'ckpt'
-    imitate_episodes.main(make_args(tiny_dataset, ckpt_dir, tiny_act_config))
+@pytest.fixture(scope='module')
+def two_epoch_run(tmp_path_factory):
+    """One two-epoch run on 5 tiny episodes (batch 2: two steps per epoch), shared by the tests
+    below: -> (args, printed output)."""
+    import contextlib
+    import io
+    from conftest import write_episode
+    root = tmp_path_factory.mktemp('two_epochs')
+    os.makedirs(root / 'data')
+    for i in range(5):
+        write_episode(str(root / 'data' / f'episode_{i}.hdf5'), seed=i)
+    args = make_args(root / 'data', root / 'ckpt')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        imitate_episodes.main(args)
+    return args, printed.getvalue()
+
+
+def test_two_epochs_write_every_expected_file(two_epoch_run, tiny_act_config):
+    assert all(tiny_act_config[k] == v for k, v in TINY_ACT.items())
+    args, out = two_epoch_run
+    ckpt_dir = args['ckpt_dir']
     names = set(os.listdir(ckpt_dir))
     expected = {'dataset_stats.pkl', 'policy_best.ckpt', 'policy_last.ckpt', 'policy_epoch_0_seed_0.ckpt',
                 'train_val_loss_seed_0.png', 'train_val_l1_seed_0.png', 'train_val_kl_seed_0.png',
                 imitate_episodes.TRAINING_STATE}
     assert expected <= names
     assert not [n for n in names if '.tmp' in n]
-    out = capsys.readouterr().out
     assert 'Epoch 1' in out and 'Val loss:' in out and 'Train loss:' in out
-    assert 'Best ckpt, val loss' in out
-    with open(ckpt_dir / 'dataset_stats.pkl', 'rb') as f:
+    with open(os.path.join(ckpt_dir, 'dataset_stats.pkl'), 'rb') as f:
         stats = pickle.load(f)
     assert stats['action_mean'].shape == (14,) and 'action_min' in stats
     # checkpoints are plain state dicts that load strictly into a fresh policy
     from policy import make_policy
-    policy = make_policy('ACT', {**tiny_act_config, 'lr': 1e-4})
-    best = torch.load(ckpt_dir / 'policy_best.ckpt', weights_only=True)
-    policy.deserialize(best)
+    policy = make_policy('ACT', tiny_act_config)
+    policy.deserialize(torch.load(os.path.join(ckpt_dir, 'policy_best.ckpt'), weights_only=True))
     train, val = losses(ckpt_dir)
     assert [u for u, _ in train] == [0, 1] and [u for u, _ in val] == [0, 1]
+    assert training_state(ckpt_dir)['progress']['step'] == 4
     best_epoch = int(np.argmin([s['loss'] for _, s in val]))
-    assert f'@ epoch{best_epoch}' in out
+    assert f'Best ckpt, val loss {val[best_epoch][1]["loss"]:.6f} @ epoch{best_epoch}' in out
     assert f'policy_epoch_{best_epoch}_seed_0.ckpt' in names
 
 
@@ -100,35 +119,44 @@ def _stop_at_step(monkeypatch, step):
     monkeypatch.setattr(imitate_episodes, 'make_policy', make_policy)
 
 
-@pytest.mark.parametrize('overrides, stop_step', [
-    ({'num_epochs': 3}, 4),  # 4 train episodes, batch 2: epoch 1 stops after its first step
-    ({'num_steps': 5, 'validate_every': 2, 'lr_schedule': 'cosine', 'warmup_steps': 2, 'batch_size': 3}, 3),
-])
-def test_resume_after_interruption_matches_uninterrupted(tiny_dataset, tmp_path, tiny_act_config, monkeypatch,
-                                                         overrides, stop_step):
-    full_dir, split_dir = tmp_path / 'full', tmp_path / 'split'
-    imitate_episodes.main(make_args(tiny_dataset, full_dir, tiny_act_config, **overrides))
+def interrupt_and_resume(dataset_dir, ckpt_dir, monkeypatch, stop_step, **overrides):
     with monkeypatch.context() as m:
         _stop_at_step(m, stop_step)
         with pytest.raises(SystemExit) as stopped:
-            imitate_episodes.main(make_args(tiny_dataset, split_dir, tiny_act_config, **overrides))
+            imitate_episodes.main(make_args(dataset_dir, ckpt_dir, **overrides))
     assert stopped.value.code == 128 + signal.SIGINT
-    assert training_state(split_dir)['progress']['step'] == stop_step
-    assert 'policy_last.ckpt' not in os.listdir(split_dir)
-    imitate_episodes.main(make_args(tiny_dataset, split_dir, tiny_act_config, resume=True, **overrides))
-    assert losses(split_dir) == losses(full_dir)
+    assert training_state(ckpt_dir)['progress']['step'] == stop_step
+    assert 'policy_last.ckpt' not in os.listdir(ckpt_dir)
+    imitate_episodes.main(make_args(dataset_dir, ckpt_dir, resume=True, **overrides))
+
+
+def assert_same_runs(dir_a, dir_b):
+    assert losses(dir_a) == losses(dir_b)
     for name in ('policy_last.ckpt', 'policy_best.ckpt'):
-        a, b = (torch.load(d / name, weights_only=True) for d in (full_dir, split_dir))
+        a, b = (torch.load(os.path.join(d, name), weights_only=True) for d in (dir_a, dir_b))
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_refuses_other_settings(tiny_dataset, tmp_path, tiny_act_config):
-    ckpt_dir = tmp_path / 'ckpt'
-    imitate_episodes.main(make_args(tiny_dataset, ckpt_dir, tiny_act_config, num_epochs=1))
-    with pytest.raises(ValueError, match='seed'):
-        imitate_episodes.main(make_args(tiny_dataset, ckpt_dir, tiny_act_config, resume=True, seed=1))
+def test_resume_mid_epoch_matches_uninterrupted(two_epoch_run, tmp_path, monkeypatch):
+    args, _ = two_epoch_run
+    # step 3 is the first of epoch 1's two steps: the resumed run re-enters the epoch mid-way
+    interrupt_and_resume(args['dataset_dir'], tmp_path / 'split', monkeypatch, 3)
+    assert_same_runs(args['ckpt_dir'], tmp_path / 'split')
+
+
+def test_resume_step_mode_matches_uninterrupted(tiny_dataset, tmp_path, monkeypatch):
+    settings = {'num_steps': 3, 'validate_every': 2, 'lr_schedule': 'cosine', 'warmup_steps': 1, 'batch_size': 3}
+    imitate_episodes.main(make_args(tiny_dataset, tmp_path / 'full', **settings))
+    interrupt_and_resume(tiny_dataset, tmp_path / 'split', monkeypatch, 2, **settings)
+    assert_same_runs(tmp_path / 'full', tmp_path / 'split')
+
+
+def test_resume_refuses_other_settings(two_epoch_run, tmp_path):
+    args, _ = two_epoch_run
+    with pytest.raises(ValueError, match='seed: 0 then, 1 now'):
+        imitate_episodes.main({**args, 'resume': True, 'seed': 1})
     with pytest.raises(FileNotFoundError, match='--resume'):
-        imitate_episodes.main(make_args(tiny_dataset, tmp_path / 'empty', tiny_act_config, resume=True))
+        imitate_episodes.main({**args, 'resume': True, 'ckpt_dir': str(tmp_path / 'empty')})
 
 
 def test_interrupted_save_leaves_previous_checkpoint(tmp_path):
@@ -144,12 +172,12 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path):
     assert os.listdir(tmp_path) == ['policy_last.ckpt']
 
 
-def test_grad_accum_and_amp_bf16_train(tiny_dataset, tmp_path, tiny_act_config):
+def test_grad_accum_and_amp_bf16_train(tiny_dataset, tmp_path):
     ckpt_dir = tmp_path / 'ckpt'
-    imitate_episodes.main(make_args(tiny_dataset, ckpt_dir, tiny_act_config, num_epochs=1, grad_accum=2,
+    imitate_episodes.main(make_args(tiny_dataset, ckpt_dir, num_epochs=1, grad_accum=3,
                                     amp='bf16', batch_size=1))
     progress = training_state(ckpt_dir)['progress']
-    assert progress['step'] == 2  # 4 training episodes, batch 1, 2 batches per step
+    assert progress['step'] == 2  # 4 training episodes at batch 1: steps of 3 and of 1 batches
     assert np.isfinite(progress['train_history'][0][1]['loss'])
 
 
@@ -168,7 +196,7 @@ def test_first_loss_matches_plain_reference(tiny_dataset, tmp_path, tiny_act_con
         policy = make_policy('ACT', config).eval()
         image, qpos, action, is_pad = batch
         if channels_last:
-            policy.to(memory_format=torch.channels_last)
+            imitate_episodes.to_channels_last(policy)
             out = imitate_episodes.forward_pass(batch, policy, 'cpu')
         else:  # the original's layout: float (B, K, 3, H, W) contiguous
             plain = image.permute(0, 1, 4, 2, 3).contiguous().float() / 255.0
@@ -177,13 +205,13 @@ def test_first_loss_matches_plain_reference(tiny_dataset, tmp_path, tiny_act_con
     assert losses_seen[1] == pytest.approx(losses_seen[0], rel=1e-5)
 
 
-def test_bad_flags_are_named(tiny_dataset, tmp_path, tiny_act_config):
+def test_bad_flags_are_named(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match='--grad_accum'):
-        imitate_episodes.main(make_args(tiny_dataset, tmp_path, tiny_act_config, grad_accum=0))
+        imitate_episodes.main(make_args(tiny_dataset, tmp_path, grad_accum=0))
     with pytest.raises(ValueError, match='--amp fp16'):
-        imitate_episodes.main(make_args(tiny_dataset, tmp_path, tiny_act_config, amp='fp16'))
+        imitate_episodes.main(make_args(tiny_dataset, tmp_path, amp='fp16'))
     with pytest.raises(KeyError, match='known sim tasks'):
-        imitate_episodes.main(make_args(tiny_dataset, tmp_path, tiny_act_config, task_name='sim_nope'))
+        imitate_episodes.main(make_args(tiny_dataset, tmp_path, task_name='sim_nope'))
 
 
 def test_lr_schedule():
