@@ -198,7 +198,7 @@ class EpisodeRecorder:
         rng = np.random.default_rng((self.seed, episode_idx))  # same episode whatever the worker
         joint_traj, object_pose, ee_success, ee_return = self.rollout_ee(rng)
         data, success, episode_return = self.replay(joint_traj, object_pose)
-        if path is not None:
+        if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did
             write_episode(path, data, compress)
         return {'episode_idx': episode_idx, 'success': success, 'episode_return': episode_return,
                 'ee_success': ee_success, 'ee_return': ee_return, 'seconds': time.time() - start}

@@ -77,8 +77,6 @@ def joint_labels(num_dim):
 
 def visualize_joints(qpos_list, command_list, plot_path=None, ylim=None, label_overwrite=None):
     """One subplot per dimension with the state and the command overlaid."""
-    import matplotlib
-    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     label1, label2 = label_overwrite or ('State', 'Command')
     qpos = np.array(qpos_list)  # (T, D)
