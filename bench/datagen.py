@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -27,19 +28,25 @@ TASK = 'sim_transfer_cube_scripted'
 SUCCESS_TASKS = ('sim_transfer_cube_scripted', 'sim_insertion_scripted')
 
 
+def cpu_seconds():
+    """CPU time of this process and its finished children (recording workers), all threads."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def timed_recording(work_dir, name, num_episodes, num_workers, compress):
-    """Record into work_dir/name -> (wall seconds, per-episode results, bytes per file)."""
+    """Record into work_dir/name -> (wall seconds, CPU seconds, per-episode results, bytes per file)."""
     dataset_dir = os.path.join(work_dir, name)
-    start = time.time()
+    start, start_cpu = time.time(), cpu_seconds()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON report
         results = record_sim_episodes.main({
             'task_name': TASK, 'dataset_dir': dataset_dir, 'num_episodes': num_episodes, 'seed': 0,
             'num_workers': num_workers, 'camera_names': None, 'image_size': [480, 640], 'compress': compress,
             'onscreen_render': False, 'inject_noise': False})
-    wall = time.time() - start
+    wall, cpu = time.time() - start, cpu_seconds() - start_cpu
     sizes = [os.path.getsize(os.path.join(dataset_dir, f)) for f in sorted(os.listdir(dataset_dir))]
     shutil.rmtree(dataset_dir)
-    return wall, results, sizes
+    return wall, cpu, results, sizes
 
 
 def scripted_success(task_name, num_episodes):
@@ -56,16 +63,19 @@ def main(args):
     work_dir = tempfile.mkdtemp(prefix='datagen_bench_')
     try:
         if args['episodes']:
-            wall, results, sizes = timed_recording(work_dir, 'plain', args['episodes'], 1, False)
+            wall, cpu, results, sizes = timed_recording(work_dir, 'plain', args['episodes'], 1, False)
             report['one_worker_s_per_episode'] = wall / len(results)
+            report['one_worker_cpu_s_per_episode'] = cpu / len(results)
             report['one_worker_episode_s'] = [round(r['seconds'], 2) for r in results]
             report['bytes_per_episode'] = sizes[0]
-            wall, results, sizes = timed_recording(work_dir, 'compressed', 1, 1, True)
+            wall, cpu, results, sizes = timed_recording(work_dir, 'compressed', 1, 1, True)
             report['compressed_s_per_episode'] = wall
+            report['compressed_cpu_s_per_episode'] = cpu
             report['compressed_bytes_per_episode'] = sizes[0]
         if args['parallel_episodes']:
-            wall, results, _ = timed_recording(work_dir, 'parallel', args['parallel_episodes'], 2, False)
+            wall, cpu, results, _ = timed_recording(work_dir, 'parallel', args['parallel_episodes'], 2, False)
             report['two_workers_s_per_episode'] = wall / len(results)
+            report['two_workers_cpu_s_per_episode'] = cpu / len(results)
             report['two_workers_50_episodes_projected_min'] = 50 * wall / len(results) / 60
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
