@@ -3,7 +3,8 @@
 The baseline is the original computation (detr/reference.py: sequence-first tensors, reference
 attention, every decoder layer, contiguous NCHW trunk) on a copy of the same weights, timed in the
 same run, alternating with the optimised policy, so a CPU shared with other work slows both alike.
-Prints one JSON object; medians in milliseconds.
+Prints one JSON object: medians of wall-clock and process CPU milliseconds (with --threads 1 the
+CPU-time ratio hardly depends on other work sharing the CPU).
 
     .venv/bin/python bench/policy_latency.py                 # README config, CPU (+ CUDA if present)
     .venv/bin/python bench/policy_latency.py --skip_train --reps 5
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detr.reference import original_forward  # noqa: E402
+from detr.reference import original_forward, original_trunk  # noqa: E402
+from detr.resnet import FrozenBatchNorm2d  # noqa: E402
 from policy import ACTPolicy, CNNMLPPolicy, kl_divergence  # noqa: E402
 
 ### The README's ACT config (sim tasks, one camera)
@@ -40,25 +42,45 @@ def sync(device):
 
 
 def timed(fn, device):
+    """Wall-clock and process CPU milliseconds of one call, and its output."""
     sync(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
     sync(device)
-    return (time.perf_counter() - start) * 1000, out
+    return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000, out
 
 
 def alternate(fns, reps, device, warmup=1):
-    """Run each fn in turn `reps` times (after warm-up); median ms per fn and its last output."""
+    """Run each fn in turn `reps` times (after warm-up).
+
+    Returns {name: {'wall_ms', 'cpu_ms'}} medians and {name: last output}.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in fns}
+    times = {name: {'wall_ms': [], 'cpu_ms': []} for name in fns}
     outs = {}
     for _ in range(reps):
         for name, fn in fns.items():
-            ms, outs[name] = timed(fn, device)
-            times[name].append(ms)
-    return {name: statistics.median(t) for name, t in times.items()}, outs
+            wall, cpu, outs[name] = timed(fn, device)
+            times[name]['wall_ms'].append(wall)
+            times[name]['cpu_ms'].append(cpu)
+    return {name: {k: round(statistics.median(v), 1) for k, v in t.items()} for name, t in times.items()}, outs
+
+
+def speedups(medians, base, new):
+    return {f'speedup_{k[:-3]}': round(medians[base][k] / medians[new][k], 2) for k in ('wall_ms', 'cpu_ms')}
+
+
+def randomise_batch_norm(module):
+    """Non-trivial frozen batch-norm statistics, as a trained trunk has (fresh ones are the identity)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.2, 2.0)
 
 
 def unoptimised_copy(policy):
@@ -71,7 +93,7 @@ def unoptimised_copy(policy):
 
 def reference_cnnmlp(model, qpos, image):
     bs = qpos.shape[0]
-    flat = [model.backbone_down_projs[i](model.backbones[i][0].body(image[:, i])).reshape(bs, -1)
+    flat = [model.backbone_down_projs[i](original_trunk(model.backbones[i][0].body, image[:, i])).reshape(bs, -1)
             for i in range(len(model.camera_names))]
     return model.mlp(torch.cat(flat + [qpos], dim=1))
 
@@ -95,16 +117,15 @@ def bench_act_query(policy, ref, device, image_hw, reps, with_bf16):
 
     fns = {'original': original, 'optimised_fp32': lambda: policy(qpos, image)}
     medians, outs = alternate(fns, reps, device)
-    result = {'original_ms': medians['original'], 'optimised_fp32_ms': medians['optimised_fp32'],
-              'speedup_fp32': medians['original'] / medians['optimised_fp32'],
-              'max_abs_diff_fp32': (outs['optimised_fp32'] - outs['original']).abs().max().item(),
-              'max_abs_action': outs['original'].abs().max().item()}
+    result = dict(medians, **speedups(medians, 'original', 'optimised_fp32'),
+                  max_abs_diff_fp32=(outs['optimised_fp32'] - outs['original']).abs().max().item(),
+                  max_abs_action=outs['original'].abs().max().item())
     if with_bf16:
         policy.cfg['amp'] = 'bf16'
-        medians, outs_bf16 = alternate({'bf16': lambda: policy(qpos, image)}, max(2, reps // 3), device)
+        bf16, outs_bf16 = alternate({'optimised_bf16': lambda: policy(qpos, image)}, max(2, reps // 3), device)
         policy.cfg['amp'] = 'off'
-        result.update({'optimised_bf16_ms': medians['bf16'], 'speedup_bf16': result['original_ms'] / medians['bf16'],
-                       'max_abs_diff_bf16': (outs_bf16['bf16'] - outs['original']).abs().max().item()})
+        result.update(bf16, speedup_bf16_wall=round(medians['original']['wall_ms'] / bf16['optimised_bf16']['wall_ms'], 2),
+                      max_abs_diff_bf16=(outs_bf16['optimised_bf16'] - outs['original']).abs().max().item())
     return result
 
 
@@ -127,12 +148,12 @@ def bench_act_train(policy, ref, device, image_hw, batch, reps):
     medians, _ = alternate({'original': original, 'optimised': optimised}, reps, device)
     policy.eval()
     ref.eval()
-    return {'batch_size': batch, 'original_ms': medians['original'], 'optimised_ms': medians['optimised'],
-            'speedup': medians['original'] / medians['optimised']}
+    return dict(medians, batch_size=batch, **speedups(medians, 'original', 'optimised'))
 
 
 def bench_cnnmlp_query(device, image_hw, reps):
     policy = CNNMLPPolicy(dict(CNNMLP_CONFIG, image_size=image_hw)).to(device).eval()
+    randomise_batch_norm(policy)
     ref = unoptimised_copy(policy)
     qpos, image, _, _ = act_inputs(CNNMLP_CONFIG, 1, image_hw, device)
 
@@ -141,14 +162,14 @@ def bench_cnnmlp_query(device, image_hw, reps):
             return reference_cnnmlp(ref.model, qpos, ref.normalize(image))
 
     medians, outs = alternate({'original': original, 'optimised': lambda: policy(qpos, image)[:, 0]}, reps, device)
-    return {'original_ms': medians['original'], 'optimised_ms': medians['optimised'],
-            'speedup': medians['original'] / medians['optimised'],
-            'max_abs_diff': (outs['optimised'] - outs['original']).abs().max().item()}
+    return dict(medians, **speedups(medians, 'original', 'optimised'),
+                max_abs_diff=(outs['optimised'] - outs['original']).abs().max().item())
 
 
 def run_device(device, args):
     torch.manual_seed(0)
     policy = ACTPolicy(README_ACT_CONFIG).to(device).eval()
+    randomise_batch_norm(policy)
     ref = unoptimised_copy(policy)
     result = {'act_query': bench_act_query(policy, ref, device, args['image_size'], args['reps'],
                                            with_bf16=not args['skip_bf16'])}
@@ -161,6 +182,8 @@ def run_device(device, args):
 
 
 def main(args):
+    if args['threads']:
+        torch.set_num_threads(args['threads'])
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     report = {'config': 'README ACT: 1 camera, qpos 14, chunk 100, hidden 512, ff 3200, 4 enc / 7 dec layers, 8 heads',
               'image_size': list(args['image_size']), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
@@ -178,6 +201,8 @@ if __name__ == '__main__':
     parser.add_argument('--train_reps', type=int, default=3, help='timed training steps per variant')
     parser.add_argument('--batch_size', type=int, default=8, help='training step batch size')
     parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads (default: torch\'s); 1 makes CPU-time ratios robust to a shared CPU')
     parser.add_argument('--skip_train', action='store_true', help='skip the training step')
     parser.add_argument('--skip_bf16', action='store_true', help='skip the bf16 autocast query')
     parser.add_argument('--skip_cnnmlp', action='store_true', help='skip the CNNMLP query')

@@ -9,6 +9,30 @@ import torch
 import torch.nn.functional as F
 
 
+def _frozen_bn(bn, x):
+    scale, shift = bn.scale_shift()
+    return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def _block(block, x):
+    """A BasicBlock or Bottleneck with separate convolution and batch-norm passes."""
+    identity = x if block.downsample is None else _frozen_bn(block.downsample[1], block.downsample[0](x))
+    out = block.relu(_frozen_bn(block.bn1, block.conv1(x)))
+    out = _frozen_bn(block.bn2, block.conv2(out))
+    if hasattr(block, 'conv3'):
+        out = _frozen_bn(block.bn3, block.conv3(block.relu(out)))
+    return block.relu(out + identity)
+
+
+def original_trunk(body, x):
+    """ResNet trunk with frozen batch norm, as torchvision's modules compute it: (B, 3, H, W) -> (B, C, h, w)"""
+    x = body.maxpool(body.relu(_frozen_bn(body.bn1, body.conv1(x))))
+    for stage in (body.layer1, body.layer2, body.layer3, body.layer4):
+        for block in stage:
+            x = _block(block, x)
+    return x
+
+
 def _attention(attn, query, key, value, key_padding_mask=None):
     """query (Lq, B, D), key/value (Lk, B, D) -> (Lq, B, D), as nn.MultiheadAttention(need_weights=True)."""
     out, _ = F.multi_head_attention_forward(
@@ -80,7 +104,7 @@ def original_forward(model, qpos, image, actions=None, is_pad=None):
     all_features, all_pos = [], []
     for cam_id in range(len(model.camera_names)):
         joiner = model.backbones[cam_id if len(model.backbones) > 1 else 0]
-        features = joiner[0].body(image[:, cam_id])  # (B, C, h, w)
+        features = original_trunk(joiner[0].body, image[:, cam_id])  # (B, C, h, w)
         all_features.append(model.input_proj(features))
         all_pos.append(joiner[1](features))
     src = torch.cat(all_features, dim=3)  # (B, D, h, N * w)

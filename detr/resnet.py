@@ -17,6 +17,7 @@ import threading
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ### ImageNet weights (torchvision's IMAGENET1K_V1 files, the ones `pretrained=True` gave the original)
@@ -42,17 +43,41 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer('bias', torch.zeros(num_features))
         self.register_buffer('running_mean', torch.zeros(num_features))
         self.register_buffer('running_var', torch.ones(num_features))
+        self._folded = (None, None)  # (key, (weight, bias)) of the last folded convolution
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # torchvision files carry a batch counter that frozen statistics do not need
         state_dict.pop(prefix + 'num_batches_tracked', None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def scale_shift(self):
+        """(C,) scale and shift with norm(x) = x * scale + shift"""
+        scale = self.weight * (self.running_var + BN_EPS).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
     def forward(self, x):
         """x: (B, C, H, W) -> (B, C, H, W)"""
-        scale = self.weight * (self.running_var + BN_EPS).rsqrt()  # (C,)
-        shift = self.bias - self.running_mean * scale  # (C,)
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        scale, shift = self.scale_shift()
+        return torch.addcmul(shift.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
+
+    def folded(self, conv_weight):
+        """Weight and bias of the convolution `conv_weight` followed by this norm, cached until any of
+        the tensors involved is changed or moved."""
+        tensors = (conv_weight, self.weight, self.bias, self.running_mean, self.running_var)
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._folded[0] != key:
+            scale, shift = self.scale_shift()
+            self._folded = (key, (conv_weight * scale.reshape(-1, 1, 1, 1), shift))
+        return self._folded[1]
+
+
+def conv_norm(conv, norm, x):
+    """norm(conv(x)). Outside autograd a frozen batch norm is folded into the convolution's weight and
+    bias, which saves a scale-and-shift pass over the feature map (same numbers to float rounding)."""
+    if isinstance(norm, FrozenBatchNorm2d) and not torch.is_grad_enabled():
+        weight, bias = norm.folded(conv.weight)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return norm(conv(x))
 
 
 def _conv3x3(in_ch, out_ch, stride=1):
@@ -78,9 +103,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         """x: (B, C_in, H, W) -> (B, width, H / stride, W / stride)"""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else conv_norm(*self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
         return self.relu(out + identity)
 
 
@@ -101,10 +126,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         """x: (B, C_in, H, W) -> (B, 4 * width, H / stride, W / stride)"""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else conv_norm(*self.downsample, x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
         return self.relu(out + identity)
 
 
@@ -144,7 +169,7 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x):
         """x: (B, 3, H, W) normalised image -> (B, num_channels, h, w) last feature map"""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H / 4, W / 4)
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # (B, 64, H / 4, W / 4)
         x = self.layer2(self.layer1(x))  # (B, 128 * e, H / 8, W / 8)
         return self.layer4(self.layer3(x))  # (B, 512 * e, H / 32, W / 32)
 

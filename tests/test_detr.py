@@ -22,6 +22,17 @@ SMALL_ORIGINAL_ACT = {'lr': 1e-4, 'num_queries': 10, 'kl_weight': 10, 'hidden_di
                       'camera_names': ['top'], 'pretrained_backbone': False}
 
 
+def randomise_batch_norm(module):
+    """Give every frozen batch norm non-trivial statistics, as a trained trunk has."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, resnet.FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.2, 2.0)
+
+
 def _key_lines(module):
     return [f'{k}\t{tuple(v.shape)}\t{v.dtype}' for k, v in module.state_dict().items()]
 
@@ -57,6 +68,7 @@ def test_same_numbers_as_original_computation(tiny_act_config, pre_norm, per_cam
     cfg = dict(tiny_act_config, camera_names=['a', 'b'], pre_norm=pre_norm, per_camera_backbone=per_camera,
                dec_layers=3)
     model = ACTPolicy(cfg).model.eval()
+    randomise_batch_norm(model)
     qpos, image = torch.randn(3, 14), torch.randn(3, 2, 3, 40, 72)
     actions, is_pad = torch.randn(3, 5, 14), torch.zeros(3, 5, dtype=torch.bool)
     is_pad[1, 2:] = True
@@ -103,6 +115,20 @@ def test_sinusoid_table_formula():
     angle = p / np.power(10000, 2 * (i // 2) / 8)
     want = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
     assert np.allclose(table[0].numpy(), want, atol=1e-6)
+
+
+def test_folded_batch_norm_outside_autograd():
+    trunk = resnet.build_resnet_trunk('resnet18')
+    randomise_batch_norm(trunk)
+    x = torch.rand(2, 3, 40, 72)
+    with torch.no_grad():
+        folded = trunk(x)
+    assert torch.allclose(folded, trunk(x), rtol=1e-4, atol=1e-4)  # with autograd: separate passes
+    with torch.no_grad():
+        trunk.layer1[0].conv1.weight.mul_(2)  # an in-place change (optimizer step, load) refreshes the fold
+        trunk.layer1[0].bn1.running_var.mul_(3)
+        folded = trunk(x)
+    assert torch.allclose(folded, trunk(x), rtol=1e-4, atol=1e-4)
 
 
 def test_frozen_batch_norm_is_eval_batch_norm():
