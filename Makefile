@@ -23,10 +23,12 @@ DEMO_DIR := demo
 DEMO_TASK := sim_transfer_cube_scripted
 DEMO_EPISODES := 2
 
-# Scripted demonstrations of the default task in ./demo/, with their videos and joint plots
+# Scripted demonstrations of the default task in ./demo/, with their videos and joint plots;
+# then a small ACT trained on them for a few minutes and a few evaluation rollouts (demo.py)
 demo: $(VENV)/.installed
 	$(PY) record_sim_episodes.py --task_name $(DEMO_TASK) --dataset_dir $(DEMO_DIR)/$(DEMO_TASK) \
 		--num_episodes $(DEMO_EPISODES) --num_workers 2
 	for i in $$(seq 0 $$(($(DEMO_EPISODES) - 1))); do \
 		$(PY) visualize_episodes.py --dataset_dir $(DEMO_DIR)/$(DEMO_TASK) --episode_idx $$i || exit 1; \
 	done
+	$(PY) demo.py --dataset_dir $(DEMO_DIR)/$(DEMO_TASK) --num_episodes $(DEMO_EPISODES) --ckpt_dir $(DEMO_DIR)/ckpt
