@@ -20,6 +20,7 @@ import pickle
 import random
 import signal
 import threading
+import warnings
 
 import numpy as np
 import torch
@@ -122,6 +123,14 @@ def check_args(args, device):
         raise ValueError(f"--policy_class must be one of {', '.join(POLICY_CLASSES)}, got {args['policy_class']!r}")
     if args['amp'] == 'fp16' and not device.startswith('cuda'):
         raise ValueError(f'--amp fp16 needs a CUDA device (got {device}); use --amp bf16 on this device')
+    if args['amp'] == 'bf16' and device == 'cpu' and not cpu_has_bf16():
+        warnings.warn('--amp bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX), so bf16 '
+                      'runs emulated and much slower than --amp off')
+
+
+def cpu_has_bf16():
+    checks = [getattr(torch.cpu, name, None) for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    return any(check() for check in checks if check is not None)
 
 
 def dims_from_stats(ckpt_dir):
