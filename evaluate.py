@@ -9,6 +9,7 @@ kept an episode_len x (episode_len + num_queries) buffer) with identical results
 cameras the policy uses are rendered, at the size it was trained on; rollouts may run in several
 processes (`eval_workers`) with the same per-rollout results.
 """
+import collections
 import multiprocessing
 import os
 import pickle
@@ -68,24 +69,39 @@ class TemporalEnsembler:
 
 
 class ChunkedController:
-    """Turns a policy into one normalised action per step: query every `query_frequency` steps and
-    play the chunk, or (temporal ensembling) query every step and ensemble the overlapping chunks."""
+    """Turns a policy into one normalised action per step: query every `action_horizon` steps
+    (ACT and CNNMLP: the chunk size) and play the chunk, or (temporal ensembling) query every step
+    and ensemble the overlapping chunks. A policy with `obs_horizon` To > 1 (Diffusion) gets the
+    last To observations, the first one repeated at the start of the episode as in training."""
 
     def __init__(self, policy, num_queries, temporal_agg, action_dim, device):
         self.policy = policy
-        self.query_frequency = 1 if temporal_agg else num_queries
+        self.query_frequency = 1 if temporal_agg else getattr(policy, 'action_horizon', num_queries)
         self.ensembler = TemporalEnsembler(num_queries, action_dim, device=device) if temporal_agg else None
+        self.history = collections.deque(maxlen=getattr(policy, 'obs_horizon', 1))
         self.chunk = None
 
     def reset(self):
         self.chunk = None
+        self.history.clear()
         if self.ensembler is not None:
             self.ensembler.reset()
 
+    def observation(self, qpos, image):
+        """qpos (1, S), image (1, K, 3, H, W) -> the policy's inputs, with a time axis when To > 1."""
+        if self.history.maxlen == 1:
+            return qpos, image
+        while len(self.history) < self.history.maxlen - 1:
+            self.history.append((qpos, image))
+        self.history.append((qpos, image))
+        return (torch.stack([q for q, _ in self.history], dim=1),  # (1, To, S)
+                torch.stack([im for _, im in self.history], dim=1))  # (1, To, K, 3, H, W)
+
     def __call__(self, t, qpos, image):
-        """qpos (1, S), image (1, num_cams, 3, H, W) -> normalised action (A,) numpy."""
+        """qpos (1, S), image (1, K, 3, H, W) of step t -> normalised action (A,) numpy."""
+        inputs = self.observation(qpos, image)
         if t % self.query_frequency == 0:
-            self.chunk = self.policy(qpos, image)  # (1, K, A)
+            self.chunk = self.policy(*inputs)  # (1, num_queries, A)
         if self.ensembler is not None:
             raw_action = self.ensembler(self.chunk)
         else:

@@ -151,3 +151,21 @@ def test_real_robot_path_with_simulated_driver(tiny_ckpt_dir, tiny_act_config, m
     assert success_rate == 1.0
     assert 'Reward >= 0: 2/2 = 100.0%' in (tiny_ckpt_dir / 'result_policy_best.txt').read_text()
     assert len(list(tiny_ckpt_dir.glob('video*.mp4'))) == 2
+
+
+def test_diffusion_sampling_is_seeded_per_rollout(tmp_path):
+    """Diffusion draws noise at every query: rollout i gets the same noise in any process."""
+    from policy import make_policy
+    policy_config = {'camera_names': ['top'], 'num_queries': 4, 'action_horizon': 2, 'down_dims': (16, 32),
+                     'num_inference_steps': 2, 'lr': 1e-3, 'pretrained_backbone': False}
+    torch.save(make_policy('Diffusion', policy_config).serialize(), tmp_path / 'policy_best.ckpt')
+    stats = dict(tiny_stats(), action_min=tiny_stats()['action_mean'] - 0.5,
+                 action_max=tiny_stats()['action_mean'] + 0.5)
+    with open(tmp_path / 'dataset_stats.pkl', 'wb') as f:
+        pickle.dump(stats, f)
+    config = make_config(tmp_path, policy_config, policy_class='Diffusion', episode_len=4, save_video=False)
+    sequential = list(rollout_results(config, 'policy_best.ckpt'))
+    parallel = list(rollout_results(dict(config, eval_workers=2), 'policy_best.ckpt'))
+    for seq, par in zip(sequential, parallel):
+        np.testing.assert_allclose(seq['final_qpos'], par['final_qpos'], atol=1e-5)
+    assert not np.allclose(sequential[0]['final_qpos'], sequential[1]['final_qpos'], atol=1e-4)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (TemporalEnsembler, episode_outcome, result_file_name, rollout_line, summary_text,
+from evaluate import (ChunkedController, TemporalEnsembler, episode_outcome, result_file_name, rollout_line, summary_text,
                       write_result_file)
 
 
@@ -95,3 +95,45 @@ def test_episode_outcome_plain_numbers_and_missing_rewards():
     assert type(episode_return) is int  # written as 6, not np.int64(6), in the result file
     assert rollout_line(3, 6, 3, 4) == ('Rollout 3\nepisode_return=6, episode_highest_reward=3, '
                                         'env_max_reward=4, Success: False')
+
+
+class RecordingPolicy:
+    """Stands in for a policy: records its inputs, returns chunk number n filled with n."""
+
+    def __init__(self, num_queries, action_dim=2, **attributes):
+        self.calls, self.num_queries, self.action_dim = [], num_queries, action_dim
+        self.__dict__.update(attributes)
+
+    def __call__(self, qpos, image):
+        self.calls.append((qpos.clone(), image.clone()))
+        return torch.full((1, self.num_queries, self.action_dim), float(len(self.calls)))
+
+
+def run_controller(policy, steps, temporal_agg=False):
+    controller = ChunkedController(policy, policy.num_queries, temporal_agg, policy.action_dim, 'cpu')
+    return [controller(t, torch.full((1, 3), float(t)), torch.full((1, 1, 3, 2, 2), float(t)))[0]
+            for t in range(steps)]
+
+
+def test_controller_plays_each_chunk_then_queries_again():
+    policy = RecordingPolicy(num_queries=4)
+    assert run_controller(policy, 10) == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    assert [q[0, 0].item() for q, _ in policy.calls] == [0, 4, 8]  # queried at steps 0, 4, 8
+
+
+def test_controller_action_horizon_and_observation_history():
+    policy = RecordingPolicy(num_queries=6, action_horizon=2, obs_horizon=3)
+    assert run_controller(policy, 5) == [1, 1, 2, 2, 3]
+    qpos, image = policy.calls[2]  # the query at step 4 sees steps 2, 3, 4
+    assert qpos.shape == (1, 3, 3) and image.shape == (1, 3, 1, 3, 2, 2)
+    assert qpos[0, :, 0].tolist() == [2, 3, 4]
+    assert policy.calls[0][0][0, :, 0].tolist() == [0, 0, 0]  # step 0 repeated, as in training
+
+
+def test_controller_with_temporal_agg_queries_every_step():
+    policy = RecordingPolicy(num_queries=3)
+    actions = run_controller(policy, 4, temporal_agg=True)
+    assert len(policy.calls) == 4
+    w = np.exp(-0.01 * np.arange(3))
+    np.testing.assert_allclose(actions, [1, np.average([1, 2], weights=w[:2]), np.average([1, 2, 3], weights=w),
+                                         np.average([2, 3, 4], weights=w)])
