@@ -170,6 +170,8 @@ class ACTPolicy(_ImagePolicy):
         # NOTE(faithful): padded steps are zeroed but still counted in the mean's denominator.
         l1 = (all_l1 * ~is_pad.unsqueeze(-1)).mean()
         kl = kl_divergence(mu, logvar)
+        # NOTE(faithful): a constant KL weight, no warm-up; the sampled-latent loss is also what
+        # validation reports, since the latent is sampled whenever actions are given.
         return {'l1': l1, 'kl': kl, 'loss': l1 + kl * self.kl_weight}
 
 

@@ -139,7 +139,9 @@ class CNNMLP(nn.Module):
             nn.Sequential(nn.Conv2d(b.num_channels, 128, kernel_size=5), nn.Conv2d(128, 64, kernel_size=5),
                           nn.Conv2d(64, 32, kernel_size=5))
             for b in backbones)
-        feat_per_cam = cnnmlp_features_per_camera(*self.image_size)  # 768 at 480 x 640, as the original
+        # NOTE(faithful): the original hard-codes 768 features per camera, the size for 480 x 640 images;
+        # computed here from image_size, which gives 768 by default.
+        feat_per_cam = cnnmlp_features_per_camera(*self.image_size)
         self.mlp = nn.Sequential(
             nn.Linear(feat_per_cam * len(backbones) + state_dim, CNNMLP_HIDDEN), nn.ReLU(inplace=True),
             nn.Linear(CNNMLP_HIDDEN, CNNMLP_HIDDEN), nn.ReLU(inplace=True),

@@ -82,6 +82,28 @@ def test_same_numbers_as_original_computation(tiny_act_config, pre_norm, per_cam
     assert torch.allclose(mu, ref_mu, atol=1e-5) and torch.allclose(logvar, ref_logvar, atol=1e-5)
 
 
+def test_same_gradients_as_original_computation(tiny_act_config):
+    model = ACTPolicy(tiny_act_config).model.eval()  # eval: no dropout, the latent is still sampled
+    randomise_batch_norm(model)
+    qpos, image, actions = torch.randn(2, 14), torch.randn(2, 1, 3, 40, 72), torch.randn(2, 5, 14)
+    is_pad = torch.zeros(2, 5, dtype=torch.bool)
+
+    def grads(forward):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        a_hat, mu, logvar = forward()
+        ((a_hat - actions).abs().mean() + (mu ** 2 + logvar.exp()).sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours = grads(lambda: model(qpos, image, actions, is_pad))
+    ref = grads(lambda: [original_forward(model, qpos, image, actions, is_pad)[i] for i in (0, 2, 3)])
+    unused = {n for n in ref if n.startswith('transformer.decoder.layers.1.')}
+    assert unused and all(ref[n].abs().max() == 0 for n in unused)  # the original's zero gradients
+    assert set(ours) == set(ref) - unused
+    for n in ours:
+        assert torch.allclose(ours[n], ref[n], rtol=1e-4, atol=1e-5), n
+
+
 def test_attention_is_torch_multihead_attention():
     ours = MultiheadAttention(16, 4, dropout=0.0)
     theirs = nn.MultiheadAttention(16, 4, dropout=0.0)
