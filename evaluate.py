@@ -300,7 +300,14 @@ class Evaluator:
         policy_config = config['policy_config']
         self.controller = ChunkedController(self.policy, policy_config['num_queries'], config['temporal_agg'],
                                             config['action_dim'], self.device)
-        self.view = OnscreenView() if config['onscreen_render'] and not config['real_robot'] else None
+        self.onscreen = config['onscreen_render'] and not config['real_robot']
+
+    def policy_inputs(self, ts):
+        """-> qpos (1, S) normalised, image (1, num_cams, 3, H, W), video frame (H, W * num_cams, 3)."""
+        qpos = self.pre_process(np.array(ts.observation['qpos']))
+        qpos = torch.from_numpy(qpos).float().to(self.device).unsqueeze(0)
+        image, frame = get_image(ts, self.config['camera_names'], image_hw(self.config), self.device)
+        return qpos, image, frame
 
     def rollout(self, rollout_id, pose=None, video_path=None):
         """One episode -> dict with rollout_id, episode_return, highest_reward, max_reward, rewards,
@@ -313,14 +320,13 @@ class Evaluator:
         ts = self.env.reset()
         self.controller.reset()
         video = VideoWriter(video_path) if video_path else None
+        view = OnscreenView() if self.onscreen else None
         rewards = []
         with torch.inference_mode():
             for t in range(self.config['episode_len']):
-                if self.view is not None:
-                    self.view.show(self.env)
-                qpos_numpy = np.array(ts.observation['qpos'])
-                qpos = torch.from_numpy(self.pre_process(qpos_numpy)).float().to(self.device).unsqueeze(0)  # (1, S)
-                image, frame = get_image(ts, self.config['camera_names'], image_hw(self.config), self.device)
+                if view is not None:
+                    view.show(self.env)
+                qpos, image, frame = self.policy_inputs(ts)
                 if video is not None:
                     video.append(frame)
                 action = self.post_process(self.controller(t, qpos, image))  # (A,)
@@ -328,8 +334,8 @@ class Evaluator:
                 rewards.append(ts.reward)
         if video is not None:
             video.close()
-        if self.view is not None:
-            self.view.close()
+        if view is not None:
+            view.close()
         if self.config['real_robot']:
             import real_robot
             real_robot.open_grippers(self.env, self.config['robot_backend'])

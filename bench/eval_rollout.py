@@ -9,6 +9,7 @@ including worker start-up, and `rollout_steps_per_s` the speed inside one rollou
     python bench/eval_rollout.py --image_size 240 320 --hidden_dim 256 --dim_feedforward 1024
 """
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -51,6 +52,20 @@ def eval_config(args, ckpt_dir, temporal_agg, workers):
             'num_rollouts': workers, 'save_video': args['video'], 'eval_workers': workers}
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Progress prints of this process and its workers go to stderr: stdout carries only the JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def measure(config):
     start = time.perf_counter()
     results = list(rollout_results(config, 'policy_best.ckpt'))
@@ -62,7 +77,7 @@ def measure(config):
 
 
 def main(args):
-    with tempfile.TemporaryDirectory() as ckpt_dir:
+    with tempfile.TemporaryDirectory() as ckpt_dir, stdout_to_stderr():
         first = eval_config(args, ckpt_dir, False, 1)
         write_checkpoint(ckpt_dir, first['policy_config'], first['state_dim'])
         runs = [measure(eval_config(args, ckpt_dir, temporal_agg, workers))
