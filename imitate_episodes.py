@@ -14,6 +14,7 @@ accumulation, learning-rate schedules, step-based training, and several processe
 """
 import argparse
 import contextlib
+import inspect
 import math
 import os
 import pickle
@@ -24,6 +25,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch.autograd.graph import increment_version
 from tqdm import tqdm
 
 from policy import make_policy
@@ -289,6 +291,22 @@ def autocast(device, amp):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+def fused_adam(optimizer, device):
+    """The policy's Adam/AdamW rebuilt with the fused implementation on CPU and CUDA: the same
+    update rule and settings, several times faster than the default loop over tensors."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or device.split(':')[0] not in ('cpu', 'cuda'):
+        return optimizer
+    accepted = inspect.signature(type(optimizer)).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    groups = [{**group, 'fused': True, 'foreach': None} for group in optimizer.param_groups]
+    fused = type(optimizer)(groups, **{**defaults, 'fused': True, 'foreach': None})
+    # The fused kernels update parameters in place without bumping their version counters, which
+    # caches keyed on a tensor's version (the trunk's folded batch norm) rely on: bump them here.
+    params = [p for group in fused.param_groups for p in group['params']]
+    fused.register_step_post_hook(lambda *_: increment_version(params))
+    return fused
+
+
 def to_channels_last(module):
     """Store convolution weights channels-last: with channels-last images (image_to_tensor) the
     convolutions run markedly faster on CPU and on GPU tensor cores."""
@@ -369,7 +387,7 @@ class Trainer:
         self.policy = make_policy(config['policy_class'], config['policy_config'])
         self.policy.to(self.device)
         to_channels_last(self.policy)
-        self.optimizer = self.policy.configure_optimizers()
+        self.optimizer = fused_adam(self.policy.configure_optimizers(), self.device)
         total = self.num_units if self.step_mode else self.num_units * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config['lr_schedule'], config['warmup_steps'], total))

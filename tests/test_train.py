@@ -172,6 +172,7 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path):
     assert os.listdir(tmp_path) == ['policy_last.ckpt']
 
 
+@pytest.mark.filterwarnings('ignore:--amp bf16')
 def test_grad_accum_and_amp_bf16_train(tiny_dataset, tmp_path):
     ckpt_dir = tmp_path / 'ckpt'
     imitate_episodes.main(make_args(tiny_dataset, ckpt_dir, num_epochs=1, grad_accum=3,
