@@ -194,6 +194,8 @@ class ConditionalUnet1D(nn.Module):
             x = second(first(x, cond), cond)
             skips.append(x)
             x = downsample(x)
+        # NOTE(faithful): the way up pops one skip per up level, so the first level's output is never
+        # used, as in the diffusion_policy UNet; the layer sizes of its checkpoints depend on it.
         for mid in self.mid_modules:
             x = mid(x, cond)
         for first, second, upsample in self.up_modules:
@@ -226,16 +228,18 @@ class SpatialSoftmax(nn.Module):
 
 class ResNetTrunk(nn.Module):
     """ResNet without its pooling and classifier: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32)).
-    `nets` holds conv1, bn1 (a group norm here), relu, maxpool, layer1..layer4 in that order."""
+    `nets` holds conv1, bn1 (a group norm here), relu, maxpool, layer1..layer4 in that order.
+    Weights and images are channels-last, the faster layout for these convolutions on CPU and GPU."""
 
     def __init__(self, resnet):
         super().__init__()
         self.num_channels = resnet.num_channels
         self.nets = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                   resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        self.nets.to(memory_format=torch.channels_last)
 
     def forward(self, images):
-        return self.nets(images)
+        return self.nets(images.contiguous(memory_format=torch.channels_last))
 
 
 def group_norm(num_channels):
