@@ -35,6 +35,7 @@ from utils import compute_dict_mean, detach_dict, image_to_tensor, load_data, se
 SPLIT_SEED = 1  # NOTE(faithful): the original seeds numpy with 1 before drawing the train/val split
 TRAINING_STATE = 'training_state.pt'  # file of the full training state in --ckpt_dir
 POLICY_CLASSES = ('ACT', 'CNNMLP', 'Diffusion')
+EVAL_IMAGE_HW = (480, 640)  # image size evaluation renders when --image_size is not given
 
 
 class TrainingInterrupted(Exception):
@@ -69,8 +70,9 @@ def pick_device(name, local_rank=0):
     return 'cpu'
 
 
-def make_policy_config(args, camera_names, state_dim, action_dim):
-    """The policy's settings from the flags; None leaves a value to the policy's own default."""
+def make_policy_config(args, camera_names, state_dim, action_dim, image_hw):
+    """The policy's settings from the flags; None leaves a value to the policy's own default.
+    image_hw (H, W) is the size of the images the policy sees (CNNMLP's MLP input depends on it)."""
     common = {'lr': args['lr'], 'camera_names': camera_names, 'state_dim': state_dim, 'action_dim': action_dim,
               'backbone': args['backbone'], 'lr_backbone': args['lr_backbone'],
               'backbone_weights': args['backbone_weights'], 'pretrained_backbone': args['pretrained_backbone'],
@@ -84,24 +86,26 @@ def make_policy_config(args, camera_names, state_dim, action_dim):
     common['weight_decay'] = 1e-4 if args['weight_decay'] is None else args['weight_decay']
     common['per_camera_backbone'] = args['per_camera_backbone']
     if args['policy_class'] == 'CNNMLP':
-        return {**common, 'num_queries': 1}
+        return {**common, 'num_queries': 1, 'image_size': image_hw}
     return {**common, 'num_queries': args['chunk_size'], 'kl_weight': args['kl_weight'],
             'hidden_dim': args['hidden_dim'], 'dim_feedforward': args['dim_feedforward'],
             'enc_layers': args['enc_layers'], 'dec_layers': args['dec_layers'], 'nheads': args['nheads'],
             'latent_dim': args['latent_dim'], 'dropout': args['dropout'], 'pre_norm': args['pre_norm']}
 
 
-def make_config(args, task_config, state_dim, action_dim, device):
-    """The config dict train_bc and eval_bc read (the original's keys plus the new ones)."""
+def make_config(args, task_config, state_dim, action_dim, device, image_hw=EVAL_IMAGE_HW):
+    """The config dict train_bc and eval_bc read (the original's keys plus the new ones);
+    image_hw: the data's frame size (training) when --image_size is not given."""
     camera_names = args['camera_names'] or task_config['camera_names']
+    image_size = tuple(args['image_size']) if args['image_size'] else None
     return {
         'num_epochs': args['num_epochs'], 'ckpt_dir': args['ckpt_dir'], 'episode_len': task_config['episode_len'],
         'state_dim': state_dim, 'action_dim': action_dim, 'lr': args['lr'], 'policy_class': args['policy_class'],
         'onscreen_render': args['onscreen_render'],
-        'policy_config': make_policy_config(args, camera_names, state_dim, action_dim),
+        'policy_config': make_policy_config(args, camera_names, state_dim, action_dim, image_size or image_hw),
         'task_name': args['task_name'], 'seed': args['seed'], 'temporal_agg': args['temporal_agg'],
         'camera_names': camera_names, 'real_robot': args['task_name'][:4] != 'sim_', 'device': device,
-        'image_size': tuple(args['image_size']) if args['image_size'] else None,
+        'image_size': image_size,
         'num_rollouts': args['num_rollouts'], 'eval_ckpt': args['eval_ckpt'], 'save_video': not args['no_video'],
         'eval_workers': args['eval_workers'], 'robot_backend': args['robot_backend'],
         'robot_driver': args['robot_driver'], 'amp': args['amp'],
@@ -187,7 +191,8 @@ def train_main(args, task_config, device, rank, world_size):
         policy_class=args['policy_class'], obs_horizon=obs_horizon, image_size=args['image_size'],
         num_workers=args['num_workers'], preload=args['preload'], seed=args['seed'], device=device,
         rank=rank, world_size=world_size)
-    config = make_config(args, task_config, len(stats['qpos_mean']), len(stats['action_mean']), device)
+    config = make_config(args, task_config, len(stats['qpos_mean']), len(stats['action_mean']), device,
+                         tuple(train_dataloader.dataset.hw))
     config.update(rank=rank, world_size=world_size)
     ckpt_dir = config['ckpt_dir']
     if rank == 0:
