@@ -156,8 +156,7 @@ def test_two_cameras(tiny_act_config):
     qpos, image, actions, is_pad = _batch(cfg)
     assert policy(qpos, image).shape == (2, 5, 14)
     assert not torch.allclose(policy(qpos, image), policy(qpos, image.flip(1)))  # both views are used
-    policy.train()
-    policy(qpos, image, actions, is_pad)['loss'].backward()
+    assert policy(qpos, image, actions, is_pad)['loss'].isfinite()
 
 
 def test_per_camera_backbones(tiny_act_config):
