@@ -29,7 +29,10 @@ def run(step, command):
     """Run one of the project's scripts, showing the exact command a user can rerun."""
     print(f'\n=== {step}\n$ {" ".join(command)}\n', flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, *command], check=True)
+    returncode = subprocess.run([sys.executable, *command]).returncode
+    if returncode != 0:
+        raise SystemExit(f'demo: this step stopped (exit status {returncode}); run `make demo` again to go on '
+                         f'(recorded episodes and an interrupted training are picked up where they stopped)')
     return time.perf_counter() - start
 
 
@@ -51,10 +54,11 @@ def train(args):
         print(f"\n=== Training: {args['ckpt_dir']}/policy_best.ckpt exists, reusing it (delete the folder to retrain)")
         return 0.0
     steps = str(args['num_steps'])
+    resume = ['--resume'] if os.path.isfile(os.path.join(args['ckpt_dir'], 'training_state.pt')) else []
     return run(f"Training a small ACT for {steps} steps on {args['num_episodes']} demonstrations "
                f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images)",
                ['imitate_episodes.py', *common_flags(args), *TRAIN_FLAGS, '--num_steps', steps,
-                '--validate_every', str(max(1, args['num_steps'] // 10)), '--save_every', steps])
+                '--validate_every', str(max(1, args['num_steps'] // 10)), '--save_every', steps, *resume])
 
 
 def evaluate(args):

@@ -20,3 +20,17 @@ def test_demo_report_shows_summary_and_paths(tmp_path, capsys):
     assert '  Reward >= 4: 1/2 = 50.0%\n  Reward stages' in out  # the returns list is not shown
     assert str(tmp_path / 'video1.mp4') in out and 'train_val_loss_seed_0.png' in out
     assert 'training 2.0 min, evaluation 0.5 min' in out
+
+
+def test_demo_failed_step_and_resume(tmp_path, monkeypatch):
+    commands = []
+
+    class Finished:
+        returncode = 143
+
+    monkeypatch.setattr(demo.subprocess, 'run', lambda command: commands.append(command) or Finished())
+    (tmp_path / 'training_state.pt').write_bytes(b'')  # an interrupted training
+    args = {'dataset_dir': 'data', 'num_episodes': 2, 'ckpt_dir': str(tmp_path), 'num_steps': 10, 'num_rollouts': 1}
+    with pytest.raises(SystemExit, match=r'exit status 143.*make demo'):
+        demo.train(args)
+    assert commands[0][1] == 'imitate_episodes.py' and commands[0][-1] == '--resume'
