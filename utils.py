@@ -417,7 +417,16 @@ def make_loader(dataset, batch_size, num_workers, seed, stream, device, rank, wo
     sampler = EpisodeSampler(len(dataset), seed, stream, rank=rank, world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=str(device).startswith('cuda'),
+                      worker_init_fn=_ignore_interrupts,
                       generator=torch.Generator().manual_seed(seed))  # keeps the global torch RNG untouched
+
+
+def _ignore_interrupts(worker_id):
+    """Loader workers leave Ctrl-C and SIGTERM to the training process, which saves its state and
+    needs its workers alive until then (they exit with it)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def image_to_tensor(images, device):

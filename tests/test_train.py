@@ -151,6 +151,30 @@ def test_resume_step_mode_matches_uninterrupted(tiny_dataset, tmp_path, monkeypa
     assert_same_runs(tmp_path / 'full', tmp_path / 'split')
 
 
+def test_ctrl_c_to_the_process_group_saves_state(tiny_dataset, tmp_path):
+    """As a terminal's Ctrl-C: SIGINT to the trainer and its loader worker at once; the step under way
+    still needs batches from the worker."""
+    ckpt_dir = tmp_path / 'ckpt'
+    cmd = [sys.executable, 'imitate_episodes.py', '--task_name', TASK, '--ckpt_dir', str(ckpt_dir),
+           '--policy_class', 'ACT', '--dataset_dir', tiny_dataset, '--num_episodes', '5', '--batch_size', '1',
+           '--num_epochs', '1000', '--chunk_size', '5', '--hidden_dim', '32', '--dim_feedforward', '64',
+           '--enc_layers', '1', '--dec_layers', '2', '--nheads', '2', '--no-pretrained_backbone',
+           '--device', 'cpu', '--preload', 'off', '--num_workers', '1', '--grad_accum', '2']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith('Train loss'):  # the loader worker is running
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    out = ''.join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGINT, out[-3000:]
+    assert 'Continue with the same command plus --resume' in out
+    assert out.count('Stopping after this step') == 1  # the workers leave the signal to the trainer
+    assert training_state(ckpt_dir)['progress']['step'] >= 2
+
+
 def test_resume_refuses_other_settings(two_epoch_run, tmp_path):
     args, _ = two_epoch_run
     with pytest.raises(ValueError, match='seed: 0 then, 1 now'):
