@@ -112,9 +112,13 @@ class FiLMResidualBlock(nn.Module):
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
         self.residual_conv = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x, cond):
-        """x (B, C_in, T), cond (B, cond_dim) -> (B, C_out, T)."""
-        scale, bias = self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)  # (B, C_out, 1) each
+    def modulation(self, cond):
+        """cond (N, cond_dim) -> FiLM (scale, bias), (N, C_out, 1) each."""
+        return self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)
+
+    def forward(self, x, film):
+        """x (B, C_in, T), film (scale, bias) (B, C_out, 1) each -> (B, C_out, T)."""
+        scale, bias = film
         out = self.blocks[0](x) * scale + bias
         return self.blocks[1](out) + self.residual_conv(x)
 
@@ -181,26 +185,38 @@ class ConditionalUnet1D(nn.Module):
             nn.Conv1d(down_dims[0], action_dim, 1),
         )
         self.length_multiple = 2 ** (len(levels) - 1)
+        # every FiLM block in the order forward runs them
+        self.film_blocks = ([b for level in self.down_modules for b in level[:2]] + list(self.mid_modules)
+                            + [b for level in self.up_modules for b in level[:2]])
 
-    def forward(self, sample, timestep, global_cond):
-        """sample (B, T, A) noisy actions, timestep (B,) or scalar, global_cond (B, G) -> (B, T, A)."""
+    def condition(self, timestep, global_cond):
+        """timestep (N,), global_cond (N, G) -> FiLM (scale, bias) of every block, (N, C, 1) each.
+        It depends only on the step and the observation, so sampling computes it once per query."""
+        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)  # (N, cond_dim)
+        return [block.modulation(cond) for block in self.film_blocks]
+
+    def forward(self, sample, timestep, global_cond, films=None):
+        """sample (B, T, A) noisy actions, timestep (B,) or scalar, global_cond (B, G) -> (B, T, A).
+        `films` (from condition()) replaces timestep and global_cond when given."""
         batch, length = sample.shape[:2]
-        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)  # (B,)
-        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)  # (B, cond_dim)
+        if films is None:
+            timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)  # (B,)
+            films = self.condition(timestep, global_cond)
+        films = iter(films)
         padded = -length % self.length_multiple
         x = F.pad(sample.transpose(1, 2), (0, padded))  # (B, A, T + padded)
         skips = []
         for first, second, downsample in self.down_modules:
-            x = second(first(x, cond), cond)
+            x = second(first(x, next(films)), next(films))
             skips.append(x)
             x = downsample(x)
         # NOTE(faithful): the way up pops one skip per up level, so the first level's output is never
         # used, as in the diffusion_policy UNet; the layer sizes of its checkpoints depend on it.
         for mid in self.mid_modules:
-            x = mid(x, cond)
+            x = mid(x, next(films))
         for first, second, upsample in self.up_modules:
             x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 C, T')
-            x = upsample(second(first(x, cond), cond))
+            x = upsample(second(first(x, next(films)), next(films)))
         x = self.final_conv(x)  # (B, A, T + padded)
         return x[..., :length].transpose(1, 2)  # (B, T, A)
 
@@ -509,10 +525,16 @@ class DiffusionPolicy(nn.Module):
         with torch.autocast(qpos.device.type, dtype=dtype, enabled=dtype is not None):
             global_cond = self._encode(self.ema_nets, qpos, image)  # (B, G)
             unet = self.ema_nets['policy']['noise_pred_net']
-            actions = torch.randn(qpos.shape[0], self.num_queries, self.action_dim, device=qpos.device)
+            batch, device = qpos.shape[0], qpos.device
+            actions = torch.randn(batch, self.num_queries, self.action_dim, device=device)
             self.noise_scheduler.set_timesteps(self.cfg['num_inference_steps'])
-            for step in self.noise_scheduler.timesteps:
-                noise_pred = unet(actions, step.to(qpos.device), global_cond).float()
+            steps = self.noise_scheduler.timesteps  # (S,) descending
+            # FiLM of all S steps in one pass: (S B, C, 1) each, rows [i B, (i + 1) B) for step i
+            films = unet.condition(steps.to(device).repeat_interleave(batch), global_cond.repeat(len(steps), 1))
+            for i, step in enumerate(steps):
+                rows = slice(i * batch, (i + 1) * batch)
+                step_films = [(scale[rows], bias[rows]) for scale, bias in films]
+                noise_pred = unet(actions, None, None, films=step_films).float()
                 actions = self.noise_scheduler.step(noise_pred, step, actions).prev_sample
         return actions
 

@@ -5,7 +5,7 @@ ACT (README config) and Diffusion queries alternate in the same run, so a CPU sh
 work slows both alike; the ratio is the figure to read. Prints one JSON object; medians in ms.
 
     .venv/bin/python bench/diffusion_latency.py
-    .venv/bin/python bench/diffusion_latency.py --chunk_size 16 --skip_train
+    .venv/bin/python bench/diffusion_latency.py --chunk_size 16 --skip_train --threads 1
 """
 import argparse
 import json
@@ -77,6 +77,8 @@ def make_act(chunk):
 
 
 def main(args):
+    if args['threads']:
+        torch.set_num_threads(args['threads'])
     torch.manual_seed(0)
     chunk, image_hw = args['chunk_size'], tuple(args['image_size'])
     diffusion = DiffusionPolicy({'camera_names': ['top'], 'num_queries': chunk, 'state_dim': STATE_DIM,
@@ -119,6 +121,7 @@ if __name__ == '__main__':
     parser.add_argument('--num_inference_steps', type=int, default=10, help='Diffusion denoising steps')
     parser.add_argument('--scheduler', choices=('ddim', 'ddpm'), default='ddim')
     parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
+    parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument('--skip_train', action='store_true', help='skip the training steps')
     parser.add_argument('--skip_act_train', action='store_true', help="skip ACT's training step")
     main(vars(parser.parse_args()))
