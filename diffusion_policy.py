@@ -119,7 +119,7 @@ class FiLMResidualBlock(nn.Module):
     def forward(self, x, film):
         """x (B, C_in, T), film (scale, bias) (B, C_out, 1) each -> (B, C_out, T)."""
         scale, bias = film
-        out = self.blocks[0](x) * scale + bias
+        out = torch.addcmul(bias, self.blocks[0](x), scale)  # scale * out + bias
         return self.blocks[1](out) + self.residual_conv(x)
 
 
