@@ -202,7 +202,8 @@ def train_main(args, task_config, device, rank, world_size):
     best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config)
     if rank == 0:
         atomic_save(best_state_dict, os.path.join(ckpt_dir, 'policy_best.ckpt'))
-        print(f'Best ckpt, val loss {min_val_loss:.6f} @ epoch{best_epoch}')
+        unit = 'step' if config['num_steps'] else 'epoch'
+        print(f'Best ckpt, val loss {min_val_loss:.6f} @ {unit}{best_epoch}')
 
 
 def distributed_env():
@@ -361,6 +362,14 @@ class StopSignal:
 
 # Settings a resumed run must share with the run that wrote the training state.
 RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
+INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
+
+
+def run_settings(config, step_mode):
+    settings = {k: config[k] for k in RESUME_KEYS}
+    settings['policy_config'] = {k: v for k, v in config['policy_config'].items() if k not in INITIAL_WEIGHT_KEYS}
+    settings['step_mode'] = step_mode
+    return settings
 
 
 class Trainer:
@@ -416,17 +425,18 @@ class Trainer:
             return
         state = {'model': self.policy.serialize(), 'optimizer': self.optimizer.state_dict(),
                  'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
-                 'progress': self.progress, 'rng': rngs, 'run': {k: self.config[k] for k in RESUME_KEYS}}
+                 'progress': self.progress, 'rng': rngs, 'run': run_settings(self.config, self.step_mode)}
         atomic_save(state, self.state_path)
 
     def load_state(self):
         if not os.path.isfile(self.state_path):
             raise FileNotFoundError(f'--resume: no training state at {self.state_path}')
         state = torch.load(self.state_path, map_location='cpu', weights_only=False)
-        differ = [k for k in RESUME_KEYS if state['run'].get(k) != self.config[k]]
+        now = run_settings(self.config, self.step_mode)
+        differ = [k for k in now if state['run'].get(k) != now[k]]
         if differ:
             raise ValueError(f'--resume: {self.state_path} was written with different settings: ' + '; '.join(
-                f'{k}: {state["run"].get(k)!r} then, {self.config[k]!r} now' for k in differ))
+                f'{k}: {state["run"].get(k)!r} then, {now[k]!r} now' for k in differ))
         self.policy.deserialize(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
