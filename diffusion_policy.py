@@ -1,7 +1,7 @@
 """Diffusion Policy (Chi et al., 2023) beside ACT and CNNMLP, as the Mobile ALOHA code
 (act-plus-plus) trained it on ACT's data.
 
-Per camera, a ResNet-18 trunk with group norm in place of batch norm feeds a spatial-softmax
+Per camera, a ResNet trunk (ResNet-18 by default) with group norm in place of batch norm feeds a spatial-softmax
 layer (32 keypoints) whose keypoints are projected to 64 features; the features of all cameras
 and qpos, over the observation horizon, are the global condition of a 1-D UNet over the action
 chunk. The UNet predicts the noise added to the chunk (epsilon prediction) and is FiLM-conditioned
@@ -15,10 +15,13 @@ ConditionalUnet1D of the diffusion_policy code), so its checkpoints load. Differ
 - the action chunk is zero-padded inside the UNet to a multiple of 2 ** (levels - 1), so any
   chunk size works (act-plus-plus fails unless the chunk size divides by 4);
 - training images are augmented in batch on the device (random 95% crop resized back, rotation,
-  colour jitter) and evaluation sees the centre 95% crop, as act-plus-plus did for ACT;
+  colour jitter) and evaluation sees the centre 95% crop, as act-plus-plus did for ACT (its
+  Diffusion checkpoints saw whole frames: evaluate them with augment_images False);
 - the EMA is updated in post_step() after each optimizer step instead of inside forward, so
   validation passes do not move it;
 - weight decay 1e-6 (the diffusion_policy default; act-plus-plus used 0).
+Images enter the trunk in [0, 1] as in act-plus-plus; ImageNet statistics are applied only when
+the trunk starts from ImageNet weights (pretrained_backbone).
 """
 import copy
 import math
