@@ -25,7 +25,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch.autograd.graph import increment_version
 from tqdm import tqdm
 
 from policy import make_policy
@@ -306,10 +305,6 @@ def fused_adam(optimizer, device):
     defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     groups = [{**group, 'fused': True, 'foreach': None} for group in optimizer.param_groups]
     fused = type(optimizer)(groups, **{**defaults, 'fused': True, 'foreach': None})
-    # The fused kernels update parameters in place without bumping their version counters, which
-    # caches keyed on a tensor's version (the trunk's folded batch norm) rely on: bump them here.
-    params = [p for group in fused.param_groups for p in group['params']]
-    fused.register_step_post_hook(lambda *_: increment_version(params))
     return fused
 
 

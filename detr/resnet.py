@@ -45,6 +45,13 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer('running_var', torch.ones(num_features))
         self._folded = (None, None)  # (key, (weight, bias)) of the last folded convolution
 
+    def train(self, mode=True):
+        # Parameters change between mode switches (an optimizer step, a checkpoint load): drop the
+        # folded weights then too, since some in-place updates (fused optimizers) leave the tensors'
+        # version counters unchanged.
+        self._folded = (None, None)
+        return super().train(mode)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # torchvision files carry a batch counter that frozen statistics do not need
         state_dict.pop(prefix + 'num_batches_tracked', None)
@@ -62,7 +69,7 @@ class FrozenBatchNorm2d(nn.Module):
 
     def folded(self, conv_weight):
         """Weight and bias of the convolution `conv_weight` followed by this norm, cached until any of
-        the tensors involved is changed or moved."""
+        the tensors involved is changed or moved, or the module's mode is switched."""
         tensors = (conv_weight, self.weight, self.bias, self.running_mean, self.running_var)
         key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._folded[0] != key:
