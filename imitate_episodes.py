@@ -35,6 +35,7 @@ SPLIT_SEED = 1  # NOTE(faithful): the original seeds numpy with 1 before drawing
 TRAINING_STATE = 'training_state.pt'  # file of the full training state in --ckpt_dir
 POLICY_CLASSES = ('ACT', 'CNNMLP', 'Diffusion')
 EVAL_IMAGE_HW = (480, 640)  # image size evaluation renders when --image_size is not given
+ACT_DEFAULT_LR = 1e-5  # ACT/CNNMLP learning rate when --lr is not given (the README recipe's value)
 
 
 class TrainingInterrupted(Exception):
@@ -81,6 +82,7 @@ def make_policy_config(args, camera_names, state_dim, action_dim, image_hw):
                 'action_horizon': args['action_horizon'], 'num_inference_steps': args['num_inference_steps'],
                 'scheduler': args['scheduler']}
     # ACT and CNNMLP: the original's values where a flag is left unset
+    common['lr'] = ACT_DEFAULT_LR if args['lr'] is None else args['lr']
     common['pretrained_backbone'] = True if args['pretrained_backbone'] is None else args['pretrained_backbone']
     common['weight_decay'] = 1e-4 if args['weight_decay'] is None else args['weight_decay']
     common['per_camera_backbone'] = args['per_camera_backbone']
@@ -97,11 +99,12 @@ def make_config(args, task_config, state_dim, action_dim, device, image_hw=EVAL_
     image_hw: the data's frame size (training) when --image_size is not given."""
     camera_names = args['camera_names'] or task_config['camera_names']
     image_size = tuple(args['image_size']) if args['image_size'] else None
+    policy_config = make_policy_config(args, camera_names, state_dim, action_dim, image_size or image_hw)
     return {
         'num_epochs': args['num_epochs'], 'ckpt_dir': args['ckpt_dir'], 'episode_len': task_config['episode_len'],
-        'state_dim': state_dim, 'action_dim': action_dim, 'lr': args['lr'], 'policy_class': args['policy_class'],
+        'state_dim': state_dim, 'action_dim': action_dim, 'lr': policy_config['lr'], 'policy_class': args['policy_class'],
         'onscreen_render': args['onscreen_render'],
-        'policy_config': make_policy_config(args, camera_names, state_dim, action_dim, image_size or image_hw),
+        'policy_config': policy_config,
         'task_name': args['task_name'], 'seed': args['seed'], 'temporal_agg': args['temporal_agg'],
         'camera_names': camera_names, 'real_robot': args['task_name'][:4] != 'sim_', 'device': device,
         'image_size': image_size,
@@ -649,7 +652,9 @@ if __name__ == '__main__':
     parser.add_argument('--seed', type=int, default=0, help='seed of the model initialisation and of the sampling')
     parser.add_argument('--num_epochs', type=int, default=2000,
                         help='epochs; an epoch takes one sample from each training episode')
-    parser.add_argument('--lr', type=float, default=1e-5, help='learning rate (the backbone uses --lr_backbone)')
+    parser.add_argument('--lr', type=float, default=None,
+                        help=f'learning rate (the backbone uses --lr_backbone); default {ACT_DEFAULT_LR} for ACT and '
+                             'CNNMLP, 1e-4 for Diffusion')
     parser.add_argument('--kl_weight', type=float, default=10.0, help='ACT: weight of the KL term of the loss')
     parser.add_argument('--chunk_size', type=int, default=100,
                         help='actions predicted per query (ACT num_queries; Diffusion prediction horizon)')

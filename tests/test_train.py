@@ -265,3 +265,13 @@ def test_two_process_gloo_ddp(tiny_dataset, tmp_path):
     progress = training_state(ckpt_dir)['progress']
     assert progress['step'] == 4  # 4 train episodes shared by 2 ranks at batch 1: 2 steps per epoch
     assert len(training_state(ckpt_dir)['rng']) == 2
+
+
+def test_lr_default_depends_on_the_policy(tmp_path):
+    act = make_args(tmp_path, tmp_path, lr=None)
+    assert imitate_episodes.make_policy_config(act, ['top'], 14, 14, (24, 32))['lr'] == imitate_episodes.ACT_DEFAULT_LR
+    diffusion = make_args(tmp_path, tmp_path, lr=None, policy_class='Diffusion')
+    policy_config = imitate_episodes.make_policy_config(diffusion, ['top'], 14, 14, (24, 32))
+    assert policy_config['lr'] is None  # left to the Diffusion policy's own default
+    assert imitate_episodes.make_policy_config(make_args(tmp_path, tmp_path, lr=3e-4), ['top'], 14, 14,
+                                               (24, 32))['lr'] == 3e-4
