@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from policy import make_policy
+from policy import POLICY_DEFAULTS, make_policy
 from utils import compute_dict_mean, detach_dict, image_to_tensor, load_data, set_seed
 
 ### Fixed settings
@@ -142,10 +142,11 @@ def cpu_has_bf16():
 
 
 def dims_from_stats(ckpt_dir):
-    """(state_dim, action_dim) of a trained policy from its dataset_stats.pkl; (14, 14) without one."""
+    """(state_dim, action_dim) of a trained policy from its dataset_stats.pkl; the policy defaults
+    without one (evaluation then stops with an error naming the missing file)."""
     path = os.path.join(ckpt_dir, 'dataset_stats.pkl')
     if not os.path.isfile(path):
-        return 14, 14
+        return POLICY_DEFAULTS['state_dim'], POLICY_DEFAULTS['action_dim']
     with open(path, 'rb') as f:
         stats = pickle.load(f)
     return len(stats['qpos_mean']), len(stats['action_mean'])
