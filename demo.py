@@ -104,6 +104,6 @@ if __name__ == '__main__':
     parser.add_argument('--dataset_dir', required=True, help='folder of the recorded episode_{i}.hdf5')
     parser.add_argument('--num_episodes', type=int, default=2, help='episodes to train on (at least 2)')
     parser.add_argument('--ckpt_dir', default=os.path.join('demo', 'ckpt'), help='folder for the checkpoints and results')
-    parser.add_argument('--num_steps', type=int, default=600, help='training steps (batches of 8)')
+    parser.add_argument('--num_steps', type=int, default=1000, help='training steps (batches of up to 8 samples)')
     parser.add_argument('--num_rollouts', type=int, default=3, help='evaluation rollouts')
     main(vars(parser.parse_args()))
