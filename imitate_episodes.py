@@ -53,10 +53,8 @@ def get_task_config(task_name):
     if task_name[:4] == 'sim_':
         from constants import get_sim_task_config
         return get_sim_task_config(task_name)
-    from real_robot import TASK_CONFIGS
-    if task_name not in TASK_CONFIGS:
-        raise KeyError(f"unknown task '{task_name}': known real-robot tasks are {', '.join(sorted(TASK_CONFIGS))}")
-    return TASK_CONFIGS[task_name]
+    from real_robot import get_task_config as get_real_task_config
+    return get_real_task_config(task_name)
 
 
 def pick_device(name, local_rank=0):
