@@ -53,8 +53,22 @@ def get_task_config(task_name):
     if task_name[:4] == 'sim_':
         from constants import get_sim_task_config
         return get_sim_task_config(task_name)
-    from real_robot import get_task_config as get_real_task_config
-    return get_real_task_config(task_name)
+    from real_robot import TASK_CONFIGS
+    if task_name not in TASK_CONFIGS:
+        from constants import SIM_TASK_CONFIGS
+        raise KeyError(f"unknown task '{task_name}': sim tasks (constants.py) are "
+                       f"{', '.join(sorted(SIM_TASK_CONFIGS))}; real-robot tasks (real_robot/tasks.py) are "
+                       f"{', '.join(sorted(TASK_CONFIGS))}")
+    return TASK_CONFIGS[task_name]
+
+
+def task_name_arg(task_name):
+    """argparse type of --task_name: a known task, else a usage error listing them."""
+    try:
+        get_task_config(task_name)
+    except KeyError as e:
+        raise argparse.ArgumentTypeError(e.args[0]) from e
+    return task_name
 
 
 def pick_device(name, local_rank=0):
@@ -645,7 +659,7 @@ if __name__ == '__main__':
     parser.add_argument('--onscreen_render', action='store_true', help='show the simulation while evaluating')
     parser.add_argument('--ckpt_dir', required=True, help='folder for checkpoints, statistics and plots')
     parser.add_argument('--policy_class', required=True, choices=POLICY_CLASSES, help='policy to train')
-    parser.add_argument('--task_name', required=True,
+    parser.add_argument('--task_name', required=True, type=task_name_arg,
                         help='sim_* tasks from constants.py, others from real_robot.TASK_CONFIGS')
     parser.add_argument('--batch_size', type=int, default=8, help='batch size (per process under torchrun), training and validation')
     parser.add_argument('--seed', type=int, default=0, help='seed of the model initialisation and of the sampling')

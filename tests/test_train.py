@@ -239,6 +239,13 @@ def test_bad_flags_are_named(tiny_dataset, tmp_path):
         imitate_episodes.main(make_args(tiny_dataset, tmp_path, task_name='sim_nope'))
 
 
+def test_unknown_task_is_a_usage_error_listing_the_tasks(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'imitate_episodes.py'), '--task_name', 'nope',
+                             '--ckpt_dir', str(tmp_path), '--policy_class', 'ACT'], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert 'sim_transfer_cube_scripted' in result.stderr and 'aloha_wear_shoe' in result.stderr
+
+
 def test_lr_schedule():
     assert imitate_episodes.lr_factor(0, 'constant', 0, 10) == 1.0
     assert imitate_episodes.lr_factor(0, 'cosine', 4, 10) == pytest.approx(0.25)
