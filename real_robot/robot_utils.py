@@ -20,28 +20,29 @@ def _tick(bot_list):
         clock.tick()
 
 
-def move_arms(bot_list, target_pose_list, move_time=1, start_pose_list=None):
-    """Move arms to target joint poses (6,) in int(move_time / DT) interpolated steps.
-    start_pose_list defaults to the arms' present poses."""
+def _interpolate(bot_list, command, start_pose_list, target_pose_list, move_time):
+    """Send `command(bot, pose)` along straight lines from start to target poses in
+    int(move_time / DT) steps, one control period apart."""
     num_steps = int(move_time / DT)
-    if start_pose_list is None:
-        start_pose_list = [get_arm_joint_positions(bot) for bot in bot_list]
     trajectories = [np.linspace(start, target, num_steps) for start, target in zip(start_pose_list, target_pose_list)]
     for t in range(num_steps):
         for bot, trajectory in zip(bot_list, trajectories):
-            bot.command_arm(trajectory[t])
+            command(bot, trajectory[t])
         _tick(bot_list)
+
+
+def move_arms(bot_list, target_pose_list, move_time=1, start_pose_list=None):
+    """Move arms to target joint poses (6,) in int(move_time / DT) interpolated steps.
+    start_pose_list defaults to the arms' present poses."""
+    if start_pose_list is None:
+        start_pose_list = [get_arm_joint_positions(bot) for bot in bot_list]
+    _interpolate(bot_list, lambda bot, pose: bot.command_arm(pose), start_pose_list, target_pose_list, move_time)
 
 
 def move_grippers(bot_list, target_pose_list, move_time):
     """Move gripper joints to targets (rad) in int(move_time / DT) interpolated steps."""
-    num_steps = int(move_time / DT)
     starts = [get_arm_gripper_positions(bot) for bot in bot_list]
-    trajectories = [np.linspace(start, target, num_steps) for start, target in zip(starts, target_pose_list)]
-    for t in range(num_steps):
-        for bot, trajectory in zip(bot_list, trajectories):
-            bot.command_gripper(trajectory[t])
-        _tick(bot_list)
+    _interpolate(bot_list, lambda bot, pose: bot.command_gripper(pose), starts, target_pose_list, move_time)
 
 
 def torque_on(bot):
