@@ -119,6 +119,8 @@ class ServoBusEmulator:
         self._corrupt = 0
         self._lock = threading.Lock()
         self._running = True
+        self._idle_polls = 0  # polls that found no pending input
+        self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name=f'dxl-emulator {self.port}', daemon=True)
         self._thread.start()
 
@@ -140,8 +142,11 @@ class ServoBusEmulator:
     def _serve(self):
         buffer = bytearray()
         while self._running:
-            ready, _, _ = select.select([self._master], [], [], 0.05)
+            ready, _, _ = select.select([self._master], [], [], 0.02)
             if not ready:
+                with self._idle:
+                    self._idle_polls += 1
+                    self._idle.notify_all()
                 continue
             try:
                 buffer += os.read(self._master, 4096)
@@ -211,6 +216,15 @@ class ServoBusEmulator:
             if self._corrupt > 0:
                 self._corrupt -= 1
         os.write(self._master, packet)
+
+    def wait_idle(self, timeout=2.0):
+        """Return once every byte written to the bus so far has been handled. Writes without a
+        reply (sync write, broadcast) are otherwise applied at some later moment."""
+        with self._idle:
+            # the first empty poll counted after this call may have begun before it; the second has not
+            target = self._idle_polls + 2
+            if not self._idle.wait_for(lambda: self._idle_polls >= target, timeout):
+                raise TimeoutError(f'servo bus emulator on {self.port} still busy after {timeout} s')
 
     def close(self):
         self._running = False

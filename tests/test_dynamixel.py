@@ -12,7 +12,6 @@ from real_robot.dynamixel import DynamixelBot, DynamixelBus, ServoCommError, Ser
 from real_robot.emulator import ServoBusEmulator
 
 
-
 @pytest.fixture(autouse=True)
 def patient_servos(monkeypatch):
     """The emulator answers from a thread of this process on a shared CPU: allow it more time
@@ -87,6 +86,7 @@ def test_sync_write_and_sync_read_through_emulator(bot, emulator):
     target = [0.1, -0.5, 0.8, 0.0, 0.4, -0.2]
     bot.command_arm(target)
     bot.command_gripper(1.0)
+    emulator.wait_idle()  # sync writes have no reply to wait for
     assert emulator.servos[4].get('goal_position') == P.rad_to_position(0.8)
     deadline = time.monotonic() + 5.0  # the emulated motors settle with time, however fast the reads are
     state = bot.read()

@@ -110,15 +110,21 @@ def test_reset_and_step_give_aloha_observations(rig):
     assert ts.observation['qpos'][6] == pytest.approx(1.0, abs=0.02)
 
 
-def test_step_paces_to_dt(rig):
+def test_step_paces_to_dt(rig, monkeypatch):
     import time
     env, _, _ = rig
+    clock, tick_times = env.clock, []
+
+    def timed_tick():
+        type(clock).tick(clock)
+        tick_times.append(time.monotonic())
+    monkeypatch.setattr(clock, 'tick', timed_tick)
     action = env.reset(fake=True).observation['qpos']
-    env.step(action)
-    start = time.monotonic()
-    for _ in range(5):
+    for _ in range(6):
         env.step(action)
-    assert time.monotonic() - start >= 4.5 * constants.DT  # never faster than the control period
+    # ticks return on a DT schedule, so five periods pass between the first and the last tick
+    # however long the observation reads take (less only by the first tick's oversleep)
+    assert tick_times[-1] - tick_times[0] >= 4.5 * constants.DT
 
 
 def test_targets_clamped_to_limits_and_max_step(rig):
