@@ -35,6 +35,10 @@ TIME_LIMIT = 20  # seconds of simulated time per episode before dm_control ends 
 DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of rendered frames, as in the original
 DEFAULT_CAMERA_NAMES = ('top', 'angle', 'vis')  # what the original rendered on every step
 CAMERA_ALIASES = {'vis': 'front_close'}  # observation name -> MuJoCo camera name
+# Side of the shadow map in texels (MuJoCo's default, used by the original, is 4096). At 2048 a
+# 480x640 frame costs ~25% less CPU with the software rasteriser, and 0.2% of its pixels change (at
+# shadow edges, mean 0.02 grey levels): the same order as MuJoCo 2.3.7 vs 3.8 at 4096 (0.14%).
+SHADOW_MAP_SIZE = 2048
 ROBOT_QPOS_DIM = len(START_ARM_POSE)  # robot joints come first in qpos, object free joints after
 HALF_QPOS = ROBOT_QPOS_DIM // 2  # per arm: 6 joints + 2 fingers
 ARM_DOF = HALF_QPOS - 2  # arm joints per arm, without the fingers
@@ -86,6 +90,7 @@ def load_physics(xml_name):
     """dm_control Physics of a gym-aloha asset with the MuJoCo 3 corrections applied."""
     physics = mujoco.Physics.from_xml_path(asset_path(xml_name))
     apply_mujoco3_corrections(physics.model.ptr)
+    physics.model.vis.quality.shadowsize = SHADOW_MAP_SIZE  # read when the first camera renders
     return physics
 
 

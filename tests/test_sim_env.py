@@ -79,6 +79,12 @@ def test_mujoco3_corrections():
     assert model.opt.disableflags & int(sim_env.mujoco.mjtDisableBit.mjDSBL_MULTICCD)
 
 
+def test_render_context_uses_the_project_shadow_map_size():
+    env = sim_env.make_sim_env('sim_transfer_cube_scripted', camera_names=['top'], image_size=(24, 32))
+    env.reset()
+    assert env.physics.contexts.mujoco.ptr.shadowSize == sim_env.SHADOW_MAP_SIZE
+
+
 def test_object_pose_handoff_and_sampling():
     env = sim_env.make_sim_env('sim_insertion_scripted', camera_names=[], seed=3)
     pose = sim_env.sample_object_pose('sim_insertion_scripted', np.random.default_rng(0))
