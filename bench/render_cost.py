@@ -1,0 +1,111 @@
+"""Cost and pixel effect of the shadow map size; prints one JSON object.
+
+Renders the 'top' camera of sim_transfer_cube_scripted at 480x640 for a few states of a scripted
+episode (arms reaching, lifting, handing over), once per shadow map size, and reports the CPU and
+wall milliseconds per frame (rasteriser threads included) and how the frames differ from those at
+the first size given. Only `mujoco` and numpy are needed to render, so frames saved with
+`--save` in this project's environment can be compared with another MuJoCo release:
+
+    .venv/bin/python bench/render_cost.py [--shadow_sizes 4096 2048 1024] [--save frames.npz]
+    other-env/bin/python bench/render_cost.py --compare frames.npz --shadow_sizes 4096
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TASK = 'sim_transfer_cube_scripted'
+STATE_STEPS = (90, 150, 250, 330)  # EE rollout steps whose full qpos is rendered
+IMAGE_SIZE = (480, 640)
+CAMERA = 'top'
+
+
+def scripted_states(seed):
+    """(xml path, (len(STATE_STEPS), nq) full qpos) of a scripted transfer-cube rollout."""
+    import ee_sim_env
+    import sim_env
+    from scripted_policy import PickAndTransferPolicy
+    env = ee_sim_env.make_ee_sim_env(TASK, camera_names=[], seed=seed)
+    ts = env.reset()
+    policy = PickAndTransferPolicy()
+    states = []
+    for t in range(max(STATE_STEPS) + 1):
+        ts = env.step(policy(ts))
+        if t in STATE_STEPS:
+            states.append(env.physics.data.qpos.copy())
+    xml = sim_env.asset_path(sim_env.task_family(TASK)[0])  # the joint-space model that is recorded
+    return xml, np.stack(states)
+
+
+def render_frames(xml, states, shadow_size, timed_frames):
+    """(frames (S, H, W, 3) uint8, CPU ms per frame, wall ms per frame) at one shadow map size."""
+    model = mujoco.MjModel.from_xml_path(xml)
+    model.vis.quality.shadowsize = shadow_size
+    data = mujoco.MjData(model)
+    renderer = mujoco.Renderer(model, *IMAGE_SIZE)
+    frames = []
+    for qpos in states:
+        data.qpos[:] = qpos
+        mujoco.mj_forward(model, data)
+        renderer.update_scene(data, camera=CAMERA)
+        frames.append(renderer.render().copy())
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for _ in range(timed_frames):
+        renderer.update_scene(data, camera=CAMERA)
+        renderer.render()
+    cpu_ms = (time.process_time() - start_cpu) / timed_frames * 1e3
+    wall_ms = (time.perf_counter() - start) / timed_frames * 1e3
+    renderer.close()
+    return np.stack(frames), cpu_ms, wall_ms
+
+
+def difference(frames, reference):
+    """Share of pixels that changed, and the mean / max absolute difference in grey levels."""
+    delta = np.abs(frames.astype(np.int16) - reference.astype(np.int16))
+    return {'pixels_changed': float((delta.max(-1) > 0).mean()),
+            'mean_abs_levels': float(delta.mean()), 'max_abs_levels': int(delta.max())}
+
+
+def main(args):
+    if args.compare:
+        saved = np.load(args.compare)
+        xml, states, reference = args.xml or str(saved['xml']), saved['states'], saved['frames']
+        reference_name = f"{args.compare} (mujoco {saved['mujoco']}, shadow {int(saved['shadow_size'])})"
+    else:
+        xml, states = scripted_states(args.seed)
+        reference = reference_name = None
+    results = {'mujoco': mujoco.__version__, 'image_size': IMAGE_SIZE, 'states': len(states),
+               'load_avg_start': os.getloadavg()[0], 'shadow_sizes': {}}
+    for shadow_size in args.shadow_sizes:
+        frames, cpu_ms, wall_ms = render_frames(xml, states, shadow_size, args.timed_frames)
+        entry = {'cpu_ms_per_frame': round(cpu_ms, 1), 'wall_ms_per_frame': round(wall_ms, 1)}
+        if reference is None:
+            reference, reference_name = frames, f'shadow {shadow_size}'
+            if args.save:
+                np.savez_compressed(args.save, frames=frames, states=states, xml=xml,
+                                    mujoco=mujoco.__version__, shadow_size=shadow_size)
+        else:
+            entry['vs_reference'] = difference(frames, reference)
+        results['shadow_sizes'][shadow_size] = entry
+    results['reference'] = reference_name
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--shadow_sizes', type=int, nargs='+', default=[4096, 2048, 1024],
+                        help='the first is the reference unless --compare is given')
+    parser.add_argument('--timed_frames', type=int, default=30)
+    parser.add_argument('--seed', type=int, default=3, help="the scripted episode's object pose seed")
+    parser.add_argument('--save', help='write the reference frames and states to this .npz')
+    parser.add_argument('--compare', help='a --save file: compare against its frames, rendering its states')
+    parser.add_argument('--xml', help='with --compare: the model file, when not at the saved path')
+    main(parser.parse_args())
