@@ -183,13 +183,15 @@ def load_stats(config):
 
 def load_policy(config, ckpt_name):
     """Build the configured policy and load the checkpoint into it, on config['device']."""
+    from detr.resnet import weights_from_checkpoint
     from policy import make_policy
     ckpt_path = os.path.join(config['ckpt_dir'], ckpt_name)
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f'checkpoint not found: {ckpt_path}; train one first: {_train_command(config)} '
                                 f'or pick another checkpoint with --eval_ckpt')
     device = config.get('device', 'cpu')
-    policy = make_policy(config['policy_class'], config['policy_config'])
+    with weights_from_checkpoint():
+        policy = make_policy(config['policy_class'], config['policy_config'])
     try:
         policy.deserialize(torch.load(ckpt_path, map_location=device))
     except (RuntimeError, ValueError, KeyError) as e:

@@ -92,6 +92,26 @@ def test_parallel_rollouts_equal_sequential_and_start_from_sampled_poses(tiny_ck
         np.testing.assert_allclose(result['final_env_state'][:2], pose[:2], atol=1e-3)  # cube x, y
 
 
+def test_checkpoint_replaces_imagenet_weights_without_fetching_them(tiny_ckpt_dir, tiny_act_config, monkeypatch):
+    import warnings
+    from detr import resnet
+    monkeypatch.setattr(resnet, 'download_imagenet_weights', lambda name: pytest.fail('tried to download'))
+    monkeypatch.setattr(resnet, '_hub_cache_file', lambda name: str(tiny_ckpt_dir / 'no_such_file.pth'))
+    monkeypatch.setattr(resnet, '_warned_random_init', False)
+    config = make_config(tiny_ckpt_dir, dict(tiny_act_config, pretrained_backbone=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        policy = load_policy(config, 'policy_best.ckpt')
+    saved = torch.load(tiny_ckpt_dir / 'policy_best.ckpt')
+    for key, value in policy.serialize().items():
+        assert torch.equal(value, saved[key]), key
+    def offline(name):
+        raise OSError('network is unreachable')
+    monkeypatch.setattr(resnet, 'download_imagenet_weights', offline)
+    with pytest.warns(RuntimeWarning, match='random initialisation'):  # outside, training warns as before
+        resnet.load_imagenet_weights(resnet.build_resnet_trunk('resnet18'), 'resnet18')
+
+
 def test_missing_checkpoint_names_file_and_training_command(tiny_ckpt_dir, tiny_act_config):
     config = make_config(tiny_ckpt_dir, tiny_act_config)
     with pytest.raises(FileNotFoundError, match=r'policy_missing\.ckpt.*imitate_episodes\.py'):
