@@ -63,7 +63,8 @@ def render_frames(xml, states, shadow_size, timed_frames):
         renderer.render()
     cpu_ms = (time.process_time() - start_cpu) / timed_frames * 1e3
     wall_ms = (time.perf_counter() - start) / timed_frames * 1e3
-    renderer.close()
+    if hasattr(renderer, 'close'):  # renderers of MuJoCo 2.3 have none
+        renderer.close()
     return np.stack(frames), cpu_ms, wall_ms
 
 
