@@ -105,6 +105,7 @@ def test_checkpoint_replaces_imagenet_weights_without_fetching_them(tiny_ckpt_di
     saved = torch.load(tiny_ckpt_dir / 'policy_best.ckpt')
     for key, value in policy.serialize().items():
         assert torch.equal(value, saved[key]), key
+
     def offline(name):
         raise OSError('network is unreachable')
     monkeypatch.setattr(resnet, 'download_imagenet_weights', offline)
