@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detr.resnet import weights_from_checkpoint
 from policy import POLICY_DEFAULTS, make_policy
 from utils import compute_dict_mean, detach_dict, image_to_tensor, load_data, set_seed
 
@@ -409,7 +410,9 @@ class Trainer:
     def _build_model(self):
         config = self.config
         set_seed(config['seed'])
-        self.policy = make_policy(config['policy_class'], config['policy_config'])
+        # a resumed run's training state replaces the initial weights, ImageNet ones included
+        with weights_from_checkpoint() if config['resume'] else contextlib.nullcontext():
+            self.policy = make_policy(config['policy_class'], config['policy_config'])
         self.policy.to(self.device)
         to_channels_last(self.policy)
         self.optimizer = fused_adam(self.policy.configure_optimizers(), self.device)

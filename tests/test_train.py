@@ -151,6 +151,28 @@ def test_resume_step_mode_matches_uninterrupted(tiny_dataset, tmp_path, monkeypa
     assert_same_runs(tmp_path / 'full', tmp_path / 'split')
 
 
+def test_resume_does_not_fetch_the_imagenet_weights_it_replaces(tiny_dataset, tmp_path, monkeypatch):
+    import warnings
+    from detr import resnet
+
+    def offline(name):
+        raise OSError('network is unreachable')
+    monkeypatch.setattr(resnet, '_hub_cache_file', lambda name: str(tmp_path / 'no_such_file.pth'))
+    monkeypatch.setattr(resnet, 'download_imagenet_weights', offline)
+    monkeypatch.setattr(resnet, '_warned_random_init', False)
+    settings = {'num_steps': 2, 'pretrained_backbone': True}
+    with monkeypatch.context() as m:
+        _stop_at_step(m, 1)
+        with pytest.warns(RuntimeWarning, match='random initialisation'), pytest.raises(SystemExit):
+            imitate_episodes.main(make_args(tiny_dataset, tmp_path / 'ckpt', **settings))
+    monkeypatch.setattr(resnet, 'download_imagenet_weights', lambda name: pytest.fail('tried to download'))
+    monkeypatch.setattr(resnet, '_warned_random_init', False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        imitate_episodes.main(make_args(tiny_dataset, tmp_path / 'ckpt', resume=True, **settings))
+    assert training_state(tmp_path / 'ckpt')['progress']['step'] == 2
+
+
 def test_ctrl_c_to_the_process_group_saves_state(tiny_dataset, tmp_path):
     """As a terminal's Ctrl-C: SIGINT to the trainer and its loader worker at once; the step under way
     still needs batches from the worker."""
