@@ -7,6 +7,7 @@ or pass --dataset_dir to the scripts for a one-off run.
 import os
 import pathlib
 
+PROJECT_VERSION = '1.0.0'  # written into each checkpoint folder's config.json
 REPO_DIR = pathlib.Path(__file__).parent.resolve()
 DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all task datasets
 

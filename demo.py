@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from episodes import episode_path
+
 ### Demo settings: a small ACT on small images, so training takes minutes on a CPU
 TASK = 'sim_transfer_cube_scripted'
 IMAGE_SIZE = ('120', '160')  # (H, W) the policy sees: training resizes the recorded frames
@@ -37,7 +39,7 @@ def run(step, command):
 
 
 def check_episodes(dataset_dir, num_episodes):
-    missing = [i for i in range(num_episodes) if not os.path.isfile(os.path.join(dataset_dir, f'episode_{i}.hdf5'))]
+    missing = [i for i in range(num_episodes) if not os.path.isfile(episode_path(dataset_dir, i))]
     if missing:
         raise SystemExit(f'demo: {dataset_dir} lacks episode_{missing[0]}.hdf5; record the demonstrations first '
                          f'(`make demo` does) with: python record_sim_episodes.py --task_name {TASK} '

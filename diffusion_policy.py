@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policy import AMP_DTYPES, Policy, autocast
+
 ### Fixed values
 NUM_KEYPOINTS = 32             # spatial-softmax keypoints per camera
 CAMERA_FEATURE_DIM = 64        # features per camera after projecting its keypoints
@@ -42,12 +44,11 @@ CROP_RATIO = 0.95              # training crops 95% of each side at random, eval
 MAX_ROTATION_DEG = 5.0         # training rotates each image by up to this many degrees
 BRIGHTNESS, CONTRAST, SATURATION = 0.3, 0.4, 0.5  # colour jitter: factors drawn in 1 -+ strength
 GEMM_CONV_MAX_COLUMNS = 16    # CPU: below batch x length 16 a 1-D convolution runs as one matrix product
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULERS = ('ddim', 'ddpm')
 
 # Optional policy_config keys (a missing key or None takes the default) and the flag that sets each.
 DEFAULTS = {
+    'num_queries': 100,            # --chunk_size, the prediction horizon (a policy_config must give it)
     'state_dim': 14,
     'action_dim': 14,
     'lr': 1e-4,
@@ -67,7 +68,6 @@ DEFAULTS = {
     'augment_images': True,        # training augmentation and the matching evaluation centre crop
     'amp': 'off',                  # inference precision: off (fp32) | bf16 | fp16 (autocast)
 }
-AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 ### Conditional 1-D UNet
@@ -404,7 +404,7 @@ def make_noise_scheduler(name, num_train_timesteps):
 
 
 ### Policy
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(Policy):
     """policy(qpos, image, actions=None, is_pad=None), as ACT.
 
     With obs_horizon 1: qpos (B, state_dim), image (B, num_cams, 3, H, W) in [0, 1]; with
@@ -413,19 +413,24 @@ class DiffusionPolicy(nn.Module):
     {'l2_loss', 'loss'}; inference returns the denoised chunk (B, num_queries, action_dim) in
     [-1, 1], sampled with the EMA weights.
     """
+    policy_class = 'Diffusion'
+    defaults = DEFAULTS
+    required = ('camera_names', 'num_queries')
+    action_normalization = 'min_max'  # actions scaled to [-1, 1], where the noise schedule lives
 
-    def __init__(self, policy_config):
-        super().__init__()
+    @classmethod
+    def resolve_config(cls, policy_config):
+        return resolve_config(policy_config)
+
+    def __init__(self, policy_config, load_pretrained=True):
+        """load_pretrained False skips the ImageNet trunk weights (a checkpoint will replace them)."""
+        super().__init__(self.resolve_config(policy_config))
         from diffusers.training_utils import EMAModel
-        cfg = resolve_config(policy_config)
-        self.cfg = cfg
-        self.camera_names = cfg['camera_names']
-        self.num_queries = cfg['num_queries']
+        cfg = self.cfg
         self.action_horizon = cfg['action_horizon']
         self.obs_horizon = cfg['obs_horizon']
-        self.state_dim, self.action_dim = cfg['state_dim'], cfg['action_dim']
         self.normalise_images = bool(cfg['pretrained_backbone'])  # ImageNet trunks expect ImageNet statistics
-        self.nets = self._build_nets(cfg)
+        self.nets = self._build_nets(cfg, load_pretrained)
         self.ema_nets = copy.deepcopy(self.nets).requires_grad_(False)
         self.ema = EMAModel(self.nets.parameters(), decay=EMA_MAX_DECAY, min_decay=0.0, update_after_step=0,
                             use_ema_warmup=True, inv_gamma=1.0, power=cfg['ema_power'], foreach=True)
@@ -433,14 +438,13 @@ class DiffusionPolicy(nn.Module):
         # what inference runs. EMAModel.step updates its shadow parameters in place.
         self.ema.shadow_params = list(self.ema_nets.parameters())
         self.noise_scheduler = make_noise_scheduler(cfg['scheduler'], cfg['num_train_timesteps'])
-        self.register_buffer('image_mean', torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer('image_std', torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
         print(f'number of parameters: {sum(p.numel() for p in self.nets.parameters()) / 1e6:.2f}M')
 
-    def _build_nets(self, cfg):
+    def _build_nets(self, cfg, load_pretrained):
         num_cams = len(cfg['camera_names'])
         obs_dim = CAMERA_FEATURE_DIM * num_cams + cfg['state_dim']
-        backbones = nn.ModuleList(build_trunk(cfg['backbone'], cfg['pretrained_backbone'], cfg['backbone_weights'])
+        pretrained = cfg['pretrained_backbone'] and load_pretrained
+        backbones = nn.ModuleList(build_trunk(cfg['backbone'], pretrained, cfg['backbone_weights'])
                                   for _ in range(num_cams))
         return nn.ModuleDict({'policy': nn.ModuleDict({
             'backbones': backbones,
@@ -452,8 +456,8 @@ class DiffusionPolicy(nn.Module):
         })})
 
     ### Training interface
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.nets.parameters(), lr=self.cfg['lr'], weight_decay=self.cfg['weight_decay'])
+    def optimizer_groups(self):
+        return [{'params': list(self.nets.parameters())}]
 
     def post_step(self):
         """Move the EMA toward the current weights; the training loop calls it after each optimizer step."""
@@ -471,21 +475,19 @@ class DiffusionPolicy(nn.Module):
             keys = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
             raise KeyError(f"a Diffusion checkpoint is a dict with 'nets' and 'ema' state dicts; got {keys} "
                            f"(a raw state_dict comes from --policy_class ACT or CNNMLP)")
-        _load_strict(self.nets, checkpoint['nets'], 'nets')
+        self.load_strict(self.nets, _without_constants(checkpoint['nets']), "checkpoint 'nets'")
         ema = checkpoint.get('ema')
         if ema is None:
             warnings.warn("checkpoint has no EMA weights ('ema'); inference uses the trained weights")
             ema = self.nets.state_dict()
-        _load_strict(self.ema_nets, ema, 'ema')
+        self.load_strict(self.ema_nets, _without_constants(ema), "checkpoint 'ema'")
         self.ema.optimization_step = int(checkpoint.get('ema_step', 0))
+        return self
+
+    def mismatch_causes(self, expected, got):
+        return _probable_causes(expected, got)
 
     ### Forward
-    def forward(self, qpos, image, actions=None, is_pad=None):
-        qpos, image = self._check_observation(qpos, image)
-        if actions is not None:
-            return self._loss(qpos, image, actions, is_pad)
-        return self._sample(qpos, image)
-
     def _check_observation(self, qpos, image):
         """-> qpos (B, To, state_dim), image (B, To, num_cams, 3, H, W)."""
         num_cams, horizon = len(self.camera_names), self.obs_horizon
@@ -521,7 +523,8 @@ class DiffusionPolicy(nn.Module):
             frames = (frames - self.image_mean) / self.image_std
         return frames
 
-    def _loss(self, qpos, image, actions, is_pad):
+    def loss(self, qpos, image, actions, is_pad=None):
+        qpos, image = self._check_observation(qpos, image)
         if actions.shape[1] < self.num_queries or actions.shape[2] != self.action_dim:
             raise ValueError(f'actions must be (B, T >= {self.num_queries}, {self.action_dim}) '
                              f'(chunk size, action_dim); got {tuple(actions.shape)}')
@@ -540,10 +543,10 @@ class DiffusionPolicy(nn.Module):
         return {'l2_loss': loss, 'loss': loss}
 
     @torch.inference_mode()
-    def _sample(self, qpos, image):
+    def action_chunk(self, qpos, image):
         """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32."""
-        dtype = AMP_DTYPES[self.cfg['amp']]
-        with torch.autocast(qpos.device.type, dtype=dtype, enabled=dtype is not None):
+        qpos, image = self._check_observation(qpos, image)
+        with autocast(qpos.device.type, self.cfg['amp']):
             global_cond = self._encode(self.ema_nets, qpos, image)  # (B, G)
             unet = self.ema_nets['policy']['noise_pred_net']
             batch, device = qpos.shape[0], qpos.device
@@ -573,24 +576,19 @@ _SHAPE_HINTS = (
 )
 
 
-def _load_strict(module, state_dict, name):
-    """load_state_dict(strict) with errors that say which keys and which setting differ."""
-    state_dict = {k: v for k, v in state_dict.items() if not k.endswith(_CONSTANT_KEYS)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    problems = []
-    if missing:
-        problems.append(f'missing keys {missing[:5]}{" ..." if len(missing) > 5 else ""}')
-    if unexpected:
-        problems.append(f'unexpected keys {unexpected[:5]}{" ..." if len(unexpected) > 5 else ""}'
-                        f' (a different number of cameras or down_dims?)')
-    for key in sorted(set(own) & set(state_dict)):
-        if own[key].shape != state_dict[key].shape:
-            hint = next((h for fragment, h in _SHAPE_HINTS if fragment in key), 'the model configuration')
-            problems.append(f'{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(own[key].shape)} '
-                            f'(check {hint})')
-            break
-    if problems:
-        raise ValueError(f"Diffusion checkpoint '{name}' does not fit this policy: " + '; '.join(problems))
-    module.load_state_dict(state_dict, strict=True)
+def _without_constants(state_dict):
+    return {k: v for k, v in state_dict.items() if not k.endswith(_CONSTANT_KEYS)}
+
+
+def _probable_causes(expected, got):
+    """Sentences naming the settings that most likely differ between two Diffusion state dicts."""
+    causes = []
+    if set(got) - set(expected):
+        causes.append('unexpected keys: the checkpoint has more cameras or other down_dims')
+    if set(expected) - set(got):
+        causes.append('missing keys: the checkpoint has fewer cameras or other down_dims')
+    mismatched = [k for k in sorted(set(expected) & set(got)) if expected[k].shape != got[k].shape]
+    if mismatched:
+        hint = next((h for fragment, h in _SHAPE_HINTS if fragment in mismatched[0]), 'the model configuration')
+        causes.append(f'{mismatched[0]} has another shape: check {hint}')
+    return causes

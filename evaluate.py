@@ -8,11 +8,14 @@ rollout. Differences: temporal ensembling keeps only the last `num_queries` chun
 kept an episode_len x (episode_len + num_queries) buffer) with identical results; only the
 cameras the policy uses are rendered, at the size it was trained on; rollouts may run in several
 processes (`eval_workers`) with the same per-rollout results.
+
+The config dict of `eval_bc` (the original's keys) is read once into `EvalSettings`; the policy
+and its `Normalizer` come from the checkpoint folder.
 """
 import collections
+import dataclasses
 import multiprocessing
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -20,16 +23,53 @@ import warnings
 import numpy as np
 import torch
 
+from checkpoint import STATS_FILE
 from constants import DT
+from data import Normalizer, image_to_tensor, resize_images
+from episodes import atomic_path, atomic_write
 
 ### Fixed evaluation settings (the original's values)
 EVAL_SEED = 1000  # set before the object poses are sampled
 TEMPORAL_AGG_K = 0.01  # ensembling weight exp(-k * i), i = 0 for the oldest prediction
 ONSCREEN_CAM = 'angle'  # camera shown by --onscreen_render
 ONSCREEN_HW = (480, 640)  # size of the onscreen view
-DEFAULT_IMAGE_HW = (480, 640)  # render size when config['image_size'] is None
+DEFAULT_IMAGE_HW = (480, 640)  # render size when config['image_size'] is None or absent
 VIDEO_FPS = int(1 / DT)  # 50 frames per second: one frame per control step
 NON_INTERACTIVE_BACKENDS = {'agg', 'pdf', 'ps', 'svg', 'pgf', 'cairo', 'template'}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """Everything an evaluation reads from its config: the run's keys and the evaluation's own."""
+    ckpt_dir: str
+    task_name: str
+    policy_class: str
+    policy_config: dict  # the dict make_policy takes
+    camera_names: list
+    episode_len: int
+    real_robot: bool
+    temporal_agg: bool = False  # query every step and ensemble the overlapping chunks
+    onscreen_render: bool = False
+    image_size: tuple = DEFAULT_IMAGE_HW  # (H, W) the policy sees; sim evaluation renders at it
+    device: str = 'cpu'
+    num_rollouts: int = 50
+    eval_workers: int = 1  # rollouts in this many processes
+    save_video: bool = True
+    robot_backend: str = 'builtin'
+    robot_driver: str = 'auto'
+
+    @classmethod
+    def of(cls, config):
+        """From eval_bc's config dict (None values take the defaults); settings pass through."""
+        if isinstance(config, cls):
+            return config
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [k for k in required if k not in config]
+        if missing:
+            raise KeyError(f'evaluation config lacks {missing}')
+        settings = cls(**{k: config[k] for k in names if config.get(k) is not None})
+        return dataclasses.replace(settings, image_size=tuple(settings.image_size))
 
 
 class TemporalEnsembler:
@@ -69,21 +109,22 @@ class TemporalEnsembler:
 
 
 class ChunkedController:
-    """Turns a policy into one normalised action per step: query every `action_horizon` steps
-    (ACT and CNNMLP: the chunk size) and play the chunk, or (temporal ensembling) query every step
-    and ensemble the overlapping chunks. A policy with `obs_horizon` To > 1 (Diffusion) gets the
-    last To observations, the first one repeated at the start of the episode as in training."""
+    """Turns a policy into one normalised action per step: query every `policy.action_horizon`
+    steps (ACT and CNNMLP: the chunk size) and play the chunk, or (temporal ensembling) query every
+    step and ensemble the overlapping chunks. A policy with `obs_horizon` To > 1 (Diffusion) gets
+    the last To observations, the first one repeated at the start of the episode as in training."""
 
-    def __init__(self, policy, num_queries, temporal_agg, action_dim, device):
+    def __init__(self, policy, temporal_agg, device):
         self.policy = policy
-        self.query_frequency = 1 if temporal_agg else getattr(policy, 'action_horizon', num_queries)
-        self.ensembler = TemporalEnsembler(num_queries, action_dim, device=device) if temporal_agg else None
-        self.history = collections.deque(maxlen=getattr(policy, 'obs_horizon', 1))
+        self.query_frequency = 1 if temporal_agg else policy.action_horizon
+        self.ensembler = TemporalEnsembler(policy.num_queries, policy.action_dim, device=device) if temporal_agg else None
+        self.history = collections.deque(maxlen=policy.obs_horizon)
         self.chunk = None
 
     def reset(self):
         self.chunk = None
         self.history.clear()
+        self.policy.reset()
         if self.ensembler is not None:
             self.ensembler.reset()
 
@@ -101,7 +142,7 @@ class ChunkedController:
         """qpos (1, S), image (1, K, 3, H, W) of step t -> normalised action (A,) numpy."""
         inputs = self.observation(qpos, image)
         if t % self.query_frequency == 0:
-            self.chunk = self.policy(*inputs)  # (1, num_queries, A)
+            self.chunk = self.policy.action_chunk(*inputs)  # (1, num_queries, A)
         if self.ensembler is not None:
             raw_action = self.ensembler(self.chunk)
         else:
@@ -131,13 +172,8 @@ def result_file_name(ckpt_name):
 
 def write_result_file(path, summary, episode_returns, highest_rewards):
     """The original's result file: the summary, then the returns and highest rewards as lists."""
-    tmp_path = path + '.tmp'
-    with open(tmp_path, 'w') as f:
-        f.write(summary)
-        f.write(repr(list(episode_returns)))
-        f.write('\n\n')
-        f.write(repr(list(highest_rewards)))
-    os.replace(tmp_path, path)
+    text = f'{summary}{list(episode_returns)!r}\n\n{list(highest_rewards)!r}'
+    atomic_write(path, lambda f: f.write(text), mode='w')
 
 
 def _python_number(x):
@@ -155,69 +191,58 @@ def episode_outcome(rewards):
 
 
 ### Loading
-def _train_command(config):
-    return (f"python imitate_episodes.py --task_name {config['task_name']} --ckpt_dir {config['ckpt_dir']} "
-            f"--policy_class {config['policy_class']} ... (the flags used for training, without --eval)")
+def _train_command(settings):
+    return (f"python imitate_episodes.py --task_name {settings.task_name} --ckpt_dir {settings.ckpt_dir} "
+            f"--policy_class {settings.policy_class} ... (the flags used for training, without --eval)")
 
 
 def load_stats(config):
-    """dataset_stats.pkl of the checkpoint directory, checked against the configured sizes."""
-    stats_path = os.path.join(config['ckpt_dir'], 'dataset_stats.pkl')
+    """The checkpoint folder's Normalizer (dataset_stats.pkl), checked against the policy's sizes."""
+    from policy import policy_type
+    settings = EvalSettings.of(config)
+    stats_path = os.path.join(settings.ckpt_dir, STATS_FILE)
     if not os.path.isfile(stats_path):
         raise FileNotFoundError(f'dataset statistics not found: {stats_path}; training writes it: '
-                                f'{_train_command(config)}')
-    with open(stats_path, 'rb') as f:
-        stats = pickle.load(f)
-    expected = {'qpos_mean': config['state_dim'], 'qpos_std': config['state_dim'],
-                'action_mean': config['action_dim'], 'action_std': config['action_dim']}
-    for key, size in expected.items():
-        if key not in stats:
-            raise KeyError(f"{stats_path} has no '{key}' (keys: {sorted(stats)})")
-        if np.shape(stats[key]) != (size,):
-            raise ValueError(f"{stats_path}: '{key}' has shape {np.shape(stats[key])} but the policy "
-                             f"expects ({size},) (state_dim={config['state_dim']}, "
-                             f"action_dim={config['action_dim']}); the statistics and the checkpoint "
-                             f"come from different runs or the size flags differ from training")
-    return stats
+                                f'{_train_command(settings)}')
+    cls = policy_type(settings.policy_class)
+    normalizer = Normalizer.load(stats_path, cls.action_normalization)
+    cfg = cls.resolve_config(settings.policy_config)
+    normalizer.check_sizes(cfg['state_dim'], cfg['action_dim'], stats_path)
+    return normalizer
 
 
 def load_policy(config, ckpt_name):
-    """Build the configured policy and load the checkpoint into it, on config['device']."""
-    from detr.resnet import weights_from_checkpoint
+    """Build the configured policy and load the checkpoint into it, on the settings' device."""
     from policy import make_policy
-    ckpt_path = os.path.join(config['ckpt_dir'], ckpt_name)
+    settings = EvalSettings.of(config)
+    ckpt_path = os.path.join(settings.ckpt_dir, ckpt_name)
     if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f'checkpoint not found: {ckpt_path}; train one first: {_train_command(config)} '
+        raise FileNotFoundError(f'checkpoint not found: {ckpt_path}; train one first: {_train_command(settings)} '
                                 f'or pick another checkpoint with --eval_ckpt')
-    device = config.get('device', 'cpu')
-    with weights_from_checkpoint():
-        policy = make_policy(config['policy_class'], config['policy_config'])
+    # the checkpoint replaces the initial weights: no ImageNet trunk is fetched
+    policy = make_policy(settings.policy_class, settings.policy_config, load_pretrained=False)
     try:
-        policy.deserialize(torch.load(ckpt_path, map_location=device))
+        policy.deserialize(torch.load(ckpt_path, map_location=settings.device))
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ValueError(f'{ckpt_path} does not match the {config["policy_class"]} policy built from the '
+        raise ValueError(f'{ckpt_path} does not match the {settings.policy_class} policy built from the '
                          f'given flags (chunk size, state/action size, model size must be those used '
                          f'for training): {e}') from e
-    policy.to(device)
+    policy.to(settings.device)
     policy.eval()
     return policy
 
 
 ### Environments
-def image_hw(config):
-    return tuple(config.get('image_size') or DEFAULT_IMAGE_HW)
-
-
-def make_env(config):
+def make_env(settings):
     """-> (env, max_reward). Sim tasks render only the policy's cameras at the policy's size."""
-    if config['real_robot']:
+    if settings.real_robot:
         import real_robot
-        env = real_robot.make_eval_env(backend=config['robot_backend'], driver=config['robot_driver'],
-                                       camera_names=config['camera_names'], image_size=image_hw(config))
+        env = real_robot.make_eval_env(backend=settings.robot_backend, driver=settings.robot_driver,
+                                       camera_names=settings.camera_names, image_size=settings.image_size)
         # NOTE(faithful): the real robot gives no reward, so "success" is a highest reward of 0.
         return env, 0
     from sim_env import make_sim_env
-    env = make_sim_env(config['task_name'], camera_names=config['camera_names'], image_size=image_hw(config))
+    env = make_sim_env(settings.task_name, camera_names=settings.camera_names, image_size=settings.image_size)
     return env, env.task.max_reward
 
 
@@ -229,7 +254,6 @@ def sample_rollout_poses(task_name, num_rollouts):
 
 def get_image(ts, camera_names, size, device):
     """Observation images -> (1, num_cams, 3, H, W) float32 in [0, 1], and the video frame."""
-    from utils import image_to_tensor, resize_images
     frames = np.stack([ts.observation['images'][cam] for cam in camera_names])  # (num_cams, h, w, 3)
     frames = resize_images(frames, size)  # (num_cams, H, W, 3); real-robot cameras may differ in size
     video_frame = np.concatenate(list(frames), axis=1)  # (H, W * num_cams, 3)
@@ -238,21 +262,26 @@ def get_image(ts, camera_names, size, device):
 
 ### Output
 class VideoWriter:
-    """H.264 mp4 written frame by frame under a temporary name, renamed into place on close."""
+    """H.264 mp4 written frame by frame through episodes.atomic_path: in place once closed, and
+    no file at all when the rollout fails (abort)."""
 
     def __init__(self, path, fps=VIDEO_FPS):
         import imageio
-        self.path = path
-        self.tmp_path = os.path.join(os.path.dirname(path) or '.', '.tmp_' + os.path.basename(path))
-        self.writer = imageio.get_writer(self.tmp_path, format='FFMPEG', fps=fps, codec='libx264',
-                                         macro_block_size=2, ffmpeg_log_level='error')
+        self.target = atomic_path(path)
+        tmp = self.target.__enter__()
+        self.writer = imageio.get_writer(tmp, format='FFMPEG', fps=fps, codec='libx264', macro_block_size=2,
+                                         ffmpeg_log_level='error')
 
     def append(self, frame):
         self.writer.append_data(frame)
 
     def close(self):
         self.writer.close()
-        os.replace(self.tmp_path, self.path)
+        self.target.__exit__(None, None, None)
+
+    def abort(self, error):
+        self.writer.close()
+        self.target.__exit__(type(error), error, error.__traceback__)
 
 
 class OnscreenView:
@@ -290,25 +319,22 @@ def rollout_line(rollout_id, episode_return, highest_reward, max_reward):
 
 ### Rollouts
 class Evaluator:
-    """Everything one process needs to run rollouts: env, policy, pre/post-processing."""
+    """Everything one process needs to run rollouts: env, policy, normaliser, controller."""
 
-    def __init__(self, config, policy, stats):
-        from utils import get_pre_post_process
-        self.config = config
-        self.device = config.get('device', 'cpu')
+    def __init__(self, config, policy, normalizer):
+        self.settings = EvalSettings.of(config)
+        self.device = self.settings.device
         self.policy = policy
-        self.pre_process, self.post_process = get_pre_post_process(stats, config['policy_class'])
-        self.env, self.max_reward = make_env(config)
-        policy_config = config['policy_config']
-        self.controller = ChunkedController(self.policy, policy_config['num_queries'], config['temporal_agg'],
-                                            config['action_dim'], self.device)
-        self.onscreen = config['onscreen_render'] and not config['real_robot']
+        self.normalizer = normalizer
+        self.env, self.max_reward = make_env(self.settings)
+        self.controller = ChunkedController(self.policy, self.settings.temporal_agg, self.device)
+        self.onscreen = self.settings.onscreen_render and not self.settings.real_robot
 
     def policy_inputs(self, ts):
         """-> qpos (1, S) normalised, image (1, num_cams, 3, H, W), video frame (H, W * num_cams, 3)."""
-        qpos = self.pre_process(np.array(ts.observation['qpos']))
-        qpos = torch.from_numpy(qpos).float().to(self.device).unsqueeze(0)
-        image, frame = get_image(ts, self.config['camera_names'], image_hw(self.config), self.device)
+        qpos = self.normalizer.normalize_qpos(np.array(ts.observation['qpos']))
+        qpos = torch.from_numpy(qpos).to(self.device).unsqueeze(0)
+        image, frame = get_image(ts, self.settings.camera_names, self.settings.image_size, self.device)
         return qpos, image, frame
 
     def rollout(self, rollout_id, pose=None, video_path=None):
@@ -323,43 +349,54 @@ class Evaluator:
         self.controller.reset()
         video = VideoWriter(video_path) if video_path else None
         view = OnscreenView() if self.onscreen else None
-        rewards = []
-        with torch.inference_mode():
-            for t in range(self.config['episode_len']):
-                if view is not None:
-                    view.show(self.env)
-                qpos, image, frame = self.policy_inputs(ts)
-                if video is not None:
-                    video.append(frame)
-                action = self.post_process(self.controller(t, qpos, image))  # (A,)
-                ts = self.env.step(action)
-                rewards.append(ts.reward)
+        try:
+            ts, rewards = self._run_episode(ts, video, view)
+        except BaseException as error:
+            if video is not None:
+                video.abort(error)
+            raise
+        finally:
+            if view is not None:
+                view.close()
         if video is not None:
             video.close()
-        if view is not None:
-            view.close()
-        if self.config['real_robot']:
+        if self.settings.real_robot:
             import real_robot
-            real_robot.open_grippers(self.env, self.config['robot_backend'])
+            real_robot.open_grippers(self.env, self.settings.robot_backend)
         episode_return, highest_reward = episode_outcome(rewards)
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
                 'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
                 'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
                 'wall_s': time.perf_counter() - start}
 
+    def _run_episode(self, ts, video, view):
+        """Step the policy from time step `ts` for episode_len steps -> (last time step, rewards)."""
+        rewards = []
+        with torch.inference_mode():
+            for t in range(self.settings.episode_len):
+                if view is not None:
+                    view.show(self.env)
+                qpos, image, frame = self.policy_inputs(ts)
+                if video is not None:
+                    video.append(frame)
+                action = self.normalizer.unnormalize_action(self.controller(t, qpos, image))  # (A,)
+                ts = self.env.step(action)
+                rewards.append(ts.reward)
+        return ts, rewards
 
-def _video_path(config, rollout_id, save_episode):
-    if save_episode and config.get('save_video', True):
-        return os.path.join(config['ckpt_dir'], f'video{rollout_id}.mp4')
+
+def _video_path(settings, rollout_id, save_episode):
+    if save_episode and settings.save_video:
+        return os.path.join(settings.ckpt_dir, f'video{rollout_id}.mp4')
     return None
 
 
 _WORKER = {}  # the Evaluator of a worker process
 
 
-def _init_worker(config, ckpt_name, num_threads):
+def _init_worker(settings, ckpt_name, num_threads):
     torch.set_num_threads(num_threads)
-    _WORKER['evaluator'] = Evaluator(config, load_policy(config, ckpt_name), load_stats(config))
+    _WORKER['evaluator'] = Evaluator(settings, load_policy(settings, ckpt_name), load_stats(settings))
 
 
 def _worker_rollout(job):
@@ -367,7 +404,7 @@ def _worker_rollout(job):
     return _WORKER['evaluator'].rollout(rollout_id, pose, video_path)
 
 
-def run_parallel(config, ckpt_name, jobs, num_workers):
+def run_parallel(settings, ckpt_name, jobs, num_workers):
     """Yield rollout results in rollout order from `num_workers` processes, each with its own
     env and policy loaded from the checkpoint."""
     num_threads = max(1, torch.get_num_threads() // num_workers)
@@ -376,7 +413,7 @@ def run_parallel(config, ckpt_name, jobs, num_workers):
         context.set_forkserver_preload(['evaluate', 'policy', 'sim_env'])  # imported once, not per worker
     else:
         context = multiprocessing.get_context('spawn')
-    with context.Pool(num_workers, initializer=_init_worker, initargs=(config, ckpt_name, num_threads)) as pool:
+    with context.Pool(num_workers, initializer=_init_worker, initargs=(settings, ckpt_name, num_threads)) as pool:
         yield from pool.imap(_worker_rollout, jobs)
 
 
@@ -397,8 +434,9 @@ def _rollouts_in_process(evaluator, jobs, real_robot):
 
 def eval_bc(config, ckpt_name, save_episode=True):
     """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return)."""
+    settings = EvalSettings.of(config)
     episode_returns, highest_rewards = [], []
-    for result in rollout_results(config, ckpt_name, save_episode):
+    for result in rollout_results(settings, ckpt_name, save_episode):
         max_reward = result['max_reward']
         episode_returns.append(result['episode_return'])
         highest_rewards.append(result['highest_reward'])
@@ -408,47 +446,46 @@ def eval_bc(config, ckpt_name, save_episode=True):
 
     summary = summary_text(highest_rewards, episode_returns, max_reward)
     print(summary)
-    write_result_file(os.path.join(config['ckpt_dir'], result_file_name(ckpt_name)), summary,
+    write_result_file(os.path.join(settings.ckpt_dir, result_file_name(ckpt_name)), summary,
                       episode_returns, highest_rewards)
     return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))
 
 
 def rollout_results(config, ckpt_name, save_episode=True):
     """Yield the result dict of every rollout, in rollout order, from one or several processes."""
-    from utils import set_seed
+    from train import set_seed
     set_seed(EVAL_SEED)
-    config, num_workers = _checked_settings(config)
-    num_rollouts = config.get('num_rollouts', 50)
-    policy = load_policy(config, ckpt_name)  # bad inputs fail here, before any worker starts
-    stats = load_stats(config)
-    print(f'Loaded: {os.path.join(config["ckpt_dir"], ckpt_name)}')
-    if config['real_robot']:
-        poses = [None] * num_rollouts
+    settings, num_workers = _checked_settings(EvalSettings.of(config))
+    policy = load_policy(settings, ckpt_name)  # bad inputs fail here, before any worker starts
+    normalizer = load_stats(settings)
+    print(f'Loaded: {os.path.join(settings.ckpt_dir, ckpt_name)}')
+    if settings.real_robot:
+        poses = [None] * settings.num_rollouts
     else:
-        poses = sample_rollout_poses(config['task_name'], num_rollouts)
-    jobs = [(i, poses[i], _video_path(config, i, save_episode)) for i in range(num_rollouts)]
+        poses = sample_rollout_poses(settings.task_name, settings.num_rollouts)
+    jobs = [(i, poses[i], _video_path(settings, i, save_episode)) for i in range(settings.num_rollouts)]
     if num_workers == 1:
-        yield from _rollouts_in_process(Evaluator(config, policy, stats), jobs, config['real_robot'])
+        yield from _rollouts_in_process(Evaluator(settings, policy, normalizer), jobs, settings.real_robot)
     else:
         del policy
-        yield from run_parallel(config, ckpt_name, jobs, num_workers)
+        yield from run_parallel(settings, ckpt_name, jobs, num_workers)
 
 
-def _checked_settings(config):
-    """-> (config, number of worker processes), with settings that cannot apply turned off loudly."""
-    num_workers = config.get('eval_workers', 1)
-    if config.get('num_rollouts', 50) < 1:
-        raise ValueError(f"--num_rollouts must be at least 1, got {config['num_rollouts']}")
+def _checked_settings(settings):
+    """-> (settings, number of worker processes), with settings that cannot apply turned off loudly."""
+    num_workers = settings.eval_workers
+    if settings.num_rollouts < 1:
+        raise ValueError(f'--num_rollouts must be at least 1, got {settings.num_rollouts}')
     if num_workers < 1:
         raise ValueError(f'--eval_workers must be at least 1, got {num_workers}')
-    if config['real_robot'] and num_workers > 1:
+    if settings.real_robot and num_workers > 1:
         warnings.warn('--eval_workers is ignored on the real robot: rollouts run one at a time')
         num_workers = 1
-    if config['onscreen_render'] and not config['real_robot'] and not display_available():
+    if settings.onscreen_render and not settings.real_robot and not display_available():
         warnings.warn('--onscreen_render: no display found (set DISPLAY or use an interactive matplotlib '
                       'backend); evaluating without the live view')
-        config = dict(config, onscreen_render=False)
-    if config['onscreen_render'] and num_workers > 1:
+        settings = dataclasses.replace(settings, onscreen_render=False)
+    if settings.onscreen_render and num_workers > 1:
         warnings.warn('--onscreen_render shows one process only: running rollouts with --eval_workers 1')
         num_workers = 1
-    return config, num_workers
+    return settings, num_workers

@@ -9,11 +9,11 @@ camera) under a temporary name and renamed into place when complete.
 import os
 import time
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
+from episodes import episode_path, write_episode
 import real_robot
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
@@ -80,19 +80,10 @@ def print_dt_diagnosis(actual_dt_history):
 def save_episode(dataset_path, timesteps, actions, camera_names):
     """Write the original real-robot layout atomically; observation t pairs with action t."""
     steps = timesteps[:len(actions)]  # the observation after the last action is not kept
-    tmp_path = os.path.join(os.path.dirname(dataset_path), '.tmp_' + os.path.basename(dataset_path))
     t0 = time.time()
-    with h5py.File(tmp_path, 'w', rdcc_nbytes=1024 ** 2 * 2) as root:
-        root.attrs['sim'] = False
-        obs = root.create_group('observations')
-        image = obs.create_group('images')
-        for cam_name in camera_names:
-            frames = np.stack([ts.observation['images'][cam_name] for ts in steps])  # (T, H, W, 3)
-            image.create_dataset(cam_name, data=frames, dtype='uint8', chunks=(1,) + frames.shape[1:])
-        for key in ('qpos', 'qvel', 'effort'):
-            obs.create_dataset(key, data=np.array([ts.observation[key] for ts in steps], dtype=np.float32))
-        root.create_dataset('action', data=np.array(actions, dtype=np.float32))
-    os.replace(tmp_path, dataset_path)
+    low_dim = {key: np.array([ts.observation[key] for ts in steps]) for key in ('qpos', 'qvel', 'effort')}
+    images = {cam: np.stack([ts.observation['images'][cam] for ts in steps]) for cam in camera_names}  # (T, H, W, 3)
+    write_episode(dataset_path, action=np.array(actions), images=images, sim=False, **low_dim)
     print(f'Saving: {time.time() - t0:.1f} secs')
 
 
@@ -125,9 +116,10 @@ def capture_one_episode(max_timesteps, camera_names, dataset_path, driver):
     save_episode(dataset_path, timesteps, actions, camera_names)
 
 
-def get_auto_index(dataset_dir, dataset_name_prefix='', data_suffix='hdf5'):
+def get_auto_index(dataset_dir):
+    """The first index i with no episode_{i}.hdf5 in dataset_dir."""
     for i in range(MAX_EPISODE_INDEX + 1):
-        if not os.path.isfile(os.path.join(dataset_dir, f'{dataset_name_prefix}episode_{i}.{data_suffix}')):
+        if not os.path.isfile(episode_path(dataset_dir, i)):
             return i
     raise RuntimeError(f'{dataset_dir}: no free episode index up to {MAX_EPISODE_INDEX}')
 
@@ -137,8 +129,8 @@ def main(args):
     dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
     os.makedirs(dataset_dir, exist_ok=True)
     episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
-    dataset_name = f'episode_{episode_idx}'
-    dataset_path = os.path.join(dataset_dir, dataset_name + '.hdf5')
+    dataset_path = episode_path(dataset_dir, episode_idx)
+    dataset_name = os.path.splitext(os.path.basename(dataset_path))[0]
     if os.path.isfile(dataset_path) and not args.get('overwrite'):
         raise FileExistsError(f'{dataset_path} exists: choose another --episode_idx, leave it out to take the '
                               'next free one, or pass --overwrite')

@@ -3,51 +3,36 @@
 For each episode: roll out the scripted end-effector policy in ee_sim_env (nothing rendered
 unless --onscreen_render) and keep its joint trajectory, with the gripper joint positions replaced
 by the normalised gripper commands; replay that trajectory as actions in the joint-space sim_env,
-rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout:
-    attrs['sim'] = True
-    /action                     (T, 14) float32
-    /observations/qpos          (T, 14) float32
-    /observations/qvel          (T, 14) float32
-    /observations/images/<cam>  (T, H, W, 3) uint8, chunks (1, H, W, 3)
+rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout
+(episodes.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
+/observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 """
 import argparse
 import contextlib
-import glob
 import multiprocessing
 import os
 import tempfile
 import time
 
-import h5py
 import numpy as np
 
 import sim_env
 from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, get_sim_task_config
 from ee_sim_env import make_ee_sim_env
+from episodes import episode_path, layout_problem, remove_stale_temps, write_episode
 from scripted_policy import get_scripted_policy_class
 
 ### Fixed settings
 RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render
 EE_PAUSE = 0.002  # seconds between onscreen frames of the EE rollout
 REPLAY_PAUSE = 0.02  # and of the joint replay
-HDF5_CACHE_BYTES = 1024 ** 2 * 2  # HDF5 chunk cache, as the original
-COMPRESSION = {'compression': 'gzip', 'compression_opts': 1}  # lossless, built into every HDF5
+COMPRESSION = 'gzip'  # of --compress: lossless, built into every HDF5
 LP_THREADS_VAR = 'LP_NUM_THREADS'  # Mesa llvmpipe rasteriser threads, read when EGL starts
 LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # gripper slots in qpos/action
 
 
 ############################ Episode files ############################
-
-def episode_file(dataset_dir, episode_idx):
-    return os.path.join(dataset_dir, f'episode_{episode_idx}.hdf5')
-
-
-def _temp_pattern(path):
-    """Hidden temporary names next to `path`, never matched by episode_*.hdf5."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f'.{name}.*.tmp')
-
 
 def expected_shapes(episode_len, camera_names, image_size):
     """{hdf5 key: (shape, dtype)} of one recorded episode."""
@@ -56,41 +41,6 @@ def expected_shapes(episode_len, camera_names, image_size):
     for cam in camera_names:
         shapes[f'/observations/images/{cam}'] = ((episode_len, *image_size, 3), np.uint8)
     return shapes
-
-
-def existing_episode_problem(path, shapes):
-    """None if `path` holds a complete episode with these shapes, else what differs.
-
-    Raises OSError when the file cannot be read as HDF5 (e.g. truncated by an older tool).
-    """
-    with h5py.File(path, 'r') as root:
-        for key, (shape, dtype) in shapes.items():
-            if key not in root:
-                return f'{key} is missing'
-            if root[key].shape != shape or root[key].dtype != dtype:
-                return f'{key} is {root[key].shape} {root[key].dtype}, expected {shape} {np.dtype(dtype)}'
-    return None
-
-
-def write_episode(path, data, compress=False):
-    """Write one episode atomically: a hidden temporary file in the same folder, then a rename."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f'.{name}.{os.getpid()}.tmp')
-    try:
-        with h5py.File(tmp, 'w', rdcc_nbytes=HDF5_CACHE_BYTES) as root:
-            root.attrs['sim'] = True
-            obs = root.create_group('observations')
-            images = obs.create_group('images')
-            for cam, frames in data['images'].items():  # frames: (T, H, W, 3) uint8
-                images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]),
-                                      **(COMPRESSION if compress else {}))
-            obs.create_dataset('qpos', data=data['qpos'].astype(np.float32))
-            obs.create_dataset('qvel', data=data['qvel'].astype(np.float32))
-            root.create_dataset('action', data=data['action'].astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
 
 
 ############################ Rollouts ############################
@@ -199,7 +149,7 @@ class EpisodeRecorder:
         joint_traj, object_pose, ee_success, ee_return = self.rollout_ee(rng)
         data, success, episode_return = self.replay(joint_traj, object_pose)
         if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did
-            write_episode(path, data, compress)
+            write_episode(path, sim=True, compression=COMPRESSION if compress else None, **data)
         return {'episode_idx': episode_idx, 'success': success, 'episode_return': episode_return,
                 'ee_success': ee_success, 'ee_return': ee_return, 'seconds': time.time() - start}
 
@@ -215,7 +165,7 @@ def _init_worker(recorder_kwargs, dataset_dir, compress):
 
 
 def _record_in_worker(episode_idx):
-    path = episode_file(_WORKER['dataset_dir'], episode_idx)
+    path = episode_path(_WORKER['dataset_dir'], episode_idx)
     return _WORKER['recorder'].record(episode_idx, path, _WORKER['compress'])
 
 
@@ -224,7 +174,7 @@ def record_episodes(indices, recorder_kwargs, dataset_dir, compress, num_workers
     if num_workers == 1 or len(indices) <= 1:
         recorder = EpisodeRecorder(**recorder_kwargs)
         for idx in indices:
-            yield recorder.record(idx, episode_file(dataset_dir, idx), compress)
+            yield recorder.record(idx, episode_path(dataset_dir, idx), compress)
         return
     ctx = multiprocessing.get_context('spawn')  # fresh processes: no GL context crosses a fork
     with single_threaded_software_gl():
@@ -283,14 +233,13 @@ def episodes_to_record(dataset_dir, num_episodes, shapes):
     """Indices whose file is missing or unreadable; ValueError if a readable one has another layout."""
     todo = []
     for idx in range(num_episodes):
-        path = episode_file(dataset_dir, idx)
-        for stale in glob.glob(_temp_pattern(path)):
-            os.remove(stale)
+        path = episode_path(dataset_dir, idx)
+        remove_stale_temps(path)
         if not os.path.exists(path):
             todo.append(idx)
             continue
         try:
-            problem = existing_episode_problem(path, shapes)
+            problem = layout_problem(path, shapes)
         except OSError:
             print(f'{path} is unreadable (interrupted write?): recording it again')
             todo.append(idx)

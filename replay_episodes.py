@@ -2,27 +2,14 @@
 
     python replay_episodes.py --dataset_dir data/aloha_wear_shoe --episode_idx 0 [--robot_driver sim]
 """
-import os
-
-import h5py
 from tqdm import tqdm
 
 import real_robot
-
-
-def load_actions(dataset_path):
-    """(T, action_dim) actions of an episode file, with clear errors for a missing file or key."""
-    if not os.path.isfile(dataset_path):
-        raise FileNotFoundError(f'--dataset_dir / --episode_idx: no episode at {dataset_path}')
-    with h5py.File(dataset_path, 'r') as root:
-        if 'action' not in root:
-            raise KeyError(f"{dataset_path}: no '/action' dataset (keys: {sorted(root.keys())})")
-        return root['/action'][()]
+from episodes import episode_path, read_episode
 
 
 def main(args):
-    dataset_path = os.path.join(args['dataset_dir'], f"episode_{args['episode_idx']}.hdf5")
-    actions = load_actions(dataset_path)
+    actions = read_episode(episode_path(args['dataset_dir'], args['episode_idx']), cameras=[]).action
     env = real_robot.make_real_env(init_node=True, driver=args.get('robot_driver', 'auto'))
     try:
         env.reset()

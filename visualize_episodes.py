@@ -2,16 +2,16 @@
 
 `episode_{i}_video.mp4`: all cameras side by side, 1 / DT fps, H.264 (plays in a browser).
 `episode_{i}_qpos.png`: one subplot per joint, state and command overlaid.
-Reads the original layout, gzip-compressed images, and the JPEG layout of later forks
-(attrs['compress'] with a /compress_len dataset).
+Reads every layout episodes.py reads: the original, gzip/lzf-compressed images, and the JPEG
+layout of act-plus-plus. Both files are written atomically.
 """
 import argparse
 import os
 
-import h5py
 import numpy as np
 
 from constants import DT, JOINT_NAMES
+from episodes import atomic_path, episode_path, read_episode
 
 ### Fixed settings
 STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm
@@ -20,32 +20,10 @@ VIDEO_PIXEL_FORMAT = 'yuv420p'  # what browsers decode
 SUBPLOT_HEIGHT = 2  # inches per joint subplot
 
 
-def decode_jpeg_frames(rows, lengths):
-    """(T, padded) uint8 JPEG rows with their encoded lengths -> (T, H, W, 3) uint8."""
-    import cv2
-    return np.stack([cv2.imdecode(row[:n], cv2.IMREAD_COLOR) for row, n in zip(rows, lengths)])
-
-
 def load_hdf5(dataset_dir, dataset_name):
-    """(qpos (T, D), qvel (T, D), action (T, A), {camera: (T, H, W, 3) uint8}) of one episode."""
-    dataset_path = os.path.join(dataset_dir, dataset_name + '.hdf5')
-    if not os.path.isfile(dataset_path):
-        raise FileNotFoundError(f'Dataset does not exist at {dataset_path}')
-    with h5py.File(dataset_path, 'r') as root:
-        for key in ('/observations/qpos', '/observations/qvel', '/action', '/observations/images'):
-            if key not in root:
-                raise KeyError(f'{dataset_path} has no {key}: not an episode in the ACT layout')
-        qpos = root['/observations/qpos'][()]
-        qvel = root['/observations/qvel'][()]
-        action = root['/action'][()]
-        jpeg = bool(root.attrs.get('compress', False))
-        image_dict = {}
-        for cam_idx, cam_name in enumerate(root['/observations/images'].keys()):
-            frames = root[f'/observations/images/{cam_name}'][()]
-            if jpeg:
-                frames = decode_jpeg_frames(frames, root['/compress_len'][cam_idx].astype(int))
-            image_dict[cam_name] = frames
-    return qpos, qvel, action, image_dict
+    """(qpos (T, D), qvel (T, D) or None, action (T, A), {camera: (T, H, W, 3) uint8}) of one episode."""
+    episode = read_episode(os.path.join(dataset_dir, dataset_name + '.hdf5'))
+    return episode.qpos, episode.qvel, episode.action, episode.images
 
 
 def save_videos(video, dt, video_path=None):
@@ -61,8 +39,8 @@ def save_videos(video, dt, video_path=None):
         cam_names = list(video.keys())
         frames = (np.concatenate([video[cam][t] for cam in cam_names], axis=1)  # (H, W * cams, 3)
                   for t in range(len(video[cam_names[0]])))
-    with imageio.get_writer(video_path, fps=int(1 / dt), codec=VIDEO_CODEC, macro_block_size=2,
-                            pixelformat=VIDEO_PIXEL_FORMAT) as writer:
+    with atomic_path(video_path) as tmp, imageio.get_writer(tmp, fps=int(1 / dt), codec=VIDEO_CODEC,
+                                                             macro_block_size=2, pixelformat=VIDEO_PIXEL_FORMAT) as writer:
         for frame in frames:
             writer.append_data(frame)
     print(f'Saved video to: {video_path}')
@@ -91,14 +69,15 @@ def visualize_joints(qpos_list, command_list, plot_path=None, ylim=None, label_o
             ax.set_ylim(ylim)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(plot_path)
+    with atomic_path(plot_path) as tmp:
+        fig.savefig(tmp, format='png')
     plt.close(fig)
     print(f'Saved qpos plot to: {plot_path}')
 
 
 def main(args):
     dataset_dir = args['dataset_dir']
-    dataset_name = f"episode_{args['episode_idx']}"
+    dataset_name = os.path.splitext(os.path.basename(episode_path(dataset_dir, args['episode_idx'])))[0]
     qpos, _, action, image_dict = load_hdf5(dataset_dir, dataset_name)
     if image_dict:
         save_videos(image_dict, DT, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
@@ -114,5 +93,5 @@ if __name__ == '__main__':
     cli_args = vars(parser.parse_args())
     try:
         main(cli_args)
-    except (FileNotFoundError, KeyError) as e:
-        parser.error(str(e.args[0]))
+    except (OSError, KeyError, ValueError) as e:
+        parser.error(str(e.args[0]) if e.args else str(e))

@@ -69,7 +69,8 @@ def make_config(model, amp, ckpt_dir, num_steps):
 
 
 def loaders(data_dir, model):
-    from utils import load_data, set_seed
+    from data import load_data
+    from train import set_seed
     set_seed(1)  # the training script's split seed
     return load_data(data_dir, NUM_EPISODES, ['top'], BATCH_SIZE, BATCH_SIZE, image_size=MODELS[model]['image_size'],
                      num_workers=1, preload='off', seed=0)
@@ -84,7 +85,7 @@ def reference_steps(train_loader, config, num_steps, original):
     import torch.nn.functional as F
     from detr.reference import original_forward
     from policy import kl_divergence, make_policy
-    from utils import set_seed
+    from train import set_seed
     set_seed(config['seed'])
     policy = make_policy('ACT', config['policy_config'])
     optimizer = policy.configure_optimizers()
@@ -114,19 +115,19 @@ def reference_steps(train_loader, config, num_steps, original):
 
 def run_case(case, data_dir, steps, ref_steps):
     import torch
-    import imitate_episodes
+    import train
     model, amp = case.split('_')
     train_loader, val_loader, _, _ = loaders(data_dir, model)
     with tempfile.TemporaryDirectory() as ckpt_dir:
-        config = {**imitate_episodes.TRAIN_DEFAULTS, **make_config(model, amp, ckpt_dir, steps + 1)}
-        trainer = imitate_episodes.Trainer(train_loader, val_loader, config)
+        config = {**train.TRAIN_DEFAULTS, **make_config(model, amp, ckpt_dir, steps + 1)}
+        trainer = train.Trainer(train_loader, val_loader, config)
         trainer.policy.train()
         times = []
         for _ in range(steps + 1):
             start = time.perf_counter()
             trainer.train_step()
             times.append(time.perf_counter() - start)
-        losses = [d['loss'] for d in trainer.progress['partial']]
+        losses = [d['loss'] for d in trainer.progress.partial]
         del trainer
     sec = float(np.mean(times[1:]))
     result = {'sec_per_step': round(sec, 3), 'samples_per_sec': round(BATCH_SIZE / sec, 2),

@@ -167,23 +167,26 @@ def cnnmlp_features_per_camera(height, width):
     return 32 * h * w
 
 
-def _build_backbones(cfg, count):
-    return [build_backbone(cfg['backbone'], cfg['hidden_dim'], cfg['position_embedding'],
-                           cfg['pretrained_backbone'], cfg['backbone_weights']) for _ in range(count)]
+def _build_backbones(cfg, count, load_pretrained):
+    pretrained = cfg['pretrained_backbone'] and load_pretrained
+    weights_path = cfg['backbone_weights'] if load_pretrained else None
+    return [build_backbone(cfg['backbone'], cfg['hidden_dim'], cfg['position_embedding'], pretrained, weights_path)
+            for _ in range(count)]
 
 
-def build_act_model(cfg):
-    """DETRVAE from a complete config dict (policy.py fills in the defaults)."""
+def build_act_model(cfg, load_pretrained=True):
+    """DETRVAE from a complete config dict (policy.py fills in the defaults); load_pretrained False
+    skips the trunks' ImageNet weights, for a checkpoint that replaces them."""
     n_backbones = len(cfg['camera_names']) if cfg['per_camera_backbone'] else 1
     transformer = build_transformer(cfg['hidden_dim'], cfg['nheads'], cfg['enc_layers'], cfg['dec_layers'],
                                     cfg['dim_feedforward'], cfg['dropout'], cfg['pre_norm'])
     encoder = build_encoder(cfg['hidden_dim'], cfg['nheads'], cfg['enc_layers'], cfg['dim_feedforward'],
                             cfg['dropout'], cfg['pre_norm'])
-    return DETRVAE(_build_backbones(cfg, n_backbones), transformer, encoder, cfg['state_dim'],
+    return DETRVAE(_build_backbones(cfg, n_backbones, load_pretrained), transformer, encoder, cfg['state_dim'],
                    cfg['action_dim'], cfg['num_queries'], cfg['camera_names'], cfg['latent_dim'])
 
 
-def build_cnnmlp_model(cfg):
+def build_cnnmlp_model(cfg, load_pretrained=True):
     """CNNMLP from a complete config dict: one trunk per camera, as the original."""
-    return CNNMLP(_build_backbones(cfg, len(cfg['camera_names'])), cfg['state_dim'], cfg['action_dim'],
+    return CNNMLP(_build_backbones(cfg, len(cfg['camera_names']), load_pretrained), cfg['state_dim'], cfg['action_dim'],
                   cfg['camera_names'], cfg['image_size'])

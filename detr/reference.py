@@ -8,6 +8,20 @@ Not used for training or evaluation.
 import torch
 import torch.nn.functional as F
 
+from .resnet import FrozenBatchNorm2d
+
+
+def randomise_batch_norm(module):
+    """Give every frozen batch norm non-trivial statistics, as a trained trunk has (fresh ones are
+    the identity, which would hide a wrong order of normalisation and convolution)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.2, 2.0)
+
 
 def _frozen_bn(bn, x):
     scale, shift = bn.scale_shift()

@@ -11,7 +11,6 @@ ImageNet weights come from, in order: a torchvision-format state-dict file named
 torch hub cache (the file torchvision itself downloads), a download with torch's hub utilities;
 when none works a warning is printed once and the trunk keeps its random initialisation.
 """
-import contextlib
 import os
 import socket
 import threading
@@ -33,7 +32,6 @@ NETWORK_PROBE_TIMEOUT_S = 3.0  # how long to wait for the weights host before go
 BN_EPS = 1e-5  # frozen batch norm epsilon, as torchvision's BatchNorm2d
 
 _warned_random_init = False  # the "no ImageNet weights" warning is printed once per process
-_checkpoint_follows = False  # True inside weights_from_checkpoint()
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -259,27 +257,13 @@ def download_imagenet_weights(name):
     return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, check_hash=True)
 
 
-@contextlib.contextmanager
-def weights_from_checkpoint():
-    """Trunks built inside skip their ImageNet weights, because a checkpoint loaded next replaces
-    them: no download attempt and no random-initialisation warning when evaluating."""
-    global _checkpoint_follows
-    previous, _checkpoint_follows = _checkpoint_follows, True
-    try:
-        yield
-    finally:
-        _checkpoint_follows = previous
-
-
 def load_imagenet_weights(trunk, name='resnet18', weights_path=None):
     """Give `trunk` ImageNet weights: file -> hub cache -> download -> warn once, stay random.
 
     A `weights_path` given by the user must load (a bad file is an error). Returns the source used,
-    or None when the trunk stays randomly initialised (or inside weights_from_checkpoint()).
+    or None when the trunk stays randomly initialised.
     """
     global _warned_random_init
-    if _checkpoint_follows:
-        return None
     if weights_path is not None:
         load_trunk_state_dict(trunk, torch.load(weights_path, map_location='cpu'), weights_path)
         return weights_path

@@ -1,8 +1,6 @@
-"""Explain why a checkpoint does not fit a model: key and shape differences, and the config value
-that most probably differs (read back from the shapes of both state dicts)."""
+"""Why an ACT/CNNMLP checkpoint does not fit a model: the config values that most probably differ,
+read back from the keys and shapes of both state dicts (policy.mismatch_report lists the keys)."""
 import re
-
-MAX_LISTED = 10  # keys listed per category in an error message
 
 ### What each shape-derived value is called in the policy config / on the command line
 CONFIG_HINTS = {
@@ -61,30 +59,12 @@ def infer_config(sd):
     }
 
 
-def _listing(title, items):
-    more = f' ... and {len(items) - MAX_LISTED} more' if len(items) > MAX_LISTED else ''
-    return f'  {title} ({len(items)}): ' + ', '.join(items[:MAX_LISTED]) + more
-
-
-def mismatch_report(expected, got):
-    """None if `got` has exactly the keys and shapes of `expected`, else a readable explanation."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [f'{k} checkpoint {tuple(got[k].shape)} vs policy {tuple(expected[k].shape)}'
-              for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or shapes):
-        return None
-    lines = []
-    if missing:
-        lines.append(_listing('missing keys', missing))
-    if unexpected:
-        lines.append(_listing('unexpected keys', unexpected))
-    if shapes:
-        lines.append(_listing('shape mismatches', shapes))
+def probable_causes(expected, got):
+    """Sentences naming the config values that most probably differ between the state dict a policy
+    expects and a checkpoint's `got` (read back from the keys and shapes of both)."""
     ours, theirs = infer_config(expected), infer_config(got)
     causes = [f'checkpoint has {name}={theirs[name]} but this policy has {ours[name]}: check {CONFIG_HINTS[name]}'
               for name in CONFIG_HINTS if theirs[name] is not None and theirs[name] != ours[name]]
     if not any(k.startswith('model.') for k in got):
         causes.append("no key starts with 'model.': this is not an ACT/CNNMLP policy state dict")
-    lines += ['  probable cause: ' + c for c in causes]
-    return '\n'.join(lines)
+    return causes

@@ -1,17 +1,13 @@
-"""Shared test set-up: repo root on sys.path, seeded RNGs, tiny model configs and datasets."""
+"""Fixtures shared by the test files (plain helpers are in tests/helpers.py)."""
 import os
 import random
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-os.environ.setdefault('MUJOCO_GL', 'egl')
+from tests.helpers import TINY_ACT_CONFIG, write_tiny_episode
 
-TINY_IMAGE_HW = (24, 32)  # small frames keep the default test run fast
+os.environ.setdefault('MUJOCO_GL', 'egl')
 
 
 @pytest.fixture(autouse=True)
@@ -28,32 +24,7 @@ def _seed_everything():
 @pytest.fixture
 def tiny_act_config():
     """Config dict of a tiny ACT policy (keys as the original's policy_config)."""
-    return {
-        'lr': 1e-4, 'num_queries': 5, 'kl_weight': 10.0, 'hidden_dim': 32, 'dim_feedforward': 64,
-        'lr_backbone': 1e-5, 'backbone': 'resnet18', 'enc_layers': 1, 'dec_layers': 2, 'nheads': 2,
-        'camera_names': ['top'], 'state_dim': 14, 'action_dim': 14, 'pretrained_backbone': False,
-    }
-
-
-def write_episode(path, episode_len=20, state_dim=14, camera_names=('top',), image_hw=TINY_IMAGE_HW,
-                  sim=True, seed=0):
-    """Write one episode in the original HDF5 layout (FACTS.md) with random content."""
-    import h5py
-    rng = np.random.default_rng(seed)
-    h, w = image_hw
-    with h5py.File(path, 'w', rdcc_nbytes=1024 ** 2 * 2) as root:
-        root.attrs['sim'] = sim
-        obs = root.create_group('observations')
-        images = obs.create_group('images')
-        for cam in camera_names:
-            frames = rng.integers(0, 256, size=(episode_len, h, w, 3), dtype=np.uint8)
-            images.create_dataset(cam, data=frames, dtype='uint8', chunks=(1, h, w, 3))
-        for key in ('qpos', 'qvel'):
-            obs.create_dataset(key, data=rng.normal(size=(episode_len, state_dim)).astype(np.float32))
-        if not sim:
-            obs.create_dataset('effort', data=rng.normal(size=(episode_len, state_dim)).astype(np.float32))
-        root.create_dataset('action', data=rng.normal(size=(episode_len, state_dim)).astype(np.float32))
-    return path
+    return dict(TINY_ACT_CONFIG)
 
 
 @pytest.fixture
@@ -62,5 +33,32 @@ def tiny_dataset(tmp_path):
     dataset_dir = tmp_path / 'tiny_dataset'
     dataset_dir.mkdir()
     for i in range(5):
-        write_episode(str(dataset_dir / f'episode_{i}.hdf5'), seed=i)
+        write_tiny_episode(str(dataset_dir / f'episode_{i}.hdf5'), seed=i)
     return str(dataset_dir)
+
+
+@pytest.fixture
+def patient_servos(monkeypatch):
+    """The servo-bus emulator answers from a thread of this process on a shared CPU: allow it more
+    time than real servos need before a reply counts as missing."""
+    from real_robot import settings
+    monkeypatch.setattr(settings, 'SERVO_REPLY_TIMEOUT_MS', 300.0)
+
+
+@pytest.fixture(scope='session')
+def two_epoch_run(tmp_path_factory):
+    """One two-epoch `imitate_episodes.main` run on 5 tiny episodes (batch 2: two steps per epoch),
+    shared by the tests that read its files: -> (args, printed output)."""
+    import contextlib
+    import io
+    import imitate_episodes
+    from tests.helpers import train_args
+    root = tmp_path_factory.mktemp('two_epochs')
+    os.makedirs(root / 'data')
+    for i in range(5):
+        write_tiny_episode(str(root / 'data' / f'episode_{i}.hdf5'), seed=i)
+    args = train_args(root / 'data', root / 'ckpt')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        imitate_episodes.main(args)
+    return args, printed.getvalue()

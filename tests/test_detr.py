@@ -11,7 +11,7 @@ from torch import nn
 import detr.resnet as resnet
 from detr.detr_vae import get_sinusoid_encoding_table
 from detr.position_encoding import PositionEmbeddingSine
-from detr.reference import original_forward
+from detr.reference import original_forward, randomise_batch_norm
 from detr.transformer import MultiheadAttention
 from policy import ACTPolicy, CNNMLPPolicy
 
@@ -20,17 +20,6 @@ COMPAT_DIR = os.path.join(os.path.dirname(__file__), 'compat')
 SMALL_ORIGINAL_ACT = {'lr': 1e-4, 'num_queries': 10, 'kl_weight': 10, 'hidden_dim': 64, 'dim_feedforward': 128,
                       'lr_backbone': 1e-5, 'backbone': 'resnet18', 'enc_layers': 4, 'dec_layers': 7, 'nheads': 8,
                       'camera_names': ['top'], 'pretrained_backbone': False}
-
-
-def randomise_batch_norm(module):
-    """Give every frozen batch norm non-trivial statistics, as a trained trunk has."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, resnet.FrozenBatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.2, 2.0)
 
 
 def _key_lines(module):

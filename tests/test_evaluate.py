@@ -1,10 +1,17 @@
-"""Evaluation helpers: temporal ensembling, the summary text and the result file."""
+"""evaluate.py: temporal ensembling, the controller, the summary and result file, and end-to-end
+rollouts of tiny untrained checkpoints (result file, videos, parallel workers, bad inputs)."""
+import ast
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
-from evaluate import (ChunkedController, TemporalEnsembler, episode_outcome, result_file_name, rollout_line, summary_text,
-                      write_result_file)
+from constants import START_ARM_POSE
+from evaluate import (ChunkedController, Evaluator, TemporalEnsembler, episode_outcome, eval_bc, load_policy,
+                      load_stats, result_file_name, rollout_line, rollout_results, summary_text, write_result_file)
+from tests.helpers import TASK, TINY_IMAGE_HW, eval_config, start_pose_stats, write_tiny_checkpoint
 
 
 def original_full_buffer_ensemble(chunks, k=0.01):
@@ -98,19 +105,23 @@ def test_episode_outcome_plain_numbers_and_missing_rewards():
 
 
 class RecordingPolicy:
-    """Stands in for a policy: records its inputs, returns chunk number n filled with n."""
+    """Stands in for a policy (the interface the controller calls): records its inputs, returns
+    chunk number n filled with n."""
 
-    def __init__(self, num_queries, action_dim=2, **attributes):
+    def __init__(self, num_queries, action_dim=2, action_horizon=None, obs_horizon=1):
         self.calls, self.num_queries, self.action_dim = [], num_queries, action_dim
-        self.__dict__.update(attributes)
+        self.action_horizon, self.obs_horizon = action_horizon or num_queries, obs_horizon
 
-    def __call__(self, qpos, image):
+    def reset(self):
+        pass
+
+    def action_chunk(self, qpos, image):
         self.calls.append((qpos.clone(), image.clone()))
         return torch.full((1, self.num_queries, self.action_dim), float(len(self.calls)))
 
 
 def run_controller(policy, steps, temporal_agg=False):
-    controller = ChunkedController(policy, policy.num_queries, temporal_agg, policy.action_dim, 'cpu')
+    controller = ChunkedController(policy, temporal_agg, 'cpu')
     return [controller(t, torch.full((1, 3), float(t)), torch.full((1, 1, 3, 2, 2), float(t)))[0]
             for t in range(steps)]
 
@@ -137,3 +148,160 @@ def test_controller_with_temporal_agg_queries_every_step():
     w = np.exp(-0.01 * np.arange(3))
     np.testing.assert_allclose(actions, [1, np.average([1, 2], weights=w[:2]), np.average([1, 2, 3], weights=w),
                                          np.average([2, 3, 4], weights=w)])
+
+
+### End to end on tiny untrained checkpoints
+def tiny_stats(state_dim=14):
+    """Statistics that keep an untrained policy's actions close to the start pose."""
+    return start_pose_stats(START_ARM_POSE[:6], 1.0, 0.02, state_dim)
+
+
+@pytest.fixture
+def tiny_ckpt_dir(tmp_path, tiny_act_config):
+    """A checkpoint directory with an untrained tiny ACT and its dataset_stats.pkl."""
+    return write_tiny_checkpoint(tmp_path / 'ckpt', tiny_act_config, tiny_stats())
+
+
+def read_video(path):
+    import imageio
+    with imageio.get_reader(str(path), format='FFMPEG') as reader:
+        return [frame for frame in reader]
+
+
+def test_two_rollouts_write_result_file_and_videos(tiny_ckpt_dir, tiny_act_config, capsys):
+    config = eval_config(tiny_ckpt_dir, tiny_act_config, episode_len=6)
+    success_rate, avg_return = eval_bc(config, 'policy_best.ckpt')
+
+    out = capsys.readouterr().out
+    assert 'Rollout 0\nepisode_return=' in out and 'Rollout 1\n' in out and 'Success rate: ' in out
+    text = (tiny_ckpt_dir / 'result_policy_best.txt').read_text()
+    head, highest = text.rsplit('\n\n', 1)  # summary, returns list, blank line, highest-rewards list
+    summary, returns = head.rsplit('\n', 1)
+    returns, highest = ast.literal_eval(returns), ast.literal_eval(highest)
+    assert len(returns) == len(highest) == 2
+    assert summary + '\n' == summary_text(highest, returns, 4)
+    assert summary.startswith(f'\nSuccess rate: {success_rate}\nAverage return: {avg_return}\n')
+    for i in range(2):
+        frames = read_video(tiny_ckpt_dir / f'video{i}.mp4')
+        assert len(frames) == config['episode_len']  # one frame per control step
+        assert frames[0].shape == (*TINY_IMAGE_HW, 3)
+    assert not any(name.startswith('.tmp') for name in os.listdir(tiny_ckpt_dir))
+
+
+def test_parallel_rollouts_equal_sequential_and_start_from_sampled_poses(tiny_ckpt_dir, tiny_act_config):
+    from sim_env import sample_object_pose
+    config = eval_config(tiny_ckpt_dir, tiny_act_config, temporal_agg=True, episode_len=4, save_video=False)
+    sequential = list(rollout_results(config, 'policy_best.ckpt'))
+    parallel = list(rollout_results(dict(config, eval_workers=2), 'policy_best.ckpt'))
+    assert [r['rollout_id'] for r in parallel] == [0, 1]
+    for seq, par in zip(sequential, parallel):
+        assert seq['rewards'] == par['rewards']
+        np.testing.assert_allclose(seq['final_qpos'], par['final_qpos'], atol=1e-5)
+        np.testing.assert_allclose(seq['final_env_state'], par['final_env_state'], atol=1e-5)
+    np.random.seed(1000)  # the original's evaluation seed, poses drawn in rollout order
+    for result in sequential:
+        pose = sample_object_pose(TASK, rng=np.random)
+        np.testing.assert_allclose(result['final_env_state'][:2], pose[:2], atol=1e-3)  # cube x, y
+
+
+def test_checkpoint_replaces_imagenet_weights_without_fetching_them(tiny_ckpt_dir, tiny_act_config, monkeypatch):
+    import warnings
+    from detr import resnet
+    monkeypatch.setattr(resnet, 'download_imagenet_weights', lambda name: pytest.fail('tried to download'))
+    monkeypatch.setattr(resnet, '_hub_cache_file', lambda name: str(tiny_ckpt_dir / 'no_such_file.pth'))
+    monkeypatch.setattr(resnet, '_warned_random_init', False)
+    config = eval_config(tiny_ckpt_dir, dict(tiny_act_config, pretrained_backbone=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        policy = load_policy(config, 'policy_best.ckpt')
+    saved = torch.load(tiny_ckpt_dir / 'policy_best.ckpt')
+    for key, value in policy.serialize().items():
+        assert torch.equal(value, saved[key]), key
+
+    def offline(name):
+        raise OSError('network is unreachable')
+    monkeypatch.setattr(resnet, 'download_imagenet_weights', offline)
+    with pytest.warns(RuntimeWarning, match='random initialisation'):  # outside, training warns as before
+        resnet.load_imagenet_weights(resnet.build_resnet_trunk('resnet18'), 'resnet18')
+
+
+def test_missing_checkpoint_names_file_and_training_command(tiny_ckpt_dir, tiny_act_config):
+    config = eval_config(tiny_ckpt_dir, tiny_act_config)
+    with pytest.raises(FileNotFoundError, match=r'policy_missing\.ckpt.*imitate_episodes\.py'):
+        eval_bc(config, 'policy_missing.ckpt')
+
+
+def test_missing_stats_names_file_and_training_command(tiny_ckpt_dir, tiny_act_config):
+    os.remove(tiny_ckpt_dir / 'dataset_stats.pkl')
+    with pytest.raises(FileNotFoundError, match=r'dataset_stats\.pkl.*imitate_episodes\.py'):
+        eval_bc(eval_config(tiny_ckpt_dir, tiny_act_config), 'policy_best.ckpt')
+
+
+def test_stats_of_another_state_size_is_a_clear_error(tiny_ckpt_dir, tiny_act_config):
+    with open(tiny_ckpt_dir / 'dataset_stats.pkl', 'wb') as f:
+        pickle.dump(tiny_stats(state_dim=10), f)
+    with pytest.raises(ValueError, match=r"dataset_stats\.pkl: 'qpos_mean' has shape \(10,\)"):
+        eval_bc(eval_config(tiny_ckpt_dir, tiny_act_config), 'policy_best.ckpt')
+
+
+def test_checkpoint_of_another_chunk_size_is_a_clear_error(tiny_ckpt_dir, tiny_act_config):
+    config = eval_config(tiny_ckpt_dir, dict(tiny_act_config, num_queries=7))
+    with pytest.raises(ValueError, match=r'policy_best\.ckpt does not match'):
+        eval_bc(config, 'policy_best.ckpt')
+
+
+@pytest.mark.parametrize('key, value', [('eval_workers', 0), ('num_rollouts', 0)])
+def test_bad_counts(tiny_ckpt_dir, tiny_act_config, key, value):
+    with pytest.raises(ValueError, match=key):
+        eval_bc(eval_config(tiny_ckpt_dir, tiny_act_config, **{key: value}), 'policy_best.ckpt')
+
+
+def test_no_display_no_video_other_checkpoint(tiny_ckpt_dir, tiny_act_config, monkeypatch):
+    monkeypatch.delenv('DISPLAY', raising=False)
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    os.replace(tiny_ckpt_dir / 'policy_best.ckpt', tiny_ckpt_dir / 'policy_last.ckpt')
+    config = eval_config(tiny_ckpt_dir, tiny_act_config, onscreen_render=True, num_rollouts=1, episode_len=2,
+                         save_video=False)
+    with pytest.warns(UserWarning, match='no display'):
+        eval_bc(config, 'policy_last.ckpt')
+    assert (tiny_ckpt_dir / 'result_policy_last.txt').is_file()
+    assert not list(tiny_ckpt_dir.glob('*.mp4'))
+
+
+def test_real_robot_path_with_simulated_driver(tiny_ckpt_dir, tiny_act_config, monkeypatch):
+    import real_robot
+    opened = []
+    open_grippers = real_robot.open_grippers
+    monkeypatch.setattr(real_robot, 'open_grippers', lambda env, backend: opened.append(backend) or
+                        open_grippers(env, backend))
+    policy_config = dict(tiny_act_config, camera_names=['cam_high'])
+    config = eval_config(tiny_ckpt_dir, policy_config, task_name='aloha_wear_shoe', real_robot=True,
+                         robot_driver='sim', episode_len=3, eval_workers=2)
+    with pytest.warns(UserWarning, match='eval_workers is ignored on the real robot'):
+        success_rate, _ = eval_bc(config, 'policy_best.ckpt')
+    assert opened == ['builtin', 'builtin']  # grippers opened after every rollout
+    # the robot gives no reward: as in the original, every rollout reaches the "max reward" 0
+    assert success_rate == 1.0
+    assert 'Reward >= 0: 2/2 = 100.0%' in (tiny_ckpt_dir / 'result_policy_best.txt').read_text()
+    assert len(list(tiny_ckpt_dir.glob('video*.mp4'))) == 2
+
+
+def test_diffusion_sampling_is_seeded_per_rollout(tmp_path):
+    """Diffusion draws noise at every query: rollout i gets the same noise whatever ran before it
+    (so parallel workers reproduce a sequential evaluation)."""
+    from sim_env import sample_object_pose
+    policy_config = {'camera_names': ['top'], 'num_queries': 4, 'action_horizon': 2, 'down_dims': (16, 32),
+                     'num_inference_steps': 2, 'lr': 1e-3, 'pretrained_backbone': False}
+    stats = tiny_stats()
+    stats.update(action_min=stats['action_mean'] - 0.5, action_max=stats['action_mean'] + 0.5)
+    write_tiny_checkpoint(tmp_path, policy_config, stats, 'Diffusion')
+    config = eval_config(tmp_path, policy_config, policy_class='Diffusion', episode_len=4, save_video=False)
+    sequential = list(rollout_results(config, 'policy_best.ckpt'))
+    assert not np.allclose(sequential[0]['final_qpos'], sequential[1]['final_qpos'], atol=1e-4)
+
+    np.random.seed(1000)
+    pose_of_rollout_1 = [sample_object_pose(TASK, rng=np.random) for _ in range(2)][1]
+    evaluator = Evaluator(config, load_policy(config, 'policy_best.ckpt'), load_stats(config))
+    torch.manual_seed(123)  # whatever state the process is in
+    alone = evaluator.rollout(1, pose_of_rollout_1)
+    np.testing.assert_allclose(alone['final_qpos'], sequential[1]['final_qpos'], atol=1e-6)

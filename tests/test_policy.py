@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 import policy as policy_module
 from policy import ACTPolicy, CNNMLPPolicy, kl_divergence, make_policy
+from tests.helpers import ROOT
 
 IMAGE_HW = (24, 32)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNNMLP_HW = (392, 392)  # smallest square the CNNMLP head accepts (13 x 13 trunk features)
 
 
@@ -270,7 +270,8 @@ def test_make_policy_and_lazy_diffusion(tiny_act_config, monkeypatch):
     with pytest.raises(ValueError, match='ACT, CNNMLP, Diffusion'):
         make_policy('Transformer', tiny_act_config)
     fake = types.ModuleType('diffusion_policy')
-    fake.DiffusionPolicy = type('DiffusionPolicy', (), {'__init__': lambda self, cfg: setattr(self, 'cfg', cfg)})
+    fake.DiffusionPolicy = type('DiffusionPolicy', (), {
+        '__init__': lambda self, cfg, load_pretrained=True: setattr(self, 'cfg', cfg)})
     monkeypatch.setitem(sys.modules, 'diffusion_policy', fake)
     from policy import DiffusionPolicy
     assert DiffusionPolicy is fake.DiffusionPolicy

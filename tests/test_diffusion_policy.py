@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import diffusion_policy as dp
-from conftest import ROOT, TINY_IMAGE_HW
+from tests.helpers import ROOT, TINY_IMAGE_HW, eval_config
 
 TINY_DOWN_DIMS = (16, 32)
 
@@ -368,15 +368,8 @@ def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
     assert {'action_min', 'action_max'} <= set(stats)
 
     from evaluate import eval_bc
-    policy_config = tiny_config(lr=1e-4)
-    config = {
-        'num_epochs': 2, 'ckpt_dir': str(ckpt_dir), 'episode_len': 12, 'state_dim': 14, 'action_dim': 14,
-        'lr': 1e-4, 'policy_class': 'Diffusion', 'onscreen_render': False, 'policy_config': policy_config,
-        'task_name': 'sim_transfer_cube_scripted', 'seed': 0, 'temporal_agg': True, 'camera_names': ['top'],
-        'real_robot': False, 'device': 'cpu', 'image_size': TINY_IMAGE_HW, 'num_rollouts': 1,
-        'eval_ckpt': 'policy_best.ckpt', 'save_video': False, 'eval_workers': 1, 'robot_backend': 'builtin',
-        'robot_driver': 'auto', 'amp': 'off',
-    }
+    config = eval_config(ckpt_dir, tiny_config(lr=1e-4), policy_class='Diffusion', episode_len=12, temporal_agg=True,
+                         num_rollouts=1, save_video=False)
     success_rate, avg_return = eval_bc(config, 'policy_best.ckpt', save_episode=False)
     assert 0.0 <= success_rate <= 1.0 and avg_return >= 0
     assert (ckpt_dir / 'result_policy_best.txt').is_file()

@@ -20,12 +20,7 @@ EPISODE_LEN = 12
 LEADER_LEFT_WAIST = 0.25  # rad: where the operator holds the left leader arm
 
 
-
-@pytest.fixture(autouse=True)
-def patient_servos(monkeypatch):
-    """The emulator answers from a thread of this process on a shared CPU: allow it more time
-    than real servos need before a reply counts as missing."""
-    monkeypatch.setattr(settings, 'SERVO_REPLY_TIMEOUT_MS', 300.0)
+pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
 
 
 @pytest.fixture

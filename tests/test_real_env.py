@@ -18,12 +18,7 @@ CAMERA_NAMES = ('cam_high', 'cam_left_wrist')
 HW = (24, 32)
 
 
-
-@pytest.fixture(autouse=True)
-def patient_servos(monkeypatch):
-    """The emulator answers from a thread of this process on a shared CPU: allow it more time
-    than real servos need before a reply counts as missing."""
-    monkeypatch.setattr(settings, 'SERVO_REPLY_TIMEOUT_MS', 300.0)
+pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
 
 
 @pytest.fixture

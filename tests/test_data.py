@@ -1,4 +1,4 @@
-"""utils.py: episode readers, the episodic dataset, sampling, statistics and pre/post-processing."""
+"""data.py: the episodic dataset, sampling, statistics, the Normalizer, and the data errors."""
 import os
 
 import h5py
@@ -6,49 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-import utils
-from conftest import write_episode
+import data
+import episodes
+from tests.helpers import write_tiny_episode as write_episode
 
 
-def copy_episode(src, dst, image_writer):
-    """Copy an episode; image_writer(images_group, cam, frames) writes each camera's frames."""
-    with h5py.File(src, 'r') as root, h5py.File(dst, 'w') as out:
-        out.attrs['sim'] = root.attrs['sim']
-        root.copy('action', out)
-        obs = out.create_group('observations')
-        for key in ('qpos', 'qvel'):
-            root.copy(f'observations/{key}', obs)
-        images = obs.create_group('images')
-        for cam, frames in root['observations/images'].items():
-            image_writer(out, images, cam, frames[()])
-
-
-def copy_dataset(src_dir, dst_dir, image_writer, num_episodes=5):
+def copy_dataset(src_dir, dst_dir, compression, num_episodes=5):
+    """The episodes of src_dir written again with another image compression."""
     os.makedirs(dst_dir)
     for i in range(num_episodes):
-        copy_episode(utils.episode_path(src_dir, i), utils.episode_path(dst_dir, i), image_writer)
+        e = episodes.read_episode(episodes.episode_path(src_dir, i))
+        episodes.write_episode(episodes.episode_path(dst_dir, i), e.qpos, e.action, e.images, qvel=e.qvel,
+                               sim=e.sim, compression=compression)
     return str(dst_dir)
-
-
-def write_compressed(out, images, cam, frames):
-    images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]), compression='gzip', compression_opts=4)
-
-
-def write_jpeg(out, images, cam, frames):
-    """The JPEG layout of later forks: attrs compress, zero-padded JPEG rows, /compress_len."""
-    import cv2
-    encoded = [cv2.imencode('.jpg', f, [int(cv2.IMWRITE_JPEG_QUALITY), 90])[1] for f in frames]
-    rows = np.zeros((len(encoded), max(len(e) for e in encoded)), dtype=np.uint8)
-    for i, e in enumerate(encoded):
-        rows[i, :len(e)] = e
-    images.create_dataset(cam, data=rows)
-    out.attrs['compress'] = True
-    out.create_dataset('compress_len', data=np.array([[len(e) for e in encoded]], dtype=np.float32))
 
 
 def batches(dataset_dir, epochs=2, **kwargs):
     np.random.seed(1)
-    train_loader, val_loader, stats, _ = utils.load_data(dataset_dir, 5, ['top'], 2, 2, **kwargs)
+    train_loader, val_loader, stats, _ = data.load_data(dataset_dir, 5, ['top'], 2, 2, **kwargs)
     out = []
     for epoch in range(epochs):
         for loader in (train_loader, val_loader):
@@ -73,12 +48,12 @@ def test_sample_shapes_and_original_semantics(tiny_dataset):
 
 
 def test_sample_matches_file_at_its_start_step(tiny_dataset):
-    stats = utils.get_norm_stats(tiny_dataset, 5)
-    dataset = utils.EpisodicDataset([3], tiny_dataset, ['top'], stats)
+    stats = data.get_norm_stats(tiny_dataset, 5)
+    dataset = data.EpisodicDataset([3], tiny_dataset, ['top'], stats)
     seed = 12345
     start = np.random.default_rng(seed).integers(20)
     image, qpos, action, is_pad = dataset[(0, seed)]
-    with h5py.File(utils.episode_path(tiny_dataset, 3), 'r') as root:
+    with h5py.File(episodes.episode_path(tiny_dataset, 3), 'r') as root:
         raw_action = root['/action'][()]
         np.testing.assert_array_equal(image[0], root['/observations/images/top'][start])
         raw_qpos = root['/observations/qpos'][start]
@@ -95,8 +70,8 @@ def test_sample_matches_file_at_its_start_step(tiny_dataset):
 def test_real_robot_actions_start_one_step_earlier(tmp_path):
     path = write_episode(str(tmp_path / 'episode_0.hdf5'), sim=False)
     write_episode(str(tmp_path / 'episode_1.hdf5'), sim=False, seed=1)
-    stats = utils.get_norm_stats(str(tmp_path), 2)
-    dataset = utils.EpisodicDataset([0], str(tmp_path), ['top'], stats)
+    stats = data.get_norm_stats(str(tmp_path), 2)
+    dataset = data.EpisodicDataset([0], str(tmp_path), ['top'], stats)
     seed = next(s for s in range(100) if np.random.default_rng(s).integers(20) >= 2)
     start = np.random.default_rng(seed).integers(20)
     _, _, action, is_pad = dataset[(0, seed)]
@@ -115,18 +90,18 @@ def test_sampling_depends_only_on_seed_and_epoch(tiny_dataset):
 
 
 def test_sampler_skip_and_ranks():
-    full = list(utils.EpisodeSampler(7, seed=3))
-    sampler = utils.EpisodeSampler(7, seed=3)
+    full = list(data.EpisodeSampler(7, seed=3))
+    sampler = data.EpisodeSampler(7, seed=3)
     sampler.set_epoch(0, skip=4)
     assert list(sampler) == full[4:]
-    ranks = [list(utils.EpisodeSampler(7, seed=3, rank=r, world_size=2)) for r in range(2)]
+    ranks = [list(data.EpisodeSampler(7, seed=3, rank=r, world_size=2)) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 4
     assert {i for i, _ in ranks[0] + ranks[1]} == set(range(7))
 
 
 def test_compressed_layout_gives_identical_batches(tiny_dataset, tmp_path):
-    compressed = copy_dataset(tiny_dataset, tmp_path / 'gzip', write_compressed)
-    with h5py.File(utils.episode_path(compressed, 0), 'r') as root:
+    compressed = copy_dataset(tiny_dataset, tmp_path / 'gzip', 'gzip')
+    with h5py.File(episodes.episode_path(compressed, 0), 'r') as root:
         assert root['/observations/images/top'].compression == 'gzip'
     for preload in ('on', 'off'):
         assert_same_batches(batches(tiny_dataset, preload=preload)[0], batches(compressed, preload=preload)[0])
@@ -134,17 +109,17 @@ def test_compressed_layout_gives_identical_batches(tiny_dataset, tmp_path):
 
 def test_jpeg_layout_reads(tiny_dataset, tmp_path):
     import cv2
-    jpeg_dir = copy_dataset(tiny_dataset, tmp_path / 'jpeg', write_jpeg)
-    stats = utils.get_norm_stats(jpeg_dir, 5)
+    jpeg_dir = copy_dataset(tiny_dataset, tmp_path / 'jpeg', 'jpeg')
+    stats = data.get_norm_stats(jpeg_dir, 5)
     for preload in (False, True):
-        dataset = utils.EpisodicDataset([2], jpeg_dir, ['top'], stats, preload=preload)
+        dataset = data.EpisodicDataset([2], jpeg_dir, ['top'], stats, preload=preload)
         seed = 7
         start = np.random.default_rng(seed).integers(20)
         image = dataset[(0, seed)][0]
-        with h5py.File(utils.episode_path(tiny_dataset, 2), 'r') as root:
+        with h5py.File(episodes.episode_path(tiny_dataset, 2), 'r') as root:
             original = root['/observations/images/top'][start]
-        expected = cv2.imdecode(cv2.imencode('.jpg', original, [int(cv2.IMWRITE_JPEG_QUALITY), 90])[1],
-                                cv2.IMREAD_COLOR)
+        expected = cv2.imdecode(cv2.imencode('.jpg', original, [int(cv2.IMWRITE_JPEG_QUALITY),
+                                                                episodes.JPEG_QUALITY])[1], cv2.IMREAD_COLOR)
         np.testing.assert_array_equal(image[0], expected)
 
 
@@ -152,14 +127,14 @@ def test_variable_length_episodes(tmp_path):
     lengths = [12, 20, 16, 25, 9]
     for i, n in enumerate(lengths):
         write_episode(str(tmp_path / f'episode_{i}.hdf5'), episode_len=n, seed=i)
-    stats = utils.get_norm_stats(str(tmp_path), 5)
+    stats = data.get_norm_stats(str(tmp_path), 5)
     np.random.seed(1)
-    train_loader, val_loader, _, _ = utils.load_data(str(tmp_path), 5, ['top'], 2, 2)
+    train_loader, val_loader, _, _ = data.load_data(str(tmp_path), 5, ['top'], 2, 2)
     for loader in (train_loader, val_loader):
         loader.sampler.set_epoch(0)
         for image, qpos, action, is_pad in loader:
             assert action.shape[1:] == (25, 14) and is_pad.shape[1] == 25
-    dataset = utils.EpisodicDataset(range(5), str(tmp_path), ['top'], stats)
+    dataset = data.EpisodicDataset(range(5), str(tmp_path), ['top'], stats)
     for index, n in enumerate(lengths):
         for seed in range(5):
             start = np.random.default_rng(seed).integers(n)
@@ -172,7 +147,7 @@ def test_norm_stats_match_hand_computation(tmp_path):
         write_episode(str(tmp_path / f'episode_{i}.hdf5'), episode_len=n, state_dim=6, seed=i)
     with h5py.File(tmp_path / 'episode_0.hdf5', 'a') as root:  # a constant joint: std clipped at 1e-2
         root['/action'][:, 2] = 0.5
-    stats = utils.get_norm_stats(str(tmp_path), 3)
+    stats = data.get_norm_stats(str(tmp_path), 3)
     qpos, action = [], []
     for i in range(3):
         with h5py.File(tmp_path / f'episode_{i}.hdf5', 'r') as root:
@@ -186,8 +161,8 @@ def test_norm_stats_match_hand_computation(tmp_path):
     expected_std = np.clip(action.std(0, ddof=1), 1e-2, 10)
     np.testing.assert_allclose(stats['action_std'], expected_std, rtol=1e-5)
     assert stats['action_std'][2] > 0.01 or expected_std[2] == 0.01
-    np.testing.assert_allclose(stats['action_min'], action.min(0) - utils.MINMAX_EPS, rtol=1e-6)
-    np.testing.assert_allclose(stats['action_max'], action.max(0) + utils.MINMAX_EPS, rtol=1e-6)
+    np.testing.assert_allclose(stats['action_min'], action.min(0) - data.MINMAX_EPS, rtol=1e-6)
+    np.testing.assert_allclose(stats['action_max'], action.max(0) + data.MINMAX_EPS, rtol=1e-6)
     np.testing.assert_array_equal(stats['example_qpos'], last_qpos.astype(np.float32))
     assert all(stats[k].dtype == np.float32 for k in ('qpos_mean', 'qpos_std', 'action_mean', 'action_std'))
 
@@ -197,46 +172,62 @@ def test_std_clipped_for_constant_dimension(tmp_path):
         write_episode(str(tmp_path / f'episode_{i}.hdf5'), seed=i)
         with h5py.File(tmp_path / f'episode_{i}.hdf5', 'a') as root:
             root['/action'][:, 5] = 1.0
-    stats = utils.get_norm_stats(str(tmp_path), 2)
+    stats = data.get_norm_stats(str(tmp_path), 2)
     assert stats['action_std'][5] == pytest.approx(1e-2)
 
 
 def test_diffusion_targets_scaled_to_unit_range(tiny_dataset):
-    stats = utils.get_norm_stats(tiny_dataset, 5)
-    dataset = utils.EpisodicDataset(range(5), tiny_dataset, ['top'], stats, policy_class='Diffusion')
+    stats = data.get_norm_stats(tiny_dataset, 5)
+    dataset = data.EpisodicDataset(range(5), tiny_dataset, ['top'], stats, policy_class='Diffusion')
     for index in range(5):
         _, _, action, is_pad = dataset[(index, 0)]
         assert np.abs(action[~is_pad]).max() < 1
-    pre, post = utils.get_pre_post_process(stats, 'Diffusion')
+    normalizer = data.Normalizer(stats, 'min_max')
     raw = np.linspace(stats['action_min'], stats['action_max'], 5)
-    scaled = utils.normalize_actions(raw, stats, 'Diffusion')
+    scaled = normalizer.normalize_action(raw)
     np.testing.assert_allclose(scaled[[0, -1]], [[-1] * 14, [1] * 14], atol=1e-6)
-    np.testing.assert_allclose(post(scaled), raw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normalizer.unnormalize_action(scaled), raw, rtol=1e-5, atol=1e-5)
 
 
-def test_pre_post_process_act_and_old_stats(tiny_dataset):
-    stats = utils.get_norm_stats(tiny_dataset, 5)
+def test_normalizer_act_and_old_stats(tiny_dataset):
+    stats = data.get_norm_stats(tiny_dataset, 5)
     old = {k: v for k, v in stats.items() if k not in ('action_min', 'action_max')}
-    pre, post = utils.get_pre_post_process(old, 'ACT')
+    normalizer = data.Normalizer(old, 'mean_std')
     qpos = np.ones(14, dtype=np.float32)
-    np.testing.assert_allclose(pre(qpos), (qpos - stats['qpos_mean']) / stats['qpos_std'])
-    np.testing.assert_allclose(post(np.zeros((3, 14))), np.broadcast_to(stats['action_mean'], (3, 14)))
+    np.testing.assert_allclose(normalizer.normalize_qpos(qpos), (qpos - stats['qpos_mean']) / stats['qpos_std'])
+    np.testing.assert_allclose(normalizer.unnormalize_action(np.zeros((3, 14))),
+                               np.broadcast_to(stats['action_mean'], (3, 14)))
     with pytest.raises(KeyError, match='action_min'):
-        utils.get_pre_post_process(old, 'Diffusion')
+        data.Normalizer(old, 'min_max')
+
+
+def test_normalizer_saves_the_original_stats_file(tiny_dataset, tmp_path):
+    import pickle
+    stats = data.get_norm_stats(tiny_dataset, 5)
+    path = str(tmp_path / 'dataset_stats.pkl')
+    data.Normalizer(stats).save(path)
+    with open(path, 'rb') as f:
+        saved = pickle.load(f)  # a plain dict of numpy arrays, as the original's
+    assert type(saved) is dict and set(saved) == set(stats)
+    assert all(np.array_equal(saved[k], stats[k]) for k in stats)
+    loaded = data.Normalizer.load(path, 'min_max')
+    assert (loaded.state_dim, loaded.action_dim) == (14, 14)
+    with pytest.raises(ValueError, match=r"dataset_stats\.pkl: 'qpos_mean' has shape \(14,\)"):
+        loaded.check_sizes(10, 14, path)
 
 
 def test_obs_horizon_repeats_first_frame(tiny_dataset):
-    stats = utils.get_norm_stats(tiny_dataset, 5)
-    dataset = utils.EpisodicDataset([0], tiny_dataset, ['top'], stats, obs_horizon=3)
+    stats = data.get_norm_stats(tiny_dataset, 5)
+    dataset = data.EpisodicDataset([0], tiny_dataset, ['top'], stats, obs_horizon=3)
     seed = next(s for s in range(100) if np.random.default_rng(s).integers(20) == 1)
     image, qpos, action, _ = dataset[(0, seed)]
     assert image.shape == (3, 1, 24, 32, 3) and qpos.shape == (3, 14)
-    with h5py.File(utils.episode_path(tiny_dataset, 0), 'r') as root:
+    with h5py.File(episodes.episode_path(tiny_dataset, 0), 'r') as root:
         frames = root['/observations/images/top'][()]
     for i, step in enumerate([0, 0, 1]):
         np.testing.assert_array_equal(image[i, 0], frames[step])
     with pytest.raises(ValueError, match='obs_horizon 21 exceeds the 20 steps'):
-        utils.EpisodicDataset([0], tiny_dataset, ['top'], stats, obs_horizon=21)
+        data.EpisodicDataset([0], tiny_dataset, ['top'], stats, obs_horizon=21)
 
 
 def test_image_size_resizes(tiny_dataset):
@@ -246,7 +237,7 @@ def test_image_size_resizes(tiny_dataset):
 
 def test_image_to_tensor_layout():
     images = torch.randint(0, 256, (2, 1, 6, 8, 3), dtype=torch.uint8)
-    tensor = utils.image_to_tensor(images, 'cpu')
+    tensor = data.image_to_tensor(images, 'cpu')
     assert tensor.shape == (2, 1, 3, 6, 8) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, images.permute(0, 1, 4, 2, 3).float() / 255.0)
     assert tensor[:, 0].is_contiguous(memory_format=torch.channels_last)
@@ -256,40 +247,40 @@ def test_image_to_tensor_layout():
 
 def test_missing_dataset_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        utils.load_data(str(tmp_path / 'nope'), 5, ['top'], 2, 2)
+        data.load_data(str(tmp_path / 'nope'), 5, ['top'], 2, 2)
 
 
 def test_missing_episode_file(tiny_dataset):
     with pytest.raises(FileNotFoundError, match=r'episode_5\.hdf5: episode file not found; .* holds 5'):
-        utils.load_data(tiny_dataset, 6, ['top'], 2, 2)
+        data.load_data(tiny_dataset, 6, ['top'], 2, 2)
 
 
 def test_corrupt_episode_file(tiny_dataset):
-    with open(utils.episode_path(tiny_dataset, 2), 'wb') as f:
+    with open(episodes.episode_path(tiny_dataset, 2), 'wb') as f:
         f.write(b'not an hdf5 file')
     with pytest.raises(OSError, match=r'episode_2\.hdf5: cannot be read'):
-        utils.load_data(tiny_dataset, 5, ['top'], 2, 2)
+        data.load_data(tiny_dataset, 5, ['top'], 2, 2)
 
 
 def test_missing_camera_lists_those_present(tiny_dataset):
     with pytest.raises(KeyError, match=r"no camera 'left_wrist' .* it has: top"):
-        utils.load_data(tiny_dataset, 5, ['left_wrist'], 2, 2)
+        data.load_data(tiny_dataset, 5, ['left_wrist'], 2, 2)
 
 
 def test_mismatched_dims(tiny_dataset):
-    write_episode(utils.episode_path(tiny_dataset, 3), state_dim=12)
+    write_episode(episodes.episode_path(tiny_dataset, 3), state_dim=12)
     with pytest.raises(ValueError, match=r'episode_3\.hdf5: qpos has 12 dims'):
-        utils.load_data(tiny_dataset, 5, ['top'], 2, 2)
-    with h5py.File(utils.episode_path(tiny_dataset, 1), 'a') as root:
+        data.load_data(tiny_dataset, 5, ['top'], 2, 2)
+    with h5py.File(episodes.episode_path(tiny_dataset, 1), 'a') as root:
         del root['/action']
         root.create_dataset('/action', data=np.zeros((19, 14), dtype=np.float32))
     with pytest.raises(ValueError, match=r'episode_1\.hdf5: /observations/qpos \(20, 14\) and /action \(19, 14\)'):
-        utils.get_norm_stats(tiny_dataset, 2)
+        data.get_norm_stats(tiny_dataset, 2)
 
 
 def test_mismatched_frame_sizes_suggest_image_size(tiny_dataset):
-    write_episode(utils.episode_path(tiny_dataset, 4), image_hw=(30, 40), seed=4)
+    write_episode(episodes.episode_path(tiny_dataset, 4), image_hw=(30, 40), seed=4)
     with pytest.raises(ValueError, match='--image_size'):
-        utils.load_data(tiny_dataset, 5, ['top'], 2, 2)
+        data.load_data(tiny_dataset, 5, ['top'], 2, 2)
     out, _ = batches(tiny_dataset, epochs=1, image_size=(24, 32))
     assert out[0][0].shape[2:4] == (24, 32)

@@ -1,4 +1,5 @@
-"""record_sim_episodes.py and visualize_episodes.py on short, small episodes."""
+"""record_sim_episodes.py on short, small episodes; the full scripted sets and a full-size
+episode in the slow run."""
 import os
 import shutil
 import subprocess
@@ -9,11 +10,10 @@ import numpy as np
 import pytest
 
 import constants
+import episodes
 import record_sim_episodes
-import visualize_episodes
-from conftest import ROOT, write_episode
+from tests.helpers import ROOT, TASK
 
-TASK = 'sim_transfer_cube_scripted'
 STEPS = 10  # recorded steps per test episode (the real task has 400)
 SMALL = [24, 32]
 CAMERAS = ['top', 'angle']
@@ -102,7 +102,7 @@ def test_rerun_skips_valid_episodes_and_redoes_broken_ones(recorded, tmp_path, c
 class ExplodingArray:
     """Stands in for qvel and fails in the middle of writing an episode."""
 
-    def astype(self, dtype):
+    def __array__(self, dtype=None, copy=None):
         raise KeyboardInterrupt
 
 
@@ -113,7 +113,7 @@ def test_interrupted_write_leaves_the_old_file_and_no_temporary(recorded, tmp_pa
     data = {'images': {'top': np.zeros((STEPS, *SMALL, 3), np.uint8)},
             'qpos': np.zeros((STEPS, 14)), 'qvel': ExplodingArray(), 'action': np.zeros((STEPS, 14))}
     with pytest.raises(KeyboardInterrupt):
-        record_sim_episodes.write_episode(str(path), data)
+        episodes.write_episode(str(path), **data)
     assert os.listdir(tmp_path) == ['episode_0.hdf5']
     np.testing.assert_array_equal(read_all(path)['observations/images/top'], good['observations/images/top'])
 
@@ -151,52 +151,25 @@ def test_command_line_errors_exit_non_zero(tmp_path):
     assert run_script('record_sim_episodes.py', '--help').returncode == 0
 
 
-def _check_viewer_outputs(dataset_dir, idx, num_frames, width):
-    import imageio.v2 as imageio
-    video = os.path.join(dataset_dir, f'episode_{idx}_video.mp4')
-    plot = os.path.join(dataset_dir, f'episode_{idx}_qpos.png')
-    assert os.path.getsize(plot) > 0
-    with imageio.get_reader(video) as reader:
-        assert reader.count_frames() == num_frames
-        assert reader.get_meta_data()['fps'] == 50 and reader.get_meta_data()['codec'] == 'h264'
-        assert reader.get_data(0).shape[1] == width
+### Slow: the full scripted sets with cameras off, one full-size episode
+@pytest.mark.slow
+@pytest.mark.parametrize('task_name, required', [('sim_transfer_cube_scripted', 49),
+                                                 ('sim_insertion_scripted', 48)])
+def test_full_scripted_set_succeeds(task_name, required):
+    config = constants.get_sim_task_config(task_name)
+    recorder = record_sim_episodes.EpisodeRecorder(task_name, camera_names=[], image_size=(480, 640),
+                                                   episode_len=config['episode_len'])
+    results = [recorder.record(idx) for idx in range(config['num_episodes'])]
+    assert sum(r['success'] for r in results) >= required
+    assert sum(r['ee_success'] for r in results) >= required
 
 
-def test_viewer_writes_video_and_plot(recorded, tmp_path, capsys):
-    dataset_dir = tmp_path / 'view'
-    shutil.copytree(recorded / 'parallel', dataset_dir)
-    visualize_episodes.main({'dataset_dir': str(dataset_dir), 'episode_idx': 1})
-    assert 'Saved video to' in capsys.readouterr().out
-    _check_viewer_outputs(dataset_dir, 1, STEPS, SMALL[1] * len(CAMERAS))
-    write_episode(str(dataset_dir / 'episode_7.hdf5'), episode_len=10, camera_names=('cam_high', 'cam_low'),
-                  sim=False)
-    visualize_episodes.main({'dataset_dir': str(dataset_dir), 'episode_idx': 7})
-    _check_viewer_outputs(dataset_dir, 7, 10, 64)
-
-
-def test_viewer_reads_the_jpeg_layout(tmp_path):
-    import cv2
-    ramp = np.linspace(0, 255, 32)[None, :, None] * np.ones((24, 1, 3))  # smooth, JPEG-friendly
-    frames = np.stack([np.roll(ramp, 4 * t, axis=1) for t in range(6)]).astype(np.uint8)  # (6, 24, 32, 3)
-    encoded = [cv2.imencode('.jpg', f)[1].ravel() for f in frames]
-    padded = np.zeros((6, max(len(e) for e in encoded)), np.uint8)
-    for row, enc in zip(padded, encoded):
-        row[:len(enc)] = enc
-    path = tmp_path / 'episode_0.hdf5'
-    with h5py.File(path, 'w') as root:
-        root.attrs['sim'] = False
-        root.attrs['compress'] = True
-        root.create_dataset('observations/images/cam_high', data=padded)
-        root.create_dataset('compress_len', data=np.array([[len(e) for e in encoded]], np.float32))
-        for key in ('observations/qpos', 'observations/qvel', 'action'):
-            root.create_dataset(key, data=np.zeros((6, 14), np.float32))
-    _, _, _, images = visualize_episodes.load_hdf5(str(tmp_path), 'episode_0')
-    assert images['cam_high'].shape == (6, 24, 32, 3)
-    assert np.abs(images['cam_high'].astype(int) - frames).mean() < 8  # lossy, but the same pictures
-    visualize_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 0})
-    _check_viewer_outputs(tmp_path, 0, 6, 32)
-
-
-def test_viewer_missing_episode_exits_non_zero(tmp_path):
-    done = run_script('visualize_episodes.py', '--dataset_dir', str(tmp_path), '--episode_idx', '3')
-    assert done.returncode != 0 and 'episode_3.hdf5' in done.stderr
+@pytest.mark.slow
+def test_full_size_episode_layout(tmp_path):
+    record_sim_episodes.main({'task_name': 'sim_transfer_cube_scripted', 'dataset_dir': str(tmp_path),
+                              'num_episodes': 1})
+    with h5py.File(tmp_path / 'episode_0.hdf5', 'r') as root:
+        images = root['/observations/images/top']
+        assert images.shape == (400, 480, 640, 3) and images.chunks == (1, 480, 640, 3)
+        assert root['/action'].shape == (400, 14) and root['/action'].dtype == np.float32
+    assert abs((tmp_path / 'episode_0.hdf5').stat().st_size - 368_740_832) < 10_000

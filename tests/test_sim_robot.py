@@ -1,19 +1,15 @@
 """The simulated robot (driver 'sim') behind the real-robot interface, and
 `imitate_episodes.py --eval` on a real task config running end to end on it."""
 import os
-import pickle
 import runpy
 import sys
 
 import numpy as np
 import pytest
-import torch
 
 import real_robot
-from conftest import TINY_IMAGE_HW
 from real_robot import settings
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, TINY_IMAGE_HW, start_pose_stats, write_tiny_checkpoint
 
 
 @pytest.fixture
@@ -53,26 +49,13 @@ def test_unknown_simulated_camera_is_named():
         real_robot.make_real_env(init_node=True, driver='sim', camera_names=['cam_top'])
 
 
-def tiny_checkpoint(ckpt_dir, policy_config):
-    """Untrained tiny ACT with statistics that keep its actions near the start pose."""
-    from policy import make_policy
-    os.makedirs(ckpt_dir)
-    torch.save(make_policy('ACT', policy_config).serialize(), os.path.join(ckpt_dir, 'policy_best.ckpt'))
-    arm = list(settings.START_ARM_QPOS)
-    action_mean = np.array(arm + [0.5] + arm + [0.5], dtype=np.float32)
-    stats = {'qpos_mean': np.zeros(14, np.float32), 'qpos_std': np.ones(14, np.float32),
-             'action_mean': action_mean, 'action_std': np.full(14, 0.05, np.float32),
-             'action_min': action_mean - 0.1, 'action_max': action_mean + 0.1,
-             'example_qpos': np.zeros((20, 14), np.float32)}
-    with open(os.path.join(ckpt_dir, 'dataset_stats.pkl'), 'wb') as f:
-        pickle.dump(stats, f)
-
-
 def test_imitate_episodes_eval_on_a_real_task_with_the_sim_driver(tmp_path, tiny_act_config, monkeypatch, capsys):
     monkeypatch.setitem(real_robot.TASK_CONFIGS, 'tiny_real_task', {
         'dataset_dir': str(tmp_path / 'data'), 'num_episodes': 2, 'episode_len': 4, 'camera_names': ['cam_high']})
     ckpt_dir = str(tmp_path / 'ckpt')
-    tiny_checkpoint(ckpt_dir, dict(tiny_act_config, camera_names=['cam_high']))
+    # statistics that keep the untrained policy's actions near the start pose
+    write_tiny_checkpoint(ckpt_dir, dict(tiny_act_config, camera_names=['cam_high']),
+                          start_pose_stats(settings.START_ARM_QPOS, 0.5, 0.05))
     c = tiny_act_config
     argv = ['imitate_episodes.py', '--eval', '--task_name', 'tiny_real_task', '--ckpt_dir', ckpt_dir,
             '--policy_class', 'ACT', '--chunk_size', str(c['num_queries']), '--hidden_dim', str(c['hidden_dim']),

@@ -1,0 +1,79 @@
+"""A checkpoint folder (--ckpt_dir): what training writes there and how evaluation reads it back.
+
+    config.json                        this project's: what the folder holds (policy class and config,
+                                       cameras, image size, state/action sizes, project version)
+    dataset_stats.pkl                  the original's normalisation statistics (data.Normalizer)
+    policy_best.ckpt, policy_last.ckpt policy.serialize(): a raw state_dict for ACT and CNNMLP (the
+    policy_{unit}_{n}_seed_{s}.ckpt    original's format), {'nets', 'ema', 'ema_step'} for Diffusion
+    training_state.pt                  everything --resume needs (train.py)
+    train_val_{key}_seed_{s}.png       training curves
+    result_{ckpt}.txt, video{i}.mp4    evaluation results (evaluate.py)
+A folder written by the original code has no config.json: evaluation then takes everything from
+the command-line flags, as the original did.
+"""
+import json
+import os
+
+import torch
+
+from constants import PROJECT_VERSION
+from episodes import atomic_write
+
+CONFIG_FILE = 'config.json'
+STATS_FILE = 'dataset_stats.pkl'
+REQUIRED_CONFIG_KEYS = ('policy_class', 'policy_config', 'camera_names', 'state_dim', 'action_dim')
+
+
+def atomic_save(obj, path, save=torch.save):
+    """Write obj with save(obj, file) atomically: an interrupted write leaves the previous file intact."""
+    atomic_write(path, lambda f: save(obj, f))
+
+
+def make_run_config(policy_class, policy_config, task_name, image_size, training=None):
+    """The config.json content. policy_config: the complete dict make_policy takes;
+    image_size (H, W) the policy's; training: the settings of the run, for the record."""
+    return {
+        'project_version': PROJECT_VERSION,
+        'policy_class': policy_class,
+        'policy_config': policy_config,
+        'task_name': task_name,
+        'camera_names': list(policy_config['camera_names']),
+        'image_size': list(image_size),
+        'state_dim': policy_config['state_dim'],
+        'action_dim': policy_config['action_dim'],
+        'training': training or {},
+    }
+
+
+def write_config(ckpt_dir, config):
+    atomic_write(os.path.join(ckpt_dir, CONFIG_FILE), lambda f: json.dump(config, f, indent=2), mode='w')
+
+
+def _version(text, path):
+    try:
+        return tuple(int(part) for part in str(text).split('.'))
+    except ValueError:
+        raise ValueError(f"{path}: project_version {text!r} is not a version number like '1.0.0'") from None
+
+
+def read_config(ckpt_dir):
+    """The folder's config.json as a dict, or None when it has none (a folder of the original's)."""
+    path = os.path.join(ckpt_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f'{path} cannot be read as JSON ({err}); fix or remove it and give every model flag') from None
+    if not isinstance(config, dict):
+        raise ValueError(f'{path}: expected a JSON object, got {type(config).__name__}')
+    written_by = config.get('project_version', '0')
+    if _version(written_by, path) > _version(PROJECT_VERSION, path):
+        raise ValueError(f'{path} was written by version {written_by} of this project, newer than this one '
+                         f'({PROJECT_VERSION}): update the project to read it, or move the file away and give '
+                         f'every model flag')
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
+    if missing:
+        raise KeyError(f'{path} has no {", ".join(missing)}; fix or remove it and give every model flag')
+    return config

@@ -1,0 +1,463 @@
+"""The training loop: `train_bc(train_dataloader, val_dataloader, config)`, as the original's.
+
+Each unit (an epoch, or an optimizer step with num_steps) validates first (every validate_every
+units), then trains; the lowest validation loss picks the best checkpoint. Files go to
+config['ckpt_dir'] (checkpoint.py lists them), each written atomically. Added to the original:
+`training_state.pt` (everything --resume needs, so a resumed run reproduces the uninterrupted one's
+losses exactly), Ctrl-C / SIGTERM saving that state before exiting, mixed precision, gradient
+accumulation, learning-rate schedules, step-based training and several processes under torchrun
+(only rank 0 writes files).
+"""
+import contextlib
+import inspect
+import math
+import os
+import random
+import signal
+import threading
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from checkpoint import atomic_save
+from data import image_to_tensor
+from policy import autocast, make_policy, resolve_policy_config
+
+### Training settings
+TRAINING_STATE = 'training_state.pt'  # file of the full training state in ckpt_dir
+# Settings train_bc falls back to when a config (like the original's) lacks them.
+TRAIN_DEFAULTS = {'device': 'cpu', 'amp': 'off', 'num_steps': None, 'grad_accum': 1, 'lr_schedule': 'constant',
+                  'warmup_steps': 0, 'validate_every': 1, 'save_every': 100, 'resume': False, 'wandb': False,
+                  'batch_size': None, 'world_size': 1, 'rank': 0}
+# Settings a resumed run must share with the run that wrote the training state.
+RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
+INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C or SIGTERM once the training state is saved."""
+
+    def __init__(self, signum, state_path):
+        super().__init__(f'stopped by signal {signum}; training state saved to {state_path}')
+        self.signum, self.state_path = signum, state_path
+
+
+@dataclass
+class Progress:
+    """Where a run stands. Saved in training_state.pt as a plain dict (as_dict)."""
+    unit: int = 0  # units (epochs, or steps with num_steps) finished
+    val_done: bool = False  # the current unit has been validated
+    partial: list = field(default_factory=list)  # loss dicts of the current unit's batches
+    unit_steps: int = 0  # optimizer steps taken in the current unit
+    loader_epoch: int = 0  # pass over the training episodes the loader is in
+    batches_done: int = 0  # batches taken from that pass
+    step: int = 0  # optimizer steps taken in all
+    train_history: list = field(default_factory=list)  # [(unit, {loss key: mean})]
+    validation_history: list = field(default_factory=list)  # [(unit, {loss key: mean})]
+    best: tuple = None  # (unit, validation loss, CPU state dict) of the lowest validation loss
+
+    def as_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+################################ Small helpers ################################
+
+def set_seed(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def compute_dict_mean(epoch_dicts):
+    """Mean of each key over a list of dicts of numbers or tensors."""
+    return {k: sum(d[k] for d in epoch_dicts) / len(epoch_dicts) for k in epoch_dicts[0]}
+
+
+def detach_dict(d):
+    return {k: v.detach() for k, v in d.items()}
+
+
+def rng_states():
+    states = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()}
+    if torch.cuda.is_available():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states['torch'])
+    np.random.set_state(states['numpy'])
+    random.setstate(states['python'])
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+def cpu_copy(obj):
+    """Deep copy of a (nested) checkpoint object with every tensor cloned to the CPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        copy = type(obj)((k, cpu_copy(v)) for k, v in obj.items())
+        if hasattr(obj, '_metadata'):  # state_dict versions, part of the checkpoint format
+            copy._metadata = obj._metadata
+        return copy
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+def lr_factor(step, schedule, warmup_steps, total_steps):
+    """Multiplier of the base learning rates at optimizer step `step` (0-based)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == 'cosine':
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def forward_pass(data, policy, device):
+    """A batch (image uint8 (B, [To,] K, H, W, 3), qpos, action, is_pad) -> the policy's loss dict."""
+    image, qpos, action, is_pad = data
+    image = image_to_tensor(image, device)  # (B, [To,] K, 3, H, W) float in [0, 1]
+    return policy(qpos.to(device, non_blocking=True), image, action.to(device, non_blocking=True),
+                  is_pad.to(device, non_blocking=True))
+
+
+def fused_adam(optimizer, device):
+    """The policy's Adam/AdamW rebuilt with the fused implementation on CPU and CUDA: the same
+    update rule and settings, several times faster than the default loop over tensors."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or device.split(':')[0] not in ('cpu', 'cuda'):
+        return optimizer
+    accepted = inspect.signature(type(optimizer)).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    groups = [{**group, 'fused': True, 'foreach': None} for group in optimizer.param_groups]
+    return type(optimizer)(groups, **{**defaults, 'fused': True, 'foreach': None})
+
+
+def to_channels_last(module):
+    """Store convolution weights channels-last: with channels-last images (image_to_tensor) the
+    convolutions run markedly faster on CPU and on GPU tensor cores."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.to(memory_format=torch.channels_last)
+
+
+def plot_history(train_history, validation_history, ckpt_dir, seed, unit='epoch'):
+    """One PNG per loss key: train_val_{key}_seed_{seed}.png. Histories are lists of (unit index, {key: value})."""
+    from matplotlib.figure import Figure
+    if not train_history:
+        return
+    for key in train_history[0][1]:
+        fig = Figure()
+        ax = fig.subplots()
+        for label, history in (('train', train_history), ('validation', validation_history)):
+            ax.plot([u for u, _ in history], [summary[key] for _, summary in history], label=label)
+        ax.set_xlabel(unit)
+        ax.legend()
+        ax.set_title(key)
+        fig.tight_layout()
+        path = os.path.join(ckpt_dir, f'train_val_{key}_seed_{seed}.png')
+        atomic_save(fig, path, lambda f, file: f.savefig(file, format='png'))
+    tqdm.write(f'Saved plots to {ckpt_dir}')
+
+
+class StopSignal:
+    """Turns the first Ctrl-C / SIGTERM into a request to stop after the current optimizer step;
+    a second one stops at once."""
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write('\nStopping after this step; saving the training state (press Ctrl-C again to stop at once)')
+
+
+def run_settings(config, step_mode):
+    """What a resumed run must share with the run that wrote the training state."""
+    settings = {k: config[k] for k in RESUME_KEYS}
+    policy_config = resolve_policy_config(config['policy_class'], config['policy_config'])
+    settings['policy_config'] = {k: v for k, v in policy_config.items() if k not in INITIAL_WEIGHT_KEYS}
+    settings['step_mode'] = step_mode
+    return settings
+
+
+################################ The trainer ################################
+
+class Trainer:
+    """The training loop of train_bc. Progress is counted in units: epochs, or optimizer steps
+    with num_steps. Each unit validates first (every validate_every units), then trains."""
+
+    def __init__(self, train_dataloader, val_dataloader, config):
+        self.config, self.device = config, config['device']
+        self.train_loader, self.val_loader = train_dataloader, val_dataloader
+        self.rank, self.world_size = config['rank'], config['world_size']
+        self.step_mode = config['num_steps'] is not None
+        self.num_units = config['num_steps'] if self.step_mode else config['num_epochs']
+        self.unit_name = 'step' if self.step_mode else 'epoch'
+        self.grad_accum = config['grad_accum']
+        sampler = train_dataloader.sampler
+        self.batches_per_epoch = -(-sampler.per_rank() // train_dataloader.batch_size)
+        self.steps_per_epoch = -(-self.batches_per_epoch // self.grad_accum)
+        self.state_path = os.path.join(config['ckpt_dir'], TRAINING_STATE)
+        self._build_model()
+        self.progress = Progress()
+        self._batches = None
+        if config['resume']:
+            self.load_state()
+
+    def _build_model(self):
+        config = self.config
+        set_seed(config['seed'])
+        # a resumed run's training state replaces the initial weights, ImageNet ones included
+        self.policy = make_policy(config['policy_class'], config['policy_config'], load_pretrained=not config['resume'])
+        self.policy.to(self.device)
+        to_channels_last(self.policy)
+        self.optimizer = fused_adam(self.policy.configure_optimizers(), self.device)
+        total = self.num_units if self.step_mode else self.num_units * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config['lr_schedule'], config['warmup_steps'], total))
+        self.scaler = torch.amp.GradScaler('cuda', enabled=config['amp'] == 'fp16')
+        self.model = self.policy
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            device_ids = [torch.device(self.device).index] if self.device.startswith('cuda') else None
+            # unused parameters: the original ACT computes is_pad_head and decoder layers that get no gradient
+            self.model = DistributedDataParallel(self.policy, device_ids=device_ids, broadcast_buffers=False,
+                                                 find_unused_parameters=True)
+
+    ### training state
+    def save_state(self):
+        """Write the full training state (rank 0; every rank contributes its RNG states)."""
+        rngs = [rng_states()]
+        if self.world_size > 1:
+            rngs = [None] * self.world_size
+            torch.distributed.all_gather_object(rngs, rng_states())
+        if self.rank != 0:
+            return
+        state = {'model': self.policy.serialize(), 'optimizer': self.optimizer.state_dict(),
+                 'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
+                 'progress': self.progress.as_dict(), 'rng': rngs, 'run': run_settings(self.config, self.step_mode)}
+        atomic_save(state, self.state_path)
+
+    def load_state(self):
+        if not os.path.isfile(self.state_path):
+            raise FileNotFoundError(f'--resume: no training state at {self.state_path}')
+        state = torch.load(self.state_path, map_location='cpu', weights_only=False)
+        then, now = dict(state['run']), run_settings(self.config, self.step_mode)
+        if isinstance(then.get('policy_config'), dict):  # compared complete, whatever the writer left to defaults
+            resolved = resolve_policy_config(then['policy_class'], then['policy_config'])
+            then['policy_config'] = {k: v for k, v in resolved.items() if k not in INITIAL_WEIGHT_KEYS}
+        differ = [k for k in now if then.get(k) != now[k]]
+        if differ:
+            raise ValueError(f'--resume: {self.state_path} was written with different settings: ' + '; '.join(
+                f'{k}: {then.get(k)!r} then, {now[k]!r} now' for k in differ))
+        self.policy.deserialize(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.progress = Progress(**state['progress'])
+        set_rng_states(state['rng'][self.rank])
+        if self.rank == 0:
+            print(f"Resumed from {self.state_path} at {self.unit_name} {self.progress.unit}")
+
+    ### data
+    def next_batch(self):
+        """The next training batch; passes over the episodes follow one another (loader epochs)."""
+        p = self.progress
+        while True:
+            if self._batches is None:
+                self.train_loader.sampler.set_epoch(p.loader_epoch, p.batches_done * self.train_loader.batch_size)
+                self._batches = iter(self.train_loader)
+            batch = next(self._batches, None)
+            if batch is not None:
+                p.batches_done += 1
+                return batch
+            p.loader_epoch, p.batches_done, self._batches = p.loader_epoch + 1, 0, None
+
+    def group_size(self):
+        """Micro-batches in the next optimizer step: an epoch's last step takes what is left."""
+        if self.step_mode:
+            return self.grad_accum
+        return min(self.grad_accum, self.batches_per_epoch - self.progress.batches_done)
+
+    ### one optimizer step
+    def train_step(self):
+        n = self.group_size()
+        for i in range(n):
+            sync = self.model.no_sync() if self.world_size > 1 and i < n - 1 else contextlib.nullcontext()
+            with sync, autocast(self.device.split(':')[0], self.config['amp']):
+                forward_dict = forward_pass(self.next_batch(), self.model, self.device)
+            self.scaler.scale(forward_dict['loss'] / n).backward()
+            self.progress.partial.append({k: v.item() for k, v in detach_dict(forward_dict).items()})
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        self.scheduler.step()
+        self.policy.post_step()
+        self.progress.step += 1
+        self.progress.unit_steps += 1
+
+    ### validation
+    def validate(self):
+        p = self.progress
+        self.policy.eval()
+        self.val_loader.sampler.set_epoch(p.unit)
+        with torch.inference_mode(), autocast(self.device.split(':')[0], self.config['amp']):
+            dicts = [{k: v.item() for k, v in forward_pass(data, self.policy, self.device).items()}
+                     for data in self.val_loader]
+        summary = self.mean_over_ranks(compute_dict_mean(dicts))
+        self.policy.train()
+        p.validation_history.append((p.unit, summary))
+        p.val_done = True
+        if p.best is None or summary['loss'] < p.best[1]:
+            p.best = (p.unit, summary['loss'], cpu_copy(self.policy.serialize()))
+        return summary
+
+    def mean_over_ranks(self, summary):
+        if self.world_size == 1:
+            return summary
+        values = torch.tensor([summary[k] for k in summary], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        return {k: v / self.world_size for k, v in zip(summary, values.tolist())}
+
+    def stop_requested(self, stop):
+        flag = torch.tensor([stop.signum or 0])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag)
+
+    ### the loop
+    def run(self, log):
+        p = self.progress
+        self.policy.train()
+        with StopSignal() as stop:
+            while p.unit < self.num_units:
+                if not p.val_done and p.unit % self.config['validate_every'] == 0:
+                    log.validation(p.unit, self.validate())
+                while not self.unit_done():
+                    self.train_step()
+                    signum = self.stop_requested(stop)
+                    if signum:
+                        self.save_state()
+                        raise TrainingInterrupted(signum, self.state_path)
+                self.finish_unit(log)
+
+    def unit_done(self):
+        p = self.progress
+        return p.unit_steps == 1 if self.step_mode else p.batches_done == self.batches_per_epoch
+
+    def finish_unit(self, log):
+        p = self.progress
+        u = p.unit
+        summary = compute_dict_mean(p.partial)
+        p.train_history.append((u, summary))
+        p.unit, p.val_done, p.partial, p.unit_steps = u + 1, False, [], 0
+        if not self.step_mode:  # the next epoch is the next pass over the episodes
+            p.loader_epoch, p.batches_done, self._batches = p.loader_epoch + 1, 0, None
+        log.train(u, summary, self.scheduler.get_last_lr()[0])
+        if u % self.config['save_every'] == 0:
+            self.save_checkpoint(f'policy_{self.unit_name}_{u}_seed_{self.config["seed"]}.ckpt',
+                                 self.policy.serialize())
+            if self.rank == 0:
+                plot_history(p.train_history, p.validation_history, self.config['ckpt_dir'],
+                             self.config['seed'], self.unit_name)
+            self.save_state()
+
+    def save_checkpoint(self, name, obj):
+        if self.rank == 0:
+            atomic_save(obj, os.path.join(self.config['ckpt_dir'], name))
+
+    def finish(self):
+        """The original's end-of-training files; returns (best unit, min val loss, best state dict)."""
+        p, seed = self.progress, self.config['seed']
+        self.save_checkpoint('policy_last.ckpt', self.policy.serialize())
+        best_unit, min_val_loss, best_state_dict = p.best
+        self.save_checkpoint(f'policy_{self.unit_name}_{best_unit}_seed_{seed}.ckpt', best_state_dict)
+        self.save_state()
+        if self.rank == 0:
+            print(f'Training finished:\nSeed {seed}, val loss {min_val_loss:.6f} at {self.unit_name} {best_unit}')
+            plot_history(p.train_history, p.validation_history, self.config['ckpt_dir'], seed, self.unit_name)
+        return best_unit, min_val_loss, best_state_dict
+
+
+class Log:
+    """Console (the original's messages), tqdm bar and optional wandb, on rank 0 only."""
+
+    def __init__(self, config, trainer):
+        self.enabled = config['rank'] == 0
+        self.trainer = trainer
+        self.unit_name = trainer.unit_name
+        self.print_every = config['validate_every'] if trainer.step_mode else 1
+        self.bar = tqdm(total=trainer.num_units, initial=trainer.progress.unit, desc=self.unit_name,
+                        disable=not self.enabled)
+        self.wandb = init_wandb(config) if config['wandb'] and self.enabled else None
+        self.val_loss = None
+
+    def validation(self, unit, summary):
+        if not self.enabled:
+            return
+        tqdm.write(f'\n{self.unit_name.capitalize()} {unit}')
+        tqdm.write(f"Val loss:   {summary['loss']:.5f}")
+        tqdm.write(' '.join(f'{k}: {v:.3f}' for k, v in summary.items()))
+        self.val_loss = summary['loss']
+        if self.wandb:
+            self.wandb.log({f'val/{k}': v for k, v in summary.items()}, step=self.trainer.progress.step)
+
+    def train(self, unit, summary, lr):
+        if not self.enabled:
+            return
+        self.bar.update(1)
+        postfix = {'loss': f"{summary['loss']:.4f}"}
+        if self.val_loss is not None:
+            postfix['val'] = f'{self.val_loss:.4f}'
+        self.bar.set_postfix(postfix)
+        if (unit + 1) % self.print_every == 0:
+            recent = [s for u, s in self.trainer.progress.train_history[-self.print_every:]]
+            mean = compute_dict_mean(recent)
+            tqdm.write(f"Train loss: {mean['loss']:.5f}")
+            tqdm.write(' '.join(f'{k}: {v:.3f}' for k, v in mean.items()))
+        if self.wandb:
+            self.wandb.log({**{f'train/{k}': v for k, v in summary.items()}, 'lr': lr},
+                           step=self.trainer.progress.step)
+
+    def close(self):
+        self.bar.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def init_wandb(config):
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError('--wandb needs the wandb package: pip install wandb') from None
+    return wandb.init(project='act', name=os.path.basename(os.path.normpath(config['ckpt_dir'])),
+                      config={k: v for k, v in config.items() if k != 'policy_config'} | config['policy_config'])
+
+
+def train_bc(train_dataloader, val_dataloader, config):
+    """Train config['policy_class'] -> (best epoch, its validation loss, its state dict)."""
+    config = {**TRAIN_DEFAULTS, **config}
+    trainer = Trainer(train_dataloader, val_dataloader, config)
+    log = Log(config, trainer)
+    try:
+        trainer.run(log)
+    finally:
+        log.close()
+    return trainer.finish()
