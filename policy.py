@@ -4,8 +4,9 @@ behind one small interface, `Policy`.
 Every policy is called as `policy(qpos, image, actions=None, is_pad=None)`, as the original's:
     qpos (B, state_dim) normalised, image (B, num_cams, 3, H, W) float in [0, 1],
     actions (B, T, action_dim) normalised, is_pad (B, T) bool.
-With actions it returns a dict of scalar losses including 'loss'; without, the action chunk
-(B, num_queries, action_dim). ACT and CNNMLP checkpoints are plain `state_dict()`s, the original's format:
+With actions it returns a dict of scalar losses including 'loss'; without, its inference output:
+the action chunk (B, num_queries, action_dim) (CNNMLP: the single action (B, action_dim), as the
+original). ACT and CNNMLP checkpoints are plain `state_dict()`s, the original's format:
 `torch.save(policy.serialize(), path)` and `policy.deserialize(torch.load(path))`.
 """
 import os
@@ -286,6 +287,13 @@ class CNNMLPPolicy(_DETRPolicy):
         if tuple(image.shape[-2:]) != self.model.image_size:
             raise ValueError(f'CNNMLP was built for {self.model.image_size[0]}x{self.model.image_size[1]} images '
                              f'(policy_config image_size), got {image.shape[-2]}x{image.shape[-1]}')
+
+    def forward(self, qpos, image, actions=None, is_pad=None):
+        """Training: {'mse', 'loss'}. Inference: the action (B, A)."""
+        if actions is not None:
+            return self.loss(qpos, image, actions, is_pad)
+        # NOTE(faithful): the original returns one action (B, A), not a chunk of one.
+        return self.action_chunk(qpos, image)[:, 0]
 
     def action_chunk(self, qpos, image):
         """-> (B, 1, A): the predicted action as a chunk of one."""

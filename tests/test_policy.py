@@ -190,7 +190,9 @@ def test_cnnmlp_shapes_and_loss():
         a_hat = policy.model(qpos, policy.normalize(image))
     assert torch.allclose(losses['mse'], F.mse_loss(a_hat, actions[:, 0]), atol=1e-6)
     assert torch.equal(losses['loss'], losses['mse'])
-    assert torch.allclose(policy(qpos, image), a_hat.unsqueeze(1), atol=1e-6)
+    assert policy(qpos, image).shape == (2, 10)  # the original's inference output: one action per sample
+    assert torch.allclose(policy(qpos, image), a_hat, atol=1e-6)
+    assert torch.allclose(policy.action_chunk(qpos, image), a_hat.unsqueeze(1), atol=1e-6)  # what evaluation plays
     with pytest.raises(ValueError, match='392x392'):
         policy(qpos, torch.rand(2, 1, 3, 400, 400))
 
