@@ -23,7 +23,7 @@ from episodes import atomic_write, episode_path, frame_shape, open_episode, read
 
 ### Data settings (the original's values)
 TRAIN_RATIO = 0.8  # share of the episodes used for training; the rest validate
-STD_CLIP = (1e-2, 10)  # NOTE(faithful): the original clips stds to this range, the upper bound too
+STD_MIN = 1e-2  # NOTE(faithful): the original clips stds from below only, so a constant joint does not divide by 0
 MINMAX_EPS = 1e-4  # widening of action_min / action_max so [-1, 1]-scaled targets stay inside
 PRELOAD_MEMORY_SHARE = 0.5  # preload='auto' preloads frames taking less than this share of free memory
 STATS_KEYS = ('qpos_mean', 'qpos_std', 'action_mean', 'action_std')  # what every dataset_stats.pkl holds
@@ -35,8 +35,8 @@ ACTION_NORMALIZATIONS = ('mean_std', 'min_max')
 def get_norm_stats(dataset_dir, num_episodes):
     """Normalisation statistics over all steps of episodes 0..num_episodes-1.
 
-    Returns action_mean, action_std, qpos_mean, qpos_std (each (D,) float32; stds clipped to
-    [1e-2, 10]), action_min, action_max ((A,), widened by MINMAX_EPS; used by Diffusion) and example_qpos.
+    Returns action_mean, action_std, qpos_mean, qpos_std (each (D,) float32; stds clipped
+    below at 1e-2), action_min, action_max ((A,), widened by MINMAX_EPS; used by Diffusion) and example_qpos.
     """
     episodes = [read_low_dim(episode_path(dataset_dir, i)) for i in range(num_episodes)]
     check_dims(dataset_dir, episodes)
@@ -45,7 +45,7 @@ def get_norm_stats(dataset_dir, num_episodes):
     stats = {}
     for name, data in (('action', all_action), ('qpos', all_qpos)):
         stats[f'{name}_mean'] = data.mean(dim=0).numpy()
-        stats[f'{name}_std'] = torch.clip(data.std(dim=0), *STD_CLIP).numpy()
+        stats[f'{name}_std'] = torch.clip(data.std(dim=0), min=STD_MIN).numpy()
     stats['action_min'] = all_action.min(dim=0).values.numpy() - MINMAX_EPS
     stats['action_max'] = all_action.max(dim=0).values.numpy() + MINMAX_EPS
     # NOTE(faithful): the original stores the whole qpos trajectory of the last episode here.

@@ -156,9 +156,9 @@ def test_norm_stats_match_hand_computation(tmp_path):
     last_qpos = qpos[-1]
     qpos, action = np.concatenate(qpos), np.concatenate(action)
     np.testing.assert_allclose(stats['qpos_mean'], qpos.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(stats['qpos_std'], np.clip(qpos.std(0, ddof=1), 1e-2, 10), rtol=1e-5)
+    np.testing.assert_allclose(stats['qpos_std'], np.maximum(qpos.std(0, ddof=1), 1e-2), rtol=1e-5)
     np.testing.assert_allclose(stats['action_mean'], action.mean(0), rtol=1e-5, atol=1e-6)
-    expected_std = np.clip(action.std(0, ddof=1), 1e-2, 10)
+    expected_std = np.maximum(action.std(0, ddof=1), 1e-2)
     np.testing.assert_allclose(stats['action_std'], expected_std, rtol=1e-5)
     assert stats['action_std'][2] > 0.01 or expected_std[2] == 0.01
     np.testing.assert_allclose(stats['action_min'], action.min(0) - data.MINMAX_EPS, rtol=1e-6)
@@ -174,6 +174,20 @@ def test_std_clipped_for_constant_dimension(tmp_path):
             root['/action'][:, 5] = 1.0
     stats = data.get_norm_stats(str(tmp_path), 2)
     assert stats['action_std'][5] == pytest.approx(1e-2)
+
+
+def test_large_stds_are_not_clipped(tmp_path):
+    """Joints in degrees or millimetres: stds far above 10 stay as they are, as in the original."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_episode(str(tmp_path / f'episode_{i}.hdf5'), seed=i)
+        with h5py.File(tmp_path / f'episode_{i}.hdf5', 'a') as root:
+            root['/action'][:, 0] = rng.normal(0, 50, size=20)
+            root['/observations/qpos'][:, 1] = rng.normal(90, 50, size=20)
+    stats = data.get_norm_stats(str(tmp_path), 3)
+    assert 35 < stats['action_std'][0] < 65 and 35 < stats['qpos_std'][1] < 65
+    dataset = data.EpisodicDataset([0], str(tmp_path), ['top'], stats)
+    assert np.abs(dataset.actions[0][:, 0]).max() < 4  # standardised, not divided by 10
 
 
 def test_diffusion_targets_scaled_to_unit_range(tiny_dataset):
