@@ -5,7 +5,8 @@ Each gripper link is welded to a mocap body that follows the commanded pose. The
 the joint environment's (sim_env.py) plus:
     mocap_pose_left, mocap_pose_right  (7,) current mocap poses (the scripted policy starts there)
     gripper_ctrl                       (4,) finger position targets (replayed in joint space)
-Objects and rewards are those of the joint environment.
+Objects and rewards are those of the joint environment; a new pose is drawn at every reset unless
+one is handed over with env.task.set_object_pose (sim_env.BOX_POSE is not read here).
 """
 import numpy as np
 
@@ -23,6 +24,9 @@ POSE_DIM = 7  # xyz + quaternion
 
 class BimanualViperXEETask:
     """Mixin over a joint-space task: mocap control, closed grippers at start, extra observations."""
+    # The original's EE tasks draw a fresh object pose at every reset: the BOX_POSE[0] that its
+    # record loop sets for the joint replay must not reach them.
+    reads_legacy_box_pose = False
 
     def initialize_robots(self, physics):
         physics.data.qpos[:sim_env.ROBOT_QPOS_DIM] = sim_env.START_ARM_POSE

@@ -235,6 +235,7 @@ class BimanualViperXTask(base.Task):
     max_reward = 4
     reward_fn = None  # pairs -> stage
     sample_pose = None  # rng -> pose or tuple of poses
+    reads_legacy_box_pose = True  # the original's joint tasks took their objects from BOX_POSE[0]
 
     def __init__(self, cameras=None, image_size=DEFAULT_IMAGE_SIZE, random=None):
         super().__init__(random=random)
@@ -251,7 +252,7 @@ class BimanualViperXTask(base.Task):
         if self._next_object_pose is not None:
             pose, self._next_object_pose = self._next_object_pose, None
             return pose
-        if BOX_POSE[0] is not None:
+        if self.reads_legacy_box_pose and BOX_POSE[0] is not None:
             warnings.warn('sim_env.BOX_POSE is deprecated: call env.task.set_object_pose(pose) '
                           'before env.reset()', DeprecationWarning, stacklevel=3)
             return np.asarray(BOX_POSE[0], dtype=np.float64).reshape(-1)

@@ -113,6 +113,20 @@ def test_legacy_box_pose_is_honoured(legacy_box_pose):
     np.testing.assert_allclose(obs['env_state'], [0.05, 0.45, 0.05, 1, 0, 0, 0])
 
 
+def test_original_record_loop_draws_a_new_pose_every_episode(legacy_box_pose):
+    """The original's loop: a fresh EE env and reset, then BOX_POSE[0] = its pose for the joint replay."""
+    poses = []
+    for _ in range(3):
+        ee_env = make_ee_sim_env('sim_transfer_cube_scripted', camera_names=[])
+        start = ee_env.reset().observation['env_state'].copy()
+        poses.append(start)
+        sim_env.BOX_POSE[0] = start
+        with pytest.warns(DeprecationWarning, match='set_object_pose'):
+            replay = sim_env.make_sim_env('sim_transfer_cube_scripted', camera_names=[]).reset()
+        np.testing.assert_allclose(replay.observation['env_state'], start)  # the replay honours it
+    assert len({tuple(np.round(p[:3], 6)) for p in poses}) == 3
+
+
 def test_pose_ranges():
     rng = np.random.default_rng(0)
     boxes = np.array([sim_env.sample_box_pose(rng) for _ in range(200)])
