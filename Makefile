@@ -1,4 +1,4 @@
-# Two commands set everything up: `make demo` and `make test`.
+# Two commands set everything up: `make demo` and `make test`; `make bench` runs the benchmarks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
@@ -18,6 +18,10 @@ test: $(VENV)/.installed
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
+
+# The benchmark suite, one JSON object on stdout (BENCH_ARGS: e.g. --only train_step, or --smoke)
+bench: $(VENV)/.installed
+	$(PY) -m bench $(BENCH_ARGS)
 
 DEMO_DIR := demo
 DEMO_TASK := sim_transfer_cube_scripted

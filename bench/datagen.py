@@ -7,22 +7,18 @@ Measures, at the full 480x640 'top' camera of sim_transfer_cube_scripted:
 and, with cameras off (physics only), the scripted success count over the full 50-episode
 transfer-cube and insertion sets. Load averages are reported to show whether the CPU was shared.
 
-    .venv/bin/python bench/datagen.py [--episodes 2] [--parallel_episodes 4] [--success_episodes 50]
+    python -m bench.datagen [--episodes 2] [--parallel_episodes 4] [--success_episodes 50]
 """
 import argparse
-import contextlib
-import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import record_sim_episodes  # noqa: E402
-from constants import get_sim_task_config  # noqa: E402
+import record_sim_episodes
+from bench.common import machine_report, print_report, stdout_to_stderr
+from constants import get_sim_task_config
 
 TASK = 'sim_transfer_cube_scripted'
 SUCCESS_TASKS = ('sim_transfer_cube_scripted', 'sim_insertion_scripted')
@@ -38,7 +34,7 @@ def timed_recording(work_dir, name, num_episodes, num_workers, compress):
     """Record into work_dir/name -> (wall seconds, CPU seconds, per-episode results, bytes per file)."""
     dataset_dir = os.path.join(work_dir, name)
     start, start_cpu = time.time(), cpu_seconds()
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON report
+    with stdout_to_stderr():  # keep stdout for the JSON report
         results = record_sim_episodes.main({
             'task_name': TASK, 'dataset_dir': dataset_dir, 'num_episodes': num_episodes, 'seed': 0,
             'num_workers': num_workers, 'camera_names': None, 'image_size': [480, 640], 'compress': compress,
@@ -59,7 +55,7 @@ def scripted_success(task_name, num_episodes):
 
 
 def main(args):
-    report = {'load_avg_start': os.getloadavg(), 'cpu_count': os.cpu_count()}
+    report = machine_report()
     work_dir = tempfile.mkdtemp(prefix='datagen_bench_')
     try:
         if args['episodes']:
@@ -83,8 +79,7 @@ def main(args):
         successes, seconds = scripted_success(task_name, args['success_episodes'])
         report[f'{task_name}_success'] = f"{successes} / {args['success_episodes']}"
         report[f'{task_name}_physics_only_s'] = seconds
-    report['load_avg_end'] = os.getloadavg()
-    print(json.dumps(report, indent=1))
+    print_report(report)
     return report
 
 

@@ -4,45 +4,24 @@ training step at batch 8, one camera at 480x640.
 ACT (README config) and Diffusion queries alternate in the same run, so a CPU shared with other
 work slows both alike; the ratio is the figure to read. Prints one JSON object; medians in ms.
 
-    .venv/bin/python bench/diffusion_latency.py
-    .venv/bin/python bench/diffusion_latency.py --chunk_size 16 --skip_train --threads 1
+    python -m bench.diffusion_latency
+    python -m bench.diffusion_latency --chunk_size 16 --skip_train --threads 1
 """
 import argparse
-import json
-import os
-import platform
-import statistics
-import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from diffusion_policy import DiffusionPolicy  # noqa: E402
+from bench.common import alternate, machine_report, print_report, readme_act_config
+from diffusion_policy import DiffusionPolicy
+from policy import ACTPolicy
 
-### The README's ACT config (sim tasks, one camera), the reference for the query latency
-ACT_CONFIG = {
-    'lr': 1e-5, 'kl_weight': 10, 'hidden_dim': 512, 'dim_feedforward': 3200, 'lr_backbone': 1e-5,
-    'backbone': 'resnet18', 'enc_layers': 4, 'dec_layers': 7, 'nheads': 8, 'pretrained_backbone': False,
-}
-STATE_DIM = 14
+STATE_DIM = 14  # the sim tasks' qpos and action size
 
 
-def timed_ms(fn):
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1000
-
-
-def alternate(fns, reps):
-    """Run each fn once to warm up, then all in turn `reps` times; median ms per fn."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(timed_ms(fn))
-    return {name: round(statistics.median(t), 1) for name, t in times.items()}
+def wall_medians(fns, reps):
+    """Median wall milliseconds of each of {name: fn}, alternated."""
+    medians, _ = alternate(fns, reps)
+    return {name: m['wall_ms'] for name, m in medians.items()}
 
 
 def inputs(batch, chunk, image_hw):
@@ -62,18 +41,8 @@ def train_step_fn(policy):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(policy, 'post_step'):
-            policy.post_step()
+        policy.post_step()
     return step
-
-
-def make_act(chunk):
-    try:
-        from policy import ACTPolicy
-    except ImportError as err:
-        print(f'ACT not available ({err}); timing Diffusion alone', file=sys.stderr)
-        return None
-    return ACTPolicy(dict(ACT_CONFIG, num_queries=chunk, camera_names=['top'])).eval()
 
 
 def main(args):
@@ -84,32 +53,25 @@ def main(args):
     diffusion = DiffusionPolicy({'camera_names': ['top'], 'num_queries': chunk, 'state_dim': STATE_DIM,
                                  'action_dim': STATE_DIM, 'scheduler': args['scheduler'],
                                  'num_inference_steps': args['num_inference_steps']}).eval()
-    act = make_act(chunk)
+    act = ACTPolicy(readme_act_config(num_queries=chunk)).eval()
     report = {'config': f'1 camera {image_hw[0]}x{image_hw[1]}, qpos 14, chunk {chunk}, Diffusion '
                         f'{args["scheduler"]} {args["num_inference_steps"]} steps, down_dims 256/512/1024; '
-                        f'ACT README config',
-              'torch': torch.__version__, 'threads': torch.get_num_threads(),
-              'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'machine': platform.machine(),
-              'load_avg_start': os.getloadavg()[0]}
+                        f'ACT README config', **machine_report()}
     qpos, image, _, _ = inputs(1, chunk, image_hw)
-    fns = {'diffusion': lambda: diffusion(qpos, image)}
-    if act is not None:
-        fns['act'] = lambda: act(qpos, image)
     with torch.inference_mode():
-        query = alternate(fns, args['reps'])
+        query = wall_medians({'diffusion': lambda: diffusion(qpos, image), 'act': lambda: act(qpos, image)},
+                             args['reps'])
     report['query_ms'] = query
-    if act is not None:
-        report['query_ratio_diffusion_to_act'] = round(query['diffusion'] / query['act'], 2)
+    report['query_ratio_diffusion_to_act'] = round(query['diffusion'] / query['act'], 2)
     if not args['skip_train']:
         batch = inputs(args['batch_size'], chunk, image_hw)
         steps = {'diffusion': train_step_fn(diffusion.train())}
-        if act is not None and not args['skip_act_train']:
+        if not args['skip_act_train']:
             steps['act'] = train_step_fn(act.train())
-        report['train_step_ms'] = alternate({k: (lambda s=s: s(*batch)) for k, s in steps.items()},
-                                            args['train_reps'])
+        report['train_step_ms'] = wall_medians({k: (lambda s=s: s(*batch)) for k, s in steps.items()},
+                                               args['train_reps'])
         report['train_batch_size'] = args['batch_size']
-    report['load_avg_end'] = os.getloadavg()[0]
-    print(json.dumps(report, indent=2))
+    print_report(report)
 
 
 if __name__ == '__main__':

@@ -5,25 +5,21 @@ The policy is an untrained ACT of the given size (speed does not depend on the w
 setting runs one rollout per worker, so `steps_per_s` is the throughput of the whole evaluation
 including worker start-up, and `rollout_steps_per_s` the speed inside one rollout.
 
-    python bench/eval_rollout.py                                   # README model size, 480x640
-    python bench/eval_rollout.py --image_size 240 320 --hidden_dim 256 --dim_feedforward 1024
+    python -m bench.eval_rollout                                   # README model size, 480x640
+    python -m bench.eval_rollout --image_size 240 320 --hidden_dim 256 --dim_feedforward 1024
 """
 import argparse
-import contextlib
-import json
 import os
 import pickle
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from constants import get_sim_task_config  # noqa: E402
-from evaluate import rollout_results  # noqa: E402
+from bench.common import machine_report, print_report, stdout_to_stderr
+from constants import get_sim_task_config
+from evaluate import rollout_results
 
 
 def write_checkpoint(ckpt_dir, policy_config, state_dim):
@@ -52,20 +48,6 @@ def eval_config(args, ckpt_dir, temporal_agg, workers):
             'num_rollouts': workers, 'save_video': args['video'], 'eval_workers': workers}
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Progress prints of this process and its workers go to stderr: stdout carries only the JSON."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def measure(config):
     start = time.perf_counter()
     results = list(rollout_results(config, 'policy_best.ckpt'))
@@ -84,8 +66,7 @@ def main(args):
                 for temporal_agg in (False, True) for workers in args['workers']]
     settings = {k: args[k] for k in ('task_name', 'episode_len', 'image_size', 'hidden_dim', 'dim_feedforward',
                                      'chunk_size', 'enc_layers', 'dec_layers', 'nheads', 'device', 'video')}
-    print(json.dumps({'benchmark': 'eval_rollout', 'settings': settings, 'torch_threads': torch.get_num_threads(),
-                      'cpu_count': os.cpu_count(), 'runs': runs}, indent=1))
+    print_report({'benchmark': 'eval_rollout', 'settings': settings, **machine_report(), 'runs': runs})
 
 
 if __name__ == '__main__':

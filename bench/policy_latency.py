@@ -6,81 +6,26 @@ same run, alternating with the optimised policy, so a CPU shared with other work
 Prints one JSON object: medians of wall-clock and process CPU milliseconds (with --threads 1 the
 CPU-time ratio hardly depends on other work sharing the CPU).
 
-    .venv/bin/python bench/policy_latency.py                 # README config, CPU (+ CUDA if present)
-    .venv/bin/python bench/policy_latency.py --skip_train --reps 5
+    python -m bench.policy_latency                 # README config, CPU (+ CUDA if present)
+    python -m bench.policy_latency --skip_train --reps 5
 """
 import argparse
 import copy
-import json
-import os
-import platform
-import statistics
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detr.reference import original_forward, original_trunk  # noqa: E402
-from detr.resnet import FrozenBatchNorm2d  # noqa: E402
-from policy import ACTPolicy, CNNMLPPolicy, kl_divergence  # noqa: E402
+from bench.common import alternate, machine_report, print_report, readme_act_config, speedups
+from detr.reference import original_forward, original_trunk, randomise_batch_norm
+from policy import ACTPolicy, CNNMLPPolicy, kl_divergence
 
-### The README's ACT config (sim tasks, one camera)
-README_ACT_CONFIG = {
-    'lr': 1e-5, 'num_queries': 100, 'kl_weight': 10, 'hidden_dim': 512, 'dim_feedforward': 3200,
-    'lr_backbone': 1e-5, 'backbone': 'resnet18', 'enc_layers': 4, 'dec_layers': 7, 'nheads': 8,
-    'camera_names': ['top'], 'pretrained_backbone': False,
-}
 CNNMLP_CONFIG = {'lr': 1e-5, 'lr_backbone': 1e-5, 'backbone': 'resnet18', 'num_queries': 1,
                  'camera_names': ['top'], 'pretrained_backbone': False}
 
 
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    """Wall-clock and process CPU milliseconds of one call, and its output."""
-    sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    sync(device)
-    return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000, out
-
-
-def alternate(fns, reps, device, warmup=1):
-    """Run each fn in turn `reps` times (after warm-up).
-
-    Returns {name: {'wall_ms', 'cpu_ms'}} medians and {name: last output}.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: {'wall_ms': [], 'cpu_ms': []} for name in fns}
-    outs = {}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            wall, cpu, outs[name] = timed(fn, device)
-            times[name]['wall_ms'].append(wall)
-            times[name]['cpu_ms'].append(cpu)
-    return {name: {k: round(statistics.median(v), 1) for k, v in t.items()} for name, t in times.items()}, outs
-
-
-def speedups(medians, base, new):
-    return {f'speedup_{k[:-3]}': round(medians[base][k] / medians[new][k], 2) for k in ('wall_ms', 'cpu_ms')}
-
-
-def randomise_batch_norm(module):
-    """Non-trivial frozen batch-norm statistics, as a trained trunk has (fresh ones are the identity)."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, FrozenBatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.2, 2.0)
+def syncer(device):
+    """What alternate() calls to wait for the device (None on the CPU)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else None
 
 
 def unoptimised_copy(policy):
@@ -116,13 +61,14 @@ def bench_act_query(policy, ref, device, image_hw, reps, with_bf16):
             return original_forward(ref.model, qpos, ref.normalize(image))[0]
 
     fns = {'original': original, 'optimised_fp32': lambda: policy(qpos, image)}
-    medians, outs = alternate(fns, reps, device)
+    medians, outs = alternate(fns, reps, sync=syncer(device))
     result = dict(medians, **speedups(medians, 'original', 'optimised_fp32'),
                   max_abs_diff_fp32=(outs['optimised_fp32'] - outs['original']).abs().max().item(),
                   max_abs_action=outs['original'].abs().max().item())
     if with_bf16:
         policy.cfg['amp'] = 'bf16'
-        bf16, outs_bf16 = alternate({'optimised_bf16': lambda: policy(qpos, image)}, max(2, reps // 3), device)
+        bf16, outs_bf16 = alternate({'optimised_bf16': lambda: policy(qpos, image)}, max(2, reps // 3),
+                                     sync=syncer(device))
         policy.cfg['amp'] = 'off'
         result.update(bf16, speedup_bf16_wall=round(medians['original']['wall_ms'] / bf16['optimised_bf16']['wall_ms'], 2),
                       max_abs_diff_bf16=(outs_bf16['optimised_bf16'] - outs['original']).abs().max().item())
@@ -145,7 +91,7 @@ def bench_act_train(policy, ref, device, image_hw, batch, reps):
         policy(qpos, image, actions, is_pad)['loss'].backward()
         policy.zero_grad(set_to_none=True)
 
-    medians, _ = alternate({'original': original, 'optimised': optimised}, reps, device)
+    medians, _ = alternate({'original': original, 'optimised': optimised}, reps, sync=syncer(device))
     policy.eval()
     ref.eval()
     return dict(medians, batch_size=batch, **speedups(medians, 'original', 'optimised'))
@@ -161,14 +107,15 @@ def bench_cnnmlp_query(device, image_hw, reps):
         with torch.inference_mode():
             return reference_cnnmlp(ref.model, qpos, ref.normalize(image))
 
-    medians, outs = alternate({'original': original, 'optimised': lambda: policy(qpos, image)[:, 0]}, reps, device)
+    medians, outs = alternate({'original': original, 'optimised': lambda: policy(qpos, image)}, reps,
+                               sync=syncer(device))
     return dict(medians, **speedups(medians, 'original', 'optimised'),
                 max_abs_diff=(outs['optimised'] - outs['original']).abs().max().item())
 
 
 def run_device(device, args):
     torch.manual_seed(0)
-    policy = ACTPolicy(README_ACT_CONFIG).to(device).eval()
+    policy = ACTPolicy(readme_act_config()).to(device).eval()
     randomise_batch_norm(policy)
     ref = unoptimised_copy(policy)
     result = {'act_query': bench_act_query(policy, ref, device, args['image_size'], args['reps'],
@@ -186,13 +133,10 @@ def main(args):
         torch.set_num_threads(args['threads'])
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     report = {'config': 'README ACT: 1 camera, qpos 14, chunk 100, hidden 512, ff 3200, 4 enc / 7 dec layers, 8 heads',
-              'image_size': list(args['image_size']), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-              'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'machine': platform.machine(),
-              'load_avg_start': os.getloadavg()[0]}
+              'image_size': list(args['image_size']), **machine_report()}
     for name in devices:
         report[name] = run_device(torch.device(name), args)
-    report['load_avg_end'] = os.getloadavg()[0]
-    print(json.dumps(report, indent=2))
+    print_report(report)
 
 
 if __name__ == '__main__':

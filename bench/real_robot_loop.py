@@ -5,25 +5,21 @@ Two servo-bus emulators on pseudo-terminals (real Protocol 2.0 packets through t
 and four test-pattern cameras at 480x640, 30 fps, each with its grabber thread, stand in for the
 robot; the emulators run in this process, so the figures include their share of the CPU.
 
-    python bench/real_robot_loop.py --steps 500
+    python -m bench.real_robot_loop --steps 500
 """
 import argparse
-import json
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from constants import DT  # noqa: E402
-from real_robot import settings  # noqa: E402
-from real_robot.cameras import Camera, GeneratedSource  # noqa: E402
-from real_robot.dynamixel import DynamixelBot  # noqa: E402
-from real_robot.emulator import ServoBusEmulator  # noqa: E402
-from real_robot.real_env import RealEnv  # noqa: E402
-from real_robot.tasks import CAMERA_NAMES  # noqa: E402
+from bench.common import machine_report, print_report, stdout_to_stderr
+from constants import DT
+from real_robot import settings
+from real_robot.cameras import Camera, GeneratedSource
+from real_robot.dynamixel import DynamixelBot
+from real_robot.emulator import ServoBusEmulator
+from real_robot.real_env import RealEnv
+from real_robot.tasks import CAMERA_NAMES
 
 
 def main(args):
@@ -34,17 +30,26 @@ def main(args):
     cameras = {name: Camera(name, GeneratedSource(seed=i)) for i, name in enumerate(CAMERA_NAMES)}
     for camera in cameras.values():
         camera.wait_first_frame(settings.CAMERA_OPEN_TIMEOUT_S)
-    env = RealEnv(*bots, cameras)
+    with stdout_to_stderr():  # the environment's messages; stdout carries the JSON
+        step_s, read_s = run_loop(RealEnv(*bots, cameras), args['steps'], emulators)
+    print_report({'steps': args['steps'], 'target_hz': round(1 / DT, 2), 'achieved_hz': round(1 / np.mean(step_s), 2),
+                  'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2),
+                  'state_read_both_arms_ms': round(np.mean(read_s) * 1e3, 3), 'cameras': len(cameras),
+                  **machine_report()})
+
+
+def run_loop(env, steps, emulators):
+    """(seconds per env.step, seconds per state read) over `steps` each; closes env and emulators."""
     try:
         action = env.reset(fake=True).observation['qpos']
         read_s = []
-        for _ in range(args['steps']):
+        for _ in range(steps):
             start = time.perf_counter()
             env.get_qpos()
             read_s.append(time.perf_counter() - start)
         step_s = []
         env.step(action)
-        for _ in range(args['steps']):
+        for _ in range(steps):
             start = time.perf_counter()
             env.step(action)
             step_s.append(time.perf_counter() - start)
@@ -52,10 +57,7 @@ def main(args):
         env.close()
         for emu in emulators:
             emu.close()
-    print(json.dumps({'steps': args['steps'], 'target_hz': round(1 / DT, 2),
-                      'achieved_hz': round(1 / np.mean(step_s), 2),
-                      'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2),
-                      'state_read_both_arms_ms': round(np.mean(read_s) * 1e3, 3), 'cameras': len(cameras)}))
+    return step_s, read_s
 
 
 if __name__ == '__main__':

@@ -6,13 +6,11 @@ wall milliseconds per frame (rasteriser threads included) and how the frames dif
 the first size given. Only `mujoco` and numpy are needed to render, so frames saved with
 `--save` in this project's environment can be compared with another MuJoCo release:
 
-    .venv/bin/python bench/render_cost.py [--shadow_sizes 4096 2048 1024] [--save frames.npz]
-    other-env/bin/python bench/render_cost.py --compare frames.npz --shadow_sizes 4096
+    python -m bench.render_cost [--shadow_sizes 4096 2048 1024] [--save frames.npz]
+    other-env/bin/python -m bench.render_cost --compare frames.npz --shadow_sizes 4096
 """
 import argparse
-import json
 import os
-import sys
 import time
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
@@ -20,7 +18,7 @@ os.environ.setdefault('MUJOCO_GL', 'egl')
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import machine_report, print_report  # noqa: E402
 
 TASK = 'sim_transfer_cube_scripted'
 STATE_STEPS = (90, 150, 250, 330)  # EE rollout steps whose full qpos is rendered
@@ -83,8 +81,8 @@ def main(args):
     else:
         xml, states = scripted_states(args.seed)
         reference = reference_name = None
-    results = {'mujoco': mujoco.__version__, 'image_size': IMAGE_SIZE, 'states': len(states),
-               'load_avg_start': os.getloadavg()[0], 'shadow_sizes': {}}
+    results = {'mujoco': mujoco.__version__, 'image_size': IMAGE_SIZE, 'states': len(states), **machine_report(),
+               'shadow_sizes': {}}
     for shadow_size in args.shadow_sizes:
         frames, cpu_ms, wall_ms = render_frames(xml, states, shadow_size, args.timed_frames)
         entry = {'cpu_ms_per_frame': round(cpu_ms, 1), 'wall_ms_per_frame': round(wall_ms, 1)}
@@ -97,7 +95,7 @@ def main(args):
             entry['vs_reference'] = difference(frames, reference)
         results['shadow_sizes'][shadow_size] = entry
     results['reference'] = reference_name
-    print(json.dumps(results, indent=1))
+    print_report(results)
 
 
 if __name__ == '__main__':

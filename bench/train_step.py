@@ -1,6 +1,6 @@
 """Benchmark: ACT optimizer steps of the imitate_episodes.py training loop.
 
-    .venv/bin/python bench/train_step.py [--steps 3] [--cases readme_off readme_bf16 small_off small_bf16]
+    python -m bench.train_step [--steps 3] [--cases readme_off readme_bf16 small_off small_bf16]
 
 Prints one JSON object: per case (model config x --amp) the seconds per optimizer step (batch 8,
 data loading included, mean over --steps after one warm-up step), samples per second and peak
@@ -11,9 +11,10 @@ report the largest relative difference between its losses and the loop's, and th
 step of that reference and of the original's computation (detr/reference.py, every decoder layer
 computed) as same-run baselines: the CPU may be shared, so compare ratios within one run.
 
-Data: 10 synthetic episodes in the original HDF5 layout (one 480x640 camera, uncompressed,
-chunked per frame), written once to a temporary folder and read as the loop reads real data that
-does not fit in memory (preload off, one loader worker). Each case runs in its own process.
+Data: 10 synthetic episodes in the original HDF5 layout (one 480x640 camera by default,
+uncompressed, chunked per frame), written once to a temporary folder and read as the loop reads
+real data that does not fit in memory (preload off, one loader worker). Each case runs in its own
+process.
 """
 import argparse
 import json
@@ -26,46 +27,47 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.common import machine_report, print_report
 
 ### Benchmark settings
-ORIGINAL_SEC_PER_STEP = 6.27  # the original at the README config on this kind of machine (FACTS.md)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ORIGINAL_SEC_PER_STEP = 6.27  # the original at the README config, measured on an AVX512-BF16 2-core CPU
+TASK = 'sim_transfer_cube_scripted'
 NUM_EPISODES = 10  # 8 train episodes: one batch of 8 per epoch
 EPISODE_LEN = 100  # steps per synthetic episode (>= the largest chunk size)
-FRAME_HW = (480, 640)  # recorded frame size
+STATE_DIM = 14
 BATCH_SIZE = 8
-MODELS = {  # the README's ACT config and a small one at quarter-size images
+MODELS = {  # the README's ACT config and a small one at quarter-size images (flags of imitate_episodes.py)
     'readme': {'hidden_dim': 512, 'dim_feedforward': 3200, 'chunk_size': 100, 'image_size': None},
     'small': {'hidden_dim': 256, 'dim_feedforward': 1024, 'chunk_size': 50, 'image_size': (240, 320)},
 }
 CASES = ('readme_off', 'readme_bf16', 'small_off', 'small_bf16')
 
 
-def write_dataset(folder):
+def write_dataset(folder, frame_hw):
     """Synthetic episodes: random frames and joint trajectories in the original layout."""
-    import h5py
+    from episodes import episode_path, write_episode
     rng = np.random.default_rng(0)
-    h, w = FRAME_HW
     for i in range(NUM_EPISODES):
-        with h5py.File(os.path.join(folder, f'episode_{i}.hdf5'), 'w') as root:
-            root.attrs['sim'] = True
-            obs = root.create_group('observations')
-            frames = rng.integers(0, 256, size=(EPISODE_LEN, h, w, 3), dtype=np.uint8)
-            obs.create_group('images').create_dataset('top', data=frames, chunks=(1, h, w, 3))
-            for key in ('qpos', 'qvel'):
-                obs.create_dataset(key, data=rng.normal(size=(EPISODE_LEN, 14)).astype(np.float32))
-            root.create_dataset('action', data=rng.normal(size=(EPISODE_LEN, 14)).astype(np.float32))
+        frames = rng.integers(0, 256, size=(EPISODE_LEN, *frame_hw, 3), dtype=np.uint8)
+        qpos, qvel = (rng.normal(size=(EPISODE_LEN, STATE_DIM)) for _ in range(2))
+        write_episode(episode_path(folder, i), qpos, rng.normal(size=(EPISODE_LEN, STATE_DIM)), {'top': frames},
+                      qvel=qvel)
 
 
-def make_config(model, amp, ckpt_dir, num_steps):
+def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
+    """The training config imitate_episodes.py builds for the README or the small model's flags."""
+    import train
+    from imitate_episodes import build_parser, get_task_config, make_config as make_run_config, make_policy_config
     sizes = MODELS[model]
-    policy_config = {'lr': 1e-5, 'num_queries': sizes['chunk_size'], 'kl_weight': 10.0,
-                     'hidden_dim': sizes['hidden_dim'], 'dim_feedforward': sizes['dim_feedforward'],
-                     'lr_backbone': 1e-5, 'backbone': 'resnet18', 'enc_layers': 4, 'dec_layers': 7, 'nheads': 8,
-                     'camera_names': ['top'], 'state_dim': 14, 'action_dim': 14, 'pretrained_backbone': False}
-    return {'policy_class': 'ACT', 'policy_config': policy_config, 'seed': 0, 'ckpt_dir': ckpt_dir,
-            'num_epochs': 1, 'num_steps': num_steps, 'amp': amp, 'device': 'cpu', 'batch_size': BATCH_SIZE}
+    argv = ['--task_name', TASK, '--policy_class', 'ACT', '--ckpt_dir', ckpt_dir, '--dataset_dir', data_dir,
+            '--num_episodes', str(NUM_EPISODES), '--batch_size', str(BATCH_SIZE), '--num_steps', str(num_steps),
+            '--amp', amp, '--device', 'cpu', '--lr', '1e-5', '--no-pretrained_backbone',
+            '--hidden_dim', str(sizes['hidden_dim']), '--dim_feedforward', str(sizes['dim_feedforward']),
+            '--chunk_size', str(sizes['chunk_size'])]
+    args = vars(build_parser().parse_args(argv))
+    policy_config = make_policy_config(args, ['top'], STATE_DIM, STATE_DIM, image_hw)
+    return {**train.TRAIN_DEFAULTS, **make_run_config(args, get_task_config(TASK), policy_config, 'cpu')}
 
 
 def loaders(data_dir, model):
@@ -118,8 +120,9 @@ def run_case(case, data_dir, steps, ref_steps):
     import train
     model, amp = case.split('_')
     train_loader, val_loader, _, _ = loaders(data_dir, model)
+    image_hw = tuple(train_loader.dataset.hw)
     with tempfile.TemporaryDirectory() as ckpt_dir:
-        config = {**train.TRAIN_DEFAULTS, **make_config(model, amp, ckpt_dir, steps + 1)}
+        config = make_config(model, amp, data_dir, ckpt_dir, steps + 1, image_hw)
         trainer = train.Trainer(train_loader, val_loader, config)
         trainer.policy.train()
         times = []
@@ -133,7 +136,7 @@ def run_case(case, data_dir, steps, ref_steps):
     result = {'sec_per_step': round(sec, 3), 'samples_per_sec': round(BATCH_SIZE / sec, 2),
               'first_step_sec': round(times[0], 3), 'losses': [round(x, 6) for x in losses],
               'peak_rss_gib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
-              'torch_threads': torch.get_num_threads(), 'image_hw': list(MODELS[model]['image_size'] or FRAME_HW),
+              'torch_threads': torch.get_num_threads(), 'image_hw': list(image_hw),
               **{k: v for k, v in MODELS[model].items() if k != 'image_size'}}
     if amp == 'off' and ref_steps:
         ref, ref_sec = reference_steps(train_loader, config, ref_steps, original=False)
@@ -150,9 +153,7 @@ def main(args):
     if args['case']:
         print(json.dumps(run_case(args['case'], args['data'], args['steps'], args['ref_steps'])))
         return
-    import torch
-    report = {'load_avg_start': os.getloadavg(), 'cpu_count': os.cpu_count(), 'batch_size': BATCH_SIZE,
-              'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+    report = {**machine_report(), 'batch_size': BATCH_SIZE, 'frame_hw': args['frame_size'],
               'original_sec_per_step_readme': ORIGINAL_SEC_PER_STEP, 'cases': {}}
     cases = args['cases']
     if cases is None:  # bf16 only where the CPU computes it natively; emulated it is many times slower
@@ -161,9 +162,9 @@ def main(args):
         if len(cases) < len(CASES):
             report['skipped'] = 'bf16 cases: no native bfloat16 on this CPU (ask for them with --cases)'
     with tempfile.TemporaryDirectory() as data_dir:
-        write_dataset(data_dir)
+        write_dataset(data_dir, args['frame_size'])
         for case in cases:
-            cmd = [sys.executable, os.path.abspath(__file__), '--case', case, '--data', data_dir,
+            cmd = [sys.executable, '-m', 'bench.train_step', '--case', case, '--data', data_dir,
                    '--steps', str(args['steps']), '--ref_steps', str(args['ref_steps'])]
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
@@ -180,8 +181,7 @@ def main(args):
     if 'original_computation_sec_per_step' in cases.get('readme_off', {}):
         report['readme_off_speedup_vs_original_computation_same_run'] = round(
             cases['readme_off']['original_computation_sec_per_step'] / cases['readme_off']['sec_per_step'], 2)
-    report['load_avg_end'] = os.getloadavg()
-    print(json.dumps(report, indent=1))
+    print_report(report)
 
 
 if __name__ == '__main__':
@@ -190,6 +190,8 @@ if __name__ == '__main__':
     parser.add_argument('--ref_steps', type=int, default=2, help='reference steps compared with amp off (0: skip)')
     parser.add_argument('--cases', nargs='+', choices=CASES,
                         help='cases to run (default: all; bf16 ones only on CPUs with native bfloat16)')
+    parser.add_argument('--frame_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'),
+                        help='recorded frame size of the synthetic episodes')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
     parser.add_argument('--data', help=argparse.SUPPRESS)
     main(vars(parser.parse_args()))
