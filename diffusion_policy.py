@@ -89,8 +89,9 @@ def conv1d_same(x, conv):
     """`conv` (nn.Conv1d, odd kernel, 'same' padding) on x (B, C_in, T) -> (B, C_out, T).
 
     On CPU, for short sequences (the deepest UNet levels of short chunks at inference), one matrix
-    product over the unfolded windows is 2-5x faster than the convolution kernel (AVX2, torch 2.13);
-    the result is the same up to float rounding.
+    product over the unfolded windows is several times faster than the convolution kernel
+    (bench/diffusion_latency.py; figures in bench/RESULTS.md); the result is the same up to float
+    rounding.
     """
     batch, _, length = x.shape
     if x.device.type != 'cpu' or batch * length >= GEMM_CONV_MAX_COLUMNS:

@@ -35,9 +35,9 @@ TIME_LIMIT = 20  # seconds of simulated time per episode before dm_control ends 
 DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of rendered frames, as in the original
 DEFAULT_CAMERA_NAMES = ('top', 'angle', 'vis')  # what the original rendered on every step
 CAMERA_ALIASES = {'vis': 'front_close'}  # observation name -> MuJoCo camera name
-# Side of the shadow map in texels (the robot assets, and so the original, ask for 4096). At 2048 a
-# 480x640 frame costs ~22% less CPU with the software rasteriser, and 0.2% of its pixels change (at
-# shadow edges, mean 0.02 grey levels): the same order as MuJoCo 2.3.7 vs 3.8 at 4096 (0.14%).
+# Side of the shadow map in texels (the robot assets, and so the original, ask for 4096). 2048 costs
+# markedly less CPU with a software rasteriser and changes only pixels at shadow edges, about as many
+# as differ between MuJoCo releases (bench/render_cost.py; figures in bench/RESULTS.md).
 SHADOW_MAP_SIZE = 2048
 ROBOT_QPOS_DIM = len(START_ARM_POSE)  # robot joints come first in qpos, object free joints after
 HALF_QPOS = ROBOT_QPOS_DIM // 2  # per arm: 6 joints + 2 fingers

@@ -1,6 +1,6 @@
 """Run the benchmark suite and print one JSON object {benchmark: its report}.
 
-    python -m bench                          # every benchmark at suite settings (about 20 min on 2 cores)
+    python -m bench                          # every benchmark at suite settings (tens of minutes on 2 cores)
     python -m bench --only policy_latency train_step
     python -m bench --smoke                  # tiny sizes: checks that every benchmark runs (a minute or two)
 
