@@ -1,11 +1,11 @@
-"""Train an ACT, CNNMLP or Diffusion policy on recorded episodes, or evaluate one with --eval.
+r"""Train an ACT, CNNMLP or Diffusion policy on recorded episodes, or evaluate one with --eval.
 
     python imitate_episodes.py --task_name sim_transfer_cube_scripted --ckpt_dir ckpt/cube \
         --policy_class ACT --kl_weight 10 --chunk_size 100 --hidden_dim 512 --batch_size 8 \
         --dim_feedforward 3200 --num_epochs 2000 --lr 1e-5 --seed 0
     python imitate_episodes.py --eval --ckpt_dir ckpt/cube [--temporal_agg]
 
-trains exactly as the original did and leaves the same files in --ckpt_dir (dataset_stats.pkl,
+trains as the original did and leaves the same files in --ckpt_dir (dataset_stats.pkl,
 policy_best.ckpt, policy_last.ckpt, policy_epoch_{e}_seed_{s}.ckpt, train_val_{key}_seed_{s}.png),
 plus config.json, which lets --eval rebuild the policy with no model flags (flags given still win),
 and training_state.pt for --resume. Model flags left out take the policy's own defaults. Several

@@ -2,6 +2,7 @@
 timing (a CPU shared with other work slows both sides alike, so ratios within a run hold), and
 stdout kept for the JSON report. torch is imported only where used: render_cost.py runs with
 nothing but mujoco and numpy too."""
+import argparse
 import contextlib
 import json
 import os
@@ -16,6 +17,26 @@ def readme_act_config(**overrides):
     random initial weights: speed does not depend on them."""
     from policy import ACT_DEFAULTS
     return dict(ACT_DEFAULTS, camera_names=['top'], pretrained_backbone=False, **overrides)
+
+
+def latency_parser(description, reps):
+    """The flags the latency benchmarks share: repetitions, batch, image size, threads, skipping training.
+    `threads` is applied by set_threads(args)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--reps', type=int, default=reps, help='timed queries per variant')
+    parser.add_argument('--train_reps', type=int, default=3, help='timed training steps per variant')
+    parser.add_argument('--batch_size', type=int, default=8, help='training step batch size')
+    parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
+    parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice); 1 makes "
+                        'CPU-time ratios robust to a shared CPU')
+    parser.add_argument('--skip_train', action='store_true', help='skip the training steps')
+    return parser
+
+
+def set_threads(args):
+    import torch
+    if args['threads']:
+        torch.set_num_threads(args['threads'])
 
 
 def machine_report():

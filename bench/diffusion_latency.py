@@ -7,11 +7,9 @@ work slows both alike; the ratio is the figure to read. Prints one JSON object; 
     python -m bench.diffusion_latency
     python -m bench.diffusion_latency --chunk_size 16 --skip_train --threads 1
 """
-import argparse
-
 import torch
 
-from bench.common import alternate, machine_report, print_report, readme_act_config
+from bench.common import alternate, latency_parser, machine_report, print_report, readme_act_config, set_threads
 from diffusion_policy import DiffusionPolicy
 from policy import ACTPolicy
 
@@ -46,8 +44,7 @@ def train_step_fn(policy):
 
 
 def main(args):
-    if args['threads']:
-        torch.set_num_threads(args['threads'])
+    set_threads(args)
     torch.manual_seed(0)
     chunk, image_hw = args['chunk_size'], tuple(args['image_size'])
     diffusion = DiffusionPolicy({'camera_names': ['top'], 'num_queries': chunk, 'state_dim': STATE_DIM,
@@ -75,15 +72,9 @@ def main(args):
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--reps', type=int, default=10, help='timed queries per policy')
-    parser.add_argument('--train_reps', type=int, default=3, help='timed training steps per policy')
-    parser.add_argument('--batch_size', type=int, default=8, help='training step batch size')
+    parser = latency_parser(__doc__.split('\n')[0], reps=10)
     parser.add_argument('--chunk_size', type=int, default=100, help='prediction horizon (ACT num_queries)')
     parser.add_argument('--num_inference_steps', type=int, default=10, help='Diffusion denoising steps')
     parser.add_argument('--scheduler', choices=('ddim', 'ddpm'), default='ddim')
-    parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
-    parser.add_argument('--threads', type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument('--skip_train', action='store_true', help='skip the training steps')
     parser.add_argument('--skip_act_train', action='store_true', help="skip ACT's training step")
     main(vars(parser.parse_args()))

@@ -9,13 +9,13 @@ CPU-time ratio hardly depends on other work sharing the CPU).
     python -m bench.policy_latency                 # README config, CPU (+ CUDA if present)
     python -m bench.policy_latency --skip_train --reps 5
 """
-import argparse
 import copy
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import alternate, machine_report, print_report, readme_act_config, speedups
+from bench.common import (alternate, latency_parser, machine_report, print_report, readme_act_config, set_threads,
+                          speedups)
 from detr.reference import original_forward, original_trunk, randomise_batch_norm
 from policy import ACTPolicy, CNNMLPPolicy, kl_divergence
 
@@ -129,8 +129,7 @@ def run_device(device, args):
 
 
 def main(args):
-    if args['threads']:
-        torch.set_num_threads(args['threads'])
+    set_threads(args)
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     report = {'config': 'README ACT: 1 camera, qpos 14, chunk 100, hidden 512, ff 3200, 4 enc / 7 dec layers, 8 heads',
               'image_size': list(args['image_size']), **machine_report()}
@@ -140,14 +139,7 @@ def main(args):
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--reps', type=int, default=15, help='timed inference queries per variant')
-    parser.add_argument('--train_reps', type=int, default=3, help='timed training steps per variant')
-    parser.add_argument('--batch_size', type=int, default=8, help='training step batch size')
-    parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
-    parser.add_argument('--threads', type=int, default=None,
-                        help='CPU threads (default: torch\'s); 1 makes CPU-time ratios robust to a shared CPU')
-    parser.add_argument('--skip_train', action='store_true', help='skip the training step')
+    parser = latency_parser(__doc__.split('\n')[0], reps=15)
     parser.add_argument('--skip_bf16', action='store_true', help='skip the bf16 autocast query')
     parser.add_argument('--skip_cnnmlp', action='store_true', help='skip the CNNMLP query')
     main(vars(parser.parse_args()))
