@@ -117,7 +117,9 @@ class ChunkedController:
     def __init__(self, policy, temporal_agg, device):
         self.policy = policy
         self.query_frequency = 1 if temporal_agg else policy.action_horizon
-        self.ensembler = TemporalEnsembler(policy.num_queries, policy.action_dim, device=device) if temporal_agg else None
+        self.ensembler = None
+        if temporal_agg:
+            self.ensembler = TemporalEnsembler(policy.num_queries, policy.action_dim, device=device)
         self.history = collections.deque(maxlen=policy.obs_horizon)
         self.chunk = None
 

@@ -168,8 +168,8 @@ def eval_config(args, device):
         policy_config = make_policy_config(args, camera_names, state_dim, action_dim, image_hw)
         return make_config(args, task_config, policy_config, device)
     args = with_saved_config(args, saved, os.path.join(args['ckpt_dir'], CONFIG_FILE))
-    given = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
-    policy_config = {**saved['policy_config'], **given, 'camera_names': args['camera_names']}
+    flag_values = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
+    policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
     if args['policy_class'] == 'CNNMLP' and args['image_size']:
         policy_config['image_size'] = tuple(args['image_size'])
     return make_config(args, get_task_config(args['task_name']), policy_config, device)
@@ -304,7 +304,8 @@ def _original_flags(parser):
     add('--batch_size', type=int, default=8, help='batch size (per process under torchrun), training and validation')
     add('--seed', type=int, default=0, help='seed of the model initialisation and of the sampling')
     add('--num_epochs', type=int, default=2000, help='epochs; an epoch takes one sample from each training episode')
-    add('--lr', type=float, help='learning rate (the backbone uses --lr_backbone) ' + _policy_default('lr', 'ACT', 'Diffusion'))
+    add('--lr', type=float,
+        help='learning rate (the backbone uses --lr_backbone) ' + _policy_default('lr', 'ACT', 'Diffusion'))
     add('--kl_weight', type=float, help='ACT: weight of the KL term of the loss ' + _policy_default('kl_weight', 'ACT'))
     add('--chunk_size', type=int, help='actions predicted per query (ACT num_queries; Diffusion prediction '
         'horizon) ' + _policy_default('num_queries', 'ACT', 'Diffusion'))
@@ -336,15 +337,18 @@ def _model_flags(parser):
     add('--backbone', choices=('resnet18', 'resnet34', 'resnet50'),
         help='image backbone ' + _policy_default('backbone', 'ACT', 'Diffusion'))
     add('--per_camera_backbone', action='store_true', default=None, help='ACT: one backbone per camera')
-    add('--lr_backbone', type=float, help='ACT/CNNMLP: learning rate of the backbone ' + _policy_default('lr_backbone', 'ACT'))
+    add('--lr_backbone', type=float,
+        help='ACT/CNNMLP: learning rate of the backbone ' + _policy_default('lr_backbone', 'ACT'))
     add('--weight_decay', type=float, help='AdamW weight decay ' + _policy_default('weight_decay', 'ACT', 'Diffusion'))
     add('--backbone_weights', help='file of ImageNet backbone weights (default: the torch hub cache)')
     add('--pretrained_backbone', action=argparse.BooleanOptionalAction,
         help='start from ImageNet weights ' + _policy_default('pretrained_backbone', 'ACT', 'Diffusion'))
     add('--num_inference_steps', type=int, help='Diffusion: denoising steps per query '
         + _policy_default('num_inference_steps', 'Diffusion'))
-    add('--scheduler', choices=('ddim', 'ddpm'), help='Diffusion: noise scheduler ' + _policy_default('scheduler', 'Diffusion'))
-    add('--obs_horizon', type=int, help='Diffusion: observation steps per query ' + _policy_default('obs_horizon', 'Diffusion'))
+    add('--scheduler', choices=('ddim', 'ddpm'),
+        help='Diffusion: noise scheduler ' + _policy_default('scheduler', 'Diffusion'))
+    add('--obs_horizon', type=int,
+        help='Diffusion: observation steps per query ' + _policy_default('obs_horizon', 'Diffusion'))
     add('--action_horizon', type=int, help='Diffusion: actions executed per query (default: min(8, --chunk_size))')
 
 
