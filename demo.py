@@ -22,7 +22,7 @@ FULL_RECIPE = ('python record_sim_episodes.py --task_name sim_transfer_cube_scri
                '  python imitate_episodes.py --task_name sim_transfer_cube_scripted --ckpt_dir ckpt/cube '
                '--policy_class ACT --kl_weight 10 --chunk_size 100 --hidden_dim 512 --batch_size 8 '
                '--dim_feedforward 3200 --num_epochs 2000 --lr 1e-5 --seed 0\n'
-               '  python imitate_episodes.py ... (the same flags) --eval --temporal_agg')
+               '  python imitate_episodes.py --eval --ckpt_dir ckpt/cube --temporal_agg')
 REWARD_STAGES = ('1 = the right gripper touches the cube, 2 = it lifts the cube,\n'
                  '  3 = the left gripper touches it too, 4 = the left gripper holds it alone (success)')
 
