@@ -188,11 +188,16 @@ class StopSignal:
         tqdm.write('\nStopping after this step; saving the training state (press Ctrl-C again to stop at once)')
 
 
+def resumable_policy_config(policy_class, policy_config):
+    """The complete policy config without the initial-weight keys, which the saved weights replace."""
+    resolved = resolve_policy_config(policy_class, policy_config)
+    return {k: v for k, v in resolved.items() if k not in INITIAL_WEIGHT_KEYS}
+
+
 def run_settings(config, step_mode):
     """What a resumed run must share with the run that wrote the training state."""
     settings = {k: config[k] for k in RESUME_KEYS}
-    policy_config = resolve_policy_config(config['policy_class'], config['policy_config'])
-    settings['policy_config'] = {k: v for k, v in policy_config.items() if k not in INITIAL_WEIGHT_KEYS}
+    settings['policy_config'] = resumable_policy_config(config['policy_class'], config['policy_config'])
     settings['step_mode'] = step_mode
     return settings
 
@@ -261,8 +266,7 @@ class Trainer:
         state = torch.load(self.state_path, map_location='cpu', weights_only=False)
         then, now = dict(state['run']), run_settings(self.config, self.step_mode)
         if isinstance(then.get('policy_config'), dict):  # compared complete, whatever the writer left to defaults
-            resolved = resolve_policy_config(then['policy_class'], then['policy_config'])
-            then['policy_config'] = {k: v for k, v in resolved.items() if k not in INITIAL_WEIGHT_KEYS}
+            then['policy_config'] = resumable_policy_config(then['policy_class'], then['policy_config'])
         differ = [k for k in now if then.get(k) != now[k]]
         if differ:
             raise ValueError(f'--resume: {self.state_path} was written with different settings: ' + '; '.join(

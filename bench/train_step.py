@@ -83,7 +83,6 @@ def reference_steps(train_loader, config, num_steps, original):
 
     Float (B, K, 3, H, W) contiguous images and default memory format; with original=True the
     original's computation (detr/reference.py: every decoder layer, sequence-first attention)."""
-    import torch
     import torch.nn.functional as F
     from detr.reference import original_forward
     from policy import kl_divergence, make_policy

@@ -1,5 +1,4 @@
 """policy.py: ACT and CNNMLP training losses, inference, checkpoints, optimizer, bad input."""
-import os
 import subprocess
 import sys
 import types
