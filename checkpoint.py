@@ -17,7 +17,7 @@ import os
 import torch
 
 from constants import PROJECT_VERSION
-from episodes import atomic_write
+from files import atomic_write
 
 CONFIG_FILE = 'config.json'
 STATS_FILE = 'dataset_stats.pkl'

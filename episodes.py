@@ -10,18 +10,18 @@ The JPEG layout of the act-plus-plus fork: attrs['compress'] = True, each camera
 dataset whose row t holds frame t as a JPEG zero-padded to the longest, and /compress_len
 (num_cameras, T) float32 holding the encoded lengths. docs/formats.md describes both in full.
 
-Every file this project writes goes through `atomic_path`: a hidden temporary file beside the
-target, flushed to disk and renamed over it when complete, removed when anything fails, so an
-interrupted write never leaves a truncated file or a stray temporary. This module does not import
-torch, so the viewer and the replay script stay light.
+Episodes are written atomically (files.py): an interrupted or failed write leaves no truncated
+file, and a full disk ends in a clear error rather than a crash in HDF5. This module does not
+import torch, so the viewer and the replay script stay light.
 """
-import contextlib
 import glob
 import os
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
+
+from files import atomic_file
 
 ### Format settings
 HDF5_CACHE_BYTES = 2 * 1024 ** 2  # HDF5 chunk cache of a written file, as the original
@@ -33,53 +33,6 @@ LOW_DIM_KEYS = ('qpos', 'qvel', 'effort')  # the /observations datasets besides 
 
 def episode_path(dataset_dir, index):
     return os.path.join(dataset_dir, f'episode_{index}.hdf5')
-
-
-############################ Atomic writes ############################
-
-def temp_path(path):
-    """Hidden name beside `path` with the same extension (writers such as ffmpeg pick the format
-    from it); never matched by `episode_*.hdf5`."""
-    folder, name = os.path.split(path)
-    stem, ext = os.path.splitext(name)
-    return os.path.join(folder, f'.{stem}.{os.getpid()}.tmp{ext}')
-
-
-def remove_stale_temps(path):
-    """Delete temporary files that an interrupted writer of `path` left behind."""
-    folder, name = os.path.split(path)
-    stem, ext = os.path.splitext(name)
-    for stale in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(stem)}.*.tmp{ext}')):
-        os.remove(stale)
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path to write `path` through: on success it is synced and renamed over
-    `path` (the previous file stays intact until then); on any failure it is removed."""
-    tmp = temp_path(path)
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write(path, write, mode='wb'):
-    """Write `path` atomically with write(file), the file opened in `mode` ('wb' or 'w')."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        write(f)
 
 
 ############################ Reading ############################
@@ -181,6 +134,15 @@ def read_frames(root, path, cam, steps):
     return rows[inverse]  # (len(steps), H, W, 3)
 
 
+def check_frame_counts(root, path, cameras, episode_len):
+    """Raise naming the file, camera and both counts unless each camera has one frame per step."""
+    for cam in cameras:
+        count = len(_camera_dataset(root, cam, path))
+        if count != episode_len:
+            raise ValueError(f"{path}: camera '{cam}' has {count} frames but the episode has {episode_len} "
+                             f"steps (/action, /observations/qpos): each step needs one frame")
+
+
 def frame_shape(root, path, cam):
     """(H, W) of one camera's frames (decoding the first frame of JPEG episodes)."""
     if is_jpeg_episode(root):
@@ -206,6 +168,7 @@ def read_episode(path, cameras=None):
         optional = {key: _read_array(root, f'/observations/{key}', path)
                     for key in ('qvel', 'effort') if f'/observations/{key}' in root}
         cams = camera_names(root) if cameras is None else cameras
+        check_frame_counts(root, path, cams, len(qpos))
         images = {cam: read_frames(root, path, cam, np.arange(len(qpos))) for cam in cams}
     return Episode(qpos, action, images, sim=sim, **optional)
 
@@ -233,7 +196,7 @@ def write_episode(path, qpos, action, images, qvel=None, effort=None, sim=True, 
     'jpeg' (the act-plus-plus layout, lossy)."""
     if compression is not None and compression not in COMPRESSIONS:
         raise ValueError(f"compression must be None or one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-    with atomic_path(path) as tmp, h5py.File(tmp, 'w', rdcc_nbytes=HDF5_CACHE_BYTES) as root:
+    with atomic_file(path) as f, h5py.File(f, 'w', rdcc_nbytes=HDF5_CACHE_BYTES) as root:
         root.attrs['sim'] = bool(sim)
         obs = root.create_group('observations')
         group = obs.create_group('images')

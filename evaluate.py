@@ -26,7 +26,8 @@ import torch
 from checkpoint import STATS_FILE
 from constants import DT
 from data import Normalizer, image_to_tensor, resize_images
-from episodes import atomic_path, atomic_write
+from files import atomic_path, atomic_write, load_torch_file, remove_stale_temps
+from processes import die_with_parent
 
 ### Fixed evaluation settings (the original's values)
 EVAL_SEED = 1000  # set before the object poses are sampled
@@ -215,7 +216,7 @@ def load_stats(config):
 
 def load_policy(config, ckpt_name):
     """Build the configured policy and load the checkpoint into it, on the settings' device."""
-    from policy import make_policy
+    from policy import checkpoint_policy_class, make_policy
     settings = EvalSettings.of(config)
     ckpt_path = os.path.join(settings.ckpt_dir, ckpt_name)
     if not os.path.isfile(ckpt_path):
@@ -223,8 +224,13 @@ def load_policy(config, ckpt_name):
                                 f'or pick another checkpoint with --eval_ckpt')
     # the checkpoint replaces the initial weights: no ImageNet trunk is fetched
     policy = make_policy(settings.policy_class, settings.policy_config, load_pretrained=False)
+    state = load_torch_file(ckpt_path, 'checkpoint', map_location=settings.device)
+    written_by = checkpoint_policy_class(state)
+    if written_by is not None and written_by != settings.policy_class:
+        raise ValueError(f'{ckpt_path} holds a {written_by} policy but the policy class is {settings.policy_class}: '
+                         f'pass --policy_class {written_by} (config.json in --ckpt_dir names the class it trained)')
     try:
-        policy.deserialize(torch.load(ckpt_path, map_location=settings.device))
+        policy.deserialize(state)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f'{ckpt_path} does not match the {settings.policy_class} policy built from the '
                          f'given flags (chunk size, state/action size, model size must be those used '
@@ -396,7 +402,8 @@ def _video_path(settings, rollout_id, save_episode):
 _WORKER = {}  # the Evaluator of a worker process
 
 
-def _init_worker(settings, ckpt_name, num_threads):
+def _init_worker(parent_pid, settings, ckpt_name, num_threads):
+    die_with_parent(parent_pid)
     torch.set_num_threads(num_threads)
     _WORKER['evaluator'] = Evaluator(settings, load_policy(settings, ckpt_name), load_stats(settings))
 
@@ -415,7 +422,8 @@ def run_parallel(settings, ckpt_name, jobs, num_workers):
         context.set_forkserver_preload(['evaluate', 'policy', 'sim_env'])  # imported once, not per worker
     else:
         context = multiprocessing.get_context('spawn')
-    with context.Pool(num_workers, initializer=_init_worker, initargs=(settings, ckpt_name, num_threads)) as pool:
+    initargs = (os.getpid(), settings, ckpt_name, num_threads)
+    with context.Pool(num_workers, initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap(_worker_rollout, jobs)
 
 
@@ -437,6 +445,7 @@ def _rollouts_in_process(evaluator, jobs, real_robot):
 def eval_bc(config, ckpt_name, save_episode=True):
     """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return)."""
     settings = EvalSettings.of(config)
+    remove_stale_temps(settings.ckpt_dir)  # videos and results of killed runs
     episode_returns, highest_rewards = [], []
     for result in rollout_results(settings, ckpt_name, save_episode):
         max_reward = result['max_reward']

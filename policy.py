@@ -17,6 +17,7 @@ from torch import nn
 
 from detr import build_act_model, build_cnnmlp_model
 from detr.state_dict import probable_causes
+from files import load_torch_file
 
 ### Config defaults: one set per policy; the command line falls back on them too
 ACT_DEFAULTS = {
@@ -222,7 +223,7 @@ class _DETRPolicy(Policy):
         source = 'checkpoint'
         if isinstance(obj, (str, os.PathLike)):
             source = f'checkpoint {os.fspath(obj)}'
-            obj = torch.load(obj, map_location='cpu')
+            obj = load_torch_file(obj)
         if not isinstance(obj, dict):
             raise TypeError(f'{source} must be a state dict (as written by torch.save(policy.serialize())), '
                             f'got {type(obj).__name__}')
@@ -320,6 +321,19 @@ def policy_type(policy_class):
 def resolve_policy_config(policy_class, policy_config):
     """The complete config `make_policy` would build `policy_class` from."""
     return policy_type(policy_class).resolve_config(policy_config)
+
+
+def checkpoint_policy_class(obj):
+    """The policy class a loaded checkpoint object was written by, read from its keys; None if unknown."""
+    if not isinstance(obj, dict):
+        return None
+    if 'nets' in obj:
+        return 'Diffusion'
+    if 'model.mlp.0.weight' in obj:
+        return 'CNNMLP'
+    if 'model.query_embed.weight' in obj:
+        return 'ACT'
+    return None
 
 
 def make_policy(policy_class, policy_config, load_pretrained=True):

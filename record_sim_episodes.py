@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import tempfile
+import sys
 import time
 
 import numpy as np
@@ -20,7 +20,9 @@ import numpy as np
 import sim_env
 from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, get_sim_task_config
 from ee_sim_env import make_ee_sim_env
-from episodes import episode_path, layout_problem, remove_stale_temps, write_episode
+from episodes import episode_path, layout_problem, write_episode
+from files import DiskFull, prepare_folder
+from processes import die_with_parent
 from scripted_policy import get_scripted_policy_class
 
 ### Fixed settings
@@ -159,7 +161,8 @@ class EpisodeRecorder:
 _WORKER = {}  # per worker process: the recorder and where to write
 
 
-def _init_worker(recorder_kwargs, dataset_dir, compress):
+def _init_worker(parent_pid, recorder_kwargs, dataset_dir, compress):
+    die_with_parent(parent_pid)
     _WORKER['recorder'] = EpisodeRecorder(**recorder_kwargs)
     _WORKER['dataset_dir'], _WORKER['compress'] = dataset_dir, compress
 
@@ -179,7 +182,7 @@ def record_episodes(indices, recorder_kwargs, dataset_dir, compress, num_workers
     ctx = multiprocessing.get_context('spawn')  # fresh processes: no GL context crosses a fork
     with single_threaded_software_gl():
         pool = ctx.Pool(min(num_workers, len(indices)), initializer=_init_worker,
-                        initargs=(recorder_kwargs, dataset_dir, compress))
+                        initargs=(os.getpid(), recorder_kwargs, dataset_dir, compress))
     with pool:
         yield from pool.imap_unordered(_record_in_worker, indices)
 
@@ -219,22 +222,11 @@ def check_args(args):
     return config, image_size
 
 
-def prepare_dataset_dir(dataset_dir):
-    """Create the folder and make sure files can be written there."""
-    try:
-        os.makedirs(dataset_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=dataset_dir):
-            pass
-    except OSError as e:
-        raise ValueError(f'--dataset_dir {dataset_dir} is not a writable folder: {e}') from None
-
-
 def episodes_to_record(dataset_dir, num_episodes, shapes):
     """Indices whose file is missing or unreadable; ValueError if a readable one has another layout."""
     todo = []
     for idx in range(num_episodes):
         path = episode_path(dataset_dir, idx)
-        remove_stale_temps(path)
         if not os.path.exists(path):
             todo.append(idx)
             continue
@@ -263,7 +255,7 @@ def main(args):
                            inject_noise=args.get('inject_noise', False),
                            onscreen_render=args.get('onscreen_render', False))
     sim_env.resolve_camera_names(sim_env.load_physics(sim_env.task_family(task_name)[0]), camera_names)
-    prepare_dataset_dir(dataset_dir)
+    prepare_folder(dataset_dir, '--dataset_dir')
     todo = episodes_to_record(dataset_dir, num_episodes,
                               expected_shapes(config['episode_len'], camera_names, image_size))
 
@@ -309,3 +301,5 @@ if __name__ == '__main__':
         main(cli_args)
     except ValueError as e:
         parser.error(str(e))
+    except DiskFull as e:  # the episodes recorded before are intact
+        sys.exit(f'{parser.prog}: error: {e.strerror}')

@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from constants import DT, JOINT_NAMES
-from episodes import atomic_path, episode_path, read_episode
+from episodes import episode_path, read_episode
+from files import atomic_path
 
 ### Fixed settings
 STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from files import load_torch_file
+
 ### ImageNet weights (torchvision's IMAGENET1K_V1 files, the ones `pretrained=True` gave the original)
 IMAGENET_WEIGHT_FILES = {
     'resnet18': 'resnet18-f37072fd.pth',
@@ -265,13 +267,13 @@ def load_imagenet_weights(trunk, name='resnet18', weights_path=None):
     """
     global _warned_random_init
     if weights_path is not None:
-        load_trunk_state_dict(trunk, torch.load(weights_path, map_location='cpu'), weights_path)
+        load_trunk_state_dict(trunk, load_torch_file(weights_path, 'backbone weights'), weights_path)
         return weights_path
     if name not in IMAGENET_WEIGHT_FILES:
         raise ValueError(f"no ImageNet weights known for '{name}': expected one of {', '.join(IMAGENET_WEIGHT_FILES)}")
     cached = _hub_cache_file(name)
     if os.path.isfile(cached):
-        load_trunk_state_dict(trunk, torch.load(cached, map_location='cpu'), cached)
+        load_trunk_state_dict(trunk, load_torch_file(cached, 'backbone weights'), cached)
         return cached
     try:
         state_dict = download_imagenet_weights(name)
