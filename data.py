@@ -12,6 +12,7 @@ into memory when they fit; images stay uint8 (K, H, W, 3) until they reach the d
 well (episodes.py); the random start step of a sample is derived from (seed, epoch) by
 `EpisodeSampler`, so a resumed run draws exactly the samples an uninterrupted one would.
 """
+import functools
 import os
 import pickle
 
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from episodes import atomic_write, episode_path, frame_shape, open_episode, read_frames, read_low_dim
+from episodes import check_frame_counts, episode_path, frame_shape, open_episode, read_frames, read_low_dim
+from files import atomic_write, load_stats_pickle
+from processes import die_with_parent
 
 ### Data settings (the original's values)
 TRAIN_RATIO = 0.8  # share of the episodes used for training; the rest validate
@@ -40,6 +43,8 @@ def get_norm_stats(dataset_dir, num_episodes):
     """
     episodes = [read_low_dim(episode_path(dataset_dir, i)) for i in range(num_episodes)]
     check_dims(dataset_dir, episodes)
+    for i, (qpos, action, _) in enumerate(episodes):
+        check_finite(episode_path(dataset_dir, i), {'/observations/qpos': qpos, '/action': action})
     all_qpos = torch.from_numpy(np.concatenate([qpos for qpos, _, _ in episodes]))  # (sum T, S)
     all_action = torch.from_numpy(np.concatenate([action for _, action, _ in episodes]))  # (sum T, A)
     stats = {}
@@ -62,6 +67,44 @@ def check_dims(dataset_dir, episodes):
                              f'{action.shape[1]}, but episode_0 has {first_qpos_dim} and {first_action_dim}')
 
 
+def check_finite(path, arrays):
+    """Raise naming the file, dataset and first (step, dim) of a NaN or infinite value in {name: (T, D)}."""
+    for name, values in arrays.items():
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            step, dim = bad[0]
+            raise ValueError(f'{path}: {name} holds {values[step, dim]} at step {step}, dim {dim} '
+                             f'({len(bad)} non-finite values in all); training on it would give NaN losses')
+
+
+def dataset_record(dataset_dir, num_episodes, stats):
+    """What identifies the training data, saved with the training state: each episode file's size
+    and the statistics over them (plain ints and lists)."""
+    paths = [episode_path(dataset_dir, i) for i in range(num_episodes)]
+    return {'files': {os.path.basename(p): os.path.getsize(p) for p in paths},
+            'stats': {k: np.asarray(stats[k]).tolist() for k in STATS_KEYS}}
+
+
+def data_changes(then, now, tolerance=1e-5):
+    """Sentences naming what differs between two dataset records; empty when the data is the same."""
+    changes = []
+    for title, names in (('episodes gone', sorted(set(then['files']) - set(now['files']))),
+                         ('episodes added', sorted(set(now['files']) - set(then['files'])))):
+        if names:
+            changes.append(f'{title}: {", ".join(names[:5])}{" ..." if len(names) > 5 else ""}')
+    resized = [f'{n} {then["files"][n]} bytes then, {now["files"][n]} now' for n in sorted(then['files'])
+               if n in now['files'] and then['files'][n] != now['files'][n]]
+    if resized:
+        changes.append(f'{len(resized)} episodes changed size ({"; ".join(resized[:3])})')
+    for key in STATS_KEYS:
+        a, b = np.asarray(then['stats'][key]), np.asarray(now['stats'][key])
+        if a.shape != b.shape:
+            changes.append(f'{key} has shape {a.shape} then, {b.shape} now')
+        elif not np.allclose(a, b, rtol=tolerance, atol=tolerance):
+            changes.append(f'{key} differs by up to {np.abs(a - b).max():.3g}')
+    return changes
+
+
 class Normalizer:
     """The dataset statistics and the maps between robot units and what the policy sees.
 
@@ -82,6 +125,10 @@ class Normalizer:
             hint = (' (written by an older version; the Diffusion policy needs them: train it again to write '
                     'new statistics)' if set(missing) <= {'action_min', 'action_max'} else '')
             raise KeyError(f'{source} has no {", ".join(missing)}{hint} (keys: {sorted(stats)})')
+        for key in STATS_KEYS + ('action_min', 'action_max'):
+            if key in stats and not np.isfinite(stats[key]).all():
+                raise ValueError(f'{source}: {key!r} holds non-finite values {np.asarray(stats[key]).tolist()}; '
+                                 f'the data it was computed from has NaN or infinite values')
         self.stats, self.action_normalization = stats, action_normalization
 
     @classmethod
@@ -89,11 +136,7 @@ class Normalizer:
         """The dataset_stats.pkl at `path`."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f'dataset statistics not found: {path}')
-        with open(path, 'rb') as f:
-            stats = pickle.load(f)
-        if not isinstance(stats, dict):
-            raise ValueError(f'{path}: expected a dict of statistics, got {type(stats).__name__}')
-        return cls(stats, action_normalization, source=path)
+        return cls(load_stats_pickle(path), action_normalization, source=path)
 
     def save(self, path):
         """Write the statistics as the original's dataset_stats.pkl, atomically."""
@@ -225,11 +268,12 @@ class EpisodicDataset(torch.utils.data.Dataset):
             raise ValueError(f'obs_horizon {self.obs_horizon} exceeds the {min(self.lengths)} steps of {short}')
         with open_episode(self.paths[0]) as root:
             self.hw = self.image_size or frame_shape(root, self.paths[0], self.camera_names[0])
-        for path in self.paths:
-            self._check_cameras(path)
+        for path, length in zip(self.paths, self.lengths):
+            self._check_cameras(path, length)
 
-    def _check_cameras(self, path):
+    def _check_cameras(self, path, length):
         with open_episode(path) as root:
+            check_frame_counts(root, path, self.camera_names, length)
             for cam in self.camera_names:
                 hw = frame_shape(root, path, cam)
                 if self.image_size is None and hw != tuple(self.hw):
@@ -344,10 +388,11 @@ def should_preload(datasets, preload):
 
 def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_size_val, policy_class='ACT',
               obs_horizon=1, image_size=None, num_workers=None, preload='auto', seed=0, device='cpu',
-              rank=0, world_size=1):
+              rank=0, world_size=1, norm_stats=None):
     """-> (train_dataloader, val_dataloader, norm_stats, is_sim).
 
     The split is drawn from numpy's global random state (the original seeds it with 1 first).
+    norm_stats None computes the statistics over the data (get_norm_stats); given, they are used as they are.
     num_workers None picks 0 when the frames are preloaded and 1 otherwise. Each loader's
     `.sampler` is an EpisodeSampler: call `set_epoch` before each pass.
     """
@@ -359,7 +404,11 @@ def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_s
         raise ValueError(f'num_episodes={num_episodes}: need at least 2 episodes for an 80/20 train/validation split')
     shuffled_indices = np.random.permutation(num_episodes)
     train_indices, val_indices = shuffled_indices[:num_train], shuffled_indices[num_train:]
-    norm_stats = get_norm_stats(dataset_dir, num_episodes)
+    if norm_stats is None:
+        norm_stats = get_norm_stats(dataset_dir, num_episodes)
+    else:
+        qpos, action, _ = read_low_dim(episode_path(dataset_dir, 0))
+        Normalizer(norm_stats).check_sizes(qpos.shape[1], action.shape[1], f'statistics for {dataset_dir}')
     datasets = [EpisodicDataset(ids, dataset_dir, camera_names, norm_stats, policy_class, obs_horizon, image_size)
                 for ids in (train_indices, val_indices)]
     train_hw, val_hw = (tuple(d.hw) for d in datasets)
@@ -383,13 +432,15 @@ def make_loader(dataset, batch_size, num_workers, seed, stream, device, rank, wo
     sampler = EpisodeSampler(len(dataset), seed, stream, rank=rank, world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       persistent_workers=num_workers > 0, pin_memory=str(device).startswith('cuda'),
-                      worker_init_fn=_ignore_interrupts,
+                      worker_init_fn=functools.partial(_init_worker, os.getpid()),
                       generator=torch.Generator().manual_seed(seed))  # keeps the global torch RNG untouched
 
 
-def _ignore_interrupts(worker_id):
+def _init_worker(parent_pid, worker_id):
     """Loader workers leave Ctrl-C and SIGTERM to the training process, which saves its state and
-    needs its workers alive until then (they exit with it)."""
+    needs its workers alive until then; they end with it, even when it is killed (train.close_loader
+    stops them when training ends)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent(parent_pid)

@@ -14,15 +14,19 @@ This file holds the command line and the configuration; the loop is in train.py,
 evaluate.py, the data pipeline in data.py.
 """
 import argparse
+import math
 import os
+import sys
 import warnings
 
 import torch
 
 from checkpoint import CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, read_config, write_config
-from data import Normalizer, load_data
+from data import Normalizer, dataset_record, get_norm_stats, load_data
+from files import DiskFull, UnsafeFile, prepare_folder
 from policy import POLICY_CLASSES, policy_type
-from train import TRAINING_STATE, TrainingInterrupted, set_seed, train_bc
+from train import (TRAINING_STATE, NonFiniteLoss, TrainingInterrupted, check_resume, check_resume_data,
+                   read_training_state, set_seed, train_bc)
 
 ### Fixed settings
 SPLIT_SEED = 1  # NOTE(faithful): the original seeds numpy with 1 before drawing the train/val split
@@ -36,6 +40,18 @@ POLICY_FLAGS = {
     'weight_decay': 'weight_decay', 'backbone_weights': 'backbone_weights',
     'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
     'scheduler': 'scheduler', 'obs_horizon': 'obs_horizon', 'action_horizon': 'action_horizon',
+}
+# Numeric flags -> (test, what it admits); a flag left out (None) is not checked.
+_AT_LEAST_1 = (lambda v: v >= 1, 'at least 1')
+_AT_LEAST_0 = (lambda v: v >= 0, '0 or more')
+FLAG_RANGES = {
+    **{flag: _AT_LEAST_1 for flag in (
+        'batch_size', 'num_epochs', 'num_steps', 'grad_accum', 'validate_every', 'save_every', 'chunk_size',
+        'hidden_dim', 'dim_feedforward', 'enc_layers', 'dec_layers', 'nheads', 'latent_dim', 'num_inference_steps',
+        'obs_horizon', 'action_horizon', 'num_rollouts', 'eval_workers')},
+    **{flag: _AT_LEAST_0 for flag in ('warmup_steps', 'num_workers', 'kl_weight', 'lr_backbone', 'weight_decay')},
+    'lr': (lambda v: v > 0, 'more than 0'),
+    'dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
 }
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 TRAINING_RECORD = ('dataset_dir', 'num_episodes', 'batch_size', 'seed', 'num_epochs', 'num_steps', 'amp',
@@ -106,12 +122,30 @@ def make_config(args, task_config, policy_config, device):
     }
 
 
+def flag_problem(args):
+    """A message naming the first numeric flag out of its range (FLAG_RANGES), or None."""
+    for flag, (admitted, text) in FLAG_RANGES.items():
+        value = args.get(flag)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            return f'--{flag} must be a finite number, got {value}'
+        if not admitted(value):
+            return f'--{flag} must be {text}, got {value}'
+    if args.get('image_size') and min(args['image_size']) < 1:
+        return f"--image_size must be two positive integers H W, got {' '.join(map(str, args['image_size']))}"
+    if args.get('policy_class') == 'ACT':
+        defaults = policy_type('ACT').defaults
+        hidden_dim, nheads = (args.get(k) or defaults[k] for k in ('hidden_dim', 'nheads'))
+        if hidden_dim % nheads:
+            return f'--hidden_dim {hidden_dim} must be a multiple of --nheads {nheads} (attention heads split it)'
+    return None
+
+
 def check_args(args, device):
-    for flag in ('batch_size', 'grad_accum', 'validate_every', 'save_every', 'num_epochs'):
-        if args[flag] < 1:
-            raise ValueError(f'--{flag} must be at least 1, got {args[flag]}')
-    if args['num_steps'] is not None and args['num_steps'] < 1:
-        raise ValueError(f"--num_steps must be at least 1, got {args['num_steps']}")
+    problem = flag_problem(args)
+    if problem:
+        raise ValueError(problem)
     if args['policy_class'] not in POLICY_CLASSES:
         raise ValueError(f"--policy_class must be one of {', '.join(POLICY_CLASSES)}, got {args['policy_class']!r}")
     if args['amp'] == 'fp16' and not device.startswith('cuda'):
@@ -222,32 +256,54 @@ def main(args):
 
 
 def train_main(args, task_config, device, rank, world_size):
-    """Load the data, write dataset_stats.pkl and config.json, train, write policy_best.ckpt."""
+    """Check the folder, the data and a --resume; only then write dataset_stats.pkl and
+    config.json, train, and write policy_best.ckpt."""
     dataset_dir = args['dataset_dir'] or task_config['dataset_dir']
     num_episodes = args['num_episodes'] or task_config['num_episodes']
     camera_names = args['camera_names'] or task_config['camera_names']
+    ckpt_dir = args['ckpt_dir']
+    if rank == 0:
+        prepare_folder(ckpt_dir, '--ckpt_dir')
+    data_stats = get_norm_stats(dataset_dir, num_episodes)
+    record = dataset_record(dataset_dir, num_episodes, data_stats)
+    state, stats = resume_state(args, record, data_stats)
     train_dataloader, val_dataloader, stats, _ = load_data(
         dataset_dir, num_episodes, camera_names, args['batch_size'], args['batch_size'],
         policy_class=args['policy_class'], obs_horizon=data_obs_horizon(args), image_size=args['image_size'],
         num_workers=args['num_workers'], preload=args['preload'], seed=args['seed'], device=device,
-        rank=rank, world_size=world_size)
+        rank=rank, world_size=world_size, norm_stats=stats)
     image_hw = tuple(train_dataloader.dataset.hw)
     policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw)
     config = make_config(args, task_config, policy_config, device)
-    config.update(rank=rank, world_size=world_size)
-    ckpt_dir = config['ckpt_dir']
+    config.update(rank=rank, world_size=world_size, dataset_record=record)
+    if state is not None:
+        check_resume(state, config, os.path.join(ckpt_dir, TRAINING_STATE))
     if rank == 0:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        Normalizer(stats).save(os.path.join(ckpt_dir, STATS_FILE))
+        stats_path = os.path.join(ckpt_dir, STATS_FILE)
+        if state is None or not os.path.isfile(stats_path):
+            Normalizer(stats).save(stats_path)
         training = {k: args[k] for k in TRAINING_RECORD} | {'dataset_dir': dataset_dir, 'num_episodes': num_episodes}
         write_config(ckpt_dir, make_run_config(args['policy_class'], policy_config, args['task_name'], image_hw,
                                                training))
 
-    best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config)
+    best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config, state)
     if rank == 0:
         atomic_save(best_state_dict, os.path.join(ckpt_dir, 'policy_best.ckpt'))
         unit = 'step' if config['num_steps'] else 'epoch'
         print(f'Best ckpt, val loss {min_val_loss:.6f} @ {unit}{best_epoch}')
+
+
+def resume_state(args, record, data_stats):
+    """(training state, statistics to normalise with): (None, the data's) for a new run; with
+    --resume the state read and checked against the data (data.dataset_record) and the folder's
+    dataset_stats.pkl, which its checkpoints were trained with."""
+    if not args['resume']:
+        return None, data_stats
+    path = os.path.join(args['ckpt_dir'], TRAINING_STATE)
+    state = read_training_state(path)
+    check_resume_data(state, record, path, args['resume_any_data'])
+    stats_path = os.path.join(args['ckpt_dir'], STATS_FILE)
+    return state, Normalizer.load(stats_path).stats if os.path.isfile(stats_path) else data_stats
 
 
 def data_obs_horizon(args):
@@ -366,7 +422,10 @@ def _training_flags(parser):
     add('--validate_every', type=int, default=1, help='validate every N epochs (or steps)')
     add('--save_every', type=int, default=100,
         help='write policy_epoch_{N}_seed_{seed}.ckpt, the plots and the training state every N epochs (or steps)')
-    add('--resume', action='store_true', help=f'continue from {TRAINING_STATE} in --ckpt_dir')
+    add('--resume', action='store_true', help=f'continue from {TRAINING_STATE} in --ckpt_dir (refused when the '
+        'settings or the data differ from those it was trained with)')
+    add('--resume_any_data', action='store_true', help='with --resume: go on although the data (episode files, '
+        'sizes, statistics) changed; normalisation keeps the dataset_stats.pkl in --ckpt_dir')
     add('--wandb', action='store_true', help='log to Weights & Biases (needs the wandb package)')
 
 
@@ -386,9 +445,14 @@ if __name__ == '__main__':
     parser = build_parser()
     cli_args = vars(parser.parse_args())
     try:
-        problem = missing_flags(cli_args)
+        problem = missing_flags(cli_args) or flag_problem(cli_args)
     except (KeyError, ValueError) as err:
         problem = str(err.args[0])
     if problem:
         parser.error(problem)
-    main(cli_args)
+    try:
+        main(cli_args)
+    except (NonFiniteLoss, UnsafeFile) as err:
+        sys.exit(f'{parser.prog}: error: {err}')
+    except DiskFull as err:
+        sys.exit(f'{parser.prog}: error: {err.strerror}')

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import atomic_save
-from data import image_to_tensor
+from data import data_changes, image_to_tensor
+from files import load_torch_file
 from policy import autocast, make_policy, resolve_policy_config
 
 ### Training settings
@@ -30,10 +31,14 @@ TRAINING_STATE = 'training_state.pt'  # file of the full training state in ckpt_
 # Settings train_bc falls back to when a config (like the original's) lacks them.
 TRAIN_DEFAULTS = {'device': 'cpu', 'amp': 'off', 'num_steps': None, 'grad_accum': 1, 'lr_schedule': 'constant',
                   'warmup_steps': 0, 'validate_every': 1, 'save_every': 100, 'resume': False, 'wandb': False,
-                  'batch_size': None, 'world_size': 1, 'rank': 0}
+                  'batch_size': None, 'world_size': 1, 'rank': 0, 'dataset_record': None}
 # Settings a resumed run must share with the run that wrote the training state.
 RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
 INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
+
+
+class NonFiniteLoss(Exception):
+    """Raised when a loss term is NaN or infinite; nothing is saved over the good checkpoints."""
 
 
 class TrainingInterrupted(Exception):
@@ -80,7 +85,9 @@ def detach_dict(d):
 
 
 def rng_states():
-    states = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(), 'python': random.getstate()}
+    """The RNG states as tensors and plain values (so the training state loads with weights_only=True)."""
+    kind, keys, *rest = np.random.get_state()
+    states = {'torch': torch.get_rng_state(), 'numpy': (kind, keys.tolist(), *rest), 'python': random.getstate()}
     if torch.cuda.is_available():
         states['cuda'] = torch.cuda.get_rng_state_all()
     return states
@@ -202,13 +209,73 @@ def run_settings(config, step_mode):
     return settings
 
 
+def read_training_state(path):
+    """The training state at `path`, read admitting only tensors, arrays and plain values."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'--resume: no training state at {path}; start without --resume')
+    return load_torch_file(path, 'training state')
+
+
+def check_resume(state, config, path):
+    """Raise unless the run of `config` may continue from `state`: the same settings (RESUME_KEYS)."""
+    then = dict(state['run'])
+    now = run_settings(config, config['num_steps'] is not None)
+    if isinstance(then.get('policy_config'), dict):  # compared complete, whatever the writer left to defaults
+        then['policy_config'] = resumable_policy_config(then['policy_class'], then['policy_config'])
+    differ = [k for k in now if then.get(k) != now[k]]
+    if differ:
+        raise ValueError(f'--resume: {path} was written with different settings: ' + '; '.join(
+            f'{k}: {then.get(k)!r} then, {now[k]!r} now' for k in differ))
+
+
+def check_resume_data(state, record, path, any_data=False):
+    """Raise unless the data of `record` (data.dataset_record) is the data the state was trained
+    on; with any_data, print what changed and go on. True when the data changed."""
+    if state.get('data') is None:
+        print(f'--resume: {path} holds no record of its data (an older version wrote it): the data is not checked')
+        return False
+    changes = data_changes(state['data'], record)
+    if changes and not any_data:
+        raise ValueError(f'--resume: the data differs from the data {path} was trained on: ' + '; '.join(changes)
+                         + '. Point --dataset_dir at that data, or add --resume_any_data to go on with this data')
+    if changes:
+        print('--resume_any_data: going on with changed data (' + '; '.join(changes) + ')')
+    return bool(changes)
+
+
+def check_finite_losses(losses, step, stage):
+    """Raise NonFiniteLoss naming the step and the first non-finite term of {term: float}."""
+    bad = [k for k, v in losses.items() if not math.isfinite(v)]
+    if not bad:
+        return
+    term = next((k for k in bad if k != 'loss'), 'loss')
+    finite = ', '.join(f'{k} {v:.4g}' for k, v in losses.items() if math.isfinite(v))
+    raise NonFiniteLoss(f'{stage} loss term {term!r} is {losses[term]} at optimizer step {step}'
+                        + (f' (finite: {finite}; check the loss weights such as --kl_weight)' if finite else '')
+                        + '; training stopped, the checkpoints and training state written before are kept')
+
+
+def close_loader(loader):
+    """Stop a DataLoader's worker processes now (they ignore SIGTERM, see data.make_loader), so an
+    error cannot leave the interpreter waiting on them at exit."""
+    iterator = getattr(loader, '_iterator', None)
+    if iterator is None or not hasattr(iterator, '_shutdown_workers'):
+        return
+    iterator._shutdown_workers()
+    for worker in getattr(iterator, '_workers', []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    loader._iterator = None
+
+
 ################################ The trainer ################################
 
 class Trainer:
     """The training loop of train_bc. Progress is counted in units: epochs, or optimizer steps
     with num_steps. Each unit validates first (every validate_every units), then trains."""
 
-    def __init__(self, train_dataloader, val_dataloader, config):
+    def __init__(self, train_dataloader, val_dataloader, config, state=None):
         self.config, self.device = config, config['device']
         self.train_loader, self.val_loader = train_dataloader, val_dataloader
         self.rank, self.world_size = config['rank'], config['world_size']
@@ -224,7 +291,7 @@ class Trainer:
         self.progress = Progress()
         self._batches = None
         if config['resume']:
-            self.load_state()
+            self.load_state(state if state is not None else read_training_state(self.state_path))
 
     def _build_model(self):
         config = self.config
@@ -257,20 +324,12 @@ class Trainer:
             return
         state = {'model': self.policy.serialize(), 'optimizer': self.optimizer.state_dict(),
                  'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
-                 'progress': self.progress.as_dict(), 'rng': rngs, 'run': run_settings(self.config, self.step_mode)}
+                 'progress': self.progress.as_dict(), 'rng': rngs, 'run': run_settings(self.config, self.step_mode),
+                 'data': self.config['dataset_record']}
         atomic_save(state, self.state_path)
 
-    def load_state(self):
-        if not os.path.isfile(self.state_path):
-            raise FileNotFoundError(f'--resume: no training state at {self.state_path}')
-        state = torch.load(self.state_path, map_location='cpu', weights_only=False)
-        then, now = dict(state['run']), run_settings(self.config, self.step_mode)
-        if isinstance(then.get('policy_config'), dict):  # compared complete, whatever the writer left to defaults
-            then['policy_config'] = resumable_policy_config(then['policy_class'], then['policy_config'])
-        differ = [k for k in now if then.get(k) != now[k]]
-        if differ:
-            raise ValueError(f'--resume: {self.state_path} was written with different settings: ' + '; '.join(
-                f'{k}: {then.get(k)!r} then, {now[k]!r} now' for k in differ))
+    def load_state(self, state):
+        check_resume(state, self.config, self.state_path)
         self.policy.deserialize(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
@@ -307,8 +366,10 @@ class Trainer:
             sync = self.model.no_sync() if self.world_size > 1 and i < n - 1 else contextlib.nullcontext()
             with sync, autocast(self.device.split(':')[0], self.config['amp']):
                 forward_dict = forward_pass(self.next_batch(), self.model, self.device)
+            losses = {k: v.item() for k, v in detach_dict(forward_dict).items()}
+            check_finite_losses(losses, self.progress.step, 'training')  # before the weights take it in
             self.scaler.scale(forward_dict['loss'] / n).backward()
-            self.progress.partial.append({k: v.item() for k, v in detach_dict(forward_dict).items()})
+            self.progress.partial.append(losses)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
@@ -326,6 +387,7 @@ class Trainer:
             dicts = [{k: v.item() for k, v in forward_pass(data, self.policy, self.device).items()}
                      for data in self.val_loader]
         summary = self.mean_over_ranks(compute_dict_mean(dicts))
+        check_finite_losses(summary, p.step, 'validation')
         self.policy.train()
         p.validation_history.append((p.unit, summary))
         p.val_done = True
@@ -455,13 +517,19 @@ def init_wandb(config):
                       config={k: v for k, v in config.items() if k != 'policy_config'} | config['policy_config'])
 
 
-def train_bc(train_dataloader, val_dataloader, config):
-    """Train config['policy_class'] -> (best epoch, its validation loss, its state dict)."""
+def train_bc(train_dataloader, val_dataloader, config, state=None):
+    """Train config['policy_class'] -> (best epoch, its validation loss, its state dict).
+    With config['resume'], `state` is the training state already read (else it is read here).
+    The loaders' worker processes are stopped when training ends, however it ends."""
     config = {**TRAIN_DEFAULTS, **config}
-    trainer = Trainer(train_dataloader, val_dataloader, config)
-    log = Log(config, trainer)
     try:
-        trainer.run(log)
+        trainer = Trainer(train_dataloader, val_dataloader, config, state)
+        log = Log(config, trainer)
+        try:
+            trainer.run(log)
+        finally:
+            log.close()
+        return trainer.finish()
     finally:
-        log.close()
-    return trainer.finish()
+        for loader in (train_dataloader, val_dataloader):
+            close_loader(loader)
