@@ -64,10 +64,9 @@ def eval_config(ckpt_dir, policy_config, **overrides):
     return config
 
 
-def train_args(dataset_dir, ckpt_dir, **overrides):
-    """The flags of imitate_episodes.py as main() receives them (build_parser's defaults), for a tiny
-    ACT on 5 episodes of `dataset_dir`: 2 epochs at batch 2 on the CPU, no ImageNet weights."""
-    from imitate_episodes import build_parser
+def train_argv(dataset_dir, ckpt_dir):
+    """The command line of imitate_episodes.py for a tiny ACT on 5 episodes of `dataset_dir`:
+    2 epochs at batch 2 on the CPU, no ImageNet weights."""
     c = TINY_ACT_CONFIG
     argv = ['--ckpt_dir', str(ckpt_dir), '--task_name', TASK, '--policy_class', 'ACT',
             '--dataset_dir', str(dataset_dir), '--num_episodes', '5', '--camera_names', 'top',
@@ -75,6 +74,12 @@ def train_args(dataset_dir, ckpt_dir, **overrides):
     for flag, key in (('chunk_size', 'num_queries'), ('hidden_dim', 'hidden_dim'), ('enc_layers', 'enc_layers'),
                       ('dim_feedforward', 'dim_feedforward'), ('dec_layers', 'dec_layers'), ('nheads', 'nheads')):
         argv += [f'--{flag}', str(c[key])]
-    args = vars(build_parser().parse_args(argv))
+    return argv
+
+
+def train_args(dataset_dir, ckpt_dir, **overrides):
+    """train_argv's flags as main() receives them (build_parser's defaults), with `overrides`."""
+    from imitate_episodes import build_parser
+    args = vars(build_parser().parse_args(train_argv(dataset_dir, ckpt_dir)))
     args.update(overrides)
     return args

@@ -1,5 +1,5 @@
 """episodes.py: the episode file format (original, compressed and JPEG layouts), reading errors,
-and atomic writes that never leave a truncated file or a temporary behind."""
+(atomic writes: tests/test_faults.py)."""
 import os
 
 import h5py
@@ -95,25 +95,3 @@ def test_reading_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="compression must be None or one of gzip, lzf, jpeg, got 'zip'"):
         episodes.write_episode(str(tmp_path / 'episode_2.hdf5'), *random_episode(), compression='zip')
     assert sorted(os.listdir(tmp_path)) == ['episode_0.hdf5', 'episode_1.hdf5']
-
-
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    path = str(tmp_path / 'result.txt')
-    episodes.atomic_write(path, lambda f: f.write('first'), mode='w')
-
-    def fail_midway(f):
-        f.write('partial')
-        raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        episodes.atomic_write(path, fail_midway, mode='w')
-    assert open(path).read() == 'first' and os.listdir(tmp_path) == ['result.txt']
-
-
-def test_temporary_names_keep_the_extension_and_stale_ones_are_removed(tmp_path):
-    path = str(tmp_path / 'episode_4.hdf5')
-    temp = episodes.temp_path(path)
-    assert os.path.basename(temp).startswith('.episode_4.') and temp.endswith('.tmp.hdf5')
-    open(temp, 'w').close()
-    open(str(tmp_path / '.episode_41.99.tmp.hdf5'), 'w').close()  # another episode's: kept
-    episodes.remove_stale_temps(path)
-    assert os.listdir(tmp_path) == ['.episode_41.99.tmp.hdf5']
