@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
 from episodes import episode_path, write_episode
+from files import DiskFull, prepare_folder
 import real_robot
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
@@ -127,7 +128,7 @@ def get_auto_index(dataset_dir):
 def main(args):
     task_config = real_robot.get_task_config(args['task_name'])
     dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
-    os.makedirs(dataset_dir, exist_ok=True)
+    prepare_folder(dataset_dir, '--dataset_dir')
     episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
     dataset_path = episode_path(dataset_dir, episode_idx)
     dataset_name = os.path.splitext(os.path.basename(dataset_path))[0]
@@ -149,4 +150,7 @@ if __name__ == '__main__':
     parser.add_argument('--overwrite', action='store_true', help='replace an existing episode_{idx}.hdf5')
     parser.add_argument('--robot_driver', choices=('auto', 'interbotix', 'dynamixel'), default='auto',
                         help='how to reach the arms (auto: interbotix when its ROS modules import)')
-    main(vars(parser.parse_args()))
+    try:
+        main(vars(parser.parse_args()))
+    except DiskFull as err:  # the episodes recorded before are intact
+        raise SystemExit(f'{parser.prog}: error: {err.strerror}') from None
