@@ -14,8 +14,10 @@ and its `Normalizer` come from the checkpoint folder.
 """
 import collections
 import dataclasses
+import errno
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -270,22 +272,41 @@ def get_image(ts, camera_names, size, device):
 
 ### Output
 class VideoWriter:
-    """H.264 mp4 written frame by frame through episodes.atomic_path: in place once closed, and
-    no file at all when the rollout fails (abort)."""
+    """H.264 mp4 written frame by frame through files.atomic_path: in place once closed and
+    complete, and no file at all when the rollout fails (abort) or ffmpeg could not write every
+    frame (a full disk: ffmpeg exits without a word, so close() counts the frames written)."""
 
     def __init__(self, path, fps=VIDEO_FPS):
         import imageio
+        self.path, self.frames = path, 0
         self.target = atomic_path(path)
-        tmp = self.target.__enter__()
-        self.writer = imageio.get_writer(tmp, format='FFMPEG', fps=fps, codec='libx264', macro_block_size=2,
+        self.tmp = self.target.__enter__()
+        self.writer = imageio.get_writer(self.tmp, format='FFMPEG', fps=fps, codec='libx264', macro_block_size=2,
                                          ffmpeg_log_level='error')
 
     def append(self, frame):
         self.writer.append_data(frame)
+        self.frames += 1
 
     def close(self):
         self.writer.close()
+        try:
+            self._check_complete()
+        except OSError as err:
+            self.target.__exit__(type(err), err, err.__traceback__)
+            raise
         self.target.__exit__(None, None, None)
+
+    def _check_complete(self):
+        import imageio_ffmpeg
+        try:
+            written = imageio_ffmpeg.count_frames_and_secs(self.tmp)[0]
+        except (RuntimeError, OSError):
+            written = 0
+        if written != self.frames:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
+            raise OSError(errno.EIO, f'{self.path} could not be written completely: ffmpeg wrote {written} of '
+                                     f'{self.frames} frames ({free / 1e6:.0f} MB free on its device)')
 
     def abort(self, error):
         self.writer.close()

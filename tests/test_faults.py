@@ -7,8 +7,9 @@ and with nothing the user made lost. Read top to bottom as the list:
 4. NaN in the data, the statistics or the flags is named at load; a non-finite loss stops training
 5. workers die with their parent (kill -9): recording, evaluation and loader workers
 6. temporaries left by a killed write are removed by the next run in that folder
-7. a full disk, bad flags, broken or foreign checkpoints, wrong frame counts, an unwritable folder
-   and a truncated episode each end in a message naming the file or flag
+7. a full disk (episodes, checkpoints, videos), bad flags, broken or foreign checkpoints, wrong
+   frame counts, an unwritable folder and a truncated episode each end in a message naming the
+   file or flag
 
 Cases that end a process run in a subprocess with a timeout, so a hang fails the test in seconds.
 """
@@ -394,6 +395,18 @@ def test_a_write_that_fails_for_space_names_the_file(tmp_path):
               'atomic_save({"w": torch.zeros(500_000)}, sys.argv[1])\n')
     done = run_python(['-c', driver, str(tmp_path / 'policy_last.ckpt')], file_size_limit=1_000_000)
     assert 'files.DiskFull: [Errno 27] file too large: ' in done.stderr and 'needed about 2 MB' in done.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_video_ffmpeg_could_not_finish_is_an_error_not_a_truncated_file(tmp_path):
+    driver = ('import sys, numpy as np\n'
+              'from evaluate import VideoWriter\n'
+              'video, rng = VideoWriter(sys.argv[1]), np.random.default_rng(0)\n'
+              'for _ in range(50):  # noise: far more than the limit\n'
+              '    video.append(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))\n'
+              'video.close()\n')
+    done = run_python(['-c', driver, str(tmp_path / 'video0.mp4')], file_size_limit=20_000)
+    assert f'{tmp_path / "video0.mp4"} could not be written completely: ffmpeg wrote 0 of 50 frames' in done.stderr
     assert os.listdir(tmp_path) == []
 
 
