@@ -51,11 +51,13 @@ FLAG_RANGES = {
         'obs_horizon', 'action_horizon', 'num_rollouts', 'eval_workers')},
     **{flag: _AT_LEAST_0 for flag in ('warmup_steps', 'num_workers', 'kl_weight', 'lr_backbone', 'weight_decay')},
     'lr': (lambda v: v > 0, 'more than 0'),
+    'clip_grad_norm': (lambda v: v > 0, 'more than 0'),
     'dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
 }
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 TRAINING_RECORD = ('dataset_dir', 'num_episodes', 'batch_size', 'seed', 'num_epochs', 'num_steps', 'amp',
-                   'grad_accum', 'lr_schedule', 'warmup_steps', 'validate_every', 'save_every')  # into config.json
+                   'grad_accum', 'lr_schedule', 'warmup_steps', 'validate_every', 'save_every',
+                   'clip_grad_norm')  # into config.json
 
 
 ################################ Configuration ################################
@@ -113,7 +115,8 @@ def make_config(args, task_config, policy_config, device):
         **{k: args[k] for k in ('num_epochs', 'ckpt_dir', 'policy_class', 'onscreen_render', 'task_name', 'seed',
                                 'temporal_agg', 'num_rollouts', 'eval_ckpt', 'eval_workers', 'robot_backend',
                                 'robot_driver', 'amp', 'batch_size', 'num_steps', 'grad_accum', 'lr_schedule',
-                                'warmup_steps', 'validate_every', 'save_every', 'resume', 'wandb')},
+                                'warmup_steps', 'validate_every', 'save_every', 'resume', 'wandb', 'tensorboard',
+                                'clip_grad_norm')},
         'episode_len': task_config['episode_len'], 'policy_config': policy_config, 'lr': policy_config['lr'],
         'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
         'camera_names': policy_config['camera_names'], 'real_robot': args['task_name'][:4] != 'sim_',
@@ -426,7 +429,10 @@ def _training_flags(parser):
         'settings or the data differ from those it was trained with)')
     add('--resume_any_data', action='store_true', help='with --resume: go on although the data (episode files, '
         'sizes, statistics) changed; normalisation keeps the dataset_stats.pkl in --ckpt_dir')
-    add('--wandb', action='store_true', help='log to Weights & Biases (needs the wandb package)')
+    add('--clip_grad_norm', type=float, help='clip the gradient norm to this (default: no clipping, as the original)')
+    add('--wandb', action='store_true', help='log the metrics to Weights & Biases (WANDB_MODE=offline: no network)')
+    add('--tensorboard', action='store_true', help='also write the metrics as TensorBoard event files in '
+        '--ckpt_dir/tensorboard')
 
 
 def _evaluation_flags(parser):

@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import threading
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from checkpoint import atomic_save
 from data import data_changes, image_to_tensor
 from files import load_torch_file
+from metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
 from policy import autocast, make_policy, resolve_policy_config
 
 ### Training settings
@@ -31,7 +33,8 @@ TRAINING_STATE = 'training_state.pt'  # file of the full training state in ckpt_
 # Settings train_bc falls back to when a config (like the original's) lacks them.
 TRAIN_DEFAULTS = {'device': 'cpu', 'amp': 'off', 'num_steps': None, 'grad_accum': 1, 'lr_schedule': 'constant',
                   'warmup_steps': 0, 'validate_every': 1, 'save_every': 100, 'resume': False, 'wandb': False,
-                  'batch_size': None, 'world_size': 1, 'rank': 0, 'dataset_record': None}
+                  'batch_size': None, 'world_size': 1, 'rank': 0, 'dataset_record': None, 'clip_grad_norm': None,
+                  'tensorboard': False}
 # Settings a resumed run must share with the run that wrote the training state.
 RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
 INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
@@ -163,6 +166,8 @@ def plot_history(train_history, validation_history, ckpt_dir, seed, unit='epoch'
         for label, history in (('train', train_history), ('validation', validation_history)):
             ax.plot([u for u, _ in history], [summary[key] for _, summary in history], label=label)
         ax.set_xlabel(unit)
+        if all(summary[key] > 0 for history in (train_history, validation_history) for _, summary in history):
+            ax.set_yscale('log')  # losses fall over orders of magnitude
         ax.legend()
         ax.set_title(key)
         fig.tight_layout()
@@ -341,8 +346,16 @@ class Trainer:
 
     ### data
     def next_batch(self):
-        """The next training batch; passes over the episodes follow one another (loader epochs)."""
+        """The next training batch; passes over the episodes follow one another (loader epochs).
+        The time spent waiting for it adds to self.data_wait."""
         p = self.progress
+        start = time.perf_counter()
+        try:
+            return self._fetch_batch(p)
+        finally:
+            self.data_wait += time.perf_counter() - start
+
+    def _fetch_batch(self, p):
         while True:
             if self._batches is None:
                 self.train_loader.sampler.set_epoch(p.loader_epoch, p.batches_done * self.train_loader.batch_size)
@@ -361,15 +374,22 @@ class Trainer:
 
     ### one optimizer step
     def train_step(self):
-        n = self.group_size()
+        """One optimizer step over group_size() micro-batches -> its metrics record (metrics.py)."""
+        start, self.data_wait = time.perf_counter(), 0.0
+        n, samples, step_losses = self.group_size(), 0, []
         for i in range(n):
             sync = self.model.no_sync() if self.world_size > 1 and i < n - 1 else contextlib.nullcontext()
+            batch = self.next_batch()
+            samples += len(batch[0])
             with sync, autocast(self.device.split(':')[0], self.config['amp']):
-                forward_dict = forward_pass(self.next_batch(), self.model, self.device)
+                forward_dict = forward_pass(batch, self.model, self.device)
             losses = {k: v.item() for k, v in detach_dict(forward_dict).items()}
             check_finite_losses(losses, self.progress.step, 'training')  # before the weights take it in
             self.scaler.scale(forward_dict['loss'] / n).backward()
-            self.progress.partial.append(losses)
+            step_losses.append(losses)
+        self.progress.partial.extend(step_losses)
+        grad_norm = self.unscaled_grad_norm()
+        lrs = self.scheduler.get_last_lr()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
@@ -377,6 +397,21 @@ class Trainer:
         self.policy.post_step()
         self.progress.step += 1
         self.progress.unit_steps += 1
+        step_s = time.perf_counter() - start
+        return {'split': 'train', 'step': self.progress.step, 'unit': self.progress.unit,
+                **compute_dict_mean(step_losses), 'lr': lrs[0], **{f'lr_group_{i}': lr for i, lr in enumerate(lrs[1:], 1)},
+                'grad_norm': grad_norm, 'samples_per_s': samples * self.world_size / step_s,
+                'data_wait_s': self.data_wait, 'step_s': step_s, **peak_memory_mb(self.device)}
+
+    def unscaled_grad_norm(self):
+        """The norm of all gradients before clipping; clipped to --clip_grad_norm when given
+        (NOTE(faithful): off by default, the original does not clip)."""
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        if self.config['clip_grad_norm'] is not None:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.config['clip_grad_norm']))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
     ### validation
     def validate(self):
@@ -417,7 +452,7 @@ class Trainer:
                 if not p.val_done and p.unit % self.config['validate_every'] == 0:
                     log.validation(p.unit, self.validate())
                 while not self.unit_done():
-                    self.train_step()
+                    log.step(self.train_step())
                     signum = self.stop_requested(stop)
                     if signum:
                         self.save_state()
@@ -436,13 +471,14 @@ class Trainer:
         p.unit, p.val_done, p.partial, p.unit_steps = u + 1, False, [], 0
         if not self.step_mode:  # the next epoch is the next pass over the episodes
             p.loader_epoch, p.batches_done, self._batches = p.loader_epoch + 1, 0, None
-        log.train(u, summary, self.scheduler.get_last_lr()[0])
+        log.train(u, summary)
         if u % self.config['save_every'] == 0:
             self.save_checkpoint(f'policy_{self.unit_name}_{u}_seed_{self.config["seed"]}.ckpt',
                                  self.policy.serialize())
             if self.rank == 0:
                 plot_history(p.train_history, p.validation_history, self.config['ckpt_dir'],
                              self.config['seed'], self.unit_name)
+                log.plot()
             self.save_state()
 
     def save_checkpoint(self, name, obj):
@@ -463,17 +499,44 @@ class Trainer:
 
 
 class Log:
-    """Console (the original's messages), tqdm bar and optional wandb, on rank 0 only."""
+    """Console (the original's messages), tqdm bar, metrics.jsonl and the metric curves, optional
+    TensorBoard and wandb; on rank 0 only."""
 
     def __init__(self, config, trainer):
         self.enabled = config['rank'] == 0
         self.trainer = trainer
         self.unit_name = trainer.unit_name
+        self.seed, self.ckpt_dir = config['seed'], config['ckpt_dir']
         self.print_every = config['validate_every'] if trainer.step_mode else 1
         self.bar = tqdm(total=trainer.num_units, initial=trainer.progress.unit, desc=self.unit_name,
                         disable=not self.enabled)
-        self.wandb = init_wandb(config) if config['wandb'] and self.enabled else None
-        self.val_loss = None
+        self.outputs, self.metrics, self.wandb = [], None, None
+        if self.enabled:
+            p = trainer.progress
+            self.metrics = MetricsFile(config['ckpt_dir'], p.step if config['resume'] else None,
+                                       [u for u, _ in p.validation_history])
+            self.outputs.append(self.metrics)
+            if config['tensorboard']:
+                self.outputs.append(TensorBoardLog(config['ckpt_dir']))
+            if config['wandb']:
+                self.wandb = init_wandb(config)
+        self.val_loss, self.postfix = None, {}
+
+    def record(self, record):
+        for output in self.outputs:
+            output.write(record)
+        if self.wandb:
+            self.wandb.log({f"{record['split']}/{k}": v for k, v in record.items() if k not in ('split', 'step')},
+                           step=record['step'])
+
+    def step(self, record):
+        """One optimizer step's metrics (Trainer.train_step)."""
+        if not self.enabled:
+            return
+        self.record(record)
+        self.postfix.update(loss=f"{record['loss']:.4f}", grad=f"{record['grad_norm']:.3g}",
+                            lr=f"{record['lr']:.2g}", samples_s=f"{record['samples_per_s']:.1f}")
+        self.bar.set_postfix(self.postfix)
 
     def validation(self, unit, summary):
         if not self.enabled:
@@ -482,28 +545,27 @@ class Log:
         tqdm.write(f"Val loss:   {summary['loss']:.5f}")
         tqdm.write(' '.join(f'{k}: {v:.3f}' for k, v in summary.items()))
         self.val_loss = summary['loss']
-        if self.wandb:
-            self.wandb.log({f'val/{k}': v for k, v in summary.items()}, step=self.trainer.progress.step)
+        self.postfix['val'] = f'{self.val_loss:.4f}'
+        self.record({'split': 'val', 'step': self.trainer.progress.step, 'unit': unit, **summary})
 
-    def train(self, unit, summary, lr):
+    def train(self, unit, summary):
         if not self.enabled:
             return
         self.bar.update(1)
-        postfix = {'loss': f"{summary['loss']:.4f}"}
-        if self.val_loss is not None:
-            postfix['val'] = f'{self.val_loss:.4f}'
-        self.bar.set_postfix(postfix)
         if (unit + 1) % self.print_every == 0:
             recent = [s for u, s in self.trainer.progress.train_history[-self.print_every:]]
             mean = compute_dict_mean(recent)
             tqdm.write(f"Train loss: {mean['loss']:.5f}")
             tqdm.write(' '.join(f'{k}: {v:.3f}' for k, v in mean.items()))
-        if self.wandb:
-            self.wandb.log({**{f'train/{k}': v for k, v in summary.items()}, 'lr': lr},
-                           step=self.trainer.progress.step)
+
+    def plot(self):
+        if self.metrics is not None:
+            plot_metrics(self.metrics.records, self.ckpt_dir, self.seed)
 
     def close(self):
         self.bar.close()
+        for output in self.outputs:
+            output.close()
         if self.wandb:
             self.wandb.finish()
 
@@ -513,8 +575,10 @@ def init_wandb(config):
         import wandb
     except ImportError:
         raise ImportError('--wandb needs the wandb package: pip install wandb') from None
+    settings = {k: v for k, v in config.items() if k not in ('policy_config', 'dataset_record')}
+    # WANDB_MODE=offline writes the run under ./wandb (or WANDB_DIR) for a later `wandb sync`
     return wandb.init(project='act', name=os.path.basename(os.path.normpath(config['ckpt_dir'])),
-                      config={k: v for k, v in config.items() if k != 'policy_config'} | config['policy_config'])
+                      config=settings | config['policy_config'])
 
 
 def train_bc(train_dataloader, val_dataloader, config, state=None):
@@ -529,7 +593,9 @@ def train_bc(train_dataloader, val_dataloader, config, state=None):
             trainer.run(log)
         finally:
             log.close()
-        return trainer.finish()
+        result = trainer.finish()
+        log.plot()
+        return result
     finally:
         for loader in (train_dataloader, val_dataloader):
             close_loader(loader)
