@@ -14,6 +14,7 @@ This file holds the command line and the configuration; the loop is in train.py,
 evaluate.py, the data pipeline in data.py.
 """
 import argparse
+import glob
 import math
 import os
 import sys
@@ -22,8 +23,10 @@ import warnings
 import torch
 
 from checkpoint import CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, read_config, write_config
-from data import Normalizer, dataset_record, get_norm_stats, load_data
+from data import TRAIN_RATIO, Normalizer, dataset_record, get_norm_stats, load_data
+from episodes import episode_path
 from files import DiskFull, UnsafeFile, prepare_folder
+from offline_eval import DIFFUSION_SAMPLES
 from policy import POLICY_CLASSES, policy_type
 from train import (TRAINING_STATE, NonFiniteLoss, TrainingInterrupted, check_resume, check_resume_data,
                    read_training_state, set_seed, train_bc)
@@ -49,7 +52,8 @@ FLAG_RANGES = {
         'batch_size', 'num_epochs', 'num_steps', 'grad_accum', 'validate_every', 'save_every', 'chunk_size',
         'hidden_dim', 'dim_feedforward', 'enc_layers', 'dec_layers', 'nheads', 'latent_dim', 'num_inference_steps',
         'obs_horizon', 'action_horizon', 'num_rollouts', 'eval_workers')},
-    **{flag: _AT_LEAST_0 for flag in ('warmup_steps', 'num_workers', 'kl_weight', 'lr_backbone', 'weight_decay')},
+    **{flag: _AT_LEAST_0 for flag in ('warmup_steps', 'num_workers', 'kl_weight', 'lr_backbone', 'weight_decay',
+                                      'diversity_samples')},
     'lr': (lambda v: v > 0, 'more than 0'),
     'clip_grad_norm': (lambda v: v > 0, 'more than 0'),
     'dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
@@ -164,12 +168,14 @@ def cpu_has_bf16():
 
 
 def missing_flags(args):
-    """A message naming required flags that are absent, or None. --eval reads them from config.json."""
-    saved = read_config(args['ckpt_dir']) if args['eval'] else None
+    """A message naming required flags that are absent, or None. --eval and --eval_offline read
+    them from config.json."""
+    evaluating = args['eval'] or args.get('eval_offline')
+    saved = read_config(args['ckpt_dir']) if evaluating else None
     missing = [f'--{flag}' for flag in ('policy_class', 'task_name') if args.get(flag) is None]
     if not missing or saved is not None:
         return None
-    where = f' (or a config.json in --ckpt_dir {args["ckpt_dir"]}, which training writes)' if args['eval'] else ''
+    where = f' (or a config.json in --ckpt_dir {args["ckpt_dir"]}, which training writes)' if evaluating else ''
     return f'{" and ".join(missing)} required{where}'
 
 
@@ -233,6 +239,9 @@ def main(args):
     set_seed(SPLIT_SEED)
     rank, world_size, local_rank = distributed_env()
     device = pick_device(args['device'], local_rank)
+    if args.get('eval_offline'):
+        offline_main(args, device)
+        return
     if args['eval']:
         from evaluate import eval_bc
         config = eval_config(args, device)
@@ -256,6 +265,44 @@ def main(args):
     finally:
         if world_size > 1:
             torch.distributed.destroy_process_group()
+
+
+def offline_main(args, device):
+    """--eval_offline: the checkpoint's action chunks against recorded episodes (offline_eval.py):
+    the run's validation episodes (config.json), or those of --dataset_dir."""
+    from evaluate import load_policy, load_stats
+    from offline_eval import evaluate_offline, report_table, write_report
+    config = eval_config(args, device)
+    check_args(config, device)
+    dataset_dir, indices = offline_episodes(args)
+    policy = load_policy(config, config['eval_ckpt'])
+    normalizer = load_stats(config)
+    samples = args['diversity_samples']
+    if samples is None:
+        samples = DIFFUSION_SAMPLES if config['policy_class'] == 'Diffusion' else 0
+    report = evaluate_offline(policy, normalizer, [episode_path(dataset_dir, i) for i in indices],
+                              config['image_size'] or EVAL_IMAGE_HW, device, samples)
+    report.update(checkpoint=config['eval_ckpt'], dataset_dir=dataset_dir)
+    print(report_table(report))
+    write_report(report, config['ckpt_dir'])
+    print(f"Saved {os.path.join(config['ckpt_dir'], 'offline_eval.json')} and offline_eval.png")
+
+
+def offline_episodes(args):
+    """(dataset_dir, episode indices) of --eval_offline: --dataset_dir's (--num_episodes, else all),
+    else the validation episodes of the run that config.json records."""
+    from offline_eval import held_out_episodes
+    if args['dataset_dir']:
+        count = args['num_episodes'] or len(glob.glob(os.path.join(glob.escape(args['dataset_dir']), 'episode_*.hdf5')))
+        if count == 0:
+            raise ValueError(f"--dataset_dir {args['dataset_dir']} holds no episode_*.hdf5 files")
+        return args['dataset_dir'], list(range(count))
+    saved = read_config(args['ckpt_dir'])
+    training = (saved or {}).get('training') or {}
+    if 'dataset_dir' not in training or 'num_episodes' not in training:
+        raise ValueError(f"--eval_offline: {args['ckpt_dir']} has no config.json recording the training data; "
+                         f"pass --dataset_dir (and --num_episodes) to evaluate on recorded episodes")
+    return training['dataset_dir'], held_out_episodes(training['num_episodes'], TRAIN_RATIO, SPLIT_SEED)
 
 
 def train_main(args, task_config, device, rank, world_size):
@@ -439,6 +486,11 @@ def _evaluation_flags(parser):
     add = parser.add_argument
     add('--num_rollouts', type=int, default=50, help='evaluation rollouts')
     add('--eval_ckpt', default='policy_best.ckpt', help='checkpoint in --ckpt_dir to evaluate')
+    add('--eval_offline', action='store_true', help='compare the checkpoint\'s action chunks with recorded '
+        'episodes instead of rolling out: the run\'s validation episodes, or --dataset_dir\'s; writes '
+        'offline_eval.json and offline_eval.png')
+    add('--diversity_samples', type=int, help='--eval_offline: chunks drawn per observation for the action '
+        f'diversity (default: {DIFFUSION_SAMPLES} for Diffusion, none for the deterministic ACT and CNNMLP)')
     add('--no_video', action='store_true', help='evaluation: do not write video{i}.mp4')
     add('--eval_workers', type=int, default=1, help='evaluation: parallel rollout processes')
     add('--robot_backend', choices=('builtin', 'aloha_scripts'), default='builtin',

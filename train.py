@@ -399,7 +399,8 @@ class Trainer:
         self.progress.unit_steps += 1
         step_s = time.perf_counter() - start
         return {'split': 'train', 'step': self.progress.step, 'unit': self.progress.unit,
-                **compute_dict_mean(step_losses), 'lr': lrs[0], **{f'lr_group_{i}': lr for i, lr in enumerate(lrs[1:], 1)},
+                **compute_dict_mean(step_losses), 'lr': lrs[0],
+                **{f'lr_group_{i}': lr for i, lr in enumerate(lrs[1:], 1)},
                 'grad_norm': grad_norm, 'samples_per_s': samples * self.world_size / step_s,
                 'data_wait_s': self.data_wait, 'step_s': step_s, **peak_memory_mb(self.device)}
 
