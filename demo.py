@@ -87,12 +87,15 @@ Results:
   but rarely grasps the cube: expect 0% success here.
 Where to look:
   rollout videos     {videos}
-  training curves    {os.path.join(ckpt_dir, 'train_val_loss_seed_0.png')} (and _l1_, _kl_)
+  training curves    {os.path.join(ckpt_dir, 'train_val_loss_seed_0.png')} (and _l1_, _kl_),
+                     {os.path.join(ckpt_dir, 'train_metrics_seed_0.png')}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
   results            {os.path.join(ckpt_dir, 'result_policy_best.txt')}
   checkpoints        {os.path.join(ckpt_dir, 'policy_best.ckpt')}, policy_last.ckpt, dataset_stats.pkl
 The full recipe (about 90% success in the paper; hours on a GPU, far longer on a CPU):
   {FULL_RECIPE}
-The README's CPU recipe (120x160 images, a smaller ACT) reached 82% success in about 70 minutes.""")
+The README's CPU recipe (120x160 images, a smaller ACT) reached 82% success in about 70 minutes.
+The evaluation report (results, rollout videos, training curves, config; open it in a browser):
+  {os.path.join(ckpt_dir, 'report.html')}""")
 
 
 def main(args):

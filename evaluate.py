@@ -464,22 +464,29 @@ def _rollouts_in_process(evaluator, jobs, real_robot):
 
 
 def eval_bc(config, ckpt_name, save_episode=True):
-    """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return)."""
+    """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return).
+    Writes result_{checkpoint}.txt (the original's) and report.html (report.py)."""
+    from checkpoint import read_config
+    from report import write_report
     settings = EvalSettings.of(config)
     remove_stale_temps(settings.ckpt_dir)  # videos and results of killed runs
-    episode_returns, highest_rewards = [], []
+    results = []
     for result in rollout_results(settings, ckpt_name, save_episode):
-        max_reward = result['max_reward']
-        episode_returns.append(result['episode_return'])
-        highest_rewards.append(result['highest_reward'])
-        print(rollout_line(result['rollout_id'], result['episode_return'], result['highest_reward'], max_reward))
+        results.append(result)
+        print(rollout_line(result['rollout_id'], result['episode_return'], result['highest_reward'],
+                           result['max_reward']))
         if result['video_path'] is not None:
             print(f'Saved video to: {result["video_path"]}')
 
+    max_reward = results[-1]['max_reward']
+    episode_returns = [r['episode_return'] for r in results]
+    highest_rewards = [r['highest_reward'] for r in results]
     summary = summary_text(highest_rewards, episode_returns, max_reward)
     print(summary)
     write_result_file(os.path.join(settings.ckpt_dir, result_file_name(ckpt_name)), summary,
                       episode_returns, highest_rewards)
+    report = write_report(settings.ckpt_dir, ckpt_name, results, max_reward, read_config(settings.ckpt_dir))
+    print(f'Report: {report}')
     return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))
 
 

@@ -20,6 +20,7 @@ def test_demo_report_shows_summary_and_paths(tmp_path, capsys):
     assert '  Reward >= 4: 1/2 = 50.0%\n  Reward stages' in out  # the returns list is not shown
     assert str(tmp_path / 'video1.mp4') in out and 'train_val_loss_seed_0.png' in out
     assert 'training 2.0 min, evaluation 0.5 min' in out
+    assert out.rstrip().endswith(str(tmp_path / 'report.html'))  # the last line: where the report is
 
 
 def test_demo_failed_step_and_resume(tmp_path, monkeypatch):

@@ -1,0 +1,109 @@
+"""report.html: an evaluation to look at, written to --ckpt_dir after --eval.
+
+One page, self-contained apart from the rollout videos beside it (it reads offline): the summary
+(success rate, average return, the `Reward >= r` stages as a bar chart), one playable video per
+rollout with its outcome, the training curves found in the folder (embedded PNGs) and the run's
+config.json. The numbers are those of result_{checkpoint}.txt.
+"""
+import base64
+import glob
+import html
+import json
+import os
+
+import numpy as np
+
+from files import atomic_write
+
+REPORT_FILE = 'report.html'
+BAR_WIDTH, BAR_HEIGHT, BAR_GAP = 48, 160, 16  # pixels of the reward-stage chart
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
+.numbers span { font-size: 1.3em; font-weight: 600; margin-right: 2em; }
+.rollouts { display: flex; flex-wrap: wrap; gap: 1em; }
+.rollout { border: 1px solid #ccc; padding: 0.5em; }
+.rollout video { display: block; max-width: 340px; }
+.success { color: #176b2c; } .failure { color: #a11; }
+.curves img { max-width: 520px; margin: 0.3em; border: 1px solid #eee; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def reward_stages(highest_rewards, max_reward):
+    """[(r, count, rate)] for r = 0..max_reward: rollouts whose highest reward reached r."""
+    highest = np.array(highest_rewards)
+    return [(r, int((highest >= r).sum()), float((highest >= r).mean())) for r in range(max_reward + 1)]
+
+
+def stage_chart(stages):
+    """An inline SVG bar chart of the reward stages."""
+    width = len(stages) * (BAR_WIDTH + BAR_GAP) + BAR_GAP
+    bars = []
+    for i, (r, count, rate) in enumerate(stages):
+        x, h = BAR_GAP + i * (BAR_WIDTH + BAR_GAP), rate * BAR_HEIGHT
+        bars.append(f'<rect x="{x}" y="{20 + BAR_HEIGHT - h:.1f}" width="{BAR_WIDTH}" height="{h:.1f}" fill="#4a7fb5"/>'
+                    f'<text x="{x + BAR_WIDTH / 2}" y="{14 + BAR_HEIGHT - h:.1f}" text-anchor="middle" '
+                    f'font-size="12">{rate * 100:.0f}%</text>'
+                    f'<text x="{x + BAR_WIDTH / 2}" y="{BAR_HEIGHT + 38}" text-anchor="middle" '
+                    f'font-size="12">&#8805; {r}</text>')
+    return (f'<svg width="{width}" height="{BAR_HEIGHT + 48}" role="img" aria-label="rollouts reaching each '
+            f'reward">{"".join(bars)}</svg>')
+
+
+def _rollout_html(result, max_reward, ckpt_dir):
+    success = result['highest_reward'] == max_reward
+    outcome = (f'<span class="{"success" if success else "failure"}">{"success" if success else "failure"}</span>, '
+               f'highest reward {result["highest_reward"]} of {max_reward}, return {result["episode_return"]}')
+    video = ''
+    if result.get('video_path'):
+        name = html.escape(os.path.relpath(result['video_path'], ckpt_dir))
+        video = f'<video controls preload="metadata" src="{name}"></video>'
+    return f'<div class="rollout"><b>Rollout {result["rollout_id"]}</b>{video}<div>{outcome}</div></div>'
+
+
+def _curves_html(ckpt_dir):
+    images = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(ckpt_dir), '*_seed_*.png'))):
+        with open(path, 'rb') as f:
+            data = base64.b64encode(f.read()).decode('ascii')
+        name = html.escape(os.path.basename(path))
+        images.append(f'<img alt="{name}" title="{name}" src="data:image/png;base64,{data}">')
+    return ''.join(images) or '<p>No training curves in this folder.</p>'
+
+
+def report_html(ckpt_dir, ckpt_name, results, max_reward, run_config):
+    """The page for rollout `results` (evaluate's dicts) of checkpoint `ckpt_name`."""
+    highest = [r['highest_reward'] for r in results]
+    success_rate = float(np.mean(np.array(highest) == max_reward))
+    avg_return = float(np.mean([r['episode_return'] for r in results]))
+    stages = reward_stages(highest, max_reward)
+    stage_rows = ''.join(f'<tr><td>Reward &#8805; {r}</td><td>{count}/{len(results)}</td><td>{rate * 100}%</td></tr>'
+                         for r, count, rate in stages)
+    config_text = html.escape(json.dumps(run_config, indent=2)) if run_config else 'no config.json in this folder'
+    title = html.escape(f'{os.path.basename(os.path.normpath(ckpt_dir))}: {ckpt_name}')
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
+<body>
+<h1>{title}</h1>
+<div class="numbers">Success rate <span id="success-rate">{success_rate}</span>
+Average return <span id="average-return">{avg_return}</span>
+Rollouts <span id="num-rollouts">{len(results)}</span></div>
+<h2>Reward stages</h2>
+{stage_chart(stages)}
+<table id="reward-stages">{stage_rows}</table>
+<h2>Rollouts</h2>
+<div class="rollouts">{''.join(_rollout_html(r, max_reward, ckpt_dir) for r in results)}</div>
+<h2>Training curves</h2>
+<div class="curves">{_curves_html(ckpt_dir)}</div>
+<h2>Configuration</h2>
+<pre id="config">{config_text}</pre>
+</body></html>
+"""
+
+
+def write_report(ckpt_dir, ckpt_name, results, max_reward, run_config):
+    """Write report.html to ckpt_dir -> its path."""
+    path = os.path.join(ckpt_dir, REPORT_FILE)
+    atomic_write(path, lambda f: f.write(report_html(ckpt_dir, ckpt_name, results, max_reward, run_config)), mode='w')
+    return path
