@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 
-from files import atomic_path, atomic_write
+from files import FULL_ERRNOS, atomic_path, atomic_write, disk_full_error
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -64,8 +64,13 @@ class MetricsFile:
 
     def write(self, record):
         self.records.append(record)
-        self.file.write(json.dumps(record) + '\n')
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + '\n')
+            self.file.flush()
+        except OSError as err:
+            if err.errno in FULL_ERRNOS:
+                raise disk_full_error(err, self.path) from None
+            raise
 
     def close(self):
         self.file.close()

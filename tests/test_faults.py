@@ -386,7 +386,7 @@ def test_a_full_disk_while_training_is_a_message_and_a_clean_exit(tmp_path):
     assert done.returncode == 1, done.stderr
     assert (f'imitate_episodes.py: error: file too large: {ckpt / "policy_epoch_0_seed_0.ckpt"} (needed about '
             in done.stderr) and 'Traceback' not in done.stderr
-    assert sorted(os.listdir(ckpt)) == ['config.json', 'dataset_stats.pkl']
+    assert sorted(os.listdir(ckpt)) == ['config.json', 'dataset_stats.pkl', 'metrics.jsonl']
 
 
 def test_a_write_that_fails_for_space_names_the_file(tmp_path):
