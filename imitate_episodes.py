@@ -4,11 +4,14 @@ r"""Train an ACT, CNNMLP or Diffusion policy on recorded episodes, or evaluate o
         --policy_class ACT --kl_weight 10 --chunk_size 100 --hidden_dim 512 --batch_size 8 \
         --dim_feedforward 3200 --num_epochs 2000 --lr 1e-5 --seed 0
     python imitate_episodes.py --eval --ckpt_dir ckpt/cube [--temporal_agg]
+    python imitate_episodes.py --eval_offline --ckpt_dir ckpt/cube
 
 trains as the original did and leaves the same files in --ckpt_dir (dataset_stats.pkl,
 policy_best.ckpt, policy_last.ckpt, policy_epoch_{e}_seed_{s}.ckpt, train_val_{key}_seed_{s}.png),
 plus config.json, which lets --eval rebuild the policy with no model flags (flags given still win),
-and training_state.pt for --resume. Model flags left out take the policy's own defaults. Several
+training_state.pt for --resume and metrics.jsonl (every step's metrics). --eval also writes
+report.html; --eval_offline compares the policy's action chunks with recorded episodes
+(offline_eval.json). Model flags left out take the policy's own defaults. Several
 processes: `torchrun --nproc_per_node N imitate_episodes.py ...` (only rank 0 writes files).
 This file holds the command line and the configuration; the loop is in train.py, evaluation in
 evaluate.py, the data pipeline in data.py.
