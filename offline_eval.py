@@ -93,44 +93,44 @@ def check_episode(path, policy, normalizer):
     return qpos, action, is_sim
 
 
-def evaluate_episode(path, policy, normalizer, image_size, device, sums, samples, bar):
-    """Add one episode's chunk errors (and sample spreads when samples > 0) to `sums`."""
-    qpos, action, is_sim = check_episode(path, policy, normalizer)
+def evaluate_episode(path, episode, policy, normalizer, image_size, device, sums, samples, bar):
+    """Add one episode's chunk errors (and sample spreads when samples > 0) to `sums`;
+    episode: check_episode's (qpos, action, is_sim). Frames are read a batch at a time."""
+    qpos, action, is_sim = episode
     T, Q, To = len(qpos), policy.num_queries, policy.obs_horizon
-    with open_episode(path) as root:
-        frames = np.stack([resize_images(read_frames(root, path, cam, np.arange(T)), image_size)
-                           for cam in policy.camera_names], axis=1)  # (T, K, H, W, 3)
     norm_qpos = normalizer.normalize_qpos(qpos)  # (T, S)
     # NOTE(faithful): real-robot targets start one step earlier, as the training samples' do.
     first = np.arange(T) if is_sim else np.maximum(np.arange(T) - 1, 0)  # (T,)
-    for start in range(0, T, BATCH_SIZE):
-        steps = np.arange(start, min(start + BATCH_SIZE, T))  # (B,)
-        history = np.maximum(steps[:, None] + np.arange(1 - To, 1)[None], 0)  # (B, To)
-        q = torch.from_numpy(norm_qpos[history]).to(device)  # (B, To, S)
-        image = image_to_tensor(frames[history], device)  # (B, To, K, 3, H, W)
-        if To == 1:
-            q, image = q[:, 0], image[:, 0]
-        draws = [normalizer.unnormalize_action(policy.action_chunk(q, image).cpu().numpy())
-                 for _ in range(max(1, samples))]  # each (B, Q, A)
-        index = first[steps][:, None] + np.arange(Q)[None]  # (B, Q)
-        valid = index < T
-        sums.add(draws[0], action[np.minimum(index, T - 1)], valid)
-        if samples > 1:
-            sums.add_samples(np.stack(draws))
-        bar.update(len(steps))
+    with open_episode(path) as root:
+        for start in range(0, T, BATCH_SIZE):
+            steps = np.arange(start, min(start + BATCH_SIZE, T))  # (B,)
+            history = np.maximum(steps[:, None] + np.arange(1 - To, 1)[None], 0)  # (B, To)
+            frames = np.stack([resize_images(read_frames(root, path, cam, history.ravel()), image_size)
+                               for cam in policy.camera_names], axis=1)  # (B To, K, H, W, 3)
+            q = torch.from_numpy(norm_qpos[history]).to(device)  # (B, To, S)
+            image = image_to_tensor(frames.reshape(*history.shape, *frames.shape[1:]), device)  # (B, To, K, 3, H, W)
+            if To == 1:
+                q, image = q[:, 0], image[:, 0]
+            draws = [normalizer.unnormalize_action(policy.action_chunk(q, image).cpu().numpy())
+                     for _ in range(max(1, samples))]  # each (B, Q, A)
+            index = first[steps][:, None] + np.arange(Q)[None]  # (B, Q)
+            sums.add(draws[0], action[np.minimum(index, T - 1)], index < T)
+            if samples > 1:
+                sums.add_samples(np.stack(draws))
+            bar.update(len(steps))
 
 
 def evaluate_offline(policy, normalizer, paths, image_size, device, samples=0):
-    """The report (ErrorSums.report) of `policy` on the episode files `paths`."""
+    """The report (ErrorSums.report) of `policy` on the episode files `paths`, all checked first."""
     if not paths:
         raise ValueError('no held-out episodes to evaluate on: pass --dataset_dir (and --num_episodes) '
                          'to evaluate on other recorded episodes')
     policy.eval()
+    episodes = [check_episode(p, policy, normalizer) for p in paths]
     sums = ErrorSums(policy.num_queries, normalizer.action_dim)
-    total = sum(len(read_low_dim(p)[0]) for p in paths)
-    with tqdm(total=total, desc='offline evaluation', unit='step') as bar:
-        for path in paths:
-            evaluate_episode(path, policy, normalizer, image_size, device, sums, samples, bar)
+    with tqdm(total=sum(len(qpos) for qpos, _, _ in episodes), desc='offline evaluation', unit='step') as bar:
+        for path, episode in zip(paths, episodes):
+            evaluate_episode(path, episode, policy, normalizer, image_size, device, sums, samples, bar)
     report = sums.report(joint_names(normalizer.action_dim))
     report['episodes'] = [os.path.basename(p) for p in paths]
     return report
