@@ -67,9 +67,11 @@ def test_diversity_is_zero_for_act_and_positive_for_diffusion(tmp_path):
                               'hidden_dim': 16, 'dim_feedforward': 32, 'enc_layers': 1, 'dec_layers': 1, 'nheads': 2,
                               'kl_weight': 10, 'pretrained_backbone': False})
     assert evaluate_offline(act, normalizer, paths, TINY_IMAGE_HW, 'cpu', samples=3)['diversity']['overall'] < 1e-9
-    diffusion = make_policy('Diffusion', tiny_config(num_inference_steps=2))
-    report = evaluate_offline(diffusion, normalizer, paths, TINY_IMAGE_HW, 'cpu', samples=3)
-    assert report['diversity']['overall'] > 0 and all(v > 0 for v in report['diversity']['per_joint'].values())
+    for obs_horizon in (1, 2):  # 2: each query sees steps t-1 and t
+        diffusion = make_policy('Diffusion', tiny_config(num_inference_steps=2, obs_horizon=obs_horizon))
+        report = evaluate_offline(diffusion, normalizer, paths, TINY_IMAGE_HW, 'cpu', samples=3)
+        assert report['diversity']['overall'] > 0 and all(v > 0 for v in report['diversity']['per_joint'].values())
+        assert report['actions_compared'] == sum(6 - k for k in range(5))
 
 
 def test_eval_offline_uses_the_runs_validation_episodes(two_epoch_run, capsys):
