@@ -287,8 +287,7 @@ def offline_main(args, device):
                               config['image_size'] or EVAL_IMAGE_HW, device, samples)
     report.update(checkpoint=config['eval_ckpt'], dataset_dir=dataset_dir)
     print(report_table(report))
-    write_report(report, config['ckpt_dir'])
-    print(f"Saved {os.path.join(config['ckpt_dir'], 'offline_eval.json')} and offline_eval.png")
+    print('Saved ' + ' and '.join(write_report(report, config['ckpt_dir'])))
 
 
 def offline_episodes(args):

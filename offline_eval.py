@@ -151,8 +151,9 @@ def report_table(report):
 
 
 def write_report(report, ckpt_dir):
-    """offline_eval.json and offline_eval.png in ckpt_dir."""
-    atomic_write(os.path.join(ckpt_dir, OFFLINE_EVAL_FILE), lambda f: json.dump(report, f, indent=2), mode='w')
+    """offline_eval.json and offline_eval.png in ckpt_dir -> their paths."""
+    paths = [os.path.join(ckpt_dir, name) for name in (OFFLINE_EVAL_FILE, OFFLINE_EVAL_PLOT)]
+    atomic_write(paths[0], lambda f: json.dump(report, f, indent=2), mode='w')
     from matplotlib.figure import Figure
     fig = Figure(figsize=(10, 4))
     by_joint, along = fig.subplots(1, 2)
@@ -164,5 +165,6 @@ def write_report(report, ckpt_dir):
     along.set_xlabel('position in the chunk')
     along.set_title('L1 error along the chunk')
     fig.tight_layout()
-    with atomic_path(os.path.join(ckpt_dir, OFFLINE_EVAL_PLOT)) as tmp:
+    with atomic_path(paths[1]) as tmp:
         fig.savefig(tmp, format='png')
+    return paths

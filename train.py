@@ -235,17 +235,16 @@ def check_resume(state, config, path):
 
 def check_resume_data(state, record, path, any_data=False):
     """Raise unless the data of `record` (data.dataset_record) is the data the state was trained
-    on; with any_data, print what changed and go on. True when the data changed."""
+    on; with any_data, print what changed and go on."""
     if state.get('data') is None:
         print(f'--resume: {path} holds no record of its data (an older version wrote it): the data is not checked')
-        return False
+        return
     changes = data_changes(state['data'], record)
     if changes and not any_data:
         raise ValueError(f'--resume: the data differs from the data {path} was trained on: ' + '; '.join(changes)
                          + '. Point --dataset_dir at that data, or add --resume_any_data to go on with this data')
     if changes:
         print('--resume_any_data: going on with changed data (' + '; '.join(changes) + ')')
-    return bool(changes)
 
 
 def check_finite_losses(losses, step, stage):
@@ -294,7 +293,7 @@ class Trainer:
         self.state_path = os.path.join(config['ckpt_dir'], TRAINING_STATE)
         self._build_model()
         self.progress = Progress()
-        self._batches = None
+        self._batches, self.data_wait = None, 0.0
         if config['resume']:
             self.load_state(state if state is not None else read_training_state(self.state_path))
 
@@ -348,14 +347,14 @@ class Trainer:
     def next_batch(self):
         """The next training batch; passes over the episodes follow one another (loader epochs).
         The time spent waiting for it adds to self.data_wait."""
-        p = self.progress
         start = time.perf_counter()
         try:
-            return self._fetch_batch(p)
+            return self._fetch_batch()
         finally:
             self.data_wait += time.perf_counter() - start
 
-    def _fetch_batch(self, p):
+    def _fetch_batch(self):
+        p = self.progress
         while True:
             if self._batches is None:
                 self.train_loader.sampler.set_epoch(p.loader_epoch, p.batches_done * self.train_loader.batch_size)
