@@ -4,7 +4,8 @@
                                        cameras, image size, state/action sizes, project version)
     dataset_stats.pkl                  the original's normalisation statistics (data.Normalizer)
     policy_best.ckpt, policy_last.ckpt policy.serialize(): a raw state_dict for ACT and CNNMLP (the
-    policy_{unit}_{n}_seed_{s}.ckpt    original's format), {'nets', 'ema', 'ema_step'} for Diffusion
+    policy_{unit}_{n}_seed_{s}.ckpt    original's format), {'nets', 'ema', 'ema_step'} for Diffusion;
+                                       .safetensors instead of .ckpt with --save_format safetensors
     training_state.pt                  everything --resume needs (train.py)
     train_val_{key}_seed_{s}.png       training curves
     result_{ckpt}.txt, video{i}.mp4    evaluation results (evaluate.py)
@@ -17,16 +18,36 @@ import os
 import torch
 
 from constants import PROJECT_VERSION
-from files import atomic_write
+from files import atomic_write, save_safetensors
 
 CONFIG_FILE = 'config.json'
 STATS_FILE = 'dataset_stats.pkl'
 REQUIRED_CONFIG_KEYS = ('policy_class', 'policy_config', 'camera_names', 'state_dim', 'action_dim')
+SAVE_FORMATS = {'ckpt': '.ckpt', 'safetensors': '.safetensors'}  # --save_format -> extension of policy files
 
 
 def atomic_save(obj, path, save=torch.save):
     """Write obj with save(obj, file) atomically: an interrupted write leaves the previous file intact."""
     atomic_write(path, lambda f: save(obj, f))
+
+
+def save_policy(obj, ckpt_dir, stem, save_format='ckpt'):
+    """Write policy.serialize()'s object as {stem}.ckpt (torch.save, the original's format) or
+    {stem}.safetensors, atomically -> the path."""
+    path = os.path.join(ckpt_dir, stem + SAVE_FORMATS[save_format])
+    (save_safetensors if save_format == 'safetensors' else atomic_save)(obj, path)
+    return path
+
+
+def policy_file(ckpt_dir, name):
+    """The path of checkpoint `name` in ckpt_dir; a name of one format that the folder holds only
+    in the other (policy_best.ckpt of a safetensors run) resolves to the file it holds."""
+    path = os.path.join(ckpt_dir, name)
+    stem, ext = os.path.splitext(path)
+    if not os.path.isfile(path) and ext in SAVE_FORMATS.values():
+        others = [stem + e for e in SAVE_FORMATS.values() if e != ext and os.path.isfile(stem + e)]
+        return others[0] if others else path
+    return path
 
 
 def make_run_config(policy_class, policy_config, task_name, image_size, training=None):

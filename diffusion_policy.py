@@ -25,12 +25,14 @@ the trunk starts from ImageNet weights (pretrained_backbone).
 """
 import copy
 import math
+import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from files import load_torch_file
 from policy import AMP_DTYPES, Policy, autocast
 
 ### Fixed values
@@ -470,8 +472,10 @@ class DiffusionPolicy(Policy):
                 'ema_step': self.ema.optimization_step}
 
     def deserialize(self, checkpoint):
-        """Load serialize()'s dict strictly (act-plus-plus checkpoints too); inference then uses 'ema'
-        (or 'nets' when the checkpoint has no EMA weights)."""
+        """Load serialize()'s dict (or a checkpoint file path) strictly (act-plus-plus checkpoints too);
+        inference then uses 'ema' (or 'nets' when the checkpoint has no EMA weights)."""
+        if isinstance(checkpoint, (str, os.PathLike)):
+            checkpoint = load_torch_file(os.fspath(checkpoint))
         if not isinstance(checkpoint, dict) or 'nets' not in checkpoint:
             keys = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
             raise KeyError(f"a Diffusion checkpoint is a dict with 'nets' and 'ema' state dicts; got {keys} "

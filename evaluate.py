@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from checkpoint import STATS_FILE
+from checkpoint import STATS_FILE, policy_file, read_config
 from constants import DT
 from data import Normalizer, image_to_tensor, resize_images
 from files import atomic_path, atomic_write, load_torch_file, remove_stale_temps
@@ -170,9 +170,10 @@ def summary_text(highest_rewards, episode_returns, max_reward):
 
 
 def result_file_name(ckpt_name):
-    """'policy_best.ckpt' -> 'result_policy_best.txt'."""
+    """'policy_best.ckpt' (or .safetensors) -> 'result_policy_best.txt'."""
     base = os.path.basename(ckpt_name)
-    return f"result_{base[:-len('.ckpt')] if base.endswith('.ckpt') else base}.txt"
+    stem, ext = os.path.splitext(base)
+    return f"result_{stem if ext in ('.ckpt', '.safetensors') else base}.txt"
 
 
 def write_result_file(path, summary, episode_returns, highest_rewards):
@@ -220,7 +221,7 @@ def load_policy(config, ckpt_name):
     """Build the configured policy and load the checkpoint into it, on the settings' device."""
     from policy import checkpoint_policy_class, make_policy
     settings = EvalSettings.of(config)
-    ckpt_path = os.path.join(settings.ckpt_dir, ckpt_name)
+    ckpt_path = policy_file(settings.ckpt_dir, ckpt_name)
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f'checkpoint not found: {ckpt_path}; train one first: {_train_command(settings)} '
                                 f'or pick another checkpoint with --eval_ckpt')
@@ -466,7 +467,6 @@ def _rollouts_in_process(evaluator, jobs, real_robot):
 def eval_bc(config, ckpt_name, save_episode=True):
     """Roll the checkpoint out config['num_rollouts'] times -> (success_rate, avg_return).
     Writes result_{checkpoint}.txt (the original's) and report.html (report.py)."""
-    from checkpoint import read_config
     from report import write_report
     settings = EvalSettings.of(config)
     remove_stale_temps(settings.ckpt_dir)  # videos and results of killed runs
@@ -497,7 +497,7 @@ def rollout_results(config, ckpt_name, save_episode=True):
     settings, num_workers = _checked_settings(EvalSettings.of(config))
     policy = load_policy(settings, ckpt_name)  # bad inputs fail here, before any worker starts
     normalizer = load_stats(settings)
-    print(f'Loaded: {os.path.join(settings.ckpt_dir, ckpt_name)}')
+    print(f'Loaded: {policy_file(settings.ckpt_dir, ckpt_name)}')
     if settings.real_robot:
         poses = [None] * settings.num_rollouts
     else:

@@ -10,12 +10,14 @@ reports the failure afterwards.
 
 Pickles and torch files that users share are read with restricted unpicklers: `load_stats_pickle`
 admits only the numpy arrays and numbers of a dataset_stats.pkl, `load_torch_file` only tensors and
-plain containers; anything else is refused with an error, never executed. This module imports
+plain containers; anything else is refused with an error, never executed. `save_safetensors`
+writes policy weights with no pickle at all (--save_format safetensors); `load_torch_file` reads them. This module imports
 torch only inside `load_torch_file`, so the viewer and the replay script stay light.
 """
 import contextlib
 import errno
 import io
+import json
 import os
 import pickle
 import re
@@ -233,15 +235,48 @@ def _numpy_globals():
     return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), core.multiarray._reconstruct]
 
 
+def save_safetensors(obj, path):
+    """Write a state dict, or a dict of state dicts and plain values (the Diffusion policy's
+    checkpoint), as a safetensors file atomically: tensors under '{key}' or '{entry}/{key}', the
+    layout and the plain values in its metadata. No pickle anywhere."""
+    from safetensors.torch import save
+    if all(hasattr(v, 'shape') for v in obj.values()):
+        tensors, metadata = dict(obj), {'layout': 'state_dict'}
+    else:
+        tensors = {f'{entry}/{k}': v for entry, sd in obj.items() if isinstance(sd, dict) for k, v in sd.items()}
+        values = {entry: v for entry, v in obj.items() if not isinstance(v, dict)}
+        metadata = {'layout': 'nested', 'values': json.dumps(values)}
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _load_safetensors(path, map_location):
+    """save_safetensors' object back."""
+    from safetensors import safe_open
+    with safe_open(path, framework='pt', device=str(map_location)) as f:
+        metadata = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if metadata.get('layout') != 'nested':
+        return tensors
+    obj = json.loads(metadata.get('values', '{}'))
+    for name, tensor in tensors.items():
+        entry, key = name.split('/', 1)
+        obj.setdefault(entry, {})[key] = tensor
+    return obj
+
+
 def load_torch_file(path, what='checkpoint', map_location='cpu'):
     """torch.load of a file users share, admitting only tensors, numpy arrays and plain Python
-    values; a clear error for an empty, truncated or foreign file, never advice to load unsafely."""
+    values, or a safetensors file (save_safetensors); a clear error for an empty, truncated or
+    foreign file, never advice to load unsafely."""
     import torch
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path}')
     if os.path.getsize(path) == 0:
         raise ValueError(f'{what} {path} is empty (0 bytes): an interrupted copy? Copy or train it again')
     try:
+        if path.endswith('.safetensors'):
+            return _load_safetensors(path, map_location)
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 (whatever a foreign or broken file makes torch raise)

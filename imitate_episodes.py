@@ -25,7 +25,7 @@ import warnings
 
 import torch
 
-from checkpoint import CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, read_config, write_config
+from checkpoint import CONFIG_FILE, SAVE_FORMATS, STATS_FILE, make_run_config, read_config, save_policy, write_config
 from data import TRAIN_RATIO, Normalizer, dataset_record, get_norm_stats, load_data
 from episodes import episode_path
 from files import DiskFull, UnsafeFile, prepare_folder
@@ -64,7 +64,7 @@ FLAG_RANGES = {
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 TRAINING_RECORD = ('dataset_dir', 'num_episodes', 'batch_size', 'seed', 'num_epochs', 'num_steps', 'amp',
                    'grad_accum', 'lr_schedule', 'warmup_steps', 'validate_every', 'save_every',
-                   'clip_grad_norm')  # into config.json
+                   'clip_grad_norm', 'save_format')  # into config.json
 
 
 ################################ Configuration ################################
@@ -123,7 +123,7 @@ def make_config(args, task_config, policy_config, device):
                                 'temporal_agg', 'num_rollouts', 'eval_ckpt', 'eval_workers', 'robot_backend',
                                 'robot_driver', 'amp', 'batch_size', 'num_steps', 'grad_accum', 'lr_schedule',
                                 'warmup_steps', 'validate_every', 'save_every', 'resume', 'wandb', 'tensorboard',
-                                'clip_grad_norm')},
+                                'clip_grad_norm', 'save_format')},
         'episode_len': task_config['episode_len'], 'policy_config': policy_config, 'lr': policy_config['lr'],
         'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
         'camera_names': policy_config['camera_names'], 'real_robot': args['task_name'][:4] != 'sim_',
@@ -340,7 +340,7 @@ def train_main(args, task_config, device, rank, world_size):
 
     best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config, state)
     if rank == 0:
-        atomic_save(best_state_dict, os.path.join(ckpt_dir, 'policy_best.ckpt'))
+        save_policy(best_state_dict, ckpt_dir, 'policy_best', config['save_format'])
         unit = 'step' if config['num_steps'] else 'epoch'
         print(f'Best ckpt, val loss {min_val_loss:.6f} @ {unit}{best_epoch}')
 
@@ -478,6 +478,8 @@ def _training_flags(parser):
         'settings or the data differ from those it was trained with)')
     add('--resume_any_data', action='store_true', help='with --resume: go on although the data (episode files, '
         'sizes, statistics) changed; normalisation keeps the dataset_stats.pkl in --ckpt_dir')
+    add('--save_format', choices=tuple(SAVE_FORMATS), default='ckpt',
+        help='policy_*.ckpt (torch.save of the state_dict, the original\'s) or policy_*.safetensors (no pickle)')
     add('--clip_grad_norm', type=float, help='clip the gradient norm to this (default: no clipping, as the original)')
     add('--wandb', action='store_true', help='log the metrics to Weights & Biases (WANDB_MODE=offline: no network)')
     add('--tensorboard', action='store_true', help='also write the metrics as TensorBoard event files in '

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_save
+from checkpoint import atomic_save, save_policy
 from data import data_changes, image_to_tensor
 from files import load_torch_file
 from metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
@@ -34,7 +34,7 @@ TRAINING_STATE = 'training_state.pt'  # file of the full training state in ckpt_
 TRAIN_DEFAULTS = {'device': 'cpu', 'amp': 'off', 'num_steps': None, 'grad_accum': 1, 'lr_schedule': 'constant',
                   'warmup_steps': 0, 'validate_every': 1, 'save_every': 100, 'resume': False, 'wandb': False,
                   'batch_size': None, 'world_size': 1, 'rank': 0, 'dataset_record': None, 'clip_grad_norm': None,
-                  'tensorboard': False}
+                  'tensorboard': False, 'save_format': 'ckpt'}
 # Settings a resumed run must share with the run that wrote the training state.
 RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
 INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
@@ -473,7 +473,7 @@ class Trainer:
             p.loader_epoch, p.batches_done, self._batches = p.loader_epoch + 1, 0, None
         log.train(u, summary)
         if u % self.config['save_every'] == 0:
-            self.save_checkpoint(f'policy_{self.unit_name}_{u}_seed_{self.config["seed"]}.ckpt',
+            self.save_checkpoint(f'policy_{self.unit_name}_{u}_seed_{self.config["seed"]}',
                                  self.policy.serialize())
             if self.rank == 0:
                 plot_history(p.train_history, p.validation_history, self.config['ckpt_dir'],
@@ -481,16 +481,16 @@ class Trainer:
                 log.plot()
             self.save_state()
 
-    def save_checkpoint(self, name, obj):
+    def save_checkpoint(self, stem, obj):
         if self.rank == 0:
-            atomic_save(obj, os.path.join(self.config['ckpt_dir'], name))
+            save_policy(obj, self.config['ckpt_dir'], stem, self.config['save_format'])
 
     def finish(self):
         """The original's end-of-training files; returns (best unit, min val loss, best state dict)."""
         p, seed = self.progress, self.config['seed']
-        self.save_checkpoint('policy_last.ckpt', self.policy.serialize())
+        self.save_checkpoint('policy_last', self.policy.serialize())
         best_unit, min_val_loss, best_state_dict = p.best
-        self.save_checkpoint(f'policy_{self.unit_name}_{best_unit}_seed_{seed}.ckpt', best_state_dict)
+        self.save_checkpoint(f'policy_{self.unit_name}_{best_unit}_seed_{seed}', best_state_dict)
         self.save_state()
         if self.rank == 0:
             print(f'Training finished:\nSeed {seed}, val loss {min_val_loss:.6f} at {self.unit_name} {best_unit}')
