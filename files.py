@@ -11,8 +11,9 @@ reports the failure afterwards.
 Pickles and torch files that users share are read with restricted unpicklers: `load_stats_pickle`
 admits only the numpy arrays and numbers of a dataset_stats.pkl, `load_torch_file` only tensors and
 plain containers; anything else is refused with an error, never executed. `save_safetensors`
-writes policy weights with no pickle at all (--save_format safetensors); `load_torch_file` reads them. This module imports
-torch only inside `load_torch_file`, so the viewer and the replay script stay light.
+writes policy weights with no pickle at all (--save_format safetensors); `load_torch_file` reads
+them. This module imports torch and safetensors only inside functions, so the viewer and the replay
+script stay light.
 """
 import contextlib
 import errno
