@@ -376,6 +376,16 @@ class EpisodeSampler(torch.utils.data.Sampler):
             yield int(index), int(seed)
 
 
+def split_episodes(num_episodes, permutation=np.random.permutation):
+    """(train, validation) episode indices: the first TRAIN_RATIO of `permutation(num_episodes)`;
+    by default drawn from numpy's global random state, as the original."""
+    num_train = int(TRAIN_RATIO * num_episodes)
+    if num_train < 1 or num_train == num_episodes:
+        raise ValueError(f'num_episodes={num_episodes}: need at least 2 episodes for an 80/20 train/validation split')
+    shuffled = permutation(num_episodes)
+    return shuffled[:num_train], shuffled[num_train:]
+
+
 def should_preload(datasets, preload):
     """preload 'auto' | 'on' | 'off' -> whether to hold all frames in memory."""
     if preload in ('on', 'off'):
@@ -392,23 +402,17 @@ def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_s
     """-> (train_dataloader, val_dataloader, norm_stats, is_sim).
 
     The split is drawn from numpy's global random state (the original seeds it with 1 first).
-    norm_stats None computes the statistics over the data (get_norm_stats); given, they are used as they are.
+    norm_stats None computes the statistics over the data (get_norm_stats); given (sizes already
+    checked against the data), they are used as they are.
     num_workers None picks 0 when the frames are preloaded and 1 otherwise. Each loader's
     `.sampler` is an EpisodeSampler: call `set_epoch` before each pass.
     """
     print(f'\nData from: {dataset_dir}\n')
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f'dataset directory {dataset_dir} does not exist (pass --dataset_dir or set ACT_DATA_DIR)')
-    num_train = int(TRAIN_RATIO * num_episodes)
-    if num_train < 1 or num_train == num_episodes:
-        raise ValueError(f'num_episodes={num_episodes}: need at least 2 episodes for an 80/20 train/validation split')
-    shuffled_indices = np.random.permutation(num_episodes)
-    train_indices, val_indices = shuffled_indices[:num_train], shuffled_indices[num_train:]
+    train_indices, val_indices = split_episodes(num_episodes)
     if norm_stats is None:
         norm_stats = get_norm_stats(dataset_dir, num_episodes)
-    else:
-        qpos, action, _ = read_low_dim(episode_path(dataset_dir, 0))
-        Normalizer(norm_stats).check_sizes(qpos.shape[1], action.shape[1], f'statistics for {dataset_dir}')
     datasets = [EpisodicDataset(ids, dataset_dir, camera_names, norm_stats, policy_class, obs_horizon, image_size)
                 for ids in (train_indices, val_indices)]
     train_hw, val_hw = (tuple(d.hw) for d in datasets)

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from checkpoint import STATS_FILE, policy_file, read_config
+from checkpoint import SAVE_FORMATS, STATS_FILE, policy_file, read_config
 from constants import DT
 from data import Normalizer, image_to_tensor, resize_images
 from files import atomic_path, atomic_write, load_torch_file, remove_stale_temps
@@ -173,7 +173,7 @@ def result_file_name(ckpt_name):
     """'policy_best.ckpt' (or .safetensors) -> 'result_policy_best.txt'."""
     base = os.path.basename(ckpt_name)
     stem, ext = os.path.splitext(base)
-    return f"result_{stem if ext in ('.ckpt', '.safetensors') else base}.txt"
+    return f"result_{stem if ext in SAVE_FORMATS.values() else base}.txt"
 
 
 def write_result_file(path, summary, episode_returns, highest_rewards):

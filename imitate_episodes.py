@@ -23,10 +23,11 @@ import os
 import sys
 import warnings
 
+import numpy as np
 import torch
 
 from checkpoint import CONFIG_FILE, SAVE_FORMATS, STATS_FILE, make_run_config, read_config, save_policy, write_config
-from data import TRAIN_RATIO, Normalizer, dataset_record, get_norm_stats, load_data
+from data import Normalizer, dataset_record, get_norm_stats, load_data, split_episodes
 from episodes import episode_path
 from files import DiskFull, UnsafeFile, prepare_folder
 from offline_eval import DIFFUSION_SAMPLES
@@ -293,7 +294,6 @@ def offline_main(args, device):
 def offline_episodes(args):
     """(dataset_dir, episode indices) of --eval_offline: --dataset_dir's (--num_episodes, else all),
     else the validation episodes of the run that config.json records."""
-    from offline_eval import held_out_episodes
     if args['dataset_dir']:
         count = args['num_episodes'] or len(glob.glob(os.path.join(glob.escape(args['dataset_dir']), 'episode_*.hdf5')))
         if count == 0:
@@ -304,7 +304,8 @@ def offline_episodes(args):
     if 'dataset_dir' not in training or 'num_episodes' not in training:
         raise ValueError(f"--eval_offline: {args['ckpt_dir']} has no config.json recording the training data; "
                          f"pass --dataset_dir (and --num_episodes) to evaluate on recorded episodes")
-    return training['dataset_dir'], held_out_episodes(training['num_episodes'], TRAIN_RATIO, SPLIT_SEED)
+    validation = split_episodes(training['num_episodes'], np.random.RandomState(SPLIT_SEED).permutation)[1]
+    return training['dataset_dir'], sorted(validation.tolist())
 
 
 def train_main(args, task_config, device, rank, world_size):
@@ -355,7 +356,11 @@ def resume_state(args, record, data_stats):
     state = read_training_state(path)
     check_resume_data(state, record, path, args['resume_any_data'])
     stats_path = os.path.join(args['ckpt_dir'], STATS_FILE)
-    return state, Normalizer.load(stats_path).stats if os.path.isfile(stats_path) else data_stats
+    if not os.path.isfile(stats_path):
+        return state, data_stats
+    normalizer = Normalizer.load(stats_path)
+    normalizer.check_sizes(len(data_stats['qpos_mean']), len(data_stats['action_mean']), stats_path)
+    return state, normalizer.stats
 
 
 def data_obs_horizon(args):

@@ -73,11 +73,6 @@ class ErrorSums:
         return report
 
 
-def held_out_episodes(num_episodes, train_ratio, seed):
-    """The validation episodes of a run: the last (1 - train_ratio) of a permutation drawn with `seed`."""
-    return sorted(np.random.RandomState(seed).permutation(num_episodes)[int(train_ratio * num_episodes):].tolist())
-
-
 def check_episode(path, policy, normalizer):
     """Raise naming both when the episode's sizes or cameras are not the checkpoint's."""
     qpos, action, is_sim = read_low_dim(path)

@@ -200,6 +200,14 @@ def test_resume_any_data_goes_on_with_the_saved_statistics(tmp_path, one_epoch_r
     imitate_episodes.main(train_args(other, ckpt, num_epochs=3, resume=True))  # the new data is now the run's
 
 
+def test_resume_any_data_of_other_sizes_names_the_statistics(tmp_path, one_epoch_run):
+    data, ckpt = one_epoch_run
+    other = dataset(tmp_path / 'other', state_dim=10)
+    with pytest.raises(ValueError, match=r"dataset_stats.pkl: 'qpos_mean' has shape \(14,\) but the policy expects "
+                                         r"\(10,\)"):
+        imitate_episodes.main(train_args(other, ckpt, num_epochs=2, resume=True, resume_any_data=True))
+
+
 ############################ 4. no silent NaN ############################
 
 def test_nan_in_an_episode_is_named_at_load(tmp_path):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import imitate_episodes
-from data import Normalizer, get_norm_stats, load_data
+from data import Normalizer, get_norm_stats, load_data, split_episodes
 from episodes import episode_path, read_episode
-from offline_eval import evaluate_offline, held_out_episodes
+from offline_eval import evaluate_offline
 from policy import make_policy
 from tests.helpers import TINY_IMAGE_HW, write_tiny_episode
 from tests.test_diffusion_policy import tiny_config
@@ -78,7 +78,7 @@ def test_eval_offline_uses_the_runs_validation_episodes(two_epoch_run, capsys):
     args, _ = two_epoch_run
     np.random.seed(1)
     validation = load_data(args['dataset_dir'], 5, ['top'], 2, 2)[1].dataset.episode_ids
-    assert held_out_episodes(5, 0.8, 1) == sorted(validation)
+    assert sorted(split_episodes(5, np.random.RandomState(1).permutation)[1]) == sorted(validation)
     flags = vars(imitate_episodes.build_parser().parse_args(['--eval_offline', '--ckpt_dir', args['ckpt_dir']]))
     imitate_episodes.main(flags)
     report = json.load(open(os.path.join(args['ckpt_dir'], 'offline_eval.json')))
