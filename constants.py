@@ -1,8 +1,9 @@
 """Task configurations and fixed robot constants.
 
-Users add a task by adding an entry to SIM_TASK_CONFIGS. Dataset directories default to
-`<repo>/data/<task_name>`; set the environment variable ACT_DATA_DIR to keep data elsewhere,
-or pass --dataset_dir to the scripts for a one-off run.
+Users add a task by adding an entry to SIM_TASK_CONFIGS (its name beginning with `sim_`; real-robot
+tasks go in real_robot/tasks.py). Dataset directories default to `<repo>/data/<task_name>`; set the
+environment variable ACT_DATA_DIR to keep data elsewhere, or pass --dataset_dir to the scripts for a
+one-off run.
 """
 import os
 import pathlib
@@ -30,13 +31,47 @@ SIM_TASK_CONFIGS = {
 }
 
 
+# Short names of the scripted-data tasks (those record_sim_episodes.py makes): accepted wherever a task name is.
+TASK_ALIASES = {
+    'sim_transfer_cube': 'sim_transfer_cube_scripted',
+    'sim_insertion': 'sim_insertion_scripted',
+}
+
+
+def canonical_task_name(task_name):
+    """The task a name means: the long name of a short one (TASK_ALIASES), else the name itself."""
+    return TASK_ALIASES.get(task_name, task_name)
+
+
+def sim_task_names():
+    """Every sim task name accepted, the short ones with the task they name, for messages and --help."""
+    short = [f'{alias} (= {name})' for alias, name in TASK_ALIASES.items() if name in SIM_TASK_CONFIGS]
+    return ', '.join(short + sorted(SIM_TASK_CONFIGS))
+
+
 def get_sim_task_config(task_name):
-    """Return the config of a sim task, or raise a KeyError that lists the known tasks."""
-    if task_name not in SIM_TASK_CONFIGS:
-        known = ', '.join(sorted(SIM_TASK_CONFIGS))
-        raise KeyError(f"unknown task '{task_name}': known sim tasks are {known} "
+    """Return the config of a sim task (short names too), or raise a KeyError that lists the known tasks."""
+    name = canonical_task_name(task_name)
+    if name not in SIM_TASK_CONFIGS:
+        raise KeyError(f"unknown task '{task_name}': known sim tasks are {sim_task_names()} "
                        f"(add yours to SIM_TASK_CONFIGS in constants.py)")
-    return SIM_TASK_CONFIGS[task_name]
+    return SIM_TASK_CONFIGS[name]
+
+
+def get_task_config(task_name):
+    """Sim tasks (names beginning with sim_, short ones too) come from constants.py, real-robot
+    tasks from real_robot.TASK_CONFIGS."""
+    # NOTE(faithful): the original tells a simulated task by the name's 'sim_' prefix
+    if task_name[:4] == 'sim_':
+        return get_sim_task_config(task_name)
+    from real_robot.tasks import TASK_CONFIGS
+    if task_name in SIM_TASK_CONFIGS:
+        raise KeyError(f"task '{task_name}' is in SIM_TASK_CONFIGS (constants.py), whose names must begin with "
+                       f"'sim_' (the prefix marks a simulated task); real-robot tasks go in real_robot/tasks.py")
+    if task_name not in TASK_CONFIGS:
+        raise KeyError(f"unknown task '{task_name}': sim tasks (constants.py) are {sim_task_names()}; "
+                       f"real-robot tasks (real_robot/tasks.py) are {', '.join(sorted(TASK_CONFIGS))}")
+    return TASK_CONFIGS[task_name]
 
 
 ### Simulation envs fixed constants

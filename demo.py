@@ -18,11 +18,9 @@ MODEL_FLAGS = ['--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50
                '--dim_feedforward', '512', '--enc_layers', '2', '--dec_layers', '1', '--nheads', '8',
                '--no-pretrained_backbone']  # no ImageNet download attempt: the demo runs offline
 TRAIN_FLAGS = ['--batch_size', '8', '--lr', '1e-4', '--seed', '0']
-FULL_RECIPE = ('python record_sim_episodes.py --task_name sim_transfer_cube_scripted --num_episodes 50\n'
-               '  python imitate_episodes.py --task_name sim_transfer_cube_scripted --ckpt_dir ckpt/cube '
-               '--policy_class ACT --kl_weight 10 --chunk_size 100 --hidden_dim 512 --batch_size 8 '
-               '--dim_feedforward 3200 --num_epochs 2000 --lr 1e-5 --seed 0\n'
-               '  python imitate_episodes.py --eval --ckpt_dir ckpt/cube --temporal_agg')
+FULL_RECIPE = ('python record_sim_episodes.py --task_name sim_transfer_cube\n'
+               '  python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT\n'
+               '  python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT --eval --temporal_agg')
 REWARD_STAGES = ('1 = the right gripper touches the cube, 2 = it lifts the cube,\n'
                  '  3 = the left gripper touches it too, 4 = the left gripper holds it alone (success)')
 

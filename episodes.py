@@ -35,6 +35,11 @@ def episode_path(dataset_dir, index):
     return os.path.join(dataset_dir, f'episode_{index}.hdf5')
 
 
+def missing_episodes(dataset_dir, num_episodes):
+    """Indices among 0..num_episodes-1 whose episode file dataset_dir lacks."""
+    return [i for i in range(num_episodes) if not os.path.isfile(episode_path(dataset_dir, i))]
+
+
 ############################ Reading ############################
 
 def open_episode(path):

@@ -1,20 +1,20 @@
 r"""Train an ACT, CNNMLP or Diffusion policy on recorded episodes, or evaluate one with --eval.
 
-    python imitate_episodes.py --task_name sim_transfer_cube_scripted --ckpt_dir ckpt/cube \
-        --policy_class ACT --kl_weight 10 --chunk_size 100 --hidden_dim 512 --batch_size 8 \
-        --dim_feedforward 3200 --num_epochs 2000 --lr 1e-5 --seed 0
-    python imitate_episodes.py --eval --ckpt_dir ckpt/cube [--temporal_agg]
-    python imitate_episodes.py --eval_offline --ckpt_dir ckpt/cube
+    python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT
+    python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT --eval --temporal_agg
+    python imitate_episodes.py --eval_offline --ckpt_dir ckpt/sim_transfer_cube_scripted
 
-trains as the original did and leaves the same files in --ckpt_dir (dataset_stats.pkl,
+The first trains the README recipe (the policy's defaults: for ACT --kl_weight 10 --chunk_size 100
+--hidden_dim 512 --dim_feedforward 3200 --lr 1e-5, with --batch_size 8 --num_epochs 2000 --seed 0)
+into ckpt/<task_name>; the second rolls out the policy it trained. The original's full command lines
+keep their meaning. Training leaves the original's files in --ckpt_dir (dataset_stats.pkl,
 policy_best.ckpt, policy_last.ckpt, policy_epoch_{e}_seed_{s}.ckpt, train_val_{key}_seed_{s}.png),
 plus config.json, which lets --eval rebuild the policy with no model flags (flags given still win),
 training_state.pt for --resume and metrics.jsonl (every step's metrics). --eval also writes
 report.html; --eval_offline compares the policy's action chunks with recorded episodes
-(offline_eval.json). Model flags left out take the policy's own defaults. Several
-processes: `torchrun --nproc_per_node N imitate_episodes.py ...` (only rank 0 writes files).
-This file holds the command line and the configuration; the loop is in train.py, evaluation in
-evaluate.py, the data pipeline in data.py.
+(offline_eval.json). Several processes: `torchrun --nproc_per_node N imitate_episodes.py ...`
+(only rank 0 writes files). This file holds the command line and the configuration; the loop is
+in train.py, evaluation in evaluate.py, the data pipeline in data.py.
 """
 import argparse
 import glob
@@ -27,15 +27,18 @@ import numpy as np
 import torch
 
 from checkpoint import CONFIG_FILE, SAVE_FORMATS, STATS_FILE, make_run_config, read_config, save_policy, write_config
+from constants import canonical_task_name, get_task_config, sim_task_names
 from data import Normalizer, dataset_record, get_norm_stats, load_data, split_episodes
-from episodes import episode_path
+from episodes import episode_path, missing_episodes
 from files import DiskFull, UnsafeFile, prepare_folder
 from offline_eval import DIFFUSION_SAMPLES
 from policy import POLICY_CLASSES, policy_type
+from scripted_policy import SCRIPTED_POLICIES
 from train import (TRAINING_STATE, NonFiniteLoss, TrainingInterrupted, check_resume, check_resume_data,
                    read_training_state, set_seed, train_bc)
 
 ### Fixed settings
+CKPT_ROOT = 'ckpt'  # --ckpt_dir defaults to CKPT_ROOT/<task_name>, relative to the working folder
 SPLIT_SEED = 1  # NOTE(faithful): the original seeds numpy with 1 before drawing the train/val split
 EVAL_IMAGE_HW = (480, 640)  # image size evaluation renders when neither --image_size nor config.json gives one
 # Flags that set a policy_config key (flag -> key); a flag left out takes the policy's default.
@@ -70,27 +73,29 @@ TRAINING_RECORD = ('dataset_dir', 'num_episodes', 'batch_size', 'seed', 'num_epo
 
 ################################ Configuration ################################
 
-def get_task_config(task_name):
-    """Sim tasks come from constants.py, real-robot tasks from real_robot.TASK_CONFIGS."""
-    if task_name[:4] == 'sim_':
-        from constants import get_sim_task_config
-        return get_sim_task_config(task_name)
-    from real_robot import TASK_CONFIGS
-    if task_name not in TASK_CONFIGS:
-        from constants import SIM_TASK_CONFIGS
-        raise KeyError(f"unknown task '{task_name}': sim tasks (constants.py) are "
-                       f"{', '.join(sorted(SIM_TASK_CONFIGS))}; real-robot tasks (real_robot/tasks.py) are "
-                       f"{', '.join(sorted(TASK_CONFIGS))}")
-    return TASK_CONFIGS[task_name]
-
-
 def task_name_arg(task_name):
-    """argparse type of --task_name: a known task, else a usage error listing them."""
+    """argparse type of --task_name: the task a known name means, else a usage error listing them."""
     try:
         get_task_config(task_name)
     except KeyError as e:
         raise argparse.ArgumentTypeError(e.args[0]) from e
-    return task_name
+    return canonical_task_name(task_name)
+
+
+def with_default_folder(args):
+    """args with the task's long name and, when --ckpt_dir is left out, CKPT_ROOT/<task_name>
+    (printed); a ValueError when neither --ckpt_dir nor --task_name is given."""
+    args = dict(args)
+    if args.get('task_name'):
+        args['task_name'] = canonical_task_name(args['task_name'])
+    if args.get('ckpt_dir'):
+        return args
+    if not args.get('task_name'):
+        raise ValueError('--ckpt_dir or --task_name required (the checkpoint folder defaults to '
+                         f'{CKPT_ROOT}/<task_name>)')
+    args['ckpt_dir'] = os.path.join(CKPT_ROOT, args['task_name'])
+    print(f'--ckpt_dir {args["ckpt_dir"]} (the default for --task_name {args["task_name"]})')
+    return args
 
 
 def pick_device(name, local_rank=0):
@@ -233,10 +238,62 @@ def dims_from_stats(ckpt_dir, policy_class):
     return normalizer.state_dim, normalizer.action_dim
 
 
+################################ Missing data ################################
+
+class MissingData(ValueError):
+    """The task's episodes are not on disk: the message says how to make them."""
+
+
+def check_task_data(args, dataset_dir, num_episodes, camera_names, rank=0, world_size=1):
+    """Stop with MissingData when dataset_dir lacks episodes 0..num_episodes-1, or with
+    --record_missing record a scripted task's missing episodes (rank 0) and go on."""
+    missing = missing_episodes(dataset_dir, num_episodes)
+    if not missing:
+        return
+    task_name = args['task_name']
+    scripted = task_name in SCRIPTED_POLICIES
+    if not (args.get('record_missing') and scripted):
+        raise MissingData(missing_data_message(args, dataset_dir, num_episodes, missing, scripted))
+    if rank == 0:
+        import record_sim_episodes
+        print(f'--record_missing: recording {len(missing)} episodes of {task_name} into {dataset_dir}')
+        record_sim_episodes.main({'task_name': task_name, 'dataset_dir': dataset_dir, 'num_episodes': num_episodes,
+                                  'camera_names': camera_names, 'image_size': args.get('image_size')})
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def missing_data_message(args, dataset_dir, num_episodes, missing, scripted):
+    """What is missing and the command that makes it: record_sim_episodes.py for a scripted task,
+    the robot's recording for a real task, the original's download for human sim demonstrations."""
+    task_name = args['task_name']
+    if len(missing) == num_episodes:
+        what = f'{dataset_dir} holds none of the {num_episodes} episodes training reads'
+    else:
+        names = ', '.join(os.path.basename(episode_path(dataset_dir, i)) for i in missing[:3])
+        what = (f'{dataset_dir} lacks {len(missing)} of the {num_episodes} episodes training reads '
+                f'({names}{", ..." if len(missing) > 3 else ""})')
+    what = f'no data for --task_name {task_name}: {what}'
+    if scripted:
+        import record_sim_episodes
+        episode_len = get_task_config(task_name)['episode_len']
+        minutes = record_sim_episodes.expected_minutes(len(missing), episode_len)
+        return (f'{what}. Record them first (about {math.ceil(minutes)} min at 480x640 on a 2-core CPU; '
+                f'episodes already there are kept):\n  '
+                f'{record_sim_episodes.recording_command(task_name, dataset_dir, num_episodes)}\n'
+                f'or add --record_missing to this command to record them and then train')
+    if task_name[:4] == 'sim_':
+        return (f'{what}. These are human demonstrations, which the project cannot make: put the '
+                f"original's episode_*.hdf5 files for {task_name} there, or pass --dataset_dir")
+    return (f'{what}. Record them on the robot, one per index: python record_episodes.py --task_name '
+            f'{task_name} --episode_idx {missing[0]}')
+
+
 ################################ Entry point ################################
 
 def main(args):
     """Train, or evaluate with args['eval']; args is the dict of the command-line flags."""
+    args = with_default_folder(args)
     problem = missing_flags(args)
     if problem:
         raise ValueError(problem)
@@ -315,6 +372,7 @@ def train_main(args, task_config, device, rank, world_size):
     num_episodes = args['num_episodes'] or task_config['num_episodes']
     camera_names = args['camera_names'] or task_config['camera_names']
     ckpt_dir = args['ckpt_dir']
+    check_task_data(args, dataset_dir, num_episodes, camera_names, rank, world_size)
     if rank == 0:
         prepare_folder(ckpt_dir, '--ckpt_dir')
     data_stats = get_norm_stats(dataset_dir, num_episodes)
@@ -410,10 +468,11 @@ def _original_flags(parser):
     add = parser.add_argument
     add('--eval', action='store_true', help='evaluate the --eval_ckpt checkpoint instead of training')
     add('--onscreen_render', action='store_true', help='show the simulation while evaluating')
-    add('--ckpt_dir', required=True, help='folder for checkpoints, statistics, config.json and plots')
+    add('--ckpt_dir', help=f'folder for checkpoints, statistics, config.json and plots (default: '
+        f'{CKPT_ROOT}/<task_name>)')
     add('--policy_class', choices=POLICY_CLASSES, help='policy to train (--eval: read from config.json)')
-    add('--task_name', type=task_name_arg, help='sim_* tasks from constants.py, others from '
-        'real_robot.TASK_CONFIGS (--eval: read from config.json)')
+    add('--task_name', type=task_name_arg, help=f'sim tasks from constants.py ({sim_task_names()}), '
+        'others from real_robot.TASK_CONFIGS (--eval: read from config.json)')
     add('--batch_size', type=int, default=8, help='batch size (per process under torchrun), training and validation')
     add('--seed', type=int, default=0, help='seed of the model initialisation and of the sampling')
     add('--num_epochs', type=int, default=2000, help='epochs; an epoch takes one sample from each training episode')
@@ -435,6 +494,8 @@ def _data_flags(parser):
     add('--image_size', type=int, nargs=2, metavar=('H', 'W'),
         help="image size the policy sees: training resizes frames to it, sim evaluation renders at it "
              "(default: the data's size for training, config.json's or 480 640 for evaluation)")
+    add('--record_missing', action='store_true', help="training a scripted sim task: record the task's missing "
+        'episodes first (at --image_size when given, else 480 640), then train')
     add('--num_workers', type=int, help='data loader processes (default: 0 when frames are preloaded, else 1)')
     add('--preload', choices=('auto', 'on', 'off'), default='auto',
         help='hold all frames in memory (auto: when they take under half the free memory)')
@@ -512,6 +573,7 @@ if __name__ == '__main__':
     parser = build_parser()
     cli_args = vars(parser.parse_args())
     try:
+        cli_args = with_default_folder(cli_args)
         problem = missing_flags(cli_args) or flag_problem(cli_args)
     except (KeyError, ValueError) as err:
         problem = str(err.args[0])
@@ -519,7 +581,7 @@ if __name__ == '__main__':
         parser.error(problem)
     try:
         main(cli_args)
-    except (NonFiniteLoss, UnsafeFile) as err:
+    except (NonFiniteLoss, UnsafeFile, MissingData) as err:
         sys.exit(f'{parser.prog}: error: {err}')
     except DiskFull as err:
         sys.exit(f'{parser.prog}: error: {err.strerror}')

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import sim_env
-from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, get_sim_task_config
+from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
 from ee_sim_env import make_ee_sim_env
 from episodes import episode_path, layout_problem, write_episode
 from files import DiskFull, prepare_folder
@@ -32,6 +32,9 @@ REPLAY_PAUSE = 0.02  # and of the joint replay
 COMPRESSION = 'gzip'  # of --compress: lossless, built into every HDF5
 LP_THREADS_VAR = 'LP_NUM_THREADS'  # Mesa llvmpipe rasteriser threads, read when EGL starts
 LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # gripper slots in qpos/action
+# Wall seconds per control step of one worker at 480x640 on a 2-core AVX2 CPU: 19.0 s a 400-step
+# episode (python -m bench.datagen, bench/RESULTS.md). A second worker gains little on 2 cores.
+SECONDS_PER_STEP = 19.0 / 400
 
 
 ############################ Episode files ############################
@@ -243,10 +246,27 @@ def episodes_to_record(dataset_dir, num_episodes, shapes):
     return todo
 
 
+def recording_command(task_name, dataset_dir, num_episodes):
+    """The command line that records a scripted task's episodes 0..num_episodes-1 into dataset_dir
+    (flags the task's config already sets left out)."""
+    config = get_sim_task_config(task_name)
+    command = f'python record_sim_episodes.py --task_name {task_name}'
+    if os.path.abspath(dataset_dir) != os.path.abspath(config['dataset_dir']):
+        command += f' --dataset_dir {dataset_dir}'
+    if num_episodes != config['num_episodes']:
+        command += f' --num_episodes {num_episodes}'
+    return command
+
+
+def expected_minutes(num_episodes, episode_len):
+    """Wall minutes one worker takes to record num_episodes at 480x640 on a 2-core CPU (SECONDS_PER_STEP)."""
+    return num_episodes * episode_len * SECONDS_PER_STEP / 60
+
+
 def main(args):
     """Record scripted episodes; returns the list of per-episode result dicts."""
     config, image_size = check_args(args)
-    task_name = args['task_name']
+    task_name = canonical_task_name(args['task_name'])
     dataset_dir = args.get('dataset_dir') or config['dataset_dir']
     num_episodes = config['num_episodes'] if args.get('num_episodes') is None else args['num_episodes']
     camera_names = args.get('camera_names') or config['camera_names']
@@ -278,7 +298,9 @@ def print_result(r):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description='Record scripted sim demonstrations as HDF5 episodes.')
-    parser.add_argument('--task_name', action='store', type=str, help='task_name', required=True)
+    parser.add_argument('--task_name', action='store', type=str, required=True,
+                        help='sim_transfer_cube (= sim_transfer_cube_scripted) or sim_insertion '
+                        '(= sim_insertion_scripted)')
     parser.add_argument('--dataset_dir', action='store', type=str, default=None,
                         help='dataset saving dir (default: the task config dataset_dir)')
     parser.add_argument('--num_episodes', action='store', type=int, default=None,

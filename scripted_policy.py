@@ -6,6 +6,8 @@ around the current step (open loop). Optional noise jitters the commanded positi
 """
 import numpy as np
 
+from constants import TASK_ALIASES, canonical_task_name
+
 ### Fixed settings
 NOISE_SCALE = 0.01  # +- metres of uniform noise on each commanded xyz with inject_noise
 TIME_EPS = 1e-8  # keeps the interpolation fraction finite between waypoints at the same t
@@ -153,7 +155,9 @@ SCRIPTED_POLICIES = {
 
 def get_scripted_policy_class(task_name):
     """Demonstrator class of a scripted task; ValueError listing the scripted tasks."""
-    if task_name not in SCRIPTED_POLICIES:
-        known = ', '.join(sorted(SCRIPTED_POLICIES))
+    name = canonical_task_name(task_name)
+    if name not in SCRIPTED_POLICIES:
+        short = [f'{alias} (= {task})' for alias, task in TASK_ALIASES.items() if task in SCRIPTED_POLICIES]
+        known = ', '.join(short + sorted(SCRIPTED_POLICIES))
         raise ValueError(f"no scripted demonstrator for task '{task_name}': scripted tasks are {known}")
-    return SCRIPTED_POLICIES[task_name]
+    return SCRIPTED_POLICIES[name]

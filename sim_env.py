@@ -26,7 +26,7 @@ from dm_control import mujoco  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 from dm_control.suite import base  # noqa: E402
 
-from constants import (DT, START_ARM_POSE, SIM_TASK_CONFIGS,  # noqa: E402
+from constants import (DT, START_ARM_POSE, sim_task_names,  # noqa: E402
                        PUPPET_GRIPPER_POSITION_NORMALIZE_FN, PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN,
                        PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN)
 
@@ -318,8 +318,7 @@ def task_family(task_name):
     for prefix, family in TASK_FAMILIES.items():
         if prefix in task_name:
             return family
-    known = ', '.join(sorted(SIM_TASK_CONFIGS))
-    raise ValueError(f"unknown sim task '{task_name}': known sim tasks are {known}")
+    raise ValueError(f"unknown sim task '{task_name}': known sim tasks are {sim_task_names()}")
 
 
 def _task_class(task_name):

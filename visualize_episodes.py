@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from constants import DT, JOINT_NAMES
+from constants import DT, JOINT_NAMES, get_task_config, sim_task_names
 from episodes import episode_path, read_episode
 from files import atomic_path
 
@@ -77,7 +77,7 @@ def visualize_joints(qpos_list, command_list, plot_path=None, ylim=None, label_o
 
 
 def main(args):
-    dataset_dir = args['dataset_dir']
+    dataset_dir = args.get('dataset_dir') or get_task_config(args['task_name'])['dataset_dir']
     dataset_name = os.path.splitext(os.path.basename(episode_path(dataset_dir, args['episode_idx'])))[0]
     qpos, _, action, image_dict = load_hdf5(dataset_dir, dataset_name)
     if image_dict:
@@ -89,9 +89,13 @@ def main(args):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description='Write the video and joint plot of an episode.')
-    parser.add_argument('--dataset_dir', action='store', type=str, help='Dataset dir.', required=True)
+    parser.add_argument('--dataset_dir', action='store', type=str, help="Dataset dir (default: --task_name's).")
+    parser.add_argument('--task_name', help=f'task whose dataset folder to read: {sim_task_names()}, or a '
+                        'real-robot task (real_robot/tasks.py)')
     parser.add_argument('--episode_idx', action='store', type=int, default=0, help='Episode index.')
     cli_args = vars(parser.parse_args())
+    if not (cli_args['dataset_dir'] or cli_args['task_name']):
+        parser.error('--dataset_dir or --task_name required')
     try:
         main(cli_args)
     except (OSError, KeyError, ValueError) as e:

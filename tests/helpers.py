@@ -64,17 +64,21 @@ def eval_config(ckpt_dir, policy_config, **overrides):
     return config
 
 
+def tiny_model_flags():
+    """imitate_episodes.py flags of TINY_ACT_CONFIG's sizes, on the CPU, with no ImageNet weights."""
+    argv = ['--device', 'cpu', '--no-pretrained_backbone']
+    for flag, key in (('chunk_size', 'num_queries'), ('hidden_dim', 'hidden_dim'), ('enc_layers', 'enc_layers'),
+                      ('dim_feedforward', 'dim_feedforward'), ('dec_layers', 'dec_layers'), ('nheads', 'nheads')):
+        argv += [f'--{flag}', str(TINY_ACT_CONFIG[key])]
+    return argv
+
+
 def train_argv(dataset_dir, ckpt_dir):
     """The command line of imitate_episodes.py for a tiny ACT on 5 episodes of `dataset_dir`:
     2 epochs at batch 2 on the CPU, no ImageNet weights."""
-    c = TINY_ACT_CONFIG
-    argv = ['--ckpt_dir', str(ckpt_dir), '--task_name', TASK, '--policy_class', 'ACT',
+    return ['--ckpt_dir', str(ckpt_dir), '--task_name', TASK, '--policy_class', 'ACT',
             '--dataset_dir', str(dataset_dir), '--num_episodes', '5', '--camera_names', 'top',
-            '--batch_size', '2', '--num_epochs', '2', '--lr', '1e-4', '--device', 'cpu', '--no-pretrained_backbone']
-    for flag, key in (('chunk_size', 'num_queries'), ('hidden_dim', 'hidden_dim'), ('enc_layers', 'enc_layers'),
-                      ('dim_feedforward', 'dim_feedforward'), ('dec_layers', 'dec_layers'), ('nheads', 'nheads')):
-        argv += [f'--{flag}', str(c[key])]
-    return argv
+            '--batch_size', '2', '--num_epochs', '2', '--lr', '1e-4', *tiny_model_flags()]
 
 
 def train_args(dataset_dir, ckpt_dir, **overrides):

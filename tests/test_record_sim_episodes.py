@@ -119,8 +119,8 @@ def test_interrupted_write_leaves_the_old_file_and_no_temporary(recorded, tmp_pa
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'task_name': 'sim_pour_tea'}, 'known sim tasks are sim_insertion_human'),
-    ({'task_name': 'sim_insertion_human'}, 'scripted tasks are sim_insertion_scripted'),
+    ({'task_name': 'sim_pour_tea'}, r'known sim tasks are sim_transfer_cube \(= sim_transfer_cube_scripted\).*human'),
+    ({'task_name': 'sim_insertion_human'}, r'scripted tasks are sim_transfer_cube \(= .*, sim_insertion_scripted'),
     ({'num_episodes': -1}, '--num_episodes must be 0 or more'),
     ({'camera_names': ['top', 'wrist']}, "unknown camera 'wrist'"),
     ({'image_size': [0, 32]}, '--image_size'),
