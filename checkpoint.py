@@ -10,7 +10,8 @@
     train_val_{key}_seed_{s}.png       training curves
     result_{ckpt}.txt, video{i}.mp4    evaluation results (evaluate.py)
 A folder written by the original code has no config.json: evaluation then takes everything from
-the command-line flags, as the original did.
+the command-line flags, as the original did. A LeRobot ACT `pretrained_model/` folder is read in
+place of all of these (lerobot_act.py).
 """
 import json
 import os
@@ -78,10 +79,14 @@ def _version(text, path):
 
 
 def read_config(ckpt_dir):
-    """The folder's config.json as a dict, or None when it has none (a folder of the original's)."""
+    """The folder's config.json as a dict, or None when it has none (a folder of the original's);
+    for a LeRobot ACT folder (lerobot_act.py), what its config.json amounts to."""
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return None
+    from lerobot_act import is_lerobot_folder, lerobot_run_config
+    if is_lerobot_folder(ckpt_dir):
+        return lerobot_run_config(ckpt_dir)
     try:
         with open(path) as f:
             config = json.load(f)
@@ -98,3 +103,27 @@ def read_config(ckpt_dir):
     if missing:
         raise KeyError(f'{path} has no {", ".join(missing)}; fix or remove it and give every model flag')
     return config
+
+
+def read_pretrained(path):
+    """What --init_from starts from: {'policy_class', 'policy_config', 'state_dict', 'stats', 'source'}
+    of a checkpoint folder of this project (its policy_best), one of its policy files, or a LeRobot
+    ACT pretrained_model/ folder; 'stats' the dataset_stats dict, or None when the folder has none."""
+    from data import Normalizer
+    from files import load_torch_file
+    from lerobot_act import is_lerobot_folder, read_lerobot_checkpoint
+    if os.path.isdir(path) and is_lerobot_folder(path):
+        checkpoint = read_lerobot_checkpoint(path)
+        return {'policy_class': 'ACT', 'policy_config': checkpoint['policy_config'],
+                'state_dict': checkpoint['state_dict'], 'stats': checkpoint['stats'], 'source': path}
+    folder, name = (path, 'policy_best.ckpt') if os.path.isdir(path) else os.path.split(path)
+    config = read_config(folder)
+    if config is None:
+        raise ValueError(f'--init_from {path}: {os.path.join(folder, CONFIG_FILE)} not found; a checkpoint folder '
+                         f'of this project (config.json beside the policy files) or a LeRobot pretrained_model/ '
+                         f'folder is expected')
+    state_dict = load_torch_file(policy_file(folder, name), 'checkpoint')
+    stats_path = os.path.join(folder, STATS_FILE)
+    stats = Normalizer.load(stats_path).stats if os.path.isfile(stats_path) else None
+    return {'policy_class': config['policy_class'], 'policy_config': config['policy_config'],
+            'state_dict': state_dict, 'stats': stats, 'source': path}

@@ -35,6 +35,14 @@ def episode_path(dataset_dir, index):
     return os.path.join(dataset_dir, f'episode_{index}.hdf5')
 
 
+def count_episodes(dataset_dir):
+    """How many episode files dataset_dir holds from episode_0 on, without a gap."""
+    count = 0
+    while os.path.isfile(episode_path(dataset_dir, count)):
+        count += 1
+    return count
+
+
 def missing_episodes(dataset_dir, num_episodes):
     """Indices among 0..num_episodes-1 whose episode file dataset_dir lacks."""
     return [i for i in range(num_episodes) if not os.path.isfile(episode_path(dataset_dir, i))]

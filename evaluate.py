@@ -25,10 +25,12 @@ import warnings
 import numpy as np
 import torch
 
-from checkpoint import SAVE_FORMATS, STATS_FILE, policy_file, read_config
+from checkpoint import CONFIG_FILE, SAVE_FORMATS, STATS_FILE, policy_file, read_config
 from constants import DT
-from data import Normalizer, image_to_tensor, resize_images
+from data import Normalizer, get_norm_stats, image_to_tensor, resize_images
+from episodes import count_episodes
 from files import atomic_path, atomic_write, load_torch_file, remove_stale_temps
+from lerobot_act import is_lerobot_folder
 from processes import die_with_parent
 
 ### Fixed evaluation settings (the original's values)
@@ -60,6 +62,7 @@ class EvalSettings:
     save_video: bool = True
     robot_backend: str = 'builtin'
     robot_driver: str = 'auto'
+    stats_from: str = None  # an episodes folder whose statistics replace the checkpoint's (--stats_from)
 
     @classmethod
     def of(cls, config):
@@ -207,6 +210,13 @@ def load_stats(config):
     from policy import policy_type
     settings = EvalSettings.of(config)
     stats_path = os.path.join(settings.ckpt_dir, STATS_FILE)
+    if settings.stats_from:
+        return Normalizer(get_norm_stats(settings.stats_from, count_episodes(settings.stats_from)),
+                          policy_type(settings.policy_class).action_normalization, source=settings.stats_from)
+    if not os.path.isfile(stats_path) and is_lerobot_folder(settings.ckpt_dir):
+        from lerobot_act import read_json, statistics_from_lerobot
+        lr_config = read_json(os.path.join(settings.ckpt_dir, CONFIG_FILE))
+        return Normalizer(statistics_from_lerobot(settings.ckpt_dir, lr_config)[0], source=settings.ckpt_dir)
     if not os.path.isfile(stats_path):
         raise FileNotFoundError(f'dataset statistics not found: {stats_path}; training writes it: '
                                 f'{_train_command(settings)}')
@@ -217,11 +227,25 @@ def load_stats(config):
     return normalizer
 
 
+def load_lerobot_policy(settings):
+    """The ACT of a LeRobot pretrained_model/ folder, its features' roles printed."""
+    from lerobot_act import complete_state_dict, feature_listing, read_lerobot_checkpoint
+    from policy import make_policy
+    checkpoint = read_lerobot_checkpoint(settings.ckpt_dir, statistics=False)
+    print(f'LeRobot ACT checkpoint {settings.ckpt_dir}: {feature_listing(checkpoint["features"])}')
+    state, _ = complete_state_dict(checkpoint)
+    policy = make_policy('ACT', settings.policy_config, load_pretrained=False)
+    policy.deserialize(state)
+    return policy.to(settings.device).eval()
+
+
 def load_policy(config, ckpt_name):
     """Build the configured policy and load the checkpoint into it, on the settings' device."""
     from policy import checkpoint_policy_class, make_policy
     settings = EvalSettings.of(config)
     ckpt_path = policy_file(settings.ckpt_dir, ckpt_name)
+    if not os.path.isfile(ckpt_path) and is_lerobot_folder(settings.ckpt_dir):
+        return load_lerobot_policy(settings)
     if not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f'checkpoint not found: {ckpt_path}; train one first: {_train_command(settings)} '
                                 f'or pick another checkpoint with --eval_ckpt')

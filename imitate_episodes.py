@@ -26,7 +26,8 @@ import warnings
 import numpy as np
 import torch
 
-from checkpoint import CONFIG_FILE, SAVE_FORMATS, STATS_FILE, make_run_config, read_config, save_policy, write_config
+from checkpoint import (CONFIG_FILE, SAVE_FORMATS, STATS_FILE, make_run_config, read_config, read_pretrained,
+                        save_policy, write_config)
 from constants import canonical_task_name, get_task_config, sim_task_names
 from data import Normalizer, dataset_record, get_norm_stats, load_data, split_episodes
 from episodes import episode_path, missing_episodes
@@ -68,7 +69,8 @@ FLAG_RANGES = {
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 TRAINING_RECORD = ('dataset_dir', 'num_episodes', 'batch_size', 'seed', 'num_epochs', 'num_steps', 'amp',
                    'grad_accum', 'lr_schedule', 'warmup_steps', 'validate_every', 'save_every',
-                   'clip_grad_norm', 'save_format')  # into config.json
+                   'clip_grad_norm', 'save_format', 'init_from', 'keep_init_stats',
+                   'freeze_backbone')  # into config.json
 
 
 ################################ Configuration ################################
@@ -129,7 +131,7 @@ def make_config(args, task_config, policy_config, device):
                                 'temporal_agg', 'num_rollouts', 'eval_ckpt', 'eval_workers', 'robot_backend',
                                 'robot_driver', 'amp', 'batch_size', 'num_steps', 'grad_accum', 'lr_schedule',
                                 'warmup_steps', 'validate_every', 'save_every', 'resume', 'wandb', 'tensorboard',
-                                'clip_grad_norm', 'save_format')},
+                                'clip_grad_norm', 'save_format', 'freeze_backbone', 'stats_from')},
         'episode_len': task_config['episode_len'], 'policy_config': policy_config, 'lr': policy_config['lr'],
         'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
         'camera_names': policy_config['camera_names'], 'real_robot': args['task_name'][:4] != 'sim_',
@@ -164,6 +166,10 @@ def check_args(args, device):
         raise ValueError(problem)
     if args['policy_class'] not in POLICY_CLASSES:
         raise ValueError(f"--policy_class must be one of {', '.join(POLICY_CLASSES)}, got {args['policy_class']!r}")
+    if args.get('keep_init_stats') and not args.get('init_from'):
+        raise ValueError('--keep_init_stats takes the statistics of --init_from\'s checkpoint: give --init_from')
+    if args['policy_class'] == 'Diffusion' and (args.get('init_from') or args.get('freeze_backbone')):
+        raise ValueError('--init_from and --freeze_backbone are for ACT and CNNMLP')
     if args['amp'] == 'fp16' and not device.startswith('cuda'):
         raise ValueError(f'--amp fp16 needs a CUDA device (got {device}); use --amp bf16 on this device')
     if args['amp'] == 'bf16' and device == 'cpu' and not cpu_has_bf16():
@@ -188,10 +194,10 @@ def missing_flags(args):
     return f'{" and ".join(missing)} required{where}'
 
 
-def with_saved_config(args, saved, path):
-    """args with each run and model flag left out taken from config.json; a printed note for each
-    given flag that overrides a saved value."""
-    values = {flag: saved.get(flag) for flag in RUN_FLAGS}
+def with_saved_config(args, saved, path, run_flags=RUN_FLAGS):
+    """args with each of run_flags and each model flag left out taken from config.json; a printed
+    note for each given flag that overrides a saved value."""
+    values = {flag: saved.get(flag) for flag in run_flags}
     values.update({flag: saved['policy_config'][key] for flag, key in POLICY_FLAGS.items()
                    if key in saved['policy_config']})
     merged = dict(args)
@@ -220,6 +226,8 @@ def eval_config(args, device):
         policy_config = make_policy_config(args, camera_names, state_dim, action_dim, image_hw)
         return make_config(args, task_config, policy_config, device)
     args = with_saved_config(args, saved, os.path.join(args['ckpt_dir'], CONFIG_FILE))
+    if args['task_name'] is None:
+        raise ValueError(f"--task_name required: {args['ckpt_dir']} (a LeRobot checkpoint) names no task")
     flag_values = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
     policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
     if args['policy_class'] == 'CNNMLP' and args['image_size']:
@@ -368,6 +376,9 @@ def offline_episodes(args):
 def train_main(args, task_config, device, rank, world_size):
     """Check the folder, the data and a --resume; only then write dataset_stats.pkl and
     config.json, train, and write policy_best.ckpt."""
+    init = pretrained_start(args)
+    if init is not None:
+        args = with_saved_config(args, init, f"--init_from {args['init_from']}", run_flags=())
     dataset_dir = args['dataset_dir'] or task_config['dataset_dir']
     num_episodes = args['num_episodes'] or task_config['num_episodes']
     camera_names = args['camera_names'] or task_config['camera_names']
@@ -378,6 +389,8 @@ def train_main(args, task_config, device, rank, world_size):
     data_stats = get_norm_stats(dataset_dir, num_episodes)
     record = dataset_record(dataset_dir, num_episodes, data_stats)
     state, stats = resume_state(args, record, data_stats)
+    if init is not None and args['keep_init_stats']:
+        stats = init_statistics(init, data_stats)
     train_dataloader, val_dataloader, stats, _ = load_data(
         dataset_dir, num_episodes, camera_names, args['batch_size'], args['batch_size'],
         policy_class=args['policy_class'], obs_horizon=data_obs_horizon(args), image_size=args['image_size'],
@@ -385,6 +398,8 @@ def train_main(args, task_config, device, rank, world_size):
         rank=rank, world_size=world_size, norm_stats=stats)
     image_hw = tuple(train_dataloader.dataset.hw)
     policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw)
+    if init is not None:
+        policy_config.update(init_image_normalization(init, camera_names))
     config = make_config(args, task_config, policy_config, device)
     config.update(rank=rank, world_size=world_size, dataset_record=record)
     if state is not None:
@@ -397,11 +412,53 @@ def train_main(args, task_config, device, rank, world_size):
         write_config(ckpt_dir, make_run_config(args['policy_class'], policy_config, args['task_name'], image_hw,
                                                training))
 
-    best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config, state)
+    best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config, state, init)
     if rank == 0:
         save_policy(best_state_dict, ckpt_dir, 'policy_best', config['save_format'])
         unit = 'step' if config['num_steps'] else 'epoch'
         print(f'Best ckpt, val loss {min_val_loss:.6f} @ {unit}{best_epoch}')
+
+
+def pretrained_start(args):
+    """--init_from's checkpoint (checkpoint.read_pretrained), or None: none given, or --resume
+    (the training state holds the weights)."""
+    if not args.get('init_from'):
+        return None
+    if args['resume']:
+        print(f"--resume: the training state's weights are used; --init_from {args['init_from']} is not read")
+        return None
+    init = read_pretrained(args['init_from'])
+    if init['policy_class'] != args['policy_class']:
+        raise ValueError(f"--init_from {args['init_from']} holds a {init['policy_class']} policy, not the "
+                         f"--policy_class {args['policy_class']} to train")
+    return init
+
+
+def init_image_normalization(init, camera_names):
+    """The init checkpoint's image_mean and image_std (its trunk was trained on images standardised so):
+    per camera when it had one triple per camera and the cameras are the same, else one triple
+    (per-camera triples averaged, printed)."""
+    config, out = init['policy_config'], {}
+    for key in ('image_mean', 'image_std'):
+        if key not in config:
+            continue
+        values = np.asarray(config[key], dtype=np.float64)
+        if values.ndim == 2 and list(config['camera_names']) != list(camera_names):
+            print(f"--init_from: its per-camera {key} averaged over its cameras {config['camera_names']} for "
+                  f"{list(camera_names)}")
+            values = values.mean(axis=0)
+        out[key] = values.tolist()
+    return out
+
+
+def init_statistics(init, data_stats):
+    """--keep_init_stats: the init checkpoint's statistics, which must fit the data's sizes."""
+    if init['stats'] is None:
+        raise ValueError(f"--keep_init_stats: --init_from {init['source']} has no statistics (no {STATS_FILE})")
+    normalizer = Normalizer(init['stats'], source=f"--init_from {init['source']}")
+    normalizer.check_sizes(len(data_stats['qpos_mean']), len(data_stats['action_mean']),
+                           f"--init_from {init['source']} statistics")
+    return {**data_stats, **init['stats']}
 
 
 def resume_state(args, record, data_stats):
@@ -546,6 +603,13 @@ def _training_flags(parser):
         'sizes, statistics) changed; normalisation keeps the dataset_stats.pkl in --ckpt_dir')
     add('--save_format', choices=tuple(SAVE_FORMATS), default='ckpt',
         help='policy_*.ckpt (torch.save of the state_dict, the original\'s) or policy_*.safetensors (no pickle)')
+    add('--init_from', metavar='PATH', help='start from the weights of a checkpoint: a folder of this project (its '
+        'policy_best), one of its policy files, or a LeRobot ACT pretrained_model/ folder; model flags left out '
+        'take its settings, tensors that do not fit (another state or action size) start afresh and are listed; '
+        'the optimizer and schedule start fresh')
+    add('--keep_init_stats', action='store_true', help="with --init_from: normalise with its checkpoint's "
+        "statistics instead of the new data's")
+    add('--freeze_backbone', action='store_true', help='keep the image trunk fixed (ACT, CNNMLP)')
     add('--clip_grad_norm', type=float, help='clip the gradient norm to this (default: no clipping, as the original)')
     add('--wandb', action='store_true', help='log the metrics to Weights & Biases (WANDB_MODE=offline: no network)')
     add('--tensorboard', action='store_true', help='also write the metrics as TensorBoard event files in '
@@ -561,6 +625,8 @@ def _evaluation_flags(parser):
         'offline_eval.json and offline_eval.png')
     add('--diversity_samples', type=int, help='--eval_offline: chunks drawn per observation for the action '
         f'diversity (default: {DIFFUSION_SAMPLES} for Diffusion, none for the deterministic ACT and CNNMLP)')
+    add('--stats_from', metavar='DATASET', help='evaluation: normalise with the statistics of this episodes folder '
+        '(for a checkpoint that lacks its own, such as a LeRobot folder without normaliser files)')
     add('--no_video', action='store_true', help='evaluation: do not write video{i}.mp4')
     add('--eval_workers', type=int, default=1, help='evaluation: parallel rollout processes')
     add('--robot_backend', choices=('builtin', 'aloha_scripts'), default='builtin',

@@ -20,6 +20,8 @@ from detr.state_dict import probable_causes
 from files import load_torch_file
 
 ### Config defaults: one set per policy; the command line falls back on them too
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 ACT_DEFAULTS = {
     'num_queries': 100,  # chunk size (--chunk_size)
     'kl_weight': 10.0,  # weight of the KL term of the loss
@@ -42,17 +44,19 @@ ACT_DEFAULTS = {
     'state_dim': 14,  # NOTE(faithful): the original's fixed bimanual sizes; training takes both from the data
     'action_dim': 14,
     'amp': 'off',  # inference precision: off (fp32) | bf16 | fp16 (autocast)
+    # images in [0, 1] are standardised per channel by these: 3 values for every camera, or one
+    # triple per camera ([[r, g, b], ...]); ImageNet's as the original (a LeRobot checkpoint brings its own)
+    'image_mean': IMAGENET_MEAN,
+    'image_std': IMAGENET_STD,
 }
 CNNMLP_DEFAULTS = {
     **{k: ACT_DEFAULTS[k] for k in ('hidden_dim', 'position_embedding', 'backbone', 'lr', 'lr_backbone',
                                     'weight_decay', 'backbone_weights', 'pretrained_backbone', 'state_dim',
-                                    'action_dim', 'amp')},
+                                    'action_dim', 'amp', 'image_mean', 'image_std')},
     'num_queries': 1,  # CNNMLP predicts one action
     'image_size': (480, 640),  # (H, W) of its images; sets the MLP input size
 }
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_LISTED = 10  # keys listed per category in a checkpoint mismatch message
 
 
@@ -133,8 +137,8 @@ class Policy(nn.Module):
         self.num_queries = cfg['num_queries']
         self.action_horizon = self.num_queries
         self.obs_horizon = 1
-        self.register_buffer('image_mean', torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer('image_std', torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+        self.register_buffer('image_mean', self._image_stat(cfg, 'image_mean', IMAGENET_MEAN), persistent=False)
+        self.register_buffer('image_std', self._image_stat(cfg, 'image_std', IMAGENET_STD), persistent=False)
 
     def forward(self, qpos, image, actions=None, is_pad=None):
         if actions is not None:
@@ -160,8 +164,18 @@ class Policy(nn.Module):
         """AdamW over optimizer_groups() at the config's lr and weight_decay."""
         return torch.optim.AdamW(self.optimizer_groups(), lr=self.cfg['lr'], weight_decay=self.cfg['weight_decay'])
 
+    def _image_stat(self, cfg, key, default):
+        """policy_config image_mean / image_std -> (3, 1, 1), or (cameras, 3, 1, 1) for one triple per camera."""
+        values = torch.tensor(cfg.get(key, default), dtype=torch.float32)
+        if tuple(values.shape) == (3,):
+            return values.view(3, 1, 1)
+        if tuple(values.shape) == (len(self.camera_names), 3):
+            return values.view(-1, 3, 1, 1)
+        raise ValueError(f'policy_config {key} must hold 3 values or one triple per camera '
+                         f'({len(self.camera_names)}, 3), got shape {tuple(values.shape)}')
+
     def normalize(self, image):
-        """image (..., 3, H, W) in [0, 1] -> ImageNet-normalised"""
+        """image (B, cameras, 3, H, W) in [0, 1] -> standardised by image_mean and image_std (ImageNet's)"""
         return (image - self.image_mean) / self.image_std
 
     def infer(self, fn, *inputs):
@@ -179,6 +193,28 @@ class Policy(nn.Module):
         if report:
             raise ValueError(f'{source} does not fit this {self.policy_class} policy:\n{report}')
         module.load_state_dict(state_dict, strict=True)
+
+    def load_matching(self, state_dict, source):
+        """Load the tensors of state_dict whose name and shape fit (fine-tuning from another run);
+        print what was kept, what keeps its fresh initialisation and why -> (kept, fresh) key lists."""
+        own = self.state_dict()
+        kept = [k for k in own if k in state_dict and tuple(state_dict[k].shape) == tuple(own[k].shape)]
+        fresh = [k for k in own if k not in kept]
+        self.load_state_dict({k: state_dict[k] for k in kept}, strict=False)
+        why = [f'{k} ({tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here)' if k in state_dict else
+               f'{k} (absent)' for k in fresh]
+        unused = sorted(set(state_dict) - set(own))
+        lines = [f'--init_from {source}: kept {len(kept)} of {len(own)} tensors']
+        lines += [_listing(title, items) for title, items in (('initialised afresh', why),
+                                                             ('not used here', unused)) if items]
+        print('\n'.join(lines))
+        return kept, fresh
+
+    def freeze_backbone(self):
+        """Keep the image trunk's weights fixed (no gradients; the optimizer leaves them out)."""
+        for name, param in self.named_parameters():
+            if '.backbones.' in name:
+                param.requires_grad_(False)
 
     def _report_size(self, module):
         n_parameters = sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -34,7 +34,7 @@ TRAINING_STATE = 'training_state.pt'  # file of the full training state in ckpt_
 TRAIN_DEFAULTS = {'device': 'cpu', 'amp': 'off', 'num_steps': None, 'grad_accum': 1, 'lr_schedule': 'constant',
                   'warmup_steps': 0, 'validate_every': 1, 'save_every': 100, 'resume': False, 'wandb': False,
                   'batch_size': None, 'world_size': 1, 'rank': 0, 'dataset_record': None, 'clip_grad_norm': None,
-                  'tensorboard': False, 'save_format': 'ckpt'}
+                  'tensorboard': False, 'save_format': 'ckpt', 'freeze_backbone': False}
 # Settings a resumed run must share with the run that wrote the training state.
 RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
 INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
@@ -279,7 +279,7 @@ class Trainer:
     """The training loop of train_bc. Progress is counted in units: epochs, or optimizer steps
     with num_steps. Each unit validates first (every validate_every units), then trains."""
 
-    def __init__(self, train_dataloader, val_dataloader, config, state=None):
+    def __init__(self, train_dataloader, val_dataloader, config, state=None, init=None):
         self.config, self.device = config, config['device']
         self.train_loader, self.val_loader = train_dataloader, val_dataloader
         self.rank, self.world_size = config['rank'], config['world_size']
@@ -291,17 +291,22 @@ class Trainer:
         self.batches_per_epoch = -(-sampler.per_rank() // train_dataloader.batch_size)
         self.steps_per_epoch = -(-self.batches_per_epoch // self.grad_accum)
         self.state_path = os.path.join(config['ckpt_dir'], TRAINING_STATE)
-        self._build_model()
+        self._build_model(None if config['resume'] else init)
         self.progress = Progress()
         self._batches, self.data_wait = None, 0.0
         if config['resume']:
             self.load_state(state if state is not None else read_training_state(self.state_path))
 
-    def _build_model(self):
+    def _build_model(self, init):
         config = self.config
         set_seed(config['seed'])
-        # a resumed run's training state replaces the initial weights, ImageNet ones included
-        self.policy = make_policy(config['policy_class'], config['policy_config'], load_pretrained=not config['resume'])
+        # a resumed run's training state (or --init_from's weights) replaces the initial ones, ImageNet's included
+        self.policy = make_policy(config['policy_class'], config['policy_config'],
+                                  load_pretrained=not (config['resume'] or init))
+        if init is not None:
+            self.policy.load_matching(init['state_dict'], init['source'])
+        if config['freeze_backbone']:
+            self.policy.freeze_backbone()
         self.policy.to(self.device)
         to_channels_last(self.policy)
         self.optimizer = fused_adam(self.policy.configure_optimizers(), self.device)
@@ -581,13 +586,14 @@ def init_wandb(config):
                       config=settings | config['policy_config'])
 
 
-def train_bc(train_dataloader, val_dataloader, config, state=None):
+def train_bc(train_dataloader, val_dataloader, config, state=None, init=None):
     """Train config['policy_class'] -> (best epoch, its validation loss, its state dict).
     With config['resume'], `state` is the training state already read (else it is read here).
+    init: checkpoint.read_pretrained's dict, whose fitting weights a new run starts from.
     The loaders' worker processes are stopped when training ends, however it ends."""
     config = {**TRAIN_DEFAULTS, **config}
     try:
-        trainer = Trainer(train_dataloader, val_dataloader, config, state)
+        trainer = Trainer(train_dataloader, val_dataloader, config, state, init)
         log = Log(config, trainer)
         try:
             trainer.run(log)
