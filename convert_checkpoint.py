@@ -5,7 +5,7 @@ r"""Convert an ACT checkpoint between this project's folder and LeRobot's pretra
 
 --to lerobot reads a folder trained here (config.json, the policy file, dataset_stats.pkl) and writes
 LeRobot's current layout (config.json, model.safetensors, the pre- and postprocessor files with the
-statistics), which LeRobot's ACTPolicy.from_pretrained and its processors load; the statistics are
+statistics), the layout LeRobot's ACTPolicy.from_pretrained and its processors read; the statistics are
 written so that LeRobot's arithmetic gives this project's actions. The decoder layers after the
 first (never computed) and is_pad_head (never used for actions) are left out.
 --to act reads a LeRobot ACT folder (either layout of its statistics) and writes what training here
