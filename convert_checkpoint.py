@@ -17,13 +17,14 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 from checkpoint import (CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, policy_file, read_config,
                         write_config)
 from data import Normalizer, get_norm_stats
 from episodes import count_episodes
 from files import UnsafeFile, load_torch_file, prepare_folder
-from lerobot_act import (MODEL_FILE, LeRobotFormatError, complete_state_dict, feature_listing, is_lerobot_folder,
+from lerobot_act import (MODEL_FILE, LeRobotFormatError, feature_listing, is_lerobot_folder, load_lerobot_weights,
                          read_lerobot_checkpoint, write_lerobot_checkpoint)
 from policy import make_policy, resolve_policy_config
 
@@ -67,13 +68,15 @@ def to_act(src, dst, stats_from=None):
     stats = checkpoint['stats']
     if stats_from is not None:
         stats = get_norm_stats(stats_from, count_episodes(stats_from))
-    state_dict, filled = complete_state_dict(checkpoint)
     policy_config = resolve_policy_config('ACT', checkpoint['policy_config'])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # what LeRobot does not hold starts the same in every conversion
+        policy = make_policy('ACT', policy_config, load_pretrained=False)
+    filled = load_lerobot_weights(policy, checkpoint)  # strict: make_policy(config) loads it
     Normalizer(stats, source=stats_from or src).check_sizes(policy_config['state_dim'], policy_config['action_dim'],
                                                           stats_from or src)
-    make_policy('ACT', policy_config, load_pretrained=False).deserialize(state_dict)  # strict: it loads
     prepare_folder(dst, 'DST')
-    atomic_save(state_dict, os.path.join(dst, 'policy_best.ckpt'))
+    atomic_save(policy.state_dict(), os.path.join(dst, 'policy_best.ckpt'))
     Normalizer({k: np.asarray(v) for k, v in stats.items()}).save(os.path.join(dst, STATS_FILE))
     write_config(dst, make_run_config('ACT', policy_config, None, checkpoint['image_size'], {'converted_from': src}))
     print(f'Wrote {", ".join(ACT_FILES)} to {dst} from LeRobot checkpoint {src}: '

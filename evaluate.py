@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from checkpoint import CONFIG_FILE, SAVE_FORMATS, STATS_FILE, policy_file, read_config
+from checkpoint import SAVE_FORMATS, STATS_FILE, policy_file, read_config
 from constants import DT
 from data import Normalizer, get_norm_stats, image_to_tensor, resize_images
 from episodes import count_episodes
@@ -214,9 +214,9 @@ def load_stats(config):
         return Normalizer(get_norm_stats(settings.stats_from, count_episodes(settings.stats_from)),
                           policy_type(settings.policy_class).action_normalization, source=settings.stats_from)
     if not os.path.isfile(stats_path) and is_lerobot_folder(settings.ckpt_dir):
-        from lerobot_act import read_json, statistics_from_lerobot
-        lr_config = read_json(os.path.join(settings.ckpt_dir, CONFIG_FILE))
-        return Normalizer(statistics_from_lerobot(settings.ckpt_dir, lr_config)[0], source=settings.ckpt_dir)
+        from lerobot_act import read_lerobot_config, statistics_from_lerobot
+        stats = statistics_from_lerobot(settings.ckpt_dir, read_lerobot_config(settings.ckpt_dir))[0]
+        return Normalizer(stats, source=settings.ckpt_dir)
     if not os.path.isfile(stats_path):
         raise FileNotFoundError(f'dataset statistics not found: {stats_path}; training writes it: '
                                 f'{_train_command(settings)}')
@@ -229,13 +229,12 @@ def load_stats(config):
 
 def load_lerobot_policy(settings):
     """The ACT of a LeRobot pretrained_model/ folder, its features' roles printed."""
-    from lerobot_act import complete_state_dict, feature_listing, read_lerobot_checkpoint
+    from lerobot_act import feature_listing, load_lerobot_weights, read_lerobot_checkpoint
     from policy import make_policy
     checkpoint = read_lerobot_checkpoint(settings.ckpt_dir, statistics=False)
     print(f'LeRobot ACT checkpoint {settings.ckpt_dir}: {feature_listing(checkpoint["features"])}')
-    state, _ = complete_state_dict(checkpoint)
     policy = make_policy('ACT', settings.policy_config, load_pretrained=False)
-    policy.deserialize(state)
+    load_lerobot_weights(policy, checkpoint)
     return policy.to(settings.device).eval()
 
 

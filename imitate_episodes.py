@@ -252,7 +252,7 @@ class MissingData(ValueError):
     """The task's episodes are not on disk: the message says how to make them."""
 
 
-def check_task_data(args, dataset_dir, num_episodes, camera_names, rank=0, world_size=1):
+def check_task_data(args, task_config, dataset_dir, num_episodes, camera_names, rank=0, world_size=1):
     """Stop with MissingData when dataset_dir lacks episodes 0..num_episodes-1, or with
     --record_missing record a scripted task's missing episodes (rank 0) and go on."""
     missing = missing_episodes(dataset_dir, num_episodes)
@@ -261,7 +261,8 @@ def check_task_data(args, dataset_dir, num_episodes, camera_names, rank=0, world
     task_name = args['task_name']
     scripted = task_name in SCRIPTED_POLICIES
     if not (args.get('record_missing') and scripted):
-        raise MissingData(missing_data_message(args, dataset_dir, num_episodes, missing, scripted))
+        raise MissingData(missing_data_message(args['task_name'], task_config['episode_len'], dataset_dir,
+                                               num_episodes, missing, scripted))
     if rank == 0:
         import record_sim_episodes
         print(f'--record_missing: recording {len(missing)} episodes of {task_name} into {dataset_dir}')
@@ -271,10 +272,9 @@ def check_task_data(args, dataset_dir, num_episodes, camera_names, rank=0, world
         torch.distributed.barrier()
 
 
-def missing_data_message(args, dataset_dir, num_episodes, missing, scripted):
+def missing_data_message(task_name, episode_len, dataset_dir, num_episodes, missing, scripted):
     """What is missing and the command that makes it: record_sim_episodes.py for a scripted task,
     the robot's recording for a real task, the original's download for human sim demonstrations."""
-    task_name = args['task_name']
     if len(missing) == num_episodes:
         what = f'{dataset_dir} holds none of the {num_episodes} episodes training reads'
     else:
@@ -284,7 +284,6 @@ def missing_data_message(args, dataset_dir, num_episodes, missing, scripted):
     what = f'no data for --task_name {task_name}: {what}'
     if scripted:
         import record_sim_episodes
-        episode_len = get_task_config(task_name)['episode_len']
         minutes = record_sim_episodes.expected_minutes(len(missing), episode_len)
         return (f'{what}. Record them first (about {math.ceil(minutes)} min at 480x640 on a 2-core CPU; '
                 f'episodes already there are kept):\n  '
@@ -383,7 +382,7 @@ def train_main(args, task_config, device, rank, world_size):
     num_episodes = args['num_episodes'] or task_config['num_episodes']
     camera_names = args['camera_names'] or task_config['camera_names']
     ckpt_dir = args['ckpt_dir']
-    check_task_data(args, dataset_dir, num_episodes, camera_names, rank, world_size)
+    check_task_data(args, task_config, dataset_dir, num_episodes, camera_names, rank, world_size)
     if rank == 0:
         prepare_folder(ckpt_dir, '--ckpt_dir')
     data_stats = get_norm_stats(dataset_dir, num_episodes)

@@ -303,12 +303,18 @@ def _vector(tensor, size):
     return tensor.flatten().expand(size).numpy().astype(np.float32).copy()
 
 
-def read_lerobot_checkpoint(folder, statistics=True):
-    """-> {'policy_config', 'image_size', 'stats', 'state_dict', 'features', 'use_vae'} of a LeRobot
-    ACT folder; statistics False: no 'stats', and ImageNet's image normalisation."""
+def read_lerobot_config(folder):
+    """The folder's LeRobot config.json, checked (check_lerobot_config)."""
     path = os.path.join(folder, CONFIG_FILE)
     lr_config = read_json(path)
     check_lerobot_config(lr_config, path)
+    return lr_config
+
+
+def read_lerobot_checkpoint(folder, statistics=True):
+    """-> {'policy_config', 'image_size', 'stats', 'state_dict', 'features', 'use_vae'} of a LeRobot
+    ACT folder; statistics False: no 'stats', and ImageNet's image normalisation."""
+    lr_config = read_lerobot_config(folder)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     stats = None
     if statistics:
@@ -325,9 +331,7 @@ def read_lerobot_checkpoint(folder, statistics=True):
 def lerobot_run_config(folder):
     """The config.json content of this project (checkpoint.make_run_config's keys) that a LeRobot
     ACT folder amounts to, statistics files read for the image normalisation; no task name."""
-    path = os.path.join(folder, CONFIG_FILE)
-    lr_config = read_json(path)
-    check_lerobot_config(lr_config, path)
+    lr_config = read_lerobot_config(folder)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     try:
         _, image_mean, image_std = statistics_from_lerobot(folder, lr_config)
@@ -340,20 +344,15 @@ def lerobot_run_config(folder):
             'training': {}, 'lerobot': True}
 
 
-def complete_state_dict(checkpoint):
-    """(the checkpoint's weights completed to this project's ACT state dict, [keys filled]): is_pad_head
-    zeros (LeRobot has none; it never shapes actions), a CVAE encoder fresh from seed 0 when the
-    checkpoint was trained without one (use_vae false; used in training only)."""
-    from policy import make_policy
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        fresh = make_policy('ACT', checkpoint['policy_config'], load_pretrained=False).state_dict()
+def load_lerobot_weights(policy, checkpoint):
+    """Load a LeRobot checkpoint's weights into this project's ACT `policy`, strictly -> [keys LeRobot
+    does not hold]: is_pad_head set to zeros (it never shapes actions), and the CVAE encoder of a
+    checkpoint trained without one (use_vae false; used in training only) kept as the policy built it."""
     given = checkpoint['state_dict']
-    filled = [key for key in fresh if key not in given]
-    state = {key: given.get(key, torch.zeros_like(fresh[key]) if key.startswith(NOT_IN_LEROBOT) else fresh[key])
-             for key in fresh}
-    state.update({key: value for key, value in given.items() if key not in fresh})  # reported by the strict load
-    return state, filled
+    filled = {key: torch.zeros_like(value) if key.startswith(NOT_IN_LEROBOT) else value
+              for key, value in policy.state_dict().items() if key not in given}
+    policy.deserialize({**filled, **given})
+    return list(filled)
 
 
 def feature_listing(features):
