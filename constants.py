@@ -77,6 +77,15 @@ def get_task_config(task_name):
 ### Simulation envs fixed constants
 DT = 0.02  # seconds per control step (50 Hz)
 JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
+
+
+def joint_names(dim):
+    """ALOHA's names for 14 joints (two arms of 6 joints and a gripper, left arm first), else joint_0, ..."""
+    if dim == 2 * (len(JOINT_NAMES) + 1):
+        return [f'{side}_{name}' for side in ('left', 'right') for name in JOINT_NAMES + ['gripper']]
+    return [f'joint_{i}' for i in range(dim)]
+
+
 # per arm: 6 joints, then the two finger joints (left finger, right finger = -left finger)
 START_ARM_POSE = [0, -0.96, 1.16, 0, -0.3, 0, 0.02239, -0.02239,
                   0, -0.96, 1.16, 0, -0.3, 0, 0.02239, -0.02239]

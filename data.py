@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from episodes import check_frame_counts, episode_path, frame_shape, open_episode, read_frames, read_low_dim
+from episodes import open_dataset
 from files import atomic_write, load_stats_pickle
 from processes import die_with_parent
 
@@ -36,15 +36,17 @@ ACTION_NORMALIZATIONS = ('mean_std', 'min_max')
 ################################ Statistics ################################
 
 def get_norm_stats(dataset_dir, num_episodes):
-    """Normalisation statistics over all steps of episodes 0..num_episodes-1.
+    """Normalisation statistics over all steps of episodes 0..num_episodes-1 (episode files or a
+    LeRobot dataset: episodes.open_dataset).
 
     Returns action_mean, action_std, qpos_mean, qpos_std (each (D,) float32; stds clipped
     below at 1e-2), action_min, action_max ((A,), widened by MINMAX_EPS; used by Diffusion) and example_qpos.
     """
-    episodes = [read_low_dim(episode_path(dataset_dir, i)) for i in range(num_episodes)]
-    check_dims(dataset_dir, episodes)
+    source = open_dataset(dataset_dir)
+    episodes = [source.low_dim(i) for i in range(num_episodes)]
+    check_dims(source, episodes)
     for i, (qpos, action, _) in enumerate(episodes):
-        check_finite(episode_path(dataset_dir, i), {'/observations/qpos': qpos, '/action': action})
+        check_finite(source.name(i), {source.array_names['qpos']: qpos, source.array_names['action']: action})
     all_qpos = torch.from_numpy(np.concatenate([qpos for qpos, _, _ in episodes]))  # (sum T, S)
     all_action = torch.from_numpy(np.concatenate([action for _, action, _ in episodes]))  # (sum T, A)
     stats = {}
@@ -58,13 +60,13 @@ def get_norm_stats(dataset_dir, num_episodes):
     return stats
 
 
-def check_dims(dataset_dir, episodes):
+def check_dims(source, episodes):
     """Raise when episodes disagree on state or action size, naming the first that differs."""
     first_qpos_dim, first_action_dim = episodes[0][0].shape[1], episodes[0][1].shape[1]
     for i, (qpos, action, _) in enumerate(episodes):
         if qpos.shape[1] != first_qpos_dim or action.shape[1] != first_action_dim:
-            raise ValueError(f'{episode_path(dataset_dir, i)}: qpos has {qpos.shape[1]} dims and action '
-                             f'{action.shape[1]}, but episode_0 has {first_qpos_dim} and {first_action_dim}')
+            raise ValueError(f'{source.name(i)}: qpos has {qpos.shape[1]} dims and action '
+                             f'{action.shape[1]}, but {source.name(0)} has {first_qpos_dim} and {first_action_dim}')
 
 
 def check_finite(path, arrays):
@@ -78,10 +80,9 @@ def check_finite(path, arrays):
 
 
 def dataset_record(dataset_dir, num_episodes, stats):
-    """What identifies the training data, saved with the training state: each episode file's size
-    and the statistics over them (plain ints and lists)."""
-    paths = [episode_path(dataset_dir, i) for i in range(num_episodes)]
-    return {'files': {os.path.basename(p): os.path.getsize(p) for p in paths},
+    """What identifies the training data, saved with the training state: the size of each file the
+    episodes lie in and the statistics over them (plain ints and lists)."""
+    return {'files': open_dataset(dataset_dir).fingerprint(num_episodes),
             'stats': {k: np.asarray(stats[k]).tolist() for k in STATS_KEYS}}
 
 
@@ -245,16 +246,16 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.normalizer = Normalizer(norm_stats, action_normalization(policy_class))
         self.obs_horizon = obs_horizon
         self.image_size = None if image_size is None else tuple(image_size)
-        self.paths = [episode_path(dataset_dir, i) for i in self.episode_ids]
+        self.source = open_dataset(dataset_dir)
+        self.names = [self.source.name(i) for i in self.episode_ids]
         self._load_low_dim()
         self.pad_len = pad_len or max(self.lengths)
         self.frames = None  # per episode {cam: (T, H, W, 3) uint8} once preloaded
-        self._files, self._pid = {}, None
         if preload:
             self.preload()
 
     def _load_low_dim(self):
-        episodes = [read_low_dim(p) for p in self.paths]
+        episodes = [self.source.low_dim(i) for i in self.episode_ids]
         self.lengths = [len(qpos) for qpos, _, _ in episodes]
         self.is_sim = episodes[0][2]
         self.qpos = [self.normalizer.normalize_qpos(q) for q, _, _ in episodes]
@@ -264,59 +265,42 @@ class EpisodicDataset(torch.utils.data.Dataset):
         # the normalised value of a zero action (ignored by the losses through is_pad).
         self.pad_value = self.normalizer.normalize_action(np.zeros_like(episodes[0][1][0]))
         if self.obs_horizon > min(self.lengths):
-            short = self.paths[int(np.argmin(self.lengths))]
+            short = self.names[int(np.argmin(self.lengths))]
             raise ValueError(f'obs_horizon {self.obs_horizon} exceeds the {min(self.lengths)} steps of {short}')
-        with open_episode(self.paths[0]) as root:
-            self.hw = self.image_size or frame_shape(root, self.paths[0], self.camera_names[0])
-        for path, length in zip(self.paths, self.lengths):
-            self._check_cameras(path, length)
+        self.hw = self.image_size or self.source.frame_shape(self.episode_ids[0], self.camera_names[0])
+        for index, length in enumerate(self.lengths):
+            self._check_cameras(index, length)
 
-    def _check_cameras(self, path, length):
-        with open_episode(path) as root:
-            check_frame_counts(root, path, self.camera_names, length)
-            for cam in self.camera_names:
-                hw = frame_shape(root, path, cam)
-                if self.image_size is None and hw != tuple(self.hw):
-                    raise ValueError(f"{path}: camera '{cam}' frames are {hw[0]}x{hw[1]} but {self.paths[0]} "
-                                     f"has {self.hw[0]}x{self.hw[1]}; pass --image_size H W to resize all")
+    def _check_cameras(self, index, length):
+        episode = self.episode_ids[index]
+        self.source.check_frames(episode, self.camera_names, length)
+        for cam in self.camera_names:
+            hw = self.source.frame_shape(episode, cam)
+            if self.image_size is None and tuple(hw) != tuple(self.hw):
+                raise ValueError(f"{self.names[index]}: camera '{cam}' frames are {hw[0]}x{hw[1]} but "
+                                 f"{self.names[0]} has {self.hw[0]}x{self.hw[1]}; pass --image_size H W to resize all")
 
-    def _read_frames(self, root, path, cam, steps):
-        """(len(steps), H, W, 3) uint8 frames of one camera, at the training image size."""
-        frames = read_frames(root, path, cam, steps)
+    def _resized(self, frames):
+        """(N, H, W, 3) uint8 frames at the training image size."""
         return frames if self.image_size is None else resize_images(frames, self.image_size)
 
     def preload(self):
-        """Read (decode, resize) the frames of every episode into memory."""
-        self.frames = []
-        for path, length in zip(self.paths, self.lengths):
-            with open_episode(path) as root:
-                self.frames.append({cam: self._read_frames(root, path, cam, np.arange(length))
-                                    for cam in self.camera_names})
+        """Read (decode, resize) the frames of every episode into memory, each episode decoded once."""
+        self.frames = [{cam: self._resized(self.source.episode_frames(episode, cam)) for cam in self.camera_names}
+                       for episode in self.episode_ids]
 
     def frame_bytes(self):
         """Bytes the frames of all episodes take in memory (at the training image size)."""
         h, w = self.hw
         return sum(self.lengths) * len(self.camera_names) * h * w * 3
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state['_files'], state['_pid'] = {}, None  # open HDF5 files do not cross processes
-        return state
-
-    def _file(self, index):
-        if self._pid != os.getpid():  # first use in this process (e.g. a fresh DataLoader worker)
-            self._files, self._pid = {}, os.getpid()
-        if index not in self._files:
-            self._files[index] = open_episode(self.paths[index])
-        return self._files[index]
-
     def _images(self, index, steps):
         """Frames at `steps` (To,) -> (To, K, H, W, 3) uint8."""
         if self.frames is not None:
             per_cam = [self.frames[index][cam][steps] for cam in self.camera_names]
         else:
-            root = self._file(index)
-            per_cam = [self._read_frames(root, self.paths[index], cam, steps) for cam in self.camera_names]
+            episode = self.episode_ids[index]
+            per_cam = [self._resized(self.source.frames(episode, cam, steps)) for cam in self.camera_names]
         return np.stack(per_cam, axis=1)
 
     def __len__(self):
@@ -417,7 +401,7 @@ def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_s
                 for ids in (train_indices, val_indices)]
     train_hw, val_hw = (tuple(d.hw) for d in datasets)
     if train_hw != val_hw:
-        raise ValueError(f'{datasets[1].paths[0]}: frames are {val_hw[0]}x{val_hw[1]} but {datasets[0].paths[0]} has '
+        raise ValueError(f'{datasets[1].names[0]}: frames are {val_hw[0]}x{val_hw[1]} but {datasets[0].names[0]} has '
                          f'{train_hw[0]}x{train_hw[1]}; pass --image_size H W to resize all')
     preload_frames = should_preload(datasets, preload)
     pad_len = max(max(d.lengths) for d in datasets)  # one action length for train and validation

@@ -10,7 +10,9 @@ The JPEG layout of the act-plus-plus fork: attrs['compress'] = True, each camera
 dataset whose row t holds frame t as a JPEG zero-padded to the longest, and /compress_len
 (num_cameras, T) float32 holding the encoded lengths. docs/formats.md describes both in full.
 
-Episodes are written atomically (files.py): an interrupted or failed write leaves no truncated
+`open_dataset` opens a dataset folder of either layout this project reads: these episode files
+(`HDF5Episodes`) or a LeRobot dataset (lerobot_dataset.LeRobotEpisodes); both offer training
+the same interface. Episodes are written atomically (files.py): an interrupted or failed write leaves no truncated
 file, and a full disk ends in a clear error rather than a crash in HDF5. This module does not
 import torch, so the viewer and the replay script stay light.
 """
@@ -197,6 +199,79 @@ def layout_problem(path, expected):
             if root[key].shape != shape or root[key].dtype != dtype:
                 return f'{key} is {root[key].shape} {root[key].dtype}, expected {shape} {np.dtype(dtype)}'
     return None
+
+
+############################ Datasets ############################
+
+def open_dataset(dataset_dir):
+    """The episodes of dataset_dir: a LeRobot dataset (meta/info.json) or episode_{i}.hdf5 files."""
+    from lerobot_dataset import LeRobotEpisodes, is_lerobot_dataset
+    if is_lerobot_dataset(dataset_dir):
+        return LeRobotEpisodes(dataset_dir)
+    return HDF5Episodes(dataset_dir)
+
+
+class HDF5Episodes:
+    """The episode files of a folder, opened once per process (never once per sample).
+
+    The interface training reads (LeRobotEpisodes offers the same): num_episodes, camera_names,
+    name(i), low_dim(i), check_frames(i, cameras, length), frame_shape(i, camera),
+    frames(i, camera, steps), episode_frames(i, camera), read_episode(i, cameras), fingerprint(count),
+    and array_names (what messages call qpos and action).
+    """
+    array_names = {'qpos': '/observations/qpos', 'action': '/action'}
+
+    def __init__(self, dataset_dir):
+        self.dataset_dir = dataset_dir
+        self._files, self._pid = {}, None
+
+    @property
+    def num_episodes(self):
+        return count_episodes(self.dataset_dir)
+
+    @property
+    def camera_names(self):
+        with open_episode(self.name(0)) as root:
+            return camera_names(root)
+
+    def name(self, index):
+        return episode_path(self.dataset_dir, index)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_files'], state['_pid'] = {}, None  # open HDF5 files do not cross processes
+        return state
+
+    def _file(self, index):
+        if self._pid != os.getpid():  # first use in this process (e.g. a fresh DataLoader worker)
+            self._files, self._pid = {}, os.getpid()
+        if index not in self._files:
+            self._files[index] = open_episode(self.name(index))
+        return self._files[index]
+
+    def low_dim(self, index):
+        return read_low_dim(self.name(index))
+
+    def check_frames(self, index, cameras, length):
+        check_frame_counts(self._file(index), self.name(index), cameras, length)
+
+    def frame_shape(self, index, cam):
+        return frame_shape(self._file(index), self.name(index), cam)
+
+    def frames(self, index, cam, steps):
+        return read_frames(self._file(index), self.name(index), cam, steps)
+
+    def episode_frames(self, index, cam):
+        root = self._file(index)
+        return read_frames(root, self.name(index), cam, np.arange(len(_camera_dataset(root, cam, self.name(index)))))
+
+    def read_episode(self, index, cameras=None):
+        return read_episode(self.name(index), cameras)
+
+    def fingerprint(self, count):
+        """{file name: size} of episodes 0..count-1."""
+        paths = [self.name(i) for i in range(count)]
+        return {os.path.basename(p): os.path.getsize(p) for p in paths}
 
 
 ############################ Writing ############################

@@ -17,7 +17,6 @@ report.html; --eval_offline compares the policy's action chunks with recorded ep
 in train.py, evaluation in evaluate.py, the data pipeline in data.py.
 """
 import argparse
-import glob
 import math
 import os
 import sys
@@ -30,8 +29,9 @@ from checkpoint import (CONFIG_FILE, SAVE_FORMATS, STATS_FILE, make_run_config, 
                         save_policy, write_config)
 from constants import canonical_task_name, get_task_config, sim_task_names
 from data import Normalizer, dataset_record, get_norm_stats, load_data, split_episodes
-from episodes import episode_path, missing_episodes
+from episodes import episode_path, missing_episodes, open_dataset
 from files import DiskFull, UnsafeFile, prepare_folder
+from lerobot_dataset import ARRAY_FEATURES, IMAGE_PREFIX, LeRobotDatasetError, LeRobotEpisodes, is_lerobot_dataset
 from offline_eval import DIFFUSION_SAMPLES
 from policy import POLICY_CLASSES, policy_type
 from scripted_policy import SCRIPTED_POLICIES
@@ -246,6 +246,34 @@ def dims_from_stats(ckpt_dir, policy_class):
     return normalizer.state_dim, normalizer.action_dim
 
 
+################################ Data ################################
+
+def data_settings(args, task_config):
+    """(dataset_dir, num_episodes, camera_names) training reads: the flags, else for a LeRobot
+    dataset all its episodes and cameras (checked and printed), else the task config's."""
+    dataset_dir = args['dataset_dir'] or task_config['dataset_dir']
+    if not is_lerobot_dataset(dataset_dir):
+        return (dataset_dir, args['num_episodes'] or task_config['num_episodes'],
+                args['camera_names'] or task_config['camera_names'])
+    source = LeRobotEpisodes(dataset_dir)
+    num_episodes = args['num_episodes'] or source.num_episodes
+    if num_episodes > source.num_episodes:
+        raise ValueError(f'--num_episodes {num_episodes}: the LeRobot dataset {dataset_dir} holds '
+                         f'{source.num_episodes} episodes')
+    camera_names = args['camera_names'] or source.camera_names
+    if not camera_names:
+        raise ValueError(f'{dataset_dir}: the LeRobot dataset has no camera features ({IMAGE_PREFIX}<camera>); '
+                         f'its features: {", ".join(source.features)}')
+    for cam in camera_names:
+        source.video_key(cam)
+    for key in ('qpos', 'action'):
+        source.require(ARRAY_FEATURES[key], 'training reads it')
+    print(f'LeRobot dataset {dataset_dir} ({source.version}, {source.fps} fps): {num_episodes} of '
+          f'{source.num_episodes} episodes; observation.state -> qpos, action -> action, '
+          + ', '.join(f"{IMAGE_PREFIX}{cam} -> camera '{cam}'" for cam in camera_names))
+    return dataset_dir, num_episodes, camera_names
+
+
 ################################ Missing data ################################
 
 class MissingData(ValueError):
@@ -254,7 +282,10 @@ class MissingData(ValueError):
 
 def check_task_data(args, task_config, dataset_dir, num_episodes, camera_names, rank=0, world_size=1):
     """Stop with MissingData when dataset_dir lacks episodes 0..num_episodes-1, or with
-    --record_missing record a scripted task's missing episodes (rank 0) and go on."""
+    --record_missing record a scripted task's missing episodes (rank 0) and go on. A LeRobot
+    dataset was checked by data_settings."""
+    if is_lerobot_dataset(dataset_dir):
+        return
     missing = missing_episodes(dataset_dir, num_episodes)
     if not missing:
         return
@@ -348,7 +379,7 @@ def offline_main(args, device):
     samples = args['diversity_samples']
     if samples is None:
         samples = DIFFUSION_SAMPLES if config['policy_class'] == 'Diffusion' else 0
-    report = evaluate_offline(policy, normalizer, [episode_path(dataset_dir, i) for i in indices],
+    report = evaluate_offline(policy, normalizer, open_dataset(dataset_dir), indices,
                               config['image_size'] or EVAL_IMAGE_HW, device, samples)
     report.update(checkpoint=config['eval_ckpt'], dataset_dir=dataset_dir)
     print(report_table(report))
@@ -359,9 +390,10 @@ def offline_episodes(args):
     """(dataset_dir, episode indices) of --eval_offline: --dataset_dir's (--num_episodes, else all),
     else the validation episodes of the run that config.json records."""
     if args['dataset_dir']:
-        count = args['num_episodes'] or len(glob.glob(os.path.join(glob.escape(args['dataset_dir']), 'episode_*.hdf5')))
+        count = args['num_episodes'] or open_dataset(args['dataset_dir']).num_episodes
         if count == 0:
-            raise ValueError(f"--dataset_dir {args['dataset_dir']} holds no episode_*.hdf5 files")
+            raise ValueError(f"--dataset_dir {args['dataset_dir']} holds no episodes (episode_*.hdf5 files or a "
+                             f"LeRobot dataset)")
         return args['dataset_dir'], list(range(count))
     saved = read_config(args['ckpt_dir'])
     training = (saved or {}).get('training') or {}
@@ -378,9 +410,7 @@ def train_main(args, task_config, device, rank, world_size):
     init = pretrained_start(args)
     if init is not None:
         args = with_saved_config(args, init, f"--init_from {args['init_from']}", run_flags=())
-    dataset_dir = args['dataset_dir'] or task_config['dataset_dir']
-    num_episodes = args['num_episodes'] or task_config['num_episodes']
-    camera_names = args['camera_names'] or task_config['camera_names']
+    dataset_dir, num_episodes, camera_names = data_settings(args, task_config)
     ckpt_dir = args['ckpt_dir']
     check_task_data(args, task_config, dataset_dir, num_episodes, camera_names, rank, world_size)
     if rank == 0:
@@ -544,9 +574,11 @@ def _original_flags(parser):
 
 def _data_flags(parser):
     add = parser.add_argument
-    add('--dataset_dir', help="episodes folder (default: the task's, under ACT_DATA_DIR)")
-    add('--num_episodes', type=int, help="episodes episode_0..N-1 to use (default: the task's)")
-    add('--camera_names', nargs='+', help="cameras the policy sees (default: the task's)")
+    add('--dataset_dir', help="episodes folder: episode_*.hdf5 files or a LeRobot dataset (v3.0, v2.1) "
+                              "(default: the task's, under ACT_DATA_DIR)")
+    add('--num_episodes', type=int, help="episodes 0..N-1 to use (default: the task's; a LeRobot dataset's: all)")
+    add('--camera_names', nargs='+', help="cameras the policy sees (default: the task's; a LeRobot dataset's: "
+                                          "all its observation.images.<camera>)")
     add('--image_size', type=int, nargs=2, metavar=('H', 'W'),
         help="image size the policy sees: training resizes frames to it, sim evaluation renders at it "
              "(default: the data's size for training, config.json's or 480 640 for evaluation)")
@@ -646,7 +678,7 @@ if __name__ == '__main__':
         parser.error(problem)
     try:
         main(cli_args)
-    except (NonFiniteLoss, UnsafeFile, MissingData) as err:
+    except (NonFiniteLoss, UnsafeFile, MissingData, LeRobotDatasetError) as err:
         sys.exit(f'{parser.prog}: error: {err}')
     except DiskFull as err:
         sys.exit(f'{parser.prog}: error: {err.strerror}')

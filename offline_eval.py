@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from constants import JOINT_NAMES
+from constants import joint_names
 from data import image_to_tensor, resize_images
-from episodes import check_frame_counts, open_episode, read_frames, read_low_dim
 from files import atomic_path, atomic_write
 
 ### Settings
@@ -28,13 +27,6 @@ OFFLINE_EVAL_FILE = 'offline_eval.json'
 OFFLINE_EVAL_PLOT = 'offline_eval.png'
 BATCH_SIZE = 32  # observations per policy query
 DIFFUSION_SAMPLES = 10  # chunks drawn per observation for the diversity of a stochastic policy
-
-
-def joint_names(action_dim):
-    """ALOHA's names for 14 joints (two arms of 6 joints and a gripper), else joint_0, joint_1, ..."""
-    if action_dim == 2 * (len(JOINT_NAMES) + 1):
-        return [f'{side}_{name}' for side in ('left', 'right') for name in JOINT_NAMES + ['gripper']]
-    return [f'joint_{i}' for i in range(action_dim)]
 
 
 class ErrorSums:
@@ -73,22 +65,22 @@ class ErrorSums:
         return report
 
 
-def check_episode(path, policy, normalizer):
+def check_episode(source, index, policy, normalizer):
     """Raise naming both when the episode's sizes or cameras are not the checkpoint's."""
-    qpos, action, is_sim = read_low_dim(path)
+    path = source.name(index)
+    qpos, action, is_sim = source.low_dim(index)
     if qpos.shape[1] != normalizer.state_dim or action.shape[1] != normalizer.action_dim:
         raise ValueError(f'{path} has state size {qpos.shape[1]} and action size {action.shape[1]}, but the '
                          f'checkpoint has {normalizer.state_dim} and {normalizer.action_dim}')
-    with open_episode(path) as root:
-        missing = [cam for cam in policy.camera_names if cam not in root.get('/observations/images', {})]
-        if missing:
-            raise ValueError(f"{path} has no camera {', '.join(missing)}; the checkpoint's cameras are "
-                             f"{', '.join(policy.camera_names)}")
-        check_frame_counts(root, path, policy.camera_names, len(qpos))
+    missing = [cam for cam in policy.camera_names if cam not in source.camera_names]
+    if missing:
+        raise ValueError(f"{path} has no camera {', '.join(missing)}; the checkpoint's cameras are "
+                         f"{', '.join(policy.camera_names)}")
+    source.check_frames(index, policy.camera_names, len(qpos))
     return qpos, action, is_sim
 
 
-def evaluate_episode(path, episode, policy, normalizer, image_size, device, sums, samples, bar):
+def evaluate_episode(source, index, episode, policy, normalizer, image_size, device, sums, samples, bar):
     """Add one episode's chunk errors (and sample spreads when samples > 0) to `sums`;
     episode: check_episode's (qpos, action, is_sim). Frames are read a batch at a time."""
     qpos, action, is_sim = episode
@@ -96,38 +88,38 @@ def evaluate_episode(path, episode, policy, normalizer, image_size, device, sums
     norm_qpos = normalizer.normalize_qpos(qpos)  # (T, S)
     # NOTE(faithful): real-robot targets start one step earlier, as the training samples' do.
     first = np.arange(T) if is_sim else np.maximum(np.arange(T) - 1, 0)  # (T,)
-    with open_episode(path) as root:
-        for start in range(0, T, BATCH_SIZE):
-            steps = np.arange(start, min(start + BATCH_SIZE, T))  # (B,)
-            history = np.maximum(steps[:, None] + np.arange(1 - To, 1)[None], 0)  # (B, To)
-            frames = np.stack([resize_images(read_frames(root, path, cam, history.ravel()), image_size)
-                               for cam in policy.camera_names], axis=1)  # (B To, K, H, W, 3)
-            q = torch.from_numpy(norm_qpos[history]).to(device)  # (B, To, S)
-            image = image_to_tensor(frames.reshape(*history.shape, *frames.shape[1:]), device)  # (B, To, K, 3, H, W)
-            if To == 1:
-                q, image = q[:, 0], image[:, 0]
-            draws = [normalizer.unnormalize_action(policy.action_chunk(q, image).cpu().numpy())
-                     for _ in range(max(1, samples))]  # each (B, Q, A)
-            index = first[steps][:, None] + np.arange(Q)[None]  # (B, Q)
-            sums.add(draws[0], action[np.minimum(index, T - 1)], index < T)
-            if samples > 1:
-                sums.add_samples(np.stack(draws))
-            bar.update(len(steps))
+    for start in range(0, T, BATCH_SIZE):
+        steps = np.arange(start, min(start + BATCH_SIZE, T))  # (B,)
+        history = np.maximum(steps[:, None] + np.arange(1 - To, 1)[None], 0)  # (B, To)
+        frames = np.stack([resize_images(source.frames(index, cam, history.ravel()), image_size)
+                           for cam in policy.camera_names], axis=1)  # (B To, K, H, W, 3)
+        q = torch.from_numpy(norm_qpos[history]).to(device)  # (B, To, S)
+        image = image_to_tensor(frames.reshape(*history.shape, *frames.shape[1:]), device)  # (B, To, K, 3, H, W)
+        if To == 1:
+            q, image = q[:, 0], image[:, 0]
+        draws = [normalizer.unnormalize_action(policy.action_chunk(q, image).cpu().numpy())
+                 for _ in range(max(1, samples))]  # each (B, Q, A)
+        targets = first[steps][:, None] + np.arange(Q)[None]  # (B, Q)
+        sums.add(draws[0], action[np.minimum(targets, T - 1)], targets < T)
+        if samples > 1:
+            sums.add_samples(np.stack(draws))
+        bar.update(len(steps))
 
 
-def evaluate_offline(policy, normalizer, paths, image_size, device, samples=0):
-    """The report (ErrorSums.report) of `policy` on the episode files `paths`, all checked first."""
-    if not paths:
+def evaluate_offline(policy, normalizer, source, indices, image_size, device, samples=0):
+    """The report (ErrorSums.report) of `policy` on episodes `indices` of `source` (episodes.open_dataset),
+    all checked first."""
+    if not len(indices):
         raise ValueError('no held-out episodes to evaluate on: pass --dataset_dir (and --num_episodes) '
                          'to evaluate on other recorded episodes')
     policy.eval()
-    episodes = [check_episode(p, policy, normalizer) for p in paths]
+    episodes = [check_episode(source, i, policy, normalizer) for i in indices]
     sums = ErrorSums(policy.num_queries, normalizer.action_dim)
     with tqdm(total=sum(len(qpos) for qpos, _, _ in episodes), desc='offline evaluation', unit='step') as bar:
-        for path, episode in zip(paths, episodes):
-            evaluate_episode(path, episode, policy, normalizer, image_size, device, sums, samples, bar)
+        for index, episode in zip(indices, episodes):
+            evaluate_episode(source, index, episode, policy, normalizer, image_size, device, sums, samples, bar)
     report = sums.report(joint_names(normalizer.action_dim))
-    report['episodes'] = [os.path.basename(p) for p in paths]
+    report['episodes'] = [os.path.basename(source.name(i)) for i in indices]
     return report
 
 

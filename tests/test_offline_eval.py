@@ -9,7 +9,7 @@ import torch
 
 import imitate_episodes
 from data import Normalizer, get_norm_stats, load_data, split_episodes
-from episodes import episode_path, read_episode
+from episodes import episode_path, open_dataset, read_episode
 from offline_eval import evaluate_offline
 from policy import make_policy
 from tests.helpers import TINY_IMAGE_HW, write_tiny_episode
@@ -50,7 +50,7 @@ def test_errors_match_a_hand_computation(tmp_path):
     paths = [write_tiny_episode(str(tmp_path / 'episode_0.hdf5'), episode_len=7, seed=1),
              write_tiny_episode(str(tmp_path / 'episode_1.hdf5'), episode_len=5, seed=2, sim=False)]
     normalizer = Normalizer(get_norm_stats(str(tmp_path), 2))
-    report = evaluate_offline(QposEcho(), normalizer, paths, TINY_IMAGE_HW, 'cpu')
+    report = evaluate_offline(QposEcho(), normalizer, open_dataset(str(tmp_path)), [0, 1], TINY_IMAGE_HW, 'cpu')
     abs_err, sq_err = hand_errors([read_episode(p, cameras=[]) for p in paths], normalizer, 3)
     joint_l1 = [np.mean([e for k in range(3) for e in abs_err[k][j]]) for j in range(14)]
     assert report['actions_compared'] == sum(len(abs_err[k][0]) for k in range(3)) == (7 + 6 + 5) + (5 + 5 + 4)  # real: targets from t - 1
@@ -61,15 +61,16 @@ def test_errors_match_a_hand_computation(tmp_path):
 
 
 def test_diversity_is_zero_for_act_and_positive_for_diffusion(tmp_path):
-    paths = [write_tiny_episode(str(tmp_path / 'episode_0.hdf5'), episode_len=6)]
+    write_tiny_episode(str(tmp_path / 'episode_0.hdf5'), episode_len=6)
     normalizer = Normalizer(get_norm_stats(str(tmp_path), 1), 'min_max')
     act = make_policy('ACT', {'camera_names': ['top'], 'state_dim': 14, 'action_dim': 14, 'num_queries': 4,
                               'hidden_dim': 16, 'dim_feedforward': 32, 'enc_layers': 1, 'dec_layers': 1, 'nheads': 2,
                               'kl_weight': 10, 'pretrained_backbone': False})
-    assert evaluate_offline(act, normalizer, paths, TINY_IMAGE_HW, 'cpu', samples=3)['diversity']['overall'] < 1e-9
+    data = open_dataset(str(tmp_path))
+    assert evaluate_offline(act, normalizer, data, [0], TINY_IMAGE_HW, 'cpu', samples=3)['diversity']['overall'] < 1e-9
     for obs_horizon in (1, 2):  # 2: each query sees steps t-1 and t
         diffusion = make_policy('Diffusion', tiny_config(num_inference_steps=2, obs_horizon=obs_horizon))
-        report = evaluate_offline(diffusion, normalizer, paths, TINY_IMAGE_HW, 'cpu', samples=3)
+        report = evaluate_offline(diffusion, normalizer, data, [0], TINY_IMAGE_HW, 'cpu', samples=3)
         assert report['diversity']['overall'] > 0 and all(v > 0 for v in report['diversity']['per_joint'].values())
         assert report['actions_compared'] == sum(6 - k for k in range(5))
 
@@ -105,5 +106,5 @@ def test_other_sizes_cameras_or_no_episodes_are_named(two_epoch_run, tmp_path):
     with pytest.raises(ValueError, match="has no camera top; the checkpoint's cameras are top"):
         offline(tmp_path / 'wrist')
     os.makedirs(tmp_path / 'empty')
-    with pytest.raises(ValueError, match='--dataset_dir .*empty holds no episode_\\*.hdf5 files'):
+    with pytest.raises(ValueError, match=r'--dataset_dir .*empty holds no episodes \(episode_\*.hdf5 files or a LeRobot dataset\)'):
         offline(tmp_path / 'empty')
