@@ -79,9 +79,12 @@ DT = 0.02  # seconds per control step (50 Hz)
 JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
 
 
+ALOHA_STATE_DIM = 2 * (len(JOINT_NAMES) + 1)  # two arms of 6 joints and a gripper
+
+
 def joint_names(dim):
-    """ALOHA's names for 14 joints (two arms of 6 joints and a gripper, left arm first), else joint_0, ..."""
-    if dim == 2 * (len(JOINT_NAMES) + 1):
+    """ALOHA's names for its 14 joints (left arm first), else joint_0, joint_1, ..."""
+    if dim == ALOHA_STATE_DIM:
         return [f'{side}_{name}' for side in ('left', 'right') for name in JOINT_NAMES + ['gripper']]
     return [f'joint_{i}' for i in range(dim)]
 

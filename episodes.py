@@ -301,6 +301,12 @@ def write_episode(path, qpos, action, images, qvel=None, effort=None, sim=True, 
         root.create_dataset('action', data=np.asarray(action, dtype=np.float32))
 
 
+def store_episode(path, episode, compression=None):
+    """Write an Episode with write_episode."""
+    write_episode(path, episode.qpos, episode.action, episode.images, qvel=episode.qvel, effort=episode.effort,
+                  sim=episode.sim, compression=compression)
+
+
 def _write_jpeg_images(root, group, images, episode_len):
     """act-plus-plus: attrs['compress'], zero-padded JPEG rows per camera, /compress_len (cams, T)."""
     root.attrs['compress'] = True

@@ -832,6 +832,20 @@ class LeRobotWriter:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def append_episodes(root, episodes, **settings):
+    """Append episodes.Episode objects to the LeRobot dataset at root (created when absent; settings:
+    LeRobotWriter's) in one atomic write; returns the dataset's episode count."""
+    with LeRobotWriter(root, **settings) as writer:
+        for episode in episodes:
+            writer.add(episode)
+    return writer.info['total_episodes']
+
+
+def count_lerobot_episodes(root):
+    """Episodes of the LeRobot dataset at root; 0 where there is none yet."""
+    return LeRobotEpisodes(root).num_episodes if is_lerobot_dataset(root) else 0
+
+
 def write_tasks(path, tasks):
     """meta/tasks.parquet: column task_index, indexed by task (pandas metadata, which LeRobot reads back)."""
     import pyarrow as pa

@@ -2,10 +2,13 @@
 
 The followers copy the leaders at 50 Hz while the cameras record; the episode is written in the
 original real-robot HDF5 layout (attrs sim=False, qpos/qvel/effort/action, one image dataset per
-camera) under a temporary name and renamed into place when complete.
+camera) under a temporary name and renamed into place when complete; with --format lerobot it is
+appended to a LeRobot dataset (lerobot_dataset.py), atomically too.
 
     python record_episodes.py --task_name aloha_wear_shoe [--episode_idx 3] [--robot_driver dynamixel]
+    python record_episodes.py --task_name aloha_wear_shoe --format lerobot --dataset_dir data/wear_shoe_lerobot
 """
+import functools
 import os
 import time
 
@@ -13,8 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
-from episodes import episode_path, write_episode
+from episodes import Episode, episode_path, store_episode
 from files import DiskFull, prepare_folder
+from lerobot_dataset import append_episodes, count_lerobot_episodes
 import real_robot
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
@@ -78,17 +82,17 @@ def print_dt_diagnosis(actual_dt_history):
     return freq_mean
 
 
-def save_episode(dataset_path, timesteps, actions, camera_names):
-    """Write the original real-robot layout atomically; observation t pairs with action t."""
+def save_episode(save, timesteps, actions, camera_names):
+    """Save the episode with save(Episode), atomically; observation t pairs with action t."""
     steps = timesteps[:len(actions)]  # the observation after the last action is not kept
     t0 = time.time()
-    low_dim = {key: np.array([ts.observation[key] for ts in steps]) for key in ('qpos', 'qvel', 'effort')}
+    low_dim = {key: np.array([ts.observation[key] for ts in steps], np.float32) for key in ('qpos', 'qvel', 'effort')}
     images = {cam: np.stack([ts.observation['images'][cam] for ts in steps]) for cam in camera_names}  # (T, H, W, 3)
-    write_episode(dataset_path, action=np.array(actions), images=images, sim=False, **low_dim)
+    save(Episode(action=np.array(actions, np.float32), images=images, sim=False, **low_dim))
     print(f'Saving: {time.time() - t0:.1f} secs')
 
 
-def capture_one_episode(max_timesteps, camera_names, dataset_path, driver):
+def capture_one_episode(max_timesteps, camera_names, save, driver):
     master_bot_left, master_bot_right = real_robot.make_master_bots(driver, init_node=True)
     env = None
     try:
@@ -114,7 +118,7 @@ def capture_one_episode(max_timesteps, camera_names, dataset_path, driver):
         master_bot_left.close()
         master_bot_right.close()
     print_dt_diagnosis(actual_dt_history)
-    save_episode(dataset_path, timesteps, actions, camera_names)
+    save_episode(save, timesteps, actions, camera_names)
 
 
 def get_auto_index(dataset_dir):
@@ -129,16 +133,32 @@ def main(args):
     task_config = real_robot.get_task_config(args['task_name'])
     dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
     prepare_folder(dataset_dir, '--dataset_dir')
-    episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
-    dataset_path = episode_path(dataset_dir, episode_idx)
-    dataset_name = os.path.splitext(os.path.basename(dataset_path))[0]
-    if os.path.isfile(dataset_path) and not args.get('overwrite'):
-        raise FileExistsError(f'{dataset_path} exists: choose another --episode_idx, leave it out to take the '
-                              'next free one, or pass --overwrite')
-    print(dataset_name + '\n')
-    capture_one_episode(task_config['episode_len'], task_config['camera_names'], dataset_path,
+    if args.get('format', 'hdf5') == 'lerobot':
+        target, save = lerobot_target(args, dataset_dir)
+    else:
+        episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
+        target = episode_path(dataset_dir, episode_idx)
+        if os.path.isfile(target) and not args.get('overwrite'):
+            raise FileExistsError(f'{target} exists: choose another --episode_idx, leave it out to take the '
+                                  'next free one, or pass --overwrite')
+        print(os.path.splitext(os.path.basename(target))[0] + '\n')
+        save = functools.partial(store_episode, target)
+    capture_one_episode(task_config['episode_len'], task_config['camera_names'], save,
                         args.get('robot_driver', 'auto'))
-    return dataset_path
+    return target
+
+
+def lerobot_target(args, dataset_dir):
+    """(dataset_dir, save) appending the episode to the LeRobot dataset there: the next index only."""
+    index = count_lerobot_episodes(dataset_dir)
+    if args.get('episode_idx') not in (None, index):
+        raise ValueError(f"--episode_idx {args['episode_idx']}: a LeRobot dataset takes episodes in order; "
+                         f"{dataset_dir} takes episode {index} next (leave --episode_idx out)")
+    if args.get('overwrite'):
+        raise ValueError('--overwrite: episodes of a LeRobot dataset are not replaced; record into a new --dataset_dir')
+    print(f'{dataset_dir}: LeRobot episode {index}\n')
+    task = args.get('task') or args['task_name']
+    return dataset_dir, lambda episode: append_episodes(dataset_dir, [episode], fps=round(1 / DT), task=task)
 
 
 if __name__ == '__main__':
@@ -148,6 +168,10 @@ if __name__ == '__main__':
     parser.add_argument('--dataset_dir', help="folder of the episodes (default: the task's dataset_dir)")
     parser.add_argument('--episode_idx', type=int, help='episode index (default: the first free one)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing episode_{idx}.hdf5')
+    parser.add_argument('--format', choices=('hdf5', 'lerobot'), default='hdf5',
+                        help='hdf5: episode_{idx}.hdf5 files (the original layout); lerobot: append to the LeRobot '
+                             'dataset (v3.0) at --dataset_dir, created when absent')
+    parser.add_argument('--task', help='--format lerobot: the task description (default: --task_name)')
     parser.add_argument('--robot_driver', choices=('auto', 'interbotix', 'dynamixel'), default='auto',
                         help='how to reach the arms (auto: interbotix when its ROS modules import)')
     try:

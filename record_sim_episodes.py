@@ -7,21 +7,27 @@ rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in 
 (episodes.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
 /observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
+
+--format lerobot records into a LeRobot dataset (lerobot_dataset.py) instead: the episodes are
+staged as gzip HDF5 files in <dataset_dir>.recording (kept across an interruption, so a new run
+resumes), then appended in order in one atomic write, after the episodes the dataset already has.
 """
 import argparse
 import contextlib
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 
 import numpy as np
 
 import sim_env
-from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
+from constants import DT, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
 from ee_sim_env import make_ee_sim_env
-from episodes import episode_path, layout_problem, write_episode
+from episodes import episode_path, layout_problem, read_episode, write_episode
 from files import DiskFull, prepare_folder
+from lerobot_dataset import LeRobotDatasetError, LeRobotWriter, count_lerobot_episodes
 from processes import die_with_parent
 from scripted_policy import get_scripted_policy_class
 
@@ -35,6 +41,7 @@ LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # grippe
 # Wall seconds per control step of one worker at 480x640 on a 2-core AVX2 CPU: 19.0 s a 400-step
 # episode (python -m bench.datagen, bench/RESULTS.md). A second worker gains little on 2 cores.
 SECONDS_PER_STEP = 19.0 / 400
+STAGING_SUFFIX = '.recording'  # --format lerobot: <dataset_dir><suffix> holds the episodes not yet appended
 
 
 ############################ Episode files ############################
@@ -275,18 +282,33 @@ def main(args):
                            inject_noise=args.get('inject_noise', False),
                            onscreen_render=args.get('onscreen_render', False))
     sim_env.resolve_camera_names(sim_env.load_physics(sim_env.task_family(task_name)[0]), camera_names)
-    prepare_folder(dataset_dir, '--dataset_dir')
-    todo = episodes_to_record(dataset_dir, num_episodes,
-                              expected_shapes(config['episode_len'], camera_names, image_size))
+    shapes = expected_shapes(config['episode_len'], camera_names, image_size)
+    lerobot = args.get('format', 'hdf5') == 'lerobot'
+    first = count_lerobot_episodes(dataset_dir) if lerobot else 0
+    episode_dir = dataset_dir.rstrip(os.sep) + STAGING_SUFFIX if lerobot else dataset_dir
+    prepare_folder(episode_dir, '--dataset_dir')
+    todo = [i for i in episodes_to_record(episode_dir, num_episodes, shapes) if i >= first]
 
     results = []
-    for result in record_episodes(todo, recorder_kwargs, dataset_dir, args.get('compress', False),
+    for result in record_episodes(todo, recorder_kwargs, episode_dir, lerobot or args.get('compress', False),
                                   args.get('num_workers', 1)):
         results.append(result)
         print_result(result)
+    if lerobot:
+        append_staged(episode_dir, range(first, num_episodes), dataset_dir, task_name)
     print(f'Saved to {dataset_dir}')
     print(f"Success: {sum(r['success'] for r in results)} / {len(results)}")
     return results
+
+
+def append_staged(staging, indices, dataset_dir, task_name):
+    """Append the staged episode files `indices` to the LeRobot dataset at dataset_dir, then remove them."""
+    if len(indices):
+        with LeRobotWriter(dataset_dir, fps=round(1 / DT), task=task_name) as writer:
+            for index in indices:
+                writer.add(read_episode(episode_path(staging, index)))
+                print(f'episode {index} appended to {dataset_dir} ({writer.vcodec})')
+    shutil.rmtree(staging)
 
 
 def print_result(r):
@@ -318,10 +340,13 @@ if __name__ == '__main__':
                         help='lossless gzip chunk compression of the images (read by any HDF5 reader)')
     parser.add_argument('--inject_noise', action='store_true',
                         help='add uniform noise to the scripted end-effector positions')
+    parser.add_argument('--format', choices=('hdf5', 'lerobot'), default='hdf5',
+                        help='hdf5: episode_{i}.hdf5 files (the original layout); lerobot: a LeRobot dataset (v3.0) '
+                             'at --dataset_dir, episodes appended after those it has')
     cli_args = vars(parser.parse_args())
     try:
         main(cli_args)
-    except ValueError as e:
+    except (ValueError, LeRobotDatasetError) as e:
         parser.error(str(e))
     except DiskFull as e:  # the episodes recorded before are intact
         sys.exit(f'{parser.prog}: error: {e.strerror}')

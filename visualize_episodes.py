@@ -3,7 +3,8 @@
 `episode_{i}_video.mp4`: all cameras side by side, 1 / DT fps, H.264 (plays in a browser).
 `episode_{i}_qpos.png`: one subplot per joint, state and command overlaid.
 Reads every layout episodes.py reads: the original, gzip/lzf-compressed images, and the JPEG
-layout of act-plus-plus. Both files are written atomically.
+layout of act-plus-plus, and LeRobot datasets (episode i being LeRobot's episode_index i). Both
+files are written atomically into the dataset folder.
 """
 import argparse
 import os
@@ -11,7 +12,7 @@ import os
 import numpy as np
 
 from constants import DT, JOINT_NAMES, get_task_config, sim_task_names
-from episodes import episode_path, read_episode
+from episodes import open_dataset
 from files import atomic_path
 
 ### Fixed settings
@@ -19,12 +20,6 @@ STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm
 VIDEO_CODEC = 'libx264'
 VIDEO_PIXEL_FORMAT = 'yuv420p'  # what browsers decode
 SUBPLOT_HEIGHT = 2  # inches per joint subplot
-
-
-def load_hdf5(dataset_dir, dataset_name):
-    """(qpos (T, D), qvel (T, D) or None, action (T, A), {camera: (T, H, W, 3) uint8}) of one episode."""
-    episode = read_episode(os.path.join(dataset_dir, dataset_name + '.hdf5'))
-    return episode.qpos, episode.qvel, episode.action, episode.images
 
 
 def save_videos(video, dt, video_path=None):
@@ -78,18 +73,21 @@ def visualize_joints(qpos_list, command_list, plot_path=None, ylim=None, label_o
 
 def main(args):
     dataset_dir = args.get('dataset_dir') or get_task_config(args['task_name'])['dataset_dir']
-    dataset_name = os.path.splitext(os.path.basename(episode_path(dataset_dir, args['episode_idx'])))[0]
-    qpos, _, action, image_dict = load_hdf5(dataset_dir, dataset_name)
-    if image_dict:
-        save_videos(image_dict, DT, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
+    dataset_name = f"episode_{args['episode_idx']}"
+    source = open_dataset(dataset_dir)
+    episode = source.read_episode(args['episode_idx'])
+    if episode.images:
+        dt = 1 / source.fps if hasattr(source, 'fps') else DT  # LeRobot datasets name their rate
+        save_videos(episode.images, dt, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
     else:
         print(f'{dataset_name} has no camera images: no video written')
-    visualize_joints(qpos, action, plot_path=os.path.join(dataset_dir, dataset_name + '_qpos.png'))
+    visualize_joints(episode.qpos, episode.action, plot_path=os.path.join(dataset_dir, dataset_name + '_qpos.png'))
 
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description='Write the video and joint plot of an episode.')
-    parser.add_argument('--dataset_dir', action='store', type=str, help="Dataset dir (default: --task_name's).")
+    parser.add_argument('--dataset_dir', action='store', type=str,
+                        help="Dataset dir: episode_*.hdf5 files or a LeRobot dataset (default: --task_name's).")
     parser.add_argument('--task_name', help=f'task whose dataset folder to read: {sim_task_names()}, or a '
                         'real-robot task (real_robot/tasks.py)')
     parser.add_argument('--episode_idx', action='store', type=int, default=0, help='Episode index.')

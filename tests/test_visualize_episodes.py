@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 import visualize_episodes
-from episodes import write_episode
+from episodes import open_dataset, write_episode
 from tests.helpers import ROOT, write_tiny_episode
 
 
@@ -39,7 +39,7 @@ def test_viewer_reads_the_jpeg_layout(tmp_path):
     frames = np.stack([np.roll(ramp, 4 * t, axis=1) for t in range(6)]).astype(np.uint8)  # (6, 24, 32, 3)
     write_episode(str(tmp_path / 'episode_0.hdf5'), np.zeros((6, 14)), np.zeros((6, 14)), {'cam_high': frames},
                   qvel=np.zeros((6, 14)), sim=False, compression='jpeg')
-    _, _, _, images = visualize_episodes.load_hdf5(str(tmp_path), 'episode_0')
+    images = open_dataset(str(tmp_path)).read_episode(0).images
     assert images['cam_high'].shape == (6, 24, 32, 3)
     assert np.abs(images['cam_high'].astype(int) - frames).mean() < 8  # lossy, but the same pictures
     visualize_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 0})
