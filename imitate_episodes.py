@@ -268,6 +268,8 @@ def data_settings(args, task_config):
         source.video_key(cam)
     for key in ('qpos', 'action'):
         source.require(ARRAY_FEATURES[key], 'training reads it')
+    for index in range(num_episodes):  # every table and video checked before anything is written
+        source.check_frames(index, camera_names, len(source.low_dim(index)[0]))
     print(f'LeRobot dataset {dataset_dir} ({source.version}, {source.fps} fps): {num_episodes} of '
           f'{source.num_episodes} episodes; observation.state -> qpos, action -> action, '
           + ', '.join(f"{IMAGE_PREFIX}{cam} -> camera '{cam}'" for cam in camera_names))

@@ -532,31 +532,54 @@ def encoder_options(vcodec):
     return options
 
 
-class VideoFile:
-    """One mp4 being written: frames appended with consecutive timestamps at fps."""
+def encode_video(path, frames, fps, vcodec):
+    """frames (T, H, W, 3) uint8 -> an mp4 at `path` (LeRobot's encoder settings), timestamps t / fps."""
+    import av
+    os.environ.setdefault('SVT_LOG', '1')  # the AV1 encoder prints its configuration otherwise
+    with av.open(path, 'w') as container:
+        stream = container.add_stream(vcodec, rate=fps, options=encoder_options(vcodec))
+        stream.pix_fmt, stream.height, stream.width = PIX_FMT, frames.shape[1], frames.shape[2]
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')))
+        container.mux(stream.encode())
 
-    def __init__(self, path, fps, height, width, vcodec):
-        import av
-        os.environ.setdefault('SVT_LOG', '1')  # the AV1 encoder prints its configuration otherwise
+
+class VideoFile:
+    """One mp4 holding episodes one after the other, as LeRobot concatenates them: each episode is
+    encoded alone (starting on a keyframe) and its packets copied in, shifted to follow the
+    previous episode's; `count` frames so far, `bytes` their encoded size."""
+
+    def __init__(self, path, fps, vcodec):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.path, self.count, self.bytes = path, 0, 0
-        self.container = av.open(path, 'w')
-        self.stream = self.container.add_stream(vcodec, rate=fps, options=encoder_options(vcodec))
-        self.stream.pix_fmt, self.stream.height, self.stream.width = PIX_FMT, height, width
+        self.path, self.fps, self.vcodec = path, fps, vcodec
+        self.count, self.bytes, self.container, self.stream = 0, 0, None, None
 
     def write(self, frames):
         import av
-        for frame in frames:
-            self._mux(self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')))
+        part = os.path.join(os.path.dirname(self.path), f'.episode.{os.getpid()}.mp4')
+        encode_video(part, frames, self.fps, self.vcodec)
+        try:
+            with av.open(part) as source:
+                stream = source.streams.video[0]
+                if self.container is None:
+                    self.container = av.open(self.path, 'w')
+                    self.stream = self.container.add_stream_from_template(stream, opaque=True)
+                    self.stream.time_base = stream.time_base
+                offset = round(self.count / self.fps / stream.time_base)
+                for packet in source.demux(stream):
+                    if packet.dts is None:
+                        continue
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                    packet.stream = self.stream
+                    self.bytes += packet.size
+                    self.container.mux(packet)
+        finally:
+            os.remove(part)
         self.count += len(frames)
 
-    def _mux(self, packets):
-        self.bytes += sum(packet.size for packet in packets)
-        self.container.mux(packets)
-
     def close(self):
-        self._mux(self.stream.encode())
-        self.container.close()
+        if self.container is not None:
+            self.container.close()
 
 
 def next_file(chunk_index, file_index, chunks_size=CHUNKS_SIZE):
@@ -753,7 +776,7 @@ class LeRobotWriter:
         if video is None:
             chunk, file = self.video_files[key]
             path = self._work_path(VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file))
-            video = self.videos[key] = VideoFile(path, self.fps, frames.shape[1], frames.shape[2], self.vcodec)
+            video = self.videos[key] = VideoFile(path, self.fps, self.vcodec)
         start = video.count
         video.write(frames)
         chunk, file = self.video_files[key]

@@ -89,6 +89,23 @@ def test_record_then_replay(station, capsys, monkeypatch):
     assert gripper_goal == pytest.approx(constants.PUPPET_GRIPPER_JOINT_OPEN, abs=2e-3)  # grippers opened
 
 
+def test_record_into_a_lerobot_dataset_then_replay(station, monkeypatch):
+    from lerobot_dataset import LeRobotEpisodes
+    emulators, dataset_dir = station
+    args = {'task_name': 'tiny_real_task', 'episode_idx': None, 'robot_driver': 'dynamixel', 'format': 'lerobot'}
+    for _ in range(2):
+        assert record_episodes.main(args) == dataset_dir
+    data = LeRobotEpisodes(dataset_dir)
+    assert data.num_episodes == 2 and sorted(data.camera_names) == sorted(CAMERA_NAMES) and data.info['fps'] == 50
+    episode = data.read_episode(1)
+    assert episode.qpos.shape == episode.effort.shape == (EPISODE_LEN, 14) and not episode.sim
+    with pytest.raises(ValueError, match='takes episode 2 next'):
+        record_episodes.main({**args, 'episode_idx': 0})
+    emulators['puppet_left'].servos[1].goal_history.clear()
+    replay_episodes.main({'dataset_dir': dataset_dir, 'episode_idx': 1, 'robot_driver': 'dynamixel'})
+    assert emulators['puppet_left'].servos[1].goal_history
+
+
 def test_replay_of_a_missing_episode_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='episode_7.hdf5'):
         replay_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 7, 'robot_driver': 'dynamixel'})

@@ -78,6 +78,23 @@ def test_workers_and_compression_reproduce_the_episodes(recorded):
     assert not np.array_equal(first['observations/images/top'], second['observations/images/top'])
 
 
+def test_recording_into_a_lerobot_dataset_appends_the_same_episodes(recorded, tmp_path, monkeypatch):
+    from lerobot_dataset import LeRobotEpisodes
+    monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+    root = tmp_path / 'lerobot'
+    record(root, num_episodes=1, format='lerobot')
+    record(root, num_episodes=2, format='lerobot')  # appends episode 1 only
+    data = LeRobotEpisodes(str(root))
+    assert data.num_episodes == 2 and sorted(data.camera_names) == sorted(CAMERAS) and not os.path.exists(f'{root}.recording')
+    for i in range(2):
+        expected = read_all(recorded / 'plain' / f'episode_{i}.hdf5')
+        episode = data.read_episode(i)
+        assert np.array_equal(episode.action, expected['action']) and episode.sim
+        assert np.array_equal(episode.qvel, expected['observations/qvel'])
+        for cam in CAMERAS:
+            assert np.abs(episode.images[cam].astype(int) - expected[f'observations/images/{cam}']).mean() < 8
+
+
 def test_rerun_skips_valid_episodes_and_redoes_broken_ones(recorded, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
     dataset_dir = tmp_path / 'data'

@@ -1,0 +1,303 @@
+"""LeRobot datasets (lerobot_dataset.py): v3.0 written and read back frame-exactly, v2.1 read, the
+statistics, training on both, the conversions both ways, appending, and each kind of bad input."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import convert_dataset
+import imitate_episodes
+import lerobot_dataset
+import visualize_episodes
+from data import EpisodicDataset, get_norm_stats
+from episodes import Episode, episode_path, open_dataset, read_episode, store_episode
+from lerobot_dataset import (INFO_PATH, LeRobotDatasetError, LeRobotEpisodes, LeRobotWriter, QUANTILES, encode_video,
+                             quantile_key)
+from tests.helpers import train_args
+
+LENGTHS = (9, 5, 12)  # episodes of different lengths
+HW = (32, 48)
+CAMERAS = ('top', 'wrist')
+MAX_MEAN_ERROR = 6.0  # mean absolute error (0..255) AV1 at crf 30 leaves on these smooth frames
+MIN_PSNR = 25.0  # dB; AV1 at crf 30 gives these 32x48 frames 27.7 to 33.5
+
+
+def frames(length, seed):
+    """(T, H, W, 3) uint8 smooth pictures, each step's far from its neighbours' (a brightness level
+    per step and a ramp moving with it) so a neighbouring frame can never pass for the right one."""
+    y, x = np.mgrid[0:HW[0], 0:HW[1]]
+    steps = np.arange(length)[:, None, None]
+    out = np.stack([(x * 4 + steps * 13 + seed) % 256, np.broadcast_to(y * 6, (length, *HW)),
+                    np.broadcast_to((steps * 47 + seed) % 200 + 20, (length, *HW))], axis=-1)
+    return out.astype(np.uint8)
+
+
+def make_episode(index, length, sim=True):
+    rng = np.random.default_rng(index)
+    arrays = {key: rng.normal(size=(length, 14)).astype(np.float32) for key in ('qpos', 'action', 'qvel', 'effort')}
+    return Episode(images={cam: frames(length, 31 * index + 7 * c) for c, cam in enumerate(CAMERAS)}, sim=sim, **arrays)
+
+
+@pytest.fixture(scope='module')
+def v3(tmp_path_factory):
+    """A v3.0 dataset of LENGTHS episodes whose tables and videos span several files, and the episodes."""
+    root = str(tmp_path_factory.mktemp('v3') / 'dataset')
+    episodes = [make_episode(i, n, sim=i != 1) for i, n in enumerate(LENGTHS)]
+    # every table in its own file; episodes 0 and 1 (under 1000 bytes of video after the first) share a video file
+    with LeRobotWriter(root, task='pick the cube', data_file_mb=1e-6, video_file_mb=1000 / 2 ** 20) as writer:
+        for episode in episodes:
+            writer.add(episode)
+    return root, episodes
+
+
+def write_v21(root, episodes, fps=50, video_fps=None, video_trim=0):
+    """A v2.1 dataset: one table and one video per camera per episode, JSON-lines metadata; the
+    videos at video_fps (default fps) and without their last video_trim frames."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    info = {'codebase_version': 'v2.1', 'fps': fps, 'total_episodes': len(episodes), 'chunks_size': 1000,
+            'data_path': 'data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet',
+            'video_path': 'videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4',
+            'features': {'observation.state': {'dtype': 'float32', 'shape': [14]},
+                         'action': {'dtype': 'float32', 'shape': [14]},
+                         **{f'observation.images.{cam}': {'dtype': 'video', 'shape': [*HW, 3],
+                                                          'names': ['height', 'width', 'channel']} for cam in CAMERAS}}}
+    os.makedirs(os.path.join(root, 'meta'))
+    start = 0
+    for index, episode in enumerate(episodes):
+        length = len(episode.action)
+        table = pa.table({'observation.state': [list(map(float, row)) for row in episode.qpos],  # variable lists
+                          'action': pa.FixedSizeListArray.from_arrays(pa.array(episode.action.ravel()), 14),
+                          'timestamp': pa.array((np.arange(length) / fps).astype(np.float32)),
+                          'frame_index': np.arange(length), 'episode_index': np.full(length, index),
+                          'index': np.arange(start, start + length), 'task_index': np.zeros(length, np.int64)})
+        path = os.path.join(root, info['data_path'].format(episode_chunk=0, episode_index=index))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(table, path)
+        for cam in CAMERAS:
+            path = os.path.join(root, info['video_path'].format(episode_chunk=0, video_key=f'observation.images.{cam}',
+                                                                episode_index=index))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            encode_video(path, episode.images[cam][:length - video_trim], video_fps or fps, 'libsvtav1')
+        start += length
+    with open(os.path.join(root, 'meta', 'episodes.jsonl'), 'w') as f:
+        f.writelines(json.dumps({'episode_index': i, 'tasks': ['t'], 'length': len(e.action)}) + '\n'
+                     for i, e in enumerate(episodes))
+    with open(os.path.join(root, INFO_PATH), 'w') as f:
+        json.dump(info, f)
+    return root
+
+
+def psnr(a, b):
+    return 10 * np.log10(255 ** 2 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+############################ Reading what was written ############################
+
+def test_v3_layout_spans_files_and_keeps_arrays_to_the_bit(v3):
+    root, episodes = v3
+    data = LeRobotEpisodes(root)
+    assert data.num_episodes == len(LENGTHS) and data.camera_names == list(CAMERAS)
+    assert len({e.data_file for e in data.entries}) >= 2
+    for cam in CAMERAS:
+        files = [e.videos[f'observation.images.{cam}'] for e in data.entries]
+        assert len({path for path, _ in files}) >= 2 and any(start > 0 for _, start in files)  # concatenated too
+    info = json.load(open(os.path.join(root, INFO_PATH)))
+    assert info['total_episodes'] == 3 and info['total_frames'] == sum(LENGTHS) and info['codebase_version'] == 'v3.0'
+    assert info['features']['observation.images.top']['info']['video.codec'] == 'av1'
+    for i, episode in enumerate(episodes):
+        read = data.read_episode(i)
+        for key in ('qpos', 'action', 'qvel', 'effort'):
+            assert np.array_equal(getattr(read, key), getattr(episode, key)), key
+        assert read.sim == episode.sim
+
+
+@pytest.mark.parametrize('layout', ['v3.0', 'v2.1'])
+def test_frames_are_the_ones_at_each_timestamp(v3, tmp_path, layout):
+    root, episodes = v3
+    if layout == 'v2.1':
+        root = write_v21(str(tmp_path / 'v21'), episodes)
+    data = LeRobotEpisodes(root)
+    for i, episode in enumerate(episodes):
+        for cam in CAMERAS:
+            source = episode.images[cam].astype(np.float64)
+            decoded = data.episode_frames(i, cam)
+            assert decoded.shape == source.shape
+            errors = np.abs(decoded[:, None] - source[None]).mean(axis=(2, 3, 4))  # (decoded, source)
+            assert np.array_equal(errors.argmin(axis=1), np.arange(len(source)))  # never a neighbour
+            assert errors.diagonal().max() < MAX_MEAN_ERROR
+            last = len(source) - 1  # the episode boundaries, read alone by seeking
+            assert np.array_equal(data.frames(i, cam, [last, 0, last]), decoded[[last, 0, last]])
+
+
+def test_statistics_match_numpy(v3):
+    root, episodes = v3
+    stats = json.load(open(os.path.join(root, 'meta', 'stats.json')))
+    state = np.concatenate([e.qpos for e in episodes]).astype(np.float64)
+    np.testing.assert_allclose(stats['observation.state']['mean'], state.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats['observation.state']['std'], state.std(0), rtol=1e-6)  # population std
+    np.testing.assert_allclose(stats['observation.state']['min'], state.min(0))
+    assert stats['observation.state']['count'] == [sum(LENGTHS)]
+    for q in QUANTILES:  # LeRobot's envelope of the episodes' quantiles
+        per_episode = np.stack([np.quantile(e.qpos.astype(np.float64), q, axis=0) for e in episodes])
+        expected = per_episode.min(0) if q <= 0.5 else per_episode.max(0)
+        np.testing.assert_allclose(stats['observation.state'][quantile_key(q)], expected, rtol=1e-6)
+    top = np.concatenate([e.images['top'] for e in episodes]).reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(np.ravel(stats['observation.images.top']['mean']), top.mean(0), rtol=1e-6)
+    assert np.shape(stats['observation.images.top']['q99']) == (3, 1, 1)
+    rows = LeRobotWriter(root)._episode_files()
+    assert rows  # per-episode stats columns exist
+    import pyarrow.parquet as pq
+    first = pq.read_table(rows[0]).to_pylist()[0]
+    np.testing.assert_allclose(first['stats/action/q10'], np.quantile(episodes[0].action.astype(np.float64), 0.1, 0))
+
+
+############################ Training ############################
+
+def test_training_samples_equal_those_of_the_hdf5_episodes(v3, tmp_path):
+    root, episodes = v3
+    for i, episode in enumerate(episodes):
+        store_episode(episode_path(str(tmp_path), i), episode)
+    stats = get_norm_stats(root, 3)
+    assert all(np.array_equal(stats[k], v) for k, v in get_norm_stats(str(tmp_path), 3).items())
+    for policy_class, obs_horizon in (('ACT', 1), ('Diffusion', 2)):  # Diffusion: steps t-1 and t, min-max actions
+        datasets = [EpisodicDataset([0, 1, 2], folder, list(CAMERAS), stats, policy_class, obs_horizon, preload=preload)
+                    for folder, preload in ((str(tmp_path), False), (root, False), (root, True))]
+        for key in ((0, 11), (1, 5), (2, 99)):
+            hdf5, *lerobot = (d[key] for d in datasets)
+            for sample in lerobot:
+                assert all(np.array_equal(a, b) for a, b in zip(hdf5[1:], sample[1:]))  # qpos, action, is_pad
+                assert np.abs(sample[0].astype(int) - hdf5[0]).mean() < MAX_MEAN_ERROR
+
+
+@pytest.mark.parametrize('layout', ['v3.0', 'v2.1'])
+def test_training_two_epochs(v3, tmp_path, capsys, layout):
+    root, episodes = v3
+    if layout == 'v2.1':
+        root = write_v21(str(tmp_path / 'v21'), episodes)
+    args = train_args(root, tmp_path / 'ckpt', num_episodes=None, camera_names=None)
+    imitate_episodes.main(args)
+    out = capsys.readouterr().out
+    assert f'LeRobot dataset {root} ({layout}, 50 fps): 3 of 3 episodes' in out
+    assert "observation.images.wrist -> camera 'wrist'" in out
+    config = json.load(open(tmp_path / 'ckpt' / 'config.json'))
+    assert config['camera_names'] == list(CAMERAS) and config['training']['num_episodes'] == 3
+    assert os.path.isfile(tmp_path / 'ckpt' / 'policy_best.ckpt')
+
+
+############################ Converting, appending, viewing ############################
+
+def test_round_trip_hdf5_lerobot_hdf5(v3, tmp_path, capsys):
+    _, episodes = v3
+    src, mid, back = (str(tmp_path / name) for name in ('hdf5', 'lerobot', 'back'))
+    os.makedirs(src)
+    for i, episode in enumerate(episodes):
+        store_episode(episode_path(src, i), episode)
+    convert_dataset.main({'to': 'lerobot', 'src': src, 'dst': mid, 'fps': None, 'task': 'cube', 'robot_type': None,
+                          'vcodec': None, 'num_episodes': None})
+    assert json.load(open(os.path.join(mid, INFO_PATH)))['robot_type'] == 'aloha'
+    convert_dataset.main({'to': 'hdf5', 'src': mid, 'dst': back, 'num_episodes': None, 'compress': None})
+    assert sorted(os.listdir(back)) == [f'episode_{i}.hdf5' for i in range(3)]
+    assert not os.path.exists(mid + '.partial') and not os.path.exists(back + '.partial')
+    for i, episode in enumerate(episodes):
+        again = read_episode(episode_path(back, i))
+        for key in ('qpos', 'action', 'qvel', 'effort'):
+            assert np.array_equal(getattr(again, key), getattr(episode, key)), key
+        assert again.sim == episode.sim
+        assert all(psnr(again.images[c], episode.images[c]) > MIN_PSNR for c in CAMERAS)
+    with pytest.raises(ValueError, match='already exists'):
+        convert_dataset.main({'to': 'hdf5', 'src': mid, 'dst': back, 'num_episodes': None, 'compress': None})
+
+
+def test_appending_updates_the_metadata_and_a_failed_append_changes_nothing(v3, tmp_path):
+    root = str(tmp_path / 'dataset')
+    shutil.copytree(v3[0], root)
+    with LeRobotWriter(root) as writer:
+        writer.add(make_episode(3, 4))
+    data = LeRobotEpisodes(root)
+    assert data.num_episodes == 4 and data.info['total_frames'] == sum(LENGTHS) + 4
+    assert json.load(open(os.path.join(root, 'meta', 'stats.json')))['action']['count'] == [sum(LENGTHS) + 4]
+    assert np.array_equal(data.low_dim(3)[0], make_episode(3, 4).qpos)
+    before = {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs}
+    wrong = make_episode(4, 4)
+    wrong.images['top'] = wrong.images['top'][:, :8]
+    with pytest.raises(LeRobotDatasetError, match="camera 'top' needs 4 uint8 frames"):
+        with LeRobotWriter(root) as writer:
+            writer.add(make_episode(4, 4))
+            writer.add(wrong)
+    assert {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs} == before
+    assert LeRobotEpisodes(root).num_episodes == 4
+
+
+def test_viewer_shows_a_lerobot_episode(v3, tmp_path):
+    root = str(tmp_path / 'dataset')
+    shutil.copytree(v3[0], root)
+    visualize_episodes.main({'dataset_dir': root, 'episode_idx': 2})
+    assert os.path.isfile(os.path.join(root, 'episode_2_video.mp4')) and os.path.isfile(os.path.join(root, 'episode_2_qpos.png'))
+    assert LeRobotEpisodes(root).num_episodes == 3
+
+
+############################ Bad input ############################
+
+def broken_copy(v3, tmp_path, change):
+    root = str(tmp_path / 'broken')
+    shutil.copytree(v3[0], root)
+    change(root)
+    return root
+
+
+def edit_info(**changes):
+    def change(root):
+        path = os.path.join(root, INFO_PATH)
+        info = json.load(open(path))
+        info.update(changes)
+        json.dump(info, open(path, 'w'))
+    return change
+
+
+def test_unsupported_version_and_foreign_folder(v3, tmp_path):
+    root = broken_copy(v3, tmp_path, edit_info(codebase_version='v1.6'))
+    with pytest.raises(LeRobotDatasetError, match=r"info.json: codebase_version 'v1.6' is not supported; this project "
+                                                  r"reads v2.0, v2.1, v3.0"):
+        LeRobotEpisodes(root)
+    os.makedirs(tmp_path / 'other')
+    (tmp_path / 'other' / 'notes.txt').write_text('x')
+    with pytest.raises(FileNotFoundError, match='episode_0.hdf5: episode file not found'):
+        get_norm_stats(str(tmp_path / 'other'), 2)
+
+
+def test_missing_feature_is_named_with_the_dataset_features(v3, tmp_path):
+    args = train_args(v3[0], tmp_path / 'ckpt', num_episodes=None, camera_names=['front'])
+    with pytest.raises(LeRobotDatasetError, match=r"no feature 'observation.images.front' \(camera 'front' .*"
+                                                  r"the dataset has: observation.state, action"):
+        imitate_episodes.main(args)
+    assert not os.path.exists(tmp_path / 'ckpt')
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda root: os.remove(os.path.join(root, 'videos/observation.images.wrist/chunk-000/file-001.mp4')),
+     'file-001.mp4: video missing'),
+    (edit_info(fps=25), r'the table runs at 50 fps but meta/info.json says fps 25'),
+    (lambda root: open(os.path.join(root, 'data/chunk-000/file-001.parquet'), 'wb').write(b'PAR1 broken'),
+     'file-001.parquet: cannot be read as parquet'),
+])
+def test_broken_datasets_stop_training_before_anything_is_written(v3, tmp_path, change, message):
+    root = broken_copy(v3, tmp_path, change)
+    with pytest.raises(LeRobotDatasetError, match=message):
+        imitate_episodes.main(train_args(root, tmp_path / 'ckpt', num_episodes=None, camera_names=None))
+    assert not os.path.exists(tmp_path / 'ckpt')
+
+
+def test_video_shorter_than_its_table_or_at_another_fps(v3, tmp_path):
+    episodes = v3[1][:1]
+    short = LeRobotEpisodes(write_v21(str(tmp_path / 'short'), episodes, video_trim=2))
+    with pytest.raises(LeRobotDatasetError, match=r'episode_000000.mp4: the video is shorter than its table: it ends '
+                                                  r'at 0.120 s but episode 0 \(9 frames from 0.000 s\) needs a frame at '
+                                                  r'0.160 s'):
+        short.check_frames(0, ['top'], LENGTHS[0])
+    slow = LeRobotEpisodes(write_v21(str(tmp_path / 'slow'), episodes, video_fps=25))
+    with pytest.raises(LeRobotDatasetError, match='episode_000000.mp4: the video runs at 25 fps but meta/info.json '
+                                                  'and the table say 50 fps'):
+        slow.check_frames(0, ['top'], LENGTHS[0])
