@@ -28,6 +28,8 @@ SUITE = {  # benchmark: (suite flags, smoke flags)
                 ['--episodes', '0', '--parallel_episodes', '0', '--success_episodes', '1']),
     'render_cost': (['--timed_frames', '10'], ['--timed_frames', '1', '--shadow_sizes', '2048', '1024']),
     'real_robot_loop': (['--steps', '200'], ['--steps', '20']),
+    'data_loading': (['--steps', '2'], ['--episodes', '3', '--episode_len', '20', '--frame_size', '48', '64',
+                                        '--loader_batches', '2', '--skip_train']),
 }
 
 
