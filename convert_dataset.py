@@ -23,7 +23,7 @@ from tqdm import tqdm
 from constants import ALOHA_STATE_DIM, DT
 from episodes import COMPRESSIONS, HDF5Episodes, episode_path, store_episode
 from files import DiskFull
-from lerobot_dataset import DEFAULT_TASK, LeRobotDatasetError, LeRobotEpisodes, LeRobotWriter, is_lerobot_dataset
+from lerobot_dataset import DEFAULT_TASK, LeRobotFormatError, LeRobotEpisodes, LeRobotWriter, is_lerobot_dataset
 
 ALOHA_ROBOT_TYPE = 'aloha'  # --robot_type of two-arm ALOHA episodes (ALOHA_STATE_DIM) when none is given
 
@@ -42,8 +42,7 @@ def to_lerobot(src, dst, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=No
     if count == 0:
         raise ValueError(f'SRC {src} holds no episode_0.hdf5 (episode files episode_0.hdf5, episode_1.hdf5, ...)')
     check_destination(dst)
-    first = source.read_episode(0, cameras=[])
-    if robot_type is None and first.qpos.shape[1] == ALOHA_STATE_DIM:
+    if robot_type is None and source.low_dim(0)[0].shape[1] == ALOHA_STATE_DIM:
         robot_type = ALOHA_ROBOT_TYPE
     with LeRobotWriter(dst, fps=fps or round(1 / DT), task=task, robot_type=robot_type, vcodec=vcodec) as writer:
         for index in tqdm(range(count), desc=f'{src} -> LeRobot ({writer.vcodec})', unit='episode'):
@@ -112,7 +111,7 @@ if __name__ == '__main__':
         parser.error(f"--fps must be 1 or more, got {cli_args['fps']}")
     try:
         main(cli_args)
-    except (ValueError, KeyError, FileNotFoundError, LeRobotDatasetError) as err:
+    except (ValueError, KeyError, FileNotFoundError, LeRobotFormatError) as err:
         sys.exit(f'{parser.prog}: error: {err}')
     except DiskFull as err:
         sys.exit(f'{parser.prog}: error: {err.strerror}')

@@ -31,7 +31,7 @@ from constants import canonical_task_name, get_task_config, sim_task_names
 from data import Normalizer, dataset_record, get_norm_stats, load_data, split_episodes
 from episodes import episode_path, missing_episodes, open_dataset
 from files import DiskFull, UnsafeFile, prepare_folder
-from lerobot_dataset import ARRAY_FEATURES, IMAGE_PREFIX, LeRobotDatasetError, LeRobotEpisodes, is_lerobot_dataset
+from lerobot_dataset import IMAGE_PREFIX, LeRobotFormatError, LeRobotEpisodes, is_lerobot_dataset
 from offline_eval import DIFFUSION_SAMPLES
 from policy import POLICY_CLASSES, policy_type
 from scripted_policy import SCRIPTED_POLICIES
@@ -266,9 +266,7 @@ def data_settings(args, task_config):
                          f'its features: {", ".join(source.features)}')
     for cam in camera_names:
         source.video_key(cam)
-    for key in ('qpos', 'action'):
-        source.require(ARRAY_FEATURES[key], 'training reads it')
-    for index in range(num_episodes):  # every table and video checked before anything is written
+    for index in range(num_episodes):  # every table (low_dim requires state and action) and video, before any write
         source.check_frames(index, camera_names, len(source.low_dim(index)[0]))
     print(f'LeRobot dataset {dataset_dir} ({source.version}, {source.fps} fps): {num_episodes} of '
           f'{source.num_episodes} episodes; observation.state -> qpos, action -> action, '
@@ -680,7 +678,7 @@ if __name__ == '__main__':
         parser.error(problem)
     try:
         main(cli_args)
-    except (NonFiniteLoss, UnsafeFile, MissingData, LeRobotDatasetError) as err:
+    except (NonFiniteLoss, UnsafeFile, MissingData, LeRobotFormatError) as err:
         sys.exit(f'{parser.prog}: error: {err}')
     except DiskFull as err:
         sys.exit(f'{parser.prog}: error: {err.strerror}')

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from files import atomic_write, save_safetensors
+from lerobot_dataset import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
 
 ### The format (LeRobot's names)
 CONFIG_FILE = 'config.json'
 MODEL_FILE = 'model.safetensors'
 PREPROCESSOR, POSTPROCESSOR = 'policy_preprocessor', 'policy_postprocessor'
 NORMALIZER, UNNORMALIZER = 'normalizer_processor', 'unnormalizer_processor'
-STATE, ACTION, IMAGE_PREFIX = 'observation.state', 'action', 'observation.images.'
 ENV_STATE = 'observation.environment_state'
 EPS = 1e-8  # LeRobot's normaliser epsilon, when its processor file names none
 OLD_STAT_BUFFERS = ('normalize_inputs.buffer_', 'normalize_targets.buffer_', 'unnormalize_outputs.buffer_')
@@ -56,10 +56,6 @@ KEY_MAP = (
     ('action_head', 'action_head'),
 )
 NOT_IN_LEROBOT = ('model.is_pad_head.',)  # the original's padding head: trained, never used for actions
-
-
-class LeRobotFormatError(ValueError):
-    """A LeRobot folder this project cannot read as an ACT: the message says what and why."""
 
 
 ################################ Names ################################
@@ -116,16 +112,6 @@ def is_lerobot_folder(folder):
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and 'type' in config and 'policy_class' not in config
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as err:
-        raise LeRobotFormatError(f'{path} cannot be read ({err.strerror})') from None
-    except ValueError as err:
-        raise LeRobotFormatError(f'{path} is not JSON ({err})') from None
 
 
 def image_features(lr_config):

@@ -43,10 +43,9 @@ EPISODES_PATH = 'meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 CHUNKS_SIZE = 1000  # files per chunk folder
 DATA_FILE_MB = 100  # a new data file starts past this size
 VIDEO_FILE_MB = 200  # a new video file starts past this size
-ARRAY_FEATURES = {'qpos': 'observation.state', 'action': 'action', 'qvel': 'observation.velocity',
-                  'effort': 'observation.effort'}
+STATE, ACTION, IMAGE_PREFIX = 'observation.state', 'action', 'observation.images.'
+ARRAY_FEATURES = {'qpos': STATE, 'action': ACTION, 'qvel': 'observation.velocity', 'effort': 'observation.effort'}
 REQUIRED_ARRAYS = ('qpos', 'action')
-IMAGE_PREFIX = 'observation.images.'
 INDEX_FEATURES = {'timestamp': 'float32', 'frame_index': 'int64', 'episode_index': 'int64', 'index': 'int64',
                   'task_index': 'int64'}
 VIDEO_CODEC = 'libsvtav1'  # LeRobot's default encoding: AV1, yuv420p, a keyframe every 2 frames, crf 30
@@ -64,8 +63,9 @@ DEFAULT_TASK = 'demonstration'
 SIM_COLUMN = 'sim'
 
 
-class LeRobotDatasetError(ValueError):
-    """A LeRobot dataset that cannot be read or extended as it is; the message names the file."""
+class LeRobotFormatError(ValueError):
+    """A LeRobot dataset or checkpoint this project cannot read or extend as it is; the message names
+    the file and says why."""
 
 
 def is_lerobot_dataset(path):
@@ -82,9 +82,11 @@ def read_json(path):
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise LeRobotDatasetError(f'{path}: missing') from None
-    except json.JSONDecodeError as err:
-        raise LeRobotDatasetError(f'{path}: not valid JSON ({err})') from None
+        raise LeRobotFormatError(f'{path}: missing') from None
+    except OSError as err:
+        raise LeRobotFormatError(f'{path}: cannot be read ({err.strerror})') from None
+    except ValueError as err:
+        raise LeRobotFormatError(f'{path}: not valid JSON ({err})') from None
 
 
 def read_info(root):
@@ -93,11 +95,11 @@ def read_info(root):
     info = read_json(path)
     version = info.get('codebase_version')
     if version not in SUPPORTED_VERSIONS:
-        raise LeRobotDatasetError(f'{path}: codebase_version {version!r} is not supported; this project reads '
-                                  f'{", ".join(SUPPORTED_VERSIONS)}')
+        raise LeRobotFormatError(f'{path}: codebase_version {version!r} is not supported; this project reads '
+                                 f'{", ".join(SUPPORTED_VERSIONS)}')
     missing = [k for k in ('fps', 'features', 'total_episodes', 'data_path') if k not in info]
     if missing:
-        raise LeRobotDatasetError(f'{path}: missing {", ".join(missing)}')
+        raise LeRobotFormatError(f'{path}: missing {", ".join(missing)}')
     return info
 
 
@@ -105,24 +107,24 @@ def read_table(path, columns=None):
     """A parquet file as a pyarrow Table, or an error naming it."""
     import pyarrow as pa
     if not os.path.isfile(path):
-        raise LeRobotDatasetError(f'{path}: missing')
+        raise LeRobotFormatError(f'{path}: missing')
     try:
         return _pq().read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as err:
-        raise LeRobotDatasetError(f'{path}: cannot be read as parquet ({err})') from None
+        raise LeRobotFormatError(f'{path}: cannot be read as parquet ({err})') from None
 
 
 def column_array(table, name, path):
     """A (fixed-size) list column -> (N, D) array, a scalar column -> (N,) array."""
     import pyarrow as pa
     if name not in table.column_names:
-        raise LeRobotDatasetError(f"{path}: no column '{name}'; it has: {', '.join(table.column_names)}")
+        raise LeRobotFormatError(f"{path}: no column '{name}'; it has: {', '.join(table.column_names)}")
     column = table.column(name).combine_chunks()
     if pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type) \
             or pa.types.is_large_list(column.type):
         values = column.flatten().to_numpy(zero_copy_only=False)
         if len(column) and len(values) % len(column):
-            raise LeRobotDatasetError(f"{path}: column '{name}' holds lists of different lengths")
+            raise LeRobotFormatError(f"{path}: column '{name}' holds lists of different lengths")
         return values.reshape(len(column), -1)
     return column.to_numpy(zero_copy_only=False)
 
@@ -144,7 +146,7 @@ def _v3_entries(root, info, video_keys):
     folder = os.path.join(root, 'meta', 'episodes')
     paths = sorted(glob.glob(os.path.join(glob.escape(folder), '*', '*.parquet')))
     if not paths:
-        raise LeRobotDatasetError(f'{folder}: no episode metadata (chunk-*/file-*.parquet)')
+        raise LeRobotFormatError(f'{folder}: no episode metadata (chunk-*/file-*.parquet)')
     entries = []
     for path in paths:
         table = read_table(path)
@@ -159,14 +161,14 @@ def _v3_entries(root, info, video_keys):
                 entries.append(EpisodeEntry(int(row['episode_index']), int(row['length']), data_file, videos,
                                             bool(row.get(SIM_COLUMN, True)), tuple(row.get('tasks') or ())))
             except KeyError as err:
-                raise LeRobotDatasetError(f'{path}: episode rows lack the column {err.args[0]}') from None
+                raise LeRobotFormatError(f'{path}: episode rows lack the column {err.args[0]}') from None
     return entries
 
 
 def _v2_entries(root, info, video_keys):
     path = os.path.join(root, 'meta', 'episodes.jsonl')
     if not os.path.isfile(path):
-        raise LeRobotDatasetError(f'{path}: missing')
+        raise LeRobotFormatError(f'{path}: missing')
     chunks_size = info.get('chunks_size', CHUNKS_SIZE)
     entries = []
     with open(path) as f:
@@ -183,7 +185,7 @@ def _v2_entries(root, info, video_keys):
                                             info['data_path'].format(episode_chunk=chunk, episode_index=index),
                                             videos, bool(row.get(SIM_COLUMN, True)), tuple(row.get('tasks') or ())))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise LeRobotDatasetError(f'{path}: line {number} is not an episode record ({err})') from None
+                raise LeRobotFormatError(f'{path}: line {number} is not an episode record ({err})') from None
     return entries
 
 
@@ -203,11 +205,11 @@ class LeRobotEpisodes:
         self.features = self.info['features']
         self.video_keys = [k for k, f in self.features.items() if f.get('dtype') == 'video']
         if self.video_keys and 'video_path' not in self.info:
-            raise LeRobotDatasetError(f'{os.path.join(root, INFO_PATH)}: video features but no video_path')
+            raise LeRobotFormatError(f'{os.path.join(root, INFO_PATH)}: video features but no video_path')
         images = [k for k, f in self.features.items() if f.get('dtype') == 'image']
         if images:
-            raise LeRobotDatasetError(f'{os.path.join(root, INFO_PATH)}: features {", ".join(images)} hold images '
-                                      f'inside the tables; this project reads camera features stored as video')
+            raise LeRobotFormatError(f'{os.path.join(root, INFO_PATH)}: features {", ".join(images)} hold images '
+                                     f'inside the tables; this project reads camera features stored as video')
         make_entries = _v3_entries if self.version == 'v3.0' else _v2_entries
         self.entries = sorted(make_entries(root, self.info, self.video_keys), key=lambda e: e.index)
         self._check_entries()
@@ -219,8 +221,8 @@ class LeRobotEpisodes:
         indices = [e.index for e in self.entries]
         total = self.info['total_episodes']
         if indices != list(range(len(indices))) or len(indices) != total:
-            raise LeRobotDatasetError(f'{self.root}: the episode metadata lists episodes {_ranges(indices)} but '
-                                      f'{INFO_PATH} says total_episodes {total}; they must be 0..{total - 1}')
+            raise LeRobotFormatError(f'{self.root}: the episode metadata lists episodes {_ranges(indices)} but '
+                                     f'{INFO_PATH} says total_episodes {total}; they must be 0..{total - 1}')
 
     @property
     def num_episodes(self):
@@ -240,15 +242,15 @@ class LeRobotEpisodes:
 
     def entry(self, index):
         if not 0 <= index < len(self.entries):
-            raise LeRobotDatasetError(f'{self.root}: no episode {index}; the dataset has {len(self.entries)} '
-                                      f'(0..{len(self.entries) - 1})')
+            raise LeRobotFormatError(f'{self.root}: no episode {index}; the dataset has {len(self.entries)} '
+                                     f'(0..{len(self.entries) - 1})')
         return self.entries[index]
 
     def require(self, feature, need):
         """Raise naming `feature` and the dataset's features unless it has it."""
         if feature not in self.features:
-            raise LeRobotDatasetError(f"{os.path.join(self.root, INFO_PATH)}: no feature '{feature}' ({need}); "
-                                      f"the dataset has: {', '.join(self.features)}")
+            raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: no feature '{feature}' ({need}); "
+                                     f"the dataset has: {', '.join(self.features)}")
 
     ############ Tables
 
@@ -277,13 +279,13 @@ class LeRobotEpisodes:
             self._arrays[int(index)] = self._episode_arrays(int(index), path, rows, frame_index, columns, timestamps)
         missing = [e.index for e in self.entries if e.data_file == relative and e.index not in self._arrays]
         if missing:
-            raise LeRobotDatasetError(f'{path}: no rows of episode {missing[0]}, which the episode metadata places here')
+            raise LeRobotFormatError(f'{path}: no rows of episode {missing[0]}, which the episode metadata places here')
 
     def _episode_arrays(self, index, path, rows, frame_index, columns, timestamps):
         length = self.entries[index].length
         if not np.array_equal(frame_index[rows], np.arange(length)):
-            raise LeRobotDatasetError(f'{path}: episode {index} has frame_index {_ranges(frame_index[rows].tolist())} '
-                                      f'but its metadata says {length} frames (0..{length - 1})')
+            raise LeRobotFormatError(f'{path}: episode {index} has frame_index {_ranges(frame_index[rows].tolist())} '
+                                     f'but its metadata says {length} frames (0..{length - 1})')
         arrays = {key: np.ascontiguousarray(values[rows]) for key, values in columns.items()}
         arrays['timestamp'] = timestamps[rows]
         expected = np.arange(length) / self.fps
@@ -291,9 +293,9 @@ class LeRobotEpisodes:
         if length and off.max() > TIMESTAMP_TOLERANCE_S + 1e-6 * expected[-1]:
             step = int(np.argmax(off))
             table_fps = (length - 1) / arrays['timestamp'][-1] if length > 1 and arrays['timestamp'][-1] > 0 else None
-            raise LeRobotDatasetError(f"{path}: episode {index}'s timestamp at frame {step} is "
-                                      f"{arrays['timestamp'][step]:.4f} s, not {expected[step]:.4f} s: the table runs "
-                                      f"at {table_fps or 0:.3g} fps but {INFO_PATH} says fps {self.fps}")
+            raise LeRobotFormatError(f"{path}: episode {index}'s timestamp at frame {step} is "
+                                     f"{arrays['timestamp'][step]:.4f} s, not {expected[step]:.4f} s: the table runs "
+                                     f"at {table_fps or 0:.3g} fps but {INFO_PATH} says fps {self.fps}")
         return arrays
 
     def low_dim(self, index):
@@ -301,7 +303,7 @@ class LeRobotEpisodes:
         arrays = self.arrays(index)
         qpos, action = arrays['qpos'], arrays['action']
         if len(qpos) == 0:
-            raise LeRobotDatasetError(f'{self.name(index)}: the episode has no frames')
+            raise LeRobotFormatError(f'{self.name(index)}: the episode has no frames')
         return qpos, action, self.entries[index].sim
 
     ############ Videos
@@ -310,7 +312,7 @@ class LeRobotEpisodes:
         key = IMAGE_PREFIX + cam
         if key not in self.video_keys:
             self.require(key, f"camera '{cam}' (check --camera_names)")
-            raise LeRobotDatasetError(f"{os.path.join(self.root, INFO_PATH)}: feature '{key}' is not a video")
+            raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: feature '{key}' is not a video")
         return key
 
     def frame_shape(self, index, cam):
@@ -332,9 +334,10 @@ class LeRobotEpisodes:
             duration = self._check_video(relative)
             end = start + (length - 1) / self.fps
             if end > duration + TIMESTAMP_TOLERANCE_S:
-                raise LeRobotDatasetError(f'{os.path.join(self.root, relative)}: the video is shorter than its table: it '
-                                          f'ends at {duration:.3f} s but episode {index} ({length} frames from '
-                                          f'{start:.3f} s) needs a frame at {end:.3f} s')
+                path = os.path.join(self.root, relative)
+                raise LeRobotFormatError(f'{path}: the video is shorter than its table: it ends at {duration:.3f} s '
+                                         f'but episode {index} ({length} frames from {start:.3f} s) needs a frame at '
+                                         f'{end:.3f} s')
 
     def _check_video(self, relative):
         """Time of the video's last frame (s), after checking it exists and runs at the dataset's fps."""
@@ -344,8 +347,8 @@ class LeRobotEpisodes:
         rate = stream.average_rate or stream.base_rate
         if relative not in self._checked_videos:
             if rate is None or abs(float(rate) - self.fps) > 1e-3:
-                raise LeRobotDatasetError(f'{path}: the video runs at {float(rate or 0):.3g} fps but {INFO_PATH} and '
-                                          f'the table say {self.fps} fps')
+                raise LeRobotFormatError(f'{path}: the video runs at {float(rate or 0):.3g} fps but {INFO_PATH} and '
+                                         f'the table say {self.fps} fps')
             self._checked_videos.add(relative)
         if stream.frames:
             return (stream.frames - 1) / float(rate)
@@ -359,13 +362,13 @@ class LeRobotEpisodes:
         if relative not in self._containers:
             path = os.path.join(self.root, relative)
             if not os.path.isfile(path):
-                raise LeRobotDatasetError(f'{path}: video missing')
+                raise LeRobotFormatError(f'{path}: video missing')
             try:
                 container = av.open(path)
             except av.error.FFmpegError as err:
-                raise LeRobotDatasetError(f'{path}: cannot be read as a video ({err})') from None
+                raise LeRobotFormatError(f'{path}: cannot be read as a video ({err})') from None
             if not container.streams.video:
-                raise LeRobotDatasetError(f'{path}: holds no video stream')
+                raise LeRobotFormatError(f'{path}: holds no video stream')
             self._containers[relative] = container
         return self._containers[relative]
 
@@ -415,16 +418,16 @@ def decode_frames(container, path, times, where):
         t = float(frame.pts * stream.time_base)
         last = t
         if times[wanted] < t - TIMESTAMP_TOLERANCE_S:
-            raise LeRobotDatasetError(f'{path}: no frame at {times[wanted]:.4f} s ({where}): the frames go from '
-                                      f'{"the start" if not frames else "before"} to {t:.4f} s')
+            raise LeRobotFormatError(f'{path}: no frame at {times[wanted]:.4f} s ({where}): the frames go from '
+                                     f'{"the start" if not frames else "before"} to {t:.4f} s')
         while wanted < len(times) and abs(times[wanted] - t) <= TIMESTAMP_TOLERANCE_S:
             frames.append(frame.to_ndarray(format='rgb24'))
             wanted += 1
         if wanted == len(times):
             return frames
     end = 'holds no frames' if last is None else f'ends at {last:.4f} s'
-    raise LeRobotDatasetError(f'{path}: the video is shorter than its table: it {end} but {where} needs a frame at '
-                              f'{times[wanted]:.4f} s')
+    raise LeRobotFormatError(f'{path}: the video is shorter than its table: it {end} but {where} needs a frame at '
+                             f'{times[wanted]:.4f} s')
 
 
 def _ranges(values):
@@ -483,7 +486,8 @@ def aggregate_stats(per_episode):
         means = np.stack([s['mean'] for s in stats])
         weights = counts.reshape(-1, *([1] * (means.ndim - 1)))
         mean = (means * weights).sum(axis=0) / counts.sum()
-        variance = ((np.stack([s['std'] for s in stats]) ** 2 + (means - mean) ** 2) * weights).sum(axis=0) / counts.sum()
+        spread = np.stack([s['std'] for s in stats]) ** 2 + (means - mean) ** 2
+        variance = (spread * weights).sum(axis=0) / counts.sum()
         merged = {'min': np.min([s['min'] for s in stats], axis=0), 'max': np.max([s['max'] for s in stats], axis=0),
                   'mean': mean, 'std': np.sqrt(variance), 'count': np.array([int(counts.sum())])}
         for q in QUANTILES:
@@ -519,8 +523,8 @@ def available_vcodec(vcodec=None):
             return av.codec.Codec(name, 'w').name
         except (av.error.FFmpegError, ValueError):
             continue
-    raise LeRobotDatasetError(f'--vcodec {vcodec}: PyAV has no such encoder here (try {VIDEO_CODEC} or '
-                              f'{FALLBACK_VCODEC})')
+    raise LeRobotFormatError(f'--vcodec {vcodec}: PyAV has no such encoder here (try {VIDEO_CODEC} or '
+                             f'{FALLBACK_VCODEC})')
 
 
 def encoder_options(vcodec):
@@ -626,8 +630,8 @@ class LeRobotWriter:
         self.existing = LeRobotEpisodes(self.root) if is_lerobot_dataset(self.root) else None
         if self.existing is None:
             if os.path.isdir(self.root) and os.listdir(self.root):
-                raise LeRobotDatasetError(f'{self.root}: exists and is not a LeRobot dataset (no {INFO_PATH}); '
-                                          f'choose a new folder')
+                raise LeRobotFormatError(f'{self.root}: exists and is not a LeRobot dataset (no {INFO_PATH}); '
+                                         f'choose a new folder')
             self.work = self.root + '.partial'
             self.fps, self.info, self.rows, self.tasks = fps or DEFAULT_FPS, None, [], []
         else:
@@ -640,12 +644,12 @@ class LeRobotWriter:
     def _open_existing(self, fps):
         info = self.existing.info
         if info['codebase_version'] != CODEBASE_VERSION:
-            raise LeRobotDatasetError(f"{os.path.join(self.root, INFO_PATH)}: codebase_version "
-                                      f"{info['codebase_version']}; episodes are appended to {CODEBASE_VERSION} "
-                                      f"datasets only (convert_dataset.py makes one)")
+            raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: codebase_version "
+                                     f"{info['codebase_version']}; episodes are appended to {CODEBASE_VERSION} "
+                                     f"datasets only (convert_dataset.py makes one)")
         if fps is not None and fps != info['fps']:
-            raise LeRobotDatasetError(f"{os.path.join(self.root, INFO_PATH)}: the dataset runs at fps {info['fps']}, "
-                                      f"not {fps}")
+            raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: the dataset runs at fps {info['fps']}, "
+                                     f"not {fps}")
         self.fps, self.info = info['fps'], info
         self.work = os.path.join(self.root, '.pending')
         self.rows = [row for path in self._episode_files() for row in read_table(path).to_pylist()]
@@ -664,8 +668,8 @@ class LeRobotWriter:
     def _read_tasks(self):
         path = os.path.join(self.root, TASKS_PATH)
         table = read_table(path)
-        order = np.argsort(column_array(table, 'task_index', path))
-        return [column_array(table, 'task', path)[i] for i in order]
+        tasks = column_array(table, 'task', path)
+        return [tasks[i] for i in np.argsort(column_array(table, 'task_index', path))]
 
     def _remove_unreferenced(self):
         """Delete data, video and episode files an interrupted append left unreferenced."""
@@ -728,20 +732,20 @@ class LeRobotWriter:
             values = getattr(episode, key)
             if (values is None) != (feature not in features):
                 state = 'lacks' if values is None else 'has'
-                raise LeRobotDatasetError(f"{where}: the episode {state} {feature} ({key}) but the dataset "
-                                          f"{'has' if values is None else 'has not'}")
+                raise LeRobotFormatError(f"{where}: the episode {state} {feature} ({key}) but the dataset "
+                                         f"{'has' if values is None else 'has not'}")
             if values is not None and list(values.shape[1:]) != features[feature]['shape']:
-                raise LeRobotDatasetError(f"{where}: {feature} is {features[feature]['shape']} but the episode's "
-                                          f"{key} is {list(values.shape[1:])}")
+                raise LeRobotFormatError(f"{where}: {feature} is {features[feature]['shape']} but the episode's "
+                                         f"{key} is {list(values.shape[1:])}")
         cams = sorted(k for k, f in features.items() if f['dtype'] == 'video')
         if sorted(IMAGE_PREFIX + cam for cam in episode.images) != cams:
-            raise LeRobotDatasetError(f"{where}: the dataset's cameras are {cams}, the episode's "
-                                      f"{sorted(episode.images)}")
+            raise LeRobotFormatError(f"{where}: the dataset's cameras are {cams}, the episode's "
+                                     f"{sorted(episode.images)}")
         for cam, frames in episode.images.items():
             shape = features[IMAGE_PREFIX + cam]['shape']
             if list(frames.shape[1:]) != shape or frames.dtype != np.uint8 or len(frames) != len(episode.action):
-                raise LeRobotDatasetError(f"{where}: camera '{cam}' needs {len(episode.action)} uint8 frames of "
-                                          f"{shape}, the episode has {frames.shape} {frames.dtype}")
+                raise LeRobotFormatError(f"{where}: camera '{cam}' needs {len(episode.action)} uint8 frames of "
+                                         f"{shape}, the episode has {frames.shape} {frames.dtype}")
 
     def _write_data(self, episode, index, task_index):
         import pyarrow as pa

@@ -27,7 +27,7 @@ from constants import DT, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_n
 from ee_sim_env import make_ee_sim_env
 from episodes import episode_path, layout_problem, read_episode, write_episode
 from files import DiskFull, prepare_folder
-from lerobot_dataset import LeRobotDatasetError, LeRobotWriter, count_lerobot_episodes
+from lerobot_dataset import LeRobotFormatError, LeRobotWriter, count_lerobot_episodes
 from processes import die_with_parent
 from scripted_policy import get_scripted_policy_class
 
@@ -346,7 +346,7 @@ if __name__ == '__main__':
     cli_args = vars(parser.parse_args())
     try:
         main(cli_args)
-    except (ValueError, LeRobotDatasetError) as e:
+    except (ValueError, LeRobotFormatError) as e:
         parser.error(str(e))
     except DiskFull as e:  # the episodes recorded before are intact
         sys.exit(f'{parser.prog}: error: {e.strerror}')

@@ -13,7 +13,7 @@ import lerobot_dataset
 import visualize_episodes
 from data import EpisodicDataset, get_norm_stats
 from episodes import Episode, episode_path, open_dataset, read_episode, store_episode
-from lerobot_dataset import (INFO_PATH, LeRobotDatasetError, LeRobotEpisodes, LeRobotWriter, QUANTILES, encode_video,
+from lerobot_dataset import (INFO_PATH, LeRobotFormatError, LeRobotEpisodes, LeRobotWriter, QUANTILES, encode_video,
                              quantile_key)
 from tests.helpers import train_args
 
@@ -223,7 +223,7 @@ def test_appending_updates_the_metadata_and_a_failed_append_changes_nothing(v3, 
     before = {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs}
     wrong = make_episode(4, 4)
     wrong.images['top'] = wrong.images['top'][:, :8]
-    with pytest.raises(LeRobotDatasetError, match="camera 'top' needs 4 uint8 frames"):
+    with pytest.raises(LeRobotFormatError, match="camera 'top' needs 4 uint8 frames"):
         with LeRobotWriter(root) as writer:
             writer.add(make_episode(4, 4))
             writer.add(wrong)
@@ -235,7 +235,7 @@ def test_viewer_shows_a_lerobot_episode(v3, tmp_path):
     root = str(tmp_path / 'dataset')
     shutil.copytree(v3[0], root)
     visualize_episodes.main({'dataset_dir': root, 'episode_idx': 2})
-    assert os.path.isfile(os.path.join(root, 'episode_2_video.mp4')) and os.path.isfile(os.path.join(root, 'episode_2_qpos.png'))
+    assert all(os.path.isfile(os.path.join(root, name)) for name in ('episode_2_video.mp4', 'episode_2_qpos.png'))
     assert LeRobotEpisodes(root).num_episodes == 3
 
 
@@ -259,8 +259,8 @@ def edit_info(**changes):
 
 def test_unsupported_version_and_foreign_folder(v3, tmp_path):
     root = broken_copy(v3, tmp_path, edit_info(codebase_version='v1.6'))
-    with pytest.raises(LeRobotDatasetError, match=r"info.json: codebase_version 'v1.6' is not supported; this project "
-                                                  r"reads v2.0, v2.1, v3.0"):
+    with pytest.raises(LeRobotFormatError, match=r"info.json: codebase_version 'v1.6' is not supported; this project "
+                                                 r"reads v2.0, v2.1, v3.0"):
         LeRobotEpisodes(root)
     os.makedirs(tmp_path / 'other')
     (tmp_path / 'other' / 'notes.txt').write_text('x')
@@ -270,8 +270,8 @@ def test_unsupported_version_and_foreign_folder(v3, tmp_path):
 
 def test_missing_feature_is_named_with_the_dataset_features(v3, tmp_path):
     args = train_args(v3[0], tmp_path / 'ckpt', num_episodes=None, camera_names=['front'])
-    with pytest.raises(LeRobotDatasetError, match=r"no feature 'observation.images.front' \(camera 'front' .*"
-                                                  r"the dataset has: observation.state, action"):
+    with pytest.raises(LeRobotFormatError, match=r"no feature 'observation.images.front' \(camera 'front' .*"
+                                                 r"the dataset has: observation.state, action"):
         imitate_episodes.main(args)
     assert not os.path.exists(tmp_path / 'ckpt')
 
@@ -285,7 +285,7 @@ def test_missing_feature_is_named_with_the_dataset_features(v3, tmp_path):
 ])
 def test_broken_datasets_stop_training_before_anything_is_written(v3, tmp_path, change, message):
     root = broken_copy(v3, tmp_path, change)
-    with pytest.raises(LeRobotDatasetError, match=message):
+    with pytest.raises(LeRobotFormatError, match=message):
         imitate_episodes.main(train_args(root, tmp_path / 'ckpt', num_episodes=None, camera_names=None))
     assert not os.path.exists(tmp_path / 'ckpt')
 
@@ -293,11 +293,11 @@ def test_broken_datasets_stop_training_before_anything_is_written(v3, tmp_path, 
 def test_video_shorter_than_its_table_or_at_another_fps(v3, tmp_path):
     episodes = v3[1][:1]
     short = LeRobotEpisodes(write_v21(str(tmp_path / 'short'), episodes, video_trim=2))
-    with pytest.raises(LeRobotDatasetError, match=r'episode_000000.mp4: the video is shorter than its table: it ends '
-                                                  r'at 0.120 s but episode 0 \(9 frames from 0.000 s\) needs a frame at '
-                                                  r'0.160 s'):
+    with pytest.raises(LeRobotFormatError, match=r'episode_000000.mp4: the video is shorter than its table: it ends '
+                                                 r'at 0.120 s but episode 0 \(9 frames from 0.000 s\) needs a frame '
+                                                 r'at 0.160 s'):
         short.check_frames(0, ['top'], LENGTHS[0])
     slow = LeRobotEpisodes(write_v21(str(tmp_path / 'slow'), episodes, video_fps=25))
-    with pytest.raises(LeRobotDatasetError, match='episode_000000.mp4: the video runs at 25 fps but meta/info.json '
-                                                  'and the table say 50 fps'):
+    with pytest.raises(LeRobotFormatError, match='episode_000000.mp4: the video runs at 25 fps but meta/info.json '
+                                                 'and the table say 50 fps'):
         slow.check_frames(0, ['top'], LENGTHS[0])
