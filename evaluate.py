@@ -272,7 +272,8 @@ def make_env(settings):
     if settings.real_robot:
         import real_robot
         env = real_robot.make_eval_env(backend=settings.robot_backend, driver=settings.robot_driver,
-                                       camera_names=settings.camera_names, image_size=settings.image_size)
+                                       camera_names=settings.camera_names, image_size=settings.image_size,
+                                       task_name=settings.task_name)
         # NOTE(faithful): the real robot gives no reward, so "success" is a highest reward of 0.
         return env, 0
     from sim_env import make_sim_env

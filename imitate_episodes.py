@@ -662,8 +662,8 @@ def _evaluation_flags(parser):
     add('--eval_workers', type=int, default=1, help='evaluation: parallel rollout processes')
     add('--robot_backend', choices=('builtin', 'aloha_scripts'), default='builtin',
         help='real robot: our drivers or the aloha_scripts/ROS stack')
-    add('--robot_driver', choices=('auto', 'interbotix', 'dynamixel', 'sim'), default='auto',
-        help='real robot, builtin backend: how to reach the arms')
+    add('--robot_driver', choices=('auto', 'interbotix', 'dynamixel', 'sim', 'feetech'), default='auto',
+        help='real robot, builtin backend: how to reach the arms (feetech: SO-100/SO-101 tasks, which auto picks)')
 
 
 if __name__ == '__main__':

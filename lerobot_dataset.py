@@ -591,8 +591,8 @@ def next_file(chunk_index, file_index, chunks_size=CHUNKS_SIZE):
     return (chunk_index + 1, 0) if file_index == chunks_size - 1 else (chunk_index, file_index + 1)
 
 
-def array_feature(dim):
-    return {'dtype': 'float32', 'shape': [dim], 'names': joint_names(dim)}
+def array_feature(dim, names=None):
+    return {'dtype': 'float32', 'shape': [dim], 'names': list(names or joint_names(dim))}
 
 
 def video_feature(height, width, fps, vcodec):
@@ -604,9 +604,10 @@ def video_feature(height, width, fps, vcodec):
                      'video.crf': CRF, 'has_audio': False}}
 
 
-def episode_features(episode, fps, vcodec):
-    """The info.json features of a dataset holding episodes like `episode`."""
-    features = {ARRAY_FEATURES[key]: array_feature(values.shape[1])
+def episode_features(episode, fps, vcodec, names=None):
+    """The info.json features of a dataset holding episodes like `episode` (names: of the state and
+    action values, default constants.joint_names)."""
+    features = {ARRAY_FEATURES[key]: array_feature(values.shape[1], names)
                 for key in ARRAY_FEATURES if (values := getattr(episode, key)) is not None}
     for cam, frames in episode.images.items():
         features[IMAGE_PREFIX + cam] = video_feature(frames.shape[1], frames.shape[2], fps, vcodec)
@@ -620,11 +621,12 @@ class LeRobotWriter:
     until it closes without error. A new dataset is built in `<root>.partial` and renamed; appended
     files are built in `<root>/.pending` and moved in, then the metadata is rewritten, info.json
     last, so an interrupted write leaves the dataset as it was (its leftovers are cleared next time).
+    names: of the state and action values in a new dataset (default constants.joint_names).
     """
 
     def __init__(self, root, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=None,
-                 data_file_mb=DATA_FILE_MB, video_file_mb=VIDEO_FILE_MB):
-        self.root, self.task, self.robot_type = root.rstrip(os.sep), task, robot_type
+                 data_file_mb=DATA_FILE_MB, video_file_mb=VIDEO_FILE_MB, names=None):
+        self.root, self.task, self.robot_type, self.names = root.rstrip(os.sep), task, robot_type, names
         self.data_file_mb, self.video_file_mb = data_file_mb, video_file_mb
         self.vcodec = available_vcodec(vcodec)
         self.existing = LeRobotEpisodes(self.root) if is_lerobot_dataset(self.root) else None
@@ -717,7 +719,7 @@ class LeRobotWriter:
         self.total_frames += length
 
     def _start(self, episode):
-        features = episode_features(episode, self.fps, self.vcodec)
+        features = episode_features(episode, self.fps, self.vcodec, self.names)
         self.info = {'codebase_version': CODEBASE_VERSION, 'robot_type': self.robot_type, 'total_episodes': 0,
                      'total_frames': 0, 'total_tasks': 0, 'chunks_size': CHUNKS_SIZE,
                      'data_files_size_in_mb': self.data_file_mb, 'video_files_size_in_mb': self.video_file_mb,

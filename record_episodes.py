@@ -1,12 +1,14 @@
-"""Record one teleoperated episode on the real robot (ALOHA: two leader and two follower arms).
+"""Record one teleoperated episode on the real robot: ALOHA (two leader and two follower arms, 50 Hz)
+or an SO-100 / SO-101 task (leader and follower arms of real_robot/tasks.py, at the task's fps, 30 Hz).
 
-The followers copy the leaders at 50 Hz while the cameras record; the episode is written in the
+The followers copy the leaders while the cameras record; the episode is written in the
 original real-robot HDF5 layout (attrs sim=False, qpos/qvel/effort/action, one image dataset per
 camera) under a temporary name and renamed into place when complete; with --format lerobot it is
 appended to a LeRobot dataset (lerobot_dataset.py), atomically too.
 
     python record_episodes.py --task_name aloha_wear_shoe [--episode_idx 3] [--robot_driver dynamixel]
     python record_episodes.py --task_name aloha_wear_shoe --format lerobot --dataset_dir data/wear_shoe_lerobot
+    python record_episodes.py --task_name so101_pick_place --format lerobot --task "Put the cube in the bowl"
 """
 import functools
 import os
@@ -22,6 +24,7 @@ from lerobot_dataset import append_episodes, count_lerobot_episodes
 import real_robot
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
+from real_robot.so_env import so_joint_names
 
 MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
 
@@ -55,13 +58,13 @@ def opening_ceremony(master_bot_left, master_bot_right, puppet_bot_left, puppet_
     print('Started!')
 
 
-def teleoperate(env, master_bot_left, master_bot_right, max_timesteps):
-    """-> (timesteps (T + 1), actions (T), [t0, t1, t2] per step)."""
+def teleoperate(env, read_action, max_timesteps):
+    """Step env with read_action() (the leaders' pose) -> (timesteps (T + 1), actions (T), [t0, t1, t2] per step)."""
     ts = env.reset(fake=True)
     timesteps, actions, actual_dt_history = [ts], [], []
     for _ in tqdm(range(max_timesteps), unit='step'):
         t0 = time.time()
-        action = real_robot.get_action(master_bot_left, master_bot_right)
+        action = read_action()
         t1 = time.time()
         ts = env.step(action)
         t2 = time.time()
@@ -98,7 +101,8 @@ def capture_one_episode(max_timesteps, camera_names, save, driver):
     try:
         env = real_robot.make_real_env(init_node=False, setup_robots=False, driver=driver, camera_names=camera_names)
         opening_ceremony(master_bot_left, master_bot_right, env.puppet_bot_left, env.puppet_bot_right)
-        timesteps, actions, actual_dt_history = teleoperate(env, master_bot_left, master_bot_right, max_timesteps)
+        timesteps, actions, actual_dt_history = teleoperate(
+            env, lambda: real_robot.get_action(master_bot_left, master_bot_right), max_timesteps)
         torque_on(master_bot_left)
         torque_on(master_bot_right)
         move_grippers([env.puppet_bot_left, env.puppet_bot_right], [PUPPET_GRIPPER_JOINT_OPEN] * 2, move_time=0.5)
@@ -121,6 +125,32 @@ def capture_one_episode(max_timesteps, camera_names, save, driver):
     save_episode(save, timesteps, actions, camera_names)
 
 
+def capture_so_episode(task_config, save, driver):
+    """Teleoperate an SO task: the followers first move to the leaders' pose, then copy them at the task's fps."""
+    from real_robot.so_env import check_driver
+    check_driver(driver)
+    leaders = real_robot.make_so_leaders(task_config)
+    env = None
+    try:
+        env = real_robot.make_so_env(task_config)
+        move_arms(list(env.bots), list(real_robot.get_so_action(leaders).reshape(len(leaders), -1)),
+                  move_time=settings.SO_OPENING_MOVE_TIME_S)
+        print('Started!')
+        timesteps, actions, actual_dt_history = teleoperate(
+            env, lambda: real_robot.get_so_action(leaders), task_config['episode_len'])
+    except (real_robot.RobotFault, KeyboardInterrupt) as e:
+        if env is not None:
+            env.safety_stop('interrupted (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else str(e))
+        raise
+    finally:
+        if env is not None:
+            env.close()
+        for arm in leaders:
+            arm.close()
+    print_dt_diagnosis(actual_dt_history)
+    save_episode(save, timesteps, actions, task_config['camera_names'])
+
+
 def get_auto_index(dataset_dir):
     """The first index i with no episode_{i}.hdf5 in dataset_dir."""
     for i in range(MAX_EPISODE_INDEX + 1):
@@ -134,7 +164,7 @@ def main(args):
     dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
     prepare_folder(dataset_dir, '--dataset_dir')
     if args.get('format', 'hdf5') == 'lerobot':
-        target, save = lerobot_target(args, dataset_dir)
+        target, save = lerobot_target(args, dataset_dir, task_config)
     else:
         episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
         target = episode_path(dataset_dir, episode_idx)
@@ -143,12 +173,15 @@ def main(args):
                                   'next free one, or pass --overwrite')
         print(os.path.splitext(os.path.basename(target))[0] + '\n')
         save = functools.partial(store_episode, target)
-    capture_one_episode(task_config['episode_len'], task_config['camera_names'], save,
-                        args.get('robot_driver', 'auto'))
+    if real_robot.is_so_task(task_config):
+        capture_so_episode(task_config, save, args.get('robot_driver', 'auto'))
+    else:
+        capture_one_episode(task_config['episode_len'], task_config['camera_names'], save,
+                            args.get('robot_driver', 'auto'))
     return target
 
 
-def lerobot_target(args, dataset_dir):
+def lerobot_target(args, dataset_dir, task_config):
     """(dataset_dir, save) appending the episode to the LeRobot dataset there: the next index only."""
     index = count_lerobot_episodes(dataset_dir)
     if args.get('episode_idx') not in (None, index):
@@ -158,7 +191,11 @@ def lerobot_target(args, dataset_dir):
         raise ValueError('--overwrite: episodes of a LeRobot dataset are not replaced; record into a new --dataset_dir')
     print(f'{dataset_dir}: LeRobot episode {index}\n')
     task = args.get('task') or args['task_name']
-    return dataset_dir, lambda episode: append_episodes(dataset_dir, [episode], fps=round(1 / DT), task=task)
+    writer = {'fps': round(1 / DT), 'task': task}
+    if real_robot.is_so_task(task_config):  # LeRobot's names, rate and robot type for SO arms
+        writer.update(fps=task_config.get('fps', settings.SO_FPS), robot_type=task_config.get('robot_type'),
+                      names=so_joint_names(len(task_config['followers'])))
+    return dataset_dir, lambda episode: append_episodes(dataset_dir, [episode], **writer)
 
 
 if __name__ == '__main__':
@@ -172,8 +209,9 @@ if __name__ == '__main__':
                         help='hdf5: episode_{idx}.hdf5 files (the original layout); lerobot: append to the LeRobot '
                              'dataset (v3.0) at --dataset_dir, created when absent')
     parser.add_argument('--task', help='--format lerobot: the task description (default: --task_name)')
-    parser.add_argument('--robot_driver', choices=('auto', 'interbotix', 'dynamixel'), default='auto',
-                        help='how to reach the arms (auto: interbotix when its ROS modules import)')
+    parser.add_argument('--robot_driver', choices=('auto', 'interbotix', 'dynamixel', 'feetech'), default='auto',
+                        help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
+                             'modules import)')
     try:
         main(vars(parser.parse_args()))
     except DiskFull as err:  # the episodes recorded before are intact

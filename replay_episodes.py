@@ -1,8 +1,10 @@
 """Replay the actions of a recorded episode on the real robot (or the simulated one).
 
     python replay_episodes.py --dataset_dir data/aloha_wear_shoe --episode_idx 0 [--robot_driver sim]
+    python replay_episodes.py --dataset_dir data/so101_pick_place --task_name so101_pick_place
 
---dataset_dir holds episode_*.hdf5 files or a LeRobot dataset.
+--dataset_dir holds episode_*.hdf5 files or a LeRobot dataset. The arms are ALOHA's, or those of
+the SO task given with --task_name (real_robot/tasks.py), at its rate.
 """
 from tqdm import tqdm
 
@@ -10,9 +12,19 @@ import real_robot
 from episodes import open_dataset
 
 
+def make_env(args):
+    """The follower arms the actions are replayed on (no cameras)."""
+    task_config = real_robot.get_task_config(args['task_name']) if args.get('task_name') else {}
+    if real_robot.is_so_task(task_config):
+        from real_robot.so_env import check_driver
+        check_driver(args.get('robot_driver', 'auto'))
+        return real_robot.make_so_env(task_config, camera_names=[])
+    return real_robot.make_real_env(init_node=True, driver=args.get('robot_driver', 'auto'))
+
+
 def main(args):
     actions = open_dataset(args['dataset_dir']).read_episode(args['episode_idx'], cameras=[]).action
-    env = real_robot.make_real_env(init_node=True, driver=args.get('robot_driver', 'auto'))
+    env = make_env(args)
     try:
         env.reset()
         for action in tqdm(actions, unit='step'):
@@ -27,6 +39,9 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset_dir', required=True, help='folder of the episodes (HDF5 or LeRobot)')
     parser.add_argument('--episode_idx', type=int, default=0, help='episode index')
-    parser.add_argument('--robot_driver', choices=real_robot.real_env.DRIVERS, default='auto',
-                        help='how to reach the arms (auto: interbotix when its ROS modules import)')
+    parser.add_argument('--task_name', help='an SO-100 / SO-101 task of real_robot/tasks.py: replay on its arms '
+                        '(default: the ALOHA arms)')
+    parser.add_argument('--robot_driver', choices=real_robot.real_env.DRIVERS + ('feetech',), default='auto',
+                        help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
+                             'modules import)')
     main(vars(parser.parse_args()))

@@ -1,13 +1,17 @@
 """Real-robot control loop on emulated hardware: achieved control frequency of env.step and the
-time of one state read of both arms. Prints JSON.
+time of one state read, for ALOHA and for an SO-101 arm. Prints JSON.
 
-Two servo-bus emulators on pseudo-terminals (real Protocol 2.0 packets through the Dynamixel SDK)
-and four test-pattern cameras at 480x640, 30 fps, each with its grabber thread, stand in for the
-robot; the emulators run in this process, so the figures include their share of the CPU.
+ALOHA: two servo-bus emulators on pseudo-terminals (real Protocol 2.0 packets through the Dynamixel
+SDK) and four test-pattern cameras at 480x640, 30 fps, each with its grabber thread. SO-101 (key
+'so101'): one Feetech bus emulator (STS3215 packets through feetech-servo-sdk) at the task rate of
+30 Hz with two cameras; also the time of one goal write (a sync write). The emulators run in this
+process, so the figures include their share of the CPU.
 
     python -m bench.real_robot_loop --steps 500
 """
 import argparse
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -32,10 +36,41 @@ def main(args):
         camera.wait_first_frame(settings.CAMERA_OPEN_TIMEOUT_S)
     with stdout_to_stderr():  # the environment's messages; stdout carries the JSON
         step_s, read_s = run_loop(RealEnv(*bots, cameras), args['steps'], emulators)
+        so101 = so_arm_loop(args['steps'])
     print_report({'steps': args['steps'], 'target_hz': round(1 / DT, 2), 'achieved_hz': round(1 / np.mean(step_s), 2),
                   'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2),
                   'state_read_both_arms_ms': round(np.mean(read_s) * 1e3, 3), 'cameras': len(cameras),
-                  **machine_report()})
+                  'so101': so101, **machine_report()})
+
+
+def so_arm_loop(steps, fps=settings.SO_FPS):
+    """The same figures for one SO-101 follower arm on a Feetech bus emulator, and the goal-write time."""
+    from real_robot.bots import Clock
+    from real_robot.feetech import SOArm, save_calibration
+    from real_robot.feetech_emulator import FeetechBusEmulator
+    from real_robot.so_env import SOEnv
+    calibration = {joint: {'id': servo_id, 'drive_mode': 0, 'homing_offset': 0, 'range_min': 1024, 'range_max': 3072}
+                   for joint, servo_id in zip(settings.SO_JOINTS, settings.SO_SERVO_IDS)}
+    emulator = FeetechBusEmulator()
+    emulator.calibrate(calibration)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'so_follower.json')
+        save_calibration(path, calibration)
+        arm = SOArm('so_follower', emulator.port, path, clock=Clock(1 / fps))
+    cameras = {name: Camera(name, GeneratedSource(seed=i)) for i, name in enumerate(('front', 'wrist'))}
+    for camera in cameras.values():
+        camera.wait_first_frame(settings.CAMERA_OPEN_TIMEOUT_S)
+    env = SOEnv([arm], cameras)
+    goal = env.get_qpos()
+    write_s = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        arm.command_arm(goal)
+        write_s.append(time.perf_counter() - start)
+    step_s, read_s = run_loop(env, steps, [emulator])
+    return {'target_hz': fps, 'achieved_hz': round(1 / np.mean(step_s), 2),
+            'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2), 'state_read_ms': round(np.mean(read_s) * 1e3, 3),
+            'goal_write_ms': round(np.mean(write_s) * 1e3, 3), 'cameras': len(cameras)}
 
 
 def run_loop(env, steps, emulators):

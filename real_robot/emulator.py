@@ -106,12 +106,13 @@ class EmulatedServo:
         self._sync_present(0.0)
 
 
-class ServoBusEmulator:
-    """Servos on one pty; a background thread answers the driver's packets."""
+class PtyBusEmulator:
+    """A servo bus on a pty: a background thread splits what the driver writes into packets
+    (protocol.split_packet) and hands each to _handle(), which subclasses implement."""
+    protocol = P
 
-    def __init__(self, servo_ids=settings.ARM_SERVO_IDS + (settings.GRIPPER_SERVO_ID,), positions=None):
-        positions = positions or {}
-        self.servos = {i: EmulatedServo(i, positions.get(i, P.POSITION_CENTER)) for i in servo_ids}
+    def __init__(self, servos):
+        self.servos = servos  # id -> emulated servo (with .silent)
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -121,22 +122,26 @@ class ServoBusEmulator:
         self._running = True
         self._idle_polls = 0  # polls that found no pending input
         self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._serve, name=f'dxl-emulator {self.port}', daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f'servo-bus-emulator {self.port}', daemon=True)
         self._thread.start()
 
     ### fault injection
     def corrupt_replies(self, count=-1):
+        """Spoil the checksum of the next `count` status packets (-1: all of them)."""
         with self._lock:
             self._corrupt = count
 
     def silence(self, servo_id, silent=True):
         self.servos[servo_id].silent = silent
 
-    def set_hardware_error(self, servo_id, bits):
-        with self._lock:
-            servo = self.servos[servo_id]
-            servo._set('hardware_error_status', bits)
-            servo._set('torque_enable', 0)
+    def _send(self, packet):
+        """Write a status packet, spoilt when corrupt_replies asks for it."""
+        packet = bytearray(packet)
+        if self._corrupt:
+            packet[-1] ^= 0xFF
+            if self._corrupt > 0:
+                self._corrupt -= 1
+        os.write(self._master, packet)
 
     ### serving
     def _serve(self):
@@ -153,12 +158,64 @@ class ServoBusEmulator:
             except OSError:
                 return
             while True:
-                packet, consumed = P.split_packet(buffer)
+                packet, consumed = self.protocol.split_packet(buffer)
                 del buffer[:consumed]
                 if packet is None:
                     break
                 with self._lock:
                     self._handle(packet)
+
+    def _handle(self, packet):
+        raise NotImplementedError
+
+    def _handle_sync(self, reading, address, size, body):
+        """A sync read (body: servo IDs; each servo present answers in turn) or a sync write (body:
+        per servo its ID and `size` data bytes; no replies)."""
+        if reading:
+            for servo_id in body:
+                if servo_id in self.servos:
+                    servo = self.servos[servo_id]
+                    self._reply(servo, servo.read(address, size))
+            return
+        for offset in range(0, len(body) - size, size + 1):
+            servo = self.servos.get(body[offset])
+            if servo is not None:
+                servo.write(address, body[offset + 1:offset + 1 + size])
+
+    def wait_idle(self, timeout=2.0):
+        """Return once every byte written to the bus so far has been handled. Writes without a
+        reply (sync write, broadcast) are otherwise applied at some later moment."""
+        with self._idle:
+            # the first empty poll counted after this call may have begun before it; the second has not
+            target = self._idle_polls + 2
+            if not self._idle.wait_for(lambda: self._idle_polls >= target, timeout):
+                raise TimeoutError(f'servo bus emulator on {self.port} still busy after {timeout} s')
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=1.0)
+        os.close(self._master)
+        os.close(self._slave)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ServoBusEmulator(PtyBusEmulator):
+    """Dynamixel X-series servos on one pty."""
+
+    def __init__(self, servo_ids=settings.ARM_SERVO_IDS + (settings.GRIPPER_SERVO_ID,), positions=None):
+        positions = positions or {}
+        super().__init__({i: EmulatedServo(i, positions.get(i, P.POSITION_CENTER)) for i in servo_ids})
+
+    def set_hardware_error(self, servo_id, bits):
+        with self._lock:
+            servo = self.servos[servo_id]
+            servo._set('hardware_error_status', bits)
+            servo._set('torque_enable', 0)
 
     def _handle(self, packet):
         try:
@@ -169,7 +226,8 @@ class ServoBusEmulator:
             return
         self.instructions.append((instruction, servo_id))
         if instruction in (P.SYNC_READ, P.SYNC_WRITE):
-            self._handle_sync(instruction, params)
+            address, size = struct.unpack_from('<HH', params)
+            self._handle_sync(instruction == P.SYNC_READ, address, size, params[4:])
             return
         targets = list(self.servos.values()) if servo_id == P.BROADCAST_ID else \
             [self.servos[servo_id]] if servo_id in self.servos else []
@@ -194,59 +252,23 @@ class ServoBusEmulator:
         if reply:
             self._reply(servo, data, error)
 
-    def _handle_sync(self, instruction, params):
-        address, size = struct.unpack_from('<HH', params)
-        if instruction == P.SYNC_READ:
-            for servo_id in params[4:]:
-                if servo_id in self.servos:
-                    servo = self.servos[servo_id]
-                    self._reply(servo, servo.read(address, size))
-            return
-        for offset in range(4, len(params) - size, size + 1):
-            servo = self.servos.get(params[offset])
-            if servo is not None:
-                servo.write(address, params[offset + 1:offset + 1 + size])
-
     def _reply(self, servo, data=b'', error=0):
-        if servo.silent:
-            return
-        packet = bytearray(P.build_status(servo.id, error | servo.error_byte, data))
-        if self._corrupt:
-            packet[-1] ^= 0xFF  # spoil the CRC
-            if self._corrupt > 0:
-                self._corrupt -= 1
-        os.write(self._master, packet)
-
-    def wait_idle(self, timeout=2.0):
-        """Return once every byte written to the bus so far has been handled. Writes without a
-        reply (sync write, broadcast) are otherwise applied at some later moment."""
-        with self._idle:
-            # the first empty poll counted after this call may have begun before it; the second has not
-            target = self._idle_polls + 2
-            if not self._idle.wait_for(lambda: self._idle_polls >= target, timeout):
-                raise TimeoutError(f'servo bus emulator on {self.port} still busy after {timeout} s')
-
-    def close(self):
-        self._running = False
-        self._thread.join(timeout=1.0)
-        os.close(self._master)
-        os.close(self._slave)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        if not servo.silent:
+            self._send(P.build_status(servo.id, error | servo.error_byte, data))
 
 
-def main(args):
-    bus = ServoBusEmulator(tuple(args['ids']))
-    print(f'Emulated servo bus (IDs {sorted(bus.servos)}) on {bus.port}; Ctrl-C to stop')
+def serve_until_interrupted(bus, what):
+    """Print the bus's port and keep it served until Ctrl-C (the emulators' command lines)."""
+    print(f'Emulated {what} (IDs {sorted(bus.servos)}) on {bus.port}; Ctrl-C to stop')
     try:
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         bus.close()
+
+
+def main(args):
+    serve_until_interrupted(ServoBusEmulator(tuple(args['ids'])), 'Dynamixel bus')
 
 
 if __name__ == '__main__':

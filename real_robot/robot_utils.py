@@ -1,7 +1,6 @@
 """aloha_scripts' robot_utils for our bots: motions by linear interpolation and set-up helpers."""
 import numpy as np
 
-from constants import DT
 from real_robot import settings
 from real_robot.bots import ARM_JOINTS, GRIPPER_INDEX
 
@@ -22,8 +21,8 @@ def _tick(bot_list):
 
 def _interpolate(bot_list, command, start_pose_list, target_pose_list, move_time):
     """Send `command(bot, pose)` along straight lines from start to target poses in
-    int(move_time / DT) steps, one control period apart."""
-    num_steps = int(move_time / DT)
+    int(move_time / dt) steps, one control period dt of the arms' clock apart."""
+    num_steps = int(move_time / bot_list[0].clock.dt) if bot_list else 0
     trajectories = [np.linspace(start, target, num_steps) for start, target in zip(start_pose_list, target_pose_list)]
     for t in range(num_steps):
         for bot, trajectory in zip(bot_list, trajectories):
@@ -32,7 +31,7 @@ def _interpolate(bot_list, command, start_pose_list, target_pose_list, move_time
 
 
 def move_arms(bot_list, target_pose_list, move_time=1, start_pose_list=None):
-    """Move arms to target joint poses (6,) in int(move_time / DT) interpolated steps.
+    """Move arms to target joint poses (6,) in int(move_time / dt) interpolated steps.
     start_pose_list defaults to the arms' present poses."""
     if start_pose_list is None:
         start_pose_list = [get_arm_joint_positions(bot) for bot in bot_list]
@@ -40,7 +39,7 @@ def move_arms(bot_list, target_pose_list, move_time=1, start_pose_list=None):
 
 
 def move_grippers(bot_list, target_pose_list, move_time):
-    """Move gripper joints to targets (rad) in int(move_time / DT) interpolated steps."""
+    """Move gripper joints to targets (rad) in int(move_time / dt) interpolated steps."""
     starts = [get_arm_gripper_positions(bot) for bot in bot_list]
     _interpolate(bot_list, lambda bot, pose: bot.command_gripper(pose), starts, target_pose_list, move_time)
 

@@ -4,8 +4,9 @@ Edit this file to match your station. Device names follow the ALOHA udev rules (
 per serial number); gripper calibration constants live in the top-level constants.py.
 """
 import math
+import os
 
-from constants import START_ARM_POSE
+from constants import REPO_DIR, START_ARM_POSE
 
 ### Servo buses (Dynamixel Protocol 2.0, one USB-serial adapter per arm)
 SERVO_PORTS = {  # bot name -> serial device
@@ -42,6 +43,8 @@ CAMERA_DEVICES = {
     'cam_low': '/dev/CAM_LOW',
     'cam_left_wrist': '/dev/CAM_LEFT_WRIST',
     'cam_right_wrist': '/dev/CAM_RIGHT_WRIST',
+    'front': '/dev/video0',  # SO-arm tasks
+    'wrist': '/dev/video2',
 }
 CAMERA_HW = (480, 640)  # (height, width) requested from each camera
 CAMERA_FPS = 30
@@ -89,3 +92,32 @@ SIM_CAMERAS = {  # real camera name -> MuJoCo camera name
     'cam_left_wrist': 'left_wrist',
     'cam_right_wrist': 'right_wrist',
 }
+
+### SO-100 / SO-101 arms (six Feetech STS3215 servos per arm, one USB-serial adapter per arm)
+CALIBRATION_DIR = os.environ.get('ACT_CALIBRATION_DIR', os.path.join(REPO_DIR, 'calibration'))
+SO_ARMS = {  # arm name -> serial device and calibration file (LeRobot's JSON format)
+    name: {'port': port, 'calibration': os.path.join(CALIBRATION_DIR, f'{name}.json')}
+    for name, port in (('so_follower', '/dev/ttyACM0'), ('so_leader', '/dev/ttyACM1'),
+                       ('so_follower_left', '/dev/ttyACM0'), ('so_leader_left', '/dev/ttyACM1'),
+                       ('so_follower_right', '/dev/ttyACM2'), ('so_leader_right', '/dev/ttyACM3'))
+}
+SO_BAUDRATE = 1_000_000  # STS3215 factory setting
+SO_JOINTS = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
+SO_SERVO_IDS = (1, 2, 3, 4, 5, 6)  # in SO_JOINTS order
+SO_FULL_TURN_JOINT = 'wrist_roll'  # calibrated over the whole turn (0..4095) instead of a recorded range
+# Units of positions and actions, LeRobot's: body joints in degrees about mid-range ('degrees', LeRobot's
+# default) or -100..100 over the calibrated range ('range_m100_100', older LeRobot datasets); gripper 0..100
+SO_BODY_UNITS = 'degrees'
+# Servo set-up at connection (LeRobot's values)
+SO_RETURN_DELAY = 0  # 2 us per unit; the factory's 250 (500 us) slows every read
+SO_ACCELERATION = 254
+SO_POSITION_PID = (16, 0, 32)  # P, I, D coefficients of position mode (followers)
+SO_GRIPPER_MAX_TORQUE = 500  # 0.1 % units: half of the stall torque, so a blocked gripper does not burn out
+SO_GRIPPER_PROTECTION_CURRENT = 250  # 6.5 mA units
+SO_GRIPPER_OVERLOAD_TORQUE = 25  # % of torque kept after an overload
+# Safety limits (encoder steps: 4096 per turn, whatever SO_BODY_UNITS)
+SO_MAX_STEP = 100  # largest change of a joint target per control step (8.8 degrees: 264 deg/s at 30 Hz)
+SO_RANGE_MARGIN = 50  # a follower joint this far outside its calibrated range at connection: nothing moves
+SO_SAFE_POSE = None  # follower pose (SO_BODY_UNITS, 6 values) reached before torque is released; None: in place
+SO_OPENING_MOVE_TIME_S = 2.0  # record_episodes: followers move to the leaders' pose before recording starts
+SO_FPS = 30  # control and recording rate of SO tasks (LeRobot records at 30 frames per second)

@@ -11,7 +11,7 @@ import collections.abc
 
 import numpy as np
 
-from constants import (PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_NORMALIZE_FN, PUPPET_GRIPPER_JOINT_OPEN,
+from constants import (DT, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_NORMALIZE_FN, PUPPET_GRIPPER_JOINT_OPEN,
                        PUPPET_GRIPPER_POSITION_CLOSE, PUPPET_GRIPPER_POSITION_OPEN,
                        PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN, PUPPET_POS2JOINT)
 from real_robot import settings
@@ -21,6 +21,7 @@ from real_robot.bots import ARM_JOINTS, Bot, JointState
 class SimRig:
     """One simulated scene: the two follower arms, their cameras, and the clock that steps physics."""
     realtime = False
+    dt = DT  # seconds of simulated time per tick
 
     def __init__(self, camera_names, image_size=None, task_name=None):
         from sim_env import make_sim_env

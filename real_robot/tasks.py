@@ -1,6 +1,9 @@
 """Real-robot tasks (aloha_scripts' TASK_CONFIGS): datasets under constants.DATA_DIR.
 
-Add your own task here; episode_len is in control steps of constants.DT.
+Add your own task here. ALOHA tasks: episode_len in control steps of constants.DT (50 Hz).
+SO-100 / SO-101 tasks name their arms (SO_ARMS in settings.py: followers and leaders, left arm
+first), their cameras (CAMERA_DEVICES) and their rate; episode_len is in steps of 1 / fps; state
+and action have 6 values per arm (real_robot/so_env.py).
 """
 import os
 
@@ -14,6 +17,26 @@ TASK_CONFIGS = {
         'num_episodes': 50,
         'episode_len': 1000,
         'camera_names': list(CAMERA_NAMES),
+    },
+    'so101_pick_place': {  # one SO-101 arm: state and action 6
+        'dataset_dir': os.path.join(DATA_DIR, 'so101_pick_place'),
+        'num_episodes': 50,
+        'episode_len': 600,  # 20 s at 30 Hz
+        'camera_names': ['front', 'wrist'],
+        'followers': ['so_follower'],
+        'leaders': ['so_leader'],
+        'fps': 30,
+        'robot_type': 'so101_follower',
+    },
+    'so101_bimanual': {  # two SO-101 arms: state and action 12
+        'dataset_dir': os.path.join(DATA_DIR, 'so101_bimanual'),
+        'num_episodes': 50,
+        'episode_len': 900,  # 30 s at 30 Hz
+        'camera_names': ['front'],
+        'followers': ['so_follower_left', 'so_follower_right'],
+        'leaders': ['so_leader_left', 'so_leader_right'],
+        'fps': 30,
+        'robot_type': 'bi_so101_follower',
     },
 }
 

@@ -8,7 +8,8 @@ import pytest
 from real_robot import protocol as P
 from real_robot import settings
 from real_robot.bots import RobotFault
-from real_robot.dynamixel import DynamixelBot, DynamixelBus, ServoCommError, ServoError
+from real_robot.dynamixel import DynamixelBot, DynamixelBus
+from real_robot.servo_bus import ServoCommError, ServoError
 from real_robot.emulator import ServoBusEmulator
 
 

@@ -1,0 +1,271 @@
+"""Direct driver of SO-100 / SO-101 arms: six Feetech STS3215 servos per arm through feetech-servo-sdk.
+
+A FeetechBus is one USB-serial adapter; an SOArm is the arm on it, with its calibration. State is
+read with one sync read of present position, velocity, load and current for all six servos; goals
+go out as one sync write. Every failure names the arm, its port, the servo ID and the joint.
+
+Units are LeRobot's, so that a LeRobot calibration file and the values of a LeRobot SO dataset are
+used as they are (settings.SO_BODY_UNITS):
+    degrees         (raw - mid) * 360 / 4095, mid the middle of the calibrated range (not clamped)
+    range_m100_100  -100 .. 100 over the calibrated range (clamped)
+    gripper         0 .. 100 over the calibrated range (clamped), in both cases
+Calibration (LeRobot's JSON): per joint {"id", "drive_mode", "homing_offset", "range_min", "range_max"};
+Present_Position = encoder position - Homing_Offset; the range is in Present_Position steps and is
+also written to the servos' position-limit registers, so the servo itself refuses to go past it.
+"""
+import json
+import os
+
+import numpy as np
+import scservo_sdk
+
+from files import atomic_write
+from real_robot import feetech_protocol as F
+from real_robot import settings
+from real_robot.bots import Bot, JointState, RobotFault
+from real_robot.servo_bus import ServoBus
+
+CALIBRATION_KEYS = ('id', 'drive_mode', 'homing_offset', 'range_min', 'range_max')
+MAX_STEP_VALUE = F.RESOLUTION - 1  # 4095: LeRobot's "max_res" in the unit conversions
+
+
+class CalibrationError(ValueError):
+    """A calibration file that cannot be used for this arm (the message names the file and key)."""
+
+
+class FeetechBus(ServoBus):
+    """One serial port with STS servos (an SO arm's adapter); safe to share between threads."""
+    sdk = scservo_sdk
+    what = 'arm'
+    port_globs = ('/dev/ttyACM*', '/dev/ttyUSB*')
+    list_ports_hint = ('list serial devices with `python -m serial.tools.list_ports -v` '
+                       '(SO arms appear as /dev/ttyACM* or /dev/ttyUSB*)')
+    port_setting = 'its port in SO_ARMS in real_robot/settings.py'
+    timeout_advice = ('check its power and cable, and its ID and baud rate (a new servo has ID 1: '
+                      'set each one up alone)')
+    _table = F.CONTROL_TABLE
+
+    def __init__(self, name, port, baudrate=None, labels=None):
+        super().__init__(name, port, baudrate or settings.SO_BAUDRATE, labels)
+
+    @staticmethod
+    def _packet_handler_of():
+        return scservo_sdk.PacketHandler(0)  # 0: STS servos, little-endian registers
+
+    @staticmethod
+    def _encode(register, value):
+        return F.encode(register, value)
+
+    @staticmethod
+    def _decode(register, bits):
+        return F.decode(register, bits)
+
+    @staticmethod
+    def _error_words(servo_id, error):
+        return F.describe_status_error(error)
+
+    def sync_read_state(self, servo_ids):
+        """(n, 4) int array of present position, velocity, load and current (raw) with one sync read."""
+        return self.sync_read(F.STATE_ADDRESS, F.STATE_SIZE, servo_ids, F.unpack_state)
+
+
+### calibration files
+def load_calibration(path):
+    """LeRobot's calibration JSON of an SO arm, checked: {joint: {id, drive_mode, homing_offset, range_min,
+    range_max}} for the joints and IDs of settings.SO_JOINTS / SO_SERVO_IDS."""
+    if not os.path.isfile(path):
+        raise CalibrationError(f'{path}: no calibration file; calibrate the arm with '
+                               f'`python -m real_robot.calibrate` (or copy its LeRobot calibration file there)')
+    try:
+        with open(path) as f:
+            calibration = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f'{path}: not a calibration file (JSON expected): {e}') from e
+    expected = dict(zip(settings.SO_JOINTS, settings.SO_SERVO_IDS))
+    if not isinstance(calibration, dict) or set(calibration) != set(expected):
+        found = sorted(calibration) if isinstance(calibration, dict) else type(calibration).__name__
+        raise CalibrationError(f'{path}: a calibration of another arm: joints {found}, expected the SO arm\'s '
+                               f'{list(expected)}')
+    for joint, servo_id in expected.items():
+        _check_joint_calibration(path, joint, servo_id, calibration[joint])
+    return {joint: dict(calibration[joint]) for joint in settings.SO_JOINTS}
+
+
+def _check_joint_calibration(path, joint, servo_id, entry):
+    if not isinstance(entry, dict) or any(not isinstance(entry.get(key), int) for key in CALIBRATION_KEYS):
+        raise CalibrationError(f'{path}: {joint}: expected integer {", ".join(CALIBRATION_KEYS)}, found {entry}')
+    if entry['id'] != servo_id:
+        raise CalibrationError(f'{path}: {joint} has servo ID {entry["id"]}, expected {servo_id} '
+                               f'(settings.SO_SERVO_IDS): a calibration of another arm?')
+    if not 0 <= entry['range_min'] < entry['range_max'] <= MAX_STEP_VALUE:
+        raise CalibrationError(f'{path}: {joint}: range {entry["range_min"]}..{entry["range_max"]} is empty or '
+                               f'outside 0..{MAX_STEP_VALUE}: calibrate again, moving every joint through its range')
+    if abs(entry['homing_offset']) >= 1 << F.SIGN_BITS['homing_offset']:
+        raise CalibrationError(f'{path}: {joint}: homing_offset {entry["homing_offset"]} is outside '
+                               f'+-{(1 << F.SIGN_BITS["homing_offset"]) - 1}')
+
+
+def save_calibration(path, calibration):
+    """Write the calibration as LeRobot does (indented JSON), atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: json.dump(calibration, f, indent=4), mode='w')
+
+
+### units
+class Units:
+    """Conversion raw steps <-> calibrated units for the joints of one arm (LeRobot's formulas)."""
+
+    def __init__(self, calibration, body_units=None):
+        self.body_units = body_units or settings.SO_BODY_UNITS
+        if self.body_units not in ('degrees', 'range_m100_100'):
+            raise ValueError(f"SO_BODY_UNITS: '{self.body_units}' is not 'degrees' or 'range_m100_100'")
+        entries = [calibration[joint] for joint in settings.SO_JOINTS]
+        self.low = np.array([e['range_min'] for e in entries], dtype=float)  # (6,)
+        self.high = np.array([e['range_max'] for e in entries], dtype=float)
+        self.flip = np.array([bool(e['drive_mode']) for e in entries])
+        self.gripper = np.array([joint == 'gripper' for joint in settings.SO_JOINTS])
+        self.degrees = ~self.gripper & (self.body_units == 'degrees')
+
+    def to_units(self, raw):
+        """(..., 6) raw Present_Position steps -> calibrated units."""
+        raw = np.asarray(raw, dtype=float)
+        bounded = np.clip(raw, self.low, self.high)
+        fraction = (bounded - self.low) / (self.high - self.low)
+        ranged = np.where(self.gripper, np.where(self.flip, 100 - 100 * fraction, 100 * fraction),
+                          np.where(self.flip, 100 - 200 * fraction, 200 * fraction - 100))
+        return np.where(self.degrees, (raw - (self.low + self.high) / 2) * 360 / MAX_STEP_VALUE, ranged)
+
+    def to_raw(self, units):
+        """(..., 6) calibrated units -> raw goal steps (ints, truncated as LeRobot does)."""
+        units = np.asarray(units, dtype=float)
+        body = np.clip(np.where(self.flip, -units, units), -100, 100)
+        gripper = np.clip(np.where(self.flip, 100 - units, units), 0, 100)
+        ranged = np.where(self.gripper, gripper / 100, (body + 100) / 200) * (self.high - self.low) + self.low
+        raw = np.where(self.degrees, units * MAX_STEP_VALUE / 360 + (self.low + self.high) / 2, ranged)
+        return np.trunc(raw).astype(np.int64)
+
+    def per_step(self):
+        """(6,) units per raw step (signed): velocities and steps in calibrated units."""
+        span = np.where(self.gripper, 100.0, 200.0) / (self.high - self.low)
+        scale = np.where(self.degrees, 360 / MAX_STEP_VALUE, span)
+        return np.where(self.flip & ~self.degrees, -scale, scale)
+
+
+### the arm
+class SOArm(Bot):
+    """One SO-100 / SO-101 arm (5 joints and a gripper) on its own bus, in calibrated units.
+
+    read() -> JointState of (6,) positions (units), velocities (units/s) and currents (mA), in
+    settings.SO_JOINTS order; command_arm(positions (6,)) sends goals for all six joints."""
+
+    def __init__(self, name, port, calibration_path, role='follower', clock=None, body_units=None):
+        super().__init__()
+        self.name, self.role, self.calibration_path = name, role, calibration_path
+        if clock is not None:
+            self.clock = clock
+        self.calibration = load_calibration(calibration_path)
+        self.units = Units(self.calibration, body_units)
+        self.ids = tuple(settings.SO_SERVO_IDS)
+        self.bus = FeetechBus(name, port, labels=dict(zip(self.ids, settings.SO_JOINTS)))
+        try:
+            self._check_servos()
+        except BaseException:
+            self.bus.close()
+            raise
+
+    def _check_servos(self):
+        for servo_id in self.ids:
+            model = self.bus.ping(servo_id)
+            if model != F.STS3215_MODEL_NUMBER:
+                raise RobotFault(f'{self.bus.where(servo_id)} has model number {model}, expected '
+                                 f'{F.STS3215_MODEL_NUMBER} (STS3215): check the servo IDs and the port')
+        stored = {}
+        for joint, servo_id in zip(settings.SO_JOINTS, self.ids):
+            stored[joint] = {key: self.bus.read(servo_id, register) for key, register in (
+                ('homing_offset', 'homing_offset'), ('range_min', 'min_position_limit'),
+                ('range_max', 'max_position_limit'))}
+        differ = [f'{joint} {key} {self.calibration[joint][key]} in the file, {value} in the servo'
+                  for joint, values in stored.items() for key, value in values.items()
+                  if self.calibration[joint][key] != value]
+        if differ:
+            listed = '; '.join(differ[:3]) + ('; ...' if len(differ) > 3 else '')
+            raise RobotFault(f"arm '{self.name}' ({self.bus.port}): the calibration in {self.calibration_path} is not "
+                             f'the one stored in the servos ({listed}). If the file belongs to this arm, write it to '
+                             f'the servos with `python -m real_robot.calibrate --role {self.role} --port '
+                             f'{self.bus.port} --from_file {self.calibration_path}`; '
+                             f'otherwise name this arm\'s file in SO_ARMS (real_robot/settings.py) or calibrate')
+
+    def configure(self):
+        """Servo set-up with torque off (LeRobot's values): return delay, acceleration, position mode; the
+        PID gains and the gripper's torque and current limits on followers. Torque stays off."""
+        self.torque(False)
+        for joint, servo_id in zip(settings.SO_JOINTS, self.ids):
+            self.bus.write(servo_id, 'return_delay_time', settings.SO_RETURN_DELAY)
+            self.bus.write(servo_id, 'maximum_acceleration', settings.SO_ACCELERATION)
+            self.bus.write(servo_id, 'acceleration', settings.SO_ACCELERATION)
+            self.bus.write(servo_id, 'operating_mode', F.OPERATING_MODES['position'])
+            if self.role != 'follower':
+                continue
+            for register, value in zip(('p_coefficient', 'i_coefficient', 'd_coefficient'), settings.SO_POSITION_PID):
+                self.bus.write(servo_id, register, value)
+            if joint == 'gripper':
+                self.bus.write(servo_id, 'max_torque_limit', settings.SO_GRIPPER_MAX_TORQUE)
+                self.bus.write(servo_id, 'protection_current', settings.SO_GRIPPER_PROTECTION_CURRENT)
+                self.bus.write(servo_id, 'overload_torque', settings.SO_GRIPPER_OVERLOAD_TORQUE)
+
+    def read_raw(self):
+        """(6, 4) raw present position, velocity, load, current."""
+        return self.bus.sync_read_state(self.ids)
+
+    def read(self):
+        raw = self.read_raw()
+        state = JointState(self.units.to_units(raw[:, 0]), raw[:, 1] * self.units.per_step(),
+                           raw[:, 3] * F.MA_PER_CURRENT)
+        self.last_state = state
+        return state
+
+    def check_in_range(self, raw_positions):
+        """RobotFault naming the joint when a position is further than SO_RANGE_MARGIN outside its range."""
+        for joint, position, low, high in zip(settings.SO_JOINTS, raw_positions, self.units.low, self.units.high):
+            if not low - settings.SO_RANGE_MARGIN <= position <= high + settings.SO_RANGE_MARGIN:
+                raise RobotFault(f"arm '{self.name}': {joint} is at {int(position)} steps, outside its calibrated "
+                                 f'range {int(low)}..{int(high)} ({self.calibration_path}); nothing was moved. Move '
+                                 f'it into its range by hand, or calibrate again if the file is not this arm\'s')
+
+    def command_raw(self, raw):
+        """Goal positions (6,) in raw steps, clamped to the calibrated range."""
+        raw = np.clip(np.round(raw), self.units.low, self.units.high).astype(int)
+        self.bus.sync_write('goal_position', dict(zip(self.ids, raw.tolist())))
+
+    def command_arm(self, qpos):
+        self.command_raw(self.units.to_raw(qpos))
+
+    def torque(self, enable, part='all'):
+        """Torque and the EEPROM lock together (as LeRobot): on + locked, or off + unlocked. Torque off
+        goes out first as one sync write, so that it reaches every servo even on a failing bus."""
+        if not enable:
+            self.bus.sync_write('torque_enable', {servo_id: 0 for servo_id in self.ids})
+        failures = []
+        for servo_id in self.ids:
+            try:
+                self.bus.write(servo_id, 'torque_enable', int(bool(enable)))
+                self.bus.write(servo_id, 'lock', int(bool(enable)))
+            except RobotFault as e:
+                failures.append(e)
+        if failures:
+            raise type(failures[0])('; '.join(str(e) for e in failures))
+
+    def close(self):
+        self.bus.close()
+
+
+def open_arm(name, role, clock=None):
+    """The SO arm `name` of settings.SO_ARMS (its port and calibration file)."""
+    if name not in settings.SO_ARMS:
+        raise KeyError(f"unknown SO arm '{name}': known arms are {', '.join(sorted(settings.SO_ARMS))} "
+                       f'(SO_ARMS in real_robot/settings.py)')
+    arm = settings.SO_ARMS[name]
+    try:
+        return SOArm(name, arm['port'], arm['calibration'], role=role, clock=clock)
+    except CalibrationError as e:
+        raise RobotFault(f"arm '{name}': {e}") from e
