@@ -383,6 +383,8 @@ class Evaluator:
         self.env, self.max_reward = make_env(self.settings)
         self.controller = ChunkedController(self.policy, self.settings.temporal_agg, self.device)
         self.onscreen = self.settings.onscreen_render and not self.settings.real_robot
+        clock = getattr(self.env, 'clock', None)  # real robots: their control rate (SO arms 30 Hz)
+        self.video_fps = round(1 / clock.dt) if getattr(clock, 'dt', None) else VIDEO_FPS
 
     def policy_inputs(self, ts):
         """-> qpos (1, S) normalised, image (1, num_cams, 3, H, W), video frame (H, W * num_cams, 3)."""
@@ -401,7 +403,7 @@ class Evaluator:
             self.env.task.set_object_pose(pose)
         ts = self.env.reset()
         self.controller.reset()
-        video = VideoWriter(video_path) if video_path else None
+        video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
         view = OnscreenView() if self.onscreen else None
         try:
             ts, rewards = self._run_episode(ts, video, view)

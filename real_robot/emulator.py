@@ -115,6 +115,7 @@ class PtyBusEmulator:
         self.servos = servos  # id -> emulated servo (with .silent)
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
+        os.set_blocking(self._master, False)  # a reply nobody reads overflows and is lost, as on a real bus
         self.port = os.ttyname(self._slave)
         self.instructions = []  # (instruction, id) of every packet received, for tests
         self._corrupt = 0
@@ -135,13 +136,17 @@ class PtyBusEmulator:
         self.servos[servo_id].silent = silent
 
     def _send(self, packet):
-        """Write a status packet, spoilt when corrupt_replies asks for it."""
+        """Write a status packet, spoilt when corrupt_replies asks for it; when the driver's input
+        buffer is full (it stopped reading) the packet is lost."""
         packet = bytearray(packet)
         if self._corrupt:
             packet[-1] ^= 0xFF
             if self._corrupt > 0:
                 self._corrupt -= 1
-        os.write(self._master, packet)
+        try:
+            os.write(self._master, packet)
+        except BlockingIOError:
+            pass
 
     ### serving
     def _serve(self):
@@ -155,6 +160,8 @@ class PtyBusEmulator:
                 continue
             try:
                 buffer += os.read(self._master, 4096)
+            except BlockingIOError:
+                continue
             except OSError:
                 return
             while True:

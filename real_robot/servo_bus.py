@@ -73,6 +73,7 @@ class ServoBus:
 
     def _check(self, servo_id, result, error):
         if result != self.sdk.COMM_SUCCESS:
+            self._port_handler.ser.reset_input_buffer()  # replies still coming must not pass for the next ones
             raise ServoCommError(f'{self.where(servo_id)} {self._comm_words(result)}')
         if error:
             raise ServoError(f'{self.where(servo_id)} reports: {self._error_words(servo_id, error)}')

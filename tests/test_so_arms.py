@@ -273,6 +273,7 @@ def test_faults_end_in_torque_off_with_the_servo_named(station, env, capsys, fau
     out = capsys.readouterr().out
     assert 'SAFETY STOP' in out and 'Releasing torque' in out
     emulators['so_follower'].corrupt_replies(0)
+    emulators['so_follower'].wait_idle()
     for servo_id, servo in emulators['so_follower'].servos.items():
         if not servo.silent:
             assert servo.get('torque_enable') == 0, servo_id
@@ -354,8 +355,11 @@ def test_evaluation_runs_the_policy_on_the_arm(station, tmp_path, tiny_act_confi
     policy_config = dict(tiny_act_config, camera_names=['front'], state_dim=6, action_dim=6)
     ckpt_dir = write_tiny_checkpoint(tmp_path / 'ckpt', policy_config, stats)
     config = eval_config(ckpt_dir, policy_config, task_name='tiny_so_task', real_robot=True, episode_len=4,
-                         state_dim=6, action_dim=6, num_rollouts=1, save_video=False)
+                         state_dim=6, action_dim=6, num_rollouts=1)
     eval_bc(config, 'policy_best.ckpt')
+    import imageio
+    with imageio.get_reader(str(ckpt_dir / 'video0.mp4'), format='FFMPEG') as video:
+        assert video.get_meta_data()['fps'] == 30  # the arm's control rate
     goals = emulators['so_follower'].servos[1].goal_history
     assert len(goals) >= 4 and abs(goals[-1] - Units(CALIBRATION).to_raw(pose)[0]) <= 10
     assert all(s.get('torque_enable') == 0 for s in emulators['so_follower'].servos.values())
