@@ -31,11 +31,11 @@ from data import Normalizer, get_norm_stats, image_to_tensor, resize_images
 from episodes import count_episodes
 from files import atomic_path, atomic_write, load_torch_file, remove_stale_temps
 from lerobot_act import is_lerobot_folder
+from policy_runtime import TEMPORAL_AGG_K
 from processes import die_with_parent
 
 ### Fixed evaluation settings (the original's values)
 EVAL_SEED = 1000  # set before the object poses are sampled
-TEMPORAL_AGG_K = 0.01  # ensembling weight exp(-k * i), i = 0 for the oldest prediction
 ONSCREEN_CAM = 'angle'  # camera shown by --onscreen_render
 ONSCREEN_HW = (480, 640)  # size of the onscreen view
 DEFAULT_IMAGE_HW = (480, 640)  # render size when config['image_size'] is None or absent
@@ -63,6 +63,8 @@ class EvalSettings:
     robot_backend: str = 'builtin'
     robot_driver: str = 'auto'
     stats_from: str = None  # an episodes folder whose statistics replace the checkpoint's (--stats_from)
+    runtime: str = 'torch'  # 'onnxruntime': the exported policy through policy_runtime.PolicyRunner
+    export_dir: str = None  # --runtime onnxruntime: the export (default: exported next to the checkpoint)
 
     @classmethod
     def of(cls, config):
@@ -376,12 +378,20 @@ class Evaluator:
     """Everything one process needs to run rollouts: env, policy, normaliser, controller."""
 
     def __init__(self, config, policy, normalizer):
+        """policy and normalizer: the torch policy and its statistics; both None with runtime
+        'onnxruntime', which runs settings.export_dir through a PolicyRunner instead."""
         self.settings = EvalSettings.of(config)
         self.device = self.settings.device
         self.policy = policy
         self.normalizer = normalizer
         self.env, self.max_reward = make_env(self.settings)
-        self.controller = ChunkedController(self.policy, self.settings.temporal_agg, self.device)
+        if self.settings.runtime == 'onnxruntime':
+            from policy_runtime import PolicyRunner
+            self.runner = PolicyRunner(self.settings.export_dir, self.settings.temporal_agg,
+                                       threads=torch.get_num_threads())
+        else:
+            self.runner = None
+            self.controller = ChunkedController(self.policy, self.settings.temporal_agg, self.device)
         self.onscreen = self.settings.onscreen_render and not self.settings.real_robot
         clock = getattr(self.env, 'clock', None)  # real robots: their control rate (SO arms 30 Hz)
         self.video_fps = round(1 / clock.dt) if getattr(clock, 'dt', None) else VIDEO_FPS
@@ -393,6 +403,16 @@ class Evaluator:
         image, frame = get_image(ts, self.settings.camera_names, self.settings.image_size, self.device)
         return qpos, image, frame
 
+    def next_action(self, t, ts):
+        """The action of step t for time step ts, in robot units, and the video frame."""
+        if self.runner is None:
+            qpos, image, frame = self.policy_inputs(ts)
+            return self.normalizer.unnormalize_action(self.controller(t, qpos, image)), frame
+        frames = np.stack([ts.observation['images'][cam] for cam in self.settings.camera_names])  # (K, h, w, 3)
+        frames = resize_images(frames, self.settings.image_size)  # (K, H, W, 3)
+        action = self.runner.act(np.asarray(ts.observation['qpos'], dtype=np.float32), frames)
+        return action, np.concatenate(list(frames), axis=1)
+
     def rollout(self, rollout_id, pose=None, video_path=None):
         """One episode -> dict with rollout_id, episode_return, highest_reward, max_reward, rewards,
         final_qpos, final_env_state (sim), video_path and wall_s."""
@@ -402,7 +422,10 @@ class Evaluator:
         if pose is not None:
             self.env.task.set_object_pose(pose)
         ts = self.env.reset()
-        self.controller.reset()
+        if self.runner is not None:
+            self.runner.reset(seed=EVAL_SEED + rollout_id)
+        else:
+            self.controller.reset()
         video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
         view = OnscreenView() if self.onscreen else None
         try:
@@ -432,10 +455,9 @@ class Evaluator:
             for t in range(self.settings.episode_len):
                 if view is not None:
                     view.show(self.env)
-                qpos, image, frame = self.policy_inputs(ts)
+                action, frame = self.next_action(t, ts)  # (A,) in robot units
                 if video is not None:
                     video.append(frame)
-                action = self.normalizer.unnormalize_action(self.controller(t, qpos, image))  # (A,)
                 ts = self.env.step(action)
                 rewards.append(ts.reward)
         return ts, rewards
@@ -453,7 +475,10 @@ _WORKER = {}  # the Evaluator of a worker process
 def _init_worker(parent_pid, settings, ckpt_name, num_threads):
     die_with_parent(parent_pid)
     torch.set_num_threads(num_threads)
-    _WORKER['evaluator'] = Evaluator(settings, load_policy(settings, ckpt_name), load_stats(settings))
+    if settings.runtime == 'onnxruntime':
+        _WORKER['evaluator'] = Evaluator(settings, None, None)
+    else:
+        _WORKER['evaluator'] = Evaluator(settings, load_policy(settings, ckpt_name), load_stats(settings))
 
 
 def _worker_rollout(job):
@@ -521,9 +546,13 @@ def rollout_results(config, ckpt_name, save_episode=True):
     from train import set_seed
     set_seed(EVAL_SEED)
     settings, num_workers = _checked_settings(EvalSettings.of(config))
-    policy = load_policy(settings, ckpt_name)  # bad inputs fail here, before any worker starts
-    normalizer = load_stats(settings)
-    print(f'Loaded: {policy_file(settings.ckpt_dir, ckpt_name)}')
+    if settings.runtime == 'onnxruntime':
+        settings = dataclasses.replace(settings, export_dir=exported_policy(settings, ckpt_name))
+        policy = normalizer = None
+    else:
+        policy = load_policy(settings, ckpt_name)  # bad inputs fail here, before any worker starts
+        normalizer = load_stats(settings)
+        print(f'Loaded: {policy_file(settings.ckpt_dir, ckpt_name)}')
     if settings.real_robot:
         poses = [None] * settings.num_rollouts
     else:
@@ -534,6 +563,27 @@ def rollout_results(config, ckpt_name, save_episode=True):
     else:
         del policy
         yield from run_parallel(settings, ckpt_name, jobs, num_workers)
+
+
+def exported_policy(settings, ckpt_name):
+    """The export --runtime onnxruntime runs: settings.export_dir, or <ckpt_dir>/export_<checkpoint>
+    (exported now when absent); it must come from the checkpoint being evaluated."""
+    from policy_runtime import ExportError, file_sha256, read_manifest
+    ckpt_path = policy_file(settings.ckpt_dir, ckpt_name)
+    folder = settings.export_dir
+    if folder is None:
+        folder = os.path.join(settings.ckpt_dir, f'export_{os.path.splitext(os.path.basename(ckpt_path))[0]}')
+        if not os.path.isdir(folder):
+            from export_policy import export
+            print(f'Exporting {ckpt_path} to {folder} for --runtime onnxruntime')
+            export(settings, ckpt_name, 'onnx', folder)
+    manifest = read_manifest(folder)
+    if os.path.isfile(ckpt_path) and manifest['source_checkpoint']['sha256'] != file_sha256(ckpt_path):
+        raise ExportError(f'{folder} was exported from another checkpoint than {ckpt_path} (its SHA-256 differs '
+                          f'from policy.json\'s source_checkpoint): export this one, or pass its --export_dir')
+    print(f'Loaded: {folder} ({manifest["format"]}{", " + manifest["quantize"] if manifest["quantize"] else ""}, '
+          f'from {manifest["source_checkpoint"]["file"]})')
+    return folder
 
 
 def _checked_settings(settings):

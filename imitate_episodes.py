@@ -131,7 +131,8 @@ def make_config(args, task_config, policy_config, device):
                                 'temporal_agg', 'num_rollouts', 'eval_ckpt', 'eval_workers', 'robot_backend',
                                 'robot_driver', 'amp', 'batch_size', 'num_steps', 'grad_accum', 'lr_schedule',
                                 'warmup_steps', 'validate_every', 'save_every', 'resume', 'wandb', 'tensorboard',
-                                'clip_grad_norm', 'save_format', 'freeze_backbone', 'stats_from')},
+                                'clip_grad_norm', 'save_format', 'freeze_backbone', 'stats_from', 'runtime',
+                                'export_dir')},
         'episode_len': task_config['episode_len'], 'policy_config': policy_config, 'lr': policy_config['lr'],
         'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
         'camera_names': policy_config['camera_names'], 'real_robot': args['task_name'][:4] != 'sim_',
@@ -660,6 +661,10 @@ def _evaluation_flags(parser):
         '(for a checkpoint that lacks its own, such as a LeRobot folder without normaliser files)')
     add('--no_video', action='store_true', help='evaluation: do not write video{i}.mp4')
     add('--eval_workers', type=int, default=1, help='evaluation: parallel rollout processes')
+    add('--runtime', choices=('torch', 'onnxruntime'), default='torch', help='evaluation: run the policy in '
+        'torch, or its ONNX export through policy_runtime.PolicyRunner (exported to --ckpt_dir/export_<checkpoint> '
+        'when --export_dir is not given)')
+    add('--export_dir', help='--runtime onnxruntime: the folder export_policy.py wrote (e.g. an int8 export)')
     add('--robot_backend', choices=('builtin', 'aloha_scripts'), default='builtin',
         help='real robot: our drivers or the aloha_scripts/ROS stack')
     add('--robot_driver', choices=('auto', 'interbotix', 'dynamixel', 'sim', 'feetech'), default='auto',

@@ -1,0 +1,235 @@
+"""Deployment: export_policy.py's ONNX and TorchScript exports equal the eager policy, policy_runtime
+runs them without torch, evaluation through the runtime plays the same actions, int8 stays close, and
+a corrupted or mismatched export or bad input is refused with a message naming what was expected."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import export_policy
+from checkpoint import make_run_config, write_config
+from policy import make_policy
+from policy_runtime import ExportError, PolicyRunner
+from tests.helpers import (ROOT, TASK, TINY_ACT_CONFIG, TINY_IMAGE_HW, eval_config, start_pose_stats,
+                           write_tiny_checkpoint)
+
+CAMERAS = ['top', 'angle']
+TINY_DIFFUSION_CONFIG = {'camera_names': CAMERAS, 'num_queries': 4, 'action_horizon': 2, 'down_dims': (16, 32),
+                         'num_inference_steps': 2, 'lr': 1e-3, 'pretrained_backbone': False, 'obs_horizon': 2}
+CNNMLP_HW = (392, 392)  # the smallest square the CNNMLP head accepts
+TOLERANCE = 1e-5
+
+
+def tiny_run(folder, policy_class, policy_config, image_hw=TINY_IMAGE_HW):
+    """A training folder: an untrained policy, statistics near the start pose, and config.json."""
+    stats = start_pose_stats([0, -0.96, 1.16, 0, -0.3, 0], 1.0, 0.02)
+    stats.update(action_min=stats['action_mean'] - 0.5, action_max=stats['action_mean'] + 0.5)
+    write_tiny_checkpoint(folder, policy_config, stats, policy_class)
+    cfg = make_policy(policy_class, policy_config, load_pretrained=False).cfg
+    write_config(folder, make_run_config(policy_class, cfg, TASK, image_hw))
+    return str(folder)
+
+
+def export(ckpt_dir, out, *flags):
+    export_policy.main(['--ckpt_dir', ckpt_dir, '--out', str(out), *flags])
+    return str(out)
+
+
+@pytest.fixture(scope='module')
+def act_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('act')
+    ckpt_dir = tiny_run(folder / 'ckpt', 'ACT', dict(TINY_ACT_CONFIG, camera_names=CAMERAS))
+    return ckpt_dir, export(ckpt_dir, folder / 'onnx', '--format', 'onnx')
+
+
+def eager_and_exported(ckpt_dir, folder, obs_horizon=None):
+    """(eager, exported) raw action chunks for batches 1 and 3 of data-like inputs."""
+    from evaluate import load_policy, load_stats
+    config = eval_config(ckpt_dir, json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_config'],
+                         policy_class=json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_class'],
+                         camera_names=CAMERAS)
+    policy, normalizer = load_policy(config, 'policy_best.ckpt'), load_stats(config)
+    runner = PolicyRunner(folder)
+    cfg = dict(policy.cfg, image_size=runner.image_size, camera_names=CAMERAS)
+    pairs = []
+    for batch in (1, 3):
+        qpos, images = (x.numpy() for x in export_policy.example_observation(cfg, batch, obs_horizon))
+        noise = export_policy.diffusion_noise(policy, batch, seed=7) if obs_horizon else None
+        exported = runner.query(qpos, images, noise=noise)
+        eager = export_policy.eager_chunks(policy, normalizer, qpos, images, seed=7)
+        assert exported.shape == eager.shape == (batch, policy.num_queries, 14)
+        pairs.append((eager, exported))
+    return pairs
+
+
+def test_act_onnx_equals_eager_over_batches_and_two_cameras(act_export):
+    ckpt_dir, folder = act_export
+    manifest = json.load(open(os.path.join(folder, 'policy.json')))
+    assert manifest['camera_names'] == CAMERAS and manifest['image_size'] == list(TINY_IMAGE_HW)
+    assert manifest['chunk_size'] == 5 and manifest['control_hz'] == 50 and manifest['policy_class'] == 'ACT'
+    for eager, exported in eager_and_exported(ckpt_dir, folder):
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path):
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', TINY_DIFFUSION_CONFIG)
+    folder = export(ckpt_dir, tmp_path / 'onnx')
+    assert sorted(os.listdir(folder)) == ['denoiser.onnx', 'encoder.onnx', 'policy.json']
+    for eager, exported in eager_and_exported(ckpt_dir, folder, obs_horizon=2):
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+def test_act_torchscript_equals_eager(act_export, tmp_path):
+    ckpt_dir, _ = act_export
+    folder = export(ckpt_dir, tmp_path / 'ts', '--format', 'torchscript')
+    for eager, exported in eager_and_exported(ckpt_dir, folder):
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_cnnmlp_onnx_equals_eager(tmp_path):
+    config = {'camera_names': CAMERAS, 'lr': 1e-4, 'backbone': 'resnet18', 'pretrained_backbone': False,
+              'image_size': CNNMLP_HW, 'state_dim': 14, 'action_dim': 14}
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'CNNMLP', config, CNNMLP_HW)
+    for eager, exported in eager_and_exported(ckpt_dir, export(ckpt_dir, tmp_path / 'onnx')):
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_int8_export_runs_and_stays_close(act_export, tmp_path):
+    ckpt_dir, fp32 = act_export
+    folder = export(ckpt_dir, tmp_path / 'int8', '--quantize', 'int8')
+    assert json.load(open(os.path.join(folder, 'policy.json')))['quantize'] == 'int8'
+    assert os.path.getsize(os.path.join(folder, 'policy.onnx')) < os.path.getsize(os.path.join(fp32, 'policy.onnx'))
+    for eager, exported in eager_and_exported(ckpt_dir, folder):
+        # the tiny model's actions spread about 0.1 around the start pose (action_std 0.02)
+        assert np.abs(exported - eager).max() < 0.05
+
+
+def test_the_runtime_imports_and_runs_without_torch(act_export):
+    _, folder = act_export
+    script = ('import sys; sys.modules["torch"] = None\n'
+              'import numpy as np\n'
+              'from policy_runtime import PolicyRunner\n'
+              f'runner = PolicyRunner({folder!r}, temporal_agg=True)\n'
+              'images = np.zeros((2, 24, 32, 3), np.uint8)\n'
+              'actions = [runner.act(np.zeros(14, np.float32), images) for _ in range(3)]\n'
+              'assert "torch" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}\n'
+              'print(np.shape(actions))\n')
+    done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '(3, 14)'
+
+
+def rollout_steps(evaluator):
+    """One rollout of `evaluator`: the time steps the policy saw and the actions it sent, in order."""
+    step, seen, played = evaluator.env.step, [], []
+
+    def recorded(action):
+        played.append(np.array(action))
+        seen.append(ts := step(action))
+        return ts
+    reset = evaluator.env.reset
+    evaluator.env.reset = lambda: seen.append(ts := reset()) or ts
+    evaluator.env.step = recorded
+    evaluator.rollout(0)
+    return seen[:-1], np.array(played)
+
+
+@pytest.mark.parametrize('temporal_agg', [True, False])
+def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temporal_agg):
+    """The same observations through the eager controller and through the runtime give the same actions."""
+    import dataclasses
+    from evaluate import EvalSettings, Evaluator, load_policy, load_stats
+    ckpt_dir, folder = act_export
+    config = eval_config(ckpt_dir, dict(TINY_ACT_CONFIG, camera_names=CAMERAS), camera_names=CAMERAS,
+                         temporal_agg=temporal_agg, episode_len=12)
+    settings = EvalSettings.of(config)
+    timesteps, eager = rollout_steps(Evaluator(settings, load_policy(settings, 'policy_best.ckpt'),
+                                               load_stats(settings)))
+    runtime = Evaluator(dataclasses.replace(settings, runtime='onnxruntime', export_dir=folder), None, None)
+    runtime.runner.reset()
+    exported = np.array([runtime.next_action(t, ts)[0] for t, ts in enumerate(timesteps)])
+    assert eager.shape == exported.shape == (12, 14)
+    np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+def evaluate_with_onnxruntime(ckpt_dir, *flags):
+    """imitate_episodes.py --eval --runtime onnxruntime on ckpt_dir: one rollout of 4 steps."""
+    import imitate_episodes
+    from evaluate import eval_bc
+    args = vars(imitate_episodes.build_parser().parse_args([
+        '--eval', '--ckpt_dir', ckpt_dir, '--runtime', 'onnxruntime', '--num_rollouts', '1', '--no_video',
+        '--image_size', *map(str, TINY_IMAGE_HW), *flags]))
+    config = dict(imitate_episodes.eval_config(imitate_episodes.with_default_folder(args), 'cpu'), episode_len=4)
+    return eval_bc(config, 'policy_best.ckpt', save_episode=False)
+
+
+def test_imitate_episodes_evaluates_an_export_and_checks_its_source(act_export, tmp_path):
+    ckpt_dir, folder = act_export
+    evaluate_with_onnxruntime(ckpt_dir, '--export_dir', folder)
+    assert os.path.isfile(os.path.join(ckpt_dir, 'result_policy_best.txt'))
+    other = tiny_run(tmp_path / 'other', 'ACT', dict(TINY_ACT_CONFIG, camera_names=CAMERAS))
+    with pytest.raises(ExportError, match='exported from another checkpoint'):
+        evaluate_with_onnxruntime(other, '--export_dir', folder)
+
+
+@pytest.mark.slow
+def test_imitate_episodes_exports_next_to_the_checkpoint(act_export, tmp_path):
+    run = str(tmp_path / 'run')
+    shutil.copytree(act_export[0], run)
+    evaluate_with_onnxruntime(run)
+    assert os.path.isfile(os.path.join(run, 'export_policy_best', 'policy.onnx'))
+
+
+def test_a_corrupted_or_mismatched_export_is_refused(act_export, tmp_path):
+    _, folder = act_export
+    broken = str(tmp_path / 'broken')
+    shutil.copytree(folder, broken)
+    with open(os.path.join(broken, 'policy.onnx'), 'r+b') as f:
+        f.seek(-100, os.SEEK_END)
+        f.write(b'\x00' * 10)
+    with pytest.raises(ExportError, match=r'policy\.onnx: does not match .*policy\.json.*corrupted'):
+        PolicyRunner(broken)
+    mismatched = str(tmp_path / 'mismatched')
+    shutil.copytree(folder, mismatched)
+    manifest = json.load(open(os.path.join(mismatched, 'policy.json')))
+    manifest['camera_names'] = ['top']
+    json.dump(manifest, open(os.path.join(mismatched, 'policy.json'), 'w'))
+    with pytest.raises(ExportError, match=r"'images' has shape .* but policy\.json describes \['B', 1, 24, 32, 3\]"):
+        PolicyRunner(mismatched)
+    with pytest.raises(ExportError, match=r'policy\.json: not found; export the policy first'):
+        PolicyRunner(str(tmp_path))
+
+
+def test_bad_inputs_name_the_expected_shapes(act_export):
+    runner = PolicyRunner(act_export[1])
+    images = np.zeros((1, 2, 24, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r'qpos of shape \(1, 10\).*\(1, 14\)'):
+        runner.query(np.zeros((1, 10)), images)
+    with pytest.raises(ValueError, match=r'expects uint8 \(1, 2, 24, 32, 3\).*2 cameras \[top, angle\].*resize'):
+        runner.query(np.zeros((1, 14)), np.zeros((1, 2, 48, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match=r'2 cameras'):
+        runner.query(np.zeros((1, 14)), images[:, :1])
+    with pytest.raises(ValueError, match='dtype float64'):
+        runner.query(np.zeros((1, 14)), images.astype(float))
+
+
+def test_export_without_statistics_names_the_file(act_export, tmp_path, capsys):
+    ckpt_dir, _ = act_export
+    run = str(tmp_path / 'run')
+    shutil.copytree(ckpt_dir, run)
+    os.remove(os.path.join(run, 'dataset_stats.pkl'))
+    with pytest.raises(SystemExit):
+        export(run, tmp_path / 'out')
+    assert 'dataset_stats.pkl' in capsys.readouterr().err and not os.path.exists(tmp_path / 'out')
+
+
+def test_export_help_works():
+    done = subprocess.run([sys.executable, 'export_policy.py', '--help'], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and '--quantize' in done.stdout
