@@ -63,7 +63,7 @@ class EvalSettings:
     robot_backend: str = 'builtin'
     robot_driver: str = 'auto'
     stats_from: str = None  # an episodes folder whose statistics replace the checkpoint's (--stats_from)
-    runtime: str = 'torch'  # 'onnxruntime': the exported policy through policy_runtime.PolicyRunner
+    runtime: str = 'torch'  # 'onnxruntime' / 'openvino': the exported policy through policy_runtime.PolicyRunner
     export_dir: str = None  # --runtime onnxruntime: the export (default: exported next to the checkpoint)
 
     @classmethod
@@ -385,10 +385,10 @@ class Evaluator:
         self.policy = policy
         self.normalizer = normalizer
         self.env, self.max_reward = make_env(self.settings)
-        if self.settings.runtime == 'onnxruntime':
+        if self.settings.runtime != 'torch':
             from policy_runtime import PolicyRunner
             self.runner = PolicyRunner(self.settings.export_dir, self.settings.temporal_agg,
-                                       threads=torch.get_num_threads())
+                                       threads=torch.get_num_threads(), engine=self.settings.runtime)
         else:
             self.runner = None
             self.controller = ChunkedController(self.policy, self.settings.temporal_agg, self.device)
@@ -475,7 +475,7 @@ _WORKER = {}  # the Evaluator of a worker process
 def _init_worker(parent_pid, settings, ckpt_name, num_threads):
     die_with_parent(parent_pid)
     torch.set_num_threads(num_threads)
-    if settings.runtime == 'onnxruntime':
+    if settings.runtime != 'torch':
         _WORKER['evaluator'] = Evaluator(settings, None, None)
     else:
         _WORKER['evaluator'] = Evaluator(settings, load_policy(settings, ckpt_name), load_stats(settings))
@@ -546,7 +546,7 @@ def rollout_results(config, ckpt_name, save_episode=True):
     from train import set_seed
     set_seed(EVAL_SEED)
     settings, num_workers = _checked_settings(EvalSettings.of(config))
-    if settings.runtime == 'onnxruntime':
+    if settings.runtime != 'torch':
         settings = dataclasses.replace(settings, export_dir=exported_policy(settings, ckpt_name))
         policy = normalizer = None
     else:
@@ -566,7 +566,7 @@ def rollout_results(config, ckpt_name, save_episode=True):
 
 
 def exported_policy(settings, ckpt_name):
-    """The export --runtime onnxruntime runs: settings.export_dir, or <ckpt_dir>/export_<checkpoint>
+    """The export --runtime onnxruntime / openvino runs: settings.export_dir, or <ckpt_dir>/export_<checkpoint>
     (exported now when absent); it must come from the checkpoint being evaluated."""
     from policy_runtime import ExportError, file_sha256, read_manifest
     ckpt_path = policy_file(settings.ckpt_dir, ckpt_name)
@@ -575,7 +575,7 @@ def exported_policy(settings, ckpt_name):
         folder = os.path.join(settings.ckpt_dir, f'export_{os.path.splitext(os.path.basename(ckpt_path))[0]}')
         if not os.path.isdir(folder):
             from export_policy import export
-            print(f'Exporting {ckpt_path} to {folder} for --runtime onnxruntime')
+            print(f'Exporting {ckpt_path} to {folder} for --runtime {settings.runtime}')
             export(settings, ckpt_name, 'onnx', folder)
     manifest = read_manifest(folder)
     if os.path.isfile(ckpt_path) and manifest['source_checkpoint']['sha256'] != file_sha256(ckpt_path):

@@ -661,10 +661,10 @@ def _evaluation_flags(parser):
         '(for a checkpoint that lacks its own, such as a LeRobot folder without normaliser files)')
     add('--no_video', action='store_true', help='evaluation: do not write video{i}.mp4')
     add('--eval_workers', type=int, default=1, help='evaluation: parallel rollout processes')
-    add('--runtime', choices=('torch', 'onnxruntime'), default='torch', help='evaluation: run the policy in '
-        'torch, or its ONNX export through policy_runtime.PolicyRunner (exported to --ckpt_dir/export_<checkpoint> '
-        'when --export_dir is not given)')
-    add('--export_dir', help='--runtime onnxruntime: the folder export_policy.py wrote (e.g. an int8 export)')
+    add('--runtime', choices=('torch', 'onnxruntime', 'openvino'), default='torch', help='evaluation: run the '
+        'policy in torch, or its ONNX export through policy_runtime.PolicyRunner on onnxruntime or OpenVINO '
+        '(exported to --ckpt_dir/export_<checkpoint> when --export_dir is not given)')
+    add('--export_dir', help='--runtime onnxruntime/openvino: the folder export_policy.py wrote (e.g. an int8 export)')
     add('--robot_backend', choices=('builtin', 'aloha_scripts'), default='builtin',
         help='real robot: our drivers or the aloha_scripts/ROS stack')
     add('--robot_driver', choices=('auto', 'interbotix', 'dynamixel', 'sim', 'feetech'), default='auto',

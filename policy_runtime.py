@@ -7,11 +7,12 @@
     chunk = runner.query(qpos_batch, image_batch)   # (B, state_dim), (B, cams, H, W, 3) -> (B, chunk, action_dim)
 
 Everything is in robot units: the dataset statistics and the image normalisation are inside the
-exported graph. act() follows evaluation (evaluate.ChunkedController): a query every action_horizon
-steps whose chunk is played step by step, or with temporal_agg a query every step and the weighted
-average of every chunk's prediction for this step (weights exp(-0.01 i), i = 0 the oldest). A
-Diffusion export is its observation encoder and its denoising network; the DDIM sampling loop runs
-here with the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
+exported graph. ONNX exports run on onnxruntime, or on OpenVINO with engine='openvino' (fp32 kept).
+act() follows evaluation (evaluate.ChunkedController): a query every action_horizon steps whose
+chunk is played step by step, or with temporal_agg a query every step and the weighted average of
+every chunk's prediction for this step (weights exp(-0.01 i), i = 0 the oldest). A Diffusion
+export is its observation encoder and its denoising network; the DDIM sampling loop runs here with
+the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
 """
 import collections
 import hashlib
@@ -22,6 +23,7 @@ import numpy as np
 
 MANIFEST = 'policy.json'
 FORMAT_VERSION = 1
+ENGINES = ('onnxruntime', 'openvino')  # what runs an ONNX export
 TEMPORAL_AGG_K = 0.01  # ensembling weight exp(-k * i), i = 0 for the oldest prediction (the original's k)
 REQUIRED_KEYS = ('format_version', 'policy_class', 'format', 'files', 'camera_names', 'image_size', 'state_dim',
                  'action_dim', 'chunk_size', 'action_horizon', 'obs_horizon')
@@ -67,11 +69,19 @@ def read_manifest(folder):
 
 
 class _Session:
-    """One exported graph behind run(inputs dict) -> outputs list: onnxruntime or TorchScript."""
+    """One exported graph behind run(inputs dict) -> outputs list: onnxruntime or OpenVINO (ONNX files),
+    or TorchScript."""
 
-    def __init__(self, path, fmt, threads):
+    def __init__(self, path, fmt, threads, engine='onnxruntime'):
         self.path = path
-        if fmt == 'onnx':
+        if fmt == 'onnx' and engine == 'openvino':
+            import openvino
+            compiled = openvino.Core().compile_model(path, 'CPU', {
+                'INFERENCE_PRECISION_HINT': 'f32', **({'INFERENCE_NUM_THREADS': threads} if threads else {})})
+            self.inputs = {name: [d.get_length() if d.is_static else 'batch' for d in port.partial_shape]
+                           for port in compiled.inputs for name in port.get_names()}
+            self.run = lambda feeds: list(compiled(feeds).to_tuple())
+        elif fmt == 'onnx':
             import onnxruntime
             options = onnxruntime.SessionOptions()
             if threads:
@@ -126,9 +136,10 @@ class DDIM:
 
 
 class PolicyRunner:
-    """An exported policy: query() for raw action chunks, act() for one action per control step."""
+    """An exported policy: query() for raw action chunks, act() for one action per control step.
+    engine: 'onnxruntime', or 'openvino' (faster on many x86 CPUs; fp32 kept) for ONNX exports."""
 
-    def __init__(self, folder, temporal_agg=False, threads=None, seed=0):
+    def __init__(self, folder, temporal_agg=False, threads=None, seed=0, engine='onnxruntime'):
         self.folder = folder
         self.manifest = m = read_manifest(folder)
         self.policy_class = m['policy_class']
@@ -137,7 +148,9 @@ class PolicyRunner:
         self.chunk_size, self.action_horizon, self.obs_horizon = m['chunk_size'], m['action_horizon'], m['obs_horizon']
         self.temporal_agg = temporal_agg
         self.rng = np.random.default_rng(seed)  # Diffusion's sampling noise
-        self.sessions = {role: _Session(os.path.join(folder, entry['name']), m['format'], threads)
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        self.sessions = {role: _Session(os.path.join(folder, entry['name']), m['format'], threads, engine)
                          for role, entry in m['files'].items()}
         self._check_graphs()
         if self.policy_class == 'Diffusion':

@@ -19,3 +19,5 @@ def test_smoke_suite_prints_every_report():
     assert report['policy_latency']['cpu']['act_query']['max_abs_diff_fp32'] < 1e-4
     assert report['train_step']['cases']['small_off']['max_rel_diff_vs_reference'] < 1e-5
     assert report['real_robot_loop']['achieved_hz'] > 0 and report['real_robot_loop']['so101']['achieved_hz'] > 0
+    deployed = report['deploy_latency']['configs']['cpu_recipe']['threads_1']
+    assert deployed['onnxruntime_fp32']['max_abs_diff_vs_eager_fp32'] < 1e-4

@@ -46,14 +46,14 @@ def act_export(tmp_path_factory):
     return ckpt_dir, export(ckpt_dir, folder / 'onnx', '--format', 'onnx')
 
 
-def eager_and_exported(ckpt_dir, folder, obs_horizon=None):
+def eager_and_exported(ckpt_dir, folder, obs_horizon=None, engine='onnxruntime'):
     """(eager, exported) raw action chunks for batches 1 and 3 of data-like inputs."""
     from evaluate import load_policy, load_stats
     config = eval_config(ckpt_dir, json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_config'],
                          policy_class=json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_class'],
                          camera_names=CAMERAS)
     policy, normalizer = load_policy(config, 'policy_best.ckpt'), load_stats(config)
-    runner = PolicyRunner(folder)
+    runner = PolicyRunner(folder, engine=engine)
     cfg = dict(policy.cfg, image_size=runner.image_size, camera_names=CAMERAS)
     pairs = []
     for batch in (1, 3):
@@ -81,6 +81,11 @@ def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path):
     folder = export(ckpt_dir, tmp_path / 'onnx')
     assert sorted(os.listdir(folder)) == ['denoiser.onnx', 'encoder.onnx', 'policy.json']
     for eager, exported in eager_and_exported(ckpt_dir, folder, obs_horizon=2):
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+def test_act_onnx_on_openvino_equals_eager(act_export):
+    for eager, exported in eager_and_exported(*act_export, engine='openvino'):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
 
