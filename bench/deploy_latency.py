@@ -90,13 +90,10 @@ def observations(camera_names, image_size, dataset_dir, count, rng):
 
 
 def eager_fns(settings, threads):
-    """{'original', 'eager_fp32'}: raw (qpos (S,), images (K, H, W, 3)) -> raw chunk (chunk, A), in torch."""
+    """{'eager_fp32', and for ACT 'original'}: raw (qpos (S,), images (K, H, W, 3)) -> raw chunk (chunk, A)."""
     from evaluate import load_policy, load_stats
     from export_policy import images_to_unit
     policy, normalizer = load_policy(settings, 'policy_best.ckpt').eval(), load_stats(settings)
-    reference = copy.deepcopy(policy)
-    for joiner in reference.model.backbones:
-        joiner[0].body.to(memory_format=torch.contiguous_format)
 
     def run(forward):
         def query(qpos, images):
@@ -106,14 +103,20 @@ def eager_fns(settings, threads):
                 image = images_to_unit(torch.from_numpy(images))[None]  # (1, K, 3, H, W)
                 return normalizer.unnormalize_action(forward(q, image)[0].numpy())
         return query
-    return {'original': run(lambda q, im: original_forward(reference.model, q, reference.normalize(im))[0]),
-            'eager_fp32': run(lambda q, im: policy.action_chunk(q, im))}
+    fns = {'eager_fp32': run(lambda q, im: policy.action_chunk(q, im))}
+    if policy.policy_class == 'ACT':
+        reference = copy.deepcopy(policy)
+        for joiner in reference.model.backbones:
+            joiner[0].body.to(memory_format=torch.contiguous_format)
+        fns['original'] = run(lambda q, im: original_forward(reference.model, q, reference.normalize(im))[0])
+    return fns
 
 
 def runner_fn(folder, threads, engine='onnxruntime'):
     from policy_runtime import PolicyRunner
     runner = PolicyRunner(folder, threads=threads, engine=engine)
-    return lambda qpos, images: runner.query(qpos[None], images[None])[0]
+    batch = (None,) * (2 if runner.policy_class == 'Diffusion' else 1)  # Diffusion: an obs_horizon axis of 1
+    return lambda qpos, images: runner.query(qpos[batch], images[batch])[0]
 
 
 def timings(fns, obs, reps):
@@ -214,10 +217,8 @@ def bench_diffusion(work, args):
     act_folder = os.path.join(work, 'readme_onnxruntime_fp32')
     if not os.path.isdir(act_folder):
         export(eval_settings(act_dir), 'policy_best.ckpt', 'onnx', act_folder)
-    from policy_runtime import PolicyRunner
-    diffusion_runner = PolicyRunner(folder, threads=threads)
     fns = {'diffusion_eager': eager_fns(settings, threads)['eager_fp32'],
-           'diffusion_onnxruntime': lambda q, im: diffusion_runner.query(q[None], im[None])[0],
+           'diffusion_onnxruntime': runner_fn(folder, threads),
            'diffusion_openvino': runner_fn(folder, threads, 'openvino'),
            'act_eager': eager_fns(eval_settings(act_dir), threads)['eager_fp32'],
            'act_onnxruntime': runner_fn(act_folder, threads)}
@@ -246,7 +247,8 @@ def main(args):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--configs', nargs='+', choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument('--configs', nargs='*', choices=list(CONFIGS), default=list(CONFIGS),
+                        help='ACT configs to measure (none: the Diffusion query only)')
     parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads of every runtime')
     parser.add_argument('--reps', type=int, default=20, help='timed queries per runtime and thread count')
     parser.add_argument('--diffusion_steps', type=int, default=10, help='DDIM steps of the Diffusion query')
