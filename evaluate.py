@@ -565,11 +565,20 @@ def rollout_results(config, ckpt_name, save_episode=True):
         yield from run_parallel(settings, ckpt_name, jobs, num_workers)
 
 
+def source_file(settings, ckpt_name):
+    """The weights file the checkpoint `ckpt_name` is read from (a LeRobot folder's model.safetensors)."""
+    path = policy_file(settings.ckpt_dir, ckpt_name)
+    if not os.path.isfile(path) and is_lerobot_folder(settings.ckpt_dir):
+        from lerobot_act import MODEL_FILE
+        return os.path.join(settings.ckpt_dir, MODEL_FILE)
+    return path
+
+
 def exported_policy(settings, ckpt_name):
     """The export --runtime onnxruntime / openvino runs: settings.export_dir, or <ckpt_dir>/export_<checkpoint>
     (exported now when absent); it must come from the checkpoint being evaluated."""
     from policy_runtime import ExportError, file_sha256, read_manifest
-    ckpt_path = policy_file(settings.ckpt_dir, ckpt_name)
+    ckpt_path = source_file(settings, ckpt_name)
     folder = settings.export_dir
     if folder is None:
         folder = os.path.join(settings.ckpt_dir, f'export_{os.path.splitext(os.path.basename(ckpt_path))[0]}')

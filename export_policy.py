@@ -236,8 +236,7 @@ def compare_with_eager(folder, policy, normalizer, cfg):
 def export(config, ckpt_name, fmt, out, quantize=None, overwrite=False):
     """Export the checkpoint `ckpt_name` of the evaluation config `config` (a dict or EvalSettings) into
     the folder `out` (built in out.partial, then renamed) -> (policy.json dict, max action difference to eager)."""
-    from checkpoint import policy_file
-    from evaluate import EvalSettings, load_policy, load_stats
+    from evaluate import EvalSettings, load_policy, load_stats, source_file
     settings = EvalSettings.of(config)
     if quantize and fmt != 'onnx':
         raise ValueError(f'--quantize {quantize}: only ONNX exports are quantised (use --format onnx)')
@@ -258,7 +257,7 @@ def export(config, ckpt_name, fmt, out, quantize=None, overwrite=False):
                 quantize_int8(os.path.join(work, name))
             files[role] = {'name': name, 'sha256': file_sha256(os.path.join(work, name)),
                            'inputs': list(names), 'output': output}
-        info = manifest(settings, policy, normalizer, fmt, quantize, files, policy_file(settings.ckpt_dir, ckpt_name))
+        info = manifest(settings, policy, normalizer, fmt, quantize, files, source_file(settings, ckpt_name))
         atomic_write(os.path.join(work, MANIFEST), lambda f: json.dump(info, f, indent=2), mode='w')
         difference = compare_with_eager(work, policy, normalizer, cfg)
         if not quantize and difference > FP32_TOLERANCE:

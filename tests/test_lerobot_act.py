@@ -413,3 +413,14 @@ def test_keep_init_stats_takes_the_checkpoints_statistics(tmp_path):
         base + ['--ckpt_dir', str(tmp_path / 'b'), '--keep_init_stats'])))
     written = Normalizer.load(str(tmp_path / 'b' / 'dataset_stats.pkl')).stats
     assert np.array_equal(written['qpos_mean'], stats['qpos_mean'])
+
+
+@pytest.mark.slow
+def test_a_lerobot_checkpoint_exports_for_the_runtime(lerobot_folder, tmp_path):
+    import json
+
+    import export_policy
+    out = tmp_path / 'onnx'
+    export_policy.main(['--ckpt_dir', lerobot_folder, '--out', str(out), '--task_name', 'sim_transfer_cube'])
+    manifest = json.loads((out / 'policy.json').read_text())  # the export matched the eager policy to 1e-4
+    assert manifest['source_checkpoint']['file'] == 'model.safetensors' and manifest['camera_names'] == CAMERAS
