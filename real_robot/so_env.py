@@ -38,9 +38,13 @@ class SOEnv(RobotEnv):
     safe_pose = settings.SO_SAFE_POSE
 
     def _setup_robots(self):
-        """Servo set-up, then torque on only when every joint is within its calibrated range."""
+        """Servo set-up (torque off meanwhile), then power on."""
         for arm in self.bots:
             arm.configure()
+        self._power_on()
+
+    def _power_on(self):
+        """Torque on, holding the present pose, only when every joint is within its calibrated range."""
         for arm in self.bots:
             arm.check_in_range(arm.read_raw()[:, 0])
         for arm in self.bots:
@@ -86,7 +90,7 @@ class SOEnv(RobotEnv):
             self.watchdog.disarm()
         if not fake:
             self._engaged = True
-            self._setup_robots()
+            self._power_on()
         self._targets = None
         return self._first_step()
 
