@@ -89,6 +89,7 @@ def test_act_onnx_on_openvino_equals_eager(act_export):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_act_torchscript_equals_eager(act_export, tmp_path):
     ckpt_dir, _ = act_export
     folder = export(ckpt_dir, tmp_path / 'ts', '--format', 'torchscript')
@@ -146,7 +147,7 @@ def rollout_steps(evaluator):
     return seen[:-1], np.array(played)
 
 
-@pytest.mark.parametrize('temporal_agg', [True, False])
+@pytest.mark.parametrize('temporal_agg', [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temporal_agg):
     """The same observations through the eager controller and through the runtime give the same actions."""
     import dataclasses

@@ -17,6 +17,7 @@ import os
 import pickle
 import resource
 import signal
+import types
 import subprocess
 import sys
 import time
@@ -327,7 +328,7 @@ def test_recording_evaluation_and_loader_workers_die_with_their_parent(monkeypat
     monkeypatch.setattr(evaluate, 'Evaluator', lambda *args: None)
     monkeypatch.setattr(evaluate, 'load_policy', lambda *args: None)
     monkeypatch.setattr(evaluate, 'load_stats', lambda *args: None)
-    evaluate._init_worker(12, None, 'policy_best.ckpt', torch.get_num_threads())
+    evaluate._init_worker(12, types.SimpleNamespace(runtime='torch'), 'policy_best.ckpt', torch.get_num_threads())
     signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         loader = load_data(dataset(tmp_path / 'data'), 5, ['top'], 2, 2, num_workers=1)[0]
