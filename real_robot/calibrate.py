@@ -17,25 +17,10 @@ import threading
 from real_robot import feetech_protocol as F
 from real_robot import settings
 from real_robot.bots import RobotFault
-from real_robot.feetech import CalibrationError, FeetechBus, load_calibration, save_calibration
+from real_robot.feetech import CalibrationError, load_calibration, open_so_bus, save_calibration
 
 HALF_TURN = (F.RESOLUTION - 1) // 2  # 2047: the position the middle of the range reads after homing
 SWEEP_PERIOD_S = 0.02  # how often positions are read while the joints are swept
-
-
-def open_bus(name, port):
-    """The arm's bus with its six STS3215 servos checked (ping and model number)."""
-    bus = FeetechBus(name, port, labels=dict(zip(settings.SO_SERVO_IDS, settings.SO_JOINTS)))
-    try:
-        for servo_id in settings.SO_SERVO_IDS:
-            model = bus.ping(servo_id)
-            if model != F.STS3215_MODEL_NUMBER:
-                raise RobotFault(f'{bus.where(servo_id)} has model number {model}, expected '
-                                 f'{F.STS3215_MODEL_NUMBER} (STS3215)')
-    except BaseException:
-        bus.close()
-        raise
-    return bus
 
 
 def release(bus):
@@ -112,7 +97,7 @@ def main(args):
     if port is None or out is None:
         raise ValueError(f"--arm {arm}: not in SO_ARMS (real_robot/settings.py); give --port and --out")
     print(f"Calibrating the {args['robot'].upper()} {args['role']} on {port}; calibration file {out}")
-    bus = open_bus(arm, port)
+    bus = open_so_bus(arm, port)
     try:
         if args.get('from_file'):
             calibration = load_calibration(args['from_file'])

@@ -152,6 +152,21 @@ class Units:
 
 
 ### the arm
+def open_so_bus(name, port):
+    """An SO arm's bus with its six servos checked: each answers a ping with STS3215's model number."""
+    bus = FeetechBus(name, port, labels=dict(zip(settings.SO_SERVO_IDS, settings.SO_JOINTS)))
+    try:
+        for servo_id in settings.SO_SERVO_IDS:
+            model = bus.ping(servo_id)
+            if model != F.STS3215_MODEL_NUMBER:
+                raise RobotFault(f'{bus.where(servo_id)} has model number {model}, expected '
+                                 f'{F.STS3215_MODEL_NUMBER} (STS3215): check the servo IDs and the port')
+    except BaseException:
+        bus.close()
+        raise
+    return bus
+
+
 class SOArm(Bot):
     """One SO-100 / SO-101 arm (5 joints and a gripper) on its own bus, in calibrated units.
 
@@ -166,19 +181,15 @@ class SOArm(Bot):
         self.calibration = load_calibration(calibration_path)
         self.units = Units(self.calibration, body_units)
         self.ids = tuple(settings.SO_SERVO_IDS)
-        self.bus = FeetechBus(name, port, labels=dict(zip(self.ids, settings.SO_JOINTS)))
+        self.bus = open_so_bus(name, port)
         try:
-            self._check_servos()
+            self._check_calibration()
         except BaseException:
             self.bus.close()
             raise
 
-    def _check_servos(self):
-        for servo_id in self.ids:
-            model = self.bus.ping(servo_id)
-            if model != F.STS3215_MODEL_NUMBER:
-                raise RobotFault(f'{self.bus.where(servo_id)} has model number {model}, expected '
-                                 f'{F.STS3215_MODEL_NUMBER} (STS3215): check the servo IDs and the port')
+    def _check_calibration(self):
+        """The file's calibration must be the one the servos hold."""
         stored = {}
         for joint, servo_id in zip(settings.SO_JOINTS, self.ids):
             stored[joint] = {key: self.bus.read(servo_id, register) for key, register in (
