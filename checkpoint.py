@@ -51,9 +51,10 @@ def policy_file(ckpt_dir, name):
     return path
 
 
-def make_run_config(policy_class, policy_config, task_name, image_size, training=None):
+def make_run_config(policy_class, policy_config, task_name, image_size, training=None, shadows=True):
     """The config.json content. policy_config: the complete dict make_policy takes;
-    image_size (H, W) the policy's; training: the settings of the run, for the record."""
+    image_size (H, W) the policy's; training: the settings of the run, for the record; shadows:
+    False when the training frames were rendered without shadows (sim evaluation renders alike)."""
     return {
         'project_version': PROJECT_VERSION,
         'policy_class': policy_class,
@@ -61,6 +62,7 @@ def make_run_config(policy_class, policy_config, task_name, image_size, training
         'task_name': task_name,
         'camera_names': list(policy_config['camera_names']),
         'image_size': list(image_size),
+        'shadows': bool(shadows),
         'state_dim': policy_config['state_dim'],
         'action_dim': policy_config['action_dim'],
         'training': training or {},

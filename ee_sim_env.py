@@ -67,10 +67,11 @@ class InsertionEETask(BimanualViperXEETask, sim_env.InsertionTask):
 EE_TASKS = {sim_env.TransferCubeTask: TransferCubeEETask, sim_env.InsertionTask: InsertionEETask}
 
 
-def make_ee_sim_env(task_name, camera_names=None, image_size=sim_env.DEFAULT_IMAGE_SIZE, seed=None):
+def make_ee_sim_env(task_name, camera_names=None, image_size=sim_env.DEFAULT_IMAGE_SIZE, seed=None,
+                    shadows=True):
     """End-effector environment of a sim task; arguments as sim_env.make_sim_env."""
     _, xml_name, joint_task_cls = sim_env.task_family(task_name)
-    physics = sim_env.load_physics(xml_name)
+    physics = sim_env.load_physics(xml_name, shadows)
     cameras = sim_env.resolve_camera_names(physics, camera_names)
     task = EE_TASKS[joint_task_cls](cameras, image_size, random=np.random.RandomState(seed))
     return sim_env.make_environment(physics, task)

@@ -1,6 +1,7 @@
 """The episode file format: one `episode_{i}.hdf5` per demonstration, in the original ACT layout.
 
     attrs['sim']                   True for simulated episodes, False for real-robot ones
+    attrs['shadows']               False for simulated episodes rendered without shadows (absent: with)
     /action                        (T, A) float32
     /observations/qpos             (T, S) float32
     /observations/qvel             (T, S) float32, optional
@@ -114,6 +115,12 @@ def read_low_dim(path):
     return qpos, action, is_sim
 
 
+def rendered_with_shadows(path):
+    """False when the episode's frames were rendered without shadows (attrs['shadows'])."""
+    with open_episode(path) as root:
+        return bool(root.attrs.get('shadows', True))
+
+
 def decode_jpeg(row, where='frame'):
     """One JPEG, zero padding after it allowed: (N,) uint8 -> (H, W, 3) uint8, channels as encoded."""
     import cv2
@@ -217,7 +224,7 @@ class HDF5Episodes:
     The interface training reads (LeRobotEpisodes offers the same): num_episodes, camera_names,
     name(i), low_dim(i), check_frames(i, cameras, length), frame_shape(i, camera),
     frames(i, camera, steps), episode_frames(i, camera), read_episode(i, cameras), fingerprint(count),
-    and array_names (what messages call qpos and action).
+    shadows(count), and array_names (what messages call qpos and action).
     """
     array_names = {'qpos': '/observations/qpos', 'action': '/action'}
 
@@ -273,19 +280,31 @@ class HDF5Episodes:
         paths = [self.name(i) for i in range(count)]
         return {os.path.basename(p): os.path.getsize(p) for p in paths}
 
+    def shadows(self, count):
+        """False when episodes 0..count-1 were rendered without shadows; ValueError when only some were."""
+        marks = [rendered_with_shadows(self.name(i)) for i in range(count)]
+        if len(set(marks)) > 1:
+            without = [os.path.basename(self.name(i)) for i, mark in enumerate(marks) if not mark]
+            raise ValueError(f'{self.dataset_dir}: {len(without)} of {count} episodes were rendered without shadows '
+                             f'({", ".join(without[:3])}{" ..." if len(without) > 3 else ""}) and the others with '
+                             f'them: train on episodes rendered alike')
+        return all(marks)
+
 
 ############################ Writing ############################
 
-def write_episode(path, qpos, action, images, qvel=None, effort=None, sim=True, compression=None):
+def write_episode(path, qpos, action, images, qvel=None, effort=None, sim=True, compression=None, shadows=True):
     """Write one episode atomically in the original layout.
 
     qpos, qvel, effort (T, S) and action (T, A) are stored as float32; images {camera: (T, H, W, 3)
     uint8}. compression None (the original's), 'gzip' or 'lzf' (lossless, any HDF5 reader), or
-    'jpeg' (the act-plus-plus layout, lossy)."""
+    'jpeg' (the act-plus-plus layout, lossy). shadows=False marks frames rendered without shadows."""
     if compression is not None and compression not in COMPRESSIONS:
         raise ValueError(f"compression must be None or one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     with atomic_file(path) as f, h5py.File(f, 'w', rdcc_nbytes=HDF5_CACHE_BYTES) as root:
         root.attrs['sim'] = bool(sim)
+        if not shadows:
+            root.attrs['shadows'] = False
         obs = root.create_group('observations')
         group = obs.create_group('images')
         if compression == 'jpeg':

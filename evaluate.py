@@ -56,6 +56,7 @@ class EvalSettings:
     temporal_agg: bool = False  # query every step and ensemble the overlapping chunks
     onscreen_render: bool = False
     image_size: tuple = DEFAULT_IMAGE_HW  # (H, W) the policy sees; sim evaluation renders at it
+    shadows: bool = True  # False: sim frames rendered without shadows, as the policy's training frames were
     device: str = 'cpu'
     num_rollouts: int = 50
     eval_workers: int = 1  # rollouts in this many processes
@@ -279,7 +280,8 @@ def make_env(settings):
         # NOTE(faithful): the real robot gives no reward, so "success" is a highest reward of 0.
         return env, 0
     from sim_env import make_sim_env
-    env = make_sim_env(settings.task_name, camera_names=settings.camera_names, image_size=settings.image_size)
+    env = make_sim_env(settings.task_name, camera_names=settings.camera_names, image_size=settings.image_size,
+                       shadows=settings.shadows)
     return env, env.task.max_reward
 
 
@@ -521,6 +523,9 @@ def eval_bc(config, ckpt_name, save_episode=True):
     from report import write_report
     settings = EvalSettings.of(config)
     remove_stale_temps(settings.ckpt_dir)  # videos and results of killed runs
+    if not settings.real_robot and not settings.shadows:
+        print('Rendering without shadows, as the training episodes were (config.json: "shadows": false): '
+              "the frames differ from the original's")
     results = []
     for result in rollout_results(settings, ckpt_name, save_episode):
         results.append(result)

@@ -233,7 +233,9 @@ def eval_config(args, device):
     policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
     if args['policy_class'] == 'CNNMLP' and args['image_size']:
         policy_config['image_size'] = tuple(args['image_size'])
-    return make_config(args, get_task_config(args['task_name']), policy_config, device)
+    config = make_config(args, get_task_config(args['task_name']), policy_config, device)
+    config['shadows'] = saved.get('shadows', True)  # sim frames rendered as the training frames were
+    return config
 
 
 def dims_from_stats(ckpt_dir, policy_class):
@@ -440,7 +442,7 @@ def train_main(args, task_config, device, rank, world_size):
             Normalizer(stats).save(stats_path)
         training = {k: args[k] for k in TRAINING_RECORD} | {'dataset_dir': dataset_dir, 'num_episodes': num_episodes}
         write_config(ckpt_dir, make_run_config(args['policy_class'], policy_config, args['task_name'], image_hw,
-                                               training))
+                                               training, shadows=open_dataset(dataset_dir).shadows(num_episodes)))
 
     best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config, state, init)
     if rank == 0:

@@ -396,6 +396,10 @@ class LeRobotEpisodes:
         images = {cam: self.episode_frames(index, cam) for cam in cams}
         return Episode(qpos, action, images, qvel=arrays.get('qvel'), effort=arrays.get('effort'), sim=sim)
 
+    def shadows(self, count):
+        """True: a LeRobot dataset does not record how simulated frames were rendered."""
+        return True
+
     def fingerprint(self, count):
         """{file: size} of the data and video files episodes 0..count-1 lie in."""
         files = set()

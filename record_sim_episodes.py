@@ -5,7 +5,9 @@ unless --onscreen_render) and keep its joint trajectory, with the gripper joint 
 by the normalised gripper commands; replay that trajectory as actions in the joint-space sim_env,
 rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout
 (episodes.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
-/observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk.
+/observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk. --no_shadows renders without
+shadows (about twice as fast with a software rasteriser; frames differ from the original's) and
+marks the files attrs['shadows'] False, which training copies into config.json for evaluation.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 
 --format lerobot records into a LeRobot dataset (lerobot_dataset.py) instead: the episodes are
@@ -25,7 +27,7 @@ import numpy as np
 import sim_env
 from constants import DT, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
 from ee_sim_env import make_ee_sim_env
-from episodes import episode_path, layout_problem, read_episode, write_episode
+from episodes import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
 from files import DiskFull, prepare_folder
 from lerobot_dataset import LeRobotFormatError, LeRobotWriter, count_lerobot_episodes
 from processes import die_with_parent
@@ -92,13 +94,13 @@ class EpisodeRecorder:
     """Holds the two environments of one process and records episodes with them."""
 
     def __init__(self, task_name, camera_names, image_size, episode_len, seed=0, inject_noise=False,
-                 onscreen_render=False):
-        self.task_name, self.episode_len, self.seed = task_name, episode_len, seed
+                 onscreen_render=False, shadows=True):
+        self.task_name, self.episode_len, self.seed, self.shadows = task_name, episode_len, seed, shadows
         self.image_size, self.inject_noise, self.onscreen = tuple(image_size), inject_noise, onscreen_render
         self.policy_cls = get_scripted_policy_class(task_name)
         view = [RENDER_CAM_NAME] if onscreen_render else []
-        self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size)
-        self.env = sim_env.make_sim_env(task_name, camera_names=[])  # renders only what is saved
+        self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size, shadows=shadows)
+        self.env = sim_env.make_sim_env(task_name, camera_names=[], shadows=shadows)  # renders only what is saved
         physics = self.env.physics
         self.cameras = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, camera_names),
                                          self.image_size)
@@ -161,7 +163,8 @@ class EpisodeRecorder:
         joint_traj, object_pose, ee_success, ee_return = self.rollout_ee(rng)
         data, success, episode_return = self.replay(joint_traj, object_pose)
         if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did
-            write_episode(path, sim=True, compression=COMPRESSION if compress else None, **data)
+            write_episode(path, sim=True, compression=COMPRESSION if compress else None, shadows=self.shadows,
+                          **data)
         return {'episode_idx': episode_idx, 'success': success, 'episode_return': episode_return,
                 'ee_success': ee_success, 'ee_return': ee_return, 'seconds': time.time() - start}
 
@@ -229,11 +232,15 @@ def check_args(args):
         raise ValueError(f'--image_size must be two positive integers H W, got {image_size}')
     if args.get('onscreen_render') and args.get('num_workers', 1) > 1:
         raise ValueError('--onscreen_render shows one episode at a time: use --num_workers 1')
+    if args.get('no_shadows') and args.get('format', 'hdf5') == 'lerobot':
+        raise ValueError('--no_shadows records HDF5 episodes only: a LeRobot dataset has no place to mark '
+                         'frames rendered without shadows')
     return config, image_size
 
 
-def episodes_to_record(dataset_dir, num_episodes, shapes):
-    """Indices whose file is missing or unreadable; ValueError if a readable one has another layout."""
+def episodes_to_record(dataset_dir, num_episodes, shapes, shadows=True):
+    """Indices whose file is missing or unreadable; ValueError if a readable one has another layout
+    or was rendered with shadows when these are not (or the other way round)."""
     todo = []
     for idx in range(num_episodes):
         path = episode_path(dataset_dir, idx)
@@ -242,6 +249,9 @@ def episodes_to_record(dataset_dir, num_episodes, shapes):
             continue
         try:
             problem = layout_problem(path, shapes)
+            if not problem and rendered_with_shadows(path) != shadows:
+                problem = f"rendered {'with' if not shadows else 'without'} shadows, " \
+                          f"{'--no_shadows' if not shadows else 'no --no_shadows'} given"
         except OSError:
             print(f'{path} is unreadable (interrupted write?): recording it again')
             todo.append(idx)
@@ -280,14 +290,18 @@ def main(args):
     recorder_kwargs = dict(task_name=task_name, camera_names=camera_names, image_size=image_size,
                            episode_len=config['episode_len'], seed=args.get('seed', 0),
                            inject_noise=args.get('inject_noise', False),
-                           onscreen_render=args.get('onscreen_render', False))
+                           onscreen_render=args.get('onscreen_render', False),
+                           shadows=not args.get('no_shadows', False))
     sim_env.resolve_camera_names(sim_env.load_physics(sim_env.task_family(task_name)[0]), camera_names)
     shapes = expected_shapes(config['episode_len'], camera_names, image_size)
     lerobot = args.get('format', 'hdf5') == 'lerobot'
     first = count_lerobot_episodes(dataset_dir) if lerobot else 0
     episode_dir = dataset_dir.rstrip(os.sep) + STAGING_SUFFIX if lerobot else dataset_dir
     prepare_folder(episode_dir, '--dataset_dir')
-    todo = [i for i in episodes_to_record(episode_dir, num_episodes, shapes) if i >= first]
+    todo = [i for i in episodes_to_record(episode_dir, num_episodes, shapes, recorder_kwargs['shadows'])
+            if i >= first]
+    if not recorder_kwargs['shadows']:
+        print('--no_shadows: frames are rendered without shadows, so they differ from the original\'s images')
 
     results = []
     for result in record_episodes(todo, recorder_kwargs, episode_dir, lerobot or args.get('compress', False),
@@ -338,6 +352,10 @@ if __name__ == '__main__':
                         metavar=('H', 'W'), help='rendered frame size')
     parser.add_argument('--compress', action='store_true',
                         help='lossless gzip chunk compression of the images (read by any HDF5 reader)')
+    parser.add_argument('--no_shadows', action='store_true',
+                        help='render without shadows: about twice as fast on a CPU, but the frames differ from '
+                             "the original's wherever a shadow falls (evaluation of a policy trained on them "
+                             'renders the same way)')
     parser.add_argument('--inject_noise', action='store_true',
                         help='add uniform noise to the scripted end-effector positions')
     parser.add_argument('--format', choices=('hdf5', 'lerobot'), default='hdf5',

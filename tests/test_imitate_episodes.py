@@ -63,6 +63,7 @@ def test_config_json_says_what_the_folder_holds(two_epoch_run):
     assert config['project_version'] == PROJECT_VERSION and config['policy_class'] == 'ACT'
     assert config['camera_names'] == ['top'] and config['image_size'] == list(TINY_IMAGE_HW)
     assert config['state_dim'] == config['action_dim'] == 14 and config['task_name'] == args['task_name']
+    assert config['shadows'] is True  # the tiny episodes carry no shadows=False mark
     assert config['training']['batch_size'] == 2 and config['training']['num_episodes'] == 5
     policy_config = config['policy_config']
     for key in ('num_queries', 'hidden_dim', 'dim_feedforward', 'enc_layers', 'dec_layers', 'nheads'):
@@ -92,6 +93,26 @@ def test_eval_needs_no_model_flags_with_config_json(two_epoch_run, short_episode
     assert os.path.isfile(os.path.join(args['ckpt_dir'], 'result_policy_best.txt'))
     config = imitate_episodes.eval_config(eval_flags(args['ckpt_dir']), 'cpu')
     assert config['image_size'] == TINY_IMAGE_HW and config['policy_config']['hidden_dim'] == 32
+
+
+def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_run, tmp_path, short_episodes,
+                                                                  capsys):
+    import shutil
+    import evaluate
+    args, _ = two_epoch_run
+    ckpt_dir = tmp_path / 'ckpt'
+    shutil.copytree(args['ckpt_dir'], ckpt_dir)
+    config = read_config(str(ckpt_dir))
+    with open(ckpt_dir / CONFIG_FILE, 'w') as f:
+        json.dump(dict(config, shadows=False), f)
+    eval_config = imitate_episodes.eval_config(eval_flags(ckpt_dir), 'cpu')
+    env, _ = evaluate.make_env(evaluate.EvalSettings.of(eval_config))
+    assert not env.physics.model.light_castshadow.any()
+    imitate_episodes.main(eval_flags(ckpt_dir))
+    assert 'Rendering without shadows' in capsys.readouterr().out
+    env, _ = evaluate.make_env(evaluate.EvalSettings.of(imitate_episodes.eval_config(eval_flags(args['ckpt_dir']),
+                                                                                      'cpu')))
+    assert env.physics.model.light_castshadow.any()  # the assets' light casts shadows by default
 
 
 def test_eval_flags_given_win_over_config_json_and_say_so(two_epoch_run, short_episodes, capsys):

@@ -116,6 +116,29 @@ def test_rerun_skips_valid_episodes_and_redoes_broken_ones(recorded, tmp_path, c
         record(dataset_dir, image_size=[48, 64])
 
 
+def test_no_shadows_marks_the_episodes_and_refuses_a_mixed_folder(recorded, tmp_path, monkeypatch):
+    monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+    dataset_dir = tmp_path / 'data'
+    record(dataset_dir, num_episodes=1, no_shadows=True)
+    with h5py.File(dataset_dir / 'episode_0.hdf5', 'r') as root:
+        assert root.attrs['shadows'] == False  # noqa: E712 (a numpy bool)
+    with h5py.File(recorded / 'plain' / 'episode_0.hdf5', 'r') as root:
+        assert 'shadows' not in root.attrs  # the original layout, untouched by default
+    flat, shaded = read_all(dataset_dir / 'episode_0.hdf5'), read_all(recorded / 'plain' / 'episode_0.hdf5')
+    for key in ('action', 'observations/qpos', 'observations/qvel'):  # the same physics
+        np.testing.assert_array_equal(flat[key], shaded[key])
+    assert any((flat[f'observations/images/{c}'] != shaded[f'observations/images/{c}']).any() for c in CAMERAS)
+    assert not episodes.HDF5Episodes(str(dataset_dir)).shadows(1)
+    shutil.copy(recorded / 'plain' / 'episode_1.hdf5', dataset_dir / 'episode_1.hdf5')
+    with pytest.raises(ValueError, match='1 of 2 episodes were rendered without shadows'):
+        episodes.HDF5Episodes(str(dataset_dir)).shadows(2)
+    shutil.copy(recorded / 'plain' / 'episode_1.hdf5', dataset_dir / 'episode_2.hdf5')
+    with pytest.raises(ValueError, match='episode_1.hdf5 already exists .*rendered with shadows, --no_shadows given'):
+        record(dataset_dir, num_episodes=3, no_shadows=True)
+    with pytest.raises(ValueError, match='--no_shadows records HDF5 episodes only'):
+        record(tmp_path / 'lerobot', no_shadows=True, format='lerobot')
+
+
 class ExplodingArray:
     """Stands in for qvel and fails in the middle of writing an episode."""
 
