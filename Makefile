@@ -1,10 +1,11 @@
-# Two commands set everything up: `make demo` and `make test`; `make bench` runs the benchmarks.
+# Two commands set everything up: `make demo` and `make test`; `make recipe` trains a policy that
+# succeeds, `make bench` runs the benchmarks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test test-slow bench
+.PHONY: demo recipe test test-slow bench
 
 # torch is installed first, then named again beside requirements.txt so pip never replaces it
 $(VENV)/.installed: requirements.txt
@@ -23,16 +24,11 @@ test-slow: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench $(BENCH_ARGS)
 
-DEMO_DIR := demo
-DEMO_TASK := sim_transfer_cube_scripted
-DEMO_EPISODES := 2
-
-# Scripted demonstrations of the default task in ./demo/, with their videos and joint plots;
-# then a small ACT trained on them for a few minutes and a few evaluation rollouts (demo.py)
+# Scripted demonstrations of the transfer cube in ./demo/ (videos and joint plots of two), a small
+# ACT trained on them and a few rollouts, in about 10 minutes on a 2-core CPU (demo.py)
 demo: $(VENV)/.installed
-	$(PY) record_sim_episodes.py --task_name $(DEMO_TASK) --dataset_dir $(DEMO_DIR)/$(DEMO_TASK) \
-		--num_episodes $(DEMO_EPISODES) --num_workers 2
-	for i in $$(seq 0 $$(($(DEMO_EPISODES) - 1))); do \
-		$(PY) visualize_episodes.py --dataset_dir $(DEMO_DIR)/$(DEMO_TASK) --episode_idx $$i || exit 1; \
-	done
-	$(PY) demo.py --dataset_dir $(DEMO_DIR)/$(DEMO_TASK) --num_episodes $(DEMO_EPISODES) --ckpt_dir $(DEMO_DIR)/ckpt
+	$(PY) demo.py
+
+# The CPU recipe in ./recipe/: 50 demonstrations, 5,000 training steps and 50 rollouts (demo.py)
+recipe: $(VENV)/.installed
+	$(PY) demo.py --recipe cpu --out recipe

@@ -1,9 +1,18 @@
-"""The end of `make demo`: train a small ACT on the recorded demonstrations, roll it out, and say
-where everything is. Sized to finish in a few minutes on a 2-core CPU; the full recipe is printed.
+"""`make demo` and `make recipe`: record scripted transfer-cube demonstrations, train an ACT on
+them and roll it out, timing each step, then say what happened and where everything is.
 
-    python demo.py --dataset_dir demo/sim_transfer_cube_scripted --num_episodes 2 --ckpt_dir demo/ckpt
+    python demo.py                                   # the demo: about 10 minutes on a 2-core CPU
+    python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, under an hour
+
+Both render the simulation without shadows (record_sim_episodes.py --no_shadows), which more than
+halves the CPU a frame costs; their images therefore differ from the original's, and they say so.
+A second run reuses the episodes, checkpoint and results the first made (delete the folder to start
+over); an interrupted training is resumed. They evaluate the last checkpoint, not policy_best: the
+validation loss (one random time step of each of 10 validation episodes, as the original) is too
+noisy to pick a checkpoint by.
 """
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,13 +20,18 @@ import time
 
 from episodes import episode_path
 
-### Demo settings: a small ACT on small images, so training takes minutes on a CPU
 TASK = 'sim_transfer_cube_scripted'
-IMAGE_SIZE = ('120', '160')  # (H, W) the policy sees: training resizes the recorded frames
-MODEL_FLAGS = ['--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50', '--hidden_dim', '128',
-               '--dim_feedforward', '512', '--enc_layers', '2', '--dec_layers', '1', '--nheads', '8',
-               '--no-pretrained_backbone']  # no ImageNet download attempt: the demo runs offline
+IMAGE_SIZE = ('120', '160')  # (H, W) recorded, trained on and rendered in evaluation
+RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): more than twice as fast on a CPU, "
+               "but the images differ from the original's wherever a shadow falls")
+# The README's CPU recipe: a smaller ACT than the paper's (the trunk starts from random weights)
+MODEL_FLAGS = ['--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50', '--hidden_dim', '256',
+               '--dim_feedforward', '1024', '--enc_layers', '4', '--dec_layers', '1', '--nheads', '8',
+               '--no-pretrained_backbone']  # no ImageNet download attempt: runs offline
 TRAIN_FLAGS = ['--batch_size', '8', '--lr', '1e-4', '--seed', '0']
+CHECKPOINT = 'policy_last.ckpt'  # the checkpoint evaluated
+RESULT_FILE = 'result_policy_last.txt'  # what the evaluation of CHECKPOINT writes
+VIDEO_EPISODES = 2  # recorded episodes shown as a video and a joint plot (the demo)
 FULL_RECIPE = ('python record_sim_episodes.py --task_name sim_transfer_cube\n'
                '  python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT\n'
                '  python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT --eval --temporal_agg')
@@ -25,89 +39,136 @@ REWARD_STAGES = ('1 = the right gripper touches the cube, 2 = it lifts the cube,
                  '  3 = the left gripper touches it too, 4 = the left gripper holds it alone (success)')
 
 
-def run(step, command):
-    """Run one of the project's scripts, showing the exact command a user can rerun."""
-    print(f'\n=== {step}\n$ {" ".join(command)}\n', flush=True)
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    num_episodes: int  # scripted demonstrations recorded and trained on
+    num_steps: int  # training steps of batch 8
+    num_rollouts: int  # evaluation rollouts, with temporal ensembling
+    videos: bool  # rollout videos and plots of the recorded episodes
+
+
+RECIPES = {
+    'demo': Recipe(num_episodes=20, num_steps=800, num_rollouts=4, videos=True),
+    'cpu': Recipe(num_episodes=50, num_steps=5000, num_rollouts=50, videos=False),
+}
+
+
+def run(step, command, env=None):
+    """Run one of the project's scripts, showing the exact command a user can rerun -> seconds."""
+    shown = ' '.join(f'{k}={v}' for k, v in (env or {}).items())
+    print(f'\n=== {step}\n$ {shown + " " if shown else ""}python {" ".join(command)}\n', flush=True)
     start = time.perf_counter()
-    returncode = subprocess.run([sys.executable, *command]).returncode
+    returncode = subprocess.run([sys.executable, *command], env={**os.environ, **(env or {})}).returncode
     if returncode != 0:
-        raise SystemExit(f'demo: this step stopped (exit status {returncode}); run `make demo` again to go on '
+        raise SystemExit(f'demo: this step stopped (exit status {returncode}); run the same command again to go on '
                          f'(recorded episodes and an interrupted training are picked up where they stopped)')
     return time.perf_counter() - start
+
+
+def folders(args):
+    return os.path.join(args['out'], TASK), os.path.join(args['out'], 'ckpt')
+
+
+def record(args):
+    dataset_dir, _ = folders(args)
+    seconds = run(f"Recording {args['num_episodes']} scripted demonstrations ({'x'.join(IMAGE_SIZE)}, no shadows)",
+                  ['record_sim_episodes.py', '--task_name', TASK, '--dataset_dir', dataset_dir,
+                   '--num_episodes', str(args['num_episodes']), '--image_size', *IMAGE_SIZE, '--num_workers', '2',
+                   '--no_shadows'])
+    if args['videos']:
+        for i in range(min(VIDEO_EPISODES, args['num_episodes'])):
+            seconds += run(f'Video and joint plot of episode {i}',
+                           ['visualize_episodes.py', '--dataset_dir', dataset_dir, '--episode_idx', str(i)])
+    return seconds
 
 
 def check_episodes(dataset_dir, num_episodes):
     missing = [i for i in range(num_episodes) if not os.path.isfile(episode_path(dataset_dir, i))]
     if missing:
         raise SystemExit(f'demo: {dataset_dir} lacks episode_{missing[0]}.hdf5; record the demonstrations first '
-                         f'(`make demo` does) with: python record_sim_episodes.py --task_name {TASK} '
-                         f'--dataset_dir {dataset_dir} --num_episodes {num_episodes}')
-
-
-def common_flags(args):
-    return ['--task_name', TASK, '--ckpt_dir', args['ckpt_dir'], '--dataset_dir', args['dataset_dir'],
-            '--num_episodes', str(args['num_episodes']), '--image_size', *IMAGE_SIZE, *MODEL_FLAGS]
+                         f'with: python record_sim_episodes.py --task_name {TASK} --dataset_dir {dataset_dir} '
+                         f'--num_episodes {num_episodes} --image_size {" ".join(IMAGE_SIZE)} --no_shadows')
 
 
 def train(args):
-    if os.path.isfile(os.path.join(args['ckpt_dir'], 'policy_best.ckpt')):
-        print(f"\n=== Training: {args['ckpt_dir']}/policy_best.ckpt exists, reusing it (delete the folder to retrain)")
+    dataset_dir, ckpt_dir = folders(args)
+    check_episodes(dataset_dir, args['num_episodes'])
+    if os.path.isfile(os.path.join(ckpt_dir, CHECKPOINT)):
+        print(f'\n=== Training: {ckpt_dir}/{CHECKPOINT} exists, reusing it (delete the folder to retrain)')
         return 0.0
     steps = str(args['num_steps'])
-    resume = ['--resume'] if os.path.isfile(os.path.join(args['ckpt_dir'], 'training_state.pt')) else []
-    return run(f"Training a small ACT for {steps} steps on {args['num_episodes']} demonstrations "
-               f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images)",
-               ['imitate_episodes.py', *common_flags(args), *TRAIN_FLAGS, '--num_steps', steps,
-                '--validate_every', str(max(1, args['num_steps'] // 10)), '--save_every', steps, *resume])
+    resume = ['--resume'] if os.path.isfile(os.path.join(ckpt_dir, 'training_state.pt')) else []
+    return run(f"Training ACT for {steps} steps on {args['num_episodes']} demonstrations",
+               ['imitate_episodes.py', '--task_name', TASK, '--ckpt_dir', ckpt_dir, '--dataset_dir', dataset_dir,
+                '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS, *TRAIN_FLAGS, '--num_steps', steps,
+                '--validate_every', str(max(1, args['num_steps'] // 8)), '--save_every', steps, *resume])
 
 
 def evaluate(args):
-    return run(f"Evaluating: {args['num_rollouts']} rollouts with new random cube positions",
-               ['imitate_episodes.py', *common_flags(args), '--eval', '--num_rollouts', str(args['num_rollouts'])])
+    _, ckpt_dir = folders(args)
+    if os.path.isfile(os.path.join(ckpt_dir, RESULT_FILE)):
+        print(f'\n=== Evaluation: {ckpt_dir}/{RESULT_FILE} exists, reusing it (delete it to evaluate again)')
+        return 0.0
+    video = [] if args['videos'] else ['--no_video']
+    return run(f"Evaluating: {args['num_rollouts']} rollouts with temporal ensembling, new random cube positions",
+               ['imitate_episodes.py', '--eval', '--ckpt_dir', ckpt_dir, '--eval_ckpt', CHECKPOINT, '--temporal_agg',
+                '--num_rollouts', str(args['num_rollouts']), '--eval_workers', '2', *video],
+               env={'OMP_NUM_THREADS': '1'})  # one thread per rollout worker on a 2-core CPU
 
 
-def report(args, train_s, eval_s):
-    ckpt_dir = args['ckpt_dir']
-    with open(os.path.join(ckpt_dir, 'result_policy_best.txt')) as f:
+def report(args, seconds):
+    _, ckpt_dir = folders(args)
+    with open(os.path.join(ckpt_dir, RESULT_FILE)) as f:
         head = f.read().rsplit('\n\n', 1)[0]  # the summary, then the list of returns
     summary = '\n'.join('  ' + line if line else '' for line in head.rsplit('\n', 1)[0].strip().split('\n'))
+    times = ', '.join(f'{step} {s / 60:.1f} min' for step, s in seconds.items())
     videos = ', '.join(os.path.join(ckpt_dir, f'video{i}.mp4') for i in range(args['num_rollouts']))
+    where_videos = f'\n  rollout videos     {videos}' if args['videos'] else ''
     print(f"""
-=== Demo finished (training {train_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min)
-What happened: scripted demonstrations of the bimanual cube transfer were recorded in
-  {args['dataset_dir']} (with their videos and joint plots), an ACT policy learned from them for a few
-  minutes, and it was rolled out in simulation from new random cube positions.
+=== Finished in {sum(seconds.values()) / 60:.1f} min ({times})
+What happened: {args['num_episodes']} scripted demonstrations of the bimanual cube transfer were recorded in
+  {folders(args)[0]}, an ACT policy learned from them for {args['num_steps']} steps, and it was
+  rolled out in simulation from new random cube positions.
+  The frames were {RENDER_NOTE}.
 Results:
 {summary}
   Reward stages: {REWARD_STAGES}.
   "Success rate" is the share of rollouts reaching stage 4; "Reward >= r" counts the rollouts that
-  reached stage r. A policy trained for minutes on a few demonstrations moves like the demonstrations
-  but rarely grasps the cube: expect 0% success here.
-Where to look:
-  rollout videos     {videos}
+  reached stage r.
+Where to look:{where_videos}
   training curves    {os.path.join(ckpt_dir, 'train_val_loss_seed_0.png')} (and _l1_, _kl_),
                      {os.path.join(ckpt_dir, 'train_metrics_seed_0.png')}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
-  results            {os.path.join(ckpt_dir, 'result_policy_best.txt')}
-  checkpoints        {os.path.join(ckpt_dir, 'policy_best.ckpt')}, policy_last.ckpt, dataset_stats.pkl
-The full recipe (about 90% success in the paper; hours on a GPU, far longer on a CPU):
+  results            {os.path.join(ckpt_dir, RESULT_FILE)}
+  checkpoints        {os.path.join(ckpt_dir, CHECKPOINT)}, policy_best.ckpt, dataset_stats.pkl
+The paper's recipe (about 90% success; hours on a GPU, far longer on a CPU), with shadows:
   {FULL_RECIPE}
-The README's CPU recipe (120x160 images, a smaller ACT) reached 82% success in about 70 minutes.
 The evaluation report (results, rollout videos, training curves, config; open it in a browser):
   {os.path.join(ckpt_dir, 'report.html')}""")
 
 
 def main(args):
-    check_episodes(args['dataset_dir'], args['num_episodes'])
-    train_s = train(args)
-    eval_s = evaluate(args)
-    report(args, train_s, eval_s)
+    seconds = {'recording': record(args)}
+    seconds['training'] = train(args)
+    seconds['evaluation'] = evaluate(args)
+    report(args, seconds)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--recipe', choices=sorted(RECIPES), default='demo',
+                        help='demo: 20 episodes, 800 steps, 4 rollouts with videos; cpu: 50 episodes, 5000 steps, '
+                             '50 rollouts')
+    parser.add_argument('--out', default='demo', help='folder for the episodes (<out>/<task>) and the run (<out>/ckpt)')
+    parser.add_argument('--num_episodes', type=int, help="episodes to record and train on (default: the recipe's)")
+    parser.add_argument('--num_steps', type=int, help="training steps of batch 8 (default: the recipe's)")
+    parser.add_argument('--num_rollouts', type=int, help="evaluation rollouts (default: the recipe's)")
+    args = vars(parser.parse_args(argv))
+    recipe = dataclasses.asdict(RECIPES[args['recipe']])
+    for key in ('num_episodes', 'num_steps', 'num_rollouts'):
+        if args[key] is not None and args[key] < (2 if key == 'num_episodes' else 1):
+            parser.error(f'--{key} must be at least {2 if key == "num_episodes" else 1}, got {args[key]}')
+    return {**recipe, **{k: v for k, v in args.items() if v is not None}}
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--dataset_dir', required=True, help='folder of the recorded episode_{i}.hdf5')
-    parser.add_argument('--num_episodes', type=int, default=2, help='episodes to train on (at least 2)')
-    parser.add_argument('--ckpt_dir', default=os.path.join('demo', 'ckpt'), help='folder for the checkpoints and results')
-    parser.add_argument('--num_steps', type=int, default=1000, help='training steps (batches of up to 8 samples)')
-    parser.add_argument('--num_rollouts', type=int, default=3, help='evaluation rollouts')
-    main(vars(parser.parse_args()))
+    main(parse_args())

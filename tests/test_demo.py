@@ -1,37 +1,59 @@
-"""demo.py: clear message without recorded episodes, and the closing report."""
+"""demo.py (`make demo`, `make recipe`): the recipes' settings, a clear message without recorded
+episodes, a failed step, and the closing report."""
+import os
+
 import pytest
 
 import demo
 from evaluate import summary_text, write_result_file
 
 
-def test_demo_without_episodes_says_how_to_record(tmp_path):
-    with pytest.raises(SystemExit, match=r'episode_0\.hdf5.*record_sim_episodes\.py'):
-        demo.main({'dataset_dir': str(tmp_path), 'num_episodes': 2, 'ckpt_dir': str(tmp_path / 'ckpt'),
-                   'num_steps': 1, 'num_rollouts': 1})
+def test_recipes_and_overrides():
+    assert demo.parse_args([]) == {'recipe': 'demo', 'out': 'demo', **vars(demo.RECIPES['demo'])}
+    args = demo.parse_args(['--recipe', 'cpu', '--out', 'recipe', '--num_steps', '10'])
+    assert args['num_steps'] == 10 and args['num_rollouts'] == 50 and not args['videos'] and args['out'] == 'recipe'
+    with pytest.raises(SystemExit):
+        demo.parse_args(['--num_episodes', '1'])
 
 
-def test_demo_report_shows_summary_and_paths(tmp_path, capsys):
+def test_training_without_episodes_says_how_to_record(tmp_path):
+    args = demo.parse_args(['--out', str(tmp_path)])
+    with pytest.raises(SystemExit, match=r'episode_0\.hdf5.*record_sim_episodes\.py.*--no_shadows'):
+        demo.train(args)
+
+
+def test_report_shows_times_render_setting_summary_and_paths(tmp_path, capsys):
+    args = demo.parse_args(['--out', str(tmp_path), '--num_rollouts', '2'])
+    ckpt_dir = tmp_path / 'ckpt'
+    ckpt_dir.mkdir()
     summary = summary_text([4, 1], [30, 2], 4)
-    write_result_file(str(tmp_path / 'result_policy_best.txt'), summary, [30, 2], [4, 1])
-    demo.report({'ckpt_dir': str(tmp_path), 'dataset_dir': 'data', 'num_rollouts': 2}, 120.0, 30.0)
+    write_result_file(str(ckpt_dir / 'result_policy_last.txt'), summary, [30, 2], [4, 1])
+    demo.report(args, {'recording': 60.0, 'training': 120.0, 'evaluation': 30.0})
     out = capsys.readouterr().out
+    assert 'Finished in 3.5 min (recording 1.0 min, training 2.0 min, evaluation 0.5 min)' in out
+    assert 'rendered without shadows' in out
     assert '  Success rate: 0.5\n  Average return: 16.0\n' in out
     assert '  Reward >= 4: 1/2 = 50.0%\n  Reward stages' in out  # the returns list is not shown
-    assert str(tmp_path / 'video1.mp4') in out and 'train_val_loss_seed_0.png' in out
-    assert 'training 2.0 min, evaluation 0.5 min' in out
-    assert out.rstrip().endswith(str(tmp_path / 'report.html'))  # the last line: where the report is
+    assert str(ckpt_dir / 'video1.mp4') in out and 'train_val_loss_seed_0.png' in out
+    assert out.rstrip().endswith(str(ckpt_dir / 'report.html'))  # the last line: where the report is
+    demo.report(dict(args, videos=False), {'recording': 60.0})
+    assert 'video1.mp4' not in capsys.readouterr().out
 
 
-def test_demo_failed_step_and_resume(tmp_path, monkeypatch):
+def test_failed_step_and_resume(tmp_path, monkeypatch):
     commands = []
 
     class Finished:
         returncode = 143
 
-    monkeypatch.setattr(demo.subprocess, 'run', lambda command: commands.append(command) or Finished())
-    (tmp_path / 'training_state.pt').write_bytes(b'')  # an interrupted training
-    args = {'dataset_dir': 'data', 'num_episodes': 2, 'ckpt_dir': str(tmp_path), 'num_steps': 10, 'num_rollouts': 1}
-    with pytest.raises(SystemExit, match=r'exit status 143.*make demo'):
+    monkeypatch.setattr(demo.subprocess, 'run', lambda command, env: commands.append(command) or Finished())
+    args = demo.parse_args(['--out', str(tmp_path), '--num_episodes', '2'])
+    dataset_dir, ckpt_dir = demo.folders(args)
+    os.makedirs(dataset_dir)
+    os.makedirs(ckpt_dir)
+    for i in range(2):
+        open(os.path.join(dataset_dir, f'episode_{i}.hdf5'), 'wb').close()
+    open(os.path.join(ckpt_dir, 'training_state.pt'), 'wb').close()  # an interrupted training
+    with pytest.raises(SystemExit, match=r'exit status 143.*run the same command again'):
         demo.train(args)
     assert commands[0][1] == 'imitate_episodes.py' and commands[0][-1] == '--resume'
