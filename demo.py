@@ -22,7 +22,7 @@ from episodes import episode_path
 
 TASK = 'sim_transfer_cube_scripted'
 IMAGE_SIZE = ('120', '160')  # (H, W) recorded, trained on and rendered in evaluation
-RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): more than twice as fast on a CPU, "
+RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): a third of the CPU per frame, "
                "but the images differ from the original's wherever a shadow falls")
 # The README's CPU recipe: a smaller ACT than the paper's (the trunk starts from random weights)
 MODEL_FLAGS = ['--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50', '--hidden_dim', '256',

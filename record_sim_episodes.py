@@ -6,7 +6,7 @@ by the normalised gripper commands; replay that trajectory as actions in the joi
 rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout
 (episodes.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
 /observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk. --no_shadows renders without
-shadows (about twice as fast with a software rasteriser; frames differ from the original's) and
+shadows (a third of the CPU per frame with a software rasteriser; frames differ from the original's) and
 marks the files attrs['shadows'] False, which training copies into config.json for evaluation.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 
@@ -353,7 +353,7 @@ if __name__ == '__main__':
     parser.add_argument('--compress', action='store_true',
                         help='lossless gzip chunk compression of the images (read by any HDF5 reader)')
     parser.add_argument('--no_shadows', action='store_true',
-                        help='render without shadows: about twice as fast on a CPU, but the frames differ from '
+                        help='render without shadows: a third of the CPU per frame, but the frames differ from '
                              "the original's wherever a shadow falls (evaluation of a policy trained on them "
                              'renders the same way)')
     parser.add_argument('--inject_noise', action='store_true',

@@ -1,12 +1,13 @@
-"""Cost and pixel effect of the shadow map size; prints one JSON object.
+"""Cost and pixel effect of the shadow map size, or of no shadows; prints one JSON object.
 
-Renders the 'top' camera of sim_transfer_cube_scripted at 480x640 for a few states of a scripted
+Renders the 'top' camera of sim_transfer_cube_scripted (480x640 unless --image_size) for a few states of a scripted
 episode (arms reaching, lifting, handing over), once per shadow map size, and reports the CPU and
 wall milliseconds per frame (rasteriser threads included) and how the frames differ from those at
-the first size given. Only `mujoco` and numpy are needed to render, so frames saved with
+the first size given; size 0 means no light casts a shadow (record_sim_episodes.py --no_shadows).
+Only `mujoco` and numpy are needed to render, so frames saved with
 `--save` in this project's environment can be compared with another MuJoCo release:
 
-    python -m bench.render_cost [--shadow_sizes 4096 2048 1024] [--save frames.npz]
+    python -m bench.render_cost [--shadow_sizes 4096 2048 1024 0] [--image_size 120 160] [--save frames.npz]
     other-env/bin/python -m bench.render_cost --compare frames.npz --shadow_sizes 4096
 """
 import argparse
@@ -22,7 +23,6 @@ from bench.common import machine_report, print_report  # noqa: E402
 
 TASK = 'sim_transfer_cube_scripted'
 STATE_STEPS = (90, 150, 250, 330)  # EE rollout steps whose full qpos is rendered
-IMAGE_SIZE = (480, 640)
 CAMERA = 'top'
 
 
@@ -43,12 +43,16 @@ def scripted_states(seed):
     return xml, np.stack(states)
 
 
-def render_frames(xml, states, shadow_size, timed_frames):
-    """(frames (S, H, W, 3) uint8, CPU ms per frame, wall ms per frame) at one shadow map size."""
+def render_frames(xml, states, shadow_size, timed_frames, image_size):
+    """(frames (S, H, W, 3) uint8, CPU ms per frame, wall ms per frame) at one shadow map size
+    (0: no shadows)."""
     model = mujoco.MjModel.from_xml_path(xml)
-    model.vis.quality.shadowsize = shadow_size
+    if shadow_size:
+        model.vis.quality.shadowsize = shadow_size
+    else:
+        model.light_castshadow[:] = 0
     data = mujoco.MjData(model)
-    renderer = mujoco.Renderer(model, *IMAGE_SIZE)
+    renderer = mujoco.Renderer(model, *image_size)
     frames = []
     for qpos in states:
         data.qpos[:] = qpos
@@ -81,10 +85,10 @@ def main(args):
     else:
         xml, states = scripted_states(args.seed)
         reference = reference_name = None
-    results = {'mujoco': mujoco.__version__, 'image_size': IMAGE_SIZE, 'states': len(states), **machine_report(),
+    results = {'mujoco': mujoco.__version__, 'image_size': args.image_size, 'states': len(states), **machine_report(),
                'shadow_sizes': {}}
     for shadow_size in args.shadow_sizes:
-        frames, cpu_ms, wall_ms = render_frames(xml, states, shadow_size, args.timed_frames)
+        frames, cpu_ms, wall_ms = render_frames(xml, states, shadow_size, args.timed_frames, args.image_size)
         entry = {'cpu_ms_per_frame': round(cpu_ms, 1), 'wall_ms_per_frame': round(wall_ms, 1)}
         if reference is None:
             reference, reference_name = frames, f'shadow {shadow_size}'
@@ -100,8 +104,9 @@ def main(args):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--shadow_sizes', type=int, nargs='+', default=[4096, 2048, 1024],
-                        help='the first is the reference unless --compare is given')
+    parser.add_argument('--shadow_sizes', type=int, nargs='+', default=[4096, 2048, 1024, 0],
+                        help='the first is the reference unless --compare is given; 0: no shadows')
+    parser.add_argument('--image_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
     parser.add_argument('--timed_frames', type=int, default=30)
     parser.add_argument('--seed', type=int, default=3, help="the scripted episode's object pose seed")
     parser.add_argument('--save', help='write the reference frames and states to this .npz')
