@@ -164,9 +164,9 @@ def parse_args(argv=None):
     parser.add_argument('--num_rollouts', type=int, help="evaluation rollouts (default: the recipe's)")
     args = vars(parser.parse_args(argv))
     recipe = dataclasses.asdict(RECIPES[args['recipe']])
-    for key in ('num_episodes', 'num_steps', 'num_rollouts'):
-        if args[key] is not None and args[key] < (2 if key == 'num_episodes' else 1):
-            parser.error(f'--{key} must be at least {2 if key == "num_episodes" else 1}, got {args[key]}')
+    for key, least in (('num_episodes', 2), ('num_steps', 1), ('num_rollouts', 1)):
+        if args[key] is not None and args[key] < least:
+            parser.error(f'--{key} must be at least {least}, got {args[key]}')
     return {**recipe, **{k: v for k, v in args.items() if v is not None}}
 
 
