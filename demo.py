@@ -117,7 +117,7 @@ def evaluate(args):
 
 
 def report(args, seconds):
-    _, ckpt_dir = folders(args)
+    dataset_dir, ckpt_dir = folders(args)
     with open(os.path.join(ckpt_dir, RESULT_FILE)) as f:
         head = f.read().rsplit('\n\n', 1)[0]  # the summary, then the list of returns
     summary = '\n'.join('  ' + line if line else '' for line in head.rsplit('\n', 1)[0].strip().split('\n'))
@@ -127,7 +127,7 @@ def report(args, seconds):
     print(f"""
 === Finished in {sum(seconds.values()) / 60:.1f} min ({times})
 What happened: {args['num_episodes']} scripted demonstrations of the bimanual cube transfer were recorded in
-  {folders(args)[0]}, an ACT policy learned from them for {args['num_steps']} steps, and it was
+  {dataset_dir}, an ACT policy learned from them for {args['num_steps']} steps, and it was
   rolled out in simulation from new random cube positions.
   The frames were {RENDER_NOTE}.
 Results:

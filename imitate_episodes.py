@@ -416,6 +416,7 @@ def train_main(args, task_config, device, rank, world_size):
     dataset_dir, num_episodes, camera_names = data_settings(args, task_config)
     ckpt_dir = args['ckpt_dir']
     check_task_data(args, task_config, dataset_dir, num_episodes, camera_names, rank, world_size)
+    shadows = open_dataset(dataset_dir).shadows(num_episodes)  # a folder mixing renders stops here
     if rank == 0:
         prepare_folder(ckpt_dir, '--ckpt_dir')
     data_stats = get_norm_stats(dataset_dir, num_episodes)
@@ -442,7 +443,7 @@ def train_main(args, task_config, device, rank, world_size):
             Normalizer(stats).save(stats_path)
         training = {k: args[k] for k in TRAINING_RECORD} | {'dataset_dir': dataset_dir, 'num_episodes': num_episodes}
         write_config(ckpt_dir, make_run_config(args['policy_class'], policy_config, args['task_name'], image_hw,
-                                               training, shadows=open_dataset(dataset_dir).shadows(num_episodes)))
+                                               training, shadows=shadows))
 
     best_epoch, min_val_loss, best_state_dict = train_bc(train_dataloader, val_dataloader, config, state, init)
     if rank == 0:

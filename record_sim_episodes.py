@@ -250,8 +250,8 @@ def episodes_to_record(dataset_dir, num_episodes, shapes, shadows=True):
         try:
             problem = layout_problem(path, shapes)
             if not problem and rendered_with_shadows(path) != shadows:
-                problem = f"rendered {'with' if not shadows else 'without'} shadows, " \
-                          f"{'--no_shadows' if not shadows else 'no --no_shadows'} given"
+                problem = ('rendered without shadows, no --no_shadows given' if shadows
+                           else 'rendered with shadows, --no_shadows given')
         except OSError:
             print(f'{path} is unreadable (interrupted write?): recording it again')
             todo.append(idx)

@@ -115,6 +115,16 @@ def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_ru
     assert env.physics.model.light_castshadow.any()  # the assets' light casts shadows by default
 
 
+def test_training_on_episodes_rendered_unalike_stops_before_writing(tiny_dataset, tmp_path):
+    import h5py
+    with h5py.File(os.path.join(tiny_dataset, 'episode_3.hdf5'), 'r+') as root:
+        root.attrs['shadows'] = False
+    ckpt_dir = tmp_path / 'ckpt'
+    with pytest.raises(ValueError, match='1 of 5 episodes were rendered without shadows .*episode_3.hdf5'):
+        imitate_episodes.main(train_args(tiny_dataset, ckpt_dir))
+    assert not os.path.exists(ckpt_dir / 'dataset_stats.pkl')
+
+
 def test_eval_flags_given_win_over_config_json_and_say_so(two_epoch_run, short_episodes, capsys):
     args, _ = two_epoch_run
     flags = eval_flags(args['ckpt_dir'], '--chunk_size', '7', '--image_size', '12', '16', '--hidden_dim', '32')
