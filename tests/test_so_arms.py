@@ -232,10 +232,19 @@ def follower_goals(emulators):
     return [s.get('goal_position') for s in emulators['so_follower'].servos.values()]
 
 
+def settle(emulator):
+    """Put every emulated motor at its goal, which it otherwise approaches only asymptotically, so
+    the position read next is the one the environment reads."""
+    emulator.wait_idle()
+    for servo in emulator.servos.values():
+        servo.move_by_hand(servo.get('goal_position'))
+
+
 def test_steps_are_clamped_to_the_range_and_the_max_step(station, env):
     emulators, _ = station
     ts = env.reset()
     assert ts.observation['qpos'].shape == (6,) and ts.observation['images']['front'].shape == (24, 32, 3)
+    settle(emulators['so_follower'])
     start = [s.get('present_position') for s in emulators['so_follower'].servos.values()]
     arm = env.bots[0]
     ts = env.step(arm.units.to_units([4000, 100, 2000, 2000, 2000, 2700]))
