@@ -61,7 +61,7 @@ DEFAULTS = {
     'obs_horizon': 1,              # --obs_horizon
     'action_horizon': 8,           # --action_horizon (act-plus-plus: 8); capped at the chunk size
     'ema_power': 0.75,
-    'down_dims': (256, 512, 1024),
+    'down_dims': (256, 512, 1024),  # --down_dims
     'kernel_size': 5,
     'n_groups': 8,
     'backbone': 'resnet18',        # --backbone: resnet18 | resnet34 | resnet50
@@ -370,6 +370,7 @@ def resolve_config(policy_config):
     if policy_config.get('action_horizon') is None:
         cfg['action_horizon'] = min(DEFAULTS['action_horizon'], cfg['num_queries'])
     cfg['scheduler'] = str(cfg['scheduler']).lower()
+    cfg['down_dims'] = tuple(cfg['down_dims'])
     _check_config(cfg)
     return cfg
 
@@ -386,6 +387,9 @@ def _check_config(cfg):
     if not 1 <= cfg['action_horizon'] <= cfg['num_queries']:
         raise ValueError(f"--action_horizon must be between 1 and the prediction horizon --chunk_size "
                          f"({cfg['num_queries']}); got {cfg['action_horizon']}")
+    if not cfg['down_dims'] or any(c < 1 or c % cfg['n_groups'] for c in cfg['down_dims']):
+        raise ValueError(f"--down_dims must be one or more channel counts, each a multiple of the "
+                         f"{cfg['n_groups']} group-norm groups; got {list(cfg['down_dims'])}")
     if cfg['obs_horizon'] < 1:
         raise ValueError(f"--obs_horizon must be >= 1 (1 = the current observation only); got {cfg['obs_horizon']}")
     if not 1 <= cfg['num_inference_steps'] <= cfg['num_train_timesteps']:
@@ -454,7 +458,7 @@ class DiffusionPolicy(Policy):
             'pools': nn.ModuleList(SpatialSoftmax(trunk.num_channels) for trunk in backbones),
             'linears': nn.ModuleList(nn.Linear(2 * NUM_KEYPOINTS, CAMERA_FEATURE_DIM) for _ in range(num_cams)),
             'noise_pred_net': ConditionalUnet1D(cfg['action_dim'], obs_dim * cfg['obs_horizon'],
-                                                down_dims=tuple(cfg['down_dims']),
+                                                down_dims=cfg['down_dims'],
                                                 kernel_size=cfg['kernel_size'], n_groups=cfg['n_groups']),
         })})
 

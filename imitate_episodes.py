@@ -51,6 +51,7 @@ POLICY_FLAGS = {
     'weight_decay': 'weight_decay', 'backbone_weights': 'backbone_weights',
     'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
     'scheduler': 'scheduler', 'obs_horizon': 'obs_horizon', 'action_horizon': 'action_horizon',
+    'down_dims': 'down_dims',
 }
 # Numeric flags -> (test, what it admits); a flag left out (None) is not checked.
 _AT_LEAST_1 = (lambda v: v >= 1, 'at least 1')
@@ -616,6 +617,9 @@ def _model_flags(parser):
     add('--obs_horizon', type=int,
         help='Diffusion: observation steps per query ' + _policy_default('obs_horizon', 'Diffusion'))
     add('--action_horizon', type=int, help='Diffusion: actions executed per query (default: min(8, --chunk_size))')
+    add('--down_dims', type=int, nargs='+', metavar='C',
+        help='Diffusion: channels of the UNet levels, finest first (a smaller UNet trains faster on a CPU) '
+        + _policy_default('down_dims', 'Diffusion'))
 
 
 def _training_flags(parser):

@@ -1,5 +1,6 @@
 """Diffusion policy: UNet and keypoint layers, training signal, sampling, EMA, checkpoints,
 augmentation, bad settings, and a short imitate_episodes.py run with an evaluation rollout."""
+import json
 import math
 import os
 import pickle
@@ -299,6 +300,8 @@ def test_augmentation_only_in_training():
     ({'num_inference_steps': 60}, '--num_inference_steps must be between 1 and the 50'),
     ({'amp': 'fp8'}, '--amp must be one of off, bf16, fp16'),
     ({'camera_names': []}, 'at least one camera'),
+    ({'down_dims': (16, 30)}, r'--down_dims must be .* a multiple of the 8 group-norm groups; got \[16, 30\]'),
+    ({'down_dims': ()}, '--down_dims must be one or more'),
 ])
 def test_bad_settings_name_the_flag(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -340,23 +343,14 @@ def test_import_does_not_load_diffusers_and_make_policy_builds_it():
 
 
 ### End to end: imitate_episodes.py --policy_class Diffusion, then one evaluation rollout
-TRAIN_SCRIPT = """
-import runpy, sys
-import diffusion_policy
-diffusion_policy.DEFAULTS['down_dims'] = {down_dims}  # a tiny UNet; the flags cannot size it
-sys.argv = ['imitate_episodes.py'] + sys.argv[1:]
-runpy.run_path('imitate_episodes.py', run_name='__main__')
-"""
-
-
 def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
     ckpt_dir = tmp_path / 'ckpt'
     flags = ['--task_name', 'sim_transfer_cube_scripted', '--ckpt_dir', str(ckpt_dir), '--policy_class', 'Diffusion',
              '--dataset_dir', tiny_dataset, '--num_episodes', '5', '--camera_names', 'top', '--batch_size', '2',
-             '--num_epochs', '2', '--chunk_size', '5', '--lr', '1e-4', '--seed', '0', '--device', 'cpu']
-    script = TRAIN_SCRIPT.format(down_dims=TINY_DOWN_DIMS)
+             '--num_epochs', '2', '--chunk_size', '5', '--lr', '1e-4', '--seed', '0', '--device', 'cpu',
+             '--down_dims', *map(str, TINY_DOWN_DIMS)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    out = subprocess.run([sys.executable, '-c', script, *flags], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, 'imitate_episodes.py', *flags], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     for name in ('dataset_stats.pkl', 'policy_best.ckpt', 'policy_last.ckpt'):
@@ -366,6 +360,8 @@ def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
     with open(ckpt_dir / 'dataset_stats.pkl', 'rb') as f:
         stats = pickle.load(f)
     assert {'action_min', 'action_max'} <= set(stats)
+    with open(ckpt_dir / 'config.json') as f:
+        assert json.load(f)['policy_config']['down_dims'] == list(TINY_DOWN_DIMS)
 
     from evaluate import eval_bc
     config = eval_config(ckpt_dir, tiny_config(lr=1e-4), policy_class='Diffusion', episode_len=12, temporal_agg=True,
