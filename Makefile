@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) demo.py
 
-# The CPU recipe in ./recipe/: 50 demonstrations, 5,000 training steps and 50 rollouts (demo.py)
+# The CPU recipe in ./recipe/: 50 demonstrations, 2,400 training steps and 50 rollouts, in about 25
+# minutes on a 2-core CPU (demo.py)
 recipe: $(VENV)/.installed
 	$(PY) demo.py --recipe cpu --out recipe

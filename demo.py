@@ -2,10 +2,12 @@
 them and roll it out, timing each step, then say what happened and where everything is.
 
     python demo.py                                   # the demo: about 10 minutes on a 2-core CPU
-    python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, under an hour
+    python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
 
-Both render the simulation without shadows (record_sim_episodes.py --no_shadows), which more than
-halves the CPU a frame costs; their images therefore differ from the original's, and they say so.
+Both render the simulation at 96x128 (the original: 480x640) and without shadows
+(record_sim_episodes.py --no_shadows), which more than halves the CPU a frame costs; their images
+therefore differ from the original's, and they say so. Both train the same small ACT with a cosine
+learning rate; the demo on fewer episodes for fewer steps.
 A second run reuses the episodes, checkpoint and results the first made (delete the folder to start
 over); an interrupted training is resumed. They evaluate the last checkpoint, not policy_best: the
 validation loss (one random time step of each of 10 validation episodes, as the original) is too
@@ -21,14 +23,16 @@ import time
 from episodes import episode_path
 
 TASK = 'sim_transfer_cube_scripted'
-IMAGE_SIZE = ('120', '160')  # (H, W) recorded, trained on and rendered in evaluation
 RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): a third of the CPU per frame, "
                "but the images differ from the original's wherever a shadow falls")
 # The README's CPU recipe: a smaller ACT than the paper's (the trunk starts from random weights)
 MODEL_FLAGS = ['--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50', '--hidden_dim', '256',
-               '--dim_feedforward', '1024', '--enc_layers', '4', '--dec_layers', '1', '--nheads', '8',
+               '--dim_feedforward', '1024', '--dec_layers', '1', '--nheads', '8',
                '--no-pretrained_backbone']  # no ImageNet download attempt: runs offline
-TRAIN_FLAGS = ['--batch_size', '8', '--lr', '1e-4', '--seed', '0']
+# A linear warm-up over the first 1/WARMUP_SHARE of the steps, then a cosine decay to 0: on the first recipe's
+# 1,600 steps it reached 44% where a constant learning rate reached 15% (README, "A recipe for a CPU")
+TRAIN_FLAGS = ['--batch_size', '8', '--lr', '1e-4', '--lr_backbone', '1e-4', '--lr_schedule', 'cosine', '--seed', '0']
+WARMUP_SHARE = 16
 CHECKPOINT = 'policy_last.ckpt'  # the checkpoint evaluated
 RESULT_FILE = 'result_policy_last.txt'  # what the evaluation of CHECKPOINT writes
 VIDEO_EPISODES = 2  # recorded episodes shown as a video and a joint plot (the demo)
@@ -42,14 +46,16 @@ REWARD_STAGES = ('1 = the right gripper touches the cube, 2 = it lifts the cube,
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     num_episodes: int  # scripted demonstrations recorded and trained on
+    image_size: tuple  # (H, W) recorded, trained on and rendered in evaluation
+    enc_layers: int  # transformer encoder layers, the CVAE encoder's too
     num_steps: int  # training steps of batch 8
     num_rollouts: int  # evaluation rollouts, with temporal ensembling
     videos: bool  # rollout videos and plots of the recorded episodes
 
 
 RECIPES = {
-    'demo': Recipe(num_episodes=20, num_steps=800, num_rollouts=4, videos=True),
-    'cpu': Recipe(num_episodes=50, num_steps=5000, num_rollouts=50, videos=False),
+    'demo': Recipe(num_episodes=20, image_size=(96, 128), enc_layers=2, num_steps=1400, num_rollouts=4, videos=True),
+    'cpu': Recipe(num_episodes=50, image_size=(96, 128), enc_layers=2, num_steps=2400, num_rollouts=50, videos=False),
 }
 
 
@@ -65,15 +71,28 @@ def run(step, command, env=None):
     return time.perf_counter() - start
 
 
+def describe(recipe):
+    """A recipe in words, for --help."""
+    videos = ' with videos' if recipe.videos else ''
+    return (f'{recipe.num_episodes} episodes at {"x".join(map(str, recipe.image_size))}, {recipe.enc_layers} encoder '
+            f'layers, {recipe.num_steps} steps, {recipe.num_rollouts} rollouts{videos}')
+
+
+def image_size(args):
+    """The recipe's (H, W) as command-line words."""
+    return [str(n) for n in args['image_size']]
+
+
 def folders(args):
     return os.path.join(args['out'], TASK), os.path.join(args['out'], 'ckpt')
 
 
 def record(args):
     dataset_dir, _ = folders(args)
-    seconds = run(f"Recording {args['num_episodes']} scripted demonstrations ({'x'.join(IMAGE_SIZE)}, no shadows)",
+    size = image_size(args)
+    seconds = run(f"Recording {args['num_episodes']} scripted demonstrations ({'x'.join(size)}, no shadows)",
                   ['record_sim_episodes.py', '--task_name', TASK, '--dataset_dir', dataset_dir,
-                   '--num_episodes', str(args['num_episodes']), '--image_size', *IMAGE_SIZE, '--num_workers', '2',
+                   '--num_episodes', str(args['num_episodes']), '--image_size', *size, '--num_workers', '2',
                    '--no_shadows'])
     if args['videos']:
         for i in range(min(VIDEO_EPISODES, args['num_episodes'])):
@@ -82,17 +101,18 @@ def record(args):
     return seconds
 
 
-def check_episodes(dataset_dir, num_episodes):
+def check_episodes(args):
+    dataset_dir, num_episodes = folders(args)[0], args['num_episodes']
     missing = [i for i in range(num_episodes) if not os.path.isfile(episode_path(dataset_dir, i))]
     if missing:
         raise SystemExit(f'demo: {dataset_dir} lacks episode_{missing[0]}.hdf5; record the demonstrations first '
                          f'with: python record_sim_episodes.py --task_name {TASK} --dataset_dir {dataset_dir} '
-                         f'--num_episodes {num_episodes} --image_size {" ".join(IMAGE_SIZE)} --no_shadows')
+                         f'--num_episodes {num_episodes} --image_size {" ".join(image_size(args))} --no_shadows')
 
 
 def train(args):
     dataset_dir, ckpt_dir = folders(args)
-    check_episodes(dataset_dir, args['num_episodes'])
+    check_episodes(args)
     if os.path.isfile(os.path.join(ckpt_dir, CHECKPOINT)):
         print(f'\n=== Training: {ckpt_dir}/{CHECKPOINT} exists, reusing it (delete the folder to retrain)')
         return 0.0
@@ -100,7 +120,8 @@ def train(args):
     resume = ['--resume'] if os.path.isfile(os.path.join(ckpt_dir, 'training_state.pt')) else []
     return run(f"Training ACT for {steps} steps on {args['num_episodes']} demonstrations",
                ['imitate_episodes.py', '--task_name', TASK, '--ckpt_dir', ckpt_dir, '--dataset_dir', dataset_dir,
-                '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS, *TRAIN_FLAGS, '--num_steps', steps,
+                '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS, '--enc_layers', str(args['enc_layers']),
+                *TRAIN_FLAGS, '--num_steps', steps, '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
                 '--validate_every', str(max(1, args['num_steps'] // 8)), '--save_every', steps, *resume])
 
 
@@ -129,7 +150,7 @@ def report(args, seconds):
 What happened: {args['num_episodes']} scripted demonstrations of the bimanual cube transfer were recorded in
   {dataset_dir}, an ACT policy learned from them for {args['num_steps']} steps, and it was
   rolled out in simulation from new random cube positions.
-  The frames were {RENDER_NOTE}.
+  The frames were {'x'.join(image_size(args))} (the original's are 480x640) and {RENDER_NOTE}.
 Results:
 {summary}
   Reward stages: {REWARD_STAGES}.
@@ -156,8 +177,7 @@ def main(args):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--recipe', choices=sorted(RECIPES), default='demo',
-                        help='demo: 20 episodes, 800 steps, 4 rollouts with videos; cpu: 50 episodes, 5000 steps, '
-                             '50 rollouts')
+                        help='; '.join(f'{name}: {describe(recipe)}' for name, recipe in RECIPES.items()))
     parser.add_argument('--out', default='demo', help='folder for the episodes (<out>/<task>) and the run (<out>/ckpt)')
     parser.add_argument('--num_episodes', type=int, help="episodes to record and train on (default: the recipe's)")
     parser.add_argument('--num_steps', type=int, help="training steps of batch 8 (default: the recipe's)")

@@ -1,5 +1,6 @@
 """Deployment latency: one policy query through each runtime, from raw qpos and uint8 images to raw
-actions, at the README config and at the CPU recipe's config, with 1 and 2 threads. Prints JSON.
+actions, at the README config and at the first CPU recipe's config (120x160, 4 encoder layers; the
+recipe now uses 96x128 and 2), with 1 and 2 threads. Prints JSON.
 
 Runtimes, timed alternately in one run (a CPU shared with other work slows all alike): the
 original computation (detr/reference.py on a copy of the weights, as evaluation ran it), eager fp32

@@ -57,3 +57,24 @@ def test_failed_step_and_resume(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'exit status 143.*run the same command again'):
         demo.train(args)
     assert commands[0][1] == 'imitate_episodes.py' and commands[0][-1] == '--resume'
+
+
+def test_commands_carry_the_recipe(tmp_path, monkeypatch):
+    commands = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(demo.subprocess, 'run', lambda command, env: commands.append(command) or Done())
+    args = demo.parse_args(['--recipe', 'cpu', '--out', str(tmp_path), '--num_episodes', '2', '--num_steps', '320'])
+    dataset_dir, _ = demo.folders(args)
+    demo.record(args)
+    os.makedirs(dataset_dir)
+    for i in range(2):
+        open(os.path.join(dataset_dir, f'episode_{i}.hdf5'), 'wb').close()
+    demo.train(args)
+    record, train = (' '.join(command) for command in commands)
+    height, width = demo.RECIPES['cpu'].image_size
+    assert f'--image_size {height} {width} ' in record and '--no_shadows' in record
+    assert f'--enc_layers {demo.RECIPES["cpu"].enc_layers} ' in train and '--num_steps 320 ' in train
+    assert '--lr_schedule cosine' in train and f'--warmup_steps {320 // demo.WARMUP_SHARE} ' in train
