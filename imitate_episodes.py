@@ -51,7 +51,7 @@ POLICY_FLAGS = {
     'weight_decay': 'weight_decay', 'backbone_weights': 'backbone_weights',
     'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
     'scheduler': 'scheduler', 'obs_horizon': 'obs_horizon', 'action_horizon': 'action_horizon',
-    'down_dims': 'down_dims',
+    'down_dims': 'down_dims', 'augment_images': 'augment_images',
 }
 # Numeric flags -> (test, what it admits); a flag left out (None) is not checked.
 _AT_LEAST_1 = (lambda v: v >= 1, 'at least 1')
@@ -620,6 +620,9 @@ def _model_flags(parser):
     add('--down_dims', type=int, nargs='+', metavar='C',
         help='Diffusion: channels of the UNet levels, finest first (a smaller UNet trains faster on a CPU) '
         + _policy_default('down_dims', 'Diffusion'))
+    add('--augment_images', action=argparse.BooleanOptionalAction,
+        help='Diffusion: random crop, rotation and colour jitter in training, the centre crop in evaluation '
+        + _policy_default('augment_images', 'Diffusion'))
 
 
 def _training_flags(parser):
