@@ -1,13 +1,14 @@
-"""`make demo` and `make recipe`: record scripted transfer-cube demonstrations, train an ACT on
+"""`make demo`, `make recipe` and `make insertion`: record scripted demonstrations, train an ACT on
 them and roll it out, timing each step, then say what happened and where everything is.
 
     python demo.py                                   # the demo: about 10 minutes on a 2-core CPU
     python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
+    python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 55 minutes
 
-Both render the simulation at 96x128 (the original: 480x640) and without shadows
-(record_sim_episodes.py --no_shadows), which more than halves the CPU a frame costs; their images
-therefore differ from the original's, and they say so. Both train the same small ACT with a cosine
-learning rate; the demo on fewer episodes for fewer steps.
+The transfer-cube recipes render the simulation at 96x128, insertion at 120x160 (the original:
+480x640), all without shadows (record_sim_episodes.py --no_shadows), which more than halves the CPU
+a frame costs; their images therefore differ from the original's, and they say so. All train the
+same small ACT with a cosine learning rate; the demo on fewer episodes for fewer steps.
 A second run reuses the episodes, checkpoint and results the first made (delete the folder to start
 over); an interrupted training is resumed. They evaluate the last checkpoint, not policy_best: the
 validation loss (one random time step of each of 10 validation episodes, as the original) is too
@@ -22,7 +23,6 @@ import time
 
 from episodes import episode_path
 
-TASK = 'sim_transfer_cube_scripted'
 RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): a third of the CPU per frame, "
                "but the images differ from the original's wherever a shadow falls")
 # The README's CPU recipe: a smaller ACT than the paper's (the trunk starts from random weights)
@@ -36,15 +36,31 @@ WARMUP_SHARE = 16
 CHECKPOINT = 'policy_last.ckpt'  # the checkpoint evaluated
 RESULT_FILE = 'result_policy_last.txt'  # what the evaluation of CHECKPOINT writes
 VIDEO_EPISODES = 2  # recorded episodes shown as a video and a joint plot (the demo)
-FULL_RECIPE = ('python record_sim_episodes.py --task_name sim_transfer_cube\n'
-               '  python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT\n'
-               '  python imitate_episodes.py --task_name sim_transfer_cube --policy_class ACT --eval --temporal_agg')
-REWARD_STAGES = ('1 = the right gripper touches the cube, 2 = it lifts the cube,\n'
-                 '  3 = the left gripper touches it too, 4 = the left gripper holds it alone (success)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    what: str  # the task in words
+    placed: str  # what each rollout places at random
+    stages: str  # the reward stages in words
+    paper: str  # the success of the paper's recipe, as the original's README gives it
+
+
+TASKS = {
+    'sim_transfer_cube_scripted': Task(
+        what='the bimanual cube transfer', placed='cube positions', paper='about 90%',
+        stages=('1 = the right gripper touches the cube, 2 = it lifts the cube,\n'
+                '  3 = the left gripper touches it too, 4 = the left gripper holds it alone (success)')),
+    'sim_insertion_scripted': Task(
+        what='the bimanual peg insertion', placed='peg and socket positions', paper='about 50%',
+        stages=('1 = the left gripper touches the socket and the right the peg, 2 = both are lifted,\n'
+                '  3 = the peg touches the socket in the air, 4 = the peg touches the pin (success)')),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+    task: str  # a key of TASKS
     num_episodes: int  # scripted demonstrations recorded and trained on
     image_size: tuple  # (H, W) recorded, trained on and rendered in evaluation
     enc_layers: int  # transformer encoder layers, the CVAE encoder's too
@@ -53,10 +69,22 @@ class Recipe:
     videos: bool  # rollout videos and plots of the recorded episodes
 
 
+CUBE = 'sim_transfer_cube_scripted'
 RECIPES = {
-    'demo': Recipe(num_episodes=20, image_size=(96, 128), enc_layers=2, num_steps=1400, num_rollouts=4, videos=True),
-    'cpu': Recipe(num_episodes=50, image_size=(96, 128), enc_layers=2, num_steps=2400, num_rollouts=50, videos=False),
+    'demo': Recipe(CUBE, num_episodes=20, image_size=(96, 128), enc_layers=2, num_steps=1400, num_rollouts=4,
+                   videos=True),
+    'cpu': Recipe(CUBE, num_episodes=50, image_size=(96, 128), enc_layers=2, num_steps=2400, num_rollouts=50,
+                  videos=False),
+    # the peg and the socket's hole are a few pixels wide at 96x128: insertion keeps 120x160
+    'insertion': Recipe('sim_insertion_scripted', num_episodes=50, image_size=(120, 160), enc_layers=2,
+                        num_steps=6000, num_rollouts=50, videos=False),
 }
+
+
+def full_recipe(task):
+    """The original's commands for `task`: record at 480x640, train the paper's ACT, evaluate."""
+    train = f'python imitate_episodes.py --task_name {task} --policy_class ACT'
+    return f'python record_sim_episodes.py --task_name {task}\n  {train}\n  {train} --eval --temporal_agg'
 
 
 def run(step, command, env=None):
@@ -74,7 +102,7 @@ def run(step, command, env=None):
 def describe(recipe):
     """A recipe in words, for --help."""
     videos = ' with videos' if recipe.videos else ''
-    return (f'{recipe.num_episodes} episodes at {"x".join(map(str, recipe.image_size))}, {recipe.enc_layers} encoder '
+    return (f'{recipe.task}, {recipe.num_episodes} episodes at {"x".join(map(str, recipe.image_size))}, {recipe.enc_layers} encoder '
             f'layers, {recipe.num_steps} steps, {recipe.num_rollouts} rollouts{videos}')
 
 
@@ -84,14 +112,14 @@ def image_size(args):
 
 
 def folders(args):
-    return os.path.join(args['out'], TASK), os.path.join(args['out'], 'ckpt')
+    return os.path.join(args['out'], args['task']), os.path.join(args['out'], 'ckpt')
 
 
 def record(args):
     dataset_dir, _ = folders(args)
     size = image_size(args)
     seconds = run(f"Recording {args['num_episodes']} scripted demonstrations ({'x'.join(size)}, no shadows)",
-                  ['record_sim_episodes.py', '--task_name', TASK, '--dataset_dir', dataset_dir,
+                  ['record_sim_episodes.py', '--task_name', args['task'], '--dataset_dir', dataset_dir,
                    '--num_episodes', str(args['num_episodes']), '--image_size', *size, '--num_workers', '2',
                    '--no_shadows'])
     if args['videos']:
@@ -106,7 +134,7 @@ def check_episodes(args):
     missing = [i for i in range(num_episodes) if not os.path.isfile(episode_path(dataset_dir, i))]
     if missing:
         raise SystemExit(f'demo: {dataset_dir} lacks episode_{missing[0]}.hdf5; record the demonstrations first '
-                         f'with: python record_sim_episodes.py --task_name {TASK} --dataset_dir {dataset_dir} '
+                         f"with: python record_sim_episodes.py --task_name {args['task']} --dataset_dir {dataset_dir} "
                          f'--num_episodes {num_episodes} --image_size {" ".join(image_size(args))} --no_shadows')
 
 
@@ -119,7 +147,7 @@ def train(args):
     steps = str(args['num_steps'])
     resume = ['--resume'] if os.path.isfile(os.path.join(ckpt_dir, 'training_state.pt')) else []
     return run(f"Training ACT for {steps} steps on {args['num_episodes']} demonstrations",
-               ['imitate_episodes.py', '--task_name', TASK, '--ckpt_dir', ckpt_dir, '--dataset_dir', dataset_dir,
+               ['imitate_episodes.py', '--task_name', args['task'], '--ckpt_dir', ckpt_dir, '--dataset_dir', dataset_dir,
                 '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS, '--enc_layers', str(args['enc_layers']),
                 *TRAIN_FLAGS, '--num_steps', steps, '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
                 '--validate_every', str(max(1, args['num_steps'] // 8)), '--save_every', steps, *resume])
@@ -131,7 +159,8 @@ def evaluate(args):
         print(f'\n=== Evaluation: {ckpt_dir}/{RESULT_FILE} exists, reusing it (delete it to evaluate again)')
         return 0.0
     video = [] if args['videos'] else ['--no_video']
-    return run(f"Evaluating: {args['num_rollouts']} rollouts with temporal ensembling, new random cube positions",
+    placed = TASKS[args['task']].placed
+    return run(f"Evaluating: {args['num_rollouts']} rollouts with temporal ensembling, new random {placed}",
                ['imitate_episodes.py', '--eval', '--ckpt_dir', ckpt_dir, '--eval_ckpt', CHECKPOINT, '--temporal_agg',
                 '--num_rollouts', str(args['num_rollouts']), '--eval_workers', '2', *video],
                env={'OMP_NUM_THREADS': '1'})  # one thread per rollout worker on a 2-core CPU
@@ -145,15 +174,16 @@ def report(args, seconds):
     times = ', '.join(f'{step} {s / 60:.1f} min' for step, s in seconds.items())
     videos = ', '.join(os.path.join(ckpt_dir, f'video{i}.mp4') for i in range(args['num_rollouts']))
     where_videos = f'\n  rollout videos     {videos}' if args['videos'] else ''
+    task = TASKS[args['task']]
     print(f"""
 === Finished in {sum(seconds.values()) / 60:.1f} min ({times})
-What happened: {args['num_episodes']} scripted demonstrations of the bimanual cube transfer were recorded in
+What happened: {args['num_episodes']} scripted demonstrations of {task.what} were recorded in
   {dataset_dir}, an ACT policy learned from them for {args['num_steps']} steps, and it was
-  rolled out in simulation from new random cube positions.
+  rolled out in simulation from new random {task.placed}.
   The frames were {'x'.join(image_size(args))} (the original's are 480x640) and {RENDER_NOTE}.
 Results:
 {summary}
-  Reward stages: {REWARD_STAGES}.
+  Reward stages: {task.stages}.
   "Success rate" is the share of rollouts reaching stage 4; "Reward >= r" counts the rollouts that
   reached stage r.
 Where to look:{where_videos}
@@ -161,8 +191,8 @@ Where to look:{where_videos}
                      {os.path.join(ckpt_dir, 'train_metrics_seed_0.png')}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
   results            {os.path.join(ckpt_dir, RESULT_FILE)}
   checkpoints        {os.path.join(ckpt_dir, CHECKPOINT)}, policy_best.ckpt, dataset_stats.pkl
-The paper's recipe (about 90% success; hours on a GPU, far longer on a CPU), with shadows:
-  {FULL_RECIPE}
+The paper's recipe ({task.paper} success; hours on a GPU, far longer on a CPU), with shadows:
+  {full_recipe(args['task'])}
 The evaluation report (results, rollout videos, training curves, config; open it in a browser):
   {os.path.join(ckpt_dir, 'report.html')}""")
 

@@ -38,6 +38,10 @@ def test_report_shows_times_render_setting_summary_and_paths(tmp_path, capsys):
     assert out.rstrip().endswith(str(ckpt_dir / 'report.html'))  # the last line: where the report is
     demo.report(dict(args, videos=False), {'recording': 60.0})
     assert 'video1.mp4' not in capsys.readouterr().out
+    demo.report(dict(args, task='sim_insertion_scripted'), {'recording': 60.0})
+    out = capsys.readouterr().out
+    assert 'the bimanual peg insertion' in out and 'the peg touches the pin (success)' in out
+    assert 'cube' not in out and 'record_sim_episodes.py --task_name sim_insertion_scripted' in out
 
 
 def test_failed_step_and_resume(tmp_path, monkeypatch):
@@ -59,14 +63,15 @@ def test_failed_step_and_resume(tmp_path, monkeypatch):
     assert commands[0][1] == 'imitate_episodes.py' and commands[0][-1] == '--resume'
 
 
-def test_commands_carry_the_recipe(tmp_path, monkeypatch):
+@pytest.mark.parametrize('name', ['cpu', 'insertion'])
+def test_commands_carry_the_recipe(name, tmp_path, monkeypatch):
     commands = []
 
     class Done:
         returncode = 0
 
     monkeypatch.setattr(demo.subprocess, 'run', lambda command, env: commands.append(command) or Done())
-    args = demo.parse_args(['--recipe', 'cpu', '--out', str(tmp_path), '--num_episodes', '2', '--num_steps', '320'])
+    args = demo.parse_args(['--recipe', name, '--out', str(tmp_path), '--num_episodes', '2', '--num_steps', '320'])
     dataset_dir, _ = demo.folders(args)
     demo.record(args)
     os.makedirs(dataset_dir)
@@ -74,7 +79,10 @@ def test_commands_carry_the_recipe(tmp_path, monkeypatch):
         open(os.path.join(dataset_dir, f'episode_{i}.hdf5'), 'wb').close()
     demo.train(args)
     record, train = (' '.join(command) for command in commands)
-    height, width = demo.RECIPES['cpu'].image_size
+    recipe = demo.RECIPES[name]
+    height, width = recipe.image_size
+    assert dataset_dir == os.path.join(str(tmp_path), recipe.task)
+    assert f'--task_name {recipe.task} ' in record and f'--task_name {recipe.task} ' in train
     assert f'--image_size {height} {width} ' in record and '--no_shadows' in record
-    assert f'--enc_layers {demo.RECIPES["cpu"].enc_layers} ' in train and '--num_steps 320 ' in train
+    assert f'--enc_layers {recipe.enc_layers} ' in train and '--num_steps 320 ' in train
     assert '--lr_schedule cosine' in train and f'--warmup_steps {320 // demo.WARMUP_SHARE} ' in train
