@@ -102,8 +102,8 @@ def run(step, command, env=None):
 def describe(recipe):
     """A recipe in words, for --help."""
     videos = ' with videos' if recipe.videos else ''
-    return (f'{recipe.task}, {recipe.num_episodes} episodes at {"x".join(map(str, recipe.image_size))}, {recipe.enc_layers} encoder '
-            f'layers, {recipe.num_steps} steps, {recipe.num_rollouts} rollouts{videos}')
+    return (f'{recipe.task}, {recipe.num_episodes} episodes at {"x".join(map(str, recipe.image_size))}, '
+            f'{recipe.enc_layers} encoder layers, {recipe.num_steps} steps, {recipe.num_rollouts} rollouts{videos}')
 
 
 def image_size(args):
@@ -147,9 +147,9 @@ def train(args):
     steps = str(args['num_steps'])
     resume = ['--resume'] if os.path.isfile(os.path.join(ckpt_dir, 'training_state.pt')) else []
     return run(f"Training ACT for {steps} steps on {args['num_episodes']} demonstrations",
-               ['imitate_episodes.py', '--task_name', args['task'], '--ckpt_dir', ckpt_dir, '--dataset_dir', dataset_dir,
-                '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS, '--enc_layers', str(args['enc_layers']),
-                *TRAIN_FLAGS, '--num_steps', steps, '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
+               ['imitate_episodes.py', '--task_name', args['task'], '--ckpt_dir', ckpt_dir,
+                '--dataset_dir', dataset_dir, '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS,
+                '--enc_layers', str(args['enc_layers']), *TRAIN_FLAGS, '--num_steps', steps, '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
                 '--validate_every', str(max(1, args['num_steps'] // 8)), '--save_every', steps, *resume])
 
 
