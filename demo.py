@@ -149,7 +149,8 @@ def train(args):
     return run(f"Training ACT for {steps} steps on {args['num_episodes']} demonstrations",
                ['imitate_episodes.py', '--task_name', args['task'], '--ckpt_dir', ckpt_dir,
                 '--dataset_dir', dataset_dir, '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS,
-                '--enc_layers', str(args['enc_layers']), *TRAIN_FLAGS, '--num_steps', steps, '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
+                '--enc_layers', str(args['enc_layers']), *TRAIN_FLAGS, '--num_steps', steps,
+                '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
                 '--validate_every', str(max(1, args['num_steps'] // 8)), '--save_every', steps, *resume])
 
 
