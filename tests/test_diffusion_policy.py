@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 import diffusion_policy as dp
 from tests.helpers import ROOT, TINY_IMAGE_HW, eval_config
@@ -158,6 +159,33 @@ def test_both_schedulers_sample_chunks_in_range(scheduler):
     assert actions.shape == (3, 7, 14) and actions.dtype == torch.float32
     assert torch.isfinite(actions).all() and actions.abs().max() <= 1.0 + 1e-5  # clipped x0, scaled actions
     assert policy.noise_scheduler.__class__.__name__ == scheduler.upper() + 'Scheduler'
+
+
+class TrueNoise(nn.Module):
+    """A noise predictor that knows the clean chunk: from x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise
+    it returns the noise exactly. Its one FiLM pair carries the step where the UNet's carry the condition."""
+
+    def __init__(self, chunk, alphas_cumprod):
+        super().__init__()
+        self.chunk, self.alphas_cumprod = chunk, alphas_cumprod  # (B, T, A), (num_train_timesteps,)
+
+    def condition(self, timestep, global_cond):
+        return [(timestep, timestep)]  # (S B,) each
+
+    def forward(self, sample, timestep, global_cond, films):
+        a = self.alphas_cumprod[films[0][0]].view(-1, 1, 1)  # (B, 1, 1)
+        return (sample - a.sqrt() * self.chunk) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize('scheduler', ['ddim', 'ddpm'])
+def test_sampling_with_the_true_noise_returns_the_chunk(scheduler):
+    # The sampling loop (FiLM computed once per query, the scheduler's steps) must turn exact noise
+    # predictions into the clean chunk; a wrong step, schedule or FiLM row would leave it noisy.
+    policy = dp.DiffusionPolicy(tiny_config(scheduler=scheduler, num_queries=7, num_inference_steps=5)).eval()
+    qpos, image = observation(batch=3)
+    chunk = torch.rand(3, 7, 14) * 1.6 - 0.8
+    policy.ema_nets['policy']['noise_pred_net'] = TrueNoise(chunk, policy.noise_scheduler.alphas_cumprod)
+    assert torch.allclose(sample(policy, qpos, image, seed=0), chunk, atol=1e-4)
 
 
 def test_observation_horizon_two():
