@@ -4,8 +4,9 @@
 Per camera, a ResNet trunk (ResNet-18 by default) with group norm in place of batch norm feeds a spatial-softmax
 layer (32 keypoints) whose keypoints are projected to 64 features; the features of all cameras
 and qpos, over the observation horizon, are the global condition of a 1-D UNet over the action
-chunk. The UNet predicts the noise added to the chunk (epsilon prediction) and is FiLM-conditioned
-on the diffusion step and the global condition. Noise schedules come from diffusers, imported only
+chunk. The UNet predicts the noise added to the chunk (epsilon prediction, act-plus-plus's), or with
+prediction_type 'sample' the clean chunk itself, and is FiLM-conditioned on the diffusion step and
+the global condition. Noise schedules come from diffusers, imported only
 when a DiffusionPolicy is built so that ACT works without it.
 
 Module names follow act-plus-plus (robomimic's ResNet18Conv / SpatialSoftmax and the
@@ -47,6 +48,7 @@ MAX_ROTATION_DEG = 5.0         # training rotates each image by up to this many 
 BRIGHTNESS, CONTRAST, SATURATION = 0.3, 0.4, 0.5  # colour jitter: factors drawn in 1 -+ strength
 GEMM_CONV_MAX_COLUMNS = 16    # CPU: below batch x length 16 a 1-D convolution runs as one matrix product
 SCHEDULERS = ('ddim', 'ddpm')
+PREDICTION_TYPES = ('epsilon', 'sample')  # what the UNet predicts: the noise, or the clean chunk
 
 # Optional policy_config keys (a missing key or None takes the default) and the flag that sets each.
 DEFAULTS = {
@@ -57,6 +59,7 @@ DEFAULTS = {
     'weight_decay': 1e-6,
     'num_inference_steps': 10,     # --num_inference_steps
     'scheduler': 'ddim',           # --scheduler
+    'prediction_type': 'epsilon',  # --prediction_type (act-plus-plus: epsilon)
     'num_train_timesteps': 50,
     'obs_horizon': 1,              # --obs_horizon
     'action_horizon': 8,           # --action_horizon (act-plus-plus: 8); capped at the chunk size
@@ -384,6 +387,9 @@ def _check_config(cfg):
         raise ValueError(f"--amp must be one of {', '.join(AMP_DTYPES)}; got {cfg['amp']!r}")
     if cfg['scheduler'] not in SCHEDULERS:
         raise ValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}; got {cfg['scheduler']!r}")
+    if cfg['prediction_type'] not in PREDICTION_TYPES:
+        raise ValueError(f"--prediction_type must be one of {', '.join(PREDICTION_TYPES)}; "
+                         f"got {cfg['prediction_type']!r}")
     if not 1 <= cfg['action_horizon'] <= cfg['num_queries']:
         raise ValueError(f"--action_horizon must be between 1 and the prediction horizon --chunk_size "
                          f"({cfg['num_queries']}); got {cfg['action_horizon']}")
@@ -400,11 +406,12 @@ def _check_config(cfg):
                       f"{cfg['num_train_timesteps']} training timesteps; DDIM will use uneven steps")
 
 
-def make_noise_scheduler(name, num_train_timesteps):
-    """The diffusers scheduler: squared-cosine betas, sample clipping, epsilon prediction."""
+def make_noise_scheduler(name, num_train_timesteps, prediction_type='epsilon'):
+    """The diffusers scheduler: squared-cosine betas, sample clipping, and what the UNet predicts
+    ('epsilon': the noise; 'sample': the clean chunk)."""
     from diffusers import DDIMScheduler, DDPMScheduler
     common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE,
-                  clip_sample=True, prediction_type='epsilon')
+                  clip_sample=True, prediction_type=prediction_type)
     if name == 'ddim':
         return DDIMScheduler(set_alpha_to_one=True, steps_offset=0, **common)
     return DDPMScheduler(variance_type='fixed_small', **common)
@@ -444,7 +451,8 @@ class DiffusionPolicy(Policy):
         # The average lives in ema_nets itself: it moves with .to(), is saved as 'ema', and is
         # what inference runs. EMAModel.step updates its shadow parameters in place.
         self.ema.shadow_params = list(self.ema_nets.parameters())
-        self.noise_scheduler = make_noise_scheduler(cfg['scheduler'], cfg['num_train_timesteps'])
+        self.noise_scheduler = make_noise_scheduler(cfg['scheduler'], cfg['num_train_timesteps'],
+                                                    cfg['prediction_type'])
         print(f'number of parameters: {sum(p.numel() for p in self.nets.parameters()) / 1e6:.2f}M')
 
     def _build_nets(self, cfg, load_pretrained):
@@ -545,10 +553,11 @@ class DiffusionPolicy(Policy):
         noise = torch.randn_like(actions)
         steps = torch.randint(0, self.cfg['num_train_timesteps'], (actions.shape[0],), device=actions.device)
         noisy_actions = self.noise_scheduler.add_noise(actions, noise, steps)
-        noise_pred = self.nets['policy']['noise_pred_net'](noisy_actions, steps, global_cond)
+        prediction = self.nets['policy']['noise_pred_net'](noisy_actions, steps, global_cond)  # (B, T, A)
+        target = noise if self.cfg['prediction_type'] == 'epsilon' else actions
         # NOTE(faithful): padded steps count in the denominator (mean over all elements), as in
         # act-plus-plus; they only contribute zeros.
-        loss = (F.mse_loss(noise_pred, noise, reduction='none') * ~is_pad.unsqueeze(-1)).mean()
+        loss = (F.mse_loss(prediction, target, reduction='none') * ~is_pad.unsqueeze(-1)).mean()
         return {'l2_loss': loss, 'loss': loss}
 
     @torch.inference_mode()
@@ -567,8 +576,8 @@ class DiffusionPolicy(Policy):
             for i, step in enumerate(steps):
                 rows = slice(i * batch, (i + 1) * batch)
                 step_films = [(scale[rows], bias[rows]) for scale, bias in films]
-                noise_pred = unet(actions, None, None, films=step_films).float()
-                actions = self.noise_scheduler.step(noise_pred, step, actions).prev_sample
+                prediction = unet(actions, None, None, films=step_films).float()  # noise or clean chunk
+                actions = self.noise_scheduler.step(prediction, step, actions).prev_sample
         return actions
 
 

@@ -175,7 +175,8 @@ def diffusion_constants(policy, normalizer):
                          f"train with --scheduler ddim (the default) to export it")
     scheduler = policy.noise_scheduler
     scheduler.set_timesteps(cfg['num_inference_steps'])
-    return {'num_train_timesteps': cfg['num_train_timesteps'], 'timesteps': scheduler.timesteps.tolist(),
+    return {'num_train_timesteps': cfg['num_train_timesteps'], 'prediction_type': cfg['prediction_type'],
+            'timesteps': scheduler.timesteps.tolist(),
             'alphas_cumprod': scheduler.alphas_cumprod.tolist(),
             'final_alpha_cumprod': float(scheduler.final_alpha_cumprod),
             'action_min': np.asarray(normalizer.stats['action_min'], dtype=float).tolist(),

@@ -50,8 +50,8 @@ POLICY_FLAGS = {
     'backbone': 'backbone', 'per_camera_backbone': 'per_camera_backbone', 'lr': 'lr', 'lr_backbone': 'lr_backbone',
     'weight_decay': 'weight_decay', 'backbone_weights': 'backbone_weights',
     'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
-    'scheduler': 'scheduler', 'obs_horizon': 'obs_horizon', 'action_horizon': 'action_horizon',
-    'down_dims': 'down_dims', 'augment_images': 'augment_images',
+    'scheduler': 'scheduler', 'prediction_type': 'prediction_type', 'obs_horizon': 'obs_horizon',
+    'action_horizon': 'action_horizon', 'down_dims': 'down_dims', 'augment_images': 'augment_images',
 }
 # Numeric flags -> (test, what it admits); a flag left out (None) is not checked.
 _AT_LEAST_1 = (lambda v: v >= 1, 'at least 1')
@@ -614,6 +614,9 @@ def _model_flags(parser):
         + _policy_default('num_inference_steps', 'Diffusion'))
     add('--scheduler', choices=('ddim', 'ddpm'),
         help='Diffusion: noise scheduler ' + _policy_default('scheduler', 'Diffusion'))
+    add('--prediction_type', choices=('epsilon', 'sample'),
+        help="Diffusion: what the UNet predicts, the noise or the clean action chunk; a training setting "
+        + _policy_default('prediction_type', 'Diffusion'))
     add('--obs_horizon', type=int,
         help='Diffusion: observation steps per query ' + _policy_default('obs_horizon', 'Diffusion'))
     add('--action_horizon', type=int, help='Diffusion: actions executed per query (default: min(8, --chunk_size))')

@@ -118,19 +118,26 @@ class _Session:
 
 
 class DDIM:
-    """diffusers' DDIMScheduler.step (eta 0, epsilon prediction, samples clipped to [-1, 1]) in float32 numpy."""
+    """diffusers' DDIMScheduler.step (eta 0, samples clipped to [-1, 1]) in float32 numpy, for a
+    denoiser that predicts the noise ('epsilon') or the clean chunk ('sample')."""
 
     def __init__(self, constants):
         self.alphas_cumprod = np.asarray(constants['alphas_cumprod'], dtype=np.float32)
         self.timesteps = [int(t) for t in constants['timesteps']]  # descending
         self.step_ratio = constants['num_train_timesteps'] // len(self.timesteps)
         self.final_alpha_cumprod = np.float32(constants['final_alpha_cumprod'])
+        self.prediction_type = constants.get('prediction_type', 'epsilon')  # older exports: epsilon
 
-    def step(self, eps, t, sample):
+    def step(self, prediction, t, sample):
         prev_t = t - self.step_ratio
         alpha_t = self.alphas_cumprod[t]
         alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        original = (sample - np.sqrt(1 - alpha_t) * eps) / np.sqrt(alpha_t)
+        if self.prediction_type == 'epsilon':
+            eps = prediction
+            original = (sample - np.sqrt(1 - alpha_t) * eps) / np.sqrt(alpha_t)
+        else:
+            original = prediction
+            eps = (sample - np.sqrt(alpha_t) * original) / np.sqrt(1 - alpha_t)
         original = np.clip(original, -1, 1)
         return (np.sqrt(alpha_prev) * original + np.sqrt(1 - alpha_prev) * eps).astype(np.float32)
 
@@ -202,9 +209,9 @@ class PolicyRunner:
             noise = self.rng.standard_normal((batch, self.chunk_size, self.action_dim))
         sample = np.asarray(noise, dtype=np.float32)
         for t in self.ddim.timesteps:
-            eps = self.sessions['denoiser'].run({'sample': sample, 'timestep': np.full(batch, t, dtype=np.int64),
-                                                 'global_cond': cond})[0]
-            sample = self.ddim.step(eps, t, sample)
+            prediction = self.sessions['denoiser'].run({'sample': sample, 'timestep': np.full(batch, t, dtype=np.int64),
+                                                        'global_cond': cond})[0]  # (B, chunk, A)
+            sample = self.ddim.step(prediction, t, sample)
         return ((sample + 1) / 2 * (self.action_high - self.action_low) + self.action_low).astype(np.float32)
 
     ### one action per step

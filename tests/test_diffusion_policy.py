@@ -161,31 +161,50 @@ def test_both_schedulers_sample_chunks_in_range(scheduler):
     assert policy.noise_scheduler.__class__.__name__ == scheduler.upper() + 'Scheduler'
 
 
-class TrueNoise(nn.Module):
-    """A noise predictor that knows the clean chunk: from x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise
-    it returns the noise exactly. Its one FiLM pair carries the step where the UNet's carry the condition."""
+class Oracle(nn.Module):
+    """A denoiser that knows the clean chunk: from x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise it
+    returns the noise ('epsilon') or x_0 ('sample') exactly. In sampling its one FiLM pair carries the
+    step where the UNet's carry the condition."""
 
-    def __init__(self, chunk, alphas_cumprod):
+    def __init__(self, chunk, alphas_cumprod, prediction_type):
         super().__init__()
         self.chunk, self.alphas_cumprod = chunk, alphas_cumprod  # (B, T, A), (num_train_timesteps,)
+        self.prediction_type = prediction_type
 
     def condition(self, timestep, global_cond):
         return [(timestep, timestep)]  # (S B,) each
 
-    def forward(self, sample, timestep, global_cond, films):
-        a = self.alphas_cumprod[films[0][0]].view(-1, 1, 1)  # (B, 1, 1)
+    def forward(self, sample, timestep, global_cond, films=None):
+        if self.prediction_type == 'sample':
+            return self.chunk.expand_as(sample)
+        a = self.alphas_cumprod[timestep if films is None else films[0][0]].view(-1, 1, 1)  # (B, 1, 1)
         return (sample - a.sqrt() * self.chunk) / (1 - a).sqrt()
 
 
-@pytest.mark.parametrize('scheduler', ['ddim', 'ddpm'])
-def test_sampling_with_the_true_noise_returns_the_chunk(scheduler):
-    # The sampling loop (FiLM computed once per query, the scheduler's steps) must turn exact noise
+@pytest.mark.parametrize('scheduler, prediction_type', [('ddim', 'epsilon'), ('ddpm', 'epsilon'),
+                                                         ('ddim', 'sample'), ('ddpm', 'sample')])
+def test_sampling_with_an_exact_denoiser_returns_the_chunk(scheduler, prediction_type):
+    # The sampling loop (FiLM computed once per query, the scheduler's steps) must turn exact
     # predictions into the clean chunk; a wrong step, schedule or FiLM row would leave it noisy.
-    policy = dp.DiffusionPolicy(tiny_config(scheduler=scheduler, num_queries=7, num_inference_steps=5)).eval()
+    policy = dp.DiffusionPolicy(tiny_config(scheduler=scheduler, prediction_type=prediction_type,
+                                            num_queries=7, num_inference_steps=5)).eval()
     qpos, image = observation(batch=3)
     chunk = torch.rand(3, 7, 14) * 1.6 - 0.8
-    policy.ema_nets['policy']['noise_pred_net'] = TrueNoise(chunk, policy.noise_scheduler.alphas_cumprod)
+    policy.ema_nets['policy']['noise_pred_net'] = Oracle(chunk, policy.noise_scheduler.alphas_cumprod,
+                                                         prediction_type)
     assert torch.allclose(sample(policy, qpos, image, seed=0), chunk, atol=1e-4)
+
+
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
+def test_loss_targets_the_noise_or_the_chunk(prediction_type):
+    policy = dp.DiffusionPolicy(tiny_config(prediction_type=prediction_type)).train()
+    qpos, image, actions, _ = toy_batch(batch=2)
+    policy.nets['policy']['noise_pred_net'] = Oracle(actions, policy.noise_scheduler.alphas_cumprod,
+                                                     prediction_type)
+    assert policy(qpos, image, actions)['loss'].item() < 1e-8
+    wrong = 'sample' if prediction_type == 'epsilon' else 'epsilon'
+    policy.nets['policy']['noise_pred_net'] = Oracle(actions, policy.noise_scheduler.alphas_cumprod, wrong)
+    assert policy(qpos, image, actions)['loss'].item() > 0.1
 
 
 def test_observation_horizon_two():
@@ -323,6 +342,7 @@ def test_augmentation_only_in_training():
 ### Settings
 @pytest.mark.parametrize('overrides, message', [
     ({'scheduler': 'euler'}, "--scheduler must be one of ddim, ddpm; got 'euler'"),
+    ({'prediction_type': 'v_prediction'}, "--prediction_type must be one of epsilon, sample; got 'v_prediction'"),
     ({'action_horizon': 6}, r'--action_horizon must be between 1 and the prediction horizon --chunk_size \(5\)'),
     ({'obs_horizon': 0}, '--obs_horizon must be >= 1'),
     ({'num_inference_steps': 60}, '--num_inference_steps must be between 1 and the 50'),

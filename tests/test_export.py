@@ -76,12 +76,31 @@ def test_act_onnx_equals_eager_over_batches_and_two_cameras(act_export):
 
 
 @pytest.mark.slow
-def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path):
-    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', TINY_DIFFUSION_CONFIG)
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
+def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path, prediction_type):
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, prediction_type=prediction_type))
     folder = export(ckpt_dir, tmp_path / 'onnx')
+    assert json.load(open(os.path.join(folder, 'policy.json')))['diffusion']['prediction_type'] == prediction_type
     assert sorted(os.listdir(folder)) == ['denoiser.onnx', 'encoder.onnx', 'policy.json']
     for eager, exported in eager_and_exported(ckpt_dir, folder, obs_horizon=2):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
+def test_runtime_ddim_step_equals_diffusers(prediction_type):
+    import torch
+    from diffusion_policy import make_noise_scheduler
+    from policy_runtime import DDIM
+    scheduler = make_noise_scheduler('ddim', 50, prediction_type)
+    scheduler.set_timesteps(10)
+    ddim = DDIM({'num_train_timesteps': 50, 'prediction_type': prediction_type,
+                 'timesteps': scheduler.timesteps.tolist(), 'alphas_cumprod': scheduler.alphas_cumprod.tolist(),
+                 'final_alpha_cumprod': float(scheduler.final_alpha_cumprod)})
+    rng = np.random.default_rng(0)
+    for t in ddim.timesteps:
+        prediction, sample = (rng.standard_normal((2, 4, 14)).astype(np.float32) for _ in range(2))
+        expected = scheduler.step(torch.from_numpy(prediction), t, torch.from_numpy(sample)).prev_sample.numpy()
+        np.testing.assert_allclose(ddim.step(prediction, t, sample), expected, atol=1e-5)
 
 
 def test_act_onnx_on_openvino_equals_eager(act_export):
