@@ -396,7 +396,7 @@ def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
     flags = ['--task_name', 'sim_transfer_cube_scripted', '--ckpt_dir', str(ckpt_dir), '--policy_class', 'Diffusion',
              '--dataset_dir', tiny_dataset, '--num_episodes', '5', '--camera_names', 'top', '--batch_size', '2',
              '--num_epochs', '2', '--chunk_size', '5', '--lr', '1e-4', '--seed', '0', '--device', 'cpu',
-             '--down_dims', *map(str, TINY_DOWN_DIMS), '--no-augment_images']
+             '--down_dims', *map(str, TINY_DOWN_DIMS), '--no-augment_images', '--prediction_type', 'sample']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, 'imitate_episodes.py', *flags], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env=env)
@@ -411,10 +411,11 @@ def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
     with open(ckpt_dir / 'config.json') as f:
         saved = json.load(f)['policy_config']
     assert saved['down_dims'] == list(TINY_DOWN_DIMS) and saved['augment_images'] is False
+    assert saved['prediction_type'] == 'sample'
 
     from evaluate import eval_bc
-    config = eval_config(ckpt_dir, tiny_config(lr=1e-4), policy_class='Diffusion', episode_len=12, temporal_agg=True,
-                         num_rollouts=1, save_video=False)
+    config = eval_config(ckpt_dir, tiny_config(lr=1e-4, prediction_type='sample'), policy_class='Diffusion',
+                         episode_len=12, temporal_agg=True, num_rollouts=1, save_video=False)
     success_rate, avg_return = eval_bc(config, 'policy_best.ckpt', save_episode=False)
     assert 0.0 <= success_rate <= 1.0 and avg_return >= 0
     assert (ckpt_dir / 'result_policy_best.txt').is_file()
