@@ -595,6 +595,7 @@ def _data_flags(parser):
 
 
 def _model_flags(parser):
+    import diffusion_policy  # its settings' choices; diffusers stays unimported until a policy is built
     add = parser.add_argument
     for flag, text in (('enc_layers', 'transformer encoder layers'), ('dec_layers', 'transformer decoder layers'),
                        ('nheads', 'attention heads'), ('latent_dim', 'size of the CVAE latent')):
@@ -612,9 +613,9 @@ def _model_flags(parser):
         help='start from ImageNet weights ' + _policy_default('pretrained_backbone', 'ACT', 'Diffusion'))
     add('--num_inference_steps', type=int, help='Diffusion: denoising steps per query '
         + _policy_default('num_inference_steps', 'Diffusion'))
-    add('--scheduler', choices=('ddim', 'ddpm'),
+    add('--scheduler', choices=diffusion_policy.SCHEDULERS,
         help='Diffusion: noise scheduler ' + _policy_default('scheduler', 'Diffusion'))
-    add('--prediction_type', choices=('epsilon', 'sample'),
+    add('--prediction_type', choices=diffusion_policy.PREDICTION_TYPES,
         help="Diffusion: what the UNet predicts, the noise or the clean action chunk; a training setting "
         + _policy_default('prediction_type', 'Diffusion'))
     add('--obs_horizon', type=int,
