@@ -6,11 +6,10 @@ environment variable ACT_DATA_DIR to keep data elsewhere, or pass --dataset_dir 
 one-off run.
 """
 import os
-import pathlib
+
+from common.paths import DATA_DIR
 
 PROJECT_VERSION = '1.0.0'  # written into each checkpoint folder's config.json
-REPO_DIR = pathlib.Path(__file__).parent.resolve()
-DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all task datasets
 
 
 def _sim_task(name, episode_len, camera_names=('top',), num_episodes=50):
@@ -76,6 +75,8 @@ def get_task_config(task_name):
 
 ### Simulation envs fixed constants
 DT = 0.02  # seconds per control step (50 Hz)
+CONTROL_HZ = round(1 / DT)  # control steps a second: frame rate of sim videos and sim LeRobot datasets
+IMAGE_HW = (480, 640)  # (H, W) of the original's camera frames: sim rendering, real cameras, evaluation default
 JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
 
 

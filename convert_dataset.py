@@ -20,10 +20,12 @@ import sys
 
 from tqdm import tqdm
 
-from constants import ALOHA_STATE_DIM, DT
-from episodes import COMPRESSIONS, HDF5Episodes, episode_path, store_episode
-from files import DiskFull
-from lerobot_dataset import DEFAULT_TASK, LeRobotFormatError, LeRobotEpisodes, LeRobotWriter, is_lerobot_dataset
+from constants import ALOHA_STATE_DIM
+from formats.hdf5 import COMPRESSIONS, HDF5Episodes, episode_path, store_episode
+from common.files import DiskFull
+from formats.lerobot import DEFAULT_TASK, LeRobotFormatError, LeRobotEpisodes, is_lerobot_dataset
+from formats.lerobot_writer import LeRobotWriter
+from constants import CONTROL_HZ
 
 ALOHA_ROBOT_TYPE = 'aloha'  # --robot_type of two-arm ALOHA episodes (ALOHA_STATE_DIM) when none is given
 
@@ -44,7 +46,7 @@ def to_lerobot(src, dst, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=No
     check_destination(dst)
     if robot_type is None and source.low_dim(0)[0].shape[1] == ALOHA_STATE_DIM:
         robot_type = ALOHA_ROBOT_TYPE
-    with LeRobotWriter(dst, fps=fps or round(1 / DT), task=task, robot_type=robot_type, vcodec=vcodec) as writer:
+    with LeRobotWriter(dst, fps=fps or CONTROL_HZ, task=task, robot_type=robot_type, vcodec=vcodec) as writer:
         for index in tqdm(range(count), desc=f'{src} -> LeRobot ({writer.vcodec})', unit='episode'):
             writer.add(source.read_episode(index))
     return count
@@ -90,7 +92,7 @@ def build_parser():
     parser.add_argument('src', help='episode_*.hdf5 folder (--to lerobot) or LeRobot dataset root (--to hdf5)')
     parser.add_argument('dst', help='new folder to write (refused if it exists and is not empty)')
     parser.add_argument('--num_episodes', type=int, default=None, help='convert episodes 0..N-1 (default: all)')
-    parser.add_argument('--fps', type=int, default=None, help=f'--to lerobot: frame rate (default: {round(1 / DT)})')
+    parser.add_argument('--fps', type=int, default=None, help=f'--to lerobot: frame rate (default: {CONTROL_HZ})')
     parser.add_argument('--task', default=DEFAULT_TASK, help='--to lerobot: the task description of every episode')
     parser.add_argument('--robot_type', default=None,
                         help=f"--to lerobot: info.json robot_type (default: {ALOHA_ROBOT_TYPE} for states of "

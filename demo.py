@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from episodes import episode_path
+from formats.hdf5 import episode_path
 
 RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): a third of the CPU per frame, "
                "but the images differ from the original's wherever a shadow falls")

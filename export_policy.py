@@ -16,285 +16,35 @@ size, sizes, chunk and action horizons, control rate, and the source checkpoint'
 quantisation; convolutions stay fp32). Run an export with policy_runtime.PolicyRunner (onnxruntime
 and numpy, no torch), or evaluate it: imitate_episodes.py --eval --runtime onnxruntime --export_dir DIR.
 The model flags come from config.json in --ckpt_dir; a folder without one (the original's) takes
-imitate_episodes.py's model flags after the ones above.
+imitate_episodes.py's model flags after the ones above. The export itself is deploy/export.py.
 """
-import contextlib
-import dataclasses
-import io
-import json
-import logging
-import os
-import shutil
+import argparse
 import sys
-import warnings
 
-import numpy as np
-import torch
-from torch import nn
-
-from constants import DT, PROJECT_VERSION
-from files import atomic_write
-from policy_runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
-
-FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'}
-EXAMPLE_BATCH = 2  # batch size of the example inputs the graph is traced with (any size runs)
-CHECK_BATCHES = (1, 3)  # batch sizes compared against the eager policy after export
-FP32_TOLERANCE = 1e-4  # largest action difference to eager fp32 an fp32 export may have
-INT8_OPS = ('MatMul',)  # operators int8 quantisation covers (convolutions stay fp32)
+from checkpoints.folder import BEST_CKPT
+from cli.run_config import export_settings
+from deploy.export import CHECK_BATCHES, FORMATS, export
+from deploy.runtime import MANIFEST
 
 
-### graphs: raw inputs in, raw outputs out
-def images_to_unit(images):
-    """uint8 (..., K, H, W, 3) -> float (..., K, 3, H, W) in [0, 1], as evaluation feeds the policy."""
-    return images.movedim(-1, -3).float() / 255
-
-
-class _Statistics(nn.Module):
-    def __init__(self, stats):
-        super().__init__()
-        for key in ('qpos_mean', 'qpos_std', 'action_mean', 'action_std'):
-            self.register_buffer(key, torch.as_tensor(np.asarray(stats[key], dtype=np.float32)))
-
-    def normalize_qpos(self, qpos):
-        return (qpos - self.qpos_mean) / self.qpos_std
-
-
-class DETRGraph(_Statistics):
-    """ACT or CNNMLP: qpos (B, S) float32, images (B, K, H, W, 3) uint8 -> actions (B, chunk, A) float32."""
-
-    def __init__(self, policy, stats):
-        super().__init__(stats)
-        self.policy = policy
-
-    def forward(self, qpos, images):
-        image = self.policy.normalize(images_to_unit(images))  # (B, K, 3, H, W)
-        out = self.policy.model(self.normalize_qpos(qpos), image)
-        chunk = out[0] if self.policy.policy_class == 'ACT' else out.unsqueeze(1)  # (B, chunk, A)
-        return chunk * self.action_std + self.action_mean
-
-
-class DiffusionEncoderGraph(_Statistics):
-    """qpos (B, To, S) float32, images (B, To, K, H, W, 3) uint8 -> global condition (B, G) (EMA weights)."""
-
-    def __init__(self, policy, stats):
-        super().__init__(stats)
-        self.policy = policy
-
-    def forward(self, qpos, images):
-        return self.policy._encode(self.policy.ema_nets, self.normalize_qpos(qpos), images_to_unit(images))
-
-
-class DenoiserGraph(nn.Module):
-    """sample (B, chunk, A), timestep (B,) int64, global condition (B, G) -> predicted noise (B, chunk, A)."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.unet = policy.ema_nets['policy']['noise_pred_net']
-
-    def forward(self, sample, timestep, global_cond):
-        return self.unet(sample, timestep, global_cond)
-
-
-def example_observation(cfg, batch, obs_horizon=None):
-    """Example raw inputs: qpos (B[, To], S) and images (B[, To], K, H, W, 3) uint8."""
-    time = (obs_horizon,) if obs_horizon else ()
-    height, width = cfg['image_size']
-    generator = torch.Generator().manual_seed(batch)
-    qpos = torch.randn(batch, *time, cfg['state_dim'], generator=generator)
-    images = torch.randint(0, 256, (batch, *time, len(cfg['camera_names']), height, width, 3), dtype=torch.uint8,
-                           generator=generator)
-    return qpos, images
-
-
-def graphs(policy, stats, cfg):
-    """[(role, module, example inputs, input names, output name)] of the policy's export."""
-    if policy.policy_class != 'Diffusion':
-        return [('policy', DETRGraph(policy, stats), example_observation(cfg, EXAMPLE_BATCH), ('qpos', 'images'),
-                 'actions')]
-    encoder = DiffusionEncoderGraph(policy, stats)
-    observation = example_observation(cfg, EXAMPLE_BATCH, policy.obs_horizon)
-    with torch.inference_mode():
-        cond = encoder(*observation)
-    sample = torch.randn(EXAMPLE_BATCH, policy.num_queries, policy.action_dim)
-    timestep = torch.full((EXAMPLE_BATCH,), 10, dtype=torch.int64)
-    return [('encoder', encoder, observation, ('qpos', 'images'), 'global_cond'),
-            ('denoiser', DenoiserGraph(policy), (sample, timestep, cond.clone()), ('sample', 'timestep', 'global_cond'),
-             'noise')]
-
-
-### writing
-@contextlib.contextmanager
-def quiet():
-    """The exporter's and quantiser's progress lines and warnings (about torchvision operators this
-    project does not use, and pre-processing advice) kept off the console; errors still raise."""
-    loggers = [logging.getLogger(name) for name in ('', 'torch.onnx', 'torch._export', 'torch.export')]
-    levels = [logger.level for logger in loggers]
-    try:
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def write_graph(module, inputs, names, output, path, fmt):
-    module.eval()
-    if fmt == 'torchscript':
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter('ignore', torch.jit.TracerWarning)
-            torch.jit.save(torch.jit.trace(module, inputs, check_trace=False), path)
-        return
-    batch = torch.export.Dim('batch', min=1, max=4096)
-    with quiet():
-        torch.onnx.export(module, inputs, path, dynamo=True, external_data=False, input_names=list(names),
-                          output_names=[output], dynamic_shapes={name: {0: batch} for name in names}, verbose=False)
-
-
-def quantize_int8(path):
-    """Dynamic int8 quantisation of the weights of INT8_OPS in place (activations quantised per query),
-    per output channel and in 7 bits: without VNNI, x86 int8 kernels add products in 16 bits, which
-    full-range weights saturate. The 7-bit weights cut the CPU recipe's largest action error to fp32
-    from 0.18 to 0.018 at the same speed."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    fp32 = path + '.fp32'
-    os.replace(path, fp32)
-    with quiet():
-        quantize_dynamic(fp32, path, op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
-                         per_channel=True, reduce_range=True)
-    os.remove(fp32)
-
-
-def diffusion_constants(policy, normalizer):
-    """The DDIM sampling loop's constants and the action range of a Diffusion policy."""
-    cfg = policy.cfg
-    if cfg['scheduler'] != 'ddim':
-        raise ValueError(f"the policy samples with --scheduler {cfg['scheduler']}; the runtime samples with DDIM: "
-                         f"train with --scheduler ddim (the default) to export it")
-    scheduler = policy.noise_scheduler
-    scheduler.set_timesteps(cfg['num_inference_steps'])
-    return {'num_train_timesteps': cfg['num_train_timesteps'], 'prediction_type': cfg['prediction_type'],
-            'timesteps': scheduler.timesteps.tolist(),
-            'alphas_cumprod': scheduler.alphas_cumprod.tolist(),
-            'final_alpha_cumprod': float(scheduler.final_alpha_cumprod),
-            'action_min': np.asarray(normalizer.stats['action_min'], dtype=float).tolist(),
-            'action_max': np.asarray(normalizer.stats['action_max'], dtype=float).tolist()}
-
-
-def control_hz(task_name):
-    """Control rate of the task: an SO task's fps, else 1 / DT."""
-    from constants import get_task_config
-    try:
-        return float(get_task_config(task_name).get('fps', 1 / DT))
-    except (KeyError, ValueError):
-        return 1 / DT
-
-
-def manifest(settings, policy, normalizer, fmt, quantize, files, ckpt_path):
-    cfg = policy.cfg
-    out = {'format_version': FORMAT_VERSION, 'policy_class': policy.policy_class, 'format': fmt,
-           'quantize': quantize, 'files': files, 'camera_names': list(settings.camera_names),
-           'image_size': list(settings.image_size), 'state_dim': cfg['state_dim'], 'action_dim': cfg['action_dim'],
-           'chunk_size': policy.num_queries, 'action_horizon': policy.action_horizon,
-           'obs_horizon': policy.obs_horizon, 'control_hz': control_hz(settings.task_name),
-           'task_name': settings.task_name,
-           'source_checkpoint': {'file': os.path.basename(ckpt_path), 'sha256': file_sha256(ckpt_path)},
-           'project_version': PROJECT_VERSION}
-    if policy.policy_class == 'Diffusion':
-        out['diffusion'] = diffusion_constants(policy, normalizer)
-    return out
-
-
-def eager_chunks(policy, normalizer, qpos, images, seed=0):
-    """What evaluation computes for raw inputs: the policy's chunk in robot units (B, chunk, A).
-    A Diffusion policy's initial noise is its first draw after torch.manual_seed(seed)."""
-    with torch.inference_mode():
-        qpos_in = torch.from_numpy(normalizer.normalize_qpos(qpos))
-        image_in = images_to_unit(torch.from_numpy(images))
-        torch.manual_seed(seed)
-        chunk = policy.action_chunk(qpos_in, image_in)
-    return normalizer.unnormalize_action(chunk.numpy())
-
-
-def diffusion_noise(policy, batch, seed=0):
-    """The initial sample eager_chunks' Diffusion policy draws: (B, chunk, A)."""
-    torch.manual_seed(seed)
-    return torch.randn(batch, policy.num_queries, policy.action_dim).numpy()
-
-
-def compare_with_eager(folder, policy, normalizer, cfg):
-    """Max |export - eager| of the raw actions over batch sizes CHECK_BATCHES."""
-    runner = PolicyRunner(folder)
-    diffusion = policy.policy_class == 'Diffusion'
-    worst = 0.0
-    for batch in CHECK_BATCHES:
-        qpos, images = (x.numpy() for x in example_observation(cfg, batch, policy.obs_horizon if diffusion else None))
-        qpos = (qpos * normalizer.stats['qpos_std'] + normalizer.stats['qpos_mean']).astype(np.float32)  # data-like
-        noise = diffusion_noise(policy, batch) if diffusion else None
-        exported = runner.query(qpos, images, noise=noise)
-        worst = max(worst, float(np.abs(exported - eager_chunks(policy, normalizer, qpos, images)).max()))
-    return worst
-
-
-def export(config, ckpt_name, fmt, out, quantize=None, overwrite=False):
-    """Export the checkpoint `ckpt_name` of the evaluation config `config` (a dict or EvalSettings) into
-    the folder `out` (built in out.partial, then renamed) -> (policy.json dict, max action difference to eager)."""
-    from evaluate import EvalSettings, load_policy, load_stats, source_file
-    settings = EvalSettings.of(config)
-    if quantize and fmt != 'onnx':
-        raise ValueError(f'--quantize {quantize}: only ONNX exports are quantised (use --format onnx)')
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(f'{out} exists and is not empty: choose another --out, or pass --overwrite')
-    normalizer = load_stats(settings)
-    policy = load_policy(dataclasses.replace(settings, device='cpu'), ckpt_name).float().eval()
-    cfg = dict(policy.cfg, image_size=settings.image_size, camera_names=settings.camera_names)
-    work = out.rstrip(os.sep) + '.partial'
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    try:
-        files = {}
-        for role, module, inputs, names, output in graphs(policy, normalizer.stats, cfg):
-            name = role + FORMATS[fmt]
-            write_graph(module, inputs, names, output, os.path.join(work, name), fmt)
-            if quantize:
-                quantize_int8(os.path.join(work, name))
-            files[role] = {'name': name, 'sha256': file_sha256(os.path.join(work, name)),
-                           'inputs': list(names), 'output': output}
-        info = manifest(settings, policy, normalizer, fmt, quantize, files, source_file(settings, ckpt_name))
-        atomic_write(os.path.join(work, MANIFEST), lambda f: json.dump(info, f, indent=2), mode='w')
-        difference = compare_with_eager(work, policy, normalizer, cfg)
-        if not quantize and difference > FP32_TOLERANCE:
-            raise RuntimeError(f'the export differs from the eager policy by {difference:.2e} (more than '
-                               f'{FP32_TOLERANCE}): not written')
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return info, difference
-
-
-def main(argv=None):
-    import argparse
-    import imitate_episodes
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ckpt_dir', required=True, help='the training folder (config.json, dataset_stats.pkl)')
-    parser.add_argument('--ckpt', default='policy_best.ckpt', help='checkpoint in --ckpt_dir to export')
+    parser.add_argument('--ckpt', default=BEST_CKPT, help='checkpoint in --ckpt_dir to export')
     parser.add_argument('--format', choices=tuple(FORMATS), default='onnx',
                         help='onnx: run with onnxruntime, no torch needed; torchscript: run with torch')
     parser.add_argument('--quantize', choices=('int8',), help='int8 weights for the matrix products (onnx only)')
     parser.add_argument('--out', required=True, help='folder to write (model files and policy.json)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out folder')
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args, model_flags = parser.parse_known_args(argv)
     try:
-        flags = vars(imitate_episodes.build_parser().parse_args(
-            ['--eval', '--ckpt_dir', args.ckpt_dir, '--eval_ckpt', args.ckpt, *model_flags]))
-        flags = imitate_episodes.with_default_folder(flags)
-        config = imitate_episodes.eval_config(flags, 'cpu')
-        info, difference = export(config, args.ckpt, args.format, args.out, args.quantize, args.overwrite)
+        settings = export_settings(args.ckpt_dir, args.ckpt, model_flags)
+        info, difference = export(settings, args.ckpt, args.format, args.out, args.quantize, args.overwrite)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         parser.exit(2, f'{parser.prog}: error: {err}\n')
     files = ', '.join(entry['name'] for entry in info['files'].values())

@@ -18,13 +18,15 @@ import numpy as np
 from tqdm import tqdm
 
 from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
-from episodes import Episode, episode_path, store_episode
-from files import DiskFull, prepare_folder
-from lerobot_dataset import append_episodes, count_lerobot_episodes
+from formats.episode import Episode
+from formats.hdf5 import episode_path, store_episode
+from common.files import DiskFull, prepare_folder
+from formats.lerobot_writer import append_episodes, count_lerobot_episodes
 import real_robot
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
 from real_robot.so_env import so_joint_names
+from constants import CONTROL_HZ
 
 MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
 
@@ -191,7 +193,7 @@ def lerobot_target(args, dataset_dir, task_config):
         raise ValueError('--overwrite: episodes of a LeRobot dataset are not replaced; record into a new --dataset_dir')
     print(f'{dataset_dir}: LeRobot episode {index}\n')
     task = args.get('task') or args['task_name']
-    writer = {'fps': round(1 / DT), 'task': task}
+    writer = {'fps': CONTROL_HZ, 'task': task}
     if real_robot.is_so_task(task_config):  # LeRobot's names, rate and robot type for SO arms
         writer.update(fps=task_config.get('fps', settings.SO_FPS), robot_type=task_config.get('robot_type'),
                       names=so_joint_names(len(task_config['followers'])))

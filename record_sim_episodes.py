@@ -4,335 +4,27 @@ For each episode: roll out the scripted end-effector policy in ee_sim_env (nothi
 unless --onscreen_render) and keep its joint trajectory, with the gripper joint positions replaced
 by the normalised gripper commands; replay that trajectory as actions in the joint-space sim_env,
 rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout
-(episodes.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
+(formats/hdf5.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
 /observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk. --no_shadows renders without
 shadows (a third of the CPU per frame with a software rasteriser; frames differ from the original's) and
 marks the files attrs['shadows'] False, which training copies into config.json for evaluation.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 
---format lerobot records into a LeRobot dataset (lerobot_dataset.py) instead: the episodes are
+--format lerobot records into a LeRobot dataset (formats/lerobot_writer.py) instead: the episodes are
 staged as gzip HDF5 files in <dataset_dir>.recording (kept across an interruption, so a new run
 resumes), then appended in order in one atomic write, after the episodes the dataset already has.
+The recording itself is recording/sim.py.
 """
 import argparse
-import contextlib
-import multiprocessing
-import os
-import shutil
 import sys
-import time
 
-import numpy as np
-
-import sim_env
-from constants import DT, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
-from ee_sim_env import make_ee_sim_env
-from episodes import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
-from files import DiskFull, prepare_folder
-from lerobot_dataset import LeRobotFormatError, LeRobotWriter, count_lerobot_episodes
-from processes import die_with_parent
-from scripted_policy import get_scripted_policy_class
-
-### Fixed settings
-RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render
-EE_PAUSE = 0.002  # seconds between onscreen frames of the EE rollout
-REPLAY_PAUSE = 0.02  # and of the joint replay
-COMPRESSION = 'gzip'  # of --compress: lossless, built into every HDF5
-LP_THREADS_VAR = 'LP_NUM_THREADS'  # Mesa llvmpipe rasteriser threads, read when EGL starts
-LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # gripper slots in qpos/action
-# Wall seconds per control step of one worker at 480x640 on a 2-core AVX2 CPU: 19.0 s a 400-step
-# episode (python -m bench.datagen, bench/RESULTS.md). A second worker gains little on 2 cores.
-SECONDS_PER_STEP = 19.0 / 400
-STAGING_SUFFIX = '.recording'  # --format lerobot: <dataset_dir><suffix> holds the episodes not yet appended
+from common.files import DiskFull
+from constants import IMAGE_HW
+from formats.lerobot import LeRobotFormatError
+from recording.sim import main
 
 
-############################ Episode files ############################
-
-def expected_shapes(episode_len, camera_names, image_size):
-    """{hdf5 key: (shape, dtype)} of one recorded episode."""
-    low_dim = ((episode_len, sim_env.STATE_DIM), np.float32)
-    shapes = {'/action': low_dim, '/observations/qpos': low_dim, '/observations/qvel': low_dim}
-    for cam in camera_names:
-        shapes[f'/observations/images/{cam}'] = ((episode_len, *image_size, 3), np.uint8)
-    return shapes
-
-
-############################ Rollouts ############################
-
-class OnscreenView:
-    """Matplotlib window showing one camera while an episode runs (--onscreen_render)."""
-
-    def __init__(self, frame, pause):
-        import matplotlib.pyplot as plt
-        self.plt, self.pause = plt, pause
-        self.image = plt.subplot().imshow(frame)
-        plt.ion()
-
-    def show(self, frame):
-        self.image.set_data(frame)
-        self.plt.pause(self.pause)
-
-    def close(self):
-        self.plt.close()
-
-
-def replace_gripper_with_commands(qpos, gripper_ctrl):
-    """Joint trajectory to replay: (T + 1, 14) qpos with the grippers set to their normalised
-    commands, taken from the (T + 1, 4) finger targets of the EE rollout."""
-    joint_traj = qpos.copy()
-    joint_traj[:, LEFT_GRIPPER] = PUPPET_GRIPPER_POSITION_NORMALIZE_FN(gripper_ctrl[:, 0])
-    joint_traj[:, RIGHT_GRIPPER] = PUPPET_GRIPPER_POSITION_NORMALIZE_FN(gripper_ctrl[:, 2])
-    return joint_traj
-
-
-def episode_result(rewards, max_reward):
-    """(success, episode return) from the rewards after each step."""
-    return bool(np.max(rewards) == max_reward), float(np.sum(rewards))
-
-
-class EpisodeRecorder:
-    """Holds the two environments of one process and records episodes with them."""
-
-    def __init__(self, task_name, camera_names, image_size, episode_len, seed=0, inject_noise=False,
-                 onscreen_render=False, shadows=True):
-        self.task_name, self.episode_len, self.seed, self.shadows = task_name, episode_len, seed, shadows
-        self.image_size, self.inject_noise, self.onscreen = tuple(image_size), inject_noise, onscreen_render
-        self.policy_cls = get_scripted_policy_class(task_name)
-        view = [RENDER_CAM_NAME] if onscreen_render else []
-        self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size, shadows=shadows)
-        self.env = sim_env.make_sim_env(task_name, camera_names=[], shadows=shadows)  # renders only what is saved
-        physics = self.env.physics
-        self.cameras = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, camera_names),
-                                         self.image_size)
-        self.view_camera = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, view),
-                                             self.image_size)
-
-    def rollout_ee(self, rng):
-        """Scripted EE rollout -> (joint trajectory (T + 1, 14), object pose, success, return)."""
-        self.ee_env.task.set_object_pose(sim_env.sample_object_pose(self.task_name, rng))
-        ts = self.ee_env.reset()
-        object_pose = ts.observation['env_state']  # the replay starts from the same objects
-        policy = self.policy_cls(self.inject_noise, rng=rng)
-        view = OnscreenView(ts.observation['images'][RENDER_CAM_NAME], EE_PAUSE) if self.onscreen else None
-        qpos, ctrl, rewards = [ts.observation['qpos']], [ts.observation['gripper_ctrl']], []
-        for _ in range(self.episode_len):
-            ts = self.ee_env.step(policy(ts))
-            qpos.append(ts.observation['qpos'])
-            ctrl.append(ts.observation['gripper_ctrl'])
-            rewards.append(ts.reward)
-            if view:
-                view.show(ts.observation['images'][RENDER_CAM_NAME])
-        if view:
-            view.close()
-        return (replace_gripper_with_commands(np.array(qpos), np.array(ctrl)), object_pose,
-                *episode_result(rewards, self.ee_env.task.max_reward))
-
-    def replay(self, joint_traj, object_pose):
-        """Replay the joint trajectory, rendering the recorded cameras for the first T time steps.
-
-        NOTE(faithful): all T + 1 actions are replayed (success counts every step), but only the
-        first T (observation, action) pairs are saved, so obs[t] is followed by action[t].
-        """
-        steps = self.episode_len
-        data = {'qpos': np.empty((steps, sim_env.STATE_DIM)), 'qvel': np.empty((steps, sim_env.STATE_DIM)),
-                'action': joint_traj[:steps],
-                'images': {cam: np.empty((steps, *self.image_size, 3), np.uint8) for cam in self.cameras.cameras}}
-        self.env.task.set_object_pose(object_pose)
-        ts = self.env.reset()
-        view = None
-        if self.onscreen:
-            view = OnscreenView(self.view_camera.render()[RENDER_CAM_NAME], REPLAY_PAUSE)
-        rewards = []
-        for t, action in enumerate(joint_traj):
-            if t < steps:
-                data['qpos'][t], data['qvel'][t] = ts.observation['qpos'], ts.observation['qvel']
-                for cam, frame in self.cameras.render_views().items():
-                    np.copyto(data['images'][cam][t], frame)  # the only copy of each frame
-            ts = self.env.step(action)
-            rewards.append(ts.reward)
-            if view:
-                view.show(self.view_camera.render()[RENDER_CAM_NAME])
-        if view:
-            view.close()
-        return data, *episode_result(rewards, self.env.task.max_reward)
-
-    def record(self, episode_idx, path=None, compress=False):
-        """Record one episode (written to `path` unless None) -> result dict."""
-        start = time.time()
-        rng = np.random.default_rng((self.seed, episode_idx))  # same episode whatever the worker
-        joint_traj, object_pose, ee_success, ee_return = self.rollout_ee(rng)
-        data, success, episode_return = self.replay(joint_traj, object_pose)
-        if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did
-            write_episode(path, sim=True, compression=COMPRESSION if compress else None, shadows=self.shadows,
-                          **data)
-        return {'episode_idx': episode_idx, 'success': success, 'episode_return': episode_return,
-                'ee_success': ee_success, 'ee_return': ee_return, 'seconds': time.time() - start}
-
-
-############################ Parallel recording ############################
-
-_WORKER = {}  # per worker process: the recorder and where to write
-
-
-def _init_worker(parent_pid, recorder_kwargs, dataset_dir, compress):
-    die_with_parent(parent_pid)
-    _WORKER['recorder'] = EpisodeRecorder(**recorder_kwargs)
-    _WORKER['dataset_dir'], _WORKER['compress'] = dataset_dir, compress
-
-
-def _record_in_worker(episode_idx):
-    path = episode_path(_WORKER['dataset_dir'], episode_idx)
-    return _WORKER['recorder'].record(episode_idx, path, _WORKER['compress'])
-
-
-def record_episodes(indices, recorder_kwargs, dataset_dir, compress, num_workers):
-    """Yield result dicts as episodes finish (in any order with several workers)."""
-    if num_workers == 1 or len(indices) <= 1:
-        recorder = EpisodeRecorder(**recorder_kwargs)
-        for idx in indices:
-            yield recorder.record(idx, episode_path(dataset_dir, idx), compress)
-        return
-    ctx = multiprocessing.get_context('spawn')  # fresh processes: no GL context crosses a fork
-    with single_threaded_software_gl():
-        pool = ctx.Pool(min(num_workers, len(indices)), initializer=_init_worker,
-                        initargs=(os.getpid(), recorder_kwargs, dataset_dir, compress))
-    with pool:
-        yield from pool.imap_unordered(_record_in_worker, indices)
-
-
-@contextlib.contextmanager
-def single_threaded_software_gl():
-    """Processes started inside inherit LP_NUM_THREADS=1 (unless the user set it): with one
-    episode per core, Mesa's software rasteriser wastes less time on its own threads."""
-    user_value = os.environ.get(LP_THREADS_VAR)
-    os.environ.setdefault(LP_THREADS_VAR, '1')
-    try:
-        yield
-    finally:
-        if user_value is None:
-            del os.environ[LP_THREADS_VAR]
-
-
-############################ Command line ############################
-
-def check_args(args):
-    """Validate the arguments; ValueError naming the flag and what was expected."""
-    task_name = args['task_name']
-    try:
-        config = get_sim_task_config(task_name)
-    except KeyError as e:
-        raise ValueError(f'--task_name: {e.args[0]}') from None
-    get_scripted_policy_class(task_name)
-    if args.get('num_episodes') is not None and args['num_episodes'] < 0:
-        raise ValueError(f"--num_episodes must be 0 or more, got {args['num_episodes']}")
-    if args.get('num_workers', 1) < 1:
-        raise ValueError(f"--num_workers must be 1 or more, got {args['num_workers']}")
-    image_size = tuple(args.get('image_size') or sim_env.DEFAULT_IMAGE_SIZE)
-    if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f'--image_size must be two positive integers H W, got {image_size}')
-    if args.get('onscreen_render') and args.get('num_workers', 1) > 1:
-        raise ValueError('--onscreen_render shows one episode at a time: use --num_workers 1')
-    if args.get('no_shadows') and args.get('format', 'hdf5') == 'lerobot':
-        raise ValueError('--no_shadows records HDF5 episodes only: a LeRobot dataset has no place to mark '
-                         'frames rendered without shadows')
-    return config, image_size
-
-
-def episodes_to_record(dataset_dir, num_episodes, shapes, shadows=True):
-    """Indices whose file is missing or unreadable; ValueError if a readable one has another layout
-    or was rendered with shadows when these are not (or the other way round)."""
-    todo = []
-    for idx in range(num_episodes):
-        path = episode_path(dataset_dir, idx)
-        if not os.path.exists(path):
-            todo.append(idx)
-            continue
-        try:
-            problem = layout_problem(path, shapes)
-            if not problem and rendered_with_shadows(path) != shadows:
-                problem = ('rendered without shadows, no --no_shadows given' if shadows
-                           else 'rendered with shadows, --no_shadows given')
-        except OSError:
-            print(f'{path} is unreadable (interrupted write?): recording it again')
-            todo.append(idx)
-            continue
-        if problem:
-            raise ValueError(f'{path} already exists with another layout ({problem}): move it away or '
-                             f'choose another --dataset_dir')
-        print(f'{path} exists: skipping')
-    return todo
-
-
-def recording_command(task_name, dataset_dir, num_episodes):
-    """The command line that records a scripted task's episodes 0..num_episodes-1 into dataset_dir
-    (flags the task's config already sets left out)."""
-    config = get_sim_task_config(task_name)
-    command = f'python record_sim_episodes.py --task_name {task_name}'
-    if os.path.abspath(dataset_dir) != os.path.abspath(config['dataset_dir']):
-        command += f' --dataset_dir {dataset_dir}'
-    if num_episodes != config['num_episodes']:
-        command += f' --num_episodes {num_episodes}'
-    return command
-
-
-def expected_minutes(num_episodes, episode_len):
-    """Wall minutes one worker takes to record num_episodes at 480x640 on a 2-core CPU (SECONDS_PER_STEP)."""
-    return num_episodes * episode_len * SECONDS_PER_STEP / 60
-
-
-def main(args):
-    """Record scripted episodes; returns the list of per-episode result dicts."""
-    config, image_size = check_args(args)
-    task_name = canonical_task_name(args['task_name'])
-    dataset_dir = args.get('dataset_dir') or config['dataset_dir']
-    num_episodes = config['num_episodes'] if args.get('num_episodes') is None else args['num_episodes']
-    camera_names = args.get('camera_names') or config['camera_names']
-    recorder_kwargs = dict(task_name=task_name, camera_names=camera_names, image_size=image_size,
-                           episode_len=config['episode_len'], seed=args.get('seed', 0),
-                           inject_noise=args.get('inject_noise', False),
-                           onscreen_render=args.get('onscreen_render', False),
-                           shadows=not args.get('no_shadows', False))
-    sim_env.resolve_camera_names(sim_env.load_physics(sim_env.task_family(task_name)[0]), camera_names)
-    shapes = expected_shapes(config['episode_len'], camera_names, image_size)
-    lerobot = args.get('format', 'hdf5') == 'lerobot'
-    first = count_lerobot_episodes(dataset_dir) if lerobot else 0
-    episode_dir = dataset_dir.rstrip(os.sep) + STAGING_SUFFIX if lerobot else dataset_dir
-    prepare_folder(episode_dir, '--dataset_dir')
-    todo = [i for i in episodes_to_record(episode_dir, num_episodes, shapes, recorder_kwargs['shadows'])
-            if i >= first]
-    if not recorder_kwargs['shadows']:
-        print('--no_shadows: frames are rendered without shadows, so they differ from the original\'s images')
-
-    results = []
-    for result in record_episodes(todo, recorder_kwargs, episode_dir, lerobot or args.get('compress', False),
-                                  args.get('num_workers', 1)):
-        results.append(result)
-        print_result(result)
-    if lerobot:
-        append_staged(episode_dir, range(first, num_episodes), dataset_dir, task_name)
-    print(f'Saved to {dataset_dir}')
-    print(f"Success: {sum(r['success'] for r in results)} / {len(results)}")
-    return results
-
-
-def append_staged(staging, indices, dataset_dir, task_name):
-    """Append the staged episode files `indices` to the LeRobot dataset at dataset_dir, then remove them."""
-    if len(indices):
-        with LeRobotWriter(dataset_dir, fps=round(1 / DT), task=task_name) as writer:
-            for index in indices:
-                writer.add(read_episode(episode_path(staging, index)))
-                print(f'episode {index} appended to {dataset_dir} ({writer.vcodec})')
-    shutil.rmtree(staging)
-
-
-def print_result(r):
-    episode_idx, episode_return = r['episode_idx'], r['episode_return']
-    ee = 'Successful' if r['ee_success'] else 'Failed'
-    outcome = f'Successful, {episode_return=}' if r['success'] else 'Failed'
-    print(f"{episode_idx=} EE rollout {ee}; replay {outcome} ({r['seconds']:.1f} s)")
-
-
-if __name__ == '__main__':
+def build_parser():
     parser = argparse.ArgumentParser(description='Record scripted sim demonstrations as HDF5 episodes.')
     parser.add_argument('--task_name', action='store', type=str, required=True,
                         help='sim_transfer_cube (= sim_transfer_cube_scripted) or sim_insertion '
@@ -348,7 +40,7 @@ if __name__ == '__main__':
                         help='episodes recorded in parallel processes')
     parser.add_argument('--camera_names', action='store', type=str, nargs='+', default=None,
                         help='cameras to record (default: the task config camera_names)')
-    parser.add_argument('--image_size', action='store', type=int, nargs=2, default=[480, 640],
+    parser.add_argument('--image_size', action='store', type=int, nargs=2, default=list(IMAGE_HW),
                         metavar=('H', 'W'), help='rendered frame size')
     parser.add_argument('--compress', action='store_true',
                         help='lossless gzip chunk compression of the images (read by any HDF5 reader)')
@@ -361,6 +53,11 @@ if __name__ == '__main__':
     parser.add_argument('--format', choices=('hdf5', 'lerobot'), default='hdf5',
                         help='hdf5: episode_{i}.hdf5 files (the original layout); lerobot: a LeRobot dataset (v3.0) '
                              'at --dataset_dir, episodes appended after those it has')
+    return parser
+
+
+if __name__ == '__main__':
+    parser = build_parser()
     cli_args = vars(parser.parse_args())
     try:
         main(cli_args)

@@ -9,7 +9,8 @@ the SO task given with --task_name (real_robot/tasks.py), at its rate.
 from tqdm import tqdm
 
 import real_robot
-from episodes import open_dataset
+from formats.datasets import open_dataset
+from real_robot.settings import ROBOT_DRIVERS
 
 
 def make_env(args):
@@ -41,7 +42,7 @@ if __name__ == '__main__':
     parser.add_argument('--episode_idx', type=int, default=0, help='episode index')
     parser.add_argument('--task_name', help='an SO-100 / SO-101 task of real_robot/tasks.py: replay on its arms '
                         '(default: the ALOHA arms)')
-    parser.add_argument('--robot_driver', choices=real_robot.real_env.DRIVERS + ('feetech',), default='auto',
+    parser.add_argument('--robot_driver', choices=ROBOT_DRIVERS, default='auto',
                         help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
                              'modules import)')
     main(vars(parser.parse_args()))

@@ -29,10 +29,11 @@ from dm_control.suite import base  # noqa: E402
 from constants import (DT, START_ARM_POSE, sim_task_names,  # noqa: E402
                        PUPPET_GRIPPER_POSITION_NORMALIZE_FN, PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN,
                        PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN)
+from constants import IMAGE_HW
 
 ### Fixed simulation settings
 TIME_LIMIT = 20  # seconds of simulated time per episode before dm_control ends it (1000 steps)
-DEFAULT_IMAGE_SIZE = (480, 640)  # (H, W) of rendered frames, as in the original
+DEFAULT_IMAGE_SIZE = IMAGE_HW  # (H, W) of rendered frames, as in the original
 DEFAULT_CAMERA_NAMES = ('top', 'angle', 'vis')  # what the original rendered on every step
 CAMERA_ALIASES = {'vis': 'front_close'}  # observation name -> MuJoCo camera name
 # Side of the shadow map in texels (the robot assets, and so the original, ask for 4096). 2048 costs

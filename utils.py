@@ -1,10 +1,13 @@
 """The original's `utils` names, for scripts written against the original code.
 
-The code lives in its own rooms: the episode file format in episodes.py, the data pipeline and the
-statistics in data.py, the training helpers in train.py, the object-pose samplers in sim_env.py.
+The code lives in its own rooms: the episode file format in formats/hdf5.py, the statistics in
+formats/stats.py, the data pipeline in training/data.py, the training helpers in training/loop.py
+and common/seeds.py, the object-pose samplers in sim_env.py.
 """
-from data import EpisodicDataset, get_norm_stats, load_data
-from train import compute_dict_mean, detach_dict, set_seed
+from formats.stats import get_norm_stats
+from training.data import EpisodicDataset, load_data
+from common.seeds import set_seed
+from training.loop import compute_dict_mean, detach_dict
 
 __all__ = ['EpisodicDataset', 'get_norm_stats', 'load_data', 'compute_dict_mean', 'detach_dict', 'set_seed',
            'sample_box_pose', 'sample_insertion_pose']

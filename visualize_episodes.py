@@ -12,8 +12,8 @@ import os
 import numpy as np
 
 from constants import DT, JOINT_NAMES, get_task_config, sim_task_names
-from episodes import open_dataset
-from files import atomic_path
+from formats.datasets import open_dataset
+from common.files import atomic_path
 
 ### Fixed settings
 STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm

@@ -27,7 +27,7 @@ STATE_DIM = 14
 
 def write_hdf5(folder, episodes, episode_len, frame_hw):
     """Synthetic episodes: a ramp and a bright square moving over a gradient, random joint trajectories."""
-    from episodes import episode_path, write_episode
+    from formats.hdf5 import episode_path, write_episode
     rng = np.random.default_rng(0)
     h, w = frame_hw
     y, x = np.mgrid[0:h, 0:w]
@@ -44,8 +44,8 @@ def write_hdf5(folder, episodes, episode_len, frame_hw):
 
 
 def loaders(folder, episodes, preload):
-    from data import load_data
-    from train import set_seed
+    from training.data import load_data
+    from common.seeds import set_seed
     set_seed(1)
     return load_data(folder, episodes, ['top'], BATCH_SIZE, BATCH_SIZE, preload='on' if preload else 'off', seed=0)
 
@@ -69,8 +69,8 @@ def waiting_share(loader, steps):
     """Over `steps` README-config ACT steps (after a warm-up step): seconds per step and the share
     spent waiting for the batch."""
     import torch
-    from data import image_to_tensor
-    from policy import make_policy
+    from policies.inputs import image_to_tensor
+    from policies.registry import make_policy
     torch.manual_seed(0)
     policy = make_policy('ACT', readme_act_config())
     optimizer = policy.configure_optimizers()
@@ -100,7 +100,7 @@ def waiting_share(loader, steps):
 
 def run(args):
     from convert_dataset import to_lerobot
-    from episodes import open_dataset
+    from formats.datasets import open_dataset
     report = {'settings': {k: args[k] for k in ('episodes', 'episode_len', 'frame_size', 'steps', 'loader_batches')},
               **machine_report()}
     with tempfile.TemporaryDirectory() as folder:

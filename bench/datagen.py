@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 
-import record_sim_episodes
+from recording import sim as record_sim_episodes
 from bench.common import machine_report, print_report, stdout_to_stderr
 from constants import get_sim_task_config
 

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from bench.common import machine_report, print_report, readme_act_config, stdout_to_stderr
-from checkpoint import make_run_config, write_config
+from checkpoints.folder import make_run_config, write_config
 from detr.reference import original_forward, randomise_batch_norm
-from policy import make_policy
+from policies.registry import make_policy
 
 CONFIGS = {  # name: (ACT policy_config overrides, image (H, W))
     'readme': ({}, (480, 640)),
@@ -64,8 +64,8 @@ def random_run(folder, policy_class, policy_config, image_hw):
 
 
 def eval_settings(ckpt_dir):
-    from checkpoint import read_config
-    from evaluate import EvalSettings
+    from checkpoints.folder import read_config
+    from evaluation.settings import EvalSettings
     saved = read_config(ckpt_dir)
     return EvalSettings(ckpt_dir=ckpt_dir, task_name=saved['task_name'], policy_class=saved['policy_class'],
                         policy_config=saved['policy_config'], camera_names=saved['camera_names'], episode_len=1,
@@ -79,8 +79,8 @@ def observations(camera_names, image_size, dataset_dir, count, rng):
         return [(rng.normal(size=STATE_DIM).astype(np.float32),
                  rng.integers(0, 256, (len(camera_names), height, width, 3), dtype=np.uint8))
                 for _ in range(count)]
-    from data import resize_images
-    from episodes import open_dataset
+    from formats.images import resize_images
+    from formats.datasets import open_dataset
     data = open_dataset(dataset_dir)
     last = data.num_episodes - 1  # training held the first episodes out for validation at random: take the last
     episode = data.read_episode(last, cameras=camera_names)
@@ -92,8 +92,8 @@ def observations(camera_names, image_size, dataset_dir, count, rng):
 
 def eager_fns(settings, threads):
     """{'eager_fp32', and for ACT 'original'}: raw (qpos (S,), images (K, H, W, 3)) -> raw chunk (chunk, A)."""
-    from evaluate import load_policy, load_stats
-    from export_policy import images_to_unit
+    from evaluation.rollout import load_policy, load_stats
+    from deploy.export import images_to_unit
     policy, normalizer = load_policy(settings, 'policy_best.ckpt').eval(), load_stats(settings)
 
     def run(forward):
@@ -114,7 +114,7 @@ def eager_fns(settings, threads):
 
 
 def runner_fn(folder, threads, engine='onnxruntime'):
-    from policy_runtime import PolicyRunner
+    from deploy.runtime import PolicyRunner
     runner = PolicyRunner(folder, threads=threads, engine=engine)
     batch = (None,) * (2 if runner.policy_class == 'Diffusion' else 1)  # Diffusion: an obs_horizon axis of 1
     return lambda qpos, images: runner.query(qpos[batch], images[batch])[0]
@@ -150,7 +150,7 @@ if kind in ('original', 'eager_fp32'):
     settings = eval_settings(folder)
     fn, cameras, (height, width) = eager_fns(settings, threads)[kind], settings.camera_names, settings.image_size
 else:  # the runtime alone, as on a robot: no torch
-    from policy_runtime import PolicyRunner
+    from deploy.runtime import PolicyRunner
     runner = PolicyRunner(folder, threads=threads, engine='openvino' if kind.startswith('openvino') else 'onnxruntime')
     fn, cameras, (height, width) = (lambda q, im: runner.query(q[None], im[None])), runner.camera_names, \
         runner.image_size
@@ -172,7 +172,7 @@ def peak_rss_mb(kind, folder, threads):
 
 
 def bench_config(name, ckpt_dir, dataset_dir, work, args):
-    from export_policy import export
+    from deploy.export import export
     settings = eval_settings(ckpt_dir)
     folders = {}
     for variant, flags in (('onnxruntime_fp32', ('onnx', None)), ('onnxruntime_int8', ('onnx', 'int8')),
@@ -204,7 +204,7 @@ def bench_config(name, ckpt_dir, dataset_dir, work, args):
 
 def bench_diffusion(work, args):
     """A Diffusion query (README image size, chunk 100, DDIM steps) eager and through onnxruntime, beside ACT."""
-    from export_policy import export
+    from deploy.export import export
     steps = args['diffusion_steps']
     config = {'camera_names': ['top'], 'num_queries': 100, 'state_dim': STATE_DIM, 'action_dim': STATE_DIM,
               'num_inference_steps': steps, 'pretrained_backbone': False, 'lr': 1e-4}

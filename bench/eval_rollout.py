@@ -19,12 +19,12 @@ import torch
 
 from bench.common import machine_report, print_report, stdout_to_stderr
 from constants import get_sim_task_config
-from evaluate import rollout_results
+from evaluation.rollout import rollout_results
 
 
 def write_checkpoint(ckpt_dir, policy_config, state_dim):
     """An untrained policy and statistics that keep its actions near the start pose."""
-    from policy import make_policy
+    from policies.registry import make_policy
     torch.save(make_policy('ACT', policy_config).serialize(), os.path.join(ckpt_dir, 'policy_best.ckpt'))
     mean = np.zeros(state_dim, dtype=np.float32)
     std = np.full(state_dim, 0.01, dtype=np.float32)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bench.common import (alternate, latency_parser, machine_report, print_report, readme_act_config, set_threads,
                           speedups)
 from detr.reference import original_forward, original_trunk, randomise_batch_norm
-from policy import ACTPolicy, CNNMLPPolicy, kl_divergence
+from policies.act import ACTPolicy, CNNMLPPolicy, kl_divergence
 
 CNNMLP_CONFIG = {'lr': 1e-5, 'lr_backbone': 1e-5, 'backbone': 'resnet18', 'num_queries': 1,
                  'camera_names': ['top'], 'pretrained_backbone': False}

@@ -46,7 +46,7 @@ CASES = ('readme_off', 'readme_bf16', 'small_off', 'small_bf16')
 
 def write_dataset(folder, frame_hw):
     """Synthetic episodes: random frames and joint trajectories in the original layout."""
-    from episodes import episode_path, write_episode
+    from formats.hdf5 import episode_path, write_episode
     rng = np.random.default_rng(0)
     for i in range(NUM_EPISODES):
         frames = rng.integers(0, 256, size=(EPISODE_LEN, *frame_hw, 3), dtype=np.uint8)
@@ -57,8 +57,10 @@ def write_dataset(folder, frame_hw):
 
 def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
     """The training config imitate_episodes.py builds for the README or the small model's flags."""
-    import train
-    from imitate_episodes import build_parser, get_task_config, make_config as make_run_config, make_policy_config
+    from training import loop as train
+    from cli.run_config import make_config as make_run_config, make_policy_config
+    from constants import get_task_config
+    from imitate_episodes import build_parser
     sizes = MODELS[model]
     argv = ['--task_name', TASK, '--policy_class', 'ACT', '--ckpt_dir', ckpt_dir, '--dataset_dir', data_dir,
             '--num_episodes', str(NUM_EPISODES), '--batch_size', str(BATCH_SIZE), '--num_steps', str(num_steps),
@@ -71,8 +73,8 @@ def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
 
 
 def loaders(data_dir, model):
-    from data import load_data
-    from train import set_seed
+    from training.data import load_data
+    from common.seeds import set_seed
     set_seed(1)  # the training script's split seed
     return load_data(data_dir, NUM_EPISODES, ['top'], BATCH_SIZE, BATCH_SIZE, image_size=MODELS[model]['image_size'],
                      num_workers=1, preload='off', seed=0)
@@ -85,8 +87,9 @@ def reference_steps(train_loader, config, num_steps, original):
     original's computation (detr/reference.py: every decoder layer, sequence-first attention)."""
     import torch.nn.functional as F
     from detr.reference import original_forward
-    from policy import kl_divergence, make_policy
-    from train import set_seed
+    from policies.act import kl_divergence
+    from policies.registry import make_policy
+    from common.seeds import set_seed
     set_seed(config['seed'])
     policy = make_policy('ACT', config['policy_config'])
     optimizer = policy.configure_optimizers()
@@ -116,7 +119,7 @@ def reference_steps(train_loader, config, num_steps, original):
 
 def run_case(case, data_dir, steps, ref_steps):
     import torch
-    import train
+    from training import loop as train
     model, amp = case.split('_')
     train_loader, val_loader, _, _ = loaders(data_dir, model)
     image_hw = tuple(train_loader.dataset.hw)
@@ -156,7 +159,7 @@ def main(args):
               'original_sec_per_step_readme': ORIGINAL_SEC_PER_STEP, 'cases': {}}
     cases = args['cases']
     if cases is None:  # bf16 only where the CPU computes it natively; emulated it is many times slower
-        from imitate_episodes import cpu_has_bf16
+        from cli.run_config import cpu_has_bf16
         cases = [c for c in CASES if cpu_has_bf16() or not c.endswith('bf16')]
         if len(cases) < len(CASES):
             report['skipped'] = 'bf16 cases: no native bfloat16 on this CPU (ask for them with --cases)'

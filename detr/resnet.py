@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from files import load_torch_file
+from common.files import load_torch_file
 
 ### ImageNet weights (torchvision's IMAGENET1K_V1 files, the ones `pretrained=True` gave the original)
 IMAGENET_WEIGHT_FILES = {
@@ -148,6 +148,7 @@ RESNET_SPECS = {
     'resnet34': (BasicBlock, (3, 4, 6, 3)),
     'resnet50': (Bottleneck, (3, 4, 6, 3)),
 }
+BACKBONES = tuple(RESNET_SPECS)  # --backbone choices
 
 
 class ResNetTrunk(nn.Module):

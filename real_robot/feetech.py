@@ -19,7 +19,7 @@ import os
 import numpy as np
 import scservo_sdk
 
-from files import atomic_write
+from common.files import atomic_write
 from real_robot import feetech_protocol as F
 from real_robot import settings
 from real_robot.bots import Bot, JointState, RobotFault

@@ -6,7 +6,9 @@ per serial number); gripper calibration constants live in the top-level constant
 import math
 import os
 
-from constants import REPO_DIR, START_ARM_POSE
+from common.paths import REPO_DIR
+from constants import START_ARM_POSE
+from constants import IMAGE_HW
 
 ### Servo buses (Dynamixel Protocol 2.0, one USB-serial adapter per arm)
 SERVO_PORTS = {  # bot name -> serial device
@@ -46,7 +48,11 @@ CAMERA_DEVICES = {
     'front': '/dev/video0',  # SO-arm tasks
     'wrist': '/dev/video2',
 }
-CAMERA_HW = (480, 640)  # (height, width) requested from each camera
+ALOHA_DRIVERS = ('auto', 'interbotix', 'dynamixel', 'sim')  # how ALOHA's arms are reached ('auto': the first)
+SO_DRIVERS = ('auto', 'feetech')  # how SO-100 / SO-101 arms are reached
+ROBOT_DRIVERS = ALOHA_DRIVERS + ('feetech',)  # --robot_driver
+ROBOT_BACKENDS = ('builtin', 'aloha_scripts')  # --robot_backend: our drivers or the aloha_scripts/ROS stack
+CAMERA_HW = IMAGE_HW  # (height, width) requested from each camera
 CAMERA_FPS = 30
 CAMERA_FOURCC = 'MJPG'  # four USB cameras on one hub need compressed streams
 CAMERA_OPEN_TIMEOUT_S = 5.0  # first frame must arrive within this after opening

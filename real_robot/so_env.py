@@ -17,10 +17,10 @@ import numpy as np
 
 from real_robot import settings
 from real_robot.bots import Clock
-from real_robot.real_env import RobotEnv, make_cameras
+from real_robot.robot_env import RobotEnv, make_cameras
 from real_robot.safety import clamp_arm_targets
 
-SO_DRIVERS = ('auto', 'feetech')
+SO_DRIVERS = settings.SO_DRIVERS
 
 
 def is_so_task(task_config):

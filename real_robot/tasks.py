@@ -1,4 +1,4 @@
-"""Real-robot tasks (aloha_scripts' TASK_CONFIGS): datasets under constants.DATA_DIR.
+"""Real-robot tasks (aloha_scripts' TASK_CONFIGS): datasets under constants.DATA_DIR (ACT_DATA_DIR).
 
 Add your own task here. ALOHA tasks: episode_len in control steps of constants.DT (50 Hz).
 SO-100 / SO-101 tasks name their arms (SO_ARMS in settings.py: followers and leaders, left arm
@@ -7,7 +7,7 @@ and action have 6 values per arm (real_robot/so_env.py).
 """
 import os
 
-from constants import DATA_DIR
+from common.paths import DATA_DIR
 
 CAMERA_NAMES = ['cam_high', 'cam_low', 'cam_left_wrist', 'cam_right_wrist']
 

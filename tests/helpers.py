@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import torch
 
-from episodes import write_episode
+from formats.hdf5 import write_episode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden')
@@ -42,7 +42,7 @@ def start_pose_stats(arm_pose, gripper, std, state_dim=14):
 
 def write_tiny_checkpoint(ckpt_dir, policy_config, stats, policy_class='ACT'):
     """An untrained policy as policy_best.ckpt, with `stats` as dataset_stats.pkl."""
-    from policy import make_policy
+    from policies.registry import make_policy
     os.makedirs(ckpt_dir, exist_ok=True)
     torch.save(make_policy(policy_class, policy_config).serialize(), os.path.join(ckpt_dir, 'policy_best.ckpt'))
     with open(os.path.join(ckpt_dir, 'dataset_stats.pkl'), 'wb') as f:

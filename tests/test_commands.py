@@ -8,7 +8,9 @@ import sys
 import pytest
 
 import imitate_episodes
-from checkpoint import CONFIG_FILE
+from cli import run_config
+from checkpoints.folder import CONFIG_FILE
+import constants
 from constants import SIM_TASK_CONFIGS, canonical_task_name, get_sim_task_config
 from tests.helpers import ROOT, TASK, TINY_IMAGE_HW, tiny_model_flags, write_tiny_episode
 
@@ -59,19 +61,19 @@ def test_help_and_unknown_task_list_both_names():
 
 
 def test_the_short_command_is_the_readme_recipe():
-    args = imitate_episodes.with_default_folder(vars(imitate_episodes.build_parser().parse_args(
+    args = run_config.with_default_folder(vars(imitate_episodes.build_parser().parse_args(
         ['--task_name', SHORT, '--policy_class', 'ACT'])))
     assert args['task_name'] == TASK and args['ckpt_dir'] == os.path.join('ckpt', TASK)
     assert (args['batch_size'], args['num_epochs'], args['seed']) == (8, 2000, 0)
-    config = imitate_episodes.make_policy_config(args, ['top'], 14, 14, (480, 640))
+    config = run_config.make_policy_config(args, ['top'], 14, 14, (480, 640))
     recipe = {'kl_weight': 10, 'num_queries': 100, 'hidden_dim': 512, 'dim_feedforward': 3200, 'lr': 1e-5}
     assert {key: config[key] for key in recipe} == recipe
     # the original's full command line keeps its meaning
-    given = imitate_episodes.with_default_folder(vars(imitate_episodes.build_parser().parse_args(
+    given = run_config.with_default_folder(vars(imitate_episodes.build_parser().parse_args(
         ['--task_name', TASK, '--ckpt_dir', 'elsewhere', '--policy_class', 'ACT', '--kl_weight', '1',
          '--chunk_size', '20', '--hidden_dim', '64', '--batch_size', '4', '--dim_feedforward', '128',
          '--num_epochs', '10', '--lr', '1e-4', '--seed', '3'])))
-    config = imitate_episodes.make_policy_config(given, ['top'], 14, 14, (480, 640))
+    config = run_config.make_policy_config(given, ['top'], 14, 14, (480, 640))
     assert given['ckpt_dir'] == 'elsewhere' and (given['batch_size'], given['num_epochs'], given['seed']) == (4, 10, 3)
     assert (config['kl_weight'], config['num_queries'], config['hidden_dim'], config['lr']) == (1, 20, 64, 1e-4)
 
@@ -128,7 +130,7 @@ def test_record_missing_records_then_trains(data_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert '--record_missing: recording 1 episodes' in out
     assert 'episode_idx=1 EE rollout' in out and 'episode_0.hdf5 exists: skipping' in out
-    from episodes import read_episode
+    from formats.hdf5 import read_episode
     recorded = read_episode(str(data_root / 'episode_1.hdf5'))
     assert recorded.images['top'].shape == (STEPS, *TINY_IMAGE_HW, 3)
     assert (tmp_path / 'ckpt' / TASK / 'policy_best.ckpt').is_file()
@@ -155,4 +157,4 @@ def test_a_task_added_to_constants_trains(tmp_path, monkeypatch, capsys):
 def test_a_sim_task_needs_the_sim_prefix(monkeypatch):
     monkeypatch.setitem(SIM_TASK_CONFIGS, 'my_task', SIM_TASK_CONFIGS[TASK])
     with pytest.raises(KeyError, match="must begin with 'sim_'"):
-        imitate_episodes.get_task_config('my_task')
+        constants.get_task_config('my_task')

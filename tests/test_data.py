@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import episodes
+from formats import normalize
+from formats import stats as dataset_stats
+from policies import inputs
+from training import data
+from formats import hdf5 as episodes
 from tests.helpers import write_tiny_episode as write_episode
 
 
@@ -48,7 +51,7 @@ def test_sample_shapes_and_original_semantics(tiny_dataset):
 
 
 def test_sample_matches_file_at_its_start_step(tiny_dataset):
-    stats = data.get_norm_stats(tiny_dataset, 5)
+    stats = dataset_stats.get_norm_stats(tiny_dataset, 5)
     dataset = data.EpisodicDataset([3], tiny_dataset, ['top'], stats)
     seed = 12345
     start = np.random.default_rng(seed).integers(20)
@@ -70,7 +73,7 @@ def test_sample_matches_file_at_its_start_step(tiny_dataset):
 def test_real_robot_actions_start_one_step_earlier(tmp_path):
     path = write_episode(str(tmp_path / 'episode_0.hdf5'), sim=False)
     write_episode(str(tmp_path / 'episode_1.hdf5'), sim=False, seed=1)
-    stats = data.get_norm_stats(str(tmp_path), 2)
+    stats = dataset_stats.get_norm_stats(str(tmp_path), 2)
     dataset = data.EpisodicDataset([0], str(tmp_path), ['top'], stats)
     seed = next(s for s in range(100) if np.random.default_rng(s).integers(20) >= 2)
     start = np.random.default_rng(seed).integers(20)
@@ -110,7 +113,7 @@ def test_compressed_layout_gives_identical_batches(tiny_dataset, tmp_path):
 def test_jpeg_layout_reads(tiny_dataset, tmp_path):
     import cv2
     jpeg_dir = copy_dataset(tiny_dataset, tmp_path / 'jpeg', 'jpeg')
-    stats = data.get_norm_stats(jpeg_dir, 5)
+    stats = dataset_stats.get_norm_stats(jpeg_dir, 5)
     for preload in (False, True):
         dataset = data.EpisodicDataset([2], jpeg_dir, ['top'], stats, preload=preload)
         seed = 7
@@ -127,7 +130,7 @@ def test_variable_length_episodes(tmp_path):
     lengths = [12, 20, 16, 25, 9]
     for i, n in enumerate(lengths):
         write_episode(str(tmp_path / f'episode_{i}.hdf5'), episode_len=n, seed=i)
-    stats = data.get_norm_stats(str(tmp_path), 5)
+    stats = dataset_stats.get_norm_stats(str(tmp_path), 5)
     np.random.seed(1)
     train_loader, val_loader, _, _ = data.load_data(str(tmp_path), 5, ['top'], 2, 2)
     for loader in (train_loader, val_loader):
@@ -147,7 +150,7 @@ def test_norm_stats_match_hand_computation(tmp_path):
         write_episode(str(tmp_path / f'episode_{i}.hdf5'), episode_len=n, state_dim=6, seed=i)
     with h5py.File(tmp_path / 'episode_0.hdf5', 'a') as root:  # a constant joint: std clipped at 1e-2
         root['/action'][:, 2] = 0.5
-    stats = data.get_norm_stats(str(tmp_path), 3)
+    stats = dataset_stats.get_norm_stats(str(tmp_path), 3)
     qpos, action = [], []
     for i in range(3):
         with h5py.File(tmp_path / f'episode_{i}.hdf5', 'r') as root:
@@ -161,8 +164,8 @@ def test_norm_stats_match_hand_computation(tmp_path):
     expected_std = np.maximum(action.std(0, ddof=1), 1e-2)
     np.testing.assert_allclose(stats['action_std'], expected_std, rtol=1e-5)
     assert stats['action_std'][2] > 0.01 or expected_std[2] == 0.01
-    np.testing.assert_allclose(stats['action_min'], action.min(0) - data.MINMAX_EPS, rtol=1e-6)
-    np.testing.assert_allclose(stats['action_max'], action.max(0) + data.MINMAX_EPS, rtol=1e-6)
+    np.testing.assert_allclose(stats['action_min'], action.min(0) - dataset_stats.MINMAX_EPS, rtol=1e-6)
+    np.testing.assert_allclose(stats['action_max'], action.max(0) + dataset_stats.MINMAX_EPS, rtol=1e-6)
     np.testing.assert_array_equal(stats['example_qpos'], last_qpos.astype(np.float32))
     assert all(stats[k].dtype == np.float32 for k in ('qpos_mean', 'qpos_std', 'action_mean', 'action_std'))
 
@@ -172,7 +175,7 @@ def test_std_clipped_for_constant_dimension(tmp_path):
         write_episode(str(tmp_path / f'episode_{i}.hdf5'), seed=i)
         with h5py.File(tmp_path / f'episode_{i}.hdf5', 'a') as root:
             root['/action'][:, 5] = 1.0
-    stats = data.get_norm_stats(str(tmp_path), 2)
+    stats = dataset_stats.get_norm_stats(str(tmp_path), 2)
     assert stats['action_std'][5] == pytest.approx(1e-2)
 
 
@@ -184,19 +187,19 @@ def test_large_stds_are_not_clipped(tmp_path):
         with h5py.File(tmp_path / f'episode_{i}.hdf5', 'a') as root:
             root['/action'][:, 0] = rng.normal(0, 50, size=20)
             root['/observations/qpos'][:, 1] = rng.normal(90, 50, size=20)
-    stats = data.get_norm_stats(str(tmp_path), 3)
+    stats = dataset_stats.get_norm_stats(str(tmp_path), 3)
     assert 35 < stats['action_std'][0] < 65 and 35 < stats['qpos_std'][1] < 65
     dataset = data.EpisodicDataset([0], str(tmp_path), ['top'], stats)
     assert np.abs(dataset.actions[0][:, 0]).max() < 4  # standardised, not divided by 10
 
 
 def test_diffusion_targets_scaled_to_unit_range(tiny_dataset):
-    stats = data.get_norm_stats(tiny_dataset, 5)
+    stats = dataset_stats.get_norm_stats(tiny_dataset, 5)
     dataset = data.EpisodicDataset(range(5), tiny_dataset, ['top'], stats, policy_class='Diffusion')
     for index in range(5):
         _, _, action, is_pad = dataset[(index, 0)]
         assert np.abs(action[~is_pad]).max() < 1
-    normalizer = data.Normalizer(stats, 'min_max')
+    normalizer = normalize.Normalizer(stats, 'min_max')
     raw = np.linspace(stats['action_min'], stats['action_max'], 5)
     scaled = normalizer.normalize_action(raw)
     np.testing.assert_allclose(scaled[[0, -1]], [[-1] * 14, [1] * 14], atol=1e-6)
@@ -204,34 +207,34 @@ def test_diffusion_targets_scaled_to_unit_range(tiny_dataset):
 
 
 def test_normalizer_act_and_old_stats(tiny_dataset):
-    stats = data.get_norm_stats(tiny_dataset, 5)
+    stats = dataset_stats.get_norm_stats(tiny_dataset, 5)
     old = {k: v for k, v in stats.items() if k not in ('action_min', 'action_max')}
-    normalizer = data.Normalizer(old, 'mean_std')
+    normalizer = normalize.Normalizer(old, 'mean_std')
     qpos = np.ones(14, dtype=np.float32)
     np.testing.assert_allclose(normalizer.normalize_qpos(qpos), (qpos - stats['qpos_mean']) / stats['qpos_std'])
     np.testing.assert_allclose(normalizer.unnormalize_action(np.zeros((3, 14))),
                                np.broadcast_to(stats['action_mean'], (3, 14)))
     with pytest.raises(KeyError, match='action_min'):
-        data.Normalizer(old, 'min_max')
+        normalize.Normalizer(old, 'min_max')
 
 
 def test_normalizer_saves_the_original_stats_file(tiny_dataset, tmp_path):
     import pickle
-    stats = data.get_norm_stats(tiny_dataset, 5)
+    stats = dataset_stats.get_norm_stats(tiny_dataset, 5)
     path = str(tmp_path / 'dataset_stats.pkl')
-    data.Normalizer(stats).save(path)
+    normalize.Normalizer(stats).save(path)
     with open(path, 'rb') as f:
         saved = pickle.load(f)  # a plain dict of numpy arrays, as the original's
     assert type(saved) is dict and set(saved) == set(stats)
     assert all(np.array_equal(saved[k], stats[k]) for k in stats)
-    loaded = data.Normalizer.load(path, 'min_max')
+    loaded = normalize.Normalizer.load(path, 'min_max')
     assert (loaded.state_dim, loaded.action_dim) == (14, 14)
     with pytest.raises(ValueError, match=r"dataset_stats\.pkl: 'qpos_mean' has shape \(14,\)"):
         loaded.check_sizes(10, 14, path)
 
 
 def test_obs_horizon_repeats_first_frame(tiny_dataset):
-    stats = data.get_norm_stats(tiny_dataset, 5)
+    stats = dataset_stats.get_norm_stats(tiny_dataset, 5)
     dataset = data.EpisodicDataset([0], tiny_dataset, ['top'], stats, obs_horizon=3)
     seed = next(s for s in range(100) if np.random.default_rng(s).integers(20) == 1)
     image, qpos, action, _ = dataset[(0, seed)]
@@ -251,7 +254,7 @@ def test_image_size_resizes(tiny_dataset):
 
 def test_image_to_tensor_layout():
     images = torch.randint(0, 256, (2, 1, 6, 8, 3), dtype=torch.uint8)
-    tensor = data.image_to_tensor(images, 'cpu')
+    tensor = inputs.image_to_tensor(images, 'cpu')
     assert tensor.shape == (2, 1, 3, 6, 8) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor, images.permute(0, 1, 4, 2, 3).float() / 255.0)
     assert tensor[:, 0].is_contiguous(memory_format=torch.channels_last)
@@ -289,7 +292,7 @@ def test_mismatched_dims(tiny_dataset):
         del root['/action']
         root.create_dataset('/action', data=np.zeros((19, 14), dtype=np.float32))
     with pytest.raises(ValueError, match=r'episode_1\.hdf5: /observations/qpos \(20, 14\) and /action \(19, 14\)'):
-        data.get_norm_stats(tiny_dataset, 2)
+        dataset_stats.get_norm_stats(tiny_dataset, 2)
 
 
 def test_mismatched_frame_sizes_suggest_image_size(tiny_dataset):

@@ -13,7 +13,7 @@ from detr.detr_vae import get_sinusoid_encoding_table
 from detr.position_encoding import PositionEmbeddingSine
 from detr.reference import original_forward, randomise_batch_norm
 from detr.transformer import MultiheadAttention
-from policy import ACTPolicy, CNNMLPPolicy
+from policies.act import ACTPolicy, CNNMLPPolicy
 
 COMPAT_DIR = os.path.join(os.path.dirname(__file__), 'compat')
 # the config that produced compat/act_state_dict_keys_small.txt with the original code

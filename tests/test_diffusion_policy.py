@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-import diffusion_policy as dp
+from policies import diffusion as dp
+from policies import diffusion_nets as nets
 from tests.helpers import ROOT, TINY_IMAGE_HW, eval_config
 
 TINY_DOWN_DIMS = (16, 32)
@@ -47,7 +48,7 @@ def sample(policy, qpos, image, seed):
 
 ### Layers
 def test_step_embedding_is_sines_then_cosines():
-    emb = dp.SinusoidalStepEmbedding(4)(torch.tensor([3.0]))
+    emb = nets.SinusoidalStepEmbedding(4)(torch.tensor([3.0]))
     k = 3.0
     expected = [math.sin(k), math.sin(k / 10000), math.cos(k), math.cos(k / 10000)]
     assert torch.allclose(emb[0], torch.tensor(expected), atol=1e-6)
@@ -55,13 +56,13 @@ def test_step_embedding_is_sines_then_cosines():
 
 @pytest.mark.parametrize('length', [5, 7, 8, 16])
 def test_unet_keeps_any_chunk_length(length):
-    unet = dp.ConditionalUnet1D(3, global_cond_dim=6, down_dims=(8, 16, 32), kernel_size=3, n_groups=4)
+    unet = nets.ConditionalUnet1D(3, global_cond_dim=6, down_dims=(8, 16, 32), kernel_size=3, n_groups=4)
     out = unet(torch.randn(2, length, 3), torch.tensor([0, 7]), torch.randn(2, 6))
     assert out.shape == (2, length, 3)
 
 
 def test_unet_uses_step_and_condition():
-    unet = dp.ConditionalUnet1D(3, global_cond_dim=6, down_dims=TINY_DOWN_DIMS)
+    unet = nets.ConditionalUnet1D(3, global_cond_dim=6, down_dims=TINY_DOWN_DIMS)
     x, cond = torch.randn(1, 8, 3), torch.randn(1, 6)
     base = unet(x, 1, cond)
     assert not torch.allclose(base, unet(x, 30, cond))
@@ -69,7 +70,7 @@ def test_unet_uses_step_and_condition():
 
 
 def test_spatial_softmax_finds_a_peak_on_a_non_square_map():
-    layer = dp.SpatialSoftmax(1, num_keypoints=1)
+    layer = nets.SpatialSoftmax(1, num_keypoints=1)
     with torch.no_grad():
         layer.nets.weight.fill_(1.0)
         layer.nets.bias.zero_()
@@ -313,16 +314,16 @@ def test_checkpoint_without_ema_falls_back_to_the_weights():
 ### Augmentation
 def test_augmentation_keeps_shapes_and_range_and_varies():
     images = torch.rand(6, 3, 24, 32)
-    out = dp.augment_images(images)
+    out = nets.augment_images(images)
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, images)
     assert not torch.allclose(out[0], out[1])  # parameters drawn per image
-    assert not torch.allclose(dp.augment_images(images), out)
+    assert not torch.allclose(nets.augment_images(images), out)
 
 
 def test_centre_crop_zooms_around_the_centre():
     ramp = torch.linspace(0, 1, 33).view(1, 1, 1, 33).expand(1, 3, 21, 33).contiguous()
-    out = dp.centre_crop(ramp)
+    out = nets.centre_crop(ramp)
     assert out.shape == ramp.shape
     assert torch.allclose(out[..., 16], ramp[..., 16], atol=1e-5)  # centre column stays
     assert out[..., 0].mean() > ramp[..., 0].mean() and out[..., -1].mean() < ramp[..., -1].mean()
@@ -334,7 +335,7 @@ def test_augmentation_only_in_training():
     policy.train()
     assert not torch.allclose(policy._prepare_images(frames), policy._prepare_images(frames))
     policy.eval()
-    assert torch.equal(policy._prepare_images(frames), dp.centre_crop(frames))
+    assert torch.equal(policy._prepare_images(frames), nets.centre_crop(frames))
     plain = dp.DiffusionPolicy(tiny_config(augment_images=False)).train()
     assert torch.equal(plain._prepare_images(frames), frames)
 
@@ -382,7 +383,7 @@ def test_optimizer_settings():
 
 
 def test_import_does_not_load_diffusers_and_make_policy_builds_it():
-    code = ('import sys, diffusion_policy, policy; assert "diffusers" not in sys.modules; '
+    code = ('import sys, policies.diffusion, policy; assert "diffusers" not in sys.modules; '
             'p = policy.make_policy("Diffusion", {"camera_names": ["top"], "num_queries": 4, "down_dims": (8, 16)}); '
             'assert type(p).__name__ == "DiffusionPolicy" and "diffusers" in sys.modules')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -413,7 +414,7 @@ def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
     assert saved['down_dims'] == list(TINY_DOWN_DIMS) and saved['augment_images'] is False
     assert saved['prediction_type'] == 'sample'
 
-    from evaluate import eval_bc
+    from evaluation.rollout import eval_bc
     config = eval_config(ckpt_dir, tiny_config(lr=1e-4, prediction_type='sample'), policy_class='Diffusion',
                          episode_len=12, temporal_agg=True, num_rollouts=1, save_video=False)
     success_rate, avg_return = eval_bc(config, 'policy_best.ckpt', save_episode=False)

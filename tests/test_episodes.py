@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-import episodes
+from formats import hdf5 as episodes
 from tests.helpers import write_tiny_episode
 
 

@@ -1,5 +1,6 @@
-"""evaluate.py: temporal ensembling, the controller, the summary and result file, and end-to-end
-rollouts of tiny untrained checkpoints (result file, videos, parallel workers, bad inputs)."""
+"""evaluation/rollout.py and policies/chunker.py: temporal ensembling, the controller, the summary and
+result file, and end-to-end rollouts of tiny untrained checkpoints (result file, videos, parallel workers,
+bad inputs)."""
 import ast
 import os
 import pickle
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from constants import START_ARM_POSE
-from evaluate import (ChunkedController, Evaluator, TemporalEnsembler, episode_outcome, eval_bc, load_policy,
+from policies.chunker import TemporalEnsembler
+from evaluation.rollout import (ChunkedController, Evaluator, episode_outcome, eval_bc, load_policy,
                       load_stats, result_file_name, rollout_line, rollout_results, summary_text, write_result_file)
 from tests.helpers import TASK, TINY_IMAGE_HW, eval_config, start_pose_stats, write_tiny_checkpoint
 
@@ -33,8 +35,8 @@ def original_full_buffer_ensemble(chunks, k=0.01):
 
 def run_ensembler(chunks, **kwargs):
     T, K, A = chunks.shape
-    ensembler = TemporalEnsembler(K, A, **kwargs)
-    return torch.cat([ensembler(chunks[t:t + 1]) for t in range(T)]), ensembler
+    ensembler = TemporalEnsembler(K, **kwargs)
+    return torch.stack([ensembler(chunks[t]) for t in range(T)]), ensembler
 
 
 @pytest.mark.parametrize('T, K, A', [(30, 7, 3), (12, 1, 2), (5, 10, 4)])
@@ -62,10 +64,10 @@ def test_ensembler_equals_offline_weighted_average():
 
 def test_ensembler_reset_and_k():
     chunks = torch.rand(8, 4, 2) + 0.1
-    ensembler = TemporalEnsembler(4, 2, k=0.5)
-    first = torch.cat([ensembler(chunks[t:t + 1]) for t in range(8)])
+    ensembler = TemporalEnsembler(4, k=0.5)
+    first = torch.stack([ensembler(chunks[t]) for t in range(8)])
     ensembler.reset()
-    second = torch.cat([ensembler(chunks[t:t + 1]) for t in range(8)])
+    second = torch.stack([ensembler(chunks[t]) for t in range(8)])
     assert torch.equal(first, second)
     assert torch.equal(first, original_full_buffer_ensemble(chunks, k=0.5))
     assert not torch.allclose(first, original_full_buffer_ensemble(chunks, k=0.01))
@@ -121,8 +123,8 @@ class RecordingPolicy:
 
 
 def run_controller(policy, steps, temporal_agg=False):
-    controller = ChunkedController(policy, temporal_agg, 'cpu')
-    return [controller(t, torch.full((1, 3), float(t)), torch.full((1, 1, 3, 2, 2), float(t)))[0]
+    controller = ChunkedController(policy, temporal_agg)
+    return [controller(torch.full((1, 3), float(t)), torch.full((1, 1, 3, 2, 2), float(t)))[0]
             for t in range(steps)]
 
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 import export_policy
-from checkpoint import make_run_config, write_config
-from policy import make_policy
-from policy_runtime import ExportError, PolicyRunner
+from cli import run_config
+from deploy import export as deploy_export
+from checkpoints.folder import make_run_config, write_config
+from policies.registry import make_policy
+from deploy.runtime import ExportError, PolicyRunner
 from tests.helpers import (ROOT, TASK, TINY_ACT_CONFIG, TINY_IMAGE_HW, eval_config, start_pose_stats,
                            write_tiny_checkpoint)
 
@@ -48,7 +50,7 @@ def act_export(tmp_path_factory):
 
 def eager_and_exported(ckpt_dir, folder, obs_horizon=None, engine='onnxruntime'):
     """(eager, exported) raw action chunks for batches 1 and 3 of data-like inputs."""
-    from evaluate import load_policy, load_stats
+    from evaluation.rollout import load_policy, load_stats
     config = eval_config(ckpt_dir, json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_config'],
                          policy_class=json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_class'],
                          camera_names=CAMERAS)
@@ -57,10 +59,10 @@ def eager_and_exported(ckpt_dir, folder, obs_horizon=None, engine='onnxruntime')
     cfg = dict(policy.cfg, image_size=runner.image_size, camera_names=CAMERAS)
     pairs = []
     for batch in (1, 3):
-        qpos, images = (x.numpy() for x in export_policy.example_observation(cfg, batch, obs_horizon))
-        noise = export_policy.diffusion_noise(policy, batch, seed=7) if obs_horizon else None
+        qpos, images = (x.numpy() for x in deploy_export.example_observation(cfg, batch, obs_horizon))
+        noise = deploy_export.diffusion_noise(policy, batch, seed=7) if obs_horizon else None
         exported = runner.query(qpos, images, noise=noise)
-        eager = export_policy.eager_chunks(policy, normalizer, qpos, images, seed=7)
+        eager = deploy_export.eager_chunks(policy, normalizer, qpos, images, seed=7)
         assert exported.shape == eager.shape == (batch, policy.num_queries, 14)
         pairs.append((eager, exported))
     return pairs
@@ -89,8 +91,8 @@ def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path, predi
 @pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
 def test_runtime_ddim_step_equals_diffusers(prediction_type):
     import torch
-    from diffusion_policy import make_noise_scheduler
-    from policy_runtime import DDIM
+    from policies.diffusion import make_noise_scheduler
+    from deploy.runtime import DDIM
     scheduler = make_noise_scheduler('ddim', 50, prediction_type)
     scheduler.set_timesteps(10)
     ddim = DDIM({'num_train_timesteps': 50, 'prediction_type': prediction_type,
@@ -170,7 +172,8 @@ def rollout_steps(evaluator):
 def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temporal_agg):
     """The same observations through the eager controller and through the runtime give the same actions."""
     import dataclasses
-    from evaluate import EvalSettings, Evaluator, load_policy, load_stats
+    from evaluation.rollout import Evaluator, load_policy, load_stats
+    from evaluation.settings import EvalSettings
     ckpt_dir, folder = act_export
     config = eval_config(ckpt_dir, dict(TINY_ACT_CONFIG, camera_names=CAMERAS), camera_names=CAMERAS,
                          temporal_agg=temporal_agg, episode_len=12)
@@ -179,7 +182,7 @@ def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temp
                                                load_stats(settings)))
     runtime = Evaluator(dataclasses.replace(settings, runtime='onnxruntime', export_dir=folder), None, None)
     runtime.runner.reset()
-    exported = np.array([runtime.next_action(t, ts)[0] for t, ts in enumerate(timesteps)])
+    exported = np.array([runtime.next_action(ts)[0] for ts in timesteps])
     assert eager.shape == exported.shape == (12, 14)
     np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
@@ -187,11 +190,11 @@ def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temp
 def evaluate_with_onnxruntime(ckpt_dir, *flags):
     """imitate_episodes.py --eval --runtime onnxruntime on ckpt_dir: one rollout of 4 steps."""
     import imitate_episodes
-    from evaluate import eval_bc
+    from evaluation.rollout import eval_bc
     args = vars(imitate_episodes.build_parser().parse_args([
         '--eval', '--ckpt_dir', ckpt_dir, '--runtime', 'onnxruntime', '--num_rollouts', '1', '--no_video',
         '--image_size', *map(str, TINY_IMAGE_HW), *flags]))
-    config = dict(imitate_episodes.eval_config(imitate_episodes.with_default_folder(args), 'cpu'), episode_len=4)
+    config = dict(run_config.eval_config(run_config.with_default_folder(args), 'cpu'), episode_len=4)
     return eval_bc(config, 'policy_best.ckpt', save_episode=False)
 
 

@@ -27,13 +27,15 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
+from evaluation import rollout as evaluate
 import imitate_episodes
-import train
-from checkpoint import atomic_save
-from data import Normalizer, load_data
-from episodes import read_episode, write_episode
-from files import UnsafeFile, atomic_write, prepare_folder, remove_stale_temps, temp_path
+from cli import run_config
+from training import loop as train
+from checkpoints.folder import atomic_save
+from formats.normalize import Normalizer
+from training.data import load_data
+from formats.hdf5 import read_episode, write_episode
+from common.files import UnsafeFile, atomic_write, prepare_folder, remove_stale_temps, temp_path
 from tests.helpers import (ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, train_argv,
                            write_tiny_checkpoint, write_tiny_episode)
 
@@ -83,7 +85,8 @@ def wait_until_gone(pids, seconds):
 ############################ 1. no hang ############################
 
 def test_an_error_while_loader_workers_run_ends_the_process(tmp_path):
-    driver = ('import sys, train, imitate_episodes\n'
+    driver = ('import sys, imitate_episodes\n'
+              'from training import loop as train\n'
               'from tests.helpers import train_args\n'
               'def fail(*args, **kwargs):\n'
               '    raise RuntimeError("plotting failed")\n'
@@ -115,7 +118,7 @@ def _load_stats_for_eval(ckpt_dir):
 
 
 def _load_stats_for_dims(ckpt_dir):
-    imitate_episodes.dims_from_stats(ckpt_dir, 'ACT')
+    run_config.dims_from_stats(ckpt_dir, 'ACT')
 
 
 @pytest.mark.parametrize('load', [_load_stats_for_eval, _load_stats_for_dims])
@@ -139,7 +142,7 @@ def test_a_malicious_training_state_is_refused_unrun(tmp_path):
 
 def test_a_malicious_checkpoint_or_backbone_file_is_refused_unrun(tmp_path):
     from detr.resnet import build_resnet_trunk, load_imagenet_weights
-    from policy import make_policy
+    from policies.registry import make_policy
     marker = tmp_path / 'ran'
     write_tiny_checkpoint(tmp_path, TINY_ACT_CONFIG, start_pose_stats([0] * 6, 0.5, 1.0))
     plant(tmp_path / 'policy_best.ckpt', marker, torch.save)
@@ -278,7 +281,7 @@ def test_a_bad_flag_is_a_usage_error_on_the_command_line(tmp_path):
 
 ORPHAN_DRIVER = '''
 import multiprocessing, os, sys, time
-from processes import die_with_parent
+from common.processes import die_with_parent
 
 def work(parent_pid, ready):
     die_with_parent(parent_pid)
@@ -318,17 +321,19 @@ def test_workers_die_with_their_parent(tmp_path, start_method):
 
 
 def test_recording_evaluation_and_loader_workers_die_with_their_parent(monkeypatch, tmp_path):
-    import data
-    import record_sim_episodes
+    from common import processes
+    from training import data
+    from recording import sim as record_sim_episodes
     armed = []
-    for module in (record_sim_episodes, evaluate, data):
+    for module in (processes, data):  # the worker pools of recording and evaluation start through processes
         monkeypatch.setattr(module, 'die_with_parent', armed.append)
     monkeypatch.setattr(record_sim_episodes, 'EpisodeRecorder', lambda **kwargs: None)
-    record_sim_episodes._init_worker(11, {}, str(tmp_path), False)
+    processes._start_worker(11, record_sim_episodes._init_worker, {}, str(tmp_path), False)
     monkeypatch.setattr(evaluate, 'Evaluator', lambda *args: None)
     monkeypatch.setattr(evaluate, 'load_policy', lambda *args: None)
     monkeypatch.setattr(evaluate, 'load_stats', lambda *args: None)
-    evaluate._init_worker(12, types.SimpleNamespace(runtime='torch'), 'policy_best.ckpt', torch.get_num_threads())
+    processes._start_worker(12, evaluate._init_worker, types.SimpleNamespace(runtime='torch'), 'policy_best.ckpt',
+                            torch.get_num_threads())
     signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         loader = load_data(dataset(tmp_path / 'data'), 5, ['top'], 2, 2, num_workers=1)[0]
@@ -377,7 +382,7 @@ def test_a_full_disk_while_recording_is_a_message_not_a_crash(tmp_path):
     kept = file_bytes(tmp_path, ['episode_0.hdf5'])
     driver = ('import sys\n'
               'from tests.helpers import write_tiny_episode\n'
-              'from files import DiskFull\n'
+              'from common.files import DiskFull\n'
               'try:\n'
               '    write_tiny_episode(sys.argv[1], episode_len=100, image_hw=(96, 128))\n'
               'except DiskFull as err:\n'
@@ -400,7 +405,7 @@ def test_a_full_disk_while_training_is_a_message_and_a_clean_exit(tmp_path):
 
 def test_a_write_that_fails_for_space_names_the_file(tmp_path):
     driver = ('import sys, torch\n'
-              'from checkpoint import atomic_save\n'
+              'from checkpoints.folder import atomic_save\n'
               'atomic_save({"w": torch.zeros(500_000)}, sys.argv[1])\n')
     done = run_python(['-c', driver, str(tmp_path / 'policy_last.ckpt')], file_size_limit=1_000_000)
     assert 'files.DiskFull: [Errno 27] file too large: ' in done.stderr and 'needed about 2 MB' in done.stderr
@@ -409,7 +414,7 @@ def test_a_write_that_fails_for_space_names_the_file(tmp_path):
 
 def test_a_video_ffmpeg_could_not_finish_is_an_error_not_a_truncated_file(tmp_path):
     driver = ('import sys, numpy as np\n'
-              'from evaluate import VideoWriter\n'
+              'from common.media import VideoWriter\n'
               'video, rng = VideoWriter(sys.argv[1]), np.random.default_rng(0)\n'
               'for _ in range(50):  # noise: far more than the limit\n'
               '    video.append(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))\n'

@@ -14,8 +14,8 @@ import zlib
 import pytest
 import torch
 
-import train
-from policy import make_policy
+from training import loop as train
+from policies.registry import make_policy
 from tests.helpers import GOLDEN_DIR
 
 ACTION_ATOL = 2e-5

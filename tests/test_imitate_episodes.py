@@ -11,12 +11,14 @@ import pytest
 import torch
 
 import imitate_episodes
-from checkpoint import CONFIG_FILE, read_config
+from cli import run_config
+from checkpoints.folder import CONFIG_FILE, read_config
 from constants import PROJECT_VERSION
-from diffusion_policy import DEFAULTS as DIFFUSION_DEFAULTS
-from policy import ACT_DEFAULTS, make_policy
+from policies.diffusion import DEFAULTS as DIFFUSION_DEFAULTS
+from policies.act import ACT_DEFAULTS
+from policies.registry import make_policy
 from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, train_args
-from train import TRAINING_STATE
+from training.loop import TRAINING_STATE
 
 
 def training_state(ckpt_dir):
@@ -91,26 +93,26 @@ def test_eval_needs_no_model_flags_with_config_json(two_epoch_run, short_episode
     out = capsys.readouterr().out
     assert 'policy_best.ckpt: success_rate=' in out and 'overrides' not in out
     assert os.path.isfile(os.path.join(args['ckpt_dir'], 'result_policy_best.txt'))
-    config = imitate_episodes.eval_config(eval_flags(args['ckpt_dir']), 'cpu')
+    config = run_config.eval_config(eval_flags(args['ckpt_dir']), 'cpu')
     assert config['image_size'] == TINY_IMAGE_HW and config['policy_config']['hidden_dim'] == 32
 
 
 def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_run, tmp_path, short_episodes,
                                                                   capsys):
     import shutil
-    import evaluate
+    from evaluation import rollout as evaluate
     args, _ = two_epoch_run
     ckpt_dir = tmp_path / 'ckpt'
     shutil.copytree(args['ckpt_dir'], ckpt_dir)
     config = read_config(str(ckpt_dir))
     with open(ckpt_dir / CONFIG_FILE, 'w') as f:
         json.dump(dict(config, shadows=False), f)
-    eval_config = imitate_episodes.eval_config(eval_flags(ckpt_dir), 'cpu')
+    eval_config = run_config.eval_config(eval_flags(ckpt_dir), 'cpu')
     env, _ = evaluate.make_env(evaluate.EvalSettings.of(eval_config))
     assert not env.physics.model.light_castshadow.any()
     imitate_episodes.main(eval_flags(ckpt_dir))
     assert 'Rendering without shadows' in capsys.readouterr().out
-    env, _ = evaluate.make_env(evaluate.EvalSettings.of(imitate_episodes.eval_config(eval_flags(args['ckpt_dir']),
+    env, _ = evaluate.make_env(evaluate.EvalSettings.of(run_config.eval_config(eval_flags(args['ckpt_dir']),
                                                                                       'cpu')))
     assert env.physics.model.light_castshadow.any()  # the assets' light casts shadows by default
 
@@ -128,7 +130,7 @@ def test_training_on_episodes_rendered_unalike_stops_before_writing(tiny_dataset
 def test_eval_flags_given_win_over_config_json_and_say_so(two_epoch_run, short_episodes, capsys):
     args, _ = two_epoch_run
     flags = eval_flags(args['ckpt_dir'], '--chunk_size', '7', '--image_size', '12', '16', '--hidden_dim', '32')
-    config = imitate_episodes.eval_config(flags, 'cpu')
+    config = run_config.eval_config(flags, 'cpu')
     out = capsys.readouterr().out
     assert config['policy_config']['num_queries'] == 7 and config['image_size'] == (12, 16)
     assert 'chunk_size 7 overrides chunk_size = 5 from' in out and CONFIG_FILE in out
@@ -184,9 +186,9 @@ def test_unknown_task_is_a_usage_error_listing_the_tasks(tmp_path):
 
 def test_lr_default_depends_on_the_policy(tmp_path):
     act = train_args(tmp_path, tmp_path, lr=None)
-    assert imitate_episodes.make_policy_config(act, ['top'], 14, 14, (24, 32))['lr'] == ACT_DEFAULTS['lr'] == 1e-5
+    assert run_config.make_policy_config(act, ['top'], 14, 14, (24, 32))['lr'] == ACT_DEFAULTS['lr'] == 1e-5
     diffusion = train_args(tmp_path, tmp_path, lr=None, policy_class='Diffusion')
-    policy_config = imitate_episodes.make_policy_config(diffusion, ['top'], 14, 14, (24, 32))
+    policy_config = run_config.make_policy_config(diffusion, ['top'], 14, 14, (24, 32))
     assert policy_config['lr'] == DIFFUSION_DEFAULTS['lr'] == 1e-4  # the Diffusion policy's own default
-    assert imitate_episodes.make_policy_config(train_args(tmp_path, tmp_path, lr=3e-4), ['top'], 14, 14,
+    assert run_config.make_policy_config(train_args(tmp_path, tmp_path, lr=3e-4), ['top'], 14, 14,
                                                (24, 32))['lr'] == 3e-4

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import imitate_episodes
-import lerobot_act
+from cli import run_config
+from checkpoints import lerobot_act
 from convert_checkpoint import to_act, to_lerobot
-from data import Normalizer
+from formats.normalize import Normalizer
 from detr.reference import randomise_batch_norm
 from detr.resnet import build_resnet_trunk
-from evaluate import load_policy, load_stats
-from policy import make_policy, resolve_policy_config
+from evaluation.rollout import load_policy, load_stats
+from policies.registry import make_policy, resolve_policy_config
 from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, write_tiny_episode
 
 STATE_DIM, ACTION_DIM = 6, 5
@@ -216,7 +217,7 @@ def test_a_lerobot_checkpoint_gives_lerobots_actions(tmp_path, layout, capsys):
     folder = write_lerobot_folder(str(tmp_path / 'lr'), weights, lerobot_stats(),
                                   layout='processors' if layout == 'processors' else 'old')
     reference = write_lerobot_folder(str(tmp_path / 'reference'), weights, lerobot_stats())
-    config = imitate_episodes.eval_config(eval_args(folder), 'cpu')  # what --eval runs on
+    config = run_config.eval_config(eval_args(folder), 'cpu')  # what --eval runs on
     assert config['policy_class'] == 'ACT' and config['camera_names'] == CAMERAS
     assert config['image_size'] == TINY_IMAGE_HW and config['policy_config']['dec_layers'] == 1
     policy, normalizer = load_policy(config, config['eval_ckpt']), load_stats(config)
@@ -287,7 +288,7 @@ def test_feature_shapes_that_disagree_with_the_weights_are_refused(tmp_path):
 ################ Writing and round trips ################
 
 def write_our_folder(folder, policy, stats, image_hw=TINY_IMAGE_HW):
-    from checkpoint import make_run_config, write_config
+    from checkpoints.folder import make_run_config, write_config
     os.makedirs(folder, exist_ok=True)
     torch.save(policy.state_dict(), os.path.join(folder, 'policy_best.ckpt'))
     Normalizer(stats).save(os.path.join(folder, 'dataset_stats.pkl'))

@@ -9,12 +9,17 @@ import pytest
 
 import convert_dataset
 import imitate_episodes
-import lerobot_dataset
+from formats import lerobot as lerobot_dataset
 import visualize_episodes
-from data import EpisodicDataset, get_norm_stats
-from episodes import Episode, episode_path, open_dataset, read_episode, store_episode
-from lerobot_dataset import (INFO_PATH, LeRobotFormatError, LeRobotEpisodes, LeRobotWriter, QUANTILES, encode_video,
-                             quantile_key)
+from formats.stats import get_norm_stats
+from training.data import EpisodicDataset
+from formats.datasets import open_dataset
+from formats.episode import Episode
+from formats.hdf5 import episode_path, read_episode, store_episode
+from formats.lerobot import INFO_PATH, LeRobotFormatError, LeRobotEpisodes, QUANTILES
+from formats.lerobot_stats import quantile_key
+from formats.lerobot_video import encode_video
+from formats.lerobot_writer import LeRobotWriter
 from tests.helpers import train_args
 
 LENGTHS = (9, 5, 12)  # episodes of different lengths

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import imitate_episodes
-import train
-from metrics import METRICS_FILE, read_metrics
+from training import loop as train
+from training.metrics import METRICS_FILE, read_metrics
 from tests.helpers import train_args
 from tests.test_train import interrupt_and_resume
 

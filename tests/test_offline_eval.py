@@ -8,10 +8,13 @@ import pytest
 import torch
 
 import imitate_episodes
-from data import Normalizer, get_norm_stats, load_data, split_episodes
-from episodes import episode_path, open_dataset, read_episode
-from offline_eval import evaluate_offline
-from policy import make_policy
+from formats.normalize import Normalizer
+from formats.stats import get_norm_stats
+from training.data import load_data, split_episodes
+from formats.datasets import open_dataset
+from formats.hdf5 import episode_path, read_episode
+from evaluation.offline import evaluate_offline
+from policies.registry import make_policy
 from tests.helpers import TINY_IMAGE_HW, write_tiny_episode
 from tests.test_diffusion_policy import tiny_config
 

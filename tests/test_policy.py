@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import policy as policy_module
-from policy import ACTPolicy, CNNMLPPolicy, kl_divergence, make_policy
+from policies.act import ACTPolicy, CNNMLPPolicy, kl_divergence
+from policies.registry import make_policy
 from tests.helpers import ROOT
 
 IMAGE_HW = (24, 32)
@@ -270,11 +271,11 @@ def test_make_policy_and_lazy_diffusion(tiny_act_config, monkeypatch):
     assert isinstance(make_policy('ACT', tiny_act_config), ACTPolicy)
     with pytest.raises(ValueError, match='ACT, CNNMLP, Diffusion'):
         make_policy('Transformer', tiny_act_config)
-    fake = types.ModuleType('diffusion_policy')
+    fake = types.ModuleType('policies.diffusion')
     fake.DiffusionPolicy = type('DiffusionPolicy', (), {
         '__init__': lambda self, cfg, load_pretrained=True: setattr(self, 'cfg', cfg)})
-    monkeypatch.setitem(sys.modules, 'diffusion_policy', fake)
-    from policy import DiffusionPolicy
+    monkeypatch.setitem(sys.modules, 'policies.diffusion', fake)
+    from policies.diffusion import DiffusionPolicy
     assert DiffusionPolicy is fake.DiffusionPolicy
     assert make_policy('Diffusion', {'x': 1}).cfg == {'x': 1}
     with pytest.raises(AttributeError):

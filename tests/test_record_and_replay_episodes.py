@@ -90,7 +90,7 @@ def test_record_then_replay(station, capsys, monkeypatch):
 
 
 def test_record_into_a_lerobot_dataset_then_replay(station, monkeypatch):
-    from lerobot_dataset import LeRobotEpisodes
+    from formats.lerobot import LeRobotEpisodes
     emulators, dataset_dir = station
     args = {'task_name': 'tiny_real_task', 'episode_idx': None, 'robot_driver': 'dynamixel', 'format': 'lerobot'}
     for _ in range(2):

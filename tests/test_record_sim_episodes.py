@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import constants
-import episodes
-import record_sim_episodes
+from formats import hdf5 as episodes
+from recording import sim as record_sim_episodes
 from tests.helpers import ROOT, TASK
 
 STEPS = 10  # recorded steps per test episode (the real task has 400)
@@ -79,7 +79,7 @@ def test_workers_and_compression_reproduce_the_episodes(recorded):
 
 
 def test_recording_into_a_lerobot_dataset_appends_the_same_episodes(recorded, tmp_path, monkeypatch):
-    from lerobot_dataset import LeRobotEpisodes
+    from formats.lerobot import LeRobotEpisodes
     monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
     root = tmp_path / 'lerobot'
     record(root, num_episodes=1, format='lerobot')

@@ -7,11 +7,11 @@ import torch
 
 import imitate_episodes
 from constants import SIM_TASK_CONFIGS
-from files import load_torch_file, save_safetensors
-from policy import make_policy
+from common.files import load_torch_file, save_safetensors
+from policies.registry import make_policy
 from tests.helpers import TASK, train_args
 from tests.test_diffusion_policy import tiny_config
-from train import TRAINING_STATE
+from training.loop import TRAINING_STATE
 
 
 def is_safetensors(path):

@@ -343,7 +343,7 @@ def test_record_then_replay(station, monkeypatch, capsys):
 
 
 def test_record_into_a_lerobot_dataset(station, monkeypatch):
-    from lerobot_dataset import LeRobotEpisodes
+    from formats.lerobot import LeRobotEpisodes
     emulators, dataset_dir = station
     operator_holds_the_leader(emulators, monkeypatch)
     record_episodes.main({'task_name': 'tiny_so_task', 'format': 'lerobot', 'task': 'Pick the cube'})
@@ -354,7 +354,7 @@ def test_record_into_a_lerobot_dataset(station, monkeypatch):
 
 
 def test_evaluation_runs_the_policy_on_the_arm(station, tmp_path, tiny_act_config):
-    from evaluate import eval_bc
+    from evaluation.rollout import eval_bc
     from tests.helpers import eval_config, write_tiny_checkpoint
     emulators, _ = station
     pose = Units(CALIBRATION).to_units([s.get('present_position') for s in emulators['so_follower'].servos.values()])

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import imitate_episodes
-import train
-from checkpoint import atomic_save
+from training import loop as train
+from checkpoints.folder import atomic_save
 from tests.helpers import ROOT, TASK, train_args
 
 
@@ -152,8 +152,8 @@ def test_grad_accum_and_amp_bf16_train(tiny_dataset, tmp_path):
 
 def test_first_loss_matches_plain_reference(tiny_dataset, tmp_path, tiny_act_config):
     """With amp off, the optimised path (uint8 frames, channels-last) gives the loss of a plain float pass."""
-    from data import load_data
-    from policy import make_policy
+    from training.data import load_data
+    from policies.registry import make_policy
     np.random.seed(1)
     train_loader, _, _, _ = load_data(tiny_dataset, 5, ['top'], 4, 4)
     train_loader.sampler.set_epoch(0)

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 
 import visualize_episodes
-from episodes import open_dataset, write_episode
+from formats.datasets import open_dataset
+from formats.hdf5 import write_episode
 from tests.helpers import ROOT, write_tiny_episode
 
 

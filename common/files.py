@@ -27,7 +27,7 @@ import tempfile
 
 import numpy as np
 
-from processes import process_alive
+from common.processes import process_alive
 
 ### File settings
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write failed for want of space

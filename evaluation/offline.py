@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from constants import joint_names
-from data import image_to_tensor, resize_images
-from files import atomic_path, atomic_write
+from formats.images import resize_images
+from policies.inputs import image_to_tensor
+from common.files import atomic_path, atomic_write
 
 ### Settings
 OFFLINE_EVAL_FILE = 'offline_eval.json'

@@ -24,8 +24,9 @@ import os
 import numpy as np
 import torch
 
-from files import atomic_write, save_safetensors
-from lerobot_dataset import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
+from common.files import atomic_write, save_safetensors
+from detr.resnet import BACKBONES
+from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
 
 ### The format (LeRobot's names)
 CONFIG_FILE = 'config.json'
@@ -35,7 +36,6 @@ NORMALIZER, UNNORMALIZER = 'normalizer_processor', 'unnormalizer_processor'
 ENV_STATE = 'observation.environment_state'
 EPS = 1e-8  # LeRobot's normaliser epsilon, when its processor file names none
 OLD_STAT_BUFFERS = ('normalize_inputs.buffer_', 'normalize_targets.buffer_', 'unnormalize_outputs.buffer_')
-BACKBONES = ('resnet18', 'resnet34', 'resnet50')
 NORM_MODES = ('MEAN_STD', 'MIN_MAX', 'IDENTITY')
 # (this project's, LeRobot's) module names under `model.`; a name matches itself and what lies below it
 KEY_MAP = (

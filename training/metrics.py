@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 
-from files import FULL_ERRNOS, atomic_path, atomic_write, disk_full_error
+from common.files import FULL_ERRNOS, atomic_path, atomic_write, disk_full_error
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'

@@ -11,7 +11,7 @@
     result_{ckpt}.txt, video{i}.mp4    evaluation results (evaluate.py)
 A folder written by the original code has no config.json: evaluation then takes everything from
 the command-line flags, as the original did. A LeRobot ACT `pretrained_model/` folder is read in
-place of all of these (lerobot_act.py).
+place of all of these (lerobot_act.py); checkpoints/reader.py tells the three kinds apart.
 """
 import json
 import os
@@ -19,10 +19,12 @@ import os
 import torch
 
 from constants import PROJECT_VERSION
-from files import atomic_write, save_safetensors
+from common.files import atomic_write, save_safetensors
 
 CONFIG_FILE = 'config.json'
 STATS_FILE = 'dataset_stats.pkl'
+TRAINING_STATE = 'training_state.pt'  # everything --resume needs (training/loop.py)
+BEST_CKPT = 'policy_best.ckpt'  # the checkpoint evaluation, export and --init_from read by default
 REQUIRED_CONFIG_KEYS = ('policy_class', 'policy_config', 'camera_names', 'state_dim', 'action_dim')
 SAVE_FORMATS = {'ckpt': '.ckpt', 'safetensors': '.safetensors'}  # --save_format -> extension of policy files
 
@@ -81,14 +83,11 @@ def _version(text, path):
 
 
 def read_config(ckpt_dir):
-    """The folder's config.json as a dict, or None when it has none (a folder of the original's);
-    for a LeRobot ACT folder (lerobot_act.py), what its config.json amounts to."""
+    """The folder's config.json of this project as a dict, or None when it has none (a folder of the
+    original's). checkpoints.reader.open_checkpoint tells a LeRobot folder's config.json apart first."""
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return None
-    from lerobot_act import is_lerobot_folder, lerobot_run_config
-    if is_lerobot_folder(ckpt_dir):
-        return lerobot_run_config(ckpt_dir)
     try:
         with open(path) as f:
             config = json.load(f)
@@ -106,26 +105,3 @@ def read_config(ckpt_dir):
         raise KeyError(f'{path} has no {", ".join(missing)}; fix or remove it and give every model flag')
     return config
 
-
-def read_pretrained(path):
-    """What --init_from starts from: {'policy_class', 'policy_config', 'state_dict', 'stats', 'source'}
-    of a checkpoint folder of this project (its policy_best), one of its policy files, or a LeRobot
-    ACT pretrained_model/ folder; 'stats' the dataset_stats dict, or None when the folder has none."""
-    from data import Normalizer
-    from files import load_torch_file
-    from lerobot_act import is_lerobot_folder, read_lerobot_checkpoint
-    if os.path.isdir(path) and is_lerobot_folder(path):
-        checkpoint = read_lerobot_checkpoint(path)
-        return {'policy_class': 'ACT', 'policy_config': checkpoint['policy_config'],
-                'state_dict': checkpoint['state_dict'], 'stats': checkpoint['stats'], 'source': path}
-    folder, name = (path, 'policy_best.ckpt') if os.path.isdir(path) else os.path.split(path)
-    config = read_config(folder)
-    if config is None:
-        raise ValueError(f'--init_from {path}: {os.path.join(folder, CONFIG_FILE)} not found; a checkpoint folder '
-                         f'of this project (config.json beside the policy files) or a LeRobot pretrained_model/ '
-                         f'folder is expected')
-    state_dict = load_torch_file(policy_file(folder, name), 'checkpoint')
-    stats_path = os.path.join(folder, STATS_FILE)
-    stats = Normalizer.load(stats_path).stats if os.path.isfile(stats_path) else None
-    return {'policy_class': config['policy_class'], 'policy_config': config['policy_config'],
-            'state_dict': state_dict, 'stats': stats, 'source': path}

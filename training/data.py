@@ -14,199 +14,26 @@ well (episodes.py); the random start step of a sample is derived from (seed, epo
 """
 import functools
 import os
-import pickle
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from episodes import open_dataset
-from files import atomic_write, load_stats_pickle
-from processes import die_with_parent
+from formats.datasets import open_dataset
+from common.processes import die_with_parent
+from formats.images import resize_images
+from formats.normalize import Normalizer
+from formats.stats import get_norm_stats
 
 ### Data settings (the original's values)
 TRAIN_RATIO = 0.8  # share of the episodes used for training; the rest validate
-STD_MIN = 1e-2  # NOTE(faithful): the original clips stds from below only, so a constant joint does not divide by 0
-MINMAX_EPS = 1e-4  # widening of action_min / action_max so [-1, 1]-scaled targets stay inside
 PRELOAD_MEMORY_SHARE = 0.5  # preload='auto' preloads frames taking less than this share of free memory
-STATS_KEYS = ('qpos_mean', 'qpos_std', 'action_mean', 'action_std')  # what every dataset_stats.pkl holds
-ACTION_NORMALIZATIONS = ('mean_std', 'min_max')
-
-
-################################ Statistics ################################
-
-def get_norm_stats(dataset_dir, num_episodes):
-    """Normalisation statistics over all steps of episodes 0..num_episodes-1 (episode files or a
-    LeRobot dataset: episodes.open_dataset).
-
-    Returns action_mean, action_std, qpos_mean, qpos_std (each (D,) float32; stds clipped
-    below at 1e-2), action_min, action_max ((A,), widened by MINMAX_EPS; used by Diffusion) and example_qpos.
-    """
-    source = open_dataset(dataset_dir)
-    episodes = [source.low_dim(i) for i in range(num_episodes)]
-    check_dims(source, episodes)
-    for i, (qpos, action, _) in enumerate(episodes):
-        check_finite(source.name(i), {source.array_names['qpos']: qpos, source.array_names['action']: action})
-    all_qpos = torch.from_numpy(np.concatenate([qpos for qpos, _, _ in episodes]))  # (sum T, S)
-    all_action = torch.from_numpy(np.concatenate([action for _, action, _ in episodes]))  # (sum T, A)
-    stats = {}
-    for name, data in (('action', all_action), ('qpos', all_qpos)):
-        stats[f'{name}_mean'] = data.mean(dim=0).numpy()
-        stats[f'{name}_std'] = torch.clip(data.std(dim=0), min=STD_MIN).numpy()
-    stats['action_min'] = all_action.min(dim=0).values.numpy() - MINMAX_EPS
-    stats['action_max'] = all_action.max(dim=0).values.numpy() + MINMAX_EPS
-    # NOTE(faithful): the original stores the whole qpos trajectory of the last episode here.
-    stats['example_qpos'] = episodes[-1][0]
-    return stats
-
-
-def check_dims(source, episodes):
-    """Raise when episodes disagree on state or action size, naming the first that differs."""
-    first_qpos_dim, first_action_dim = episodes[0][0].shape[1], episodes[0][1].shape[1]
-    for i, (qpos, action, _) in enumerate(episodes):
-        if qpos.shape[1] != first_qpos_dim or action.shape[1] != first_action_dim:
-            raise ValueError(f'{source.name(i)}: qpos has {qpos.shape[1]} dims and action '
-                             f'{action.shape[1]}, but {source.name(0)} has {first_qpos_dim} and {first_action_dim}')
-
-
-def check_finite(path, arrays):
-    """Raise naming the file, dataset and first (step, dim) of a NaN or infinite value in {name: (T, D)}."""
-    for name, values in arrays.items():
-        bad = np.argwhere(~np.isfinite(values))
-        if len(bad):
-            step, dim = bad[0]
-            raise ValueError(f'{path}: {name} holds {values[step, dim]} at step {step}, dim {dim} '
-                             f'({len(bad)} non-finite values in all); training on it would give NaN losses')
-
-
-def dataset_record(dataset_dir, num_episodes, stats):
-    """What identifies the training data, saved with the training state: the size of each file the
-    episodes lie in and the statistics over them (plain ints and lists)."""
-    return {'files': open_dataset(dataset_dir).fingerprint(num_episodes),
-            'stats': {k: np.asarray(stats[k]).tolist() for k in STATS_KEYS}}
-
-
-def data_changes(then, now, tolerance=1e-5):
-    """Sentences naming what differs between two dataset records; empty when the data is the same."""
-    changes = []
-    for title, names in (('episodes gone', sorted(set(then['files']) - set(now['files']))),
-                         ('episodes added', sorted(set(now['files']) - set(then['files'])))):
-        if names:
-            changes.append(f'{title}: {", ".join(names[:5])}{" ..." if len(names) > 5 else ""}')
-    resized = [f'{n} {then["files"][n]} bytes then, {now["files"][n]} now' for n in sorted(then['files'])
-               if n in now['files'] and then['files'][n] != now['files'][n]]
-    if resized:
-        changes.append(f'{len(resized)} episodes changed size ({"; ".join(resized[:3])})')
-    for key in STATS_KEYS:
-        a, b = np.asarray(then['stats'][key]), np.asarray(now['stats'][key])
-        if a.shape != b.shape:
-            changes.append(f'{key} has shape {a.shape} then, {b.shape} now')
-        elif not np.allclose(a, b, rtol=tolerance, atol=tolerance):
-            changes.append(f'{key} differs by up to {np.abs(a - b).max():.3g}')
-    return changes
-
-
-class Normalizer:
-    """The dataset statistics and the maps between robot units and what the policy sees.
-
-    qpos is always standardised by mean and std. Actions are standardised the same way
-    ('mean_std': ACT, CNNMLP) or scaled to [-1, 1] by the widened min and max ('min_max':
-    Diffusion). Training, evaluation and the real robot all normalise through this class; `stats`
-    is the original's dataset_stats.pkl dict, saved and loaded unchanged.
-    """
-
-    def __init__(self, stats, action_normalization='mean_std', source='dataset statistics'):
-        if action_normalization not in ACTION_NORMALIZATIONS:
-            raise ValueError(f'action_normalization must be one of {ACTION_NORMALIZATIONS}, '
-                             f'got {action_normalization!r}')
-        missing = [k for k in STATS_KEYS if k not in stats]
-        if action_normalization == 'min_max':
-            missing += [k for k in ('action_min', 'action_max') if k not in stats]
-        if missing:
-            hint = (' (written by an older version; the Diffusion policy needs them: train it again to write '
-                    'new statistics)' if set(missing) <= {'action_min', 'action_max'} else '')
-            raise KeyError(f'{source} has no {", ".join(missing)}{hint} (keys: {sorted(stats)})')
-        for key in STATS_KEYS + ('action_min', 'action_max'):
-            if key in stats and not np.isfinite(stats[key]).all():
-                raise ValueError(f'{source}: {key!r} holds non-finite values {np.asarray(stats[key]).tolist()}; '
-                                 f'the data it was computed from has NaN or infinite values')
-        self.stats, self.action_normalization = stats, action_normalization
-
-    @classmethod
-    def load(cls, path, action_normalization='mean_std'):
-        """The dataset_stats.pkl at `path`."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'dataset statistics not found: {path}')
-        return cls(load_stats_pickle(path), action_normalization, source=path)
-
-    def save(self, path):
-        """Write the statistics as the original's dataset_stats.pkl, atomically."""
-        atomic_write(path, lambda f: pickle.dump(self.stats, f))
-
-    @property
-    def state_dim(self):
-        return len(self.stats['qpos_mean'])
-
-    @property
-    def action_dim(self):
-        return len(self.stats['action_mean'])
-
-    def check_sizes(self, state_dim, action_dim, source):
-        """Raise when the statistics do not fit a policy of these state and action sizes."""
-        expected = {'qpos_mean': state_dim, 'qpos_std': state_dim, 'action_mean': action_dim, 'action_std': action_dim}
-        for key, size in expected.items():
-            if np.shape(self.stats[key]) != (size,):
-                raise ValueError(f"{source}: '{key}' has shape {np.shape(self.stats[key])} but the policy expects "
-                                 f"({size},) (state_dim={state_dim}, action_dim={action_dim}); the statistics and "
-                                 f"the checkpoint come from different runs or the size flags differ from training")
-
-    def normalize_qpos(self, qpos):
-        """qpos (..., S) in robot units -> standardised float32."""
-        return ((qpos - self.stats['qpos_mean']) / self.stats['qpos_std']).astype(np.float32)
-
-    def normalize_action(self, action):
-        """Actions (..., A) in robot units -> policy targets float32."""
-        if self.action_normalization == 'min_max':
-            low, high = self.stats['action_min'], self.stats['action_max']
-            return ((action - low) / (high - low) * 2 - 1).astype(np.float32)
-        return ((action - self.stats['action_mean']) / self.stats['action_std']).astype(np.float32)
-
-    def unnormalize_action(self, action):
-        """Policy outputs (..., A) -> actions in robot units."""
-        if self.action_normalization == 'min_max':
-            low, high = self.stats['action_min'], self.stats['action_max']
-            return (action + 1) / 2 * (high - low) + low
-        return action * self.stats['action_std'] + self.stats['action_mean']
 
 
 def action_normalization(policy_class):
     """How the policy `policy_class` wants its actions scaled ('mean_std' or 'min_max')."""
-    from policy import policy_type
+    from policies.registry import policy_type
     return policy_type(policy_class).action_normalization
-
-
-################################ Images ################################
-
-def resize_images(frames, size):
-    """uint8 frames (..., H, W, 3) -> (..., h, w, 3) with size = (h, w); unchanged when already that size."""
-    h, w = size
-    if frames.shape[-3:-1] == (h, w):
-        return frames
-    import cv2
-    flat = frames.reshape(-1, *frames.shape[-3:])  # (N, H, W, 3)
-    shrink = h * w < flat.shape[1] * flat.shape[2]
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    out = np.stack([cv2.resize(f, (w, h), interpolation=interpolation) for f in flat])  # (N, h, w, 3)
-    return out.reshape(*frames.shape[:-3], h, w, 3)
-
-
-def image_to_tensor(images, device):
-    """uint8 images (..., H, W, 3) (array or tensor) -> float32 (..., 3, H, W) in [0, 1] on `device`.
-
-    Converted after the move so only uint8 crosses to the device; the result keeps channels-last
-    strides, which convolutions run fastest on."""
-    images = torch.as_tensor(images).to(device, non_blocking=True)
-    return images.movedim(-1, -3).float().div_(255.0)
 
 
 ################################ Dataset ################################
@@ -236,17 +63,18 @@ class EpisodicDataset(torch.utils.data.Dataset):
     the episode starts.
     """
 
-    def __init__(self, episode_ids, dataset_dir, camera_names, norm_stats, policy_class='ACT',
+    def __init__(self, episode_ids, dataset, camera_names, norm_stats, policy_class='ACT',
                  obs_horizon=1, image_size=None, preload=False, pad_len=None):
+        """dataset: an opened dataset (formats.datasets.open_dataset) or its folder, as the original's."""
         super().__init__()
         self.episode_ids = list(episode_ids)
-        self.dataset_dir = dataset_dir
+        self.source = opened(dataset)
+        self.dataset_dir = self.source.dataset_dir
         self.camera_names = list(camera_names)
         self.norm_stats = norm_stats
         self.normalizer = Normalizer(norm_stats, action_normalization(policy_class))
         self.obs_horizon = obs_horizon
         self.image_size = None if image_size is None else tuple(image_size)
-        self.source = open_dataset(dataset_dir)
         self.names = [self.source.name(i) for i in self.episode_ids]
         self._load_low_dim()
         self.pad_len = pad_len or max(self.lengths)
@@ -380,10 +208,20 @@ def should_preload(datasets, preload):
     return need < PRELOAD_MEMORY_SHARE * available_memory()
 
 
-def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_size_val, policy_class='ACT',
+def opened(dataset):
+    """An opened dataset: `dataset` itself, or the dataset in the folder `dataset` names."""
+    if isinstance(dataset, (str, os.PathLike)):
+        if not os.path.isdir(dataset):
+            raise FileNotFoundError(f'dataset directory {dataset} does not exist (pass --dataset_dir or set '
+                                    f'ACT_DATA_DIR)')
+        return open_dataset(dataset)
+    return dataset
+
+
+def load_data(dataset, num_episodes, camera_names, batch_size_train, batch_size_val, policy_class='ACT',
               obs_horizon=1, image_size=None, num_workers=None, preload='auto', seed=0, device='cpu',
               rank=0, world_size=1, norm_stats=None):
-    """-> (train_dataloader, val_dataloader, norm_stats, is_sim).
+    """-> (train_dataloader, val_dataloader, norm_stats, is_sim). dataset: an opened dataset or its folder.
 
     The split is drawn from numpy's global random state (the original seeds it with 1 first).
     norm_stats None computes the statistics over the data (get_norm_stats); given (sizes already
@@ -391,13 +229,12 @@ def load_data(dataset_dir, num_episodes, camera_names, batch_size_train, batch_s
     num_workers None picks 0 when the frames are preloaded and 1 otherwise. Each loader's
     `.sampler` is an EpisodeSampler: call `set_epoch` before each pass.
     """
-    print(f'\nData from: {dataset_dir}\n')
-    if not os.path.isdir(dataset_dir):
-        raise FileNotFoundError(f'dataset directory {dataset_dir} does not exist (pass --dataset_dir or set ACT_DATA_DIR)')
+    source = opened(dataset)
+    print(f'\nData from: {source.dataset_dir}\n')
     train_indices, val_indices = split_episodes(num_episodes)
     if norm_stats is None:
-        norm_stats = get_norm_stats(dataset_dir, num_episodes)
-    datasets = [EpisodicDataset(ids, dataset_dir, camera_names, norm_stats, policy_class, obs_horizon, image_size)
+        norm_stats = get_norm_stats(source, num_episodes)
+    datasets = [EpisodicDataset(ids, source, camera_names, norm_stats, policy_class, obs_horizon, image_size)
                 for ids in (train_indices, val_indices)]
     train_hw, val_hw = (tuple(d.hw) for d in datasets)
     if train_hw != val_hw:

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from files import atomic_write
+from common.files import atomic_write
 
 REPORT_FILE = 'report.html'
 BAR_WIDTH, BAR_HEIGHT, BAR_GAP = 48, 160, 16  # pixels of the reward-stage chart

@@ -53,3 +53,21 @@ def _watch_parent(parent_pid):
     while process_alive(parent_pid):
         time.sleep(WATCHDOG_PERIOD_S)
     os._exit(1)
+
+
+def worker_pool(num_workers, initializer, initargs=(), preload=None):
+    """A multiprocessing pool of fresh processes (no GL context or open file crosses a fork) whose
+    workers die with this process, each first running initializer(*initargs). preload: modules the
+    forkserver imports once for all workers (where the platform has a forkserver); None: spawn."""
+    import multiprocessing
+    if preload is not None and 'forkserver' in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context('forkserver')
+        context.set_forkserver_preload(list(preload))
+    else:
+        context = multiprocessing.get_context('spawn')
+    return context.Pool(num_workers, initializer=_start_worker, initargs=(os.getpid(), initializer, *initargs))
+
+
+def _start_worker(parent_pid, initializer, *initargs):
+    die_with_parent(parent_pid)
+    initializer(*initargs)

@@ -11,20 +11,18 @@ The JPEG layout of the act-plus-plus fork: attrs['compress'] = True, each camera
 dataset whose row t holds frame t as a JPEG zero-padded to the longest, and /compress_len
 (num_cameras, T) float32 holding the encoded lengths. docs/formats.md describes both in full.
 
-`open_dataset` opens a dataset folder of either layout this project reads: these episode files
-(`HDF5Episodes`) or a LeRobot dataset (lerobot_dataset.LeRobotEpisodes); both offer training
-the same interface. Episodes are written atomically (files.py): an interrupted or failed write leaves no truncated
+`HDF5Episodes` offers these files through the interface of formats/episode.py. Episodes are written atomically (files.py): an interrupted or failed write leaves no truncated
 file, and a full disk ends in a clear error rather than a crash in HDF5. This module does not
 import torch, so the viewer and the replay script stay light.
 """
 import glob
 import os
-from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
-from files import atomic_file
+from common.files import atomic_file
+from formats.episode import Episode
 
 ### Format settings
 HDF5_CACHE_BYTES = 2 * 1024 ** 2  # HDF5 chunk cache of a written file, as the original
@@ -172,17 +170,6 @@ def frame_shape(root, path, cam):
     return tuple(_camera_dataset(root, cam, path).shape[1:3])
 
 
-@dataclass
-class Episode:
-    """One episode in memory; qvel and effort are None when the file has none."""
-    qpos: np.ndarray  # (T, S) float32
-    action: np.ndarray  # (T, A) float32
-    images: dict = field(default_factory=dict)  # {camera: (T, H, W, 3) uint8}
-    qvel: np.ndarray = None  # (T, S) float32
-    effort: np.ndarray = None  # (T, S) float32
-    sim: bool = True
-
-
 def read_episode(path, cameras=None):
     """The whole episode, frames decoded; `cameras` None reads every camera, [] none."""
     qpos, action, sim = read_low_dim(path)
@@ -210,14 +197,6 @@ def layout_problem(path, expected):
 
 ############################ Datasets ############################
 
-def open_dataset(dataset_dir):
-    """The episodes of dataset_dir: a LeRobot dataset (meta/info.json) or episode_{i}.hdf5 files."""
-    from lerobot_dataset import LeRobotEpisodes, is_lerobot_dataset
-    if is_lerobot_dataset(dataset_dir):
-        return LeRobotEpisodes(dataset_dir)
-    return HDF5Episodes(dataset_dir)
-
-
 class HDF5Episodes:
     """The episode files of a folder, opened once per process (never once per sample).
 
@@ -231,6 +210,7 @@ class HDF5Episodes:
     def __init__(self, dataset_dir):
         self.dataset_dir = dataset_dir
         self._files, self._pid = {}, None
+        self._low_dim = {}  # index -> (qpos, action, sim): statistics and both splits read each episode once
 
     @property
     def num_episodes(self):
@@ -257,7 +237,9 @@ class HDF5Episodes:
         return self._files[index]
 
     def low_dim(self, index):
-        return read_low_dim(self.name(index))
+        if index not in self._low_dim:
+            self._low_dim[index] = read_low_dim(self.name(index))
+        return self._low_dim[index]
 
     def check_frames(self, index, cameras, length):
         check_frame_counts(self._file(index), self.name(index), cameras, length)

@@ -25,7 +25,6 @@ Images enter the trunk in [0, 1] as in act-plus-plus; ImageNet statistics are ap
 the trunk starts from ImageNet weights (pretrained_backbone).
 """
 import copy
-import math
 import os
 import warnings
 
@@ -33,20 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from files import load_torch_file
-from policy import AMP_DTYPES, Policy, autocast
+from common.files import load_torch_file
+from policies.base import AMP_DTYPES, Policy, autocast
+from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE, N_GROUPS, NUM_KEYPOINTS,
+                                     ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk, centre_crop)
 
 ### Fixed values
-NUM_KEYPOINTS = 32             # spatial-softmax keypoints per camera
-CAMERA_FEATURE_DIM = 64        # features per camera after projecting its keypoints
-STEP_EMBED_DIM = 256           # width of the diffusion-step embedding
-GROUP_NORM_CHANNELS = 16       # channels per group where group norm replaces batch norm
 BETA_SCHEDULE = 'squaredcos_cap_v2'
 EMA_MAX_DECAY = 0.9999         # ceiling of the EMA decay (warm-up 1 - (1 + step) ** -ema_power)
-CROP_RATIO = 0.95              # training crops 95% of each side at random, evaluation the centre
-MAX_ROTATION_DEG = 5.0         # training rotates each image by up to this many degrees
-BRIGHTNESS, CONTRAST, SATURATION = 0.3, 0.4, 0.5  # colour jitter: factors drawn in 1 -+ strength
-GEMM_CONV_MAX_COLUMNS = 16    # CPU: below batch x length 16 a 1-D convolution runs as one matrix product
 SCHEDULERS = ('ddim', 'ddpm')
 PREDICTION_TYPES = ('epsilon', 'sample')  # what the UNet predicts: the noise, or the clean chunk
 
@@ -64,9 +57,9 @@ DEFAULTS = {
     'obs_horizon': 1,              # --obs_horizon
     'action_horizon': 8,           # --action_horizon (act-plus-plus: 8); capped at the chunk size
     'ema_power': 0.75,
-    'down_dims': (256, 512, 1024),  # --down_dims
-    'kernel_size': 5,
-    'n_groups': 8,
+    'down_dims': DOWN_DIMS,        # --down_dims
+    'kernel_size': KERNEL_SIZE,
+    'n_groups': N_GROUPS,
     'backbone': 'resnet18',        # --backbone: resnet18 | resnet34 | resnet50
     'pretrained_backbone': False,  # act-plus-plus trained the trunk from scratch
     'backbone_weights': None,
@@ -75,288 +68,6 @@ DEFAULTS = {
 }
 
 
-### Conditional 1-D UNet
-class SinusoidalStepEmbedding(nn.Module):
-    """Diffusion step k (B,) -> (B, dim): sines then cosines of k at geometric frequencies."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, steps):
-        half = self.dim // 2
-        freqs = torch.exp(torch.arange(half, device=steps.device) * (-math.log(10000) / (half - 1)))  # (half,)
-        angles = steps.float()[:, None] * freqs[None, :]  # (B, half)
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, dim)
-
-
-def conv1d_same(x, conv):
-    """`conv` (nn.Conv1d, odd kernel, 'same' padding) on x (B, C_in, T) -> (B, C_out, T).
-
-    On CPU, for short sequences (the deepest UNet levels of short chunks at inference), one matrix
-    product over the unfolded windows is several times faster than the convolution kernel
-    (bench/diffusion_latency.py; figures in bench/RESULTS.md); the result is the same up to float
-    rounding.
-    """
-    batch, _, length = x.shape
-    if x.device.type != 'cpu' or batch * length >= GEMM_CONV_MAX_COLUMNS:
-        return conv(x)
-    k = conv.kernel_size[0]
-    cols = F.pad(x, (k // 2, k // 2)).unfold(2, k, 1).transpose(1, 2).reshape(batch * length, -1)  # (B T, C_in K)
-    out = torch.addmm(conv.bias, cols, conv.weight.reshape(conv.out_channels, -1).t())  # (B T, C_out)
-    return out.view(batch, length, -1).transpose(1, 2)  # (B, C_out, T)
-
-
-class Conv1dBlock(nn.Module):
-    """Conv1d (same length) -> GroupNorm -> Mish: (B, C_in, T) -> (B, C_out, T)."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, n_groups):
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(n_groups, out_channels),
-            nn.Mish(),
-        )
-
-    def forward(self, x):
-        conv, norm, activation = self.block
-        return activation(norm(conv1d_same(x, conv)))
-
-
-class FiLMResidualBlock(nn.Module):
-    """Two conv blocks with FiLM between them and a residual path.
-
-    FiLM (Perez et al., 2018): the condition predicts a per-channel scale and bias that modulate
-    the output of the first conv block; the second block then mixes it along time.
-    """
-
-    def __init__(self, in_channels, out_channels, cond_dim, kernel_size, n_groups):
-        super().__init__()
-        self.blocks = nn.ModuleList([
-            Conv1dBlock(in_channels, out_channels, kernel_size, n_groups),
-            Conv1dBlock(out_channels, out_channels, kernel_size, n_groups),
-        ])
-        self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
-        self.residual_conv = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def modulation(self, cond):
-        """cond (N, cond_dim) -> FiLM (scale, bias), (N, C_out, 1) each."""
-        return self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)
-
-    def forward(self, x, film):
-        """x (B, C_in, T), film (scale, bias) (B, C_out, 1) each -> (B, C_out, T)."""
-        scale, bias = film
-        out = torch.addcmul(bias, self.blocks[0](x), scale)  # scale * out + bias
-        return self.blocks[1](out) + self.residual_conv(x)
-
-
-class Downsample1d(nn.Module):
-    """(B, C, T) -> (B, C, ceil(T / 2))."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Upsample1d(nn.Module):
-    """(B, C, T) -> (B, C, 2 T)."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class ConditionalUnet1D(nn.Module):
-    """Predicts the noise in a noisy action chunk, conditioned on the step and the observation.
-
-    Levels of widths `down_dims`: each level has two FiLM residual blocks and halves the length
-    (not the last); two blocks in the middle; the way up mirrors the way down with skip
-    connections; a conv block and a 1x1 conv map back to the action size.
-    """
-
-    def __init__(self, action_dim, global_cond_dim, step_embed_dim=STEP_EMBED_DIM,
-                 down_dims=DEFAULTS['down_dims'], kernel_size=DEFAULTS['kernel_size'],
-                 n_groups=DEFAULTS['n_groups']):
-        super().__init__()
-        self.diffusion_step_encoder = nn.Sequential(
-            SinusoidalStepEmbedding(step_embed_dim),
-            nn.Linear(step_embed_dim, 4 * step_embed_dim),
-            nn.Mish(),
-            nn.Linear(4 * step_embed_dim, step_embed_dim),
-        )
-        cond_dim = step_embed_dim + global_cond_dim
-        dims = [action_dim, *down_dims]
-        levels = list(zip(dims[:-1], dims[1:]))  # (in, out) channels of each level
-
-        def block(c_in, c_out):
-            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups)
-
-        self.down_modules = nn.ModuleList(
-            nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
-                           Downsample1d(c_out) if i < len(levels) - 1 else nn.Identity()])
-            for i, (c_in, c_out) in enumerate(levels))
-        self.mid_modules = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
-        self.up_modules = nn.ModuleList(
-            nn.ModuleList([block(2 * c_out, c_in), block(c_in, c_in), Upsample1d(c_in)])
-            for c_in, c_out in reversed(levels[1:]))
-        self.final_conv = nn.Sequential(
-            # NOTE(faithful): the last conv block uses 8 groups whatever n_groups is, as the
-            # diffusion_policy UNet does; checkpoints with n_groups != 8 depend on it.
-            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups=8),
-            nn.Conv1d(down_dims[0], action_dim, 1),
-        )
-        self.length_multiple = 2 ** (len(levels) - 1)
-        # every FiLM block in the order forward runs them
-        self.film_blocks = ([b for level in self.down_modules for b in level[:2]] + list(self.mid_modules)
-                            + [b for level in self.up_modules for b in level[:2]])
-
-    def condition(self, timestep, global_cond):
-        """timestep (N,), global_cond (N, G) -> FiLM (scale, bias) of every block, (N, C, 1) each.
-        It depends only on the step and the observation, so sampling computes it once per query."""
-        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)  # (N, cond_dim)
-        return [block.modulation(cond) for block in self.film_blocks]
-
-    def forward(self, sample, timestep, global_cond, films=None):
-        """sample (B, T, A) noisy actions, timestep (B,) or scalar, global_cond (B, G) -> (B, T, A).
-        `films` (from condition()) replaces timestep and global_cond when given."""
-        batch, length = sample.shape[:2]
-        if films is None:
-            timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)  # (B,)
-            films = self.condition(timestep, global_cond)
-        films = iter(films)
-        padded = -length % self.length_multiple
-        x = F.pad(sample.transpose(1, 2), (0, padded))  # (B, A, T + padded)
-        skips = []
-        for first, second, downsample in self.down_modules:
-            x = second(first(x, next(films)), next(films))
-            skips.append(x)
-            x = downsample(x)
-        # NOTE(faithful): the way up pops one skip per up level, so the first level's output is never
-        # used, as in the diffusion_policy UNet; the layer sizes of its checkpoints depend on it.
-        for mid in self.mid_modules:
-            x = mid(x, next(films))
-        for first, second, upsample in self.up_modules:
-            x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 C, T')
-            x = upsample(second(first(x, next(films)), next(films)))
-        x = self.final_conv(x)  # (B, A, T + padded)
-        return x[..., :length].transpose(1, 2)  # (B, T, A)
-
-
-### Observation encoder
-class SpatialSoftmax(nn.Module):
-    """Feature map (N, C, h, w) -> keypoints (N, K, 2): a 1x1 conv makes K maps, a softmax over
-    each map's positions gives a distribution, and its expected (x, y) in [-1, 1] is the keypoint.
-    The position grid is made for the map that arrives, so the layer fits any image size."""
-
-    def __init__(self, in_channels, num_keypoints=NUM_KEYPOINTS):
-        super().__init__()
-        self.nets = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
-
-    def forward(self, features):
-        maps = self.nets(features)  # (N, K, h, w)
-        h, w = maps.shape[-2:]
-        attention = maps.flatten(2).float().softmax(dim=-1)  # (N, K, h * w)
-        ys = torch.linspace(-1.0, 1.0, h, device=maps.device)
-        xs = torch.linspace(-1.0, 1.0, w, device=maps.device)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')  # (h, w) each
-        grid = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # (h * w, 2)
-        return attention @ grid  # (N, K, 2)
-
-
-class ResNetTrunk(nn.Module):
-    """ResNet without its pooling and classifier: (N, 3, H, W) -> (N, C, ceil(H/32), ceil(W/32)).
-    `nets` holds conv1, bn1 (a group norm here), relu, maxpool, layer1..layer4 in that order.
-    Weights and images are channels-last, the faster layout for these convolutions on CPU and GPU."""
-
-    def __init__(self, resnet):
-        super().__init__()
-        self.num_channels = resnet.num_channels
-        self.nets = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-                                  resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
-        self.nets.to(memory_format=torch.channels_last)
-
-    def forward(self, images):
-        return self.nets(images.contiguous(memory_format=torch.channels_last))
-
-
-def group_norm(num_channels):
-    """Group norm with 16 channels per group, where ResNet has batch norm."""
-    return nn.GroupNorm(num_channels // GROUP_NORM_CHANNELS, num_channels)
-
-
-def build_trunk(name, pretrained, weights_path):
-    """ResNet trunk with group norm. From ImageNet weights the convolutions start pretrained and
-    each group norm takes its batch norm's scale and shift (running statistics have no place)."""
-    from detr.resnet import build_resnet_trunk, load_imagenet_weights
-    resnet = build_resnet_trunk(name, norm_layer=group_norm)
-    if pretrained:
-        load_imagenet_weights(resnet, name, weights_path)
-    return ResNetTrunk(resnet)
-
-
-### Image augmentation (batched torch ops on the images' device)
-def _affine_resample(images, scale, shift, angle):
-    """Sample each image at a rotated, scaled, shifted view, resized back to full size.
-
-    images (N, 3, H, W); scale (N,) side of the view as a fraction of the image; shift (N, 2) its
-    centre in normalised (x, y) coordinates; angle (N,) radians. Pixels from outside are black.
-    """
-    n, _, h, w = images.shape
-    cos, sin = angle.cos() * scale, angle.sin() * scale  # (N,) each
-    # output (u, v) -> input (x, y) in normalised coordinates; aspect terms keep the rotation rigid
-    theta = torch.stack([
-        torch.stack([cos, -sin * h / w, shift[:, 0]], dim=-1),
-        torch.stack([sin * w / h, cos, shift[:, 1]], dim=-1),
-    ], dim=1)  # (N, 2, 3)
-    grid = F.affine_grid(theta.to(images.dtype), [n, 3, h, w], align_corners=False)  # (N, H, W, 2)
-    return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
-
-
-def _luminance(images):
-    """(N, 3, H, W) -> (N, 1, H, W), ITU-R 601 weights."""
-    r, g, b = images.unbind(dim=1)
-    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
-
-
-def _random_factors(n, strength, device):
-    return 1.0 + (torch.rand(n, 1, 1, 1, device=device) * 2 - 1) * strength  # (N, 1, 1, 1)
-
-
-def colour_jitter(images):
-    """Random brightness, contrast and saturation per image, in that order: (N, 3, H, W) in [0, 1]."""
-    n, device = images.shape[0], images.device
-    images = (images * _random_factors(n, BRIGHTNESS, device)).clamp(0, 1)
-    mean = _luminance(images).mean(dim=(2, 3), keepdim=True)  # (N, 1, 1, 1)
-    images = ((images - mean) * _random_factors(n, CONTRAST, device) + mean).clamp(0, 1)
-    gray = _luminance(images)  # (N, 1, H, W)
-    return ((images - gray) * _random_factors(n, SATURATION, device) + gray).clamp(0, 1)
-
-
-def augment_images(images):
-    """Training augmentation, independent per image: a random crop of 95% of each side resized back
-    to full size, a rotation of up to 5 degrees, colour jitter. (N, 3, H, W) in [0, 1] -> same."""
-    n, device = images.shape[0], images.device
-    scale = torch.full((n,), CROP_RATIO, device=device)
-    shift = (torch.rand(n, 2, device=device) * 2 - 1) * (1 - CROP_RATIO)  # crop stays inside the image
-    angle = (torch.rand(n, device=device) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
-    return colour_jitter(_affine_resample(images, scale, shift, angle))
-
-
-def centre_crop(images):
-    """Evaluation view matching the training crops: the centre 95% of each side resized back."""
-    n, device = images.shape[0], images.device
-    scale = torch.full((n,), CROP_RATIO, device=device)
-    zeros = torch.zeros(n, 2, device=device)
-    return _affine_resample(images, scale, zeros, zeros[:, 0])
-
-
-### Configuration
 def _config_value(policy_config, key):
     value = policy_config.get(key)
     return DEFAULTS[key] if value is None else value

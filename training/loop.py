@@ -12,31 +12,29 @@ import contextlib
 import inspect
 import math
 import os
-import random
 import signal
 import threading
 import time
 from dataclasses import dataclass, field, fields
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import atomic_save, save_policy
-from data import data_changes, image_to_tensor
-from files import load_torch_file
-from metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
-from policy import autocast, make_policy, resolve_policy_config
+from checkpoints.folder import TRAINING_STATE, atomic_save, save_policy
+from training.settings import TrainSettings
+from formats.stats import data_changes
+from policies.inputs import image_to_tensor
+from common.files import load_torch_file
+from training.metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
+from policies.base import autocast
+from policies.registry import make_policy, resolve_policy_config
+from common.seeds import rng_states, set_rng_states, set_seed
 
 ### Training settings
-TRAINING_STATE = 'training_state.pt'  # file of the full training state in ckpt_dir
 # Settings train_bc falls back to when a config (like the original's) lacks them.
-TRAIN_DEFAULTS = {'device': 'cpu', 'amp': 'off', 'num_steps': None, 'grad_accum': 1, 'lr_schedule': 'constant',
-                  'warmup_steps': 0, 'validate_every': 1, 'save_every': 100, 'resume': False, 'wandb': False,
-                  'batch_size': None, 'world_size': 1, 'rank': 0, 'dataset_record': None, 'clip_grad_norm': None,
-                  'tensorboard': False, 'save_format': 'ckpt', 'freeze_backbone': False}
+TRAIN_DEFAULTS = {**TrainSettings.defaults(), 'device': 'cpu', 'batch_size': None, 'rank': 0, 'dataset_record': None}
 # Settings a resumed run must share with the run that wrote the training state.
-RESUME_KEYS = ('policy_class', 'policy_config', 'seed', 'batch_size', 'grad_accum', 'world_size')
+RESUME_KEYS = ('policy_class', 'policy_config', *TrainSettings.names('resume'))
 INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
 
 
@@ -72,12 +70,6 @@ class Progress:
 
 ################################ Small helpers ################################
 
-def set_seed(seed):
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def compute_dict_mean(epoch_dicts):
     """Mean of each key over a list of dicts of numbers or tensors."""
     return {k: sum(d[k] for d in epoch_dicts) / len(epoch_dicts) for k in epoch_dicts[0]}
@@ -85,23 +77,6 @@ def compute_dict_mean(epoch_dicts):
 
 def detach_dict(d):
     return {k: v.detach() for k, v in d.items()}
-
-
-def rng_states():
-    """The RNG states as tensors and plain values (so the training state loads with weights_only=True)."""
-    kind, keys, *rest = np.random.get_state()
-    states = {'torch': torch.get_rng_state(), 'numpy': (kind, keys.tolist(), *rest), 'python': random.getstate()}
-    if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states):
-    torch.set_rng_state(states['torch'])
-    np.random.set_state(states['numpy'])
-    random.setstate(states['python'])
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
 
 
 def cpu_copy(obj):

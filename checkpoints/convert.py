@@ -1,0 +1,74 @@
+"""ACT checkpoints between this project's folder and LeRobot's pretrained_model/ folder (convert_checkpoint.py)."""
+import os
+
+import numpy as np
+import torch
+
+from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, write_config
+from checkpoints.lerobot_act import (MODEL_FILE, feature_listing, load_lerobot_weights, read_lerobot_checkpoint,
+                                     write_lerobot_checkpoint)
+from checkpoints.reader import open_checkpoint
+from common.files import load_torch_file, prepare_folder
+from formats.datasets import open_dataset
+from formats.normalize import Normalizer
+from formats.stats import get_norm_stats
+from policies.registry import make_policy, resolve_policy_config
+
+ACT_FILES = (BEST_CKPT, STATS_FILE, CONFIG_FILE)  # what --to act writes
+
+
+def refuse_overwrite(dst, names):
+    """ValueError when dst already holds one of the files a conversion would write."""
+    present = [name for name in names if os.path.exists(os.path.join(dst, name))]
+    if present:
+        raise ValueError(f"{dst} already holds {', '.join(present)}: choose an empty destination folder")
+
+
+def to_lerobot(src, dst, ckpt_name=BEST_CKPT):
+    """This project's ACT folder src -> a LeRobot pretrained_model/ folder dst."""
+    checkpoint = open_checkpoint(src)
+    if checkpoint.kind == 'lerobot':
+        raise ValueError(f'{src} is already a LeRobot checkpoint')
+    if checkpoint.kind == 'original':
+        raise ValueError(f'{os.path.join(src, CONFIG_FILE)} not found: the conversion needs the run\'s settings, which '
+                         f'training here writes there (a folder of the original code has none)')
+    config = checkpoint.config
+    if config['policy_class'] != 'ACT':
+        raise ValueError(f"{src} holds a {config['policy_class']} policy; only ACT converts to LeRobot's ACT")
+    refuse_overwrite(dst, (CONFIG_FILE, MODEL_FILE))
+    policy_config = resolve_policy_config('ACT', config['policy_config'])
+    weights = checkpoint.weights_file(ckpt_name)
+    state_dict = load_torch_file(weights, 'checkpoint')
+    stats = Normalizer.load(os.path.join(src, STATS_FILE)).stats
+    make_policy('ACT', policy_config, load_pretrained=False).deserialize(state_dict)  # it is this ACT's
+    prepare_folder(dst, 'DST')
+    dropped = write_lerobot_checkpoint(dst, policy_config, config['image_size'], state_dict, stats)
+    print(f'Wrote LeRobot ACT checkpoint {dst} from {weights}; left out {len(dropped)} '
+          f'tensors that never shape actions (decoder layers after the first, is_pad_head)')
+
+
+def to_act(src, dst, stats_from=None):
+    """A LeRobot ACT folder src -> this project's checkpoint folder dst; stats_from: a dataset folder
+    (episode files or LeRobot) whose statistics replace the checkpoint's."""
+    if open_checkpoint(src).kind != 'lerobot':
+        raise ValueError(f'{src} is not a LeRobot checkpoint folder (a config.json with a "type" key)')
+    refuse_overwrite(dst, ACT_FILES)
+    checkpoint = read_lerobot_checkpoint(src, statistics=stats_from is None)
+    stats = checkpoint['stats'] if stats_from is None else get_norm_stats(open_dataset(stats_from))
+    policy_config = resolve_policy_config('ACT', checkpoint['policy_config'])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # what LeRobot does not hold starts the same in every conversion
+        policy = make_policy('ACT', policy_config, load_pretrained=False)
+    filled = load_lerobot_weights(policy, checkpoint)  # strict: make_policy(config) loads it
+    Normalizer(stats, source=stats_from or src).check_sizes(policy_config['state_dim'], policy_config['action_dim'],
+                                                          stats_from or src)
+    prepare_folder(dst, 'DST')
+    atomic_save(policy.state_dict(), os.path.join(dst, BEST_CKPT))
+    Normalizer({k: np.asarray(v) for k, v in stats.items()}).save(os.path.join(dst, STATS_FILE))
+    write_config(dst, make_run_config('ACT', policy_config, None, checkpoint['image_size'], {'converted_from': src}))
+    print(f'Wrote {", ".join(ACT_FILES)} to {dst} from LeRobot checkpoint {src}: '
+          f'{feature_listing(checkpoint["features"])}')
+    if filled:
+        print(f'{len(filled)} tensors LeRobot does not hold were filled (is_pad_head with zeros'
+              f'{"" if checkpoint["use_vae"] else ", the CVAE encoder freshly initialised"}); they never shape '
+              f'actions')

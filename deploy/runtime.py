@@ -1,0 +1,239 @@
+"""Run an exported policy (export_policy.py) on a robot's computer: onnxruntime and numpy, no torch.
+
+    from deploy.runtime import PolicyRunner
+    runner = PolicyRunner('deploy/cube')            # the folder export_policy.py wrote
+    runner.reset()                                  # at the start of every episode
+    action = runner.act(qpos, images)               # qpos (state_dim,) float, images (cams, H, W, 3) uint8
+    chunk = runner.query(qpos_batch, image_batch)   # (B, state_dim), (B, cams, H, W, 3) -> (B, chunk, action_dim)
+
+Everything is in robot units: the dataset statistics and the image normalisation are inside the
+exported graph. ONNX exports run on onnxruntime, or on OpenVINO with engine='openvino' (fp32 kept).
+act() plays the chunks through the action chunker evaluation uses (policies/chunker.py): a query
+every action_horizon steps whose chunk is played step by step, or with temporal_agg a query every
+step and the weighted average of every chunk's prediction for this step (weights exp(-0.01 i),
+i = 0 the oldest). A Diffusion
+export is its observation encoder and its denoising network; the DDIM sampling loop runs here with
+the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from formats.normalize import from_unit_range
+from policies.chunker import ActionChunker
+
+MANIFEST = 'policy.json'
+FORMAT_VERSION = 1
+ENGINES = ('onnxruntime', 'openvino')  # what runs an ONNX export
+REQUIRED_KEYS = ('format_version', 'policy_class', 'format', 'files', 'camera_names', 'image_size', 'state_dim',
+                 'action_dim', 'chunk_size', 'action_horizon', 'obs_horizon')
+
+
+class ExportError(ValueError):
+    """An export that cannot be used (the message names the file and what was expected)."""
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder):
+    """policy.json of an export, checked: its keys, and each model file against its recorded hash."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise ExportError(f'{path}: not found; export the policy first: python export_policy.py --ckpt_dir CKPT '
+                          f'--format onnx --out {folder}')
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f'{path}: not JSON ({e}); export the policy again') from e
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ExportError(f'{path}: lacks {", ".join(missing)}; export the policy again')
+    if manifest['format_version'] > FORMAT_VERSION:
+        raise ExportError(f'{path}: export format {manifest["format_version"]} is newer than this runtime '
+                          f'reads ({FORMAT_VERSION}); update the project')
+    for role, entry in manifest['files'].items():
+        model_path = os.path.join(folder, entry['name'])
+        if not os.path.isfile(model_path):
+            raise ExportError(f'{model_path}: missing ({role} of the export in {path})')
+        if file_sha256(model_path) != entry['sha256']:
+            raise ExportError(f'{model_path}: does not match {path} (its SHA-256 differs from the one recorded at '
+                              f'export): the file is corrupted or comes from another export; export again')
+    return manifest
+
+
+class _Session:
+    """One exported graph behind run(inputs dict) -> outputs list: onnxruntime or OpenVINO (ONNX files),
+    or TorchScript."""
+
+    def __init__(self, path, fmt, threads, engine='onnxruntime'):
+        self.path = path
+        if fmt == 'onnx' and engine == 'openvino':
+            import openvino
+            compiled = openvino.Core().compile_model(path, 'CPU', {
+                'INFERENCE_PRECISION_HINT': 'f32', **({'INFERENCE_NUM_THREADS': threads} if threads else {})})
+            self.inputs = {name: [d.get_length() if d.is_static else 'batch' for d in port.partial_shape]
+                           for port in compiled.inputs for name in port.get_names()}
+            self.run = lambda feeds: list(compiled(feeds).to_tuple())
+        elif fmt == 'onnx':
+            import onnxruntime
+            options = onnxruntime.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+            self.session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+            self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
+            self.run = lambda feeds: self.session.run(None, feeds)
+        else:
+            import torch  # TorchScript exports need torch; ONNX ones do not
+            if threads:
+                torch.set_num_threads(threads)
+            module = torch.jit.load(path, map_location='cpu').eval()
+            self.inputs = None
+
+            def run(feeds):
+                with torch.inference_mode():
+                    out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
+                return [out.numpy()]
+            self.run = run
+
+    def check_input(self, name, shape):
+        """The graph's declared shape of input `name` must agree with policy.json (symbolic dims aside)."""
+        if self.inputs is None:
+            return
+        declared = self.inputs.get(name)
+        if declared is None:
+            raise ExportError(f'{self.path}: has no input {name!r} (inputs: {sorted(self.inputs)}): the model file '
+                              f'and {MANIFEST} come from different exports')
+        fixed = [(d, s) for d, s in zip(declared[1:], shape[1:]) if isinstance(d, int)]
+        if len(declared) != len(shape) or any(d != s for d, s in fixed):
+            raise ExportError(f'{self.path}: input {name!r} has shape {declared} but {MANIFEST} describes '
+                              f'{["B"] + list(shape[1:])}: the model file and {MANIFEST} come from different exports')
+
+
+class DDIM:
+    """diffusers' DDIMScheduler.step (eta 0, samples clipped to [-1, 1]) in float32 numpy, for a
+    denoiser that predicts the noise ('epsilon') or the clean chunk ('sample')."""
+
+    def __init__(self, constants):
+        self.alphas_cumprod = np.asarray(constants['alphas_cumprod'], dtype=np.float32)
+        self.timesteps = [int(t) for t in constants['timesteps']]  # descending
+        self.step_ratio = constants['num_train_timesteps'] // len(self.timesteps)
+        self.final_alpha_cumprod = np.float32(constants['final_alpha_cumprod'])
+        self.prediction_type = constants.get('prediction_type', 'epsilon')  # older exports: epsilon
+
+    def step(self, prediction, t, sample):
+        prev_t = t - self.step_ratio
+        alpha_t = self.alphas_cumprod[t]
+        alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        if self.prediction_type == 'epsilon':
+            eps = prediction
+            original = (sample - np.sqrt(1 - alpha_t) * eps) / np.sqrt(alpha_t)
+        else:
+            original = prediction
+            eps = (sample - np.sqrt(alpha_t) * original) / np.sqrt(1 - alpha_t)
+        original = np.clip(original, -1, 1)
+        return (np.sqrt(alpha_prev) * original + np.sqrt(1 - alpha_prev) * eps).astype(np.float32)
+
+
+class PolicyRunner:
+    """An exported policy: query() for raw action chunks, act() for one action per control step.
+    engine: 'onnxruntime', or 'openvino' (faster on many x86 CPUs; fp32 kept) for ONNX exports."""
+
+    def __init__(self, folder, temporal_agg=False, threads=None, seed=0, engine='onnxruntime'):
+        self.folder = folder
+        self.manifest = m = read_manifest(folder)
+        self.policy_class = m['policy_class']
+        self.camera_names, self.image_size = list(m['camera_names']), tuple(m['image_size'])
+        self.state_dim, self.action_dim = m['state_dim'], m['action_dim']
+        self.chunk_size, self.action_horizon, self.obs_horizon = m['chunk_size'], m['action_horizon'], m['obs_horizon']
+        self.temporal_agg = temporal_agg
+        self.chunker = ActionChunker(self.chunk_size, self.action_horizon, temporal_agg, self.obs_horizon)
+        self.rng = np.random.default_rng(seed)  # Diffusion's sampling noise
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        self.sessions = {role: _Session(os.path.join(folder, entry['name']), m['format'], threads, engine)
+                         for role, entry in m['files'].items()}
+        self._check_graphs()
+        if self.policy_class == 'Diffusion':
+            self.ddim = DDIM(m['diffusion'])
+            self.action_low = np.asarray(m['diffusion']['action_min'], dtype=np.float64)
+            self.action_high = np.asarray(m['diffusion']['action_max'], dtype=np.float64)
+        self.reset()
+
+    ### shapes
+    def _observation_shapes(self, batch=1):
+        time = (self.obs_horizon,) if self.policy_class == 'Diffusion' else ()
+        height, width = self.image_size
+        return ((batch, *time, self.state_dim),
+                (batch, *time, len(self.camera_names), height, width, 3))
+
+    def _check_graphs(self):
+        qpos_shape, image_shape = self._observation_shapes()
+        first = self.sessions['encoder' if self.policy_class == 'Diffusion' else 'policy']
+        first.check_input('qpos', qpos_shape)
+        first.check_input('images', image_shape)
+        if self.policy_class == 'Diffusion':
+            self.sessions['denoiser'].check_input('sample', (1, self.chunk_size, self.action_dim))
+
+    def _checked(self, qpos, images):
+        qpos = np.asarray(qpos, dtype=np.float32)
+        images = np.asarray(images)
+        qpos_shape, image_shape = self._observation_shapes(len(qpos) if qpos.ndim else 0)
+        cams = ', '.join(self.camera_names)
+        if qpos.shape != qpos_shape:
+            raise ValueError(f'qpos of shape {qpos.shape}: the policy expects {qpos_shape} (batch, '
+                             f'{"obs_horizon, " if len(qpos_shape) == 3 else ""}state_dim {self.state_dim})')
+        if images.shape != image_shape or images.dtype != np.uint8:
+            raise ValueError(f'images of shape {images.shape} and dtype {images.dtype}: the policy expects uint8 '
+                             f'{image_shape} (batch, {"obs_horizon, " if len(image_shape) == 6 else ""}'
+                             f'{len(self.camera_names)} cameras [{cams}], height, width, RGB); resize frames to '
+                             f'{self.image_size[0]}x{self.image_size[1]} first')
+        return qpos, images
+
+    ### queries
+    def query(self, qpos, images, noise=None):
+        """qpos (B, state_dim), images (B, cams, H, W, 3) uint8 (Diffusion: with an obs_horizon axis after B)
+        -> raw actions (B, chunk_size, action_dim) float32. noise: Diffusion's initial sample (B, chunk, A)."""
+        qpos, images = self._checked(qpos, images)
+        if self.policy_class != 'Diffusion':
+            return self.sessions['policy'].run({'qpos': qpos, 'images': images})[0]
+        cond = self.sessions['encoder'].run({'qpos': qpos, 'images': images})[0]  # (B, G)
+        batch = len(qpos)
+        if noise is None:
+            noise = self.rng.standard_normal((batch, self.chunk_size, self.action_dim))
+        sample = np.asarray(noise, dtype=np.float32)
+        for t in self.ddim.timesteps:
+            prediction = self.sessions['denoiser'].run({'sample': sample, 'timestep': np.full(batch, t, dtype=np.int64),
+                                                        'global_cond': cond})[0]  # (B, chunk, A)
+            sample = self.ddim.step(prediction, t, sample)
+        return from_unit_range(sample, self.action_low, self.action_high).astype(np.float32)
+
+    ### one action per step
+    def reset(self, seed=None):
+        """A new episode: forget the chunk, the ensembled predictions and the observation history."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.chunker.reset()
+
+    def _inputs(self, history):
+        """The last obs_horizon (qpos (S,), images (cams, H, W, 3)) -> a batch of one, with a time
+        axis for Diffusion."""
+        if self.policy_class != 'Diffusion':
+            qpos, images = history[-1]
+            return np.asarray(qpos)[None], np.asarray(images)[None]
+        return (np.stack([q for q, _ in history])[None], np.stack([im for _, im in history])[None])
+
+    def act(self, qpos, images):
+        """qpos (state_dim,), images (cams, H, W, 3) uint8 of this step -> the raw action (action_dim,) float64."""
+        history = self.chunker.observe((qpos, images))
+        chunk = self.query(*self._inputs(history))[0] if self.chunker.query_due else None  # (chunk, A)
+        return np.asarray(self.chunker.play(chunk), dtype=np.float64)

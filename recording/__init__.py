@@ -1,0 +1,1 @@
+"""Recording demonstrations: scripted episodes in simulation (sim.py)."""
