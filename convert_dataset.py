@@ -3,7 +3,7 @@
     python convert_dataset.py --to lerobot data/sim_transfer_cube_scripted data/transfer_cube_lerobot
     python convert_dataset.py --to hdf5 data/transfer_cube_lerobot data/transfer_cube_hdf5
 
---to lerobot writes a LeRobot v3.0 dataset (lerobot_dataset.py) from episode_{i}.hdf5 files: every
+--to lerobot writes a LeRobot v3.0 dataset (formats/lerobot_writer.py) from episode_{i}.hdf5 files: every
 array kept (qpos -> observation.state, action, qvel -> observation.velocity, effort ->
 observation.effort), each camera as a video (LeRobot's AV1 settings, H.264 where the AV1 encoder is
 missing, or --vcodec), per-episode and dataset statistics, info, tasks and episode metadata.
@@ -20,12 +20,11 @@ import sys
 
 from tqdm import tqdm
 
-from constants import ALOHA_STATE_DIM
-from formats.hdf5 import COMPRESSIONS, HDF5Episodes, episode_path, store_episode
 from common.files import DiskFull
-from formats.lerobot import DEFAULT_TASK, LeRobotFormatError, LeRobotEpisodes, is_lerobot_dataset
+from constants import ALOHA_STATE_DIM, CONTROL_HZ
+from formats.hdf5 import COMPRESSIONS, HDF5Episodes, episode_path, store_episode
+from formats.lerobot import DEFAULT_TASK, LeRobotEpisodes, LeRobotFormatError, is_lerobot_dataset
 from formats.lerobot_writer import LeRobotWriter
-from constants import CONTROL_HZ
 
 ALOHA_ROBOT_TYPE = 'aloha'  # --robot_type of two-arm ALOHA episodes (ALOHA_STATE_DIM) when none is given
 

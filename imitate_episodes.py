@@ -18,9 +18,9 @@ the commands in cli/commands.py, the loop in training/loop.py, evaluation in eva
 """
 import sys
 
+from cli import flags
 from cli.commands import main
 from cli.data_check import MissingData
-from cli import flags
 from cli.flags import UsageError
 from common.files import DiskFull, UnsafeFile
 from formats.lerobot import LeRobotFormatError

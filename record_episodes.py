@@ -4,7 +4,7 @@ or an SO-100 / SO-101 task (leader and follower arms of real_robot/tasks.py, at 
 The followers copy the leaders while the cameras record; the episode is written in the
 original real-robot HDF5 layout (attrs sim=False, qpos/qvel/effort/action, one image dataset per
 camera) under a temporary name and renamed into place when complete; with --format lerobot it is
-appended to a LeRobot dataset (lerobot_dataset.py), atomically too.
+appended to a LeRobot dataset (formats/lerobot_writer.py), atomically too.
 
     python record_episodes.py --task_name aloha_wear_shoe [--episode_idx 3] [--robot_driver dynamixel]
     python record_episodes.py --task_name aloha_wear_shoe --format lerobot --dataset_dir data/wear_shoe_lerobot
@@ -17,16 +17,15 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
+import real_robot
+from common.files import DiskFull, prepare_folder
+from constants import CONTROL_HZ, DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
 from formats.episode import Episode
 from formats.hdf5 import episode_path, store_episode
-from common.files import DiskFull, prepare_folder
 from formats.lerobot_writer import append_episodes, count_lerobot_episodes
-import real_robot
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
 from real_robot.so_env import so_joint_names
-from constants import CONTROL_HZ
 
 MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
 

@@ -4,9 +4,9 @@ The code lives in its own rooms: the episode file format in formats/hdf5.py, the
 formats/stats.py, the data pipeline in training/data.py, the training helpers in training/loop.py
 and common/seeds.py, the object-pose samplers in sim_env.py.
 """
+from common.seeds import set_seed
 from formats.stats import get_norm_stats
 from training.data import EpisodicDataset, load_data
-from common.seeds import set_seed
 from training.loop import compute_dict_mean, detach_dict
 
 __all__ = ['EpisodicDataset', 'get_norm_stats', 'load_data', 'compute_dict_mean', 'detach_dict', 'set_seed',

@@ -2,7 +2,7 @@
 
 `episode_{i}_video.mp4`: all cameras side by side, 1 / DT fps, H.264 (plays in a browser).
 `episode_{i}_qpos.png`: one subplot per joint, state and command overlaid.
-Reads every layout episodes.py reads: the original, gzip/lzf-compressed images, and the JPEG
+Reads every layout formats/hdf5.py reads: the original, gzip/lzf-compressed images, and the JPEG
 layout of act-plus-plus, and LeRobot datasets (episode i being LeRobot's episode_index i). Both
 files are written atomically into the dataset folder.
 """
@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
+from common.files import atomic_path
 from constants import DT, JOINT_NAMES, get_task_config, sim_task_names
 from formats.datasets import open_dataset
-from common.files import atomic_path
 
 ### Fixed settings
 STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm

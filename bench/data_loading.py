@@ -44,8 +44,8 @@ def write_hdf5(folder, episodes, episode_len, frame_hw):
 
 
 def loaders(folder, episodes, preload):
-    from training.data import load_data
     from common.seeds import set_seed
+    from training.data import load_data
     set_seed(1)
     return load_data(folder, episodes, ['top'], BATCH_SIZE, BATCH_SIZE, preload='on' if preload else 'off', seed=0)
 
@@ -69,6 +69,7 @@ def waiting_share(loader, steps):
     """Over `steps` README-config ACT steps (after a warm-up step): seconds per step and the share
     spent waiting for the batch."""
     import torch
+
     from policies.inputs import image_to_tensor
     from policies.registry import make_policy
     torch.manual_seed(0)

@@ -16,9 +16,9 @@ import shutil
 import tempfile
 import time
 
-from recording import sim as record_sim_episodes
 from bench.common import machine_report, print_report, stdout_to_stderr
 from constants import get_sim_task_config
+from recording import sim as record_sim_episodes
 
 TASK = 'sim_transfer_cube_scripted'
 SUCCESS_TASKS = ('sim_transfer_cube_scripted', 'sim_insertion_scripted')

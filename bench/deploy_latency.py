@@ -4,7 +4,7 @@ recipe now uses 96x128 and 2), with 1 and 2 threads. Prints JSON.
 
 Runtimes, timed alternately in one run (a CPU shared with other work slows all alike): the
 original computation (detr/reference.py on a copy of the weights, as evaluation ran it), eager fp32
-(the policy as evaluate.py runs it), TorchScript, onnxruntime fp32 and int8 (export_policy.py
+(the policy as evaluation/rollout.py runs it), TorchScript, onnxruntime fp32 and int8 (export_policy.py
 through policy_runtime.PolicyRunner), and OpenVINO on the fp32 ONNX file (PolicyRunner's engine 'openvino').
 Per runtime: p50 / p99 milliseconds, queries per second, the largest action difference to eager fp32
 over held-out observations, and (separately, one process per runtime) the peak resident memory of
@@ -79,8 +79,8 @@ def observations(camera_names, image_size, dataset_dir, count, rng):
         return [(rng.normal(size=STATE_DIM).astype(np.float32),
                  rng.integers(0, 256, (len(camera_names), height, width, 3), dtype=np.uint8))
                 for _ in range(count)]
-    from formats.images import resize_images
     from formats.datasets import open_dataset
+    from formats.images import resize_images
     data = open_dataset(dataset_dir)
     last = data.num_episodes - 1  # training held the first episodes out for validation at random: take the last
     episode = data.read_episode(last, cameras=camera_names)
@@ -92,8 +92,8 @@ def observations(camera_names, image_size, dataset_dir, count, rng):
 
 def eager_fns(settings, threads):
     """{'eager_fp32', and for ACT 'original'}: raw (qpos (S,), images (K, H, W, 3)) -> raw chunk (chunk, A)."""
-    from evaluation.rollout import load_policy, load_stats
     from deploy.export import images_to_unit
+    from evaluation.rollout import load_policy, load_stats
     policy, normalizer = load_policy(settings, 'policy_best.ckpt').eval(), load_stats(settings)
 
     def run(forward):

@@ -10,8 +10,8 @@ work slows both alike; the ratio is the figure to read. Prints one JSON object; 
 import torch
 
 from bench.common import alternate, latency_parser, machine_report, print_report, readme_act_config, set_threads
-from policies.diffusion import DiffusionPolicy
 from policies.act import ACTPolicy
+from policies.diffusion import DiffusionPolicy
 
 STATE_DIM = 14  # the sim tasks' qpos and action size
 

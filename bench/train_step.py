@@ -57,10 +57,11 @@ def write_dataset(folder, frame_hw):
 
 def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
     """The training config imitate_episodes.py builds for the README or the small model's flags."""
-    from training import loop as train
-    from cli.run_config import make_config as make_run_config, make_policy_config
+    from cli.run_config import make_config as make_run_config
+    from cli.run_config import make_policy_config
     from constants import get_task_config
     from imitate_episodes import build_parser
+    from training import loop as train
     sizes = MODELS[model]
     argv = ['--task_name', TASK, '--policy_class', 'ACT', '--ckpt_dir', ckpt_dir, '--dataset_dir', data_dir,
             '--num_episodes', str(NUM_EPISODES), '--batch_size', str(BATCH_SIZE), '--num_steps', str(num_steps),
@@ -73,8 +74,8 @@ def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
 
 
 def loaders(data_dir, model):
-    from training.data import load_data
     from common.seeds import set_seed
+    from training.data import load_data
     set_seed(1)  # the training script's split seed
     return load_data(data_dir, NUM_EPISODES, ['top'], BATCH_SIZE, BATCH_SIZE, image_size=MODELS[model]['image_size'],
                      num_workers=1, preload='off', seed=0)
@@ -86,10 +87,11 @@ def reference_steps(train_loader, config, num_steps, original):
     Float (B, K, 3, H, W) contiguous images and default memory format; with original=True the
     original's computation (detr/reference.py: every decoder layer, sequence-first attention)."""
     import torch.nn.functional as F
+
+    from common.seeds import set_seed
     from detr.reference import original_forward
     from policies.act import kl_divergence
     from policies.registry import make_policy
-    from common.seeds import set_seed
     set_seed(config['seed'])
     policy = make_policy('ACT', config['policy_config'])
     optimizer = policy.configure_optimizers()
@@ -119,6 +121,7 @@ def reference_steps(train_loader, config, num_steps, original):
 
 def run_case(case, data_dir, steps, ref_steps):
     import torch
+
     from training import loop as train
     model, amp = case.split('_')
     train_loader, val_loader, _, _ = loaders(data_dir, model)

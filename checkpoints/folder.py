@@ -2,13 +2,13 @@
 
     config.json                        this project's: what the folder holds (policy class and config,
                                        cameras, image size, state/action sizes, project version)
-    dataset_stats.pkl                  the original's normalisation statistics (data.Normalizer)
+    dataset_stats.pkl                  the original's normalisation statistics (formats/normalize.py)
     policy_best.ckpt, policy_last.ckpt policy.serialize(): a raw state_dict for ACT and CNNMLP (the
     policy_{unit}_{n}_seed_{s}.ckpt    original's format), {'nets', 'ema', 'ema_step'} for Diffusion;
                                        .safetensors instead of .ckpt with --save_format safetensors
-    training_state.pt                  everything --resume needs (train.py)
+    training_state.pt                  everything --resume needs (training/loop.py)
     train_val_{key}_seed_{s}.png       training curves
-    result_{ckpt}.txt, video{i}.mp4    evaluation results (evaluate.py)
+    result_{ckpt}.txt, video{i}.mp4    evaluation results (evaluation/)
 A folder written by the original code has no config.json: evaluation then takes everything from
 the command-line flags, as the original did. A LeRobot ACT `pretrained_model/` folder is read in
 place of all of these (lerobot_act.py); checkpoints/reader.py tells the three kinds apart.
@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from constants import PROJECT_VERSION
 from common.files import atomic_write, save_safetensors
+from constants import PROJECT_VERSION
 
 CONFIG_FILE = 'config.json'
 STATS_FILE = 'dataset_stats.pkl'

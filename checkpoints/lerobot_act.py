@@ -315,7 +315,7 @@ def read_lerobot_checkpoint(folder, statistics=True):
 
 
 def lerobot_run_config(folder):
-    """The config.json content of this project (checkpoint.make_run_config's keys) that a LeRobot
+    """The config.json content of this project (checkpoints.folder.make_run_config's keys) that a LeRobot
     ACT folder amounts to, statistics files read for the image normalisation; no task name."""
     lr_config = read_lerobot_config(folder)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)

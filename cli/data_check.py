@@ -9,8 +9,9 @@ import torch
 from formats.datasets import open_dataset
 from formats.hdf5 import episode_path, missing_episodes
 from formats.lerobot import LeRobotEpisodes
-from recording.sim import expected_minutes, recording_command
+from recording.sim import expected_minutes
 from recording.sim import main as record_scripted
+from recording.sim import recording_command
 from scripted_policy import SCRIPTED_POLICIES
 
 

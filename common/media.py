@@ -15,7 +15,7 @@ NON_INTERACTIVE_BACKENDS = {'agg', 'pdf', 'ps', 'svg', 'pgf', 'cairo', 'template
 
 
 class VideoWriter:
-    """H.264 mp4 written frame by frame through files.atomic_path: in place once closed and
+    """H.264 mp4 written frame by frame through common.files.atomic_path: in place once closed and
     complete, and no file at all when the rollout fails (abort) or ffmpeg could not write every
     frame (a full disk: ffmpeg exits without a word, so close() counts the frames written)."""
 

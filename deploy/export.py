@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from constants import PROJECT_VERSION
 from common.files import atomic_write
+from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
-from constants import CONTROL_HZ
 from formats.normalize import standardize, unstandardize
 from policies.inputs import images_to_unit
 

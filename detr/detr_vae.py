@@ -1,7 +1,7 @@
 """DETRVAE (the ACT network: a CVAE whose decoder is a DETR transformer) and CNNMLP.
 
 Parameter names and shapes are those of the original ACT code (its checkpoints load with
-strict=True). Image inputs here are already ImageNet-normalised; the policies in policy.py do that.
+strict=True). Image inputs here are already ImageNet-normalised; the policies in policies/act.py do that.
 """
 import numpy as np
 import torch
@@ -175,7 +175,7 @@ def _build_backbones(cfg, count, load_pretrained):
 
 
 def build_act_model(cfg, load_pretrained=True):
-    """DETRVAE from a complete config dict (policy.py fills in the defaults); load_pretrained False
+    """DETRVAE from a complete config dict (policies/act.py fills in the defaults); load_pretrained False
     skips the trunks' ImageNet weights, for a checkpoint that replaces them."""
     n_backbones = len(cfg['camera_names']) if cfg['per_camera_backbone'] else 1
     transformer = build_transformer(cfg['hidden_dim'], cfg['nheads'], cfg['enc_layers'], cfg['dec_layers'],

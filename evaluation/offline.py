@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.files import atomic_path, atomic_write
 from constants import joint_names
 from formats.images import resize_images
 from policies.inputs import image_to_tensor
-from common.files import atomic_path, atomic_write
 
 ### Settings
 OFFLINE_EVAL_FILE = 'offline_eval.json'
@@ -108,7 +108,7 @@ def evaluate_episode(source, index, episode, policy, normalizer, image_size, dev
 
 
 def evaluate_offline(policy, normalizer, source, indices, image_size, device, samples=0):
-    """The report (ErrorSums.report) of `policy` on episodes `indices` of `source` (episodes.open_dataset),
+    """The report (ErrorSums.report) of `policy` on episodes `indices` of `source` (formats.datasets.open_dataset),
     all checked first."""
     if not len(indices):
         raise ValueError('no held-out episodes to evaluate on: pass --dataset_dir (and --num_episodes) '

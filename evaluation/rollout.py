@@ -28,10 +28,10 @@ from common.processes import worker_pool
 from common.seeds import set_seed
 from constants import CONTROL_HZ, DT, IMAGE_HW
 from evaluation.report import write_report
+from evaluation.settings import EvalSettings
 from formats.images import resize_images
 from policies.chunker import ActionChunker
 from policies.inputs import image_to_tensor
-from evaluation.settings import EvalSettings
 
 ### Fixed evaluation settings (the original's values)
 EVAL_SEED = 1000  # set before the object poses are sampled

@@ -11,9 +11,10 @@ The JPEG layout of the act-plus-plus fork: attrs['compress'] = True, each camera
 dataset whose row t holds frame t as a JPEG zero-padded to the longest, and /compress_len
 (num_cameras, T) float32 holding the encoded lengths. docs/formats.md describes both in full.
 
-`HDF5Episodes` offers these files through the interface of formats/episode.py. Episodes are written atomically (files.py): an interrupted or failed write leaves no truncated
-file, and a full disk ends in a clear error rather than a crash in HDF5. This module does not
-import torch, so the viewer and the replay script stay light.
+`HDF5Episodes` offers these files through the interface of formats/episode.py. Episodes are
+written atomically (common/files.py): an interrupted or failed write leaves no truncated file, and
+a full disk ends in a clear error rather than a crash in HDF5. This module does not import torch,
+so the viewer and the replay script stay light.
 """
 import glob
 import os

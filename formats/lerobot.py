@@ -16,7 +16,7 @@ A frame is the video frame within TIMESTAMP_TOLERANCE_S of `from_timestamp + tim
 LeRobot finds it, decoded to RGB by PyAV. The episode metadata's extra `sim` column keeps the HDF5
 episodes' flag; datasets without it count as recorded LeRobot's way, each action beside the
 observation of its own step (the sim layout). `LeRobotEpisodes` offers training the interface of
-episodes.HDF5Episodes; `LeRobotWriter` creates a dataset or appends to one, atomically.
+formats/episode.py; `LeRobotWriter` (lerobot_writer.py) creates a dataset or appends to one, atomically.
 """
 import glob
 import json
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from formats.episode import Episode
 from constants import CONTROL_HZ
+from formats.episode import Episode
 
 ### Format settings
 SUPPORTED_VERSIONS = ('v2.0', 'v2.1', 'v3.0')
@@ -187,7 +187,7 @@ def _v2_entries(root, info, video_keys):
 
 
 class LeRobotEpisodes:
-    """The episodes of a LeRobot dataset, read as episodes.HDF5Episodes reads episode files.
+    """The episodes of a LeRobot dataset, read as formats.hdf5.HDF5Episodes reads episode files.
 
     Low-dimensional arrays come from the parquet tables (each data file read once); frames are
     decoded from the videos, seeking to the keyframe before the first wanted frame.

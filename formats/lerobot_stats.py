@@ -1,6 +1,7 @@
 """LeRobot's dataset statistics: per feature min, max, mean, std, count and quantiles, per episode
 and aggregated over a dataset (meta/stats.json), images subsampled as LeRobot does."""
 import numpy as np
+
 from formats.lerobot import QUANTILES, STATS_IMAGE_SIDE, STATS_SAMPLES
 
 

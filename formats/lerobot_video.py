@@ -2,7 +2,8 @@
 import os
 
 import numpy as np
-from formats.lerobot import CRF, FALLBACK_VCODEC, GOP, LeRobotFormatError, PIX_FMT, SVTAV1_PRESET, VIDEO_CODEC
+
+from formats.lerobot import CRF, FALLBACK_VCODEC, GOP, PIX_FMT, SVTAV1_PRESET, VIDEO_CODEC, LeRobotFormatError
 
 
 def available_vcodec(vcodec=None):

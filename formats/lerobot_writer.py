@@ -1,14 +1,18 @@
 """Writing LeRobot v3.0 datasets: a new one, or episodes appended to one, atomically."""
+import contextlib
+import glob
 import json
 import os
 import shutil
 
 import numpy as np
-import contextlib
-import glob
+
 from common.files import atomic_write
 from constants import joint_names
-from formats.lerobot import ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, CRF, DATA_FILE_MB, DATA_PATH, DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, INDEX_FEATURES, INFO_PATH, LeRobotEpisodes, LeRobotFormatError, PIX_FMT, SIM_COLUMN, STATS_PATH, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH, _pq, IMAGE_PREFIX, column_array, is_lerobot_dataset, read_table
+from formats.lerobot import (ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, CRF, DATA_FILE_MB, DATA_PATH, DEFAULT_FPS,
+                             DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES, INFO_PATH, PIX_FMT,
+                             SIM_COLUMN, STATS_PATH, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH, LeRobotEpisodes,
+                             LeRobotFormatError, _pq, column_array, is_lerobot_dataset, read_table)
 from formats.lerobot_stats import aggregate_stats, feature_stats, image_stats, stats_from_row, stats_to_json
 from formats.lerobot_video import VideoFile, available_vcodec
 

@@ -8,11 +8,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from detr import build_act_model, build_cnnmlp_model
 from common.files import load_torch_file
+from constants import IMAGE_HW
+from detr import build_act_model, build_cnnmlp_model
 from detr.state_dict import probable_causes
 from policies.base import IMAGENET_MEAN, IMAGENET_STD, Policy
-from constants import IMAGE_HW
 
 ### Config defaults: one set per policy; the command line falls back on them too
 ACT_DEFAULTS = {

@@ -7,8 +7,7 @@ import math
 import os
 
 from common.paths import REPO_DIR
-from constants import START_ARM_POSE
-from constants import IMAGE_HW
+from constants import IMAGE_HW, START_ARM_POSE
 
 ### Servo buses (Dynamixel Protocol 2.0, one USB-serial adapter per arm)
 SERVO_PORTS = {  # bot name -> serial device

@@ -4,13 +4,13 @@ For each episode: roll out the scripted end-effector policy in ee_sim_env (nothi
 unless --onscreen_render) and keep its joint trajectory, with the gripper joint positions replaced
 by the normalised gripper commands; replay that trajectory as actions in the joint-space sim_env,
 rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout
-(episodes.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
+(formats/hdf5.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
 /observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk. --no_shadows renders without
 shadows (a third of the CPU per frame with a software rasteriser; frames differ from the original's) and
 marks the files attrs['shadows'] False, which training copies into config.json for evaluation.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 
---format lerobot records into a LeRobot dataset (lerobot_dataset.py) instead: the episodes are
+--format lerobot records into a LeRobot dataset (formats/lerobot_writer.py) instead: the episodes are
 staged as gzip HDF5 files in <dataset_dir>.recording (kept across an interruption, so a new run
 resumes), then appended in order in one atomic write, after the episodes the dataset already has.
 """
@@ -22,15 +22,14 @@ import time
 import numpy as np
 
 import sim_env
-from constants import PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
-from ee_sim_env import make_ee_sim_env
-from formats.hdf5 import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
 from common.files import prepare_folder
-from formats.lerobot_writer import LeRobotWriter, count_lerobot_episodes
 from common.media import OnscreenView
 from common.processes import worker_pool
+from constants import CONTROL_HZ, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
+from ee_sim_env import make_ee_sim_env
+from formats.hdf5 import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
+from formats.lerobot_writer import LeRobotWriter, count_lerobot_episodes
 from scripted_policy import get_scripted_policy_class
-from constants import CONTROL_HZ
 
 ### Fixed settings
 RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-import imitate_episodes
-from cli import run_config
-from checkpoints.folder import CONFIG_FILE
 import constants
+import imitate_episodes
+from checkpoints.folder import CONFIG_FILE
+from cli import run_config
 from constants import SIM_TASK_CONFIGS, canonical_task_name, get_sim_task_config
 from tests.helpers import ROOT, TASK, TINY_IMAGE_HW, tiny_model_flags, write_tiny_episode
 

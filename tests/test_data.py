@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from formats import hdf5 as episodes
 from formats import normalize
 from formats import stats as dataset_stats
 from policies import inputs
-from training import data
-from formats import hdf5 as episodes
 from tests.helpers import write_tiny_episode as write_episode
+from training import data
 
 
 def copy_dataset(src_dir, dst_dir, compression, num_episodes=5):

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from constants import START_ARM_POSE
+from evaluation.rollout import (ChunkedController, Evaluator, episode_outcome, eval_bc, load_policy, load_stats,
+                                result_file_name, rollout_line, rollout_results, summary_text, write_result_file)
 from policies.chunker import TemporalEnsembler
-from evaluation.rollout import (ChunkedController, Evaluator, episode_outcome, eval_bc, load_policy,
-                      load_stats, result_file_name, rollout_line, rollout_results, summary_text, write_result_file)
 from tests.helpers import TASK, TINY_IMAGE_HW, eval_config, start_pose_stats, write_tiny_checkpoint
 
 
@@ -208,6 +208,7 @@ def test_parallel_rollouts_equal_sequential_and_start_from_sampled_poses(tiny_ck
 
 def test_checkpoint_replaces_imagenet_weights_without_fetching_them(tiny_ckpt_dir, tiny_act_config, monkeypatch):
     import warnings
+
     from detr import resnet
     monkeypatch.setattr(resnet, 'download_imagenet_weights', lambda name: pytest.fail('tried to download'))
     monkeypatch.setattr(resnet, '_hub_cache_file', lambda name: str(tiny_ckpt_dir / 'no_such_file.pth'))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import export_policy
+from checkpoints.folder import make_run_config, write_config
 from cli import run_config
 from deploy import export as deploy_export
-from checkpoints.folder import make_run_config, write_config
-from policies.registry import make_policy
 from deploy.runtime import ExportError, PolicyRunner
+from policies.registry import make_policy
 from tests.helpers import (ROOT, TASK, TINY_ACT_CONFIG, TINY_IMAGE_HW, eval_config, start_pose_stats,
                            write_tiny_checkpoint)
 
@@ -91,8 +91,9 @@ def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path, predi
 @pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
 def test_runtime_ddim_step_equals_diffusers(prediction_type):
     import torch
-    from policies.diffusion import make_noise_scheduler
+
     from deploy.runtime import DDIM
+    from policies.diffusion import make_noise_scheduler
     scheduler = make_noise_scheduler('ddim', 50, prediction_type)
     scheduler.set_timesteps(10)
     ddim = DDIM({'num_train_timesteps': 50, 'prediction_type': prediction_type,
@@ -172,6 +173,7 @@ def rollout_steps(evaluator):
 def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temporal_agg):
     """The same observations through the eager controller and through the runtime give the same actions."""
     import dataclasses
+
     from evaluation.rollout import Evaluator, load_policy, load_stats
     from evaluation.settings import EvalSettings
     ckpt_dir, folder = act_export

@@ -17,27 +17,27 @@ import os
 import pickle
 import resource
 import signal
-import types
 import subprocess
 import sys
 import time
+import types
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from evaluation import rollout as evaluate
 import imitate_episodes
-from cli import run_config
-from training import loop as train
 from checkpoints.folder import atomic_save
-from formats.normalize import Normalizer
-from training.data import load_data
-from formats.hdf5 import read_episode, write_episode
+from cli import run_config
 from common.files import UnsafeFile, atomic_write, prepare_folder, remove_stale_temps, temp_path
+from evaluation import rollout as evaluate
+from formats.hdf5 import read_episode, write_episode
+from formats.normalize import Normalizer
 from tests.helpers import (ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, train_argv,
                            write_tiny_checkpoint, write_tiny_episode)
+from training import loop as train
+from training.data import load_data
 
 HANG_TIMEOUT_S = 30  # a case that ends the process takes about 4 s; a hang fails within this
 
@@ -322,8 +322,8 @@ def test_workers_die_with_their_parent(tmp_path, start_method):
 
 def test_recording_evaluation_and_loader_workers_die_with_their_parent(monkeypatch, tmp_path):
     from common import processes
-    from training import data
     from recording import sim as record_sim_episodes
+    from training import data
     armed = []
     for module in (processes, data):  # the worker pools of recording and evaluation start through processes
         monkeypatch.setattr(module, 'die_with_parent', armed.append)

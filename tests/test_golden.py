@@ -14,9 +14,9 @@ import zlib
 import pytest
 import torch
 
-from training import loop as train
 from policies.registry import make_policy
 from tests.helpers import GOLDEN_DIR
+from training import loop as train
 
 ACTION_ATOL = 2e-5
 LOSS_RTOL = 1e-5

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import imitate_episodes
-from cli import run_config
 from checkpoints.folder import CONFIG_FILE, read_config
+from cli import run_config
 from constants import PROJECT_VERSION
-from policies.diffusion import DEFAULTS as DIFFUSION_DEFAULTS
 from policies.act import ACT_DEFAULTS
+from policies.diffusion import DEFAULTS as DIFFUSION_DEFAULTS
 from policies.registry import make_policy
 from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, train_args
 from training.loop import TRAINING_STATE
@@ -100,6 +100,7 @@ def test_eval_needs_no_model_flags_with_config_json(two_epoch_run, short_episode
 def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_run, tmp_path, short_episodes,
                                                                   capsys):
     import shutil
+
     from evaluation import rollout as evaluate
     args, _ = two_epoch_run
     ckpt_dir = tmp_path / 'ckpt'

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import imitate_episodes
-from cli import run_config
 from checkpoints import lerobot_act
+from cli import run_config
 from convert_checkpoint import to_act, to_lerobot
-from formats.normalize import Normalizer
 from detr.reference import randomise_batch_norm
 from detr.resnet import build_resnet_trunk
 from evaluation.rollout import load_policy, load_stats
+from formats.normalize import Normalizer
 from policies.registry import make_policy, resolve_policy_config
 from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, write_tiny_episode
 

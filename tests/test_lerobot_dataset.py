@@ -9,18 +9,19 @@ import pytest
 
 import convert_dataset
 import imitate_episodes
-from formats import lerobot as lerobot_dataset
 import visualize_episodes
-from formats.stats import get_norm_stats
-from training.data import EpisodicDataset
 from formats.datasets import open_dataset
 from formats.episode import Episode
 from formats.hdf5 import episode_path, read_episode, store_episode
-from formats.lerobot import INFO_PATH, LeRobotFormatError, LeRobotEpisodes, QUANTILES
+from formats.lerobot import INFO_PATH, QUANTILES, LeRobotEpisodes, LeRobotFormatError
 from formats.lerobot_stats import quantile_key
 from formats.lerobot_video import encode_video
 from formats.lerobot_writer import LeRobotWriter
-from tests.helpers import train_args
+from evaluation.rollout import eval_bc, load_stats
+from formats.normalize import STATS_KEYS
+from formats.stats import get_norm_stats
+from tests.helpers import TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, write_tiny_checkpoint
+from training.data import EpisodicDataset
 
 LENGTHS = (9, 5, 12)  # episodes of different lengths
 HW = (32, 48)
@@ -306,3 +307,21 @@ def test_video_shorter_than_its_table_or_at_another_fps(v3, tmp_path):
     with pytest.raises(LeRobotFormatError, match='episode_000000.mp4: the video runs at 25 fps but meta/info.json '
                                                  'and the table say 50 fps'):
         slow.check_frames(0, ['top'], LENGTHS[0])
+
+
+def test_stats_from_takes_a_lerobot_dataset_and_names_an_empty_folder(v3, tmp_path, capsys):
+    """--stats_from accepts a LeRobot dataset wherever it accepts episode files; an empty folder is named."""
+    root, episodes = v3
+    policy_config = dict(TINY_ACT_CONFIG, camera_names=['top'])
+    ckpt = write_tiny_checkpoint(str(tmp_path / 'ckpt'), policy_config, start_pose_stats([0] * 6, 0.5, 1.0))
+    config = eval_config(ckpt, policy_config, stats_from=root, num_rollouts=1, save_video=False)
+    normalizer = load_stats(config)
+    expected = get_norm_stats(open_dataset(root))
+    assert all(np.array_equal(normalizer.stats[key], expected[key]) for key in STATS_KEYS)
+    np.testing.assert_allclose(normalizer.stats['action_mean'], np.concatenate([e.action for e in episodes]).mean(0),
+                               rtol=1e-5, atol=1e-6)
+    success_rate, _ = eval_bc(config, 'policy_best.ckpt')  # one rollout normalised with the dataset's statistics
+    assert 0 <= success_rate <= 1 and 'Rollout 0' in capsys.readouterr().out
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match=r'empty: holds no episodes \(episode_\*\.hdf5 files or a LeRobot dataset\)'):
+        load_stats(dict(config, stats_from=str(tmp_path / 'empty')))

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import imitate_episodes
-from training import loop as train
-from training.metrics import METRICS_FILE, read_metrics
 from tests.helpers import train_args
 from tests.test_train import interrupt_and_resume
+from training import loop as train
+from training.metrics import METRICS_FILE, read_metrics
 
 TRAIN_FIELDS = {'split', 'step', 'unit', 'loss', 'l1', 'kl', 'lr', 'lr_group_1', 'grad_norm', 'samples_per_s',
                 'data_wait_s', 'step_s', 'peak_rss_mb'}

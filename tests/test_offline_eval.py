@@ -8,15 +8,15 @@ import pytest
 import torch
 
 import imitate_episodes
-from formats.normalize import Normalizer
-from formats.stats import get_norm_stats
-from training.data import load_data, split_episodes
+from evaluation.offline import evaluate_offline
 from formats.datasets import open_dataset
 from formats.hdf5 import episode_path, read_episode
-from evaluation.offline import evaluate_offline
+from formats.normalize import Normalizer
+from formats.stats import get_norm_stats
 from policies.registry import make_policy
 from tests.helpers import TINY_IMAGE_HW, write_tiny_episode
 from tests.test_diffusion_policy import tiny_config
+from training.data import load_data, split_episodes
 
 
 class QposEcho:

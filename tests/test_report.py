@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from constants import DT
-from evaluation.rollout import eval_bc
 from evaluation.report import reward_stages
+from evaluation.rollout import eval_bc
 from tests.helpers import TINY_ACT_CONFIG, eval_config, start_pose_stats, write_tiny_checkpoint
 
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import imitate_episodes
-from constants import SIM_TASK_CONFIGS
 from common.files import load_torch_file, save_safetensors
+from constants import SIM_TASK_CONFIGS
 from policies.registry import make_policy
 from tests.helpers import TASK, train_args
 from tests.test_diffusion_policy import tiny_config

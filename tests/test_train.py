@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import imitate_episodes
-from training import loop as train
 from checkpoints.folder import atomic_save
 from tests.helpers import ROOT, TASK, train_args
+from training import loop as train
 
 
 def training_state(ckpt_dir):
@@ -76,6 +76,7 @@ def test_resume_step_mode_matches_uninterrupted(tiny_dataset, tmp_path, monkeypa
 
 def test_resume_does_not_fetch_the_imagenet_weights_it_replaces(tiny_dataset, tmp_path, monkeypatch):
     import warnings
+
     from detr import resnet
 
     def offline(name):
@@ -152,8 +153,8 @@ def test_grad_accum_and_amp_bf16_train(tiny_dataset, tmp_path):
 
 def test_first_loss_matches_plain_reference(tiny_dataset, tmp_path, tiny_act_config):
     """With amp off, the optimised path (uint8 frames, channels-last) gives the loss of a plain float pass."""
-    from training.data import load_data
     from policies.registry import make_policy
+    from training.data import load_data
     np.random.seed(1)
     train_loader, _, _, _ = load_data(tiny_dataset, 5, ['top'], 4, 4)
     train_loader.sampler.set_epoch(0)

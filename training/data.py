@@ -9,7 +9,7 @@ all episodes (`Normalizer`, saved as the original's `dataset_stats.pkl`).
 What differs: files are opened once per process (never once per sample) and episodes are preloaded
 into memory when they fit; images stay uint8 (K, H, W, 3) until they reach the device
 (`image_to_tensor`); episodes may differ in length; compressed HDF5 and the JPEG layout are read as
-well (episodes.py); the random start step of a sample is derived from (seed, epoch) by
+well (formats/); the random start step of a sample is derived from (seed, epoch) by
 `EpisodeSampler`, so a resumed run draws exactly the samples an uninterrupted one would.
 """
 import functools
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from formats.datasets import open_dataset
 from common.processes import die_with_parent
+from formats.datasets import open_dataset
 from formats.images import resize_images
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats

@@ -2,7 +2,7 @@
 
 Each unit (an epoch, or an optimizer step with num_steps) validates first (every validate_every
 units), then trains; the lowest validation loss picks the best checkpoint. Files go to
-config['ckpt_dir'] (checkpoint.py lists them), each written atomically. Added to the original:
+config['ckpt_dir'] (checkpoints/folder.py lists them), each written atomically. Added to the original:
 `training_state.pt` (everything --resume needs, so a resumed run reproduces the uninterrupted one's
 losses exactly), Ctrl-C / SIGTERM saving that state before exiting, mixed precision, gradient
 accumulation, learning-rate schedules, step-based training and several processes under torchrun
@@ -21,14 +21,14 @@ import torch
 from tqdm import tqdm
 
 from checkpoints.folder import TRAINING_STATE, atomic_save, save_policy
-from training.settings import TrainSettings
-from formats.stats import data_changes
-from policies.inputs import image_to_tensor
 from common.files import load_torch_file
-from training.metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
-from policies.base import autocast
-from policies.registry import make_policy, resolve_policy_config
 from common.seeds import rng_states, set_rng_states, set_seed
+from formats.stats import data_changes
+from policies.base import autocast
+from policies.inputs import image_to_tensor
+from policies.registry import make_policy, resolve_policy_config
+from training.metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
+from training.settings import TrainSettings
 
 ### Training settings
 # Settings train_bc falls back to when a config (like the original's) lacks them.
@@ -209,7 +209,7 @@ def check_resume(state, config, path):
 
 
 def check_resume_data(state, record, path, any_data=False):
-    """Raise unless the data of `record` (data.dataset_record) is the data the state was trained
+    """Raise unless the data of `record` (formats.stats.dataset_record) is the data the state was trained
     on; with any_data, print what changed and go on."""
     if state.get('data') is None:
         print(f'--resume: {path} holds no record of its data (an older version wrote it): the data is not checked')
@@ -564,7 +564,7 @@ def init_wandb(config):
 def train_bc(train_dataloader, val_dataloader, config, state=None, init=None):
     """Train config['policy_class'] -> (best epoch, its validation loss, its state dict).
     With config['resume'], `state` is the training state already read (else it is read here).
-    init: checkpoint.read_pretrained's dict, whose fitting weights a new run starts from.
+    init: checkpoints.reader.read_pretrained's dict, whose fitting weights a new run starts from.
     The loaders' worker processes are stopped when training ends, however it ends."""
     config = {**TRAIN_DEFAULTS, **config}
     try:
