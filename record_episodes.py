@@ -4,203 +4,23 @@ or an SO-100 / SO-101 task (leader and follower arms of real_robot/tasks.py, at 
 The followers copy the leaders while the cameras record; the episode is written in the
 original real-robot HDF5 layout (attrs sim=False, qpos/qvel/effort/action, one image dataset per
 camera) under a temporary name and renamed into place when complete; with --format lerobot it is
-appended to a LeRobot dataset (formats/lerobot_writer.py), atomically too.
+appended to a LeRobot dataset (formats/lerobot_writer.py), atomically too. The recording itself is
+recording/robot.py.
 
     python record_episodes.py --task_name aloha_wear_shoe [--episode_idx 3] [--robot_driver dynamixel]
     python record_episodes.py --task_name aloha_wear_shoe --format lerobot --dataset_dir data/wear_shoe_lerobot
     python record_episodes.py --task_name so101_pick_place --format lerobot --task "Put the cube in the bowl"
 """
-import functools
-import os
-import time
+import argparse
 
-import numpy as np
-from tqdm import tqdm
+from common.files import DiskFull
+from real_robot.settings import ROBOT_DRIVERS
+from recording.robot import main
 
-import real_robot
-from common.files import DiskFull, prepare_folder
-from constants import CONTROL_HZ, DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
-from formats.episode import Episode
-from formats.hdf5 import episode_path, store_episode
-from formats.lerobot_writer import append_episodes, count_lerobot_episodes
-from real_robot import settings
-from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
-from real_robot.so_env import so_joint_names
-
-MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
+RECORDING_DRIVERS = tuple(d for d in ROBOT_DRIVERS if d != 'sim')  # leaders to copy: real arms only
 
 
-def opening_ceremony(master_bot_left, master_bot_right, puppet_bot_left, puppet_bot_right):
-    """Move all four arms to the start pose, then wait until both leader grippers are closed."""
-    for puppet, master in ((puppet_bot_left, master_bot_left), (puppet_bot_right, master_bot_right)):
-        puppet.reboot_gripper()
-        puppet.set_operating_mode('arm', settings.PUPPET_ARM_MODE)
-        puppet.set_operating_mode('gripper', settings.PUPPET_GRIPPER_MODE)
-        master.set_operating_mode('arm', 'position')
-        master.set_operating_mode('gripper', 'position')
-    for bot in (puppet_bot_left, master_bot_left, puppet_bot_right, master_bot_right):
-        torque_on(bot)
-
-    all_bots = [master_bot_left, puppet_bot_left, master_bot_right, puppet_bot_right]
-    move_arms(all_bots, [settings.START_ARM_QPOS] * 4, move_time=settings.OPENING_MOVE_TIME_S)
-    move_grippers(all_bots, [MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE] * 2, move_time=0.5)
-
-    # the operator closes both leader grippers to start; their arms stay powered until then
-    master_bot_left.torque(False, 'gripper')
-    master_bot_right.torque(False, 'gripper')
-    print('Close the gripper to start')
-    # NOTE(faithful): with the original gripper calibration the leaders' mid position is already
-    # below the threshold, so recording starts as soon as the grippers reach it.
-    while not (get_arm_gripper_positions(master_bot_left) < settings.TELEOP_START_THRESHOLD
-               and get_arm_gripper_positions(master_bot_right) < settings.TELEOP_START_THRESHOLD):
-        time.sleep(DT / 10)
-    torque_off(master_bot_left)
-    torque_off(master_bot_right)
-    print('Started!')
-
-
-def teleoperate(env, read_action, max_timesteps):
-    """Step env with read_action() (the leaders' pose) -> (timesteps (T + 1), actions (T), [t0, t1, t2] per step)."""
-    ts = env.reset(fake=True)
-    timesteps, actions, actual_dt_history = [ts], [], []
-    for _ in tqdm(range(max_timesteps), unit='step'):
-        t0 = time.time()
-        action = read_action()
-        t1 = time.time()
-        ts = env.step(action)
-        t2 = time.time()
-        timesteps.append(ts)
-        actions.append(action)
-        actual_dt_history.append([t0, t1, t2])
-    return timesteps, actions, actual_dt_history
-
-
-def print_dt_diagnosis(actual_dt_history):
-    history = np.array(actual_dt_history)  # (T, 3)
-    get_action_time = history[:, 1] - history[:, 0]
-    step_env_time = history[:, 2] - history[:, 1]
-    total_time = history[:, 2] - history[:, 0]
-    freq_mean = 1 / np.mean(total_time)
-    print(f'Avg freq: {freq_mean:.2f} Get action: {np.mean(get_action_time):.3f} '
-          f'Step env: {np.mean(step_env_time):.3f}')
-    return freq_mean
-
-
-def save_episode(save, timesteps, actions, camera_names):
-    """Save the episode with save(Episode), atomically; observation t pairs with action t."""
-    steps = timesteps[:len(actions)]  # the observation after the last action is not kept
-    t0 = time.time()
-    low_dim = {key: np.array([ts.observation[key] for ts in steps], np.float32) for key in ('qpos', 'qvel', 'effort')}
-    images = {cam: np.stack([ts.observation['images'][cam] for ts in steps]) for cam in camera_names}  # (T, H, W, 3)
-    save(Episode(action=np.array(actions, np.float32), images=images, sim=False, **low_dim))
-    print(f'Saving: {time.time() - t0:.1f} secs')
-
-
-def capture_one_episode(max_timesteps, camera_names, save, driver):
-    master_bot_left, master_bot_right = real_robot.make_master_bots(driver, init_node=True)
-    env = None
-    try:
-        env = real_robot.make_real_env(init_node=False, setup_robots=False, driver=driver, camera_names=camera_names)
-        opening_ceremony(master_bot_left, master_bot_right, env.puppet_bot_left, env.puppet_bot_right)
-        timesteps, actions, actual_dt_history = teleoperate(
-            env, lambda: real_robot.get_action(master_bot_left, master_bot_right), max_timesteps)
-        torque_on(master_bot_left)
-        torque_on(master_bot_right)
-        move_grippers([env.puppet_bot_left, env.puppet_bot_right], [PUPPET_GRIPPER_JOINT_OPEN] * 2, move_time=0.5)
-    except (real_robot.RobotFault, KeyboardInterrupt) as e:
-        reason = 'interrupted (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else str(e)
-        for bot in (master_bot_left, master_bot_right):
-            try:
-                bot.torque(False, 'all')
-            except real_robot.RobotFault as failure:
-                print(f"Could not confirm torque off of '{bot.name}': {failure}")
-        if env is not None:
-            env.safety_stop(reason)
-        raise
-    finally:
-        if env is not None:
-            env.close()
-        master_bot_left.close()
-        master_bot_right.close()
-    print_dt_diagnosis(actual_dt_history)
-    save_episode(save, timesteps, actions, camera_names)
-
-
-def capture_so_episode(task_config, save, driver):
-    """Teleoperate an SO task: the followers first move to the leaders' pose, then copy them at the task's fps."""
-    from real_robot.so_env import check_driver
-    check_driver(driver)
-    leaders = real_robot.make_so_leaders(task_config)
-    env = None
-    try:
-        env = real_robot.make_so_env(task_config)
-        move_arms(list(env.bots), list(real_robot.get_so_action(leaders).reshape(len(leaders), -1)),
-                  move_time=settings.SO_OPENING_MOVE_TIME_S)
-        print('Started!')
-        timesteps, actions, actual_dt_history = teleoperate(
-            env, lambda: real_robot.get_so_action(leaders), task_config['episode_len'])
-    except (real_robot.RobotFault, KeyboardInterrupt) as e:
-        if env is not None:
-            env.safety_stop('interrupted (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else str(e))
-        raise
-    finally:
-        if env is not None:
-            env.close()
-        for arm in leaders:
-            arm.close()
-    print_dt_diagnosis(actual_dt_history)
-    save_episode(save, timesteps, actions, task_config['camera_names'])
-
-
-def get_auto_index(dataset_dir):
-    """The first index i with no episode_{i}.hdf5 in dataset_dir."""
-    for i in range(MAX_EPISODE_INDEX + 1):
-        if not os.path.isfile(episode_path(dataset_dir, i)):
-            return i
-    raise RuntimeError(f'{dataset_dir}: no free episode index up to {MAX_EPISODE_INDEX}')
-
-
-def main(args):
-    task_config = real_robot.get_task_config(args['task_name'])
-    dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
-    prepare_folder(dataset_dir, '--dataset_dir')
-    if args.get('format', 'hdf5') == 'lerobot':
-        target, save = lerobot_target(args, dataset_dir, task_config)
-    else:
-        episode_idx = args['episode_idx'] if args['episode_idx'] is not None else get_auto_index(dataset_dir)
-        target = episode_path(dataset_dir, episode_idx)
-        if os.path.isfile(target) and not args.get('overwrite'):
-            raise FileExistsError(f'{target} exists: choose another --episode_idx, leave it out to take the '
-                                  'next free one, or pass --overwrite')
-        print(os.path.splitext(os.path.basename(target))[0] + '\n')
-        save = functools.partial(store_episode, target)
-    if real_robot.is_so_task(task_config):
-        capture_so_episode(task_config, save, args.get('robot_driver', 'auto'))
-    else:
-        capture_one_episode(task_config['episode_len'], task_config['camera_names'], save,
-                            args.get('robot_driver', 'auto'))
-    return target
-
-
-def lerobot_target(args, dataset_dir, task_config):
-    """(dataset_dir, save) appending the episode to the LeRobot dataset there: the next index only."""
-    index = count_lerobot_episodes(dataset_dir)
-    if args.get('episode_idx') not in (None, index):
-        raise ValueError(f"--episode_idx {args['episode_idx']}: a LeRobot dataset takes episodes in order; "
-                         f"{dataset_dir} takes episode {index} next (leave --episode_idx out)")
-    if args.get('overwrite'):
-        raise ValueError('--overwrite: episodes of a LeRobot dataset are not replaced; record into a new --dataset_dir')
-    print(f'{dataset_dir}: LeRobot episode {index}\n')
-    task = args.get('task') or args['task_name']
-    writer = {'fps': CONTROL_HZ, 'task': task}
-    if real_robot.is_so_task(task_config):  # LeRobot's names, rate and robot type for SO arms
-        writer.update(fps=task_config.get('fps', settings.SO_FPS), robot_type=task_config.get('robot_type'),
-                      names=so_joint_names(len(task_config['followers'])))
-    return dataset_dir, lambda episode: append_episodes(dataset_dir, [episode], **writer)
-
-
-if __name__ == '__main__':
-    import argparse
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task_name', required=True, help='real-robot task (real_robot/tasks.py)')
     parser.add_argument('--dataset_dir', help="folder of the episodes (default: the task's dataset_dir)")
@@ -210,9 +30,14 @@ if __name__ == '__main__':
                         help='hdf5: episode_{idx}.hdf5 files (the original layout); lerobot: append to the LeRobot '
                              'dataset (v3.0) at --dataset_dir, created when absent')
     parser.add_argument('--task', help='--format lerobot: the task description (default: --task_name)')
-    parser.add_argument('--robot_driver', choices=('auto', 'interbotix', 'dynamixel', 'feetech'), default='auto',
+    parser.add_argument('--robot_driver', choices=RECORDING_DRIVERS, default='auto',
                         help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
                              'modules import)')
+    return parser
+
+
+if __name__ == '__main__':
+    parser = build_parser()
     try:
         main(vars(parser.parse_args()))
     except DiskFull as err:  # the episodes recorded before are intact

@@ -82,12 +82,12 @@ def _version(text, path):
         raise ValueError(f"{path}: project_version {text!r} is not a version number like '1.0.0'") from None
 
 
-def read_config(ckpt_dir):
-    """The folder's config.json of this project as a dict, or None when it has none (a folder of the
-    original's). checkpoints.reader.open_checkpoint tells a LeRobot folder's config.json apart first."""
+def load_config_json(ckpt_dir):
+    """(path, object) of the folder's config.json, this project's or LeRobot's; object None when the
+    folder has none (a folder of the original's)."""
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        return None
+        return path, None
     try:
         with open(path) as f:
             config = json.load(f)
@@ -95,6 +95,11 @@ def read_config(ckpt_dir):
         raise ValueError(f'{path} cannot be read as JSON ({err}); fix or remove it and give every model flag') from None
     if not isinstance(config, dict):
         raise ValueError(f'{path}: expected a JSON object, got {type(config).__name__}')
+    return path, config
+
+
+def checked_config(config, path):
+    """This project's config.json object, checked: a version this project reads, the keys evaluation needs."""
     written_by = config.get('project_version', '0')
     if _version(written_by, path) > _version(PROJECT_VERSION, path):
         raise ValueError(f'{path} was written by version {written_by} of this project, newer than this one '
@@ -105,3 +110,10 @@ def read_config(ckpt_dir):
         raise KeyError(f'{path} has no {", ".join(missing)}; fix or remove it and give every model flag')
     return config
 
+
+
+def read_config(ckpt_dir):
+    """The folder's config.json of this project, checked, or None when it has none (a folder of the
+    original's). Any folder, LeRobot's too: checkpoints.reader.open_checkpoint."""
+    path, config = load_config_json(ckpt_dir)
+    return None if config is None else checked_config(config, path)

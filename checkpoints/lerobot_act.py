@@ -101,17 +101,9 @@ def from_lerobot_state_dict(state_dict):
 
 ################################ Reading ################################
 
-def is_lerobot_folder(folder):
-    """Whether folder holds a LeRobot policy (a config.json naming its "type")."""
-    path = os.path.join(folder, CONFIG_FILE)
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and 'type' in config and 'policy_class' not in config
+def is_lerobot_config(config):
+    """Whether a checkpoint folder's config.json object is a LeRobot policy's (it names its "type")."""
+    return 'type' in config and 'policy_class' not in config
 
 
 def image_features(lr_config):
@@ -289,10 +281,10 @@ def _vector(tensor, size):
     return tensor.flatten().expand(size).numpy().astype(np.float32).copy()
 
 
-def read_lerobot_config(folder):
-    """The folder's LeRobot config.json, checked (check_lerobot_config)."""
+def read_lerobot_config(folder, lr_config=None):
+    """The folder's LeRobot config.json (lr_config: its object, already read), checked (check_lerobot_config)."""
     path = os.path.join(folder, CONFIG_FILE)
-    lr_config = read_json(path)
+    lr_config = read_json(path) if lr_config is None else lr_config
     check_lerobot_config(lr_config, path)
     return lr_config
 
@@ -314,10 +306,11 @@ def read_lerobot_checkpoint(folder, statistics=True):
             'use_vae': lr_config.get('use_vae', True)}
 
 
-def lerobot_run_config(folder):
+def lerobot_run_config(folder, lr_config=None):
     """The config.json content of this project (checkpoints.folder.make_run_config's keys) that a LeRobot
-    ACT folder amounts to, statistics files read for the image normalisation; no task name."""
-    lr_config = read_lerobot_config(folder)
+    ACT folder amounts to (lr_config: its config.json object, already read), statistics files read for
+    the image normalisation; no task name."""
+    lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     try:
         _, image_mean, image_std = statistics_from_lerobot(folder, lr_config)

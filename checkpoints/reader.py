@@ -11,8 +11,8 @@ needs:
 import os
 from dataclasses import dataclass
 
-from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, policy_file, read_config
-from checkpoints.lerobot_act import (MODEL_FILE, feature_listing, is_lerobot_folder, lerobot_run_config,
+from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, checked_config, load_config_json, policy_file
+from checkpoints.lerobot_act import (MODEL_FILE, feature_listing, is_lerobot_config, lerobot_run_config,
                                      load_lerobot_weights, read_lerobot_checkpoint, read_lerobot_config,
                                      statistics_from_lerobot)
 from common.files import load_torch_file
@@ -25,11 +25,13 @@ KINDS = ('project', 'original', 'lerobot')
 
 
 def open_checkpoint(path):
-    """The checkpoint folder at `path`, its kind decided here."""
-    if is_lerobot_folder(path):
-        return Checkpoint(path, 'lerobot', lerobot_run_config(path))
-    config = read_config(path)
-    return Checkpoint(path, 'original' if config is None else 'project', config)
+    """The checkpoint folder at `path`, its config.json read once and its kind decided here."""
+    config_path, config = load_config_json(path)
+    if config is None:
+        return Checkpoint(path, 'original')
+    if is_lerobot_config(config):
+        return Checkpoint(path, 'lerobot', lerobot_run_config(path, config))
+    return Checkpoint(path, 'project', checked_config(config, config_path))
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,23 @@
-"""What a person watches: H.264 videos written frame by frame, and a live matplotlib view.
+"""What a person watches: H.264 videos written frame by frame, a live matplotlib view, and the
+joint plot of an episode.
 
-Evaluation writes its rollouts and shows the simulation through these; the sim recorder shows
-its episodes through the same view.
+Evaluation writes its rollouts and shows the simulation through these, the sim recorder shows its
+episodes through the same view, and the episode viewer (visualize_episodes.py) writes its video and
+plot with save_videos and visualize_joints.
 """
 import errno
 import os
 import shutil
 import sys
 
+import numpy as np
+
 from common.files import atomic_path
-from constants import CONTROL_HZ
+from constants import CONTROL_HZ, JOINT_NAMES
 
 NON_INTERACTIVE_BACKENDS = {'agg', 'pdf', 'ps', 'svg', 'pgf', 'cairo', 'template'}
+STATE_NAMES = JOINT_NAMES + ['gripper']  # per arm, in the joint plot
+SUBPLOT_HEIGHT = 2  # inches per joint subplot
 
 
 class VideoWriter:
@@ -82,3 +88,55 @@ def display_available():
         return False
     import matplotlib.pyplot as plt
     return plt.get_backend().lower() not in NON_INTERACTIVE_BACKENDS
+
+
+def save_videos(video, dt, video_path=None):
+    """Write cameras side by side as H.264 mp4 at 1 / dt fps.
+
+    video: {camera: (T, H, W, 3) uint8} or a list over time of {camera: (H, W, 3) uint8}.
+    """
+    if isinstance(video, list):
+        cam_names = list(video[0].keys())
+        frames = (np.concatenate([step[cam] for cam in cam_names], axis=1) for step in video)
+    else:
+        cam_names = list(video.keys())
+        frames = (np.concatenate([video[cam][t] for cam in cam_names], axis=1)  # (H, W * cams, 3)
+                  for t in range(len(video[cam_names[0]])))
+    writer = VideoWriter(video_path, fps=int(1 / dt))
+    try:
+        for frame in frames:
+            writer.append(frame)
+    except BaseException as error:
+        writer.abort(error)
+        raise
+    writer.close()
+    print(f'Saved video to: {video_path}')
+
+
+def joint_labels(num_dim):
+    """Names of the state dimensions: '<joint>_left', ..., '<joint>_right' for two-arm states."""
+    if num_dim == 2 * len(STATE_NAMES):
+        return [f'{n}_left' for n in STATE_NAMES] + [f'{n}_right' for n in STATE_NAMES]
+    return [f'dim {i}' for i in range(num_dim)]
+
+
+def visualize_joints(qpos_list, command_list, plot_path=None, ylim=None, label_overwrite=None):
+    """One subplot per dimension with the state and the command overlaid."""
+    import matplotlib.pyplot as plt
+    label1, label2 = label_overwrite or ('State', 'Command')
+    qpos = np.array(qpos_list)  # (T, D)
+    command = np.array(command_list)  # (T, D)
+    num_dim = qpos.shape[1]
+    fig, axs = plt.subplots(num_dim, 1, figsize=(num_dim, SUBPLOT_HEIGHT * num_dim), squeeze=False)
+    for dim_idx, (ax, name) in enumerate(zip(axs[:, 0], joint_labels(num_dim))):
+        ax.plot(qpos[:, dim_idx], label=label1)
+        ax.plot(command[:, dim_idx], label=label2)
+        ax.set_title(f'Joint {dim_idx}: {name}')
+        if ylim:
+            ax.set_ylim(ylim)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(plot_path) as tmp:
+        fig.savefig(tmp, format='png')
+    plt.close(fig)
+    print(f'Saved qpos plot to: {plot_path}')

@@ -1,15 +1,9 @@
-"""Export a trained policy for deployment: self-contained model files and policy.json in one folder.
+"""The export behind export_policy.py (its docstring tells the files and the flags).
 
-The exported graph takes raw inputs and gives raw actions: qpos (B, state_dim) float32 and camera
-images (B, cameras, H, W, 3) uint8 at the policy's image size -> actions (B, chunk, action_dim)
-float32; the dataset statistics (dataset_stats.pkl) and the image normalisation are inside, and the
-batch size is free. ACT and CNNMLP are one graph (policy.onnx). Diffusion is two: its observation
-encoder (encoder.onnx: qpos (B, obs_horizon, state_dim), images (B, obs_horizon, cameras, H, W, 3)
--> condition) and its denoising network (denoiser.onnx); the DDIM sampling loop runs in the runtime
-with the scheduler's constants written to policy.json. policy.json also names the cameras, image
-size, sizes, chunk and action horizons, control rate, and the source checkpoint's SHA-256.
-Quantisation to int8 covers the weights of the matrix products (onnxruntime's dynamic
-quantisation; convolutions stay fp32). export_policy.py is the command line.
+Each exported graph is the eager policy wrapped with its statistics (`DETRGraph`, for Diffusion
+`DiffusionEncoderGraph` and `DenoiserGraph`): raw qpos and uint8 images in, actions in robot units
+out, with a free batch size. `export` writes the graphs and policy.json into a partial folder,
+checks them against the eager policy over CHECK_BATCHES, and only then puts the folder in place.
 """
 import contextlib
 import io

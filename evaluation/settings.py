@@ -29,7 +29,7 @@ class EvalSettings:
     save_video: bool = True
     robot_backend: str = 'builtin'
     robot_driver: str = 'auto'
-    stats_from: str = None  # an episodes folder whose statistics replace the checkpoint's (--stats_from)
+    stats_from: str = None  # a dataset folder (episode files or LeRobot) whose statistics replace the checkpoint's
     runtime: str = 'torch'  # 'onnxruntime' / 'openvino': the exported policy through policy_runtime.PolicyRunner
     export_dir: str = None  # --runtime onnxruntime: the export (default: exported next to the checkpoint)
     checkpoint: Checkpoint = None  # the opened ckpt_dir (checkpoints.reader); opened from ckpt_dir when None
@@ -45,5 +45,8 @@ class EvalSettings:
         if missing:
             raise KeyError(f'evaluation config lacks {missing}')
         settings = cls(**{k: config[k] for k in names if config.get(k) is not None})
-        return dataclasses.replace(settings, image_size=tuple(settings.image_size),
-                                   checkpoint=settings.checkpoint or open_checkpoint(settings.ckpt_dir))
+        return dataclasses.replace(settings, image_size=tuple(settings.image_size))
+
+    def __post_init__(self):
+        if self.checkpoint is None:  # the folder is opened once, here, and travels with the settings
+            object.__setattr__(self, 'checkpoint', open_checkpoint(self.ckpt_dir))

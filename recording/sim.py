@@ -1,18 +1,10 @@
-"""Generate scripted demonstrations in simulation and save them as HDF5 episodes.
+"""Scripted demonstrations in simulation, the work behind record_sim_episodes.py (its docstring
+tells the episode layout and the flags).
 
-For each episode: roll out the scripted end-effector policy in ee_sim_env (nothing rendered
-unless --onscreen_render) and keep its joint trajectory, with the gripper joint positions replaced
-by the normalised gripper commands; replay that trajectory as actions in the joint-space sim_env,
-rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in the original layout
-(formats/hdf5.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
-/observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk. --no_shadows renders without
-shadows (a third of the CPU per frame with a software rasteriser; frames differ from the original's) and
-marks the files attrs['shadows'] False, which training copies into config.json for evaluation.
-Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
-
---format lerobot records into a LeRobot dataset (formats/lerobot_writer.py) instead: the episodes are
-staged as gzip HDF5 files in <dataset_dir>.recording (kept across an interruption, so a new run
-resumes), then appended in order in one atomic write, after the episodes the dataset already has.
+`EpisodeRecorder` holds one process's two environments: the scripted end-effector rollout in
+ee_sim_env, then the replay of its joint trajectory (grippers replaced by their normalised
+commands) in sim_env, which renders only the recorded cameras. `main` records the missing
+episodes of a task, in worker processes when asked, as HDF5 files or staged for a LeRobot dataset.
 """
 import contextlib
 import os

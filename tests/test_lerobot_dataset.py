@@ -10,6 +10,7 @@ import pytest
 import convert_dataset
 import imitate_episodes
 import visualize_episodes
+from evaluation.rollout import eval_bc, load_stats
 from formats.datasets import open_dataset
 from formats.episode import Episode
 from formats.hdf5 import episode_path, read_episode, store_episode
@@ -17,7 +18,6 @@ from formats.lerobot import INFO_PATH, QUANTILES, LeRobotEpisodes, LeRobotFormat
 from formats.lerobot_stats import quantile_key
 from formats.lerobot_video import encode_video
 from formats.lerobot_writer import LeRobotWriter
-from evaluation.rollout import eval_bc, load_stats
 from formats.normalize import STATS_KEYS
 from formats.stats import get_norm_stats
 from tests.helpers import TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, write_tiny_checkpoint

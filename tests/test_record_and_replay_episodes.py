@@ -8,12 +8,12 @@ import pytest
 
 import constants
 import real_robot
-import record_episodes
 import replay_episodes
 from real_robot import settings
 from real_robot.cameras import TEST_PATTERN
 from real_robot.emulator import ServoBusEmulator
 from real_robot.protocol import position_to_rad, rad_to_position
+from recording import robot as record_episodes
 
 CAMERA_NAMES = ['cam_high', 'cam_low', 'cam_left_wrist', 'cam_right_wrist']
 EPISODE_LEN = 12

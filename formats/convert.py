@@ -1,0 +1,61 @@
+"""Demonstrations from one dataset format to the other (convert_dataset.py): HDF5 episode files to a
+new LeRobot v3.0 dataset, or a LeRobot dataset to episode files, each built beside its destination
+and renamed when complete."""
+import os
+import shutil
+
+from tqdm import tqdm
+
+from constants import ALOHA_STATE_DIM, CONTROL_HZ
+from formats.datasets import open_dataset
+from formats.hdf5 import episode_path, store_episode
+from formats.lerobot import DEFAULT_TASK, LeRobotEpisodes
+from formats.lerobot_writer import LeRobotWriter
+
+ALOHA_ROBOT_TYPE = 'aloha'  # --robot_type of two-arm ALOHA episodes (ALOHA_STATE_DIM) when none is given
+
+
+def check_destination(dst):
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise ValueError(f'DST {dst} already exists; choose a new folder (nothing is overwritten)')
+
+
+def to_lerobot(src, dst, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=None, num_episodes=None):
+    """HDF5 episodes 0..N-1 of src -> a new LeRobot v3.0 dataset at dst; returns N."""
+    source = open_dataset(src)
+    if isinstance(source, LeRobotEpisodes):
+        raise ValueError(f'SRC {src} is a LeRobot dataset already; --to hdf5 converts it to episode files')
+    count = source.num_episodes if num_episodes is None else num_episodes
+    if count == 0:
+        raise ValueError(f'SRC {src} holds no episode_0.hdf5 (episode files episode_0.hdf5, episode_1.hdf5, ...)')
+    check_destination(dst)
+    if robot_type is None and source.low_dim(0)[0].shape[1] == ALOHA_STATE_DIM:
+        robot_type = ALOHA_ROBOT_TYPE
+    with LeRobotWriter(dst, fps=fps or CONTROL_HZ, task=task, robot_type=robot_type, vcodec=vcodec) as writer:
+        for index in tqdm(range(count), desc=f'{src} -> LeRobot ({writer.vcodec})', unit='episode'):
+            writer.add(source.read_episode(index))
+    return count
+
+
+def to_hdf5(src, dst, num_episodes=None, compression=None):
+    """A LeRobot dataset at src -> episode_{i}.hdf5 files in a new folder dst; returns the count."""
+    source = open_dataset(src)
+    if not isinstance(source, LeRobotEpisodes):
+        raise ValueError(f'SRC {src} is not a LeRobot dataset (no meta/info.json)')
+    count = source.num_episodes if num_episodes is None else num_episodes
+    if not 0 < count <= source.num_episodes:
+        raise ValueError(f'--num_episodes {count}: {src} holds {source.num_episodes} episodes')
+    check_destination(dst)
+    work = dst.rstrip(os.sep) + '.partial'
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    try:
+        for index in tqdm(range(count), desc=f'{src} -> HDF5', unit='episode'):
+            store_episode(episode_path(work, index), source.read_episode(index), compression)
+        if os.path.isdir(dst):
+            os.rmdir(dst)  # empty, checked above
+        os.replace(work, dst)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return count
