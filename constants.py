@@ -1,15 +1,16 @@
 """Task configurations and fixed robot constants.
 
-Users add a task by adding an entry to SIM_TASK_CONFIGS (its name beginning with `sim_`; real-robot
-tasks go in real_robot/tasks.py). Dataset directories default to `<repo>/data/<task_name>`; set the
-environment variable ACT_DATA_DIR to keep data elsewhere, or pass --dataset_dir to the scripts for a
-one-off run.
+Users add a task by adding an entry to SIM_TASK_CONFIGS (its name beginning with `sim_`) or to
+REAL_TASK_CONFIGS (real robots; real_robot.TASK_CONFIGS is the same table, aloha_scripts' name for
+it). Dataset directories default to `<repo>/data/<task_name>`; set the environment variable
+ACT_DATA_DIR to keep data elsewhere, or pass --dataset_dir to the scripts for a one-off run.
 """
 import os
-
-from common.paths import DATA_DIR
+import pathlib
 
 PROJECT_VERSION = '1.0.0'  # written into each checkpoint folder's config.json
+REPO_DIR = pathlib.Path(__file__).parent.resolve()
+DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all task datasets
 
 
 def _sim_task(name, episode_len, camera_names=('top',), num_episodes=50):
@@ -27,6 +28,43 @@ SIM_TASK_CONFIGS = {
     'sim_transfer_cube_human': _sim_task('sim_transfer_cube_human', 400),
     'sim_insertion_scripted': _sim_task('sim_insertion_scripted', 400),
     'sim_insertion_human': _sim_task('sim_insertion_human', 500),
+}
+
+
+### Real-robot tasks (aloha_scripts' TASK_CONFIGS)
+# ALOHA tasks: episode_len in control steps of DT (50 Hz). SO-100 / SO-101 tasks name their arms
+# (SO_ARMS in real_robot/settings.py: followers and leaders, left arm first), their cameras
+# (CAMERA_DEVICES) and their rate; episode_len is in steps of 1 / fps; state and action have 6
+# values per arm (real_robot/so_env.py).
+ALOHA_CAMERA_NAMES = ['cam_high', 'cam_low', 'cam_left_wrist', 'cam_right_wrist']
+
+REAL_TASK_CONFIGS = {
+    'aloha_wear_shoe': {
+        'dataset_dir': os.path.join(DATA_DIR, 'aloha_wear_shoe'),
+        'num_episodes': 50,
+        'episode_len': 1000,
+        'camera_names': list(ALOHA_CAMERA_NAMES),
+    },
+    'so101_pick_place': {  # one SO-101 arm: state and action 6
+        'dataset_dir': os.path.join(DATA_DIR, 'so101_pick_place'),
+        'num_episodes': 50,
+        'episode_len': 600,  # 20 s at 30 Hz
+        'camera_names': ['front', 'wrist'],
+        'followers': ['so_follower'],
+        'leaders': ['so_leader'],
+        'fps': 30,
+        'robot_type': 'so101_follower',
+    },
+    'so101_bimanual': {  # two SO-101 arms: state and action 12
+        'dataset_dir': os.path.join(DATA_DIR, 'so101_bimanual'),
+        'num_episodes': 50,
+        'episode_len': 900,  # 30 s at 30 Hz
+        'camera_names': ['front'],
+        'followers': ['so_follower_left', 'so_follower_right'],
+        'leaders': ['so_leader_left', 'so_leader_right'],
+        'fps': 30,
+        'robot_type': 'bi_so101_follower',
+    },
 }
 
 
@@ -58,19 +96,19 @@ def get_sim_task_config(task_name):
 
 
 def get_task_config(task_name):
-    """Sim tasks (names beginning with sim_, short ones too) come from constants.py, real-robot
-    tasks from real_robot.TASK_CONFIGS."""
+    """Sim tasks (names beginning with sim_, short ones too) from SIM_TASK_CONFIGS, real-robot tasks
+    from REAL_TASK_CONFIGS."""
     # NOTE(faithful): the original tells a simulated task by the name's 'sim_' prefix
     if task_name[:4] == 'sim_':
         return get_sim_task_config(task_name)
-    from real_robot.tasks import TASK_CONFIGS
     if task_name in SIM_TASK_CONFIGS:
         raise KeyError(f"task '{task_name}' is in SIM_TASK_CONFIGS (constants.py), whose names must begin with "
-                       f"'sim_' (the prefix marks a simulated task); real-robot tasks go in real_robot/tasks.py")
-    if task_name not in TASK_CONFIGS:
+                       f"'sim_' (the prefix marks a simulated task); real-robot tasks go in REAL_TASK_CONFIGS")
+    if task_name not in REAL_TASK_CONFIGS:
         raise KeyError(f"unknown task '{task_name}': sim tasks (constants.py) are {sim_task_names()}; "
-                       f"real-robot tasks (real_robot/tasks.py) are {', '.join(sorted(TASK_CONFIGS))}")
-    return TASK_CONFIGS[task_name]
+                       f"real-robot tasks (REAL_TASK_CONFIGS in constants.py) are "
+                       f"{', '.join(sorted(REAL_TASK_CONFIGS))}")
+    return REAL_TASK_CONFIGS[task_name]
 
 
 ### Simulation envs fixed constants

@@ -1,5 +1,5 @@
 """Record one teleoperated episode on the real robot: ALOHA (two leader and two follower arms, 50 Hz)
-or an SO-100 / SO-101 task (leader and follower arms of real_robot/tasks.py, at the task's fps, 30 Hz).
+or an SO-100 / SO-101 task (leader and follower arms of its REAL_TASK_CONFIGS entry, at the task's fps, 30 Hz).
 
 The followers copy the leaders while the cameras record; the episode is written in the
 original real-robot HDF5 layout (attrs sim=False, qpos/qvel/effort/action, one image dataset per
@@ -14,6 +14,7 @@ recording/robot.py.
 import argparse
 
 from common.files import DiskFull
+from formats.datasets import DATASET_FORMATS
 from real_robot.settings import ROBOT_DRIVERS
 from recording.robot import main
 
@@ -22,11 +23,11 @@ RECORDING_DRIVERS = tuple(d for d in ROBOT_DRIVERS if d != 'sim')  # leaders to 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--task_name', required=True, help='real-robot task (real_robot/tasks.py)')
+    parser.add_argument('--task_name', required=True, help='real-robot task (REAL_TASK_CONFIGS in constants.py)')
     parser.add_argument('--dataset_dir', help="folder of the episodes (default: the task's dataset_dir)")
     parser.add_argument('--episode_idx', type=int, help='episode index (default: the first free one)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing episode_{idx}.hdf5')
-    parser.add_argument('--format', choices=('hdf5', 'lerobot'), default='hdf5',
+    parser.add_argument('--format', choices=DATASET_FORMATS, default='hdf5',
                         help='hdf5: episode_{idx}.hdf5 files (the original layout); lerobot: append to the LeRobot '
                              'dataset (v3.0) at --dataset_dir, created when absent')
     parser.add_argument('--task', help='--format lerobot: the task description (default: --task_name)')

@@ -20,6 +20,7 @@ import sys
 
 from common.files import DiskFull
 from constants import IMAGE_HW
+from formats.datasets import DATASET_FORMATS
 from formats.lerobot import LeRobotFormatError
 from recording.sim import main
 
@@ -50,7 +51,7 @@ def build_parser():
                              'renders the same way)')
     parser.add_argument('--inject_noise', action='store_true',
                         help='add uniform noise to the scripted end-effector positions')
-    parser.add_argument('--format', choices=('hdf5', 'lerobot'), default='hdf5',
+    parser.add_argument('--format', choices=DATASET_FORMATS, default='hdf5',
                         help='hdf5: episode_{i}.hdf5 files (the original layout); lerobot: a LeRobot dataset (v3.0) '
                              'at --dataset_dir, episodes appended after those it has')
     return parser

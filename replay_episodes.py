@@ -4,7 +4,7 @@
     python replay_episodes.py --dataset_dir data/so101_pick_place --task_name so101_pick_place
 
 --dataset_dir holds episode_*.hdf5 files or a LeRobot dataset. The arms are ALOHA's, or those of
-the SO task given with --task_name (real_robot/tasks.py), at its rate.
+the SO task given with --task_name (REAL_TASK_CONFIGS in constants.py), at its rate.
 """
 from tqdm import tqdm
 
@@ -40,7 +40,7 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataset_dir', required=True, help='folder of the episodes (HDF5 or LeRobot)')
     parser.add_argument('--episode_idx', type=int, default=0, help='episode index')
-    parser.add_argument('--task_name', help='an SO-100 / SO-101 task of real_robot/tasks.py: replay on its arms '
+    parser.add_argument('--task_name', help='an SO-100 / SO-101 task of REAL_TASK_CONFIGS: replay on its arms '
                         '(default: the ALOHA arms)')
     parser.add_argument('--robot_driver', choices=ROBOT_DRIVERS, default='auto',
                         help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '

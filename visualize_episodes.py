@@ -33,7 +33,7 @@ if __name__ == '__main__':
     parser.add_argument('--dataset_dir', action='store', type=str,
                         help="Dataset dir: episode_*.hdf5 files or a LeRobot dataset (default: --task_name's).")
     parser.add_argument('--task_name', help=f'task whose dataset folder to read: {sim_task_names()}, or a '
-                        'real-robot task (real_robot/tasks.py)')
+                        'real-robot task (REAL_TASK_CONFIGS in constants.py)')
     parser.add_argument('--episode_idx', action='store', type=int, default=0, help='Episode index.')
     cli_args = vars(parser.parse_args())
     if not (cli_args['dataset_dir'] or cli_args['task_name']):

@@ -32,7 +32,7 @@ EVAL_FLAGS = ('ckpt_dir', 'policy_class', 'onscreen_render', 'task_name', 'tempo
 
 def with_default_folder(args):
     """args with the task's long name and, when --ckpt_dir is left out, CKPT_ROOT/<task_name>
-    (printed); a ValueError when neither --ckpt_dir nor --task_name is given."""
+    (printed); a UsageError when neither --ckpt_dir nor --task_name is given."""
     args = dict(args)
     if args.get('task_name'):
         args['task_name'] = canonical_task_name(args['task_name'])

@@ -2,6 +2,8 @@
 from formats.hdf5 import HDF5Episodes
 from formats.lerobot import LeRobotEpisodes, is_lerobot_dataset
 
+DATASET_FORMATS = ('hdf5', 'lerobot')  # --format of the recorders: episode_{i}.hdf5 files, or a LeRobot dataset
+
 
 def open_dataset(dataset_dir):
     """The episodes of dataset_dir: a LeRobot dataset (meta/info.json) or episode_{i}.hdf5 files."""

@@ -190,7 +190,7 @@ def _aloha_scripts_module(name):
 
 def make_eval_env(backend='builtin', driver='auto', camera_names=None, image_size=None, task_name=None):
     """Environment for policy evaluation on a real (or simulated-real) robot; an SO task's arms
-    when task_name names one (real_robot/tasks.py)."""
+    when task_name names one (REAL_TASK_CONFIGS in constants.py)."""
     from real_robot.so_env import check_driver, is_so_task, make_so_env
     task_config = TASK_CONFIGS.get(task_name, {})
     if is_so_task(task_config):

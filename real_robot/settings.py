@@ -6,8 +6,7 @@ per serial number); gripper calibration constants live in the top-level constant
 import math
 import os
 
-from common.paths import REPO_DIR
-from constants import IMAGE_HW, START_ARM_POSE
+from constants import IMAGE_HW, REPO_DIR, START_ARM_POSE
 
 ### Servo buses (Dynamixel Protocol 2.0, one USB-serial adapter per arm)
 SERVO_PORTS = {  # bot name -> serial device

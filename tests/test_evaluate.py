@@ -12,7 +12,7 @@ import torch
 from constants import START_ARM_POSE
 from evaluation.rollout import (ChunkedController, Evaluator, episode_outcome, eval_bc, load_policy, load_stats,
                                 result_file_name, rollout_line, rollout_results, summary_text, write_result_file)
-from policies.chunker import TemporalEnsembler
+from policies.chunker import ActionChunker, TemporalEnsembler
 from tests.helpers import TASK, TINY_IMAGE_HW, eval_config, start_pose_stats, write_tiny_checkpoint
 
 
@@ -60,6 +60,22 @@ def test_ensembler_equals_offline_weighted_average():
         weights = np.exp(-0.01 * np.arange(len(predictions)))  # oldest prediction weighs most
         expected = np.average(predictions.astype(np.float64), axis=0, weights=weights)
         np.testing.assert_allclose(ours[t].numpy(), expected, rtol=1e-12)
+
+
+def test_the_chunker_plays_numpy_and_torch_chunks_alike():
+    """The one chunker serves the torch-free runtime (numpy) and evaluation (torch tensors)."""
+    chunks = torch.rand(20, 6, 3) + 0.1
+    for temporal_agg in (False, True):
+        played = []
+        for kind in (torch.Tensor.numpy, lambda chunk: chunk):
+            chunker = ActionChunker(6, action_horizon=4, temporal_agg=temporal_agg, obs_horizon=2)
+            actions = []
+            for t in range(20):
+                assert len(chunker.observe(t)) == 2
+                actions.append(np.asarray(chunker.play(kind(chunks[t]) if chunker.query_due else None)))
+            played.append(np.stack(actions))
+        np.testing.assert_allclose(played[0], played[1], rtol=1e-12)
+        assert temporal_agg or np.array_equal(played[0][5], chunks[4, 1].numpy())  # step 5 plays chunk 4's second
 
 
 def test_ensembler_reset_and_k():
