@@ -1,4 +1,5 @@
-"""data.py: the episodic dataset, sampling, statistics, the Normalizer, and the data errors."""
+"""training/data.py, formats/stats.py and formats/normalize.py: the episodic dataset, sampling,
+statistics, the Normalizer, and the data errors."""
 import os
 
 import h5py

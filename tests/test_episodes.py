@@ -1,4 +1,4 @@
-"""episodes.py: the episode file format (original, compressed and JPEG layouts), reading errors,
+"""formats/hdf5.py: the episode file format (original, compressed and JPEG layouts), reading errors,
 (atomic writes: tests/test_faults.py)."""
 import os
 

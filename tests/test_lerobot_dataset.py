@@ -1,4 +1,4 @@
-"""LeRobot datasets (lerobot_dataset.py): v3.0 written and read back frame-exactly, v2.1 read, the
+"""LeRobot datasets (formats/lerobot*.py): v3.0 written and read back frame-exactly, v2.1 read, the
 statistics, training on both, the conversions both ways, appending, and each kind of bad input."""
 import json
 import os

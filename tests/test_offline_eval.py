@@ -1,4 +1,4 @@
-"""offline_eval.py and --eval_offline: errors against a hand computation with a known policy,
+"""evaluation/offline.py and --eval_offline: errors against a hand computation with a known policy,
 the diversity of deterministic and stochastic policies, the run's held-out episodes, bad input."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""policy.py: ACT and CNNMLP training losses, inference, checkpoints, optimizer, bad input."""
+"""policies/act.py: ACT and CNNMLP training losses, inference, checkpoints, optimizer, bad input."""
 import subprocess
 import sys
 import types

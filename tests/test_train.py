@@ -1,4 +1,4 @@
-"""train.py: resume reproduces an uninterrupted run exactly, Ctrl-C saves the state, atomic writes,
+"""training/loop.py: resume reproduces an uninterrupted run exactly, Ctrl-C saves the state, atomic writes,
 gradient accumulation and mixed precision, the learning-rate schedule, several processes (DDP)."""
 import os
 import signal

@@ -1,4 +1,5 @@
-"""visualize_episodes.py: the video and joint plot of an episode, in every layout episodes.py reads."""
+"""visualize_episodes.py: the video and joint plot of an episode, in every layout
+formats/ reads."""
 import os
 import subprocess
 import sys
