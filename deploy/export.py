@@ -216,7 +216,10 @@ def compare_with_eager(folder, policy, normalizer, cfg):
         qpos = (qpos * normalizer.stats['qpos_std'] + normalizer.stats['qpos_mean']).astype(np.float32)  # data-like
         noise = diffusion_noise(policy, batch) if diffusion else None
         exported = runner.query(qpos, images, noise=noise)
-        worst = max(worst, float(np.abs(exported - eager_chunks(policy, normalizer, qpos, images)).max()))
+        difference = float(np.abs(exported - eager_chunks(policy, normalizer, qpos, images)).max())
+        if not np.isfinite(difference):
+            raise RuntimeError('the policy gives non-finite actions (NaN or infinite weights or statistics): not written')
+        worst = max(worst, difference)
     return worst
 
 

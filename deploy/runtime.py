@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from formats.normalize import from_unit_range
-from policies.chunker import ActionChunker
+from policies.chunker import ActionChunker, checked_action
 
 MANIFEST = 'policy.json'
 FORMAT_VERSION = 1
@@ -233,7 +233,9 @@ class PolicyRunner:
         return (np.stack([q for q, _ in history])[None], np.stack([im for _, im in history])[None])
 
     def act(self, qpos, images):
-        """qpos (state_dim,), images (cams, H, W, 3) uint8 of this step -> the raw action (action_dim,) float64."""
+        """qpos (state_dim,), images (cams, H, W, 3) uint8 of this step -> the raw action (action_dim,) float64;
+        NonFiniteAction (a ValueError naming the step) instead of a NaN or infinite action."""
         history = self.chunker.observe((qpos, images))
+        step = self.chunker.t
         chunk = self.query(*self._inputs(history))[0] if self.chunker.query_due else None  # (chunk, A)
-        return np.asarray(self.chunker.play(chunk), dtype=np.float64)
+        return checked_action(np.asarray(self.chunker.play(chunk), dtype=np.float64), step)

@@ -55,6 +55,8 @@ def _rollout_html(result, max_reward, ckpt_dir):
     success = result['highest_reward'] == max_reward
     outcome = (f'<span class="{"success" if success else "failure"}">{"success" if success else "failure"}</span>, '
                f'highest reward {result["highest_reward"]} of {max_reward}, return {result["episode_return"]}')
+    if result.get('failure'):
+        outcome += f'; ended at {html.escape(result["failure"])}'
     video = ''
     if result.get('video_path'):
         name = html.escape(os.path.relpath(result['video_path'], ckpt_dir))

@@ -30,7 +30,7 @@ from constants import CONTROL_HZ, DT, IMAGE_HW
 from evaluation.report import write_report
 from evaluation.settings import EvalSettings
 from formats.images import resize_images
-from policies.chunker import ActionChunker
+from policies.chunker import ActionChunker, NonFiniteAction, checked_action
 from policies.inputs import image_to_tensor
 
 ### Fixed evaluation settings (the original's values)
@@ -153,9 +153,11 @@ def get_image(ts, camera_names, size, device):
 
 
 ### Output
-def rollout_line(rollout_id, episode_return, highest_reward, max_reward):
+def rollout_line(rollout_id, episode_return, highest_reward, max_reward, failure=None):
+    """The original's lines of a rollout; with `failure`, why it ended early."""
+    ended = f' (ended at {failure})' if failure else ''
     return (f'Rollout {rollout_id}\nepisode_return={episode_return}, episode_highest_reward={highest_reward}, '
-            f'env_max_reward={max_reward}, Success: {highest_reward == max_reward}')
+            f'env_max_reward={max_reward}, Success: {highest_reward == max_reward}{ended}')
 
 
 ### Rollouts
@@ -178,6 +180,10 @@ class Evaluator:
             self.runner = None
             self.controller = ChunkedController(self.policy, self.settings.temporal_agg)
         self.onscreen = self.settings.onscreen_render and not self.settings.real_robot
+        self.sim_failures = ()  # what ends a sim rollout early instead of the evaluation
+        if not self.settings.real_robot:  # (a real robot stops on its own)
+            from dm_control.rl.control import PhysicsError  # after make_env: sim_env chose the GL backend
+            self.sim_failures = (NonFiniteAction, PhysicsError)
         clock = getattr(self.env, 'clock', None)  # real robots: their control rate (SO arms 30 Hz)
         self.video_fps = round(1 / clock.dt) if getattr(clock, 'dt', None) else CONTROL_HZ
 
@@ -200,7 +206,8 @@ class Evaluator:
 
     def rollout(self, rollout_id, pose=None, video_path=None):
         """One episode -> dict with rollout_id, episode_return, highest_reward, max_reward, rewards,
-        final_qpos, final_env_state (sim), video_path and wall_s."""
+        final_qpos, final_env_state (sim), video_path, failure (why a sim rollout ended early, or None)
+        and wall_s."""
         start = time.perf_counter()
         # fixes the sampling noise of stochastic policies (Diffusion); ACT and CNNMLP use none
         torch.manual_seed(EVAL_SEED + rollout_id)
@@ -214,7 +221,7 @@ class Evaluator:
         video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
         view = OnscreenView(DT) if self.onscreen else None
         try:
-            ts, rewards = self._run_episode(ts, video, view)
+            ts, rewards, failure = self._run_episode(ts, video, view)
         except BaseException as error:
             if video is not None:
                 video.abort(error)
@@ -231,21 +238,29 @@ class Evaluator:
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
                 'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
                 'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
-                'wall_s': time.perf_counter() - start}
+                'failure': failure, 'wall_s': time.perf_counter() - start}
 
     def _run_episode(self, ts, video, view):
-        """Step the policy from time step `ts` for episode_len steps -> (last time step, rewards)."""
+        """Step the policy from time step `ts` for episode_len steps -> (last time step, rewards, failure).
+        In simulation a NaN or infinite action, or physics that diverge, end the rollout (failure says
+        at which step and why) and the evaluation goes on; the rewards reached before count. The real
+        robot's environment holds and stops on such an action itself."""
         rewards = []
         with torch.inference_mode():
-            for _ in range(self.settings.episode_len):
+            for t in range(self.settings.episode_len):
                 if view is not None:
                     view.show(self.env.physics.render(*IMAGE_HW, camera_id=ONSCREEN_CAM))
-                action, frame = self.next_action(ts)  # (A,) in robot units
-                if video is not None:
-                    video.append(frame)
-                ts = self.env.step(action)
+                try:
+                    action, frame = self.next_action(ts)  # (A,) in robot units
+                    if video is not None:
+                        video.append(frame)
+                    ts = self.env.step(action if self.settings.real_robot else checked_action(action, t))
+                except self.sim_failures as failure:
+                    if isinstance(failure, NonFiniteAction):
+                        return ts, rewards, str(failure)
+                    return ts, rewards, f'step {t}: the simulation diverged ({failure})'
                 rewards.append(ts.reward)
-        return ts, rewards
+        return ts, rewards, None
 
 
 def _video_path(settings, rollout_id, save_episode):
@@ -307,7 +322,7 @@ def eval_bc(config, ckpt_name, save_episode=True):
     for result in rollout_results(settings, ckpt_name, save_episode):
         results.append(result)
         print(rollout_line(result['rollout_id'], result['episode_return'], result['highest_reward'],
-                           result['max_reward']))
+                           result['max_reward'], result['failure']))
         if result['video_path'] is not None:
             print(f'Saved video to: {result["video_path"]}')
 

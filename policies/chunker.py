@@ -18,6 +18,19 @@ import numpy as np
 TEMPORAL_AGG_K = 0.01  # ensembling weight exp(-k * i), i = 0 for the oldest prediction (the original's k)
 
 
+class NonFiniteAction(ValueError):
+    """A policy gave a NaN or infinite action, which is never sent (the message names the step)."""
+
+
+def checked_action(action, step):
+    """action (A,) numpy in robot units -> itself, or NonFiniteAction naming the step and the first bad value."""
+    bad = np.flatnonzero(~np.isfinite(action))
+    if len(bad):
+        raise NonFiniteAction(f'step {step}: the policy\'s action holds non-finite values ({action[bad[0]]} at '
+                              f'index {bad[0]}, {len(bad)} of {len(action)}); not sent')
+    return action
+
+
 class TemporalEnsembler:
     """Temporal ensembling of action chunks, in memory that grows with the chunk size only.
 

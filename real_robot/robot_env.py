@@ -7,6 +7,7 @@ import threading
 import time
 
 import dm_env
+import numpy as np
 
 from real_robot import settings
 from real_robot.bots import ARM_JOINTS, RobotFault, TransientFault
@@ -32,6 +33,7 @@ class RobotEnv:
         self._watchdog_fault = None
         self._engaged = False  # torque may be on: park the arms on close
         self._closed = False
+        self._steps = 0  # actions sent since the last reset
         self.watchdog = Watchdog(self._on_policy_stall) if self.clock.realtime else None
         if setup_robots:
             self.setup_robots()
@@ -95,7 +97,17 @@ class RobotEnv:
 
     ### episode
     def reset(self, fake=False):
+        self._steps = 0
         return self._guarded(self._reset, fake)
+
+    def _check_finite(self, action):
+        """A NaN or infinite action is never sent: the arms hold where they are, then the safe stop runs."""
+        values = np.asarray(action, dtype=float)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            self.hold_position()
+            raise RobotFault(f'step {self._steps}: the action holds non-finite values ({values[bad[0]]} at index '
+                             f'{bad[0]}, {len(bad)} of {values.size}); not sent, the arms held their position')
 
     def _first_step(self):
         return dm_env.TimeStep(step_type=dm_env.StepType.FIRST, reward=self.get_reward(), discount=None,
@@ -107,9 +119,11 @@ class RobotEnv:
     def _step(self, action):
         if self._watchdog_fault is not None:
             raise self._watchdog_fault
+        self._check_finite(action)
         with self._lock:
             self._engaged = True
             self._command(action)
+        self._steps += 1
         self.clock.tick()
         obs = self.get_observation()
         if self.watchdog:

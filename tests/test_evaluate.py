@@ -324,3 +324,42 @@ def test_diffusion_sampling_is_seeded_per_rollout(tmp_path):
     torch.manual_seed(123)  # whatever state the process is in
     alone = evaluator.rollout(1, pose_of_rollout_1)
     np.testing.assert_allclose(alone['final_qpos'], sequential[1]['final_qpos'], atol=1e-6)
+
+
+def spoil_action_head(ckpt_dir, value):
+    """The checkpoint's action head made to give `value` (NaN, or a huge action) at every step."""
+    path = ckpt_dir / 'policy_best.ckpt'
+    state = torch.load(path)
+    state['model.action_head.weight'].zero_()
+    state['model.action_head.bias'].fill_(value)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_a_nan_action_ends_its_rollout_and_the_evaluation_goes_on(tiny_ckpt_dir, tiny_act_config, workers, capsys):
+    spoil_action_head(tiny_ckpt_dir, float('nan'))
+    config = eval_config(tiny_ckpt_dir, tiny_act_config, episode_len=6, eval_workers=workers)
+    success_rate, _ = eval_bc(config, 'policy_best.ckpt')
+    out = capsys.readouterr().out
+    assert success_rate == 0.0
+    assert out.count("Success: False (ended at step 0: the policy's action holds non-finite values (nan at index 0, "
+                     "14 of 14); not sent)") == 2
+    assert (tiny_ckpt_dir / 'result_policy_best.txt').is_file() and (tiny_ckpt_dir / 'report.html').is_file()
+    assert 'ended at step 0' in (tiny_ckpt_dir / 'report.html').read_text()
+
+
+def test_physics_that_diverge_end_the_rollout_with_mujocos_warning(tiny_ckpt_dir, tiny_act_config, capsys,
+                                                                  monkeypatch):
+    from dm_control.rl import control
+    step = control.Environment.step
+
+    def diverging(env, action):  # MuJoCo's own warning, raised as dm_control raises it, at step 3
+        if env.physics.data.time > 2.5 * env.control_timestep():
+            raise control.PhysicsError('Physics state is invalid. Warning(s) raised: mjWARN_BADQACC')
+        return step(env, action)
+    monkeypatch.setattr(control.Environment, 'step', diverging)
+    eval_bc(eval_config(tiny_ckpt_dir, tiny_act_config, episode_len=6, save_video=False), 'policy_best.ckpt')
+    out = capsys.readouterr().out
+    assert out.count('Success: False (ended at step 3: the simulation diverged (Physics state is invalid. '
+                     'Warning(s) raised: mjWARN_BADQACC))') == 2
+    assert (tiny_ckpt_dir / 'result_policy_best.txt').is_file() and (tiny_ckpt_dir / 'report.html').is_file()

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import export_policy
 from checkpoints.folder import make_run_config, write_config
@@ -139,6 +140,17 @@ def test_int8_export_runs_and_stays_close(act_export, tmp_path):
         assert np.abs(exported - eager).max() < 0.05
 
 
+def test_the_runtime_never_returns_a_nan_action(act_export):
+    from policy_runtime import PolicyRunner
+    runner = PolicyRunner(act_export[1])
+    images = np.zeros((2, 24, 32, 3), np.uint8)
+    assert np.isfinite(runner.act(np.zeros(14, np.float32), images)).all()
+    runner.query = lambda qpos, images: np.full((1, runner.chunk_size, 14), np.nan, np.float32)
+    runner.reset()
+    with pytest.raises(ValueError, match=r"step 0: the policy's action holds non-finite values \(nan at index 0"):
+        runner.act(np.zeros(14, np.float32), images)
+
+
 def test_the_runtime_imports_and_runs_without_torch(act_export):
     _, folder = act_export
     script = ('import sys; sys.modules["torch"] = None\n'
@@ -258,6 +270,18 @@ def test_export_without_statistics_names_the_file(act_export, tmp_path, capsys):
     with pytest.raises(SystemExit):
         export(run, tmp_path / 'out')
     assert 'dataset_stats.pkl' in capsys.readouterr().err and not os.path.exists(tmp_path / 'out')
+
+
+def test_a_policy_with_nan_actions_is_not_exported(act_export, tmp_path, capsys):
+    ckpt_dir, _ = act_export
+    run = str(tmp_path / 'run')
+    shutil.copytree(ckpt_dir, run)
+    state = torch.load(os.path.join(run, 'policy_best.ckpt'))
+    state['model.action_head.bias'].fill_(float('nan'))
+    torch.save(state, os.path.join(run, 'policy_best.ckpt'))
+    with pytest.raises(SystemExit):
+        export(run, tmp_path / 'out')
+    assert 'the policy gives non-finite actions' in capsys.readouterr().err and not os.path.exists(tmp_path / 'out')
 
 
 def test_export_help_works():

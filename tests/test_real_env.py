@@ -218,6 +218,17 @@ def test_ctrl_c_ends_in_the_safe_path(rig, capsys, monkeypatch):
     assert error.type is KeyboardInterrupt
 
 
+def test_a_nan_action_is_never_sent_and_ends_in_the_safe_path(rig, capsys):
+    env, emulators, _ = rig
+    action = env.reset(fake=True).observation['qpos'].copy()
+    env.step(action)
+    action[4] = np.nan
+    with pytest.raises(real_robot.RobotFault, match=r'step 1: the action holds non-finite values \(nan at index 4') \
+            as error:
+        env.step(action)
+    assert_safe_path(emulators, 'not sent, the arms held their position', error, capsys)
+
+
 def test_servo_hardware_error_is_reported_in_words(rig, capsys):
     env, emulators, _ = rig
     action = env.reset(fake=True).observation['qpos']

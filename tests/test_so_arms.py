@@ -257,6 +257,20 @@ def test_steps_are_clamped_to_the_range_and_the_max_step(station, env):
         env.step(np.zeros(14))
 
 
+def test_a_nan_action_never_moves_the_arm_and_releases_torque(station, env, capsys):
+    emulators, _ = station
+    action = env.reset().observation['qpos']
+    env.step(action)
+    settle(emulators['so_follower'])
+    held = follower_goals(emulators)
+    with pytest.raises(RobotFault, match=r'step 1: the action holds non-finite values \(nan at index 0, 6 of 6\)'):
+        env.step(np.full(6, np.nan))
+    emulators['so_follower'].wait_idle()
+    assert np.abs(np.array(follower_goals(emulators)) - held).max() <= 1  # held, never walked to the minimum
+    assert 'SAFETY STOP' in capsys.readouterr().out
+    assert all(s.get('torque_enable') == 0 for s in emulators['so_follower'].servos.values())
+
+
 def test_an_arm_outside_its_range_is_not_powered(station):
     emulators, _ = station
     emulators['so_follower'].servos[3].move_by_hand(3500)  # elbow_flex range 850..3100
