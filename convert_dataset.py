@@ -60,7 +60,7 @@ if __name__ == '__main__':
         parser.error(f"--fps must be 1 or more, got {cli_args['fps']}")
     try:
         main(cli_args)
-    except (ValueError, KeyError, FileNotFoundError, LeRobotFormatError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, LeRobotFormatError) as err:
         sys.exit(f'{parser.prog}: error: {err}')
     except DiskFull as err:
         sys.exit(f'{parser.prog}: error: {err.strerror}')

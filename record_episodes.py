@@ -43,3 +43,5 @@ if __name__ == '__main__':
         main(vars(parser.parse_args()))
     except DiskFull as err:  # the episodes recorded before are intact
         raise SystemExit(f'{parser.prog}: error: {err.strerror}') from None
+    except (ValueError, KeyError, FileExistsError) as err:  # bad flags or data (a fault of the robot: RobotFault)
+        parser.error(str(err.args[0]) if err.args else str(err))

@@ -62,7 +62,7 @@ if __name__ == '__main__':
     cli_args = vars(parser.parse_args())
     try:
         main(cli_args)
-    except (ValueError, LeRobotFormatError) as e:
+    except (ValueError, FileExistsError, LeRobotFormatError) as e:
         parser.error(str(e))
     except DiskFull as e:  # the episodes recorded before are intact
         sys.exit(f'{parser.prog}: error: {e.strerror}')

@@ -24,7 +24,7 @@ import os
 import numpy as np
 import torch
 
-from common.files import atomic_write, save_safetensors
+from common.files import atomic_write, inside_folder, save_safetensors
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
 
@@ -182,6 +182,11 @@ def _load_tensors(path):
         raise LeRobotFormatError(f'{path} cannot be read as safetensors ({err})') from None
 
 
+def _state_file(folder, step, source):
+    """The statistics file a processor step names, inside the checkpoint folder."""
+    return os.path.join(folder, inside_folder(folder, step['state_file'], source, 'state_file', LeRobotFormatError))
+
+
 def raw_statistics(folder, lr_config):
     """(inputs' stats, outputs' stats, eps, norm_map): {feature: {stat: float32 tensor}} from the
     processor files, or from model.safetensors' buffers in the layout before LeRobot 0.4."""
@@ -191,8 +196,8 @@ def raw_statistics(folder, lr_config):
         pre = _step(read_json(pre_path), NORMALIZER)
         post_path = os.path.join(folder, POSTPROCESSOR + '.json')
         post = _step(read_json(post_path), UNNORMALIZER) if os.path.isfile(post_path) else None
-        inputs = _grouped(_load_tensors(os.path.join(folder, pre['state_file']))) if pre and 'state_file' in pre else {}
-        outputs = (_grouped(_load_tensors(os.path.join(folder, post['state_file'])))
+        inputs = _grouped(_load_tensors(_state_file(folder, pre, pre_path))) if pre and 'state_file' in pre else {}
+        outputs = (_grouped(_load_tensors(_state_file(folder, post, post_path)))
                    if post and 'state_file' in post else {})
         step_config = (pre or {}).get('config', {})
         return inputs, outputs, float(step_config.get('eps', EPS)), step_config.get('norm_map', norm_map)

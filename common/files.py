@@ -48,6 +48,17 @@ class UnsafeFile(ValueError):
 
 ############################ Atomic writes ############################
 
+def inside_folder(folder, relative, source, key, error=UnsafeFile):
+    """`relative`, a path that file `source` gives under `key`, when it resolves inside `folder`;
+    otherwise `error` naming the file and the key (a data file never points outside its folder)."""
+    base = os.path.realpath(folder)
+    full = os.path.realpath(os.path.join(base, relative))
+    if os.path.isabs(relative) or os.path.commonpath([base, full]) != base:
+        raise error(f'{source}: {key} {relative!r} points outside {folder}; refused (a file of the folder is '
+                    f'expected)')
+    return relative
+
+
 def temp_path(path):
     """Hidden name beside `path` with the same extension (writers such as ffmpeg pick the format
     from it); never matched by `episode_*.hdf5`."""
@@ -69,6 +80,84 @@ def remove_stale_temps(folder):
                 os.remove(os.path.join(folder, name))
                 removed.append(os.path.join(folder, name))
     return removed
+
+
+STAGING_MARKER = '.act_staging'  # inside every staging folder this project builds a result in, and nowhere else
+LOCK_SUFFIX = '.lock'  # <folder>.lock: the PID of the one process writing the folder
+
+
+def make_staging(path, result):
+    """An empty staging folder at `path`, where `result` is built before it is renamed into place.
+    A leftover of this project's (its marker inside) is cleared; a folder of someone else's is refused."""
+    if os.path.lexists(path):
+        if not os.path.isfile(os.path.join(path, STAGING_MARKER)):
+            raise FileExistsError(f'{path} exists and is not a staging folder of this project, which builds {result} '
+                                  f'there first: move it away (nothing in it was touched)')
+        shutil.rmtree(path)
+    os.makedirs(path)
+    open(os.path.join(path, STAGING_MARKER), 'w').close()
+    return path
+
+
+def is_staging(path):
+    return os.path.isfile(os.path.join(path, STAGING_MARKER))
+
+
+def publish_staging(path, target):
+    """Rename the complete staging folder `path` to `target` (which must not exist or be empty), unmarked."""
+    os.remove(os.path.join(path, STAGING_MARKER))
+    if os.path.isdir(target) and not os.listdir(target):
+        os.rmdir(target)
+    os.replace(path, target)
+
+
+def drop_staging(path):
+    """Remove the staging folder `path` when it is this project's; anything else is left alone."""
+    if is_staging(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class FolderBusy(ValueError):
+    """Another living process holds the lock of a folder this process would write (the message names it)."""
+
+
+def lock_holder(path):
+    """The PID of the living process other than this one that holds `path`'s lock, or None."""
+    try:
+        with open(path.rstrip(os.sep) + LOCK_SUFFIX) as f:
+            pid = int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid and pid != os.getpid() and process_alive(pid) else None
+
+
+class FolderLock:
+    """An exclusive lock on the folder `path` for this process: `<path>.lock` holding its PID, created
+    atomically. Refused naming the holder while it lives; taken over when its holder is dead (killed)."""
+
+    def __init__(self, path):
+        self.path, self.file = path, path.rstrip(os.sep) + LOCK_SUFFIX
+
+    def __enter__(self):
+        for _ in range(2):  # a second try after clearing a dead holder's lock
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = lock_holder(self.path)
+                if holder is not None:
+                    raise FolderBusy(f'{self.path} is being written by process {holder} (lock {self.file}): '
+                                     f'let it finish first') from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.file)
+                continue
+            with os.fdopen(fd, 'w') as f:
+                f.write(str(os.getpid()))
+            return self
+        raise FolderBusy(f'{self.path}: could not take its lock {self.file}; try again')
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.file)
 
 
 def prepare_folder(folder, flag):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.files import atomic_write
+from common.files import atomic_write, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
 from formats.normalize import standardize, unstandardize
@@ -223,23 +223,37 @@ def compare_with_eager(folder, policy, normalizer, cfg):
     return worst
 
 
+def check_out(out, ckpt_dir, overwrite):
+    """Refuse an --out that would put the export into or over a training folder, or replace anything
+    but an earlier export (only that is --overwrite's to replace)."""
+    inside = os.path.commonpath([os.path.abspath(out), os.path.abspath(ckpt_dir)]) == os.path.abspath(out)
+    if inside:
+        raise FileExistsError(f'--out {out} holds the checkpoint folder {ckpt_dir}: an export goes into a folder '
+                              f'of its own (e.g. {os.path.join(ckpt_dir, "export")})')
+    if not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out)):
+        return
+    if not os.path.isfile(os.path.join(out, MANIFEST)):
+        raise FileExistsError(f'--out {out} exists and is not an export (no {MANIFEST}): choose another --out; '
+                              f'nothing in it was touched')
+    if not overwrite:
+        raise FileExistsError(f'--out {out} holds an export already: choose another --out, or pass --overwrite '
+                              f'to replace it')
+
+
 def export(settings, ckpt_name, fmt, out, quantize=None, overwrite=False):
     """Export the checkpoint `ckpt_name` run as `settings` describe (evaluation.settings.EvalSettings:
     its opened checkpoint, policy class and config, cameras, image size, task) into the folder `out`
     (built in out.partial, then renamed) -> (policy.json dict, max action difference to eager)."""
     if quantize and fmt != 'onnx':
         raise ValueError(f'--quantize {quantize}: only ONNX exports are quantised (use --format onnx)')
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(f'{out} exists and is not empty: choose another --out, or pass --overwrite')
+    check_out(out, settings.checkpoint.path, overwrite)
     checkpoint = settings.checkpoint
     normalizer = checkpoint.normalizer(settings.policy_class, settings.policy_config, settings.stats_from,
                                        settings.task_name)
     policy = checkpoint.policy(settings.policy_class, settings.policy_config, ckpt_name, 'cpu',
                                settings.task_name).float().eval()
     cfg = dict(policy.cfg, image_size=settings.image_size, camera_names=settings.camera_names)
-    work = out.rstrip(os.sep) + '.partial'
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    work = make_staging(out.rstrip(os.sep) + '.partial', f'the export {out}')
     try:
         files = {}
         for role, module, inputs, names, output in graphs(policy, normalizer.stats, cfg):
@@ -256,10 +270,10 @@ def export(settings, ckpt_name, fmt, out, quantize=None, overwrite=False):
             raise RuntimeError(f'the export differs from the eager policy by {difference:.2e} (more than '
                                f'{FP32_TOLERANCE}): not written')
         if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(work, out)
+            shutil.rmtree(out)  # an export: check_out refused anything else
+        publish_staging(work, out)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        drop_staging(work)
         raise
     return info, difference
 

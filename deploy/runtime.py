@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from common.files import inside_folder
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, checked_action
 
@@ -61,7 +62,7 @@ def read_manifest(folder):
         raise ExportError(f'{path}: export format {manifest["format_version"]} is newer than this runtime '
                           f'reads ({FORMAT_VERSION}); update the project')
     for role, entry in manifest['files'].items():
-        model_path = os.path.join(folder, entry['name'])
+        model_path = os.path.join(folder, inside_folder(folder, entry['name'], path, f'files.{role}.name', ExportError))
         if not os.path.isfile(model_path):
             raise ExportError(f'{model_path}: missing ({role} of the export in {path})')
         if file_sha256(model_path) != entry['sha256']:

@@ -2,10 +2,10 @@
 new LeRobot v3.0 dataset, or a LeRobot dataset to episode files, each built beside its destination
 and renamed when complete."""
 import os
-import shutil
 
 from tqdm import tqdm
 
+from common.files import drop_staging, make_staging, publish_staging
 from constants import ALOHA_STATE_DIM, CONTROL_HZ
 from formats.datasets import open_dataset
 from formats.hdf5 import episode_path, store_episode
@@ -46,16 +46,12 @@ def to_hdf5(src, dst, num_episodes=None, compression=None):
     if not 0 < count <= source.num_episodes:
         raise ValueError(f'--num_episodes {count}: {src} holds {source.num_episodes} episodes')
     check_destination(dst)
-    work = dst.rstrip(os.sep) + '.partial'
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    work = make_staging(dst.rstrip(os.sep) + '.partial', f'the episodes of {dst}')
     try:
         for index in tqdm(range(count), desc=f'{src} -> HDF5', unit='episode'):
             store_episode(episode_path(work, index), source.read_episode(index), compression)
-        if os.path.isdir(dst):
-            os.rmdir(dst)  # empty, checked above
-        os.replace(work, dst)
+        publish_staging(work, dst)  # dst is absent or empty, checked above
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        drop_staging(work)
         raise
     return count

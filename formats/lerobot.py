@@ -21,10 +21,12 @@ formats/episode.py; `LeRobotWriter` (lerobot_writer.py) creates a dataset or app
 import glob
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
+from common.files import STAGING_MARKER, inside_folder, lock_holder
 from constants import CONTROL_HZ
 from formats.episode import Episode
 
@@ -60,6 +62,10 @@ DEFAULT_TASK = 'demonstration'
 SIM_COLUMN = 'sim'
 
 
+PENDING_DIR = '.pending'  # an append's new files, built here before they are moved into the dataset
+COMMIT_FILE = 'COMMITTED'  # written into PENDING_DIR once every file of the append is complete
+
+
 class LeRobotFormatError(ValueError):
     """A LeRobot dataset or checkpoint this project cannot read or extend as it is; the message names
     the file and says why."""
@@ -67,6 +73,37 @@ class LeRobotFormatError(ValueError):
 
 def is_lerobot_dataset(path):
     return os.path.isfile(os.path.join(path, INFO_PATH))
+
+
+def finish_pending_append(root):
+    """Complete or roll back an append to the dataset at root that was interrupted (killed, Ctrl-C):
+    once committed, every file is in PENDING_DIR and the rest of them are moved in, info.json last;
+    before that, nothing was moved and PENDING_DIR is dropped. Left alone while a living writer holds
+    the dataset's lock. Returns what was done: 'completed', 'rolled back' or None."""
+    pending = os.path.join(root, PENDING_DIR)  # inside the dataset: this project's, marked or not
+    if not os.path.isdir(pending) or lock_holder(root) is not None:
+        return None
+    if not os.path.isfile(os.path.join(pending, COMMIT_FILE)):
+        shutil.rmtree(pending, ignore_errors=True)
+        return 'rolled back'
+    move_in(pending, root)
+    return 'completed'
+
+
+def move_in(pending, root):
+    """Move the committed files of PENDING_DIR into the dataset, info.json last, then drop PENDING_DIR."""
+    moved = []
+    for folder, _, names in os.walk(pending):
+        for name in names:
+            relative = os.path.relpath(os.path.join(folder, name), pending)
+            if relative not in (INFO_PATH, COMMIT_FILE, STAGING_MARKER):
+                moved.append(relative)
+    for relative in sorted(moved) + [INFO_PATH]:
+        if os.path.isfile(os.path.join(pending, relative)):  # a resumed move finds some moved already
+            target = os.path.join(root, relative)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(os.path.join(pending, relative), target)
+    shutil.rmtree(pending, ignore_errors=True)
 
 
 def _pq():
@@ -150,16 +187,21 @@ def _v3_entries(root, info, video_keys):
         rows = table.select([c for c in table.column_names if not c.startswith('stats/')]).to_pylist()
         for row in rows:
             try:
-                data_file = info['data_path'].format(chunk_index=row['data/chunk_index'],
-                                                     file_index=row['data/file_index'])
-                videos = {key: (info['video_path'].format(video_key=key, chunk_index=row[f'videos/{key}/chunk_index'],
-                                                          file_index=row[f'videos/{key}/file_index']),
+                data_file = _inside(root, info['data_path'].format(chunk_index=row['data/chunk_index'],
+                                                                   file_index=row['data/file_index']), 'data_path')
+                videos = {key: (_inside(root, info['video_path'].format(
+                    video_key=key, chunk_index=row[f'videos/{key}/chunk_index'],
+                    file_index=row[f'videos/{key}/file_index']), 'video_path'),
                                 float(row[f'videos/{key}/from_timestamp'])) for key in video_keys}
                 entries.append(EpisodeEntry(int(row['episode_index']), int(row['length']), data_file, videos,
                                             bool(row.get(SIM_COLUMN, True)), tuple(row.get('tasks') or ())))
             except KeyError as err:
                 raise LeRobotFormatError(f'{path}: episode rows lack the column {err.args[0]}') from None
     return entries
+
+
+def _inside(root, relative, key):
+    return inside_folder(root, relative, os.path.join(root, INFO_PATH), key, LeRobotFormatError)
 
 
 def _v2_entries(root, info, video_keys):
@@ -176,10 +218,11 @@ def _v2_entries(root, info, video_keys):
                 row = json.loads(line)
                 index = int(row['episode_index'])
                 chunk = index // chunks_size
-                videos = {key: (info['video_path'].format(episode_chunk=chunk, video_key=key, episode_index=index), 0.0)
+                videos = {key: (_inside(root, info['video_path'].format(episode_chunk=chunk, video_key=key,
+                                                                        episode_index=index), 'video_path'), 0.0)
                           for key in video_keys}
-                entries.append(EpisodeEntry(index, int(row['length']),
-                                            info['data_path'].format(episode_chunk=chunk, episode_index=index),
+                entries.append(EpisodeEntry(index, int(row['length']), _inside(
+                    root, info['data_path'].format(episode_chunk=chunk, episode_index=index), 'data_path'),
                                             videos, bool(row.get(SIM_COLUMN, True)), tuple(row.get('tasks') or ())))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise LeRobotFormatError(f'{path}: line {number} is not an episode record ({err})') from None
@@ -196,6 +239,9 @@ class LeRobotEpisodes:
 
     def __init__(self, root):
         self.root = root
+        finished = finish_pending_append(root)
+        if finished:
+            print(f'{root}: an interrupted append was {finished}')
         self.info = read_info(root)
         self.version = self.info['codebase_version']
         self.fps = self.info['fps']

@@ -3,16 +3,16 @@ import contextlib
 import glob
 import json
 import os
-import shutil
 
 import numpy as np
 
-from common.files import atomic_write
+from common.files import FolderLock, atomic_write, drop_staging, make_staging, publish_staging
 from constants import joint_names
-from formats.lerobot import (ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, CRF, DATA_FILE_MB, DATA_PATH, DEFAULT_FPS,
-                             DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES, INFO_PATH, PIX_FMT,
-                             SIM_COLUMN, STATS_PATH, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH, LeRobotEpisodes,
-                             LeRobotFormatError, _pq, column_array, is_lerobot_dataset, read_table)
+from formats.lerobot import (ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, COMMIT_FILE, CRF, DATA_FILE_MB, DATA_PATH,
+                             DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES, INFO_PATH,
+                             PENDING_DIR, PIX_FMT, SIM_COLUMN, STATS_PATH, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH,
+                             LeRobotEpisodes, LeRobotFormatError, _pq, column_array, is_lerobot_dataset, move_in,
+                             read_table)
 from formats.lerobot_stats import aggregate_stats, feature_stats, image_stats, stats_from_row, stats_to_json
 from formats.lerobot_video import VideoFile, available_vcodec
 
@@ -50,8 +50,10 @@ class LeRobotWriter:
     """Write episodes into a LeRobot v3.0 dataset at `root`: a new one, or appended to an existing
     v3.0 dataset (its fps and features must match). Use as a context manager: nothing is visible
     until it closes without error. A new dataset is built in `<root>.partial` and renamed; appended
-    files are built in `<root>/.pending` and moved in, then the metadata is rewritten, info.json
-    last, so an interrupted write leaves the dataset as it was (its leftovers are cleared next time).
+    files are built in `<root>/.pending`, marked committed once complete, then moved in, info.json
+    last: an append interrupted before the mark leaves the dataset as it was, one interrupted after
+    it is completed by the next reader or writer (formats.lerobot.finish_pending_append). One
+    writer at a time: `<root>.lock` names the process writing (common.files.FolderLock).
     names: of the state and action values in a new dataset (default constants.joint_names).
     """
 
@@ -60,19 +62,27 @@ class LeRobotWriter:
         self.root, self.task, self.robot_type, self.names = root.rstrip(os.sep), task, robot_type, names
         self.data_file_mb, self.video_file_mb = data_file_mb, video_file_mb
         self.vcodec = available_vcodec(vcodec)
+        self.lock = FolderLock(self.root).__enter__()  # one writer at a time; released by close() or abort()
+        try:
+            self._open(fps)
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        self.new_rows, self.data, self.videos = [], None, {}
+        self.total_frames = self.info['total_frames'] if self.info else 0
+
+    def _open(self, fps):
+        """A new dataset is built in <root>.partial; an append's files in <root>/.pending (PENDING_DIR)."""
         self.existing = LeRobotEpisodes(self.root) if is_lerobot_dataset(self.root) else None
         if self.existing is None:
             if os.path.isdir(self.root) and os.listdir(self.root):
                 raise LeRobotFormatError(f'{self.root}: exists and is not a LeRobot dataset (no {INFO_PATH}); '
                                          f'choose a new folder')
-            self.work = self.root + '.partial'
             self.fps, self.info, self.rows, self.tasks = fps or DEFAULT_FPS, None, [], []
+            self.work = make_staging(self.root + '.partial', f'the LeRobot dataset {self.root}')
         else:
             self._open_existing(fps)
-        shutil.rmtree(self.work, ignore_errors=True)
-        os.makedirs(self.work)
-        self.new_rows, self.data, self.videos = [], None, {}
-        self.total_frames = self.info['total_frames'] if self.info else 0
+            self.work = make_staging(os.path.join(self.root, PENDING_DIR), f'the episodes appended to {self.root}')
 
     def _open_existing(self, fps):
         info = self.existing.info
@@ -84,7 +94,6 @@ class LeRobotWriter:
             raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: the dataset runs at fps {info['fps']}, "
                                      f"not {fps}")
         self.fps, self.info = info['fps'], info
-        self.work = os.path.join(self.root, '.pending')
         self.rows = [row for path in self._episode_files() for row in read_table(path).to_pylist()]
         self.tasks = self._read_tasks()
         self._remove_unreferenced()
@@ -245,23 +254,33 @@ class LeRobotWriter:
             self.data.close()
         for video in self.videos.values():
             video.close()
-        if not self.new_rows:
-            shutil.rmtree(self.work, ignore_errors=True)
-            return
-        self._write_metadata()
-        if self.existing is None:
-            os.replace(self.work, self.root)
-        else:
-            self._move_in()
+        try:
+            if not self.new_rows:
+                drop_staging(self.work)
+                return
+            self._write_metadata()
+            if self.existing is None:
+                publish_staging(self.work, self.root)
+            else:  # the journal: committed, the append completes even if this process dies while moving
+                atomic_write(os.path.join(self.work, COMMIT_FILE), lambda f: f.write('complete'), 'w')
+                move_in(self.work, self.root)
+        finally:
+            self.lock.__exit__()
 
     def abort(self):
-        """Drop what this writer wrote; the dataset stays as it was."""
+        """Drop what this writer wrote, the dataset as it was; an append already committed completes."""
         with contextlib.suppress(Exception):
             if self.data is not None:
                 self.data.close()
             for video in self.videos.values():
                 video.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        try:
+            if os.path.isfile(os.path.join(self.work, COMMIT_FILE)):
+                move_in(self.work, self.root)
+            else:
+                drop_staging(self.work)
+        finally:
+            self.lock.__exit__()
 
     def _write_metadata(self):
         import pyarrow as pa
@@ -276,20 +295,6 @@ class LeRobotWriter:
         self.info.update(total_episodes=total, total_frames=self.total_frames, total_tasks=len(self.tasks),
                          splits={'train': f'0:{total}'})
         atomic_write(self._work_path(INFO_PATH), lambda f: json.dump(self.info, f, indent=4), 'w')
-
-    def _move_in(self):
-        """Move the new files into the dataset, info.json last."""
-        moved = []
-        for folder, _, names in os.walk(self.work):
-            for name in names:
-                relative = os.path.relpath(os.path.join(folder, name), self.work)
-                if relative != INFO_PATH:
-                    moved.append(relative)
-        for relative in sorted(moved) + [INFO_PATH]:
-            target = os.path.join(self.root, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(os.path.join(self.work, relative), target)
-        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def append_episodes(root, episodes, **settings):

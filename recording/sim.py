@@ -8,13 +8,12 @@ episodes of a task, in worker processes when asked, as HDF5 files or staged for 
 """
 import contextlib
 import os
-import shutil
 import time
 
 import numpy as np
 
 import sim_env
-from common.files import prepare_folder
+from common.files import drop_staging, is_staging, make_staging, prepare_folder
 from common.media import OnscreenView
 from common.processes import worker_pool
 from constants import CONTROL_HZ, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
@@ -268,7 +267,7 @@ def main(args):
     shapes = expected_shapes(config['episode_len'], camera_names, image_size)
     lerobot = args.get('format', 'hdf5') == 'lerobot'
     first = count_lerobot_episodes(dataset_dir) if lerobot else 0
-    episode_dir = dataset_dir.rstrip(os.sep) + STAGING_SUFFIX if lerobot else dataset_dir
+    episode_dir = staging_folder(dataset_dir) if lerobot else dataset_dir
     prepare_folder(episode_dir, '--dataset_dir')
     todo = [i for i in episodes_to_record(episode_dir, num_episodes, shapes, recorder_kwargs['shadows'])
             if i >= first]
@@ -287,6 +286,15 @@ def main(args):
     return results
 
 
+def staging_folder(dataset_dir):
+    """<dataset_dir>.recording, this project's staging folder of --format lerobot: kept from an
+    interrupted run (its episodes are resumed), made when absent, refused when it is someone else's."""
+    staging = dataset_dir.rstrip(os.sep) + STAGING_SUFFIX
+    if not is_staging(staging):
+        make_staging(staging, f'the episodes to append to {dataset_dir}')
+    return staging
+
+
 def append_staged(staging, indices, dataset_dir, task_name):
     """Append the staged episode files `indices` to the LeRobot dataset at dataset_dir, then remove them."""
     if len(indices):
@@ -294,7 +302,7 @@ def append_staged(staging, indices, dataset_dir, task_name):
             for index in indices:
                 writer.add(read_episode(episode_path(staging, index)))
                 print(f'episode {index} appended to {dataset_dir} ({writer.vcodec})')
-    shutil.rmtree(staging)
+    drop_staging(staging)
 
 
 def print_result(r):

@@ -3,6 +3,7 @@ runs them without torch, evaluation through the runtime plays the same actions, 
 a corrupted or mismatched export or bad input is refused with a message naming what was expected."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -282,6 +283,37 @@ def test_a_policy_with_nan_actions_is_not_exported(act_export, tmp_path, capsys)
     with pytest.raises(SystemExit):
         export(run, tmp_path / 'out')
     assert 'the policy gives non-finite actions' in capsys.readouterr().err and not os.path.exists(tmp_path / 'out')
+
+
+def test_an_export_never_goes_into_a_training_folder_and_overwrites_only_an_export(act_export, tmp_path, capsys):
+    ckpt_dir, folder = act_export
+    before = sorted(os.listdir(ckpt_dir))
+    for out, flags, message in ((ckpt_dir, ['--overwrite'], 'holds the checkpoint folder'),
+                                (os.path.dirname(ckpt_dir), ['--overwrite'], 'holds the checkpoint folder'),
+                                (str(tmp_path / 'notes'), ['--overwrite'], r'is not an export \(no policy.json\)'),
+                                (folder, [], 'holds an export already: choose another --out, or pass --overwrite')):
+        if out.endswith('notes'):
+            os.makedirs(out)
+            open(os.path.join(out, 'notes.txt'), 'w').close()
+        with pytest.raises(SystemExit):
+            export(ckpt_dir, out, *flags)
+        assert re.search(message, capsys.readouterr().err), message
+    assert sorted(os.listdir(ckpt_dir)) == before and os.listdir(tmp_path / 'notes') == ['notes.txt']
+    export(ckpt_dir, folder, '--overwrite')  # an export is replaced
+    assert os.path.isfile(os.path.join(folder, 'policy.json'))
+
+
+def test_an_export_naming_a_model_outside_its_folder_is_refused(act_export, tmp_path):
+    from policy_runtime import ExportError, PolicyRunner
+    _, folder = act_export
+    moved = str(tmp_path / 'export')
+    shutil.copytree(folder, moved)
+    manifest = json.load(open(os.path.join(moved, 'policy.json')))
+    shutil.copy(os.path.join(moved, 'policy.onnx'), tmp_path / 'x.onnx')
+    manifest['files']['policy']['name'] = '../x.onnx'
+    json.dump(manifest, open(os.path.join(moved, 'policy.json'), 'w'))
+    with pytest.raises(ExportError, match=r"policy.json: files.policy.name '../x.onnx' points outside"):
+        PolicyRunner(moved)
 
 
 def test_export_help_works():

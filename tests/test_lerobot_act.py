@@ -425,3 +425,14 @@ def test_a_lerobot_checkpoint_exports_for_the_runtime(lerobot_folder, tmp_path):
     export_policy.main(['--ckpt_dir', lerobot_folder, '--out', str(out), '--task_name', 'sim_transfer_cube'])
     manifest = json.loads((out / 'policy.json').read_text())  # the export matched the eager policy to 1e-4
     assert manifest['source_checkpoint']['file'] == 'model.safetensors' and manifest['camera_names'] == CAMERAS
+
+
+def test_a_processor_file_outside_the_checkpoint_is_refused(tmp_path):
+    weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
+    folder = write_lerobot_folder(str(tmp_path / 'lr'), weights, lerobot_stats())
+    path = os.path.join(folder, 'policy_preprocessor.json')
+    pipeline = json.load(open(path))
+    pipeline['steps'][-1]['state_file'] = os.path.join(str(tmp_path), 'elsewhere.safetensors')
+    json.dump(pipeline, open(path, 'w'))
+    with pytest.raises(lerobot_act.LeRobotFormatError, match=r'policy_preprocessor.json: state_file .* points outside'):
+        to_act(folder, str(tmp_path / 'act'))

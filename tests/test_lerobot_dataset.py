@@ -3,6 +3,8 @@ statistics, training on both, the conversions both ways, appending, and each kin
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 import convert_dataset
 import imitate_episodes
 import visualize_episodes
+from common.files import FolderBusy
 from evaluation.rollout import eval_bc, load_stats
 from formats.datasets import open_dataset
 from formats.episode import Episode
@@ -20,7 +23,7 @@ from formats.lerobot_video import encode_video
 from formats.lerobot_writer import LeRobotWriter
 from formats.normalize import STATS_KEYS
 from formats.stats import get_norm_stats
-from tests.helpers import TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, write_tiny_checkpoint
+from tests.helpers import ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, write_tiny_checkpoint
 from training.data import EpisodicDataset
 
 LENGTHS = (9, 5, 12)  # episodes of different lengths
@@ -325,3 +328,105 @@ def test_stats_from_takes_a_lerobot_dataset_and_names_an_empty_folder(v3, tmp_pa
     (tmp_path / 'empty').mkdir()
     with pytest.raises(ValueError, match=r'empty: holds no episodes \(episode_\*\.hdf5 files or a LeRobot dataset\)'):
         load_stats(dict(config, stats_from=str(tmp_path / 'empty')))
+
+
+def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(v3, tmp_path):
+    root = str(tmp_path / 'dataset')
+    shutil.copytree(v3[0], root)
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        with open(root + '.lock', 'w') as f:
+            f.write(str(holder.pid))
+        with pytest.raises(FolderBusy, match=rf'{root} is being written by process {holder.pid}'):
+            LeRobotWriter(root)
+        assert not os.path.exists(os.path.join(root, '.pending'))
+    finally:
+        holder.kill()
+        holder.wait()
+    with LeRobotWriter(root) as writer:  # the holder is dead: its lock is taken over
+        writer.add(make_episode(3, 4))
+    assert LeRobotEpisodes(root).num_episodes == 4 and not os.path.exists(root + '.lock')
+
+
+APPEND_KILLED_AT_RENAME = '''
+import os, sys
+import numpy as np
+from formats.episode import Episode
+from formats.lerobot_writer import LeRobotWriter
+replace, calls, kill_at = os.replace, [0], int(sys.argv[2])
+def killed(*args):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os._exit(9)  # as kill -9: no clean-up runs
+    replace(*args)
+os.replace = killed
+episode = Episode(**{key: np.load(sys.argv[3])[key] for key in ('qpos', 'action', 'qvel', 'effort')},
+                  images={cam: np.load(sys.argv[3])[cam] for cam in ('top', 'wrist')})
+with LeRobotWriter(sys.argv[1]) as writer:
+    writer.add(episode)
+'''
+
+
+def append_killed_at_rename(root, kill_at, episode_file):
+    """Append the episode of episode_file to root in a process killed at its kill_at-th rename -> its exit
+    status: 9 when killed, 0 when it had fewer renames."""
+    done = subprocess.run([sys.executable, '-c', APPEND_KILLED_AT_RENAME, root, str(kill_at), episode_file],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode in (0, 9), done.stderr
+    return done.returncode
+
+
+def test_an_append_killed_at_any_rename_is_completed_or_rolled_back(v3, tmp_path):
+    """Killed at any rename (each atomic write's and each move's), the dataset opens whole: with the 3
+    episodes it had when the kill came before the journal's commit, with the new one after it."""
+    episode = make_episode(3, 4)
+    episode_file = str(tmp_path / 'episode.npz')
+    np.savez(episode_file, qpos=episode.qpos, action=episode.action, qvel=episode.qvel, effort=episode.effort,
+             **episode.images)
+    counts = []
+    for kill_at in range(1, 40):
+        root = str(tmp_path / f'dataset_{kill_at}')
+        shutil.copytree(v3[0], root)
+        status = append_killed_at_rename(root, kill_at, episode_file)
+        if status == 0:  # no rename left to kill at: every one was tried
+            break
+        assert status == 9
+        data = LeRobotEpisodes(root)  # completes or rolls back the append
+        counts.append(data.num_episodes)
+        assert data.info['total_episodes'] == data.num_episodes and not os.path.exists(os.path.join(root, '.pending'))
+        if data.num_episodes == 4:
+            assert np.array_equal(data.low_dim(3)[0], make_episode(3, 4).qpos)
+            assert len(data.episode_frames(3, 'top')) == 4
+        with LeRobotWriter(root) as writer:  # and takes the next append
+            writer.add(make_episode(4, 3))
+        assert LeRobotEpisodes(root).num_episodes == counts[-1] + 1
+    assert 3 in counts and counts.count(4) >= 6  # data, videos, episodes metadata, tasks, stats, info.json
+    assert counts == sorted(counts)  # rolled back before the commit, completed after it
+
+
+def test_a_users_folder_named_like_a_staging_folder_is_never_deleted(v3, tmp_path):
+    root, episodes = v3
+    hdf5 = str(tmp_path / 'hdf5')
+    os.makedirs(hdf5)
+    store_episode(episode_path(hdf5, 0), episodes[0])
+    conversions = {str(tmp_path / 'back'): {'to': 'hdf5', 'src': root, 'num_episodes': 1, 'compress': None},
+                   str(tmp_path / 'lerobot'): {'to': 'lerobot', 'src': hdf5, 'fps': None, 'task': 'cube',
+                                               'robot_type': None, 'vcodec': None, 'num_episodes': 1}}
+    for dst, args in conversions.items():
+        os.makedirs(dst + '.partial')
+        notes = os.path.join(dst + '.partial', 'my_notes.txt')
+        open(notes, 'w').write('mine')
+        with pytest.raises(FileExistsError, match=rf'{dst}\.partial exists and is not a staging folder of this '
+                                                  r'project.*nothing in it was touched'):
+            convert_dataset.main({**args, 'dst': dst})
+        assert open(notes).read() == 'mine' and not os.path.exists(dst)
+
+
+@pytest.mark.parametrize('key, template', [
+    ('data_path', '../outside/file-{file_index:03d}.parquet'),
+    ('video_path', '/tmp/{video_key}/file-{file_index:03d}.mp4'),
+])
+def test_info_json_paths_outside_the_dataset_are_refused(v3, tmp_path, key, template):
+    root = broken_copy(v3, tmp_path, edit_info(**{key: template}))
+    with pytest.raises(LeRobotFormatError, match=rf'info.json: {key} .* points outside {root}; refused'):
+        LeRobotEpisodes(root)
