@@ -14,10 +14,10 @@ config.json; the original's evaluation arithmetic then reproduces LeRobot's acti
 The conversions are checkpoints/convert.py.
 """
 import argparse
-import sys
 
 from checkpoints.convert import to_act, to_lerobot
 from checkpoints.folder import BEST_CKPT
+from cli.errors import run_command
 from common.files import UnsafeFile
 from formats.lerobot import LeRobotFormatError
 
@@ -42,9 +42,5 @@ def main(args):
 
 if __name__ == '__main__':
     parser = build_parser()
-    try:
-        main(vars(parser.parse_args()))
-    except (LeRobotFormatError, UnsafeFile) as err:
-        sys.exit(f'{parser.prog}: error: {err}')
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        sys.exit(f'{parser.prog}: error: {err.args[0] if err.args else err}')
+    run_command(parser, main, vars(parser.parse_args()), plain=(LeRobotFormatError, UnsafeFile, ValueError, KeyError,
+                                                              FileNotFoundError))

@@ -14,9 +14,8 @@ complete, so an interrupted conversion leaves no dataset that looks valid; an ex
 is refused. The conversions are formats/convert.py.
 """
 import argparse
-import sys
 
-from common.files import DiskFull
+from cli.errors import run_command
 from constants import ALOHA_STATE_DIM, CONTROL_HZ
 from formats.convert import ALOHA_ROBOT_TYPE, to_hdf5, to_lerobot
 from formats.hdf5 import COMPRESSIONS
@@ -58,9 +57,5 @@ if __name__ == '__main__':
         parser.error(f"--num_episodes must be 1 or more, got {cli_args['num_episodes']}")
     if cli_args['fps'] is not None and cli_args['fps'] < 1:
         parser.error(f"--fps must be 1 or more, got {cli_args['fps']}")
-    try:
-        main(cli_args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, LeRobotFormatError) as err:
-        sys.exit(f'{parser.prog}: error: {err}')
-    except DiskFull as err:
-        sys.exit(f'{parser.prog}: error: {err.strerror}')
+    run_command(parser, main, cli_args, plain=(ValueError, KeyError, FileNotFoundError, FileExistsError,
+                                              LeRobotFormatError))

@@ -19,9 +19,11 @@ The model flags come from config.json in --ckpt_dir; a folder without one (the o
 imitate_episodes.py's model flags after the ones above. The export itself is deploy/export.py.
 """
 import argparse
+import os
 import sys
 
 from checkpoints.folder import BEST_CKPT
+from cli.errors import BAD_INPUT, DEBUG_VAR, message
 from cli.run_config import export_settings
 from deploy.export import CHECK_BATCHES, FORMATS, export
 from deploy.runtime import MANIFEST
@@ -45,8 +47,10 @@ def main(argv=None):
     try:
         settings = export_settings(args.ckpt_dir, args.ckpt, model_flags)
         info, difference = export(settings, args.ckpt, args.format, args.out, args.quantize, args.overwrite)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        parser.exit(2, f'{parser.prog}: error: {err}\n')
+    except (*BAD_INPUT, RuntimeError) as err:  # RuntimeError: an export that does not match the eager policy
+        if os.environ.get(DEBUG_VAR):
+            raise
+        parser.exit(2, f'{parser.prog}: error: {message(err)}\n')
     files = ', '.join(entry['name'] for entry in info['files'].values())
     print(f"Exported {info['policy_class']} ({args.format}{', int8' if args.quantize else ''}) to {args.out}: "
           f"{files}, {MANIFEST}; max action difference to the eager policy over batches "

@@ -16,13 +16,13 @@ report.html; --eval_offline compares the policy's action chunks with recorded ep
 (only rank 0 writes files). This script is the command line only: its flags are in cli/flags.py,
 the commands in cli/commands.py, the loop in training/loop.py, evaluation in evaluation/rollout.py.
 """
-import sys
 
 from cli import flags
 from cli.commands import main
 from cli.data_check import MissingData
+from cli.errors import run_command
 from cli.flags import UsageError
-from common.files import DiskFull, UnsafeFile
+from common.files import UnsafeFile
 from formats.lerobot import LeRobotFormatError
 from training.loop import NonFiniteLoss
 
@@ -42,11 +42,5 @@ def __getattr__(name):
 
 if __name__ == '__main__':
     parser = build_parser()
-    try:
-        main(vars(parser.parse_args()))
-    except UsageError as err:
-        parser.error(str(err))
-    except (NonFiniteLoss, UnsafeFile, MissingData, LeRobotFormatError) as err:
-        sys.exit(f'{parser.prog}: error: {err}')
-    except DiskFull as err:
-        sys.exit(f'{parser.prog}: error: {err.strerror}')
+    run_command(parser, main, vars(parser.parse_args()), usage=(UsageError,),
+                plain=(NonFiniteLoss, UnsafeFile, MissingData, LeRobotFormatError))

@@ -13,7 +13,7 @@ recording/robot.py.
 """
 import argparse
 
-from common.files import DiskFull
+from cli.errors import run_command
 from formats.datasets import DATASET_FORMATS
 from real_robot.settings import ROBOT_DRIVERS
 from recording.robot import main
@@ -39,9 +39,5 @@ def build_parser():
 
 if __name__ == '__main__':
     parser = build_parser()
-    try:
-        main(vars(parser.parse_args()))
-    except DiskFull as err:  # the episodes recorded before are intact
-        raise SystemExit(f'{parser.prog}: error: {err.strerror}') from None
-    except (ValueError, KeyError, FileExistsError) as err:  # bad flags or data (a fault of the robot: RobotFault)
-        parser.error(str(err.args[0]) if err.args else str(err))
+    # a full disk keeps the episodes recorded before; a fault of the robot (RobotFault) ends with its traceback
+    run_command(parser, main, vars(parser.parse_args()), usage=(ValueError, KeyError, FileExistsError))

@@ -16,9 +16,8 @@ resumes), then appended in order in one atomic write, after the episodes the dat
 The recording itself is recording/sim.py.
 """
 import argparse
-import sys
 
-from common.files import DiskFull
+from cli.errors import run_command
 from constants import IMAGE_HW
 from formats.datasets import DATASET_FORMATS
 from formats.lerobot import LeRobotFormatError
@@ -59,10 +58,5 @@ def build_parser():
 
 if __name__ == '__main__':
     parser = build_parser()
-    cli_args = vars(parser.parse_args())
-    try:
-        main(cli_args)
-    except (ValueError, FileExistsError, LeRobotFormatError) as e:
-        parser.error(str(e))
-    except DiskFull as e:  # the episodes recorded before are intact
-        sys.exit(f'{parser.prog}: error: {e.strerror}')
+    # a full disk keeps the episodes recorded before
+    run_command(parser, main, vars(parser.parse_args()), usage=(ValueError, FileExistsError, LeRobotFormatError))

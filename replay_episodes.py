@@ -9,6 +9,7 @@ the SO task given with --task_name (REAL_TASK_CONFIGS in constants.py), at its r
 from tqdm import tqdm
 
 import real_robot
+from cli.errors import run_command
 from formats.datasets import open_dataset
 from real_robot.settings import ROBOT_DRIVERS
 
@@ -45,4 +46,4 @@ if __name__ == '__main__':
     parser.add_argument('--robot_driver', choices=ROBOT_DRIVERS, default='auto',
                         help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
                              'modules import)')
-    main(vars(parser.parse_args()))
+    run_command(parser, main, vars(parser.parse_args()))

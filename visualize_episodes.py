@@ -9,6 +9,7 @@ files are written atomically into the dataset folder; the writing is common/medi
 import argparse
 import os
 
+from cli.errors import run_command
 from common.media import save_videos, visualize_joints
 from constants import DT, get_task_config, sim_task_names
 from formats.datasets import open_dataset
@@ -38,7 +39,4 @@ if __name__ == '__main__':
     cli_args = vars(parser.parse_args())
     if not (cli_args['dataset_dir'] or cli_args['task_name']):
         parser.error('--dataset_dir or --task_name required')
-    try:
-        main(cli_args)
-    except (OSError, KeyError, ValueError) as e:
-        parser.error(str(e.args[0]) if e.args else str(e))
+    run_command(parser, main, cli_args, usage=(OSError, KeyError, ValueError))

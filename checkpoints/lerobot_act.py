@@ -112,14 +112,46 @@ def image_features(lr_config):
             if feature.get('type') == 'VISUAL'}
 
 
+SIZE_SETTINGS = {'chunk_size': 10_000, 'dim_model': 65_536, 'dim_feedforward': 262_144, 'n_encoder_layers': 256,
+                 'n_heads': 1024, 'latent_dim': 65_536}  # config.json sizes -> the largest taken as a size
+
+
+def _positive_int(value, limit):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit
+
+
+def value_problems(lr_config):
+    """What makes a LeRobot config.json's values unusable (types, sizes, ranges) -> sentences."""
+    problems = [f'{key} {lr_config.get(key)!r}: a whole number from 1 to {limit} is expected'
+                for key, limit in SIZE_SETTINGS.items() if not _positive_int(lr_config.get(key), limit)]
+    if not problems and lr_config['dim_model'] % lr_config['n_heads']:
+        problems.append(f"dim_model {lr_config['dim_model']} is not a multiple of n_heads {lr_config['n_heads']}")
+    dropout = lr_config.get('dropout', 0.1)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        problems.append(f'dropout {dropout!r}: a number in [0, 1) is expected')
+    for group in ('input_features', 'output_features'):
+        features = lr_config.get(group)
+        if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
+            problems.append(f'{group}: an object of features ({{"observation.state": {{"shape": [...]}}, ...}}) '
+                            f'is expected')
+            continue
+        for key, feature in features.items():
+            shape = feature.get('shape')
+            if not (isinstance(shape, list) and shape and all(_positive_int(n, 1 << 16) for n in shape)):
+                problems.append(f'{group} {key} shape {shape!r}: a list of positive sizes is expected')
+    return problems
+
+
 def check_lerobot_config(lr_config, path):
     """LeRobotFormatError naming the first setting this project's ACT cannot reproduce."""
     kind = lr_config.get('type')
     if kind != 'act':
         raise LeRobotFormatError(f'{path} is a LeRobot "{kind}" policy; only "act" checkpoints can be read '
                                  f'(this project\'s ACT, CNNMLP and Diffusion are trained here)')
+    problems = value_problems(lr_config)
+    if problems:
+        raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
     inputs = lr_config.get('input_features') or {}
-    problems = []
     if lr_config.get('n_decoder_layers', 1) != 1:
         problems.append(f"n_decoder_layers {lr_config['n_decoder_layers']}: this ACT computes one decoder layer, "
                         f"as the original")

@@ -82,6 +82,9 @@ def remove_stale_temps(folder):
     return removed
 
 
+# torch's words for a pickle global its weights-only loader refused (they vary with its release)
+REFUSED_GLOBAL = r'allowed global|allowlisted|unsupported GLOBAL|is blocked'
+TORCH_ADVICE = r'weights_only|Weights only load failed|torch\.load'  # sentences that advise loading unsafely
 STAGING_MARKER = '.act_staging'  # inside every staging folder this project builds a result in, and nowhere else
 LOCK_SUFFIX = '.lock'  # <folder>.lock: the PID of the one process writing the folder
 
@@ -370,13 +373,14 @@ def load_torch_file(path, what='checkpoint', map_location='cpu'):
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 (whatever a foreign or broken file makes torch raise)
-        refused = isinstance(err, pickle.UnpicklingError) and re.search(r'allowed global|allowlisted', str(err))
+        refused = isinstance(err, pickle.UnpicklingError) and re.search(REFUSED_GLOBAL, str(err))
         if refused:
             found = re.search(r'GLOBAL (\S+)', str(err))
             detail = f'refers to {found[1]}, ' if found else ''
-            raise UnsafeFile(f'{what} {path} {detail}holds objects other than tensors and plain values: it was '
-                             f'refused unread, because loading it could run code') from None
-        text = str(err).split('WeightsUnpickler error:')[-1].strip()  # torch's own advice left out
-        first_line = text.splitlines()[0] if text else type(err).__name__
+            raise UnsafeFile(f'{what} {path} {detail}holds code or objects other than tensors and plain values, '
+                             f'which this project does not load: it was refused unread') from None
+        text = str(err).split('WeightsUnpickler error:')[-1].strip()
+        lines = [line for line in text.splitlines() if line.strip() and not re.search(TORCH_ADVICE, line)]
+        first_line = lines[0] if lines else type(err).__name__  # torch's advice to load unsafely left out
         raise ValueError(f'{what} {path} cannot be read as a torch file: truncated or not a checkpoint '
                          f'({first_line[:200]})') from None

@@ -58,6 +58,9 @@ def read_manifest(folder):
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise ExportError(f'{path}: lacks {", ".join(missing)}; export the policy again')
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ExportError(f'{path}: {problem}; export the policy again')
     if manifest['format_version'] > FORMAT_VERSION:
         raise ExportError(f'{path}: export format {manifest["format_version"]} is newer than this runtime '
                           f'reads ({FORMAT_VERSION}); update the project')
@@ -69,6 +72,25 @@ def read_manifest(folder):
             raise ExportError(f'{model_path}: does not match {path} (its SHA-256 differs from the one recorded at '
                               f'export): the file is corrupted or comes from another export; export again')
     return manifest
+
+
+def manifest_problem(manifest):
+    """What is wrong with the values of a policy.json, or None."""
+    def positive_int(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    sizes = ['format_version', 'state_dim', 'action_dim', 'chunk_size', 'action_horizon', 'obs_horizon']
+    wrong = [key for key in sizes if not positive_int(manifest[key])]
+    if wrong:
+        return f'{wrong[0]} {manifest[wrong[0]]!r} is not a positive integer'
+    image_size, cameras, files = manifest['image_size'], manifest['camera_names'], manifest['files']
+    if not (isinstance(image_size, list) and len(image_size) == 2 and all(map(positive_int, image_size))):
+        return f'image_size {image_size!r} is not two positive integers [H, W]'
+    if not (isinstance(cameras, list) and cameras and all(isinstance(c, str) for c in cameras)):
+        return f'camera_names {cameras!r} is not a list of camera names'
+    if not (isinstance(files, dict) and files and all(isinstance(e, dict) and isinstance(e.get('name'), str)
+                                                      and isinstance(e.get('sha256'), str) for e in files.values())):
+        return 'files is not an object of {role: {"name", "sha256"}} entries'
+    return None
 
 
 class _Session:

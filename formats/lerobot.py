@@ -62,6 +62,7 @@ DEFAULT_TASK = 'demonstration'
 SIM_COLUMN = 'sim'
 
 
+MAX_FRAME_SIDE = 8192  # pixels: a larger side in info.json is a damaged file
 PENDING_DIR = '.pending'  # an append's new files, built here before they are moved into the dataset
 COMMIT_FILE = 'COMMITTED'  # written into PENDING_DIR once every file of the append is complete
 
@@ -134,7 +135,30 @@ def read_info(root):
     missing = [k for k in ('fps', 'features', 'total_episodes', 'data_path') if k not in info]
     if missing:
         raise LeRobotFormatError(f'{path}: missing {", ".join(missing)}')
+    problem = info_problem(info)
+    if problem:
+        raise LeRobotFormatError(f'{path}: {problem}')
     return info
+
+
+def info_problem(info):
+    """What is wrong with the values of an info.json, or None."""
+    number = (int, float)
+    if not isinstance(info['fps'], number) or isinstance(info['fps'], bool) or not info['fps'] > 0:
+        return f"fps {info['fps']!r} is not a positive number"
+    if not isinstance(info['total_episodes'], int) or isinstance(info['total_episodes'], bool) \
+            or info['total_episodes'] < 0:
+        return f"total_episodes {info['total_episodes']!r} is not a count"
+    features = info['features']
+    if not isinstance(features, dict) or not features:
+        return 'features is not an object of features'
+    for key, feature in features.items():
+        if not isinstance(feature, dict) or not isinstance(feature.get('shape'), list):
+            return f'feature {key} is not an object with a "shape" list'
+    for key in ('data_path', 'video_path'):
+        if not isinstance(info.get(key, ''), str):
+            return f'{key} {info[key]!r} is not a path template'
+    return None
 
 
 def read_table(path, columns=None):
@@ -380,10 +404,15 @@ class LeRobotEpisodes:
         feature = self.features[self.video_key(cam)]
         video = feature.get('info') or feature.get('video_info') or {}
         if 'video.height' in video and 'video.width' in video:
-            return int(video['video.height']), int(video['video.width'])
-        names = feature.get('names') or ['height', 'width', 'channels']
-        shape = dict(zip(names, feature['shape']))
-        return int(shape.get('height', feature['shape'][0])), int(shape.get('width', feature['shape'][1]))
+            hw = video['video.height'], video['video.width']
+        else:
+            names = feature.get('names') or ['height', 'width', 'channels']
+            shape = dict(zip(names, feature['shape']))
+            hw = shape.get('height', feature['shape'][0]), shape.get('width', feature['shape'][1])
+        if not all(isinstance(side, int) and 0 < side <= MAX_FRAME_SIDE for side in hw):
+            raise LeRobotFormatError(f'{os.path.join(self.root, INFO_PATH)}: {self.video_key(cam)} has frames of '
+                                     f'{hw[0]}x{hw[1]}; sides of 1..{MAX_FRAME_SIDE} pixels are expected')
+        return hw
 
     def check_frames(self, index, cameras, length):
         """Raise naming the video unless each camera's video exists at the dataset's fps and holds the
@@ -391,7 +420,7 @@ class LeRobotEpisodes:
         entry = self.entry(index)
         for cam in cameras:
             relative, start = entry.videos[self.video_key(cam)]
-            duration = self._check_video(relative)
+            duration = self._check_video(relative, cam)
             end = start + (length - 1) / self.fps
             if end > duration + TIMESTAMP_TOLERANCE_S:
                 path = os.path.join(self.root, relative)
@@ -399,8 +428,9 @@ class LeRobotEpisodes:
                                          f'but episode {index} ({length} frames from {start:.3f} s) needs a frame at '
                                          f'{end:.3f} s')
 
-    def _check_video(self, relative):
-        """Time of the video's last frame (s), after checking it exists and runs at the dataset's fps."""
+    def _check_video(self, relative, cam):
+        """Time of the video's last frame (s), after checking it exists, runs at the dataset's fps and
+        holds frames of the size info.json gives the camera (what training and config.json then take)."""
         path = os.path.join(self.root, relative)
         container = self._container(relative)
         stream = container.streams.video[0]
@@ -409,6 +439,10 @@ class LeRobotEpisodes:
             if rate is None or abs(float(rate) - self.fps) > 1e-3:
                 raise LeRobotFormatError(f'{path}: the video runs at {float(rate or 0):.3g} fps but {INFO_PATH} and '
                                          f'the table say {self.fps} fps')
+            decoded, stated = (stream.codec_context.height, stream.codec_context.width), self.frame_shape(0, cam)
+            if decoded != stated:
+                raise LeRobotFormatError(f'{path}: its frames are {decoded[0]}x{decoded[1]} but {INFO_PATH} gives '
+                                         f'{self.video_key(cam)} {stated[0]}x{stated[1]}')
             self._checked_videos.add(relative)
         if stream.frames:
             return (stream.frames - 1) / float(rate)

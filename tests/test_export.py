@@ -316,6 +316,22 @@ def test_an_export_naming_a_model_outside_its_folder_is_refused(act_export, tmp_
         PolicyRunner(moved)
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('image_size', [-24, 32], r'image_size \[-24, 32\] is not two positive integers'),
+    ('chunk_size', '5', r"chunk_size '5' is not a positive integer"),
+    ('camera_names', 'top', r"camera_names 'top' is not a list of camera names"),
+    ('files', ['policy.onnx'], r'files is not an object'),
+])
+def test_a_policy_json_of_wrong_types_is_named(act_export, tmp_path, key, value, message):
+    from policy_runtime import ExportError, PolicyRunner
+    moved = str(tmp_path / 'export')
+    shutil.copytree(act_export[1], moved)
+    manifest = json.load(open(os.path.join(moved, 'policy.json')))
+    json.dump({**manifest, key: value}, open(os.path.join(moved, 'policy.json'), 'w'))
+    with pytest.raises(ExportError, match=r'policy.json: ' + message):
+        PolicyRunner(moved)
+
+
 def test_export_help_works():
     done = subprocess.run([sys.executable, 'export_policy.py', '--help'], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and '--quantize' in done.stdout

@@ -15,6 +15,7 @@ Cases that end a process run in a subprocess with a timeout, so a hang fails the
 """
 import os
 import pickle
+import re
 import resource
 import signal
 import subprocess
@@ -30,7 +31,7 @@ import torch
 import imitate_episodes
 from checkpoints.folder import atomic_save
 from cli import run_config
-from common.files import UnsafeFile, atomic_write, prepare_folder, remove_stale_temps, temp_path
+from common.files import UnsafeFile, atomic_write, load_torch_file, prepare_folder, remove_stale_temps, temp_path
 from evaluation import rollout as evaluate
 from formats.hdf5 import read_episode, write_episode
 from formats.normalize import Normalizer
@@ -138,6 +139,26 @@ def test_a_malicious_training_state_is_refused_unrun(tmp_path):
     with pytest.raises(UnsafeFile, match=r'training state .*training_state.pt .*refused unread'):
         imitate_episodes.main(train_args(data, ckpt, resume=True))
     assert not marker.exists() and os.listdir(ckpt) == [train.TRAINING_STATE]
+
+
+class SystemCall:
+    """A pickle that would run a shell command: torch 2.13 words its refusal of it differently."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_a_checkpoint_that_would_run_a_command_is_refused_plainly(tmp_path):
+    marker = tmp_path / 'ran'
+    torch.save({'model.action_head.weight': SystemCall(marker)}, tmp_path / 'policy_best.ckpt')
+    with pytest.raises(UnsafeFile) as refused:
+        load_torch_file(str(tmp_path / 'policy_best.ckpt'))
+    assert re.search(r'refers to \S*system, holds code or objects other than tensors and plain values, which this '
+                     r'project does not load: it was refused unread', str(refused.value))
+    assert 'weights_only' not in str(refused.value) and not marker.exists()
 
 
 def test_a_malicious_checkpoint_or_backbone_file_is_refused_unrun(tmp_path):

@@ -3,6 +3,8 @@ config.json and `--eval` with no model flags."""
 import json
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 
@@ -165,6 +167,38 @@ def test_config_json_from_a_newer_version_is_refused(tmp_path):
     result = subprocess.run([sys.executable, 'imitate_episodes.py', '--eval', '--ckpt_dir', str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and 'cannot be read as JSON' in result.stderr
+
+
+DAMAGES = [
+    ({'image_size': [-4, 32]}, r'config.json: image_size \[-4, 32\] is not two positive integers \[H, W\]'),
+    ({'policy_config': 'ACT'}, r'config.json: policy_config is a str, not an object'),
+    ({'camera_names': 'top'}, r"config.json: camera_names 'top' is not a list of camera names"),
+    ({'state_dim': 0}, r'config.json: state_dim 0 is not a positive integer'),
+]
+
+
+def damaged_copy(two_epoch_run, tmp_path, change):
+    damaged = tmp_path / 'damaged'
+    shutil.copytree(two_epoch_run[0]['ckpt_dir'], damaged)
+    config = json.loads((damaged / CONFIG_FILE).read_text())
+    (damaged / CONFIG_FILE).write_text(json.dumps({**config, **change}))
+    return damaged
+
+
+@pytest.mark.parametrize('change, message', DAMAGES)
+def test_a_damaged_config_json_is_named(two_epoch_run, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        read_config(str(damaged_copy(two_epoch_run, tmp_path, change)))
+
+
+def test_a_damaged_config_json_is_a_usage_error_naming_it(two_epoch_run, tmp_path):
+    change, message = DAMAGES[0]
+    result = subprocess.run([sys.executable, 'imitate_episodes.py', '--eval', '--ckpt_dir',
+                             str(damaged_copy(two_epoch_run, tmp_path, change))],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and error.startswith('imitate_episodes.py: error: ') and re.search(message, error)
+    assert 'Traceback' not in result.stderr and '--image_size' not in error  # the file is named, not the flag
 
 
 def test_bad_flags_are_named(tiny_dataset, tmp_path):

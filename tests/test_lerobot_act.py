@@ -274,6 +274,22 @@ def test_settings_this_act_cannot_reproduce_are_refused(tmp_path, override, mess
         to_act(folder, str(tmp_path / 'act'))
 
 
+@pytest.mark.parametrize('override, message', [
+    ({'chunk_size': -1}, r'chunk_size -1: a whole number from 1 to 10000 is expected'),
+    ({'chunk_size': 1e10}, r'chunk_size 10000000000.0: a whole number'),
+    ({'dim_model': 'abc'}, r"dim_model 'abc': a whole number"),
+    ({'n_heads': 3}, r'dim_model 32 is not a multiple of n_heads 3'),
+    ({'dropout': 5}, r'dropout 5: a number in \[0, 1\) is expected'),
+    ({'input_features': 'observation.state'}, r'input_features: an object of features'),
+    ({'output_features': {'action': {'type': 'ACTION', 'shape': []}}}, r'output_features action shape \[\]'),
+])
+def test_unusable_values_in_a_lerobot_config_are_named(tmp_path, override, message):
+    weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
+    folder = write_lerobot_folder(str(tmp_path / 'lr'), weights, lerobot_stats(), config=lerobot_config(**override))
+    with pytest.raises(lerobot_act.LeRobotFormatError, match=r'config.json: .*' + message):
+        to_act(folder, str(tmp_path / 'act'))
+
+
 def test_feature_shapes_that_disagree_with_the_weights_are_refused(tmp_path):
     weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
     config = lerobot_config()

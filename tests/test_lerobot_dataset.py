@@ -257,6 +257,15 @@ def broken_copy(v3, tmp_path, change):
     return root
 
 
+def edit_feature(root, key, height, width):
+    """info.json giving the video feature `key` another frame size than its videos hold."""
+    path = os.path.join(root, INFO_PATH)
+    info = json.load(open(path))
+    info['features'][key]['shape'][:2] = [height, width]
+    info['features'][key]['info'].update({'video.height': height, 'video.width': width})
+    json.dump(info, open(path, 'w'))
+
+
 def edit_info(**changes):
     def change(root):
         path = os.path.join(root, INFO_PATH)
@@ -277,6 +286,17 @@ def test_unsupported_version_and_foreign_folder(v3, tmp_path):
         get_norm_stats(str(tmp_path / 'other'), 2)
 
 
+@pytest.mark.parametrize('change, message', [
+    ({'fps': '50'}, r"fps '50' is not a positive number"),
+    ({'total_episodes': '4'}, r"total_episodes '4' is not a count"),
+    ({'features': {'observation.state': 'float32'}}, r'feature observation.state is not an object with a "shape"'),
+])
+def test_info_json_values_of_the_wrong_type_are_named(v3, tmp_path, change, message):
+    root = broken_copy(v3, tmp_path, edit_info(**change))
+    with pytest.raises(LeRobotFormatError, match=r'meta/info.json: ' + message):
+        LeRobotEpisodes(root)
+
+
 def test_missing_feature_is_named_with_the_dataset_features(v3, tmp_path):
     args = train_args(v3[0], tmp_path / 'ckpt', num_episodes=None, camera_names=['front'])
     with pytest.raises(LeRobotFormatError, match=r"no feature 'observation.images.front' \(camera 'front' .*"
@@ -291,6 +311,10 @@ def test_missing_feature_is_named_with_the_dataset_features(v3, tmp_path):
     (edit_info(fps=25), r'the table runs at 50 fps but meta/info.json says fps 25'),
     (lambda root: open(os.path.join(root, 'data/chunk-000/file-001.parquet'), 'wb').write(b'PAR1 broken'),
      'file-001.parquet: cannot be read as parquet'),
+    (lambda root: edit_feature(root, 'observation.images.top', 96, 128),
+     r'file-000.mp4: its frames are 32x48 but meta/info.json gives observation.images.top 96x128'),
+    (lambda root: edit_feature(root, 'observation.images.wrist', -4, 10**9),
+     r'observation.images.wrist has frames of -4x1000000000; sides of 1..8192 pixels are expected'),
 ])
 def test_broken_datasets_stop_training_before_anything_is_written(v3, tmp_path, change, message):
     root = broken_copy(v3, tmp_path, change)
