@@ -133,6 +133,7 @@ def train_main(args, task_config, device, rank, world_size):
         rank=rank, world_size=world_size, norm_stats=stats)
     image_hw = tuple(train_dataloader.dataset.hw)
     policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw)
+    check_chunk_fits(policy_config['num_queries'], train_dataloader.dataset.pad_len)
     if init is not None:
         policy_config.update(init_image_normalization(init, camera_names))
     config = make_config(args, task_config, policy_config, device)
@@ -149,6 +150,13 @@ def train_main(args, task_config, device, rank, world_size):
         save_policy(best_state_dict, args['ckpt_dir'], os.path.splitext(BEST_CKPT)[0], config['save_format'])
         unit = 'step' if config['num_steps'] else 'epoch'
         print(f'Best ckpt, val loss {min_val_loss:.6f} @ {unit}{best_epoch}')
+
+
+def check_chunk_fits(chunk_size, longest):
+    """Refuse, before any file is written, a chunk longer than the longest episode (no sample holds one)."""
+    if chunk_size > longest:
+        raise ValueError(f'--chunk_size {chunk_size} is longer than the longest episode ({longest} steps): every '
+                         f'sample needs a chunk of recorded actions; train with --chunk_size {longest} or less')
 
 
 def write_run_files(ckpt_dir, stats, new_run, run_config):

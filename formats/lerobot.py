@@ -506,7 +506,15 @@ class LeRobotEpisodes:
 
 def decode_frames(container, path, times, where):
     """The frames at `times` (increasing seconds) -> list of (H, W, 3) uint8: for each time the
-    frame within TIMESTAMP_TOLERANCE_S of it, never a neighbour."""
+    frame within TIMESTAMP_TOLERANCE_S of it, never a neighbour; a damaged video is named."""
+    import av
+    try:
+        return _decode_frames(container, path, times, where)
+    except av.error.FFmpegError as err:
+        raise LeRobotFormatError(f'{path}: cannot be decoded ({where}): {err}; the video is damaged') from None
+
+
+def _decode_frames(container, path, times, where):
     stream = container.streams.video[0]
     container.seek(max(0, int(times[0] / stream.time_base) - 1), backward=True, any_frame=False, stream=stream)
     frames, wanted, last = [], 0, None

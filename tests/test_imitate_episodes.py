@@ -19,7 +19,7 @@ from constants import PROJECT_VERSION
 from policies.act import ACT_DEFAULTS
 from policies.diffusion import DEFAULTS as DIFFUSION_DEFAULTS
 from policies.registry import make_policy
-from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, train_args
+from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, train_args, write_tiny_episode
 from training.loop import TRAINING_STATE
 
 
@@ -199,6 +199,16 @@ def test_a_damaged_config_json_is_a_usage_error_naming_it(two_epoch_run, tmp_pat
     error = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and error.startswith('imitate_episodes.py: error: ') and re.search(message, error)
     assert 'Traceback' not in result.stderr and '--image_size' not in error  # the file is named, not the flag
+
+
+def test_a_chunk_longer_than_every_episode_is_refused_before_any_file(tmp_path):
+    data = tmp_path / 'data'
+    os.makedirs(data)
+    for i in range(5):
+        write_tiny_episode(str(data / f'episode_{i}.hdf5'), episode_len=4, seed=i)
+    with pytest.raises(ValueError, match=r'--chunk_size 8 is longer than the longest episode \(4 steps\)'):
+        imitate_episodes.main(train_args(str(data), str(tmp_path / 'ckpt'), chunk_size=8))
+    assert os.listdir(tmp_path / 'ckpt') == []
 
 
 def test_bad_flags_are_named(tiny_dataset, tmp_path):

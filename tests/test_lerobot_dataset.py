@@ -1,5 +1,6 @@
 """LeRobot datasets (formats/lerobot*.py): v3.0 written and read back frame-exactly, v2.1 read, the
 statistics, training on both, the conversions both ways, appending, and each kind of bad input."""
+import glob
 import json
 import os
 import shutil
@@ -454,3 +455,22 @@ def test_info_json_paths_outside_the_dataset_are_refused(v3, tmp_path, key, temp
     root = broken_copy(v3, tmp_path, edit_info(**{key: template}))
     with pytest.raises(LeRobotFormatError, match=rf'info.json: {key} .* points outside {root}; refused'):
         LeRobotEpisodes(root)
+
+
+def test_a_damaged_video_is_named(tmp_path):
+    root = str(tmp_path / 'dataset')
+    with LeRobotWriter(root) as writer:
+        writer.add(make_episode(0, 12))
+    video = glob.glob(os.path.join(root, 'videos', 'observation.images.top', '*', '*.mp4'))[0]
+    intact = open(video, 'rb').read()
+    named = 0
+    for seed in range(24):  # noise over a third of the way in: some damage the decoder shrugs off
+        damaged = bytearray(intact)
+        damaged[len(intact) // 3:len(intact) // 3 + 200] = np.random.default_rng(seed).bytes(200)
+        open(video, 'wb').write(damaged)
+        try:
+            LeRobotEpisodes(root).episode_frames(0, 'top')
+        except LeRobotFormatError as err:
+            assert f'{video}: cannot be decoded (episode 0, camera \'top\')' in str(err) and 'damaged' in str(err)
+            named += 1
+    assert named
