@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.files import atomic_write, drop_staging, make_staging, publish_staging
+from common.files import FolderLock, atomic_write, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
 from formats.normalize import standardize, unstandardize
@@ -246,7 +246,13 @@ def export(settings, ckpt_name, fmt, out, quantize=None, overwrite=False):
     (built in out.partial, then renamed) -> (policy.json dict, max action difference to eager)."""
     if quantize and fmt != 'onnx':
         raise ValueError(f'--quantize {quantize}: only ONNX exports are quantised (use --format onnx)')
-    check_out(out, settings.checkpoint.path, overwrite)
+    with FolderLock(out):  # a second export to out is refused while this one runs
+        check_out(out, settings.checkpoint.path, overwrite)
+        return _export(settings, ckpt_name, fmt, out, quantize)
+
+
+def _export(settings, ckpt_name, fmt, out, quantize):
+    """export's work, out checked and locked."""
     checkpoint = settings.checkpoint
     normalizer = checkpoint.normalizer(settings.policy_class, settings.policy_config, settings.stats_from,
                                        settings.task_name)

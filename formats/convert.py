@@ -5,7 +5,7 @@ import os
 
 from tqdm import tqdm
 
-from common.files import drop_staging, make_staging, publish_staging
+from common.files import FolderLock, drop_staging, make_staging, publish_staging
 from constants import ALOHA_STATE_DIM, CONTROL_HZ
 from formats.datasets import open_dataset
 from formats.hdf5 import episode_path, store_episode
@@ -45,13 +45,14 @@ def to_hdf5(src, dst, num_episodes=None, compression=None):
     count = source.num_episodes if num_episodes is None else num_episodes
     if not 0 < count <= source.num_episodes:
         raise ValueError(f'--num_episodes {count}: {src} holds {source.num_episodes} episodes')
-    check_destination(dst)
-    work = make_staging(dst.rstrip(os.sep) + '.partial', f'the episodes of {dst}')
-    try:
-        for index in tqdm(range(count), desc=f'{src} -> HDF5', unit='episode'):
-            store_episode(episode_path(work, index), source.read_episode(index), compression)
-        publish_staging(work, dst)  # dst is absent or empty, checked above
-    except BaseException:
-        drop_staging(work)
-        raise
+    with FolderLock(dst):  # a second conversion to dst is refused while this one runs
+        check_destination(dst)
+        work = make_staging(dst.rstrip(os.sep) + '.partial', f'the episodes of {dst}')
+        try:
+            for index in tqdm(range(count), desc=f'{src} -> HDF5', unit='episode'):
+                store_episode(episode_path(work, index), source.read_episode(index), compression)
+            publish_staging(work, dst)  # dst is absent or empty, checked above
+        except BaseException:
+            drop_staging(work)
+            raise
     return count

@@ -6,6 +6,7 @@ ServoBus opens the port (every failure says which port and how to list ports), w
 checks every reply and names the servo and its joint; subclasses give the SDK, the control table
 and the error words.
 """
+import contextlib
 import glob
 import os
 import threading
@@ -14,6 +15,12 @@ import numpy as np
 
 from real_robot import settings
 from real_robot.bots import RobotFault, TransientFault
+
+try:
+    from termios import error as TermiosError  # what pyserial raises for a port that went away (POSIX)
+except ImportError:  # no termios on this OS
+    TermiosError = OSError
+PORT_ERRORS = (OSError, TermiosError)  # serial.SerialException is an OSError
 
 
 class ServoError(RobotFault):
@@ -59,6 +66,18 @@ class ServoBus:
         self._packet_handler = self._packet_handler_of()
         self._lock = threading.RLock()
 
+    @contextlib.contextmanager
+    def _port(self):
+        """The bus's lock around calls on the port; a port that fails (unplugged, powered off) is a
+        RobotFault naming it, and the port is left free for the safe stop's commands."""
+        with self._lock:
+            try:
+                yield
+            except PORT_ERRORS as e:
+                self._port_handler.is_using = False  # the SDK never cleared it: the next call would refuse
+                raise RobotFault(f"{self.what} '{self.name}': serial port {self.port} failed ({e}): unplugged or "
+                                 f'powered off? {self.list_ports_hint}') from e
+
     def where(self, servo_id):
         label = self.labels.get(servo_id)
         return f"servo {servo_id}{f' ({label})' if label else ''} on {self.what} '{self.name}' ({self.port})"
@@ -80,7 +99,7 @@ class ServoBus:
 
     def ping(self, servo_id):
         """Model number of a servo; raises if it does not answer."""
-        with self._lock:
+        with self._port():
             model, result, error = self._packet_handler.ping(self._port_handler, servo_id)
             self._check(servo_id, result, error)
             return model
@@ -92,7 +111,7 @@ class ServoBus:
     def write(self, servo_id, register, value):
         """Write one register (a name of the control table) and check the status reply."""
         address, size, data = self._bytes(register, value)
-        with self._lock:
+        with self._port():
             for attempt in range(settings.SERVO_IO_RETRIES):
                 result, error = self._packet_handler.writeTxRx(self._port_handler, servo_id, address, size, data)
                 if result == self.sdk.COMM_SUCCESS or attempt == settings.SERVO_IO_RETRIES - 1:
@@ -101,7 +120,7 @@ class ServoBus:
 
     def read(self, servo_id, register):
         address, size = self._table[register]
-        with self._lock:
+        with self._port():
             data, result, error = self._packet_handler.readTxRx(self._port_handler, servo_id, address, size)
             self._check(servo_id, result, error)
             return self._decode(register, int.from_bytes(bytes(data), 'little'))
@@ -112,7 +131,7 @@ class ServoBus:
         group = self.sdk.GroupSyncWrite(self._port_handler, self._packet_handler, address, size)
         for servo_id, value in values.items():
             group.addParam(servo_id, self._bytes(register, value)[2])
-        with self._lock:
+        with self._port():
             result = group.txPacket()
         if result != self.sdk.COMM_SUCCESS:
             raise ServoCommError(f"{self.what} '{self.name}' ({self.port}): sync write of {register} failed: "
@@ -125,7 +144,7 @@ class ServoBus:
         """One sync read of `size` bytes at `address` from every servo (each answers with its own
         status packet) -> (n, k) int array of unpack(bytes) per servo."""
         rows = []
-        with self._lock:
+        with self._port():
             result = self._sync_read_tx(address, size, servo_ids)
             if result != self.sdk.COMM_SUCCESS:
                 raise ServoCommError(f"{self.what} '{self.name}' ({self.port}): sync read could not be sent: "
@@ -137,5 +156,5 @@ class ServoBus:
         return np.array(rows, dtype=np.int64)
 
     def close(self):
-        with self._lock:
+        with self._lock, contextlib.suppress(*PORT_ERRORS):  # a port that went away is closed already
             self._port_handler.closePort()

@@ -373,6 +373,20 @@ def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(v3, tmp_path
     assert LeRobotEpisodes(root).num_episodes == 4 and not os.path.exists(root + '.lock')
 
 
+def test_two_conversions_to_one_destination_cannot_mix(v3, tmp_path):
+    dst = str(tmp_path / 'back')
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        with open(dst + '.lock', 'w') as f:
+            f.write(str(holder.pid))
+        with pytest.raises(FolderBusy, match=rf'{dst} is being written by process {holder.pid}'):
+            convert_dataset.main({'to': 'hdf5', 'src': v3[0], 'dst': dst, 'num_episodes': 1, 'compress': None})
+        assert not os.path.exists(dst) and not os.path.exists(dst + '.partial')
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 APPEND_KILLED_AT_RENAME = '''
 import os, sys
 import numpy as np

@@ -229,6 +229,20 @@ def test_a_nan_action_is_never_sent_and_ends_in_the_safe_path(rig, capsys):
     assert_safe_path(emulators, 'not sent, the arms held their position', error, capsys)
 
 
+def test_a_serial_port_that_goes_away_is_a_fault_naming_it(rig, capsys):
+    env, emulators, _ = rig
+    action = env.reset(fake=True).observation['qpos']
+    env.step(action)
+    emulators[0].close()  # the left arm's adapter unplugged mid-episode
+    emulators[0].close = lambda: None  # closed already, for the fixture's clean-up
+    with pytest.raises(real_robot.RobotFault, match=rf"bus 'puppet_left': serial port {emulators[0].port} failed"):
+        env.step(action)
+    out = capsys.readouterr().out
+    assert 'SAFETY STOP' in out and 'Port is in use' not in out
+    emulators[1].wait_idle()
+    assert all(s.get('torque_enable') == 0 for s in emulators[1].servos.values())  # the other arm is released
+
+
 def test_servo_hardware_error_is_reported_in_words(rig, capsys):
     env, emulators, _ = rig
     action = env.reset(fake=True).observation['qpos']
