@@ -53,3 +53,13 @@ def test_a_script_answers_bad_input_in_one_line():
                           env={k: v for k, v in os.environ.items() if k != DEBUG_VAR})
     assert done.returncode == 1 and 'Traceback' not in done.stderr
     assert 'convert_checkpoint.py: error: ' in done.stderr and 'is not a LeRobot checkpoint folder' in done.stderr
+
+
+def test_training_into_a_folder_that_cannot_be_written_is_one_line(tiny_dataset):
+    from tests.helpers import train_argv
+    done = subprocess.run([sys.executable, 'imitate_episodes.py', *train_argv(tiny_dataset, '/proc/act_ckpt')],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != DEBUG_VAR})
+    error = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and 'Traceback' not in done.stderr
+    assert error.startswith('imitate_episodes.py: error: --ckpt_dir /proc/act_ckpt is not a writable folder')
