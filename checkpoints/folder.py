@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from common.checks import check_values, names, positive_int, positive_ints
 from common.files import atomic_write, save_safetensors
 from constants import PROJECT_VERSION
 
@@ -108,28 +109,21 @@ def checked_config(config, path):
     missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config]
     if missing:
         raise KeyError(f'{path} has no {", ".join(missing)}; fix or remove it and give every model flag')
-    problem = config_problem(config)
-    if problem:
-        raise ValueError(f'{path}: {problem}; fix or remove it and give every model flag')
-    return config
+    return check_values(config, path, config_problem, ValueError, '; fix or remove it and give every model flag')
 
 
 def config_problem(config):
     """What is wrong with the values of a config.json object, or None."""
-    def positive_ints(value, count):
-        return (isinstance(value, list) and len(value) == count
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
     if not isinstance(config['policy_class'], str):
         return f"policy_class {config['policy_class']!r} is not a policy name"
     if not isinstance(config['policy_config'], dict):
         return f"policy_config is a {type(config['policy_config']).__name__}, not an object"
-    cameras = config['camera_names']
-    if not (isinstance(cameras, list) and cameras and all(isinstance(c, str) for c in cameras)):
-        return f'camera_names {cameras!r} is not a list of camera names'
+    if not names(config['camera_names']):
+        return f"camera_names {config['camera_names']!r} is not a list of camera names"
     if config.get('image_size') is not None and not positive_ints(config['image_size'], 2):
         return f"image_size {config['image_size']!r} is not two positive integers [H, W]"
     for key in ('state_dim', 'action_dim'):
-        if not positive_ints([config[key]], 1):
+        if not positive_int(config[key]):
             return f'{key} {config[key]!r} is not a positive integer'
     return None
 

@@ -24,6 +24,7 @@ import os
 import numpy as np
 import torch
 
+from common.checks import positive_int
 from common.files import atomic_write, inside_folder, save_safetensors
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
@@ -116,14 +117,10 @@ SIZE_SETTINGS = {'chunk_size': 10_000, 'dim_model': 65_536, 'dim_feedforward': 2
                  'n_heads': 1024, 'latent_dim': 65_536}  # config.json sizes -> the largest taken as a size
 
 
-def _positive_int(value, limit):
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit
-
-
 def value_problems(lr_config):
     """What makes a LeRobot config.json's values unusable (types, sizes, ranges) -> sentences."""
     problems = [f'{key} {lr_config.get(key)!r}: a whole number from 1 to {limit} is expected'
-                for key, limit in SIZE_SETTINGS.items() if not _positive_int(lr_config.get(key), limit)]
+                for key, limit in SIZE_SETTINGS.items() if not positive_int(lr_config.get(key), limit)]
     if not problems and lr_config['dim_model'] % lr_config['n_heads']:
         problems.append(f"dim_model {lr_config['dim_model']} is not a multiple of n_heads {lr_config['n_heads']}")
     dropout = lr_config.get('dropout', 0.1)
@@ -137,7 +134,7 @@ def value_problems(lr_config):
             continue
         for key, feature in features.items():
             shape = feature.get('shape')
-            if not (isinstance(shape, list) and shape and all(_positive_int(n, 1 << 16) for n in shape)):
+            if not (isinstance(shape, list) and shape and all(positive_int(n, 1 << 16) for n in shape)):
                 problems.append(f'{group} {key} shape {shape!r}: a list of positive sizes is expected')
     return problems
 

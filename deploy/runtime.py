@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from common.checks import check_values, names, positive_int, positive_ints
 from common.files import inside_folder
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, checked_action
@@ -58,9 +59,7 @@ def read_manifest(folder):
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise ExportError(f'{path}: lacks {", ".join(missing)}; export the policy again')
-    problem = manifest_problem(manifest)
-    if problem:
-        raise ExportError(f'{path}: {problem}; export the policy again')
+    check_values(manifest, path, manifest_problem, ExportError, '; export the policy again')
     if manifest['format_version'] > FORMAT_VERSION:
         raise ExportError(f'{path}: export format {manifest["format_version"]} is newer than this runtime '
                           f'reads ({FORMAT_VERSION}); update the project')
@@ -76,16 +75,14 @@ def read_manifest(folder):
 
 def manifest_problem(manifest):
     """What is wrong with the values of a policy.json, or None."""
-    def positive_int(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
     sizes = ['format_version', 'state_dim', 'action_dim', 'chunk_size', 'action_horizon', 'obs_horizon']
     wrong = [key for key in sizes if not positive_int(manifest[key])]
     if wrong:
         return f'{wrong[0]} {manifest[wrong[0]]!r} is not a positive integer'
     image_size, cameras, files = manifest['image_size'], manifest['camera_names'], manifest['files']
-    if not (isinstance(image_size, list) and len(image_size) == 2 and all(map(positive_int, image_size))):
+    if not positive_ints(image_size, 2):
         return f'image_size {image_size!r} is not two positive integers [H, W]'
-    if not (isinstance(cameras, list) and cameras and all(isinstance(c, str) for c in cameras)):
+    if not names(cameras):
         return f'camera_names {cameras!r} is not a list of camera names'
     if not (isinstance(files, dict) and files and all(isinstance(e, dict) and isinstance(e.get('name'), str)
                                                       and isinstance(e.get('sha256'), str) for e in files.values())):

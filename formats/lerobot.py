@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.checks import check_values
 from common.files import STAGING_MARKER, inside_folder, lock_holder
 from constants import CONTROL_HZ
 from formats.episode import Episode
@@ -135,10 +136,7 @@ def read_info(root):
     missing = [k for k in ('fps', 'features', 'total_episodes', 'data_path') if k not in info]
     if missing:
         raise LeRobotFormatError(f'{path}: missing {", ".join(missing)}')
-    problem = info_problem(info)
-    if problem:
-        raise LeRobotFormatError(f'{path}: {problem}')
-    return info
+    return check_values(info, path, info_problem, LeRobotFormatError)
 
 
 def info_problem(info):
@@ -146,8 +144,7 @@ def info_problem(info):
     number = (int, float)
     if not isinstance(info['fps'], number) or isinstance(info['fps'], bool) or not info['fps'] > 0:
         return f"fps {info['fps']!r} is not a positive number"
-    if not isinstance(info['total_episodes'], int) or isinstance(info['total_episodes'], bool) \
-            or info['total_episodes'] < 0:
+    if type(info['total_episodes']) is not int or info['total_episodes'] < 0:  # a bool is no count
         return f"total_episodes {info['total_episodes']!r} is not a count"
     features = info['features']
     if not isinstance(features, dict) or not features:
