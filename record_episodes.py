@@ -10,6 +10,7 @@ recording/robot.py.
     python record_episodes.py --task_name aloha_wear_shoe [--episode_idx 3] [--robot_driver dynamixel]
     python record_episodes.py --task_name aloha_wear_shoe --format lerobot --dataset_dir data/wear_shoe_lerobot
     python record_episodes.py --task_name so101_pick_place --format lerobot --task "Put the cube in the bowl"
+    python record_episodes.py --task_name so101_pick_place --teleop_only      # nothing recorded
 """
 import argparse
 
@@ -31,6 +32,10 @@ def build_parser():
                         help='hdf5: episode_{idx}.hdf5 files (the original layout); lerobot: append to the LeRobot '
                              'dataset (v3.0) at --dataset_dir, created when absent')
     parser.add_argument('--task', help='--format lerobot: the task description (default: --task_name)')
+    parser.add_argument('--teleop_only', action='store_true', help='teleoperate without recording: the followers '
+                        'copy the leaders at the task\'s rate until Ctrl-C, then the safe stop (the first thing to '
+                        'run after calibrating new arms)')
+    parser.add_argument('--num_steps', type=int, help='--teleop_only: stop after this many steps (default: at Ctrl-C)')
     parser.add_argument('--robot_driver', choices=RECORDING_DRIVERS, default='auto',
                         help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
                              'modules import)')

@@ -1,6 +1,8 @@
 """Teleoperated recording on the real robot, the work behind record_episodes.py (its docstring tells
 the layout and the flags): the opening ceremony, the leaders copied to the followers while the
-cameras record, and the episode stored as an HDF5 file or appended to a LeRobot dataset."""
+cameras record, and the episode stored as an HDF5 file or appended to a LeRobot dataset; or the
+leaders copied with nothing recorded (--teleop_only)."""
+import contextlib
 import functools
 import os
 import time
@@ -87,38 +89,39 @@ def save_episode(save, timesteps, actions, camera_names):
     print(f'Saving: {time.time() - t0:.1f} secs')
 
 
-def capture_one_episode(max_timesteps, camera_names, save, driver):
+@contextlib.contextmanager
+def aloha_session(camera_names, driver):
+    """(env, read_action) of ALOHA's followers and leaders, past the opening ceremony. A fault or
+    Ctrl-C releases the leaders and takes the followers' safe stop; the arms end without torque."""
     master_bot_left, master_bot_right = real_robot.make_master_bots(driver, init_node=True)
     env = None
     try:
         env = real_robot.make_real_env(init_node=False, setup_robots=False, driver=driver, camera_names=camera_names)
         opening_ceremony(master_bot_left, master_bot_right, env.puppet_bot_left, env.puppet_bot_right)
-        timesteps, actions, actual_dt_history = teleoperate(
-            env, lambda: real_robot.get_action(master_bot_left, master_bot_right), max_timesteps)
+        yield env, lambda: real_robot.get_action(master_bot_left, master_bot_right)
         torque_on(master_bot_left)
         torque_on(master_bot_right)
         move_grippers([env.puppet_bot_left, env.puppet_bot_right], [PUPPET_GRIPPER_JOINT_OPEN] * 2, move_time=0.5)
     except (real_robot.RobotFault, KeyboardInterrupt) as e:
-        reason = 'interrupted (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else str(e)
         for bot in (master_bot_left, master_bot_right):
             try:
                 bot.torque(False, 'all')
             except real_robot.RobotFault as failure:
                 print(f"Could not confirm torque off of '{bot.name}': {failure}")
         if env is not None:
-            env.safety_stop(reason)
+            env.safety_stop(stop_reason(e))
         raise
     finally:
         if env is not None:
             env.close()
         master_bot_left.close()
         master_bot_right.close()
-    print_dt_diagnosis(actual_dt_history)
-    save_episode(save, timesteps, actions, camera_names)
 
 
-def capture_so_episode(task_config, save, driver):
-    """Teleoperate an SO task: the followers first move to the leaders' pose, then copy them at the task's fps."""
+@contextlib.contextmanager
+def so_session(task_config, driver):
+    """(env, read_action) of an SO task's followers and leaders, the followers moved to the leaders'
+    pose first. A fault or Ctrl-C takes the safe stop; the followers end without torque."""
     from real_robot.so_env import check_driver
     check_driver(driver)
     leaders = real_robot.make_so_leaders(task_config)
@@ -128,19 +131,53 @@ def capture_so_episode(task_config, save, driver):
         move_arms(list(env.bots), list(real_robot.get_so_action(leaders).reshape(len(leaders), -1)),
                   move_time=settings.SO_OPENING_MOVE_TIME_S)
         print('Started!')
-        timesteps, actions, actual_dt_history = teleoperate(
-            env, lambda: real_robot.get_so_action(leaders), task_config['episode_len'])
+        yield env, lambda: real_robot.get_so_action(leaders)
     except (real_robot.RobotFault, KeyboardInterrupt) as e:
         if env is not None:
-            env.safety_stop('interrupted (Ctrl-C)' if isinstance(e, KeyboardInterrupt) else str(e))
+            env.safety_stop(stop_reason(e))
         raise
     finally:
         if env is not None:
             env.close()
         for arm in leaders:
             arm.close()
+
+
+def stop_reason(error):
+    return 'interrupted (Ctrl-C)' if isinstance(error, KeyboardInterrupt) else str(error)
+
+
+def session(task_config, driver):
+    """The teleoperation session of a task: SO arms or ALOHA's."""
+    if real_robot.is_so_task(task_config):
+        return so_session(task_config, driver)
+    return aloha_session(task_config['camera_names'], driver)
+
+
+def capture_episode(task_config, save, driver):
+    """Teleoperate one episode of the task while recording, then save it with save(Episode)."""
+    with session(task_config, driver) as (env, read_action):
+        timesteps, actions, actual_dt_history = teleoperate(env, read_action, task_config['episode_len'])
     print_dt_diagnosis(actual_dt_history)
     save_episode(save, timesteps, actions, task_config['camera_names'])
+
+
+def teleoperate_only(task_config, driver, num_steps=None):
+    """The followers copy the leaders at the task's rate, nothing recorded, until Ctrl-C (or num_steps
+    steps), then the safe stop -> the steps run. The progress bar shows the achieved rate."""
+    steps = 0
+    try:
+        with session(task_config, driver) as (env, read_action):
+            env.reset(fake=True)
+            bar = tqdm(total=num_steps, unit='step', desc='teleoperation (Ctrl-C ends it)')
+            while num_steps is None or steps < num_steps:
+                env.step(read_action())
+                steps += 1
+                bar.update()
+            bar.close()
+    except KeyboardInterrupt:
+        print(f'Teleoperation ended after {steps} steps')
+    return steps
 
 
 def get_auto_index(dataset_dir):
@@ -152,8 +189,12 @@ def get_auto_index(dataset_dir):
 
 
 def main(args):
-    """Record one episode (args: record_episodes.py's flags) -> the file or dataset it went to."""
+    """Record one episode (args: record_episodes.py's flags) -> the file or dataset it went to; with
+    args['teleop_only'] teleoperate without recording -> None."""
     task_config = real_robot.get_task_config(args['task_name'])
+    if args.get('teleop_only'):
+        teleoperate_only(task_config, args.get('robot_driver', 'auto'), args.get('num_steps'))
+        return None
     dataset_dir = args.get('dataset_dir') or task_config['dataset_dir']
     prepare_folder(dataset_dir, '--dataset_dir')
     if args.get('format', 'hdf5') == 'lerobot':
@@ -166,11 +207,7 @@ def main(args):
                                   'next free one, or pass --overwrite')
         print(os.path.splitext(os.path.basename(target))[0] + '\n')
         save = functools.partial(store_episode, target)
-    if real_robot.is_so_task(task_config):
-        capture_so_episode(task_config, save, args.get('robot_driver', 'auto'))
-    else:
-        capture_one_episode(task_config['episode_len'], task_config['camera_names'], save,
-                            args.get('robot_driver', 'auto'))
+    capture_episode(task_config, save, args.get('robot_driver', 'auto'))
     return target
 
 

@@ -89,6 +89,22 @@ def test_record_then_replay(station, capsys, monkeypatch):
     assert gripper_goal == pytest.approx(constants.PUPPET_GRIPPER_JOINT_OPEN, abs=2e-3)  # grippers opened
 
 
+def test_aloha_teleoperation_alone_records_nothing(station, monkeypatch):
+    emulators, dataset_dir = station
+    ceremony = record_episodes.opening_ceremony
+
+    def ceremony_then_operator_moves_the_leader(*bots):
+        ceremony(*bots)
+        emulators['master_left'].servos[1].set_present_position(rad_to_position(LEADER_LEFT_WAIST))
+    monkeypatch.setattr(record_episodes, 'opening_ceremony', ceremony_then_operator_moves_the_leader)
+    record_episodes.main({'task_name': 'tiny_real_task', 'teleop_only': True, 'num_steps': 20,
+                          'robot_driver': 'dynamixel'})
+    waist_goals = [position_to_rad(value) for value in emulators['puppet_left'].servos[1].goal_history]
+    assert max(waist_goals) == pytest.approx(LEADER_LEFT_WAIST, abs=2e-3)  # the follower copied the leader
+    assert not os.path.exists(dataset_dir)
+    assert all(servo.get('torque_enable') == 0 for servo in emulators['puppet_left'].servos.values())
+
+
 def test_record_into_a_lerobot_dataset_then_replay(station, monkeypatch):
     from formats.lerobot import LeRobotEpisodes
     emulators, dataset_dir = station

@@ -356,6 +356,33 @@ def test_record_then_replay(station, monkeypatch, capsys):
     assert LEADER_PAN_RAW in emulators['so_follower'].servos[1].goal_history
 
 
+def test_teleoperation_alone_copies_the_leader_and_records_nothing(station, monkeypatch, capsys):
+    emulators, dataset_dir = station
+    operator_holds_the_leader(emulators, monkeypatch)
+    assert record_episodes.main({'task_name': 'tiny_so_task', 'teleop_only': True, 'num_steps': 5}) is None
+    assert LEADER_PAN_RAW in emulators['so_follower'].servos[1].goal_history
+    assert not os.path.exists(dataset_dir) or os.listdir(dataset_dir) == []
+    assert all(s.get('torque_enable') == 0 for s in emulators['so_follower'].servos.values())
+    assert 'step/s' in capsys.readouterr().err  # the achieved rate
+
+
+def test_teleoperation_ends_at_ctrl_c_with_the_safe_stop(station, monkeypatch, capsys):
+    emulators, _ = station
+    operator_holds_the_leader(emulators, monkeypatch)
+    read, reads = real_robot.get_so_action, []
+
+    def operator_presses_ctrl_c(leaders):  # one read to reach the leaders' pose, then one per step
+        reads.append(1)
+        if len(reads) == 5:
+            raise KeyboardInterrupt
+        return read(leaders)
+    monkeypatch.setattr(real_robot, 'get_so_action', operator_presses_ctrl_c)
+    record_episodes.main({'task_name': 'tiny_so_task', 'teleop_only': True})  # returns: Ctrl-C is how it ends
+    out = capsys.readouterr().out
+    assert 'SAFETY STOP: interrupted (Ctrl-C)' in out and 'Teleoperation ended after 3 steps' in out
+    assert all(s.get('torque_enable') == 0 for s in emulators['so_follower'].servos.values())
+
+
 def test_record_into_a_lerobot_dataset(station, monkeypatch):
     from formats.lerobot import LeRobotEpisodes
     emulators, dataset_dir = station
