@@ -56,6 +56,7 @@ KEY_MAP = (
     ('query_embed', 'decoder_pos_embed'),
     ('action_head', 'action_head'),
 )
+VAE_ENCODER_PREFIX = 'model.vae_encoder'  # LeRobot's CVAE encoder modules, absent when use_vae is false
 NOT_IN_LEROBOT = ('model.is_pad_head.',)  # the original's padding head: trained, never used for actions
 
 
@@ -72,13 +73,16 @@ def _rename(key, pairs):
     return None
 
 
-def to_lerobot_state_dict(state_dict):
+def to_lerobot_state_dict(state_dict, use_vae=True):
     """This project's ACT state dict -> (LeRobot's, [keys left out]): the decoder's first layer and
-    norm only (the only ones the original computes), no is_pad_head."""
+    norm only (the only ones the original computes), no is_pad_head, and without the VAE no CVAE
+    encoder (LeRobot builds none then)."""
     out, dropped = {}, []
     for key, value in state_dict.items():
         unused_layer = key.startswith('model.transformer.decoder.layers.') and key.split('.')[4] != '0'
         new = None if unused_layer or key.startswith(NOT_IN_LEROBOT) else _rename(key, KEY_MAP)
+        if new is not None and not use_vae and new.startswith(VAE_ENCODER_PREFIX):
+            new = None
         if new is None:
             dropped.append(key)
         else:
@@ -195,6 +199,7 @@ def policy_config_from_lerobot(lr_config):
         'weight_decay': lr_config.get('optimizer_weight_decay', 1e-4), 'pretrained_backbone': False,
         'camera_names': list(cameras), 'state_dim': inputs[STATE]['shape'][0],
         'action_dim': lr_config['output_features'][ACTION]['shape'][0],
+        'use_vae': bool(lr_config.get('use_vae', True)),
     }
     return policy_config, image_hw
 
@@ -407,7 +412,7 @@ def lerobot_config(policy_config, image_hw):
         'vision_backbone': cfg['backbone'], 'pretrained_backbone_weights': None,
         'replace_final_stride_with_dilation': False, 'pre_norm': bool(cfg['pre_norm']), 'dim_model': cfg['hidden_dim'],
         'n_heads': cfg['nheads'], 'dim_feedforward': cfg['dim_feedforward'], 'feedforward_activation': 'relu',
-        'n_encoder_layers': cfg['enc_layers'], 'n_decoder_layers': 1, 'use_vae': True,
+        'n_encoder_layers': cfg['enc_layers'], 'n_decoder_layers': 1, 'use_vae': cfg.get('use_vae', True),
         'latent_dim': cfg['latent_dim'], 'n_vae_encoder_layers': cfg['enc_layers'], 'temporal_ensemble_coeff': None,
         'dropout': cfg['dropout'], 'kl_weight': cfg['kl_weight'], 'optimizer_lr': cfg['lr'],
         'optimizer_weight_decay': cfg['weight_decay'], 'optimizer_lr_backbone': cfg['lr_backbone'],
@@ -465,7 +470,7 @@ def write_lerobot_checkpoint(folder, policy_config, image_hw, state_dict, stats)
     check_exportable(policy_config)
     os.makedirs(folder, exist_ok=True)
     config = lerobot_config(policy_config, image_hw)
-    weights, dropped = to_lerobot_state_dict(state_dict)
+    weights, dropped = to_lerobot_state_dict(state_dict, policy_config.get('use_vae', True))
     jsons, tensors = _pipeline_files(config, *lerobot_statistics(stats, policy_config))
     save_safetensors(weights, os.path.join(folder, MODEL_FILE))
     for name, values in tensors.items():

@@ -129,6 +129,10 @@ def _model_flags(parser):
                        ('nheads', 'attention heads'), ('latent_dim', 'size of the CVAE latent')):
         add(f'--{flag}', type=int, help=f'ACT: {text} ' + _policy_default(flag, 'ACT'))
     add('--dropout', type=float, help='ACT: transformer dropout ' + _policy_default('dropout', 'ACT'))
+    add('--use_vae', action=argparse.BooleanOptionalAction,
+        help="ACT: the CVAE objective; --no-use_vae (or --no_vae, LeRobot's use_vae false) trains without it: the "
+             'latent is zero in training too and the loss has no KL term ' + _policy_default('use_vae', 'ACT'))
+    add('--no_vae', dest='use_vae', action='store_false', default=argparse.SUPPRESS, help='ACT: --no-use_vae')
     add('--pre_norm', action='store_true', default=None, help='ACT: layer norm before attention (pre-norm)')
     add('--backbone', choices=BACKBONES,
         help='image backbone ' + _policy_default('backbone', 'ACT', 'Diffusion'))

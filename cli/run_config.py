@@ -24,6 +24,7 @@ POLICY_FLAGS = {
     'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
     'scheduler': 'scheduler', 'prediction_type': 'prediction_type', 'obs_horizon': 'obs_horizon',
     'action_horizon': 'action_horizon', 'down_dims': 'down_dims', 'augment_images': 'augment_images',
+    'use_vae': 'use_vae',
 }
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 EVAL_FLAGS = ('ckpt_dir', 'policy_class', 'onscreen_render', 'task_name', 'temporal_agg', 'num_rollouts', 'eval_ckpt',

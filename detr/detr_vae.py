@@ -38,8 +38,9 @@ class DETRVAE(nn.Module):
     """
 
     def __init__(self, backbones, transformer, encoder, state_dim, action_dim, num_queries,
-                 camera_names, latent_dim=32):
+                 camera_names, latent_dim=32, use_vae=True):
         super().__init__()
+        self.use_vae = use_vae  # False: the latent is zero in training too (LeRobot's use_vae false)
         hidden_dim = transformer.d_model
         self.num_queries = num_queries
         self.camera_names = list(camera_names)
@@ -99,10 +100,10 @@ class DETRVAE(nn.Module):
     def forward(self, qpos, image, actions=None, is_pad=None):
         """qpos (B, S); image (B, N, 3, H, W) normalised; actions (B, Q, A) and is_pad (B, Q) in training.
 
-        Returns a_hat (B, Q, A), mu, logvar ((B, latent) each, None without actions).
+        Returns a_hat (B, Q, A), mu, logvar ((B, latent) each, None without actions or without the VAE).
         """
         bs = qpos.shape[0]
-        if actions is not None:
+        if actions is not None and self.use_vae:
             # NOTE(faithful): the latent is sampled whenever actions are given, also in eval mode
             # (the original's validation loss is computed this way).
             mu, logvar = self.encode_latent(qpos, actions, is_pad)
@@ -183,7 +184,7 @@ def build_act_model(cfg, load_pretrained=True):
     encoder = build_encoder(cfg['hidden_dim'], cfg['nheads'], cfg['enc_layers'], cfg['dim_feedforward'],
                             cfg['dropout'], cfg['pre_norm'])
     return DETRVAE(_build_backbones(cfg, n_backbones, load_pretrained), transformer, encoder, cfg['state_dim'],
-                   cfg['action_dim'], cfg['num_queries'], cfg['camera_names'], cfg['latent_dim'])
+                   cfg['action_dim'], cfg['num_queries'], cfg['camera_names'], cfg['latent_dim'], cfg['use_vae'])
 
 
 def build_cnnmlp_model(cfg, load_pretrained=True):

@@ -24,6 +24,7 @@ ACT_DEFAULTS = {
     'dec_layers': 7,  # all are checkpoint parameters; only the first one is computed
     'nheads': 8,
     'latent_dim': 32,  # CVAE latent size
+    'use_vae': True,  # False (--no_vae, LeRobot's use_vae false): no CVAE objective, the latent zero in training too
     'dropout': 0.1,
     'pre_norm': False,
     'position_embedding': 'sine',  # sine | learned
@@ -126,7 +127,7 @@ class ACTPolicy(_DETRPolicy):
         return self.infer(lambda q, im: self.model(q, im)[0], qpos, self.normalize(image))
 
     def loss(self, qpos, image, actions, is_pad=None):
-        """-> {'l1', 'kl', 'loss'}; actions longer than the chunk are cut to it."""
+        """-> {'l1', 'kl', 'loss'} ({'l1', 'loss'} without the VAE); actions longer than the chunk are cut to it."""
         self.check_inputs(qpos, image, actions, is_pad)
         image = self.normalize(image)
         if actions.shape[1] < self.num_queries:
@@ -139,6 +140,8 @@ class ACTPolicy(_DETRPolicy):
         all_l1 = F.l1_loss(actions, a_hat, reduction='none')  # (B, Q, A)
         # NOTE(faithful): padded steps are zeroed but still counted in the mean's denominator.
         l1 = (all_l1 * ~is_pad.unsqueeze(-1)).mean()
+        if mu is None:  # without the VAE: no KL term
+            return {'l1': l1, 'loss': l1}
         kl = kl_divergence(mu, logvar)
         # NOTE(faithful): a constant KL weight, no warm-up; the sampled-latent loss is also what
         # validation reports, since the latent is sampled whenever actions are given.

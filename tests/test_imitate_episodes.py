@@ -211,6 +211,16 @@ def test_a_chunk_longer_than_every_episode_is_refused_before_any_file(tmp_path):
     assert os.listdir(tmp_path / 'ckpt') == []
 
 
+def test_training_without_the_vae_records_it_and_has_no_kl(tiny_dataset, tmp_path):
+    args = vars(imitate_episodes.build_parser().parse_args(['--no_vae']))
+    assert args['use_vae'] is False
+    ckpt = tmp_path / 'ckpt'
+    imitate_episodes.main(train_args(tiny_dataset, str(ckpt), use_vae=False, num_epochs=1))
+    assert json.loads((ckpt / CONFIG_FILE).read_text())['policy_config']['use_vae'] is False
+    records = [json.loads(line) for line in (ckpt / 'metrics.jsonl').read_text().splitlines()]
+    assert records and not any('kl' in key for record in records for key in record)
+
+
 def test_bad_flags_are_named(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match='--grad_accum'):
         imitate_episodes.main(train_args(tiny_dataset, tmp_path, grad_accum=0))

@@ -330,6 +330,24 @@ def test_our_checkpoint_in_lerobots_layout_gives_our_actions(tmp_path):
     assert config['input_features']['observation.images.wrist'] == {'type': 'VISUAL', 'shape': [3, *TINY_IMAGE_HW]}
 
 
+def test_act_without_the_vae_converts_both_ways(tmp_path):
+    policy, stats = tiny_act(seed=3, use_vae=False), random_stats(2)
+    ours = write_our_folder(str(tmp_path / 'ours'), policy, stats)
+    to_lerobot(ours, str(tmp_path / 'lr'))
+    lr_config = json.load(open(tmp_path / 'lr' / 'config.json'))
+    weights = load_file(str(tmp_path / 'lr' / 'model.safetensors'))
+    assert lr_config['use_vae'] is False and not any(k.startswith('model.vae_encoder') for k in weights)
+    to_act(str(tmp_path / 'lr'), str(tmp_path / 'back'))
+    back_config = json.load(open(tmp_path / 'back' / 'config.json'))['policy_config']
+    assert back_config['use_vae'] is False
+    back_state = torch.load(tmp_path / 'back' / 'policy_best.ckpt', weights_only=True)
+    back = make_policy('ACT', back_config, load_pretrained=False).deserialize(back_state).eval()
+    qpos, images = observation(seed=5)
+    back_stats = Normalizer.load(str(tmp_path / 'back' / 'dataset_stats.pkl')).stats
+    assert torch.equal(our_actions(back, Normalizer(back_stats), qpos, images),
+                       our_actions(policy, Normalizer(stats), qpos, images))
+
+
 def test_round_trip_ours_lerobot_ours_is_bit_exact(tmp_path):
     policy, stats = tiny_act(seed=6), random_stats(1)
     ours = write_our_folder(str(tmp_path / 'ours'), policy, stats)

@@ -56,6 +56,20 @@ def test_act_loss_is_the_hand_computation(tiny_act_config):
     assert torch.allclose(losses['loss'], l1 + tiny_act_config['kl_weight'] * kl, atol=1e-5)
 
 
+def test_act_without_the_vae_has_a_zero_latent_and_no_kl(tiny_act_config):
+    policy = ACTPolicy(dict(tiny_act_config, use_vae=False)).eval()
+    qpos, image, actions, is_pad = _batch(tiny_act_config)
+    losses = policy(qpos, image, actions, is_pad)
+    assert set(losses) == {'l1', 'loss'} and torch.equal(losses['loss'], losses['l1'])
+    a_hat, mu, logvar = policy.model(qpos, policy.normalize(image), actions, is_pad)
+    assert mu is None and logvar is None
+    assert torch.allclose(a_hat, policy(qpos, image), atol=1e-5)  # training sees the latent inference sees: zero
+    mask = (~is_pad).unsqueeze(-1).float()
+    assert torch.allclose(losses['l1'], ((actions - a_hat).abs() * mask).sum() / actions.numel(), atol=1e-6)
+    losses['loss'].backward()
+    assert policy.model.encoder.layers[0].linear1.weight.grad is None  # the CVAE encoder does not train
+
+
 def test_padded_steps_are_ignored_the_original_way(tiny_act_config):
     policy = ACTPolicy(tiny_act_config).eval()
     qpos, image, actions, is_pad = _batch(tiny_act_config)
