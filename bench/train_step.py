@@ -1,6 +1,6 @@
 """Benchmark: ACT optimizer steps of the imitate_episodes.py training loop.
 
-    python -m bench.train_step [--steps 3] [--cases readme_off readme_bf16 small_off small_bf16]
+    python -m bench.train_step [--steps 3] [--cases readme_off readme_bf16 small_off small_bf16 ...]
 
 Prints one JSON object: per case (model config x --amp) the seconds per optimizer step (batch 8,
 data loading included, mean over --steps after one warm-up step), samples per second and peak
@@ -42,6 +42,8 @@ MODELS = {  # the README's ACT config and a small one at quarter-size images (fl
     'small': {'hidden_dim': 256, 'dim_feedforward': 1024, 'chunk_size': 50, 'image_size': (240, 320)},
 }
 CASES = ('readme_off', 'readme_bf16', 'small_off', 'small_bf16')
+# gradient checkpointing (--gradient_checkpointing): the same steps with activations recomputed
+CHECKPOINTED = ('readme_off_recompute', 'small_off_recompute')
 
 
 def write_dataset(folder, frame_hw):
@@ -55,7 +57,7 @@ def write_dataset(folder, frame_hw):
                       qvel=qvel)
 
 
-def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
+def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw, recompute=False):
     """The training config imitate_episodes.py builds for the README or the small model's flags."""
     from cli.run_config import make_config as make_run_config
     from cli.run_config import make_policy_config
@@ -67,7 +69,7 @@ def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw):
             '--num_episodes', str(NUM_EPISODES), '--batch_size', str(BATCH_SIZE), '--num_steps', str(num_steps),
             '--amp', amp, '--device', 'cpu', '--lr', '1e-5', '--no-pretrained_backbone',
             '--hidden_dim', str(sizes['hidden_dim']), '--dim_feedforward', str(sizes['dim_feedforward']),
-            '--chunk_size', str(sizes['chunk_size'])]
+            '--chunk_size', str(sizes['chunk_size'])] + (['--gradient_checkpointing'] if recompute else [])
     args = vars(build_parser().parse_args(argv))
     policy_config = make_policy_config(args, ['top'], STATE_DIM, STATE_DIM, image_hw)
     return {**train.TRAIN_DEFAULTS, **make_run_config(args, get_task_config(TASK), policy_config, 'cpu')}
@@ -123,11 +125,11 @@ def run_case(case, data_dir, steps, ref_steps):
     import torch
 
     from training import loop as train
-    model, amp = case.split('_')
+    model, amp, *recompute = case.split('_')
     train_loader, val_loader, _, _ = loaders(data_dir, model)
     image_hw = tuple(train_loader.dataset.hw)
     with tempfile.TemporaryDirectory() as ckpt_dir:
-        config = make_config(model, amp, data_dir, ckpt_dir, steps + 1, image_hw)
+        config = make_config(model, amp, data_dir, ckpt_dir, steps + 1, image_hw, bool(recompute))
         trainer = train.Trainer(train_loader, val_loader, config)
         trainer.policy.train()
         times = []
@@ -193,8 +195,9 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--steps', type=int, default=3, help='timed optimizer steps per case (after one warm-up)')
     parser.add_argument('--ref_steps', type=int, default=2, help='reference steps compared with amp off (0: skip)')
-    parser.add_argument('--cases', nargs='+', choices=CASES,
-                        help='cases to run (default: all; bf16 ones only on CPUs with native bfloat16)')
+    parser.add_argument('--cases', nargs='+', choices=CASES + CHECKPOINTED,
+                        help='cases to run (default: those without gradient checkpointing; bf16 ones only on CPUs '
+                             'with native bfloat16); *_recompute: with --gradient_checkpointing')
     parser.add_argument('--frame_size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'),
                         help='recorded frame size of the synthetic episodes')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process

@@ -171,7 +171,8 @@ def _training_flags(parser):
         'sizes, statistics) changed; normalisation keeps the dataset_stats.pkl in --ckpt_dir')
     add('--save_format', **TrainSettings.flag_spec('save_format'))
     add('--init_from', metavar='PATH', **TrainSettings.flag_spec('init_from'))
-    for name in ('keep_init_stats', 'freeze_backbone', 'clip_grad_norm', 'wandb', 'tensorboard'):
+    for name in ('keep_init_stats', 'freeze_backbone', 'gradient_checkpointing', 'clip_grad_norm', 'wandb',
+                 'tensorboard'):
         add(f'--{name}', **TrainSettings.flag_spec(name))
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.files import load_torch_file
+from detr.recompute import recompute
 
 ### ImageNet weights (torchvision's IMAGENET1K_V1 files, the ones `pretrained=True` gave the original)
 IMAGENET_WEIGHT_FILES = {
@@ -166,6 +167,7 @@ class ResNetTrunk(nn.Module):
             layer, in_ch = _make_stage(block, in_ch, width, n_blocks, stride, norm_layer)
             self.add_module(f'layer{stage + 1}', layer)
         self.num_channels = in_ch
+        self.gradient_checkpointing = False  # Policy.set_gradient_checkpointing: layer1..layer4 recomputed
         self._init_weights()
 
     def _init_weights(self):
@@ -180,8 +182,9 @@ class ResNetTrunk(nn.Module):
     def forward(self, x):
         """x: (B, 3, H, W) normalised image -> (B, num_channels, h, w) last feature map"""
         x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))  # (B, 64, H / 4, W / 4)
-        x = self.layer2(self.layer1(x))  # (B, 128 * e, H / 8, W / 8)
-        return self.layer4(self.layer3(x))  # (B, 512 * e, H / 32, W / 32)
+        for stage in (self.layer1, self.layer2, self.layer3):  # (B, 128 * e, H / 8, W / 8) after layer2
+            x = recompute(self.gradient_checkpointing, stage, x)
+        return recompute(self.gradient_checkpointing, self.layer4, x)  # (B, 512 * e, H / 32, W / 32)
 
 
 def _make_stage(block, in_ch, width, n_blocks, stride, norm_layer):

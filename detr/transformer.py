@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detr.recompute import recompute
+
 
 class MultiheadAttention(nn.Module):
     """nn.MultiheadAttention's parameters and maths on batch-first tensors, fused attention kernel."""
@@ -137,11 +139,12 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm
+        self.gradient_checkpointing = False  # Policy.set_gradient_checkpointing
 
     def forward(self, src, pos=None, key_padding_mask=None):
         """src (B, L, D), pos (B or 1, L, D), key_padding_mask (B, L) -> (B, L, D)"""
         for layer in self.layers:
-            src = layer(src, pos, key_padding_mask)
+            src = recompute(self.gradient_checkpointing, layer, src, pos, key_padding_mask)
         return src if self.norm is None else self.norm(src)
 
 
@@ -152,6 +155,7 @@ class TransformerDecoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm
+        self.gradient_checkpointing = False  # Policy.set_gradient_checkpointing
 
     def forward(self, tgt, memory, pos=None, query_pos=None):
         """tgt (B, Q, D), memory (B, L, D) -> (B, Q, D)"""
@@ -160,7 +164,7 @@ class TransformerDecoder(nn.Module):
         # 2..dec_layers never change the actions and get zero gradient; they stay as parameters so
         # original checkpoints load, but they are not computed here (the original also applied
         # AdamW's weight decay to them, which never reaches the output).
-        return self.norm(self.layers[0](tgt, memory, pos, query_pos))
+        return self.norm(recompute(self.gradient_checkpointing, self.layers[0], tgt, memory, pos, query_pos))
 
 
 class Transformer(nn.Module):

@@ -161,6 +161,13 @@ class Policy(nn.Module):
         print('\n'.join(lines))
         return kept, fresh
 
+    def set_gradient_checkpointing(self, enabled=True):
+        """Recompute the activations of the transformer's layers, the trunk's stages and the UNet's
+        blocks in the backward pass instead of keeping them: less memory, the same losses and gradients."""
+        for module in self.modules():
+            if hasattr(module, 'gradient_checkpointing'):
+                module.gradient_checkpointing = enabled
+
     def freeze_backbone(self):
         """Keep the image trunk's weights fixed (no gradients; the optimizer leaves them out)."""
         for name, param in self.named_parameters():

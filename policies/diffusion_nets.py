@@ -1,11 +1,14 @@
 """The networks of the Diffusion policy (policies/diffusion.py): the conditional 1-D UNet over the
 action chunk with FiLM conditioning, the per-camera ResNet trunk with spatial-softmax keypoints, and
 the image augmentation of training. Module names follow act-plus-plus, so its checkpoints load."""
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from detr.recompute import recompute
 
 ### Fixed values
 DOWN_DIMS = (256, 512, 1024)   # UNet level widths, finest first (the default of --down_dims)
@@ -157,6 +160,7 @@ class ConditionalUnet1D(nn.Module):
             nn.Conv1d(down_dims[0], action_dim, 1),
         )
         self.length_multiple = 2 ** (len(levels) - 1)
+        self.gradient_checkpointing = False  # Policy.set_gradient_checkpointing: each block recomputed
         # every FiLM block in the order forward runs them
         self.film_blocks = ([b for level in self.down_modules for b in level[:2]] + list(self.mid_modules)
                             + [b for level in self.up_modules for b in level[:2]])
@@ -178,17 +182,18 @@ class ConditionalUnet1D(nn.Module):
         padded = -length % self.length_multiple
         x = F.pad(sample.transpose(1, 2), (0, padded))  # (B, A, T + padded)
         skips = []
+        run = functools.partial(recompute, self.gradient_checkpointing)
         for first, second, downsample in self.down_modules:
-            x = second(first(x, next(films)), next(films))
+            x = run(second, run(first, x, next(films)), next(films))
             skips.append(x)
             x = downsample(x)
         # NOTE(faithful): the way up pops one skip per up level, so the first level's output is never
         # used, as in the diffusion_policy UNet; the layer sizes of its checkpoints depend on it.
         for mid in self.mid_modules:
-            x = mid(x, next(films))
+            x = run(mid, x, next(films))
         for first, second, upsample in self.up_modules:
             x = torch.cat([x, skips.pop()], dim=1)  # (B, 2 C, T')
-            x = upsample(second(first(x, next(films)), next(films)))
+            x = upsample(run(second, run(first, x, next(films)), next(films)))
         x = self.final_conv(x)  # (B, A, T + padded)
         return x[..., :length].transpose(1, 2)  # (B, T, A)
 

@@ -294,3 +294,29 @@ def test_make_policy_and_lazy_diffusion(tiny_act_config, monkeypatch):
     assert make_policy('Diffusion', {'x': 1}).cfg == {'x': 1}
     with pytest.raises(AttributeError):
         policy_module.NoSuchPolicy
+
+
+@pytest.mark.parametrize('kind', ['ACT', 'Diffusion'])
+def test_gradient_checkpointing_gives_the_same_losses_and_gradients(tiny_act_config, kind, monkeypatch):
+    from detr import recompute
+    from policies.registry import make_policy
+    from tests.test_diffusion_policy import tiny_config as tiny_diffusion_config
+    checkpointed, checkpoint = [], recompute.checkpoint
+    monkeypatch.setattr(recompute, 'checkpoint',
+                        lambda *args, **kwargs: checkpointed.append(1) or checkpoint(*args, **kwargs))
+    config = dict(tiny_act_config) if kind == 'ACT' else tiny_diffusion_config()
+    qpos, image, actions, is_pad = _batch(dict(tiny_act_config, num_queries=config['num_queries']))
+    results = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        policy = make_policy(kind, config, load_pretrained=False).train()  # dropout and noise on
+        policy.set_gradient_checkpointing(enabled)
+        torch.manual_seed(1)
+        losses = policy(qpos, image, actions, is_pad)
+        losses['loss'].backward()
+        results.append((losses, {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (recomputed, recomputed_grads) = results
+    assert all(torch.equal(plain[k], recomputed[k]) for k in plain)
+    assert plain_grads.keys() == recomputed_grads.keys() and len(plain_grads) > 10
+    assert all(torch.allclose(plain_grads[n], recomputed_grads[n], rtol=1e-5, atol=1e-7) for n in plain_grads)
+    assert len(checkpointed) >= 4  # the blocks ran recomputed: the trunk's stages, and layers or UNet blocks

@@ -282,6 +282,7 @@ class Trainer:
             self.policy.load_matching(init['state_dict'], init['source'])
         if config['freeze_backbone']:
             self.policy.freeze_backbone()
+        self.policy.set_gradient_checkpointing(config['gradient_checkpointing'])
         self.policy.to(self.device)
         to_channels_last(self.policy)
         self.optimizer = fused_adam(self.policy.configure_optimizers(), self.device)

@@ -47,6 +47,9 @@ class TrainSettings:
     keep_init_stats: bool = setting(False, "with --init_from: normalise with its checkpoint's statistics instead "
                                            "of the new data's")
     freeze_backbone: bool = setting(False, 'keep the image trunk fixed (ACT, CNNMLP)')
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass instead of keeping "
+                                                  "them (the transformer's layers, the trunk's stages, the UNet's "
+                                                  "blocks): less memory for more time, the same losses")
     resume: bool = setting(False, f'continue from {TRAINING_STATE} in --ckpt_dir (refused when the settings or '
                                   'the data differ from those it was trained with)', record=False)
     wandb: bool = setting(False, 'log the metrics to Weights & Biases (WANDB_MODE=offline: no network)', record=False)
