@@ -16,12 +16,14 @@ report.html; --eval_offline compares the policy's action chunks with recorded ep
 (only rank 0 writes files). This script is the command line only: its flags are in cli/flags.py,
 the commands in cli/commands.py, the loop in training/loop.py, evaluation in evaluation/rollout.py.
 """
+import sys
 
 from cli import flags
 from cli.commands import main
 from cli.data_check import MissingData
 from cli.errors import run_command
 from cli.flags import UsageError
+from cli.lerobot_names import translate_lerobot_flags
 from common.files import UnsafeFile
 from formats.lerobot import LeRobotFormatError
 from training.loop import NonFiniteLoss
@@ -42,5 +44,11 @@ def __getattr__(name):
 
 if __name__ == '__main__':
     parser = build_parser()
-    run_command(parser, main, vars(parser.parse_args()), usage=(UsageError,),
+    try:
+        argv, translated = translate_lerobot_flags(sys.argv[1:])
+    except UsageError as err:
+        parser.error(str(err))
+    for line in translated:
+        print(f'LeRobot flag {line}')
+    run_command(parser, main, vars(parser.parse_args(argv)), usage=(UsageError,),
                 plain=(NonFiniteLoss, UnsafeFile, MissingData, LeRobotFormatError))

@@ -62,6 +62,10 @@ def flag_problem(args):
         hidden_dim, nheads = (args.get(k) or defaults[k] for k in ('hidden_dim', 'nheads'))
         if hidden_dim % nheads:
             return f'--hidden_dim {hidden_dim} must be a multiple of --nheads {nheads} (attention heads split it)'
+        chunk = args.get('chunk_size') or defaults['num_queries']
+        if args.get('action_horizon') not in (None, chunk):
+            return (f"--action_horizon {args['action_horizon']} (LeRobot's n_action_steps) is Diffusion's: ACT plays "
+                    f'its whole chunk of {chunk}, as the original (--temporal_agg queries every step)')
     return None
 
 

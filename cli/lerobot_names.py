@@ -1,0 +1,88 @@
+"""LeRobot's command-line names (`lerobot-train --policy.chunk_size=100 ...`) accepted by
+imitate_episodes.py: each becomes the flag of ours that sets the same thing, said once at the start.
+`--batch_size`, `--seed` and `--num_workers` are the same names in both.
+
+Where LeRobot's default differs from the original's (one decoder layer, lr 1e-5 for the trunk as
+well), the default here stays the original's: only the names given are translated.
+"""
+import os
+
+from cli.flags import UsageError
+
+LEROBOT_HOME = os.environ.get('HF_LEROBOT_HOME', os.path.expanduser('~/.cache/huggingface/lerobot'))
+POLICY_TYPES = {'act': 'ACT', 'diffusion': 'Diffusion'}
+TEMPORAL_ENSEMBLE_COEFF = 0.01  # the original's exp(-0.01 i): the one ensembling weight here
+# LeRobot name -> our flag (the value passes as it is)
+SAME_VALUE = {
+    '--steps': '--num_steps', '--save_freq': '--save_every', '--output_dir': '--ckpt_dir',
+    '--dataset.root': '--dataset_dir',
+    '--policy.path': '--init_from', '--policy.chunk_size': '--chunk_size', '--policy.horizon': '--chunk_size',
+    '--policy.n_action_steps': '--action_horizon', '--policy.n_obs_steps': '--obs_horizon',
+    '--policy.optimizer_lr': '--lr', '--policy.optimizer_lr_backbone': '--lr_backbone',
+    '--policy.optimizer_weight_decay': '--weight_decay', '--policy.dim_model': '--hidden_dim',
+    '--policy.dim_feedforward': '--dim_feedforward', '--policy.n_heads': '--nheads',
+    '--policy.n_encoder_layers': '--enc_layers', '--policy.n_decoder_layers': '--dec_layers',
+    '--policy.kl_weight': '--kl_weight', '--policy.num_inference_steps': '--num_inference_steps',
+}
+SWITCHES = {'--wandb.enable': ('--wandb', None), '--policy.use_vae': ('--use_vae', '--no-use_vae')}
+PREFIXES = ('--policy.', '--dataset.', '--wandb.', '--training.', '--optimizer.', '--scheduler.', '--eval.', '--env.')
+
+
+def truth(name, value):
+    if value.lower() in ('true', '1', 'yes'):
+        return True
+    if value.lower() in ('false', '0', 'no'):
+        return False
+    raise UsageError(f'{name} {value}: true or false expected')
+
+
+def translate_one(name, value):
+    """(LeRobot name, value) -> our flags (a list)."""
+    if name in SAME_VALUE:
+        return [SAME_VALUE[name], value]
+    if name in SWITCHES:
+        on, off = SWITCHES[name]
+        return [on] if truth(name, value) else ([off] if off else [])
+    if name == '--policy.type':
+        if value not in POLICY_TYPES:
+            raise UsageError(f'--policy.type {value}: this project trains {", ".join(POLICY_TYPES)} (LeRobot names)')
+        return ['--policy_class', POLICY_TYPES[value]]
+    if name == '--policy.use_amp':
+        return ['--amp', 'fp16'] if truth(name, value) else []  # LeRobot's automatic mixed precision
+    if name == '--policy.temporal_ensemble_coeff':
+        if value.lower() in ('none', 'null'):
+            return []
+        if float(value) != TEMPORAL_ENSEMBLE_COEFF:
+            raise UsageError(f'{name} {value}: temporal ensembling here has the original\'s weight '
+                             f'{TEMPORAL_ENSEMBLE_COEFF} only (--temporal_agg)')
+        return ['--temporal_agg']
+    if name == '--dataset.repo_id':
+        folder = os.path.join(LEROBOT_HOME, value)
+        if not os.path.isdir(folder):
+            raise UsageError(f'--dataset.repo_id {value}: no local dataset at {folder} (nothing is downloaded: '
+                             f'put the dataset there, set HF_LEROBOT_HOME, or give --dataset.root DIR)')
+        return ['--dataset_dir', folder]
+    raise UsageError(f'{name}: a LeRobot setting this project has no counterpart for (docs/lerobot.md lists '
+                     f'the ones it takes)')
+
+
+def translate_lerobot_flags(argv):
+    """argv with LeRobot's names (`--key=value` or `--key value`) replaced by ours -> (argv, the
+    lines that say what became what)."""
+    out, said, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        name, _, value = token.partition('=')
+        if not (name.startswith(PREFIXES) or name in SAME_VALUE):  # --batch_size, --seed, ... are ours too
+            out.append(token)
+            i += 1
+            continue
+        if not _:
+            if i + 1 >= len(argv):
+                raise UsageError(f'{name}: a value expected')
+            value, i = argv[i + 1], i + 1
+        ours = translate_one(name, value)
+        said.append(f'{name}={value} -> {" ".join(ours) or "(the default)"}')
+        out += ours
+        i += 1
+    return out, said
