@@ -90,20 +90,15 @@ def save_episode(save, timesteps, actions, camera_names):
 
 
 @contextlib.contextmanager
-def aloha_session(camera_names, driver):
-    """(env, read_action) of ALOHA's followers and leaders, past the opening ceremony. A fault or
-    Ctrl-C releases the leaders and takes the followers' safe stop; the arms end without torque."""
-    master_bot_left, master_bot_right = real_robot.make_master_bots(driver, init_node=True)
+def followers(make_env, leaders, powered_leaders=()):
+    """The followers' env from make_env() for a session with `leaders`: on a fault or Ctrl-C the
+    powered leaders lose torque and the followers take the safe stop; every port is closed at the end."""
     env = None
     try:
-        env = real_robot.make_real_env(init_node=False, setup_robots=False, driver=driver, camera_names=camera_names)
-        opening_ceremony(master_bot_left, master_bot_right, env.puppet_bot_left, env.puppet_bot_right)
-        yield env, lambda: real_robot.get_action(master_bot_left, master_bot_right)
-        torque_on(master_bot_left)
-        torque_on(master_bot_right)
-        move_grippers([env.puppet_bot_left, env.puppet_bot_right], [PUPPET_GRIPPER_JOINT_OPEN] * 2, move_time=0.5)
+        env = make_env()
+        yield env
     except (real_robot.RobotFault, KeyboardInterrupt) as e:
-        for bot in (master_bot_left, master_bot_right):
+        for bot in powered_leaders:
             try:
                 bot.torque(False, 'all')
             except real_robot.RobotFault as failure:
@@ -114,33 +109,37 @@ def aloha_session(camera_names, driver):
     finally:
         if env is not None:
             env.close()
-        master_bot_left.close()
-        master_bot_right.close()
+        for leader in leaders:
+            leader.close()
+
+
+@contextlib.contextmanager
+def aloha_session(camera_names, driver):
+    """(env, read_action) of ALOHA's followers and leaders, past the opening ceremony; the arms end
+    without torque."""
+    masters = real_robot.make_master_bots(driver, init_node=True)
+    make_env = functools.partial(real_robot.make_real_env, init_node=False, setup_robots=False, driver=driver,
+                                 camera_names=camera_names)
+    with followers(make_env, masters, powered_leaders=masters) as env:
+        opening_ceremony(*masters, env.puppet_bot_left, env.puppet_bot_right)
+        yield env, lambda: real_robot.get_action(*masters)
+        for master in masters:
+            torque_on(master)
+        move_grippers([env.puppet_bot_left, env.puppet_bot_right], [PUPPET_GRIPPER_JOINT_OPEN] * 2, move_time=0.5)
 
 
 @contextlib.contextmanager
 def so_session(task_config, driver):
     """(env, read_action) of an SO task's followers and leaders, the followers moved to the leaders'
-    pose first. A fault or Ctrl-C takes the safe stop; the followers end without torque."""
+    pose first; the followers end without torque."""
     from real_robot.so_env import check_driver
     check_driver(driver)
     leaders = real_robot.make_so_leaders(task_config)
-    env = None
-    try:
-        env = real_robot.make_so_env(task_config)
+    with followers(functools.partial(real_robot.make_so_env, task_config), leaders) as env:
         move_arms(list(env.bots), list(real_robot.get_so_action(leaders).reshape(len(leaders), -1)),
                   move_time=settings.SO_OPENING_MOVE_TIME_S)
         print('Started!')
         yield env, lambda: real_robot.get_so_action(leaders)
-    except (real_robot.RobotFault, KeyboardInterrupt) as e:
-        if env is not None:
-            env.safety_stop(stop_reason(e))
-        raise
-    finally:
-        if env is not None:
-            env.close()
-        for arm in leaders:
-            arm.close()
 
 
 def stop_reason(error):
