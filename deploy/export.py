@@ -213,7 +213,7 @@ def compare_with_eager(folder, policy, normalizer, cfg):
     worst = 0.0
     for batch in CHECK_BATCHES:
         qpos, images = (x.numpy() for x in example_observation(cfg, batch, policy.obs_horizon if diffusion else None))
-        qpos = (qpos * normalizer.stats['qpos_std'] + normalizer.stats['qpos_mean']).astype(np.float32)  # data-like
+        qpos = unstandardize(qpos, normalizer.stats['qpos_mean'], normalizer.stats['qpos_std']).astype(np.float32)  # data-like
         noise = diffusion_noise(policy, batch) if diffusion else None
         exported = runner.query(qpos, images, noise=noise)
         difference = float(np.abs(exported - eager_chunks(policy, normalizer, qpos, images)).max())
