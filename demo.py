@@ -1,14 +1,17 @@
-"""`make demo`, `make recipe` and `make insertion`: record scripted demonstrations, train an ACT on
-them and roll it out, timing each step, then say what happened and where everything is.
+"""`make demo`, `make recipe`, `make insertion` and `make diffusion`: record scripted demonstrations,
+train a policy on them and roll it out, timing each step, then say what happened and where everything is.
 
     python demo.py                                   # the demo: about 10 minutes on a 2-core CPU
     python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
     python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 55 minutes
+    python demo.py --recipe diffusion --out diffusion  # Diffusion Policy on the transfer cube, about 25 minutes
 
 The transfer-cube recipes render the simulation at 96x128, insertion at 120x160 (the original:
 480x640), all without shadows (record_sim_episodes.py --no_shadows), which more than halves the CPU
-a frame costs; their images therefore differ from the original's, and they say so. All train the
-same small ACT with a cosine learning rate; the demo on fewer episodes for fewer steps.
+a frame costs; their images therefore differ from the original's, and they say so. The ACT recipes
+train the same small ACT with a cosine learning rate, the demo on fewer episodes for fewer steps;
+the Diffusion recipe a quarter-size UNet that predicts the clean chunk. --seed changes the recorded
+episodes and the training, never the evaluation's poses (bench/learning.py runs several seeds).
 A second run reuses the episodes, checkpoint and results the first made (delete the folder to start
 over); an interrupted training is resumed. They evaluate the last checkpoint, not policy_best: the
 validation loss (one random time step of each of 10 validation episodes, as the original) is too
@@ -16,25 +19,33 @@ noisy to pick a checkpoint by.
 """
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 import time
 
+from common.files import atomic_write
 from formats.hdf5 import episode_path
 
 RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): a third of the CPU per frame, "
                "but the images differ from the original's wherever a shadow falls")
 # The README's CPU recipe: a smaller ACT than the paper's (the trunk starts from random weights)
-MODEL_FLAGS = ['--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50', '--hidden_dim', '256',
-               '--dim_feedforward', '1024', '--dec_layers', '1', '--nheads', '8',
-               '--no-pretrained_backbone']  # no ImageNet download attempt: runs offline
+ACT_FLAGS = ('--policy_class', 'ACT', '--kl_weight', '10', '--chunk_size', '50', '--hidden_dim', '256',
+             '--dim_feedforward', '1024', '--enc_layers', '2', '--dec_layers', '1', '--nheads', '8',
+             '--no-pretrained_backbone')  # no ImageNet download attempt: runs offline
+# docs/results.md: the clean chunk predicted (24x closer to the recorded one than noise prediction in
+# 2,000 steps), ACT's 100-step chunk played in halves, 10 DDIM steps and a quarter-size UNet
+DIFFUSION_FLAGS = ('--policy_class', 'Diffusion', '--prediction_type', 'sample', '--chunk_size', '100',
+                   '--action_horizon', '50', '--num_inference_steps', '10', '--down_dims', '128', '256', '512')
 # A linear warm-up over the first 1/WARMUP_SHARE of the steps, then a cosine decay to 0: on the first recipe's
 # 1,600 steps it reached 44% where a constant learning rate reached 15% (README, "A recipe for a CPU")
-TRAIN_FLAGS = ['--batch_size', '8', '--lr', '1e-4', '--lr_backbone', '1e-4', '--lr_schedule', 'cosine', '--seed', '0']
+ACT_TRAIN_FLAGS = ('--batch_size', '8', '--lr', '1e-4', '--lr_backbone', '1e-4', '--lr_schedule', 'cosine')
+DIFFUSION_TRAIN_FLAGS = ('--batch_size', '8', '--lr', '1e-4', '--lr_schedule', 'cosine')
 WARMUP_SHARE = 16
 CHECKPOINT = 'policy_last.ckpt'  # the checkpoint evaluated
 RESULT_FILE = 'result_policy_last.txt'  # what the evaluation of CHECKPOINT writes
+TIMINGS_FILE = 'timings.json'  # <out>/: the seconds of each step the last time it ran
 VIDEO_EPISODES = 2  # recorded episodes shown as a video and a joint plot (the demo)
 
 
@@ -63,21 +74,26 @@ class Recipe:
     task: str  # a key of TASKS
     num_episodes: int  # scripted demonstrations recorded and trained on
     image_size: tuple  # (H, W) recorded, trained on and rendered in evaluation
-    enc_layers: int  # transformer encoder layers, the CVAE encoder's too
     num_steps: int  # training steps of batch 8
-    num_rollouts: int  # evaluation rollouts, with temporal ensembling
+    num_rollouts: int  # evaluation rollouts
     videos: bool  # rollout videos and plots of the recorded episodes
+    policy: str = 'ACT'  # --policy_class
+    model: tuple = ACT_FLAGS  # the policy's flags
+    training: tuple = ACT_TRAIN_FLAGS  # the optimiser's flags
+    temporal_agg: bool = True  # evaluated with --temporal_agg
 
 
 CUBE = 'sim_transfer_cube_scripted'
 RECIPES = {
-    'demo': Recipe(CUBE, num_episodes=20, image_size=(96, 128), enc_layers=2, num_steps=1400, num_rollouts=4,
-                   videos=True),
-    'cpu': Recipe(CUBE, num_episodes=50, image_size=(96, 128), enc_layers=2, num_steps=2400, num_rollouts=50,
-                  videos=False),
+    'demo': Recipe(CUBE, num_episodes=20, image_size=(96, 128), num_steps=1400, num_rollouts=4, videos=True),
+    'cpu': Recipe(CUBE, num_episodes=50, image_size=(96, 128), num_steps=2400, num_rollouts=50, videos=False),
     # the peg and the socket's hole are a few pixels wide at 96x128: insertion keeps 120x160
-    'insertion': Recipe('sim_insertion_scripted', num_episodes=50, image_size=(120, 160), enc_layers=2,
-                        num_steps=6000, num_rollouts=50, videos=False),
+    'insertion': Recipe('sim_insertion_scripted', num_episodes=50, image_size=(120, 160), num_steps=6000,
+                        num_rollouts=50, videos=False),
+    # the CPU recipe's episodes; each chunk's second half is played before the next query, without ensembling
+    'diffusion': Recipe(CUBE, num_episodes=50, image_size=(96, 128), num_steps=2000, num_rollouts=50, videos=False,
+                        policy='Diffusion', model=DIFFUSION_FLAGS, training=DIFFUSION_TRAIN_FLAGS,
+                        temporal_agg=False),
 }
 
 
@@ -103,7 +119,7 @@ def describe(recipe):
     """A recipe in words, for --help."""
     videos = ' with videos' if recipe.videos else ''
     return (f'{recipe.task}, {recipe.num_episodes} episodes at {"x".join(map(str, recipe.image_size))}, '
-            f'{recipe.enc_layers} encoder layers, {recipe.num_steps} steps, {recipe.num_rollouts} rollouts{videos}')
+            f'{recipe.policy}, {recipe.num_steps} steps, {recipe.num_rollouts} rollouts{videos}')
 
 
 def image_size(args):
@@ -120,8 +136,8 @@ def record(args):
     size = image_size(args)
     seconds = run(f"Recording {args['num_episodes']} scripted demonstrations ({'x'.join(size)}, no shadows)",
                   ['record_sim_episodes.py', '--task_name', args['task'], '--dataset_dir', dataset_dir,
-                   '--num_episodes', str(args['num_episodes']), '--image_size', *size, '--num_workers', '2',
-                   '--no_shadows'])
+                   '--num_episodes', str(args['num_episodes']), '--image_size', *size, '--num_workers', str(args['workers']),
+                   '--seed', str(args['seed']), '--no_shadows'])
     if args['videos']:
         for i in range(min(VIDEO_EPISODES, args['num_episodes'])):
             seconds += run(f'Video and joint plot of episode {i}',
@@ -146,10 +162,10 @@ def train(args):
         return 0.0
     steps = str(args['num_steps'])
     resume = ['--resume'] if os.path.isfile(os.path.join(ckpt_dir, 'training_state.pt')) else []
-    return run(f"Training ACT for {steps} steps on {args['num_episodes']} demonstrations",
+    return run(f"Training {args['policy']} for {steps} steps on {args['num_episodes']} demonstrations",
                ['imitate_episodes.py', '--task_name', args['task'], '--ckpt_dir', ckpt_dir,
-                '--dataset_dir', dataset_dir, '--num_episodes', str(args['num_episodes']), *MODEL_FLAGS,
-                '--enc_layers', str(args['enc_layers']), *TRAIN_FLAGS, '--num_steps', steps,
+                '--dataset_dir', dataset_dir, '--num_episodes', str(args['num_episodes']), *args['model'],
+                *args['training'], '--seed', str(args['seed']), '--num_steps', steps,
                 '--warmup_steps', str(args['num_steps'] // WARMUP_SHARE),
                 '--validate_every', str(max(1, args['num_steps'] // 8)), '--save_every', steps, *resume])
 
@@ -161,9 +177,10 @@ def evaluate(args):
         return 0.0
     video = [] if args['videos'] else ['--no_video']
     placed = TASKS[args['task']].placed
-    return run(f"Evaluating: {args['num_rollouts']} rollouts with temporal ensembling, new random {placed}",
-               ['imitate_episodes.py', '--eval', '--ckpt_dir', ckpt_dir, '--eval_ckpt', CHECKPOINT, '--temporal_agg',
-                '--num_rollouts', str(args['num_rollouts']), '--eval_workers', '2', *video],
+    how, agg = ('with temporal ensembling', ['--temporal_agg']) if args['temporal_agg'] else ('chunk by chunk', [])
+    return run(f"Evaluating: {args['num_rollouts']} rollouts {how}, new random {placed}",
+               ['imitate_episodes.py', '--eval', '--ckpt_dir', ckpt_dir, '--eval_ckpt', CHECKPOINT, *agg,
+                '--num_rollouts', str(args['num_rollouts']), '--eval_workers', str(args['workers']), *video],
                env={'OMP_NUM_THREADS': '1'})  # one thread per rollout worker on a 2-core CPU
 
 
@@ -179,7 +196,7 @@ def report(args, seconds):
     print(f"""
 === Finished in {sum(seconds.values()) / 60:.1f} min ({times})
 What happened: {args['num_episodes']} scripted demonstrations of {task.what} were recorded in
-  {dataset_dir}, an ACT policy learned from them for {args['num_steps']} steps, and it was
+  {dataset_dir}, an {args['policy']} policy learned from them for {args['num_steps']} steps, and it was
   rolled out in simulation from new random {task.placed}.
   The frames were {'x'.join(image_size(args))} (the original's are 480x640) and {RENDER_NOTE}.
 Results:
@@ -188,8 +205,8 @@ Results:
   "Success rate" is the share of rollouts reaching stage 4; "Reward >= r" counts the rollouts that
   reached stage r.
 Where to look:{where_videos}
-  training curves    {os.path.join(ckpt_dir, 'train_val_loss_seed_0.png')} (and _l1_, _kl_),
-                     {os.path.join(ckpt_dir, 'train_metrics_seed_0.png')}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
+  training curves    {os.path.join(ckpt_dir, f"train_val_loss_seed_{args['seed']}.png")} (and the other terms),
+                     {os.path.join(ckpt_dir, f"train_metrics_seed_{args['seed']}.png")}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
   results            {os.path.join(ckpt_dir, RESULT_FILE)}
   checkpoints        {os.path.join(ckpt_dir, CHECKPOINT)}, policy_best.ckpt, dataset_stats.pkl
 The paper's recipe ({task.paper} success; hours on a GPU, far longer on a CPU), with shadows:
@@ -198,10 +215,23 @@ The evaluation report (results, rollout videos, training curves, config; open it
   {os.path.join(ckpt_dir, 'report.html')}""")
 
 
+def read_timings(out):
+    """<out>/timings.json -> {step: seconds} of the steps that have run ({} before the first)."""
+    path = os.path.join(out, TIMINGS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def main(args):
-    seconds = {'recording': record(args)}
-    seconds['training'] = train(args)
-    seconds['evaluation'] = evaluate(args)
+    timings = read_timings(args['out'])
+    seconds = {}
+    for step, work in (('recording', record), ('training', train), ('evaluation', evaluate)):
+        seconds[step] = work(args)
+        if seconds[step]:  # a step that reused earlier results keeps the time it took then
+            timings[step] = seconds[step]
+            atomic_write(os.path.join(args['out'], TIMINGS_FILE), lambda f: json.dump(timings, f, indent=1), mode='w')
     report(args, seconds)
 
 
@@ -213,9 +243,13 @@ def parse_args(argv=None):
     parser.add_argument('--num_episodes', type=int, help="episodes to record and train on (default: the recipe's)")
     parser.add_argument('--num_steps', type=int, help="training steps of batch 8 (default: the recipe's)")
     parser.add_argument('--num_rollouts', type=int, help="evaluation rollouts (default: the recipe's)")
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the recorded episodes and of the training (the evaluation keeps the original\'s)')
+    parser.add_argument('--workers', type=int, default=2,
+                        help='processes recording and evaluating side by side (1 when two recipes share 2 cores)')
     args = vars(parser.parse_args(argv))
     recipe = dataclasses.asdict(RECIPES[args['recipe']])
-    for key, least in (('num_episodes', 2), ('num_steps', 1), ('num_rollouts', 1)):
+    for key, least in (('num_episodes', 2), ('num_steps', 1), ('num_rollouts', 1), ('workers', 1)):
         if args[key] is not None and args[key] < least:
             parser.error(f'--{key} must be at least {least}, got {args[key]}')
     return {**recipe, **{k: v for k, v in args.items() if v is not None}}

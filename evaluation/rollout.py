@@ -93,6 +93,26 @@ def write_result_file(path, summary, episode_returns, highest_rewards):
     atomic_write(path, lambda f: f.write(text), mode='w')
 
 
+def read_result_file(path):
+    """A result file -> {'success_rate', 'average_return', 'num_rollouts', 'stages': {r: rollouts reaching r}}."""
+    with open(path) as f:
+        summary = f.read().split('\n[', 1)[0]  # the returns and highest rewards lists follow the summary
+    found = {'stages': {}}
+    for line in summary.splitlines():
+        key, _, value = line.partition(': ')
+        if key == 'Success rate':
+            found['success_rate'] = float(value)
+        elif key == 'Average return':
+            found['average_return'] = float(value)
+        elif key.startswith('Reward >= '):
+            count, num_rollouts = value.split(' = ')[0].split('/')
+            found['stages'][int(key.removeprefix('Reward >= '))] = int(count)
+            found['num_rollouts'] = int(num_rollouts)
+    if 'success_rate' not in found or not found['stages']:
+        raise ValueError(f'{path}: not a result file (expected "Success rate: ..." and "Reward >= r: n/N" lines)')
+    return found
+
+
 def _python_number(x):
     return x.item() if isinstance(x, np.generic) else x
 

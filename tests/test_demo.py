@@ -9,7 +9,8 @@ from evaluation.rollout import summary_text, write_result_file
 
 
 def test_recipes_and_overrides():
-    assert demo.parse_args([]) == {'recipe': 'demo', 'out': 'demo', **vars(demo.RECIPES['demo'])}
+    assert demo.parse_args([]) == {'recipe': 'demo', 'out': 'demo', 'seed': 0, 'workers': 2,
+                                   **vars(demo.RECIPES['demo'])}
     args = demo.parse_args(['--recipe', 'cpu', '--out', 'recipe', '--num_steps', '10'])
     assert args['num_steps'] == 10 and args['num_rollouts'] == 50 and not args['videos'] and args['out'] == 'recipe'
     with pytest.raises(SystemExit):
@@ -63,7 +64,7 @@ def test_failed_step_and_resume(tmp_path, monkeypatch):
     assert commands[0][1] == 'imitate_episodes.py' and commands[0][-1] == '--resume'
 
 
-@pytest.mark.parametrize('name', ['cpu', 'insertion'])
+@pytest.mark.parametrize('name', ['cpu', 'insertion', 'diffusion'])
 def test_commands_carry_the_recipe(name, tmp_path, monkeypatch):
     commands = []
 
@@ -71,18 +72,36 @@ def test_commands_carry_the_recipe(name, tmp_path, monkeypatch):
         returncode = 0
 
     monkeypatch.setattr(demo.subprocess, 'run', lambda command, env: commands.append(command) or Done())
-    args = demo.parse_args(['--recipe', name, '--out', str(tmp_path), '--num_episodes', '2', '--num_steps', '320'])
+    args = demo.parse_args(['--recipe', name, '--out', str(tmp_path), '--num_episodes', '2', '--num_steps', '320',
+                            '--seed', '3', '--workers', '1'])
     dataset_dir, _ = demo.folders(args)
     demo.record(args)
     os.makedirs(dataset_dir)
     for i in range(2):
         open(os.path.join(dataset_dir, f'episode_{i}.hdf5'), 'wb').close()
     demo.train(args)
-    record, train = (' '.join(command) for command in commands)
+    demo.evaluate(args)
+    record, train, evaluate = (' '.join(command) for command in commands)
     recipe = demo.RECIPES[name]
     height, width = recipe.image_size
     assert dataset_dir == os.path.join(str(tmp_path), recipe.task)
     assert f'--task_name {recipe.task} ' in record and f'--task_name {recipe.task} ' in train
     assert f'--image_size {height} {width} ' in record and '--no_shadows' in record
-    assert f'--enc_layers {recipe.enc_layers} ' in train and '--num_steps 320 ' in train
+    assert f'--policy_class {recipe.policy} ' in train and ' '.join(recipe.model) in train
+    assert '--num_steps 320 ' in train and '--seed 3 ' in train and '--seed 3 ' in record
     assert '--lr_schedule cosine' in train and f'--warmup_steps {320 // demo.WARMUP_SHARE} ' in train
+    assert '--num_workers 1 ' in record and '--eval_workers 1 ' in evaluate
+    assert ('--temporal_agg' in evaluate) == (recipe.policy == 'ACT')
+
+
+def test_step_times_are_kept_across_runs(tmp_path, monkeypatch):
+    args = demo.parse_args(['--out', str(tmp_path)])
+    monkeypatch.setattr(demo, 'record', lambda args: 60.0)
+    monkeypatch.setattr(demo, 'train', lambda args: 120.0)
+    monkeypatch.setattr(demo, 'evaluate', lambda args: 30.0)
+    monkeypatch.setattr(demo, 'report', lambda args, seconds: None)
+    demo.main(args)
+    monkeypatch.setattr(demo, 'train', lambda args: 0.0)  # reused: the first run's time stays
+    monkeypatch.setattr(demo, 'record', lambda args: 5.0)
+    demo.main(args)
+    assert demo.read_timings(str(tmp_path)) == {'recording': 5.0, 'training': 120.0, 'evaluation': 30.0}
