@@ -8,8 +8,8 @@ original computation (detr/reference.py on a copy of the weights, as evaluation 
 through policy_runtime.PolicyRunner), and OpenVINO on the fp32 ONNX file (PolicyRunner's engine 'openvino').
 Per runtime: p50 / p99 milliseconds, queries per second, the largest action difference to eager fp32
 over held-out observations, and (separately, one process per runtime) the peak resident memory of
-loading it and answering queries. Diffusion (10 DDIM steps by default) is timed eager and through
-onnxruntime beside the ACT query. Weights are random unless --ckpt_dir names a trained CPU-recipe
+loading it and answering queries. Diffusion (10 denoising steps by default, with DDIM and with
+DPM-Solver++) is timed eager and through onnxruntime and OpenVINO beside the ACT query. Weights are random unless --ckpt_dir names a trained CPU-recipe
 run (then its observations come from --dataset_dir episodes).
 
     python -m bench.deploy_latency
@@ -28,6 +28,7 @@ import torch
 
 from bench.common import machine_report, print_report, readme_act_config, stdout_to_stderr
 from checkpoints.folder import make_run_config, write_config
+from deploy.samplers import SAMPLERS
 from detr.reference import original_forward, randomise_batch_norm
 from policies.registry import make_policy
 
@@ -202,32 +203,41 @@ def bench_config(name, ckpt_dir, dataset_dir, work, args):
     return result
 
 
+def diffusion_export(work, sampler, steps):
+    """A random README-size Diffusion run sampling with `sampler`, and its ONNX export -> (settings, folder)."""
+    from deploy.export import export
+    config = {'camera_names': ['top'], 'num_queries': 100, 'state_dim': STATE_DIM, 'action_dim': STATE_DIM,
+              'num_inference_steps': steps, 'scheduler': sampler, 'pretrained_backbone': False, 'lr': 1e-4}
+    settings = eval_settings(random_run(os.path.join(work, f'diffusion_{sampler}'), 'Diffusion', config, (480, 640)))
+    folder = os.path.join(work, f'diffusion_{sampler}_onnx')
+    export(settings, 'policy_best.ckpt', 'onnx', folder, overwrite=True)
+    return settings, folder
+
+
 def bench_diffusion(work, args):
-    """A Diffusion query (README image size, chunk 100, DDIM steps) eager and through onnxruntime, beside ACT."""
+    """A Diffusion query (README image size, chunk 100, DDIM or DPM-Solver++ steps) eager and through
+    onnxruntime and OpenVINO, beside ACT."""
     from deploy.export import export
     steps = args['diffusion_steps']
-    config = {'camera_names': ['top'], 'num_queries': 100, 'state_dim': STATE_DIM, 'action_dim': STATE_DIM,
-              'num_inference_steps': steps, 'pretrained_backbone': False, 'lr': 1e-4}
-    ckpt_dir = random_run(os.path.join(work, 'diffusion'), 'Diffusion', config, (480, 640))
-    settings = eval_settings(ckpt_dir)
-    folder = os.path.join(work, 'diffusion_onnx')
-    export(settings, 'policy_best.ckpt', 'onnx', folder, overwrite=True)
+    exports = {sampler: diffusion_export(work, sampler, steps) for sampler in args['samplers']}
+    settings = exports[args['samplers'][0]][0]
     act_dir = random_run(os.path.join(work, 'act_readme'), 'ACT', readme_act_config(), (480, 640))
     threads = max(args['threads'])
     obs = observations(settings.camera_names, settings.image_size, None, 2, np.random.default_rng(2))
     act_folder = os.path.join(work, 'readme_onnxruntime_fp32')
     if not os.path.isdir(act_folder):
         export(eval_settings(act_dir), 'policy_best.ckpt', 'onnx', act_folder)
-    fns = {'diffusion_eager': eager_fns(settings, threads)['eager_fp32'],
-           'diffusion_onnxruntime': runner_fn(folder, threads),
-           'diffusion_openvino': runner_fn(folder, threads, 'openvino'),
-           'act_eager': eager_fns(eval_settings(act_dir), threads)['eager_fp32'],
+    fns = {'act_eager': eager_fns(eval_settings(act_dir), threads)['eager_fp32'],
            'act_onnxruntime': runner_fn(act_folder, threads)}
+    for sampler, (sampler_settings, folder) in exports.items():
+        fns.update({f'diffusion_{sampler}_eager': eager_fns(sampler_settings, threads)['eager_fp32'],
+                    f'diffusion_{sampler}_onnxruntime': runner_fn(folder, threads),
+                    f'diffusion_{sampler}_openvino': runner_fn(folder, threads, 'openvino')})
     times = timings(fns, obs, max(3, args['reps'] // 4))
-    return {'ddim_steps': steps, 'threads': threads, **times,
-            'ratio_diffusion_to_act_eager': round(times['diffusion_eager']['p50_ms'] / times['act_eager']['p50_ms'], 2),
-            'ratio_diffusion_to_act_onnxruntime': round(times['diffusion_onnxruntime']['p50_ms']
-                                                        / times['act_onnxruntime']['p50_ms'], 2)}
+    ratios = {f'ratio_diffusion_{sampler}_to_act_{runtime}': round(
+        times[f'diffusion_{sampler}_{runtime}']['p50_ms'] / times[f'act_{runtime}']['p50_ms'], 2)
+        for sampler in exports for runtime in ('eager', 'onnxruntime')}
+    return {'denoising_steps': steps, 'threads': threads, **times, **ratios}
 
 
 def main(args):
@@ -252,7 +262,9 @@ if __name__ == '__main__':
                         help='ACT configs to measure (none: the Diffusion query only)')
     parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='CPU threads of every runtime')
     parser.add_argument('--reps', type=int, default=20, help='timed queries per runtime and thread count')
-    parser.add_argument('--diffusion_steps', type=int, default=10, help='DDIM steps of the Diffusion query')
+    parser.add_argument('--diffusion_steps', type=int, default=10, help='denoising steps of the Diffusion query')
+    parser.add_argument('--samplers', nargs='+', choices=SAMPLERS, default=list(SAMPLERS),
+                        help='Diffusion samplers to time, each with --diffusion_steps steps')
     parser.add_argument('--ckpt_dir', help='a trained CPU-recipe run to measure instead of random weights')
     parser.add_argument('--dataset_dir', help='with --ckpt_dir: episodes whose last one gives the observations')
     parser.add_argument('--skip_memory', action='store_true', help='skip the peak-memory processes')

@@ -150,7 +150,9 @@ def _model_flags(parser):
     add('--num_inference_steps', type=int, help='Diffusion: denoising steps per query '
         + _policy_default('num_inference_steps', 'Diffusion'))
     add('--scheduler', choices=SCHEDULERS,
-        help='Diffusion: noise scheduler ' + _policy_default('scheduler', 'Diffusion'))
+        help='Diffusion: the sampler (dpmsolver: DPM-Solver++, second-order multistep); all three share the '
+        'training noise, so --eval and export_policy.py may sample a trained policy with another '
+        + _policy_default('scheduler', 'Diffusion'))
     add('--prediction_type', choices=PREDICTION_TYPES,
         help="Diffusion: what the UNet predicts, the noise or the clean action chunk; a training setting "
         + _policy_default('prediction_type', 'Diffusion'))

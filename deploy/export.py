@@ -20,7 +20,9 @@ from torch import nn
 from common.files import FolderLock, atomic_write, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
+from deploy.samplers import SAMPLERS
 from formats.normalize import standardize, unstandardize
+from policies.diffusion import set_sampling_steps
 from policies.inputs import images_to_unit
 
 FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'}
@@ -149,18 +151,28 @@ def quantize_int8(path):
     os.remove(fp32)
 
 
+def check_sampler(policy):
+    """A ValueError before any graph is written when the runtime cannot sample as `policy` does."""
+    scheduler = policy.cfg.get('scheduler') if policy.policy_class == 'Diffusion' else None
+    if scheduler is not None and scheduler not in SAMPLERS:
+        raise ValueError(f"the policy samples with --scheduler {scheduler}; the runtime samples with "
+                         f"{' or '.join(SAMPLERS)}: export with --scheduler {SAMPLERS[0]} (the default) or "
+                         f"--scheduler {SAMPLERS[1]}, which sample the same trained network")
+
+
 def diffusion_constants(policy, normalizer):
-    """The DDIM sampling loop's constants and the action range of a Diffusion policy."""
+    """The sampling loop's constants (deploy/samplers.py) and the action range of a Diffusion policy."""
     cfg = policy.cfg
-    if cfg['scheduler'] != 'ddim':
-        raise ValueError(f"the policy samples with --scheduler {cfg['scheduler']}; the runtime samples with DDIM: "
-                         f"train with --scheduler ddim (the default) to export it")
+    check_sampler(policy)
     scheduler = policy.noise_scheduler
-    scheduler.set_timesteps(cfg['num_inference_steps'])
-    return {'num_train_timesteps': cfg['num_train_timesteps'], 'prediction_type': cfg['prediction_type'],
-            'timesteps': scheduler.timesteps.tolist(),
-            'alphas_cumprod': scheduler.alphas_cumprod.tolist(),
-            'final_alpha_cumprod': float(scheduler.final_alpha_cumprod),
+    set_sampling_steps(scheduler, cfg['num_inference_steps'])
+    if cfg['scheduler'] == 'ddim':
+        sampling = {'alphas_cumprod': scheduler.alphas_cumprod.tolist(),
+                    'final_alpha_cumprod': float(scheduler.final_alpha_cumprod)}
+    else:
+        sampling = {'sigmas': scheduler.sigmas.tolist()}  # (S + 1,), the last 0
+    return {'sampler': cfg['scheduler'], 'num_train_timesteps': cfg['num_train_timesteps'],
+            'prediction_type': cfg['prediction_type'], 'timesteps': scheduler.timesteps.tolist(), **sampling,
             'action_min': np.asarray(normalizer.stats['action_min'], dtype=float).tolist(),
             'action_max': np.asarray(normalizer.stats['action_max'], dtype=float).tolist()}
 
@@ -258,6 +270,7 @@ def _export(settings, ckpt_name, fmt, out, quantize):
                                        settings.task_name)
     policy = checkpoint.policy(settings.policy_class, settings.policy_config, ckpt_name, 'cpu',
                                settings.task_name).float().eval()
+    check_sampler(policy)
     cfg = dict(policy.cfg, image_size=settings.image_size, camera_names=settings.camera_names)
     work = make_staging(out.rstrip(os.sep) + '.partial', f'the export {out}')
     try:

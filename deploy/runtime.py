@@ -12,8 +12,8 @@ act() plays the chunks through the action chunker evaluation uses (policies/chun
 every action_horizon steps whose chunk is played step by step, or with temporal_agg a query every
 step and the weighted average of every chunk's prediction for this step (weights exp(-0.01 i),
 i = 0 the oldest). A Diffusion
-export is its observation encoder and its denoising network; the DDIM sampling loop runs here with
-the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
+export is its observation encoder and its denoising network; the sampling loop (DDIM or DPM-Solver++,
+deploy/samplers.py) runs here with the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
 """
 import hashlib
 import json
@@ -23,6 +23,7 @@ import numpy as np
 
 from common.checks import check_values, names, positive_int, positive_ints
 from common.files import inside_folder
+from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, checked_action
 
@@ -139,31 +140,6 @@ class _Session:
                               f'{["B"] + list(shape[1:])}: the model file and {MANIFEST} come from different exports')
 
 
-class DDIM:
-    """diffusers' DDIMScheduler.step (eta 0, samples clipped to [-1, 1]) in float32 numpy, for a
-    denoiser that predicts the noise ('epsilon') or the clean chunk ('sample')."""
-
-    def __init__(self, constants):
-        self.alphas_cumprod = np.asarray(constants['alphas_cumprod'], dtype=np.float32)
-        self.timesteps = [int(t) for t in constants['timesteps']]  # descending
-        self.step_ratio = constants['num_train_timesteps'] // len(self.timesteps)
-        self.final_alpha_cumprod = np.float32(constants['final_alpha_cumprod'])
-        self.prediction_type = constants.get('prediction_type', 'epsilon')  # older exports: epsilon
-
-    def step(self, prediction, t, sample):
-        prev_t = t - self.step_ratio
-        alpha_t = self.alphas_cumprod[t]
-        alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        if self.prediction_type == 'epsilon':
-            eps = prediction
-            original = (sample - np.sqrt(1 - alpha_t) * eps) / np.sqrt(alpha_t)
-        else:
-            original = prediction
-            eps = (sample - np.sqrt(alpha_t) * original) / np.sqrt(1 - alpha_t)
-        original = np.clip(original, -1, 1)
-        return (np.sqrt(alpha_prev) * original + np.sqrt(1 - alpha_prev) * eps).astype(np.float32)
-
-
 class PolicyRunner:
     """An exported policy: query() for raw action chunks, act() for one action per control step.
     engine: 'onnxruntime', or 'openvino' (faster on many x86 CPUs; fp32 kept) for ONNX exports."""
@@ -184,7 +160,7 @@ class PolicyRunner:
                          for role, entry in m['files'].items()}
         self._check_graphs()
         if self.policy_class == 'Diffusion':
-            self.ddim = DDIM(m['diffusion'])
+            self.sampler = make_sampler(m['diffusion'])
             self.action_low = np.asarray(m['diffusion']['action_min'], dtype=np.float64)
             self.action_high = np.asarray(m['diffusion']['action_max'], dtype=np.float64)
         self.reset()
@@ -230,11 +206,11 @@ class PolicyRunner:
         batch = len(qpos)
         if noise is None:
             noise = self.rng.standard_normal((batch, self.chunk_size, self.action_dim))
-        sample = np.asarray(noise, dtype=np.float32)
-        for t in self.ddim.timesteps:
-            prediction = self.sessions['denoiser'].run({'sample': sample, 'timestep': np.full(batch, t, dtype=np.int64),
-                                                        'global_cond': cond})[0]  # (B, chunk, A)
-            sample = self.ddim.step(prediction, t, sample)
+
+        def denoise(sample, t):  # -> the noise or the clean chunk (B, chunk, A)
+            return self.sessions['denoiser'].run({'sample': sample, 'timestep': np.full(batch, t, dtype=np.int64),
+                                                  'global_cond': cond})[0]
+        sample = self.sampler.sample(noise, denoise)  # (B, chunk, A) in [-1, 1]
         return from_unit_range(sample, self.action_low, self.action_high).astype(np.float32)
 
     ### one action per step

@@ -152,14 +152,24 @@ def test_sampling_is_deterministic_for_a_seed():
     assert not torch.equal(first, sample(policy, qpos, image, seed=6))
 
 
-@pytest.mark.parametrize('scheduler', ['ddim', 'ddpm'])
-def test_both_schedulers_sample_chunks_in_range(scheduler):
+@pytest.mark.parametrize('scheduler', ['ddim', 'ddpm', 'dpmsolver'])
+def test_every_scheduler_samples_chunks_in_range(scheduler):
     policy = dp.DiffusionPolicy(tiny_config(scheduler=scheduler, num_queries=7)).eval()
     qpos, image = observation(batch=3)
     actions = sample(policy, qpos, image, seed=0)
     assert actions.shape == (3, 7, 14) and actions.dtype == torch.float32
     assert torch.isfinite(actions).all() and actions.abs().max() <= 1.0 + 1e-5  # clipped x0, scaled actions
-    assert policy.noise_scheduler.__class__.__name__ == scheduler.upper() + 'Scheduler'
+    expected = {'dpmsolver': 'DPMSolverMultistepScheduler'}.get(scheduler, scheduler.upper() + 'Scheduler')
+    assert policy.noise_scheduler.__class__.__name__ == expected
+
+
+@pytest.mark.parametrize('steps', [1, 3, 7, 10, 50])
+def test_dpmsolver_samples_on_ddims_timesteps(steps):
+    ddim, dpm = dp.make_noise_scheduler('ddim', 50), dp.make_noise_scheduler('dpmsolver', 50)
+    for scheduler in (ddim, dpm):
+        dp.set_sampling_steps(scheduler, steps)
+    assert dpm.timesteps.tolist() == ddim.timesteps.tolist() == dp.ddim_timesteps(50, steps)
+    assert dpm.sigmas[-1] == 0 and len(dpm.sigmas) == steps + 1  # the last step lands on the clean chunk
 
 
 class Oracle(nn.Module):
@@ -182,8 +192,8 @@ class Oracle(nn.Module):
         return (sample - a.sqrt() * self.chunk) / (1 - a).sqrt()
 
 
-@pytest.mark.parametrize('scheduler, prediction_type', [('ddim', 'epsilon'), ('ddpm', 'epsilon'),
-                                                         ('ddim', 'sample'), ('ddpm', 'sample')])
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
+@pytest.mark.parametrize('scheduler', ['ddim', 'ddpm', 'dpmsolver'])
 def test_sampling_with_an_exact_denoiser_returns_the_chunk(scheduler, prediction_type):
     # The sampling loop (FiLM computed once per query, the scheduler's steps) must turn exact
     # predictions into the clean chunk; a wrong step, schedule or FiLM row would leave it noisy.
@@ -342,7 +352,7 @@ def test_augmentation_only_in_training():
 
 ### Settings
 @pytest.mark.parametrize('overrides, message', [
-    ({'scheduler': 'euler'}, "--scheduler must be one of ddim, ddpm; got 'euler'"),
+    ({'scheduler': 'euler'}, "--scheduler must be one of ddim, ddpm, dpmsolver; got 'euler'"),
     ({'prediction_type': 'v_prediction'}, "--prediction_type must be one of epsilon, sample; got 'v_prediction'"),
     ({'action_horizon': 6}, r'--action_horizon must be between 1 and the prediction horizon --chunk_size \(5\)'),
     ({'obs_horizon': 0}, '--obs_horizon must be >= 1'),

@@ -50,10 +50,12 @@ def act_export(tmp_path_factory):
     return ckpt_dir, export(ckpt_dir, folder / 'onnx', '--format', 'onnx')
 
 
-def eager_and_exported(ckpt_dir, folder, obs_horizon=None, engine='onnxruntime'):
-    """(eager, exported) raw action chunks for batches 1 and 3 of data-like inputs."""
+def eager_and_exported(ckpt_dir, folder, obs_horizon=None, engine='onnxruntime', **overrides):
+    """(eager, exported) raw action chunks for batches 1 and 3 of data-like inputs; overrides: policy
+    settings the export was given beside config.json's."""
     from evaluation.rollout import load_policy, load_stats
-    config = eval_config(ckpt_dir, json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_config'],
+    saved = json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_config']
+    config = eval_config(ckpt_dir, {**saved, **overrides},
                          policy_class=json.load(open(os.path.join(ckpt_dir, 'config.json')))['policy_class'],
                          camera_names=CAMERAS)
     policy, normalizer = load_policy(config, 'policy_best.ckpt'), load_stats(config)
@@ -94,7 +96,7 @@ def test_diffusion_onnx_with_an_observation_history_equals_eager(tmp_path, predi
 def test_runtime_ddim_step_equals_diffusers(prediction_type):
     import torch
 
-    from deploy.runtime import DDIM
+    from deploy.samplers import DDIM
     from policies.diffusion import make_noise_scheduler
     scheduler = make_noise_scheduler('ddim', 50, prediction_type)
     scheduler.set_timesteps(10)
@@ -106,6 +108,56 @@ def test_runtime_ddim_step_equals_diffusers(prediction_type):
         prediction, sample = (rng.standard_normal((2, 4, 14)).astype(np.float32) for _ in range(2))
         expected = scheduler.step(torch.from_numpy(prediction), t, torch.from_numpy(sample)).prev_sample.numpy()
         np.testing.assert_allclose(ddim.step(prediction, t, sample), expected, atol=1e-5)
+
+
+def diffusers_sampling(name, steps, prediction_type, noise, denoise):
+    """The policy's diffusers scheduler turning `noise` into a chunk with `denoise` (numpy in and out)."""
+    import torch
+
+    from policies.diffusion import make_noise_scheduler, set_sampling_steps
+    scheduler = make_noise_scheduler(name, 50, prediction_type)
+    set_sampling_steps(scheduler, steps)
+    sample = torch.from_numpy(noise)
+    for t in scheduler.timesteps:
+        prediction = torch.from_numpy(denoise(sample.numpy(), int(t)))
+        sample = scheduler.step(prediction, t, sample).prev_sample
+    return sample.numpy(), scheduler
+
+
+@pytest.mark.parametrize('steps', [1, 2, 5, 10])
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
+def test_runtime_dpmsolver_equals_diffusers(prediction_type, steps):
+    from deploy.samplers import make_sampler
+    rng = np.random.default_rng(steps)
+    weights = rng.standard_normal((14, 14)).astype(np.float32) * 0.5
+
+    def denoise(sample, t):  # a denoiser that depends on the sample and the step, as a network does
+        return np.tanh(sample @ weights + t / 50).astype(np.float32)
+
+    noise = rng.standard_normal((2, 4, 14)).astype(np.float32)
+    expected, scheduler = diffusers_sampling('dpmsolver', steps, prediction_type, noise, denoise)
+    sampler = make_sampler({'sampler': 'dpmsolver', 'prediction_type': prediction_type,
+                            'timesteps': scheduler.timesteps.tolist(), 'sigmas': scheduler.sigmas.tolist()})
+    np.testing.assert_allclose(sampler.sample(noise, denoise), expected, atol=1e-5)
+    assert np.abs(expected).max() <= 1.0  # the last step lands on the clipped clean chunk
+
+
+def test_a_ddim_trained_policy_exports_sampling_with_dpmsolver(tmp_path):
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, prediction_type='sample'))
+    folder = export(ckpt_dir, tmp_path / 'onnx', '--scheduler', 'dpmsolver', '--num_inference_steps', '3')
+    constants = json.load(open(os.path.join(folder, 'policy.json')))['diffusion']
+    assert constants['sampler'] == 'dpmsolver' and len(constants['timesteps']) == 3 and constants['sigmas'][-1] == 0
+    pairs = eager_and_exported(ckpt_dir, folder, obs_horizon=2, scheduler='dpmsolver', num_inference_steps=3)
+    for eager, exported in pairs:
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+def test_a_sampler_the_runtime_lacks_is_refused_before_any_file(tmp_path, capsys):
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', TINY_DIFFUSION_CONFIG)
+    with pytest.raises(SystemExit):
+        export(ckpt_dir, tmp_path / 'onnx', '--scheduler', 'ddpm')
+    assert '--scheduler ddpm; the runtime samples with ddim or dpmsolver' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['ckpt']
 
 
 def test_act_onnx_on_openvino_equals_eager(act_export):
