@@ -11,6 +11,7 @@ from cli.flags import UsageError
 
 LEROBOT_HOME = os.environ.get('HF_LEROBOT_HOME', os.path.expanduser('~/.cache/huggingface/lerobot'))
 POLICY_TYPES = {'act': 'ACT', 'diffusion': 'Diffusion'}
+NOISE_SCHEDULERS = ('ddpm', 'ddim')  # LeRobot's noise_scheduler_type values, in capitals there
 TEMPORAL_ENSEMBLE_COEFF = 0.01  # the original's exp(-0.01 i): the one ensembling weight here
 # LeRobot name -> our flag (the value passes as it is)
 SAME_VALUE = {
@@ -47,6 +48,11 @@ def translate_one(name, value):
         if value not in POLICY_TYPES:
             raise UsageError(f'--policy.type {value}: this project trains {", ".join(POLICY_TYPES)} (LeRobot names)')
         return ['--policy_class', POLICY_TYPES[value]]
+    if name == '--policy.noise_scheduler_type':
+        if value.lower() not in NOISE_SCHEDULERS:
+            raise UsageError(f'{name} {value}: LeRobot\'s are {" and ".join(s.upper() for s in NOISE_SCHEDULERS)} '
+                             f'(here also --scheduler dpmsolver)')
+        return ['--scheduler', value.lower()]
     if name == '--policy.use_amp':
         return ['--amp', 'fp16'] if truth(name, value) else []  # LeRobot's automatic mixed precision
     if name == '--policy.temporal_ensemble_coeff':

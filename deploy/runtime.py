@@ -160,7 +160,10 @@ class PolicyRunner:
                          for role, entry in m['files'].items()}
         self._check_graphs()
         if self.policy_class == 'Diffusion':
-            self.sampler = make_sampler(m['diffusion'])
+            try:
+                self.sampler = make_sampler(m['diffusion'])
+            except ValueError as err:
+                raise ExportError(f'{os.path.join(folder, MANIFEST)}: {err}; export the policy again') from None
             self.action_low = np.asarray(m['diffusion']['action_min'], dtype=np.float64)
             self.action_high = np.asarray(m['diffusion']['action_max'], dtype=np.float64)
         self.reset()

@@ -11,13 +11,22 @@ clipped to [-1, 1] at every step.
 import numpy as np
 
 SAMPLERS = ('ddim', 'dpmsolver')  # policy.json's diffusion.sampler; exports without the key: ddim
+CONSTANTS = {'ddim': ('timesteps', 'num_train_timesteps', 'alphas_cumprod', 'final_alpha_cumprod'),
+             'dpmsolver': ('timesteps', 'sigmas')}
 
 
 def make_sampler(constants):
-    """policy.json's 'diffusion' constants -> the sampler they describe."""
+    """policy.json's 'diffusion' constants -> the sampler they describe; a ValueError naming the key
+    that is missing or wrong."""
     name = constants.get('sampler', 'ddim')
     if name not in SAMPLERS:
         raise ValueError(f"diffusion.sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    missing = [key for key in CONSTANTS[name] if key not in constants]
+    if missing:
+        raise ValueError(f"diffusion lacks {', '.join(missing)} (the {name} sampler's constants)")
+    if name == 'dpmsolver' and len(constants['sigmas']) != len(constants['timesteps']) + 1:
+        raise ValueError(f"diffusion.sigmas has {len(constants['sigmas'])} values: expected one per timestep "
+                         f"and a final 0 ({len(constants['timesteps']) + 1})")
     return DDIM(constants) if name == 'ddim' else DPMSolver(constants)
 
 

@@ -142,6 +142,18 @@ def test_runtime_dpmsolver_equals_diffusers(prediction_type, steps):
     assert np.abs(expected).max() <= 1.0  # the last step lands on the clipped clean chunk
 
 
+@pytest.mark.parametrize('constants, message', [
+    ({'sampler': 'euler'}, r"diffusion.sampler 'euler': expected one of ddim, dpmsolver"),
+    ({'sampler': 'dpmsolver', 'timesteps': [5, 0]}, r'diffusion lacks sigmas \(the dpmsolver'),
+    ({'sampler': 'dpmsolver', 'timesteps': [5, 0], 'sigmas': [1.0, 0.0]}, r'sigmas has 2 values: expected .* \(3\)'),
+    ({'timesteps': [5, 0]}, r'lacks num_train_timesteps, alphas_cumprod, final_alpha_cumprod \(the ddim'),
+])
+def test_bad_sampler_constants_are_named(constants, message):
+    from deploy.samplers import make_sampler
+    with pytest.raises(ValueError, match=message):
+        make_sampler(constants)
+
+
 def test_a_ddim_trained_policy_exports_sampling_with_dpmsolver(tmp_path):
     ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, prediction_type='sample'))
     folder = export(ckpt_dir, tmp_path / 'onnx', '--scheduler', 'dpmsolver', '--num_inference_steps', '3')

@@ -29,10 +29,11 @@ def test_a_lerobot_act_command_means_ours(tmp_path):
 
 def test_a_lerobot_diffusion_command_means_ours():
     argv, _ = translate_lerobot_flags(['--policy.type=diffusion', '--policy.horizon=16', '--policy.n_action_steps=8',
-                                       '--policy.n_obs_steps=2', '--policy.num_inference_steps=100'])
+                                       '--policy.n_obs_steps=2', '--policy.num_inference_steps=100',
+                                       '--policy.noise_scheduler_type', 'DDIM'])
     args = vars(build_parser().parse_args(argv))
     assert (args['policy_class'], args['chunk_size'], args['action_horizon'], args['obs_horizon'],
-            args['num_inference_steps']) == ('Diffusion', 16, 8, 2, 100)
+            args['num_inference_steps'], args['scheduler']) == ('Diffusion', 16, 8, 2, 100, 'ddim')
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -41,6 +42,7 @@ def test_a_lerobot_diffusion_command_means_ours():
     (['--policy.type=pi0'], r'--policy.type pi0: this project trains act, diffusion'),
     (['--policy.temporal_ensemble_coeff=0.05'], r"the original's weight 0.01 only"),
     (['--wandb.enable=maybe'], r'--wandb.enable maybe: true or false expected'),
+    (['--policy.noise_scheduler_type=EULER'], r"LeRobot's are DDPM and DDIM \(here also --scheduler dpmsolver\)"),
 ])
 def test_lerobot_settings_without_a_counterpart_are_named(argv, message):
     with pytest.raises(UsageError, match=message):
