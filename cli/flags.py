@@ -10,6 +10,7 @@ from deploy.runtime import ENGINES
 from detr.resnet import BACKBONES
 from evaluation.offline import DIFFUSION_SAMPLES
 from policies.diffusion import PREDICTION_TYPES, SCHEDULERS
+from policies.executor import STRATEGIES
 from policies.registry import POLICY_CLASSES, policy_type
 from real_robot.settings import ROBOT_BACKENDS, ROBOT_DRIVERS
 from training.settings import TrainSettings
@@ -29,7 +30,7 @@ FLAG_RANGES = {
         'hidden_dim', 'dim_feedforward', 'enc_layers', 'dec_layers', 'nheads', 'latent_dim', 'num_inference_steps',
         'obs_horizon', 'action_horizon', 'num_rollouts', 'eval_workers')},
     **{flag: _AT_LEAST_0 for flag in ('warmup_steps', 'num_workers', 'kl_weight', 'lr_backbone', 'weight_decay',
-                                      'diversity_samples')},
+                                      'diversity_samples', 'inference_delay', 'queue_threshold')},
     'lr': (lambda v: v > 0, 'more than 0'),
     'clip_grad_norm': (lambda v: v > 0, 'more than 0'),
     'dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
@@ -203,3 +204,17 @@ def _evaluation_flags(parser):
         help='real robot: our drivers or the aloha_scripts/ROS stack')
     add('--robot_driver', choices=ROBOT_DRIVERS, default='auto',
         help='real robot, builtin backend: how to reach the arms (feetech: SO-100/SO-101 tasks, which auto picks)')
+    _execution_flags(parser)
+
+
+def _execution_flags(parser):
+    add = parser.add_argument
+    add('--inference_delay', type=int, metavar='D', help='simulation: asynchronous execution, the chunk requested '
+        'at step t usable from step t + D (deterministic; default: synchronous, the original\'s)')
+    add('--realtime', action='store_true', help='simulation: asynchronous execution, each chunk usable after '
+        'the inference time this machine really takes (ceil(seconds x control rate) steps)')
+    add('--execution', choices=STRATEGIES, help='with --inference_delay or --realtime: how a new chunk joins the '
+        'queued actions: replace them, or ensemble every prediction for a step (weights exp(-0.01 i), i = 0 the '
+        'oldest) (default: ensemble)')
+    add('--queue_threshold', type=int, metavar='N', help='with --inference_delay or --realtime: request a chunk '
+        'when N actions or fewer are queued (default: the chunk size for ensemble, half of it for replace)')

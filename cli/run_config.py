@@ -8,7 +8,8 @@ import torch
 from checkpoints.folder import CONFIG_FILE, STATS_FILE
 from checkpoints.reader import open_checkpoint
 from cli.flags import CKPT_ROOT, UsageError, build_parser
-from constants import IMAGE_HW, canonical_task_name, get_task_config
+from constants import CONTROL_HZ, IMAGE_HW, canonical_task_name, get_task_config
+from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
 from formats.normalize import Normalizer
 from policies.registry import POLICY_CLASSES, policy_type
@@ -80,7 +81,31 @@ def make_config(args, task_config, policy_config, device):
         'camera_names': policy_config['camera_names'], 'real_robot': args['task_name'][:4] != 'sim_',
         'device': device, 'image_size': tuple(args['image_size']) if args['image_size'] else None,
         'save_video': not args['no_video'],
+        'execution': execution_settings(args, task_config),
     }
+
+
+def execution_settings(args, task_config):
+    """The asynchronous execution --inference_delay / --realtime ask for, or None (synchronous);
+    a UsageError for flags that cannot go together."""
+    delayed = args.get('inference_delay') is not None or args.get('realtime')
+    if not delayed:
+        given = [f'--{flag}' for flag in ('execution', 'queue_threshold') if args.get(flag) is not None]
+        if given:
+            raise UsageError(f'{" and ".join(given)} set the asynchronous execution: give --inference_delay D '
+                             f'or --realtime too')
+        return None
+    if args.get('inference_delay') is not None and args.get('realtime'):
+        raise UsageError('--inference_delay D and --realtime both set the delay: give one')
+    if args.get('temporal_agg'):
+        raise UsageError('--temporal_agg is synchronous ensembling; with --inference_delay or --realtime use '
+                         '--execution ensemble')
+    if args['task_name'][:4] != 'sim_' or args.get('runtime', 'torch') != 'torch':
+        raise UsageError('--inference_delay and --realtime delay simulated rollouts of the torch policy '
+                         '(not --runtime onnxruntime/openvino, not a real robot)')
+    return Execution(strategy=args.get('execution') or 'ensemble', threshold=args.get('queue_threshold'),
+                     delay_steps=args.get('inference_delay'), realtime=bool(args.get('realtime')),
+                     control_hz=float(task_config.get('fps', CONTROL_HZ)))
 
 
 def check_args(args, device):

@@ -13,6 +13,7 @@ The config dict of `eval_bc` (the original's keys) is read once into `EvalSettin
 and its `Normalizer` come from the checkpoint folder.
 """
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -27,6 +28,8 @@ from common.media import OnscreenView, VideoWriter, display_available
 from common.processes import worker_pool
 from common.seeds import set_seed
 from constants import CONTROL_HZ, DT, IMAGE_HW
+from evaluation.execution import (DelayedController, chunked_switch_steps, execution_summary, motion_metrics,
+                                  summary_lines)
 from evaluation.report import write_report
 from evaluation.settings import EvalSettings
 from formats.images import resize_images
@@ -113,6 +116,18 @@ def read_result_file(path):
     return found
 
 
+def write_result_json(path, results, max_reward, execution):
+    """Beside the result file: success, stages and returns, with the execution and motion figures."""
+    highest = np.array([r['highest_reward'] for r in results])
+    record = {'num_rollouts': len(results), 'success_rate': float(np.mean(highest == max_reward)),
+              'average_return': float(np.mean([r['episode_return'] for r in results])),
+              'stages': {str(r): int((highest >= r).sum()) for r in range(max_reward + 1)}, **execution,
+              'rollouts': [{'rollout_id': r['rollout_id'], 'highest_reward': r['highest_reward'],
+                            'episode_return': r['episode_return'], **r['motion'],
+                            **{k: v for k, v in r['executed'].items() if k != 'switch_steps'}} for r in results]}
+    atomic_write(path, lambda f: json.dump(record, f, indent=1), mode='w')
+
+
 def _python_number(x):
     return x.item() if isinstance(x, np.generic) else x
 
@@ -196,6 +211,9 @@ class Evaluator:
             from deploy.runtime import PolicyRunner
             self.runner = PolicyRunner(self.settings.export_dir, self.settings.temporal_agg,
                                        threads=torch.get_num_threads(), engine=self.settings.runtime)
+        elif self.settings.execution is not None:
+            self.runner = None
+            self.controller = DelayedController(self.policy, self.settings.execution)
         else:
             self.runner = None
             self.controller = ChunkedController(self.policy, self.settings.temporal_agg)
@@ -241,7 +259,7 @@ class Evaluator:
         video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
         view = OnscreenView(DT) if self.onscreen else None
         try:
-            ts, rewards, failure = self._run_episode(ts, video, view)
+            ts, rewards, actions, failure = self._run_episode(ts, video, view)
         except BaseException as error:
             if video is not None:
                 video.abort(error)
@@ -258,14 +276,26 @@ class Evaluator:
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
                 'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
                 'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
-                'failure': failure, 'wall_s': time.perf_counter() - start}
+                'failure': failure, 'wall_s': time.perf_counter() - start, **self._motion(actions)}
+
+    def _motion(self, actions):
+        """The rollout's motion figures (execution.py) and, asynchronously, what its executor met."""
+        if isinstance(getattr(self, 'controller', None), DelayedController):
+            executed = self.controller.result()
+            switches = executed['switch_steps']
+        else:
+            executed = {}
+            horizon = self.policy.action_horizon if self.policy is not None else self.runner.action_horizon
+            switches = chunked_switch_steps(len(actions), horizon, self.settings.temporal_agg)
+        return {'motion': motion_metrics(actions, switches), 'executed': executed}
 
     def _run_episode(self, ts, video, view):
-        """Step the policy from time step `ts` for episode_len steps -> (last time step, rewards, failure).
+        """Step the policy from time step `ts` for episode_len steps -> (last time step, rewards, the
+        actions sent (T, A), failure).
         In simulation a NaN or infinite action, or physics that diverge, end the rollout (failure says
         at which step and why) and the evaluation goes on; the rewards reached before count. The real
         robot's environment holds and stops on such an action itself."""
-        rewards = []
+        rewards, actions = [], []
         with torch.inference_mode():
             for t in range(self.settings.episode_len):
                 if view is not None:
@@ -277,10 +307,11 @@ class Evaluator:
                     ts = self.env.step(action if self.settings.real_robot else checked_action(action, t))
                 except self.sim_failures as failure:
                     if isinstance(failure, NonFiniteAction):
-                        return ts, rewards, str(failure)
-                    return ts, rewards, f'step {t}: the simulation diverged ({failure})'
+                        return ts, rewards, actions, str(failure)
+                    return ts, rewards, actions, f'step {t}: the simulation diverged ({failure})'
                 rewards.append(ts.reward)
-        return ts, rewards, None
+                actions.append(action)
+        return ts, rewards, actions, None
 
 
 def _video_path(settings, rollout_id, save_episode):
@@ -351,8 +382,11 @@ def eval_bc(config, ckpt_name, save_episode=True):
     highest_rewards = [r['highest_reward'] for r in results]
     summary = summary_text(highest_rewards, episode_returns, max_reward)
     print(summary)
-    write_result_file(os.path.join(settings.ckpt_dir, result_file_name(ckpt_name)), summary,
-                      episode_returns, highest_rewards)
+    result_path = os.path.join(settings.ckpt_dir, result_file_name(ckpt_name))
+    write_result_file(result_path, summary, episode_returns, highest_rewards)
+    execution = execution_summary(results, settings.execution)
+    print(summary_lines(execution, sum(len(r['rewards']) for r in results)))
+    write_result_json(os.path.splitext(result_path)[0] + '.json', results, max_reward, execution)
     report = write_report(settings.ckpt_dir, ckpt_name, results, max_reward, settings.checkpoint.config)
     print(f'Report: {report}')
     return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))

@@ -1,0 +1,165 @@
+"""Asynchronous chunk execution: the control loop never waits for the policy.
+
+The loop ticks at the task's rate and takes one action per step from a queue of future actions.
+When the queue holds `threshold` actions or fewer and no query is in flight, a new chunk is
+requested from this step's observation. A chunk computed from the observation of step t that
+becomes usable at step t + d has its first d actions dropped (their time has passed); the rest is
+merged with the queue by the strategy:
+
+- `replace`: the new chunk takes over the queue;
+- `ensemble`: every step's action is the average of all predictions made for it, weighted
+  exp(-k i) with i = 0 the oldest prediction (the original's temporal ensembling weights, k = 0.01).
+
+The episode's first chunk is awaited (there is nothing to play before it): the clock starts when it
+arrives. A step whose action has not arrived (the queue ran dry while a query was in flight) holds
+the last action and counts as a starved step, the deadline miss a robot would meet.
+
+    executor = ChunkExecutor(chunk_size=50, threshold=25, strategy='ensemble')
+    if executor.request_due:
+        executor.requested()                    # the observation of this step goes to the policy
+    executor.deliver(chunk, observed_at)        # whenever it arrives (step count of its observation)
+    action = executor.next_action()             # (A,), then the clock advances one step
+
+Like the chunker, it imports nothing but numpy and computes with the arrays it is given (numpy, or
+torch tensors on the policy's device).
+"""
+import collections
+
+import numpy as np
+
+from policies.chunker import TEMPORAL_AGG_K
+
+STRATEGIES = ('replace', 'ensemble')
+
+
+class ChunkExecutor:
+    """One episode's queue of future actions on a step clock (`t`, the step about to be played)."""
+
+    def __init__(self, chunk_size, threshold, strategy='replace', k=TEMPORAL_AGG_K):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"--execution must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        if not 0 <= threshold <= chunk_size:
+            raise ValueError(f'--queue_threshold must be between 0 and the chunk size {chunk_size}; got {threshold}')
+        self.chunk_size, self.threshold, self.strategy, self.k = chunk_size, threshold, strategy, k
+        self.reset()
+
+    def reset(self):
+        self.t = 0
+        self.predictions = collections.defaultdict(list)  # step -> its predicted actions, oldest first
+        self.in_flight = None  # the step whose observation the pending query saw
+        self.last = None  # the last action played
+        self.starved_steps = 0
+        self.switch_steps = []  # steps whose action came from a chunk that had just arrived
+        self.dropped = 0  # actions dropped because their time had passed
+        self._fresh = False
+
+    @property
+    def queued(self):
+        """Actions queued for this step and the ones after it."""
+        return sum(1 for step in self.predictions if step >= self.t)
+
+    @property
+    def request_due(self):
+        return self.in_flight is None and self.queued <= self.threshold
+
+    def requested(self):
+        """A query from this step's observation is now in flight."""
+        if self.in_flight is not None:
+            raise RuntimeError(f'step {self.t}: a query from step {self.in_flight} is still in flight')
+        self.in_flight = self.t
+
+    def deliver(self, chunk, observed_at):
+        """Merge the chunk (K, A) predicted from the observation of step `observed_at` at this step."""
+        if observed_at != self.in_flight:
+            raise RuntimeError(f'a chunk from step {observed_at} arrived, but the query in flight is from '
+                               f'step {self.in_flight}')
+        self.in_flight = None
+        late = self.t - observed_at  # its first `late` actions are for steps already played
+        self.dropped += min(late, len(chunk))
+        if self.strategy == 'replace':
+            self.predictions.clear()
+        for i in range(late, len(chunk)):
+            self.predictions[observed_at + i].append(chunk[i])
+        self._fresh = late < len(chunk)
+
+    def next_action(self):
+        """The action of this step (A,); the clock then advances one step."""
+        t = self.t
+        self.predictions = collections.defaultdict(list, {s: p for s, p in self.predictions.items() if s >= t})
+        stored = self.predictions.get(t)
+        if stored:
+            action = self._combine(stored)
+            if self._fresh and t > 0:
+                self.switch_steps.append(t)
+        elif self.last is None:
+            raise RuntimeError('ChunkExecutor: no action for the first step; deliver the first chunk before it')
+        else:
+            action = self.last
+            self.starved_steps += 1
+        self._fresh = False
+        self.last = action
+        self.t += 1
+        return action
+
+    def _combine(self, stored):
+        if len(stored) == 1:
+            return stored[0]
+        weights = np.exp(-self.k * np.arange(len(stored)))
+        weights = weights / weights.sum()
+        total = stored[0] * float(weights[0])
+        for prediction, weight in zip(stored[1:], weights[1:]):
+            total = total + prediction * float(weight)
+        return total
+
+
+def default_threshold(strategy, chunk_size):
+    """`ensemble`: a query whenever none is in flight (asynchronous --temporal_agg); `replace`: when
+    half the chunk is left, as LeRobot's asynchronous inference does by default."""
+    return chunk_size if strategy == 'ensemble' else chunk_size // 2
+
+
+class DelayedPolicy:
+    """A policy behind an executor, in simulated time: a query from the observation of step t is
+    computed at once and becomes usable `delay(seconds)` steps later, the seconds being the query's
+    measured wall time (the simulator's own time is not counted).
+
+    query(history) -> chunk (K, A); delay: seconds -> steps (a constant for --inference_delay D,
+    ceil(seconds x control rate) for --realtime)."""
+
+    def __init__(self, query, executor, delay):
+        self.query, self.executor, self.delay = query, executor, delay
+        self.pending = None  # (usable from step, observed at, chunk)
+        self.delays = []  # the delay of every query, in steps
+
+    def reset(self):
+        self.executor.reset()
+        self.pending = None
+        self.delays = []
+
+    def __call__(self, history, clock=None):
+        """This step's observation history -> this step's action. clock: a perf_counter-like
+        function (tests pass a fake one)."""
+        executor = self.executor
+        self._deliver_due()  # a chunk that arrives now frees the way for the next query at once
+        if self.pending is None and executor.request_due:
+            executor.requested()
+            now = clock or _perf_counter
+            start = now()
+            chunk = self.query(history)
+            seconds = now() - start
+            steps = 0 if executor.t == 0 else self.delay(seconds)  # the first chunk is awaited
+            self.delays.append(steps)
+            self.pending = (executor.t + steps, executor.t, chunk)
+            self._deliver_due()  # a delay of 0
+        return executor.next_action()
+
+    def _deliver_due(self):
+        if self.pending is not None and self.pending[0] <= self.executor.t:
+            _, observed_at, chunk = self.pending
+            self.pending = None
+            self.executor.deliver(chunk, observed_at)
+
+
+def _perf_counter():
+    import time
+    return time.perf_counter()
