@@ -171,3 +171,26 @@ def test_execution_flags_make_the_settings():
     assert execution_settings(args, {}) == Execution('replace', 20, 5, False, 50.0)
     assert execution_settings(dict(args, inference_delay=None, execution=None, queue_threshold=None), {}) is None
     assert flag_problem({'inference_delay': -1}) == '--inference_delay must be 0 or more, got -1'
+
+
+def test_the_realtime_bench_cases_link_the_checkpoint_and_resume(tmp_path):
+    import json
+    import os
+
+    from bench import realtime
+    ckpt_dir = tmp_path / 'ckpt'
+    ckpt_dir.mkdir()
+    for name in ('policy_last.ckpt', 'dataset_stats.pkl', 'config.json'):
+        (ckpt_dir / name).write_text(name)
+    args = realtime.parse_args(['--ckpt_dir', str(ckpt_dir), '--delays', '0', '5', '--strategies', 'replace',
+                                '--out', str(tmp_path / 'out')])
+    assert realtime.cases(args) == {'sync_chunked': [], 'sync_temporal_agg': ['--temporal_agg'],
+                                    'replace_d0': ['--inference_delay', '0', '--execution', 'replace'],
+                                    'replace_d5': ['--inference_delay', '5', '--execution', 'replace']}
+    folder = realtime.case_folder(args, 'replace_d5')
+    assert open(os.path.join(folder, 'config.json')).read() == 'config.json'  # linked, the original untouched
+    with open(os.path.join(folder, 'result_policy_last.json'), 'w') as f:
+        json.dump({'success_rate': 0.5, 'stages': {'4': 1}, 'starved_steps': 0, 'extra': 1}, f)
+    # evaluated before: read back, nothing run
+    assert realtime.case_report(realtime.evaluate(args, 'replace_d5', [])) == {
+        'success_rate': 0.5, 'stages': {'4': 1}, 'starved_steps': 0}
