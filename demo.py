@@ -26,6 +26,7 @@ import sys
 import time
 
 from common.files import atomic_write
+from constants import SIM_TASK_CONFIGS
 from formats.hdf5 import episode_path
 
 RENDER_NOTE = ("rendered without shadows (record_sim_episodes.py --no_shadows): a third of the CPU per frame, "
@@ -57,15 +58,18 @@ class Task:
     paper: str  # the success of the paper's recipe, as the original's README gives it
 
 
+def stages_text(task_name):
+    """'1 = ..., 2 = ...,\n  3 = ..., 4 = ...' from the task's reward stages (constants.py)."""
+    stages = [f'{r} = {text}' for r, text in enumerate(SIM_TASK_CONFIGS[task_name]['reward_stages'], 1)]
+    half = (len(stages) + 1) // 2
+    return ', '.join(stages[:half]) + ',\n  ' + ', '.join(stages[half:])
+
+
 TASKS = {
-    'sim_transfer_cube_scripted': Task(
-        what='the bimanual cube transfer', placed='cube positions', paper='about 90%',
-        stages=('1 = the right gripper touches the cube, 2 = it lifts the cube,\n'
-                '  3 = the left gripper touches it too, 4 = the left gripper holds it alone (success)')),
-    'sim_insertion_scripted': Task(
-        what='the bimanual peg insertion', placed='peg and socket positions', paper='about 50%',
-        stages=('1 = the left gripper touches the socket and the right the peg, 2 = both are lifted,\n'
-                '  3 = the peg touches the socket in the air, 4 = the peg touches the pin (success)')),
+    'sim_transfer_cube_scripted': Task(what='the bimanual cube transfer', placed='cube positions', paper='about 90%',
+                                       stages=stages_text('sim_transfer_cube_scripted')),
+    'sim_insertion_scripted': Task(what='the bimanual peg insertion', placed='peg and socket positions',
+                                   paper='about 50%', stages=stages_text('sim_insertion_scripted')),
 }
 
 

@@ -1,19 +1,23 @@
 """report.html: an evaluation to look at, written to --ckpt_dir after --eval.
 
-One page, self-contained apart from the rollout videos beside it (it reads offline): the summary
-(success rate, average return, the `Reward >= r` stages as a bar chart), one playable video per
-rollout with its outcome, the training curves found in the folder (embedded PNGs) and the run's
-config.json. The numbers are those of result_{checkpoint}.txt.
+One page, self-contained apart from the rollout videos beside it (it reads offline): what was
+evaluated (task, checkpoint and its training, date, how the actions were executed), the summary
+(success rate, average return, the `Reward >= r` stages as a bar chart with what each stage means),
+the motion figures, one playable video per rollout with its outcome, the training curves found in
+the folder (embedded PNGs) and the run's config.json. The numbers are those of result_{checkpoint}.txt.
 """
 import base64
+import datetime
 import glob
 import html
 import json
 import os
+import re
 
 import numpy as np
 
 from common.files import atomic_write
+from constants import get_task_config
 
 REPORT_FILE = 'report.html'
 BAR_WIDTH, BAR_HEIGHT, BAR_GAP = 48, 160, 16  # pixels of the reward-stage chart
@@ -74,13 +78,52 @@ def _curves_html(ckpt_dir):
     return ''.join(images) or '<p>No training curves in this folder.</p>'
 
 
-def report_html(ckpt_dir, ckpt_name, results, max_reward, run_config):
-    """The page for rollout `results` (evaluate's dicts) of checkpoint `ckpt_name`."""
+def checkpoint_training(ckpt_name, run_config):
+    """What training the checkpoint holds, in words, from its name and config.json's training settings."""
+    training = (run_config or {}).get('training') or {}
+    length = (f"{training['num_steps']:,} steps" if training.get('num_steps')
+              else f"{training['num_epochs']:,} epochs" if training.get('num_epochs') else None)
+    step = re.match(r'policy_(step|epoch)_(\d+)', os.path.basename(ckpt_name))
+    if step:
+        return f'{step.group(1)} {int(step.group(2)):,}' + (f' of {length}' if length else '')
+    if os.path.basename(ckpt_name).startswith('policy_last'):
+        return f'the end of training ({length})' if length else 'the end of training'
+    if os.path.basename(ckpt_name).startswith('policy_best'):
+        return 'the lowest validation loss' + (f' of a {length} run' if length else '')
+    return length or 'not recorded'
+
+
+def _stage_meanings(task_name):
+    try:
+        return get_task_config(task_name).get('reward_stages') or ()
+    except (KeyError, TypeError):
+        return ()
+
+
+def _about_html(ckpt_name, run_config, task_name, execution):
+    rows = [('Task', task_name or (run_config or {}).get('task_name') or 'not recorded'),
+            ('Checkpoint', f'{ckpt_name}: {checkpoint_training(ckpt_name, run_config)}'),
+            ('Evaluated', datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')),
+            ('Execution', (execution or {}).get('execution', 'synchronous'))]
+    if execution and 'max_switch_jump' in execution:
+        rows.append(('Motion', f"largest joint change in one step {execution['max_step_change']:.4f}, at a chunk "
+                               f"switch {execution['max_switch_jump']:.4f}; jerk {execution['mean_jerk']:.3g}"))
+    if execution and 'delay_distribution' in execution:
+        delays = ', '.join(f'{d} steps x {n}' for d, n in execution['delay_distribution'].items()) or 'none'
+        rows.append(('Delays met', f"{delays}; starved steps {execution['starved_steps']}"))
+    return ''.join(f'<tr><th>{name}</th><td>{html.escape(str(value))}</td></tr>' for name, value in rows)
+
+
+def report_html(ckpt_dir, ckpt_name, results, max_reward, run_config, task_name=None, execution=None):
+    """The page for rollout `results` (evaluate's dicts) of checkpoint `ckpt_name`; execution: the
+    execution and motion figures (evaluation/execution.py's execution_summary)."""
     highest = [r['highest_reward'] for r in results]
     success_rate = float(np.mean(np.array(highest) == max_reward))
     avg_return = float(np.mean([r['episode_return'] for r in results]))
     stages = reward_stages(highest, max_reward)
-    stage_rows = ''.join(f'<tr><td>Reward &#8805; {r}</td><td>{count}/{len(results)}</td><td>{rate * 100}%</td></tr>'
+    meanings = ('none reached', *_stage_meanings(task_name or (run_config or {}).get('task_name')))
+    stage_rows = ''.join(f'<tr><td>Reward &#8805; {r}</td><td>{count}/{len(results)}</td><td>{rate * 100}%</td>'
+                         f'<td>{html.escape(meanings[r]) if r < len(meanings) else ""}</td></tr>'
                          for r, count, rate in stages)
     config_text = html.escape(json.dumps(run_config, indent=2)) if run_config else 'no config.json in this folder'
     title = html.escape(f'{os.path.basename(os.path.normpath(ckpt_dir))}: {ckpt_name}')
@@ -88,6 +131,7 @@ def report_html(ckpt_dir, ckpt_name, results, max_reward, run_config):
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>
 <body>
 <h1>{title}</h1>
+<table id="about">{_about_html(ckpt_name, run_config, task_name, execution)}</table>
 <div class="numbers">Success rate <span id="success-rate">{success_rate}</span>
 Average return <span id="average-return">{avg_return}</span>
 Rollouts <span id="num-rollouts">{len(results)}</span></div>
@@ -104,8 +148,9 @@ Rollouts <span id="num-rollouts">{len(results)}</span></div>
 """
 
 
-def write_report(ckpt_dir, ckpt_name, results, max_reward, run_config):
+def write_report(ckpt_dir, ckpt_name, results, max_reward, run_config, task_name=None, execution=None):
     """Write report.html to ckpt_dir -> its path."""
     path = os.path.join(ckpt_dir, REPORT_FILE)
-    atomic_write(path, lambda f: f.write(report_html(ckpt_dir, ckpt_name, results, max_reward, run_config)), mode='w')
+    page = report_html(ckpt_dir, ckpt_name, results, max_reward, run_config, task_name, execution)
+    atomic_write(path, lambda f: f.write(page), mode='w')
     return path

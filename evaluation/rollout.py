@@ -387,7 +387,8 @@ def eval_bc(config, ckpt_name, save_episode=True):
     execution = execution_summary(results, settings.execution)
     print(summary_lines(execution, sum(len(r['rewards']) for r in results)))
     write_result_json(os.path.splitext(result_path)[0] + '.json', results, max_reward, execution)
-    report = write_report(settings.ckpt_dir, ckpt_name, results, max_reward, settings.checkpoint.config)
+    report = write_report(settings.ckpt_dir, ckpt_name, results, max_reward, settings.checkpoint.config,
+                          settings.task_name, execution)
     print(f'Report: {report}')
     return float(np.mean(np.array(highest_rewards) == max_reward)), float(np.mean(episode_returns))
 

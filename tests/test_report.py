@@ -29,6 +29,25 @@ def test_reward_stages_count_rollouts_reaching_each_reward():
     assert reward_stages([0, 4, 2, 4], 4) == [(0, 4, 1.0), (1, 3, 0.75), (2, 3, 0.75), (3, 2, 0.5), (4, 2, 0.5)]
 
 
+def test_the_report_says_what_was_evaluated_and_what_each_stage_means(evaluated):
+    page = (evaluated / 'report.html').read_text()
+    assert '<th>Task</th><td>sim_transfer_cube_scripted</td>' in page
+    assert '<th>Checkpoint</th><td>policy_best.ckpt: the lowest validation loss</td>' in page
+    assert re.search(r'<th>Evaluated</th><td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>', page)
+    assert "<th>Execution</th><td>synchronous (the original&#x27;s)</td>" in page
+    assert '<th>Motion</th><td>largest joint change in one step ' in page
+    assert '<td>the left gripper holds it alone (success)</td>' in page and '<td>it lifts the cube</td>' in page
+
+
+def test_checkpoint_training_in_words():
+    from evaluation.report import checkpoint_training
+    config = {'training': {'num_steps': 2400, 'num_epochs': 2000}}
+    assert checkpoint_training('policy_last.ckpt', config) == 'the end of training (2,400 steps)'
+    assert checkpoint_training('policy_step_2100_seed_0.ckpt', config) == 'step 2,100 of 2,400 steps'
+    assert checkpoint_training('policy_epoch_30_seed_0.ckpt', {'training': {'num_epochs': 50}}) == 'epoch 30 of 50 epochs'
+    assert checkpoint_training('policy_best.ckpt', None) == 'the lowest validation loss'
+
+
 def test_the_report_holds_the_results_videos_and_config(evaluated):
     page = (evaluated / 'report.html').read_text()
     assert page.count('<video ') == 2 and 'src="video0.mp4"' in page and 'src="video1.mp4"' in page
