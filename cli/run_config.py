@@ -100,9 +100,11 @@ def execution_settings(args, task_config):
     if args.get('temporal_agg'):
         raise UsageError('--temporal_agg is synchronous ensembling; with --inference_delay or --realtime use '
                          '--execution ensemble')
-    if args['task_name'][:4] != 'sim_' or args.get('runtime', 'torch') != 'torch':
-        raise UsageError('--inference_delay and --realtime delay simulated rollouts of the torch policy '
-                         '(not --runtime onnxruntime/openvino, not a real robot)')
+    if args.get('runtime', 'torch') != 'torch':
+        raise UsageError('--inference_delay and --realtime execute the torch policy asynchronously (not --runtime '
+                         'onnxruntime/openvino; PolicyRunner.realtime() runs an export so)')
+    if args['task_name'][:4] != 'sim_' and args.get('inference_delay') is not None:
+        raise UsageError('--inference_delay D simulates a delay; on a real robot the delay is real: use --realtime')
     return Execution(strategy=args.get('execution') or 'ensemble', threshold=args.get('queue_threshold'),
                      delay_steps=args.get('inference_delay'), realtime=bool(args.get('realtime')),
                      control_hz=float(task_config.get('fps', CONTROL_HZ)))

@@ -15,6 +15,7 @@ i = 0 the oldest). A Diffusion
 export is its observation encoder and its denoising network; the sampling loop (DDIM or DPM-Solver++,
 deploy/samplers.py) runs here with the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
 """
+import collections
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from common.files import inside_folder
 from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, checked_action
+from policies.executor import ChunkExecutor, ThreadedPolicy, default_threshold
 
 MANIFEST = 'policy.json'
 FORMAT_VERSION = 1
@@ -231,6 +233,14 @@ class PolicyRunner:
             return np.asarray(qpos)[None], np.asarray(images)[None]
         return (np.stack([q for q, _ in history])[None], np.stack([im for _, im in history])[None])
 
+    def realtime(self, strategy='ensemble', threshold=None, stall_s=None):
+        """This policy behind the asynchronous executor (policies/executor.py): its act() never waits
+        for a query after the episode's first, which runs in a thread beside the control loop; a new
+        chunk joins the queued actions by `strategy` ('ensemble' or 'replace'), requested when
+        `threshold` actions or fewer are queued (default: the chunk size for ensemble, half of it
+        for replace). stall_s: seconds with nothing left to play after which act() waits for the query."""
+        return RealtimeRunner(self, strategy, threshold, stall_s)
+
     def act(self, qpos, images):
         """qpos (state_dim,), images (cams, H, W, 3) uint8 of this step -> the raw action (action_dim,) float64;
         NonFiniteAction (a ValueError naming the step) instead of a NaN or infinite action."""
@@ -238,3 +248,44 @@ class PolicyRunner:
         step = self.chunker.t
         chunk = self.query(*self._inputs(history))[0] if self.chunker.query_due else None  # (chunk, A)
         return checked_action(np.asarray(self.chunker.play(chunk), dtype=np.float64), step)
+
+
+class RealtimeRunner:
+    """PolicyRunner.realtime(): one raw action per control step, the queries beside the loop.
+
+        live = runner.realtime()
+        live.reset()
+        action = live.act(qpos, images)   # returns at once after the first step
+        live.close()                      # the query thread ends
+    """
+
+    def __init__(self, runner, strategy, threshold, stall_s):
+        if threshold is None:
+            threshold = default_threshold(strategy, runner.chunk_size)
+        self.runner = runner
+        self.history = collections.deque(maxlen=runner.obs_horizon)
+        executor = ChunkExecutor(runner.chunk_size, threshold, strategy)
+        self.threaded = ThreadedPolicy(self._query, executor, stall_s)
+
+    @property
+    def executor(self):
+        return self.threaded.executor
+
+    def _query(self, history):
+        return self.runner.query(*self.runner._inputs(history))[0]  # (chunk, A) raw
+
+    def reset(self, seed=None):
+        self.runner.reset(seed)
+        self.history.clear()
+        self.threaded.reset()
+
+    def act(self, qpos, images):
+        """As PolicyRunner.act, without waiting for the policy after the first step."""
+        while len(self.history) < self.history.maxlen - 1:
+            self.history.append((qpos, images))  # the first observation repeated, as in training
+        self.history.append((qpos, images))
+        step = self.executor.t
+        return checked_action(np.asarray(self.threaded(list(self.history)), dtype=np.float64), step)
+
+    def close(self):
+        self.threaded.close()

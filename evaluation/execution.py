@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from policies.executor import ChunkExecutor, DelayedPolicy, default_threshold
+from policies.executor import ChunkExecutor, DelayedPolicy, ThreadedPolicy, default_threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,21 +44,31 @@ class Execution:
 
 class DelayedController:
     """A torch policy behind the asynchronous executor: one normalised action per step (A,) numpy.
-    Its result(): the delays met (steps), the starved steps, the steps where a chunk took over."""
+    In simulation (DelayedPolicy) the delay is simulated; on a robot (`stall_s` given: ThreadedPolicy)
+    the query runs in a thread beside the control loop, which waits for it only after `stall_s`
+    seconds with nothing left to play. result(): the delays met (steps), the starved steps, the steps
+    where a chunk took over."""
 
-    def __init__(self, policy, execution):
+    def __init__(self, policy, execution, stall_s=None):
         threshold = execution.threshold
         if threshold is None:
             threshold = default_threshold(execution.strategy, policy.num_queries)
         executor = ChunkExecutor(policy.num_queries, threshold, execution.strategy)
         self.policy = policy
         self.history = collections.deque(maxlen=policy.obs_horizon)
-        self.delayed = DelayedPolicy(self._query, executor, execution.delay)
+        if stall_s is None:
+            self.delayed = DelayedPolicy(self._query, executor, execution.delay)
+        else:
+            self.delayed = ThreadedPolicy(self._query, executor, stall_s)
 
     def reset(self):
         self.history.clear()
         self.delayed.reset()
         self.policy.reset()
+
+    def close(self):
+        if isinstance(self.delayed, ThreadedPolicy):
+            self.delayed.close()
 
     def _query(self, history):
         if len(history) == 1:

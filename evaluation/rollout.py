@@ -54,6 +54,9 @@ class ChunkedController:
         self.chunker.reset()
         self.policy.reset()
 
+    def close(self):
+        """Nothing runs beside the synchronous controller."""
+
     def __call__(self, qpos, image):
         """qpos (1, S), image (1, K, 3, H, W) of this step -> normalised action (A,) numpy."""
         history = self.chunker.observe((qpos, image))
@@ -213,7 +216,11 @@ class Evaluator:
                                        threads=torch.get_num_threads(), engine=self.settings.runtime)
         elif self.settings.execution is not None:
             self.runner = None
-            self.controller = DelayedController(self.policy, self.settings.execution)
+            stall_s = None
+            if self.settings.real_robot:  # queries in a thread beside the robot's control loop
+                from real_robot.settings import POLICY_STALL_S
+                stall_s = POLICY_STALL_S
+            self.controller = DelayedController(self.policy, self.settings.execution, stall_s)
         else:
             self.runner = None
             self.controller = ChunkedController(self.policy, self.settings.temporal_agg)
@@ -224,6 +231,12 @@ class Evaluator:
             self.sim_failures = (NonFiniteAction, PhysicsError)
         clock = getattr(self.env, 'clock', None)  # real robots: their control rate (SO arms 30 Hz)
         self.video_fps = round(1 / clock.dt) if getattr(clock, 'dt', None) else CONTROL_HZ
+
+    def close(self):
+        """The real robot to its safe pose with torque off, and the policy's thread, if any, ended."""
+        self.env.close()
+        if self.runner is None:
+            self.controller.close()
 
     def policy_inputs(self, ts):
         """-> qpos (1, S) normalised, image (1, num_cams, 3, H, W), video frame (H, W * num_cams, 3)."""
@@ -258,8 +271,11 @@ class Evaluator:
             self.controller.reset()
         video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
         view = OnscreenView(DT) if self.onscreen else None
+        self._missed_before = getattr(getattr(self.env, 'clock', None), 'missed', 0)
+        loop_start = time.perf_counter()
         try:
             ts, rewards, actions, failure = self._run_episode(ts, video, view)
+            loop_s = time.perf_counter() - loop_start
         except BaseException as error:
             if video is not None:
                 video.abort(error)
@@ -276,13 +292,18 @@ class Evaluator:
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
                 'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
                 'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
-                'failure': failure, 'wall_s': time.perf_counter() - start, **self._motion(actions)}
+                'failure': failure, 'wall_s': time.perf_counter() - start, **self._motion(actions, loop_s)}
 
-    def _motion(self, actions):
-        """The rollout's motion figures (execution.py) and, asynchronously, what its executor met."""
+    def _motion(self, actions, loop_s):
+        """The rollout's motion figures (execution.py) and, asynchronously, what its executor met; on
+        a robot also the control rate achieved and the ticks that missed their deadline."""
         if isinstance(getattr(self, 'controller', None), DelayedController):
             executed = self.controller.result()
             switches = executed['switch_steps']
+            clock = getattr(self.env, 'clock', None)
+            if getattr(clock, 'realtime', False):
+                executed.update(achieved_hz=len(actions) / loop_s if loop_s else 0.0,
+                                missed_deadlines=clock.missed - self._missed_before)
         else:
             executed = {}
             horizon = self.policy.action_horizon if self.policy is not None else self.runner.action_horizon
@@ -358,7 +379,7 @@ def _rollouts_in_process(evaluator, jobs, real_robot):
                 _prompt_between_rollouts(rollout_id)
             yield evaluator.rollout(rollout_id, pose, video_path)
     finally:
-        evaluator.env.close()  # the real robot goes to its safe pose with torque off
+        evaluator.close()
 
 
 def eval_bc(config, ckpt_name, save_episode=True):

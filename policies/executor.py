@@ -160,6 +160,67 @@ class DelayedPolicy:
             self.executor.deliver(chunk, observed_at)
 
 
+class ThreadedPolicy:
+    """A policy behind an executor in real time: each query runs in a worker thread beside the
+    control loop (torch, onnxruntime and OpenVINO release the GIL while they compute), and its chunk
+    joins the queue at the first step after it is done, its delay the steps that passed meanwhile.
+    The episode's first chunk is awaited. When the queue has run dry and the query in flight has
+    taken `stall_s` seconds, the loop waits for it (the robot's watchdog then holds the arms, as
+    for a synchronous policy that stops answering); a query that raised raises here.
+
+    query(history) -> chunk (K, A); clock: a monotonic-seconds function."""
+
+    def __init__(self, query, executor, stall_s=None, clock=None):
+        import concurrent.futures
+        self.query, self.executor, self.stall_s = query, executor, stall_s
+        self.clock = clock or _monotonic
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='policy')
+        self.future = None  # the query in flight
+        self.started = None  # when it was submitted
+        self.delays = []
+
+    def reset(self):
+        if self.future is not None:
+            self.future.exception()  # waits for it to end; its chunk belongs to the last episode
+        self.future = None
+        self.delays = []
+        self.executor.reset()
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+    def __call__(self, history):
+        """This step's observation history -> this step's action, without waiting for the policy."""
+        executor = self.executor
+        self._collect()
+        if self.future is None and executor.request_due:
+            executor.requested()
+            if executor.t == 0:  # nothing to play before the first chunk
+                self.delays.append(0)
+                executor.deliver(self.query(history), 0)
+            else:
+                self.started = self.clock()
+                self.future = self.pool.submit(self.query, history)
+        if self.future is not None and executor.queued == 0 and self.stall_s is not None \
+                and self.clock() - self.started >= self.stall_s:
+            self.future.result()  # stalled with nothing left to play: wait, as a synchronous loop would
+            self._collect()
+        return executor.next_action()
+
+    def _collect(self):
+        if self.future is None or not self.future.done():
+            return
+        chunk, self.future = self.future.result(), None
+        observed_at = self.executor.in_flight
+        self.delays.append(self.executor.t - observed_at)
+        self.executor.deliver(chunk, observed_at)
+
+
 def _perf_counter():
     import time
     return time.perf_counter()
+
+
+def _monotonic():
+    import time
+    return time.monotonic()

@@ -33,15 +33,19 @@ class TransientFault(RobotFault):
 class Clock:
     """Real-time pacing: tick() returns at fixed DT intervals (a deadline schedule, so the time
     spent between ticks is not added to the period). A tick more than one period late restarts
-    the schedule instead of bursting to catch up."""
+    the schedule instead of bursting to catch up. `missed` counts the ticks that came after their
+    deadline (the deadline misses of the control loop)."""
     realtime = True
 
     def __init__(self, dt=None):
         self.dt = DT if dt is None else dt
         self._deadline = None
+        self.missed = 0
 
     def tick(self):
         now = time.monotonic()
+        if self._deadline is not None and now > self._deadline:
+            self.missed += 1
         if self._deadline is None or now > self._deadline + self.dt:
             self._deadline = now + self.dt
         time.sleep(max(0.0, self._deadline - now))

@@ -154,8 +154,8 @@ def test_a_delayed_evaluation_reports_its_execution(delayed_config, capsys):
     ({'inference_delay': 2, 'realtime': True}, r'--inference_delay D and --realtime both set the delay'),
     ({'execution': 'replace'}, r'--execution set the asynchronous execution: give --inference_delay D or --realtime'),
     ({'inference_delay': 2, 'temporal_agg': True}, r'--temporal_agg is synchronous ensembling'),
-    ({'inference_delay': 2, 'task_name': 'aloha_transfer'}, r'delay simulated rollouts of the torch policy'),
-    ({'realtime': True, 'runtime': 'onnxruntime'}, r'delay simulated rollouts of the torch policy'),
+    ({'inference_delay': 2, 'task_name': 'aloha_transfer'}, r'on a real robot the delay is real: use --realtime'),
+    ({'realtime': True, 'runtime': 'onnxruntime'}, r'execute the torch policy asynchronously \(not --runtime'),
 ])
 def test_execution_flags_that_cannot_go_together(given, message):
     from cli.run_config import execution_settings

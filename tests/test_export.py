@@ -172,6 +172,24 @@ def test_a_sampler_the_runtime_lacks_is_refused_before_any_file(tmp_path, capsys
     assert sorted(os.listdir(tmp_path)) == ['ckpt']
 
 
+def test_the_realtime_runner_plays_the_export_without_waiting(act_export):
+    from deploy import export as deploy_export
+    _, folder = act_export
+    runner = PolicyRunner(folder)
+    live = runner.realtime(strategy='replace', threshold=2)
+    cfg = {'camera_names': CAMERAS, 'image_size': runner.image_size, 'state_dim': 14}
+    qpos, images = (x.numpy() for x in deploy_export.example_observation(cfg, 1, None))
+    try:
+        live.reset()
+        actions = [live.act(qpos[0], images[0]) for _ in range(12)]
+    finally:
+        live.close()
+    first_chunk = runner.query(qpos, images)[0]  # (5, 14): the first chunk is awaited, so step 0 plays its first action
+    np.testing.assert_allclose(actions[0], first_chunk[0], atol=1e-6)
+    assert all(a.shape == (14,) and np.isfinite(a).all() for a in actions) and live.executor.t == 12
+    assert len(live.threaded.delays) >= 2  # queries went on beside the steps
+
+
 def test_act_onnx_on_openvino_equals_eager(act_export):
     for eager, exported in eager_and_exported(*act_export, engine='openvino'):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
