@@ -4,8 +4,9 @@ executor at several deterministic delays and each strategy, beside its synchrono
     python -m bench.realtime --ckpt_dir recipe/ckpt --dataset_dir recipe/sim_transfer_cube_scripted
     python -m bench.realtime --ckpt_dir dp/ckpt --delays 0 5 10 --strategies replace --num_rollouts 20
 
-Each case runs `imitate_episodes.py --eval --inference_delay D --execution S` (the original's
-evaluation seed: the same poses for every case) in a folder of its own that links the checkpoint's
+Each case runs `imitate_episodes.py --eval --inference_delay D --execution S`, or `--realtime` (the
+delay this machine's inference takes, which other work sharing the CPU lengthens), with the
+original's evaluation seed (the same poses for every case), in a folder of its own that links the checkpoint's
 files, so the checkpoint folder's own results are left as they are; a case already evaluated is
 read back, so an interrupted sweep resumes. Prints JSON: per case the success rate, the reward
 stages, the largest joint change at a chunk switch and in one step, the jerk, the delays met and
@@ -29,11 +30,14 @@ SYNCHRONOUS = {'sync_chunked': [], 'sync_temporal_agg': ['--temporal_agg']}  # t
 
 
 def cases(args):
-    """{name: the evaluation's extra flags}: the synchronous ones, then each delay and strategy."""
+    """{name: the evaluation's extra flags}: the synchronous ones, each delay and strategy, then each
+    strategy at this machine's own inference time (--realtime)."""
     found = dict(SYNCHRONOUS) if args['synchronous'] else {}
     for delay in args['delays']:
         for strategy in args['strategies']:
             found[f'{strategy}_d{delay}'] = ['--inference_delay', str(delay), '--execution', strategy]
+    if args['realtime']:
+        found.update({f'{strategy}_realtime': ['--realtime', '--execution', strategy] for strategy in args['strategies']})
     return found
 
 
@@ -93,6 +97,8 @@ def parse_args(argv=None):
     parser.add_argument('--strategies', nargs='+', choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument('--no_synchronous', dest='synchronous', action='store_false',
                         help='skip the synchronous evaluations (chunk by chunk, and with --temporal_agg)')
+    parser.add_argument('--no_realtime', dest='realtime', action='store_false',
+                        help='skip the cases at the measured inference time (--realtime)')
     parser.add_argument('--num_rollouts', type=int, default=50)
     parser.add_argument('--eval_workers', type=int, default=2, help='rollout processes, one thread each')
     parser.add_argument('--out', default='realtime', help='folder of the cases\' evaluations')

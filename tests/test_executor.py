@@ -186,7 +186,8 @@ def test_the_realtime_bench_cases_link_the_checkpoint_and_resume(tmp_path):
                                 '--out', str(tmp_path / 'out')])
     assert realtime.cases(args) == {'sync_chunked': [], 'sync_temporal_agg': ['--temporal_agg'],
                                     'replace_d0': ['--inference_delay', '0', '--execution', 'replace'],
-                                    'replace_d5': ['--inference_delay', '5', '--execution', 'replace']}
+                                    'replace_d5': ['--inference_delay', '5', '--execution', 'replace'],
+                                    'replace_realtime': ['--realtime', '--execution', 'replace']}
     folder = realtime.case_folder(args, 'replace_d5')
     assert open(os.path.join(folder, 'config.json')).read() == 'config.json'  # linked, the original untouched
     with open(os.path.join(folder, 'result_policy_last.json'), 'w') as f:
