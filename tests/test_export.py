@@ -156,10 +156,10 @@ def test_bad_sampler_constants_are_named(constants, message):
 
 def test_a_ddim_trained_policy_exports_sampling_with_dpmsolver(tmp_path):
     ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, prediction_type='sample'))
-    folder = export(ckpt_dir, tmp_path / 'onnx', '--scheduler', 'dpmsolver', '--num_inference_steps', '3')
+    folder = export(ckpt_dir, tmp_path / 'onnx', '--scheduler', 'dpmsolver', '--num_inference_steps', '5')
     constants = json.load(open(os.path.join(folder, 'policy.json')))['diffusion']
-    assert constants['sampler'] == 'dpmsolver' and len(constants['timesteps']) == 3 and constants['sigmas'][-1] == 0
-    pairs = eager_and_exported(ckpt_dir, folder, obs_horizon=2, scheduler='dpmsolver', num_inference_steps=3)
+    assert constants['sampler'] == 'dpmsolver' and len(constants['timesteps']) == 5 and constants['sigmas'][-1] == 0
+    pairs = eager_and_exported(ckpt_dir, folder, obs_horizon=2, scheduler='dpmsolver', num_inference_steps=5)
     for eager, exported in pairs:
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
