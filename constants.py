@@ -13,13 +13,18 @@ REPO_DIR = pathlib.Path(__file__).parent.resolve()
 DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all task datasets
 
 
-def _sim_task(name, episode_len, reward_stages, camera_names=('top',), num_episodes=50):
+ALOHA_ROBOT_TYPE = 'aloha'  # LeRobot's robot_type of two-arm ALOHA episodes
+
+
+def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top',), num_episodes=50):
     return {
         'dataset_dir': os.path.join(DATA_DIR, name),
         'num_episodes': num_episodes,
         'episode_len': episode_len,  # control steps per episode
         'camera_names': list(camera_names),
         'reward_stages': reward_stages,  # what reaching reward 1, 2, ... means (sim_env.py's rewards)
+        'instruction': instruction,  # a LeRobot dataset's task text
+        'robot_type': ALOHA_ROBOT_TYPE,
     }
 
 
@@ -29,11 +34,13 @@ INSERTION_STAGES = ('the left gripper touches the socket and the right the peg',
                     'the peg touches the socket in the air', 'the peg touches the pin (success)')
 
 ### Task parameters (episode lengths and cameras as in the original)
+TRANSFER = 'Transfer the cube from the right gripper to the left'
+INSERTION = 'Insert the peg into the socket in the air'
 SIM_TASK_CONFIGS = {
-    'sim_transfer_cube_scripted': _sim_task('sim_transfer_cube_scripted', 400, TRANSFER_STAGES),
-    'sim_transfer_cube_human': _sim_task('sim_transfer_cube_human', 400, TRANSFER_STAGES),
-    'sim_insertion_scripted': _sim_task('sim_insertion_scripted', 400, INSERTION_STAGES),
-    'sim_insertion_human': _sim_task('sim_insertion_human', 500, INSERTION_STAGES),
+    'sim_transfer_cube_scripted': _sim_task('sim_transfer_cube_scripted', 400, TRANSFER_STAGES, TRANSFER),
+    'sim_transfer_cube_human': _sim_task('sim_transfer_cube_human', 400, TRANSFER_STAGES, TRANSFER),
+    'sim_insertion_scripted': _sim_task('sim_insertion_scripted', 400, INSERTION_STAGES, INSERTION),
+    'sim_insertion_human': _sim_task('sim_insertion_human', 500, INSERTION_STAGES, INSERTION),
 }
 
 

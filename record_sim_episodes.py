@@ -52,7 +52,9 @@ def build_parser():
                         help='add uniform noise to the scripted end-effector positions')
     parser.add_argument('--format', choices=DATASET_FORMATS, default='hdf5',
                         help='hdf5: episode_{i}.hdf5 files (the original layout); lerobot: a LeRobot dataset (v3.0) '
-                             'at --dataset_dir, episodes appended after those it has')
+                             'at --dataset_dir, episodes appended after those it has, robot_type aloha')
+    parser.add_argument('--task', help="--format lerobot: the episodes' task text (default: the task's instruction, "
+                        "e.g. 'Transfer the cube from the right gripper to the left')")
     return parser
 
 

@@ -6,13 +6,12 @@ import os
 from tqdm import tqdm
 
 from common.files import FolderLock, drop_staging, make_staging, publish_staging
-from constants import ALOHA_STATE_DIM, CONTROL_HZ
+from constants import ALOHA_ROBOT_TYPE, ALOHA_STATE_DIM, CONTROL_HZ
 from formats.datasets import open_dataset
 from formats.hdf5 import episode_path, store_episode
 from formats.lerobot import DEFAULT_TASK, LeRobotEpisodes
 from formats.lerobot_writer import LeRobotWriter
 
-ALOHA_ROBOT_TYPE = 'aloha'  # --robot_type of two-arm ALOHA episodes (ALOHA_STATE_DIM) when none is given
 
 
 def check_destination(dst):

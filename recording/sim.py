@@ -280,7 +280,7 @@ def main(args):
         results.append(result)
         print_result(result)
     if lerobot:
-        append_staged(episode_dir, range(first, num_episodes), dataset_dir, task_name)
+        append_staged(episode_dir, range(first, num_episodes), dataset_dir, task_name, args.get('task'))
     print(f'Saved to {dataset_dir}')
     print(f"Success: {sum(r['success'] for r in results)} / {len(results)}")
     return results
@@ -295,10 +295,13 @@ def staging_folder(dataset_dir):
     return staging
 
 
-def append_staged(staging, indices, dataset_dir, task_name):
-    """Append the staged episode files `indices` to the LeRobot dataset at dataset_dir, then remove them."""
+def append_staged(staging, indices, dataset_dir, task_name, task=None):
+    """Append the staged episode files `indices` to the LeRobot dataset at dataset_dir, then remove
+    them; task: the dataset's task text (default: the task's instruction), robot_type the task's."""
     if len(indices):
-        with LeRobotWriter(dataset_dir, fps=CONTROL_HZ, task=task_name) as writer:
+        config = get_sim_task_config(task_name)
+        with LeRobotWriter(dataset_dir, fps=CONTROL_HZ, task=task or config['instruction'],
+                           robot_type=config['robot_type']) as writer:
             for index in indices:
                 writer.add(read_episode(episode_path(staging, index)))
                 print(f'episode {index} appended to {dataset_dir} ({writer.vcodec})')

@@ -1,5 +1,6 @@
 """record_sim_episodes.py on short, small episodes; the full scripted sets and a full-size
 episode in the slow run."""
+import json
 import os
 import shutil
 import subprocess
@@ -86,6 +87,14 @@ def test_recording_into_a_lerobot_dataset_appends_the_same_episodes(recorded, tm
     record(root, num_episodes=2, format='lerobot')  # appends episode 1 only
     data = LeRobotEpisodes(str(root))
     assert data.num_episodes == 2 and sorted(data.camera_names) == sorted(CAMERAS) and not os.path.exists(f'{root}.recording')
+    info = json.load(open(root / 'meta' / 'info.json'))
+    assert info['robot_type'] == 'aloha'  # as convert_dataset.py writes: LeRobot merges only datasets of one type
+    import pyarrow.parquet as pq
+    assert pq.read_table(root / 'meta' / 'tasks.parquet').to_pylist()[0]['task'] == \
+        'Transfer the cube from the right gripper to the left'
+    other = tmp_path / 'other'
+    record(other, num_episodes=1, format='lerobot', task='pick it up')
+    assert pq.read_table(other / 'meta' / 'tasks.parquet').to_pylist()[0]['task'] == 'pick it up'
     for i in range(2):
         expected = read_all(recorded / 'plain' / f'episode_{i}.hdf5')
         episode = data.read_episode(i)
