@@ -7,7 +7,8 @@ r"""Convert an ACT checkpoint between this project's folder and LeRobot's pretra
 LeRobot's current layout (config.json, model.safetensors, the pre- and postprocessor files with the
 statistics), the layout LeRobot's ACTPolicy.from_pretrained and its processors read; the statistics are
 written so that LeRobot's arithmetic gives this project's actions. The decoder layers after the
-first (never computed) and is_pad_head (never used for actions) are left out.
+first (never computed) and is_pad_head (never used for actions) are left out; `device` is `cpu`
+(LeRobot moves the policy where it runs), and --temporal_agg asks LeRobot to ensemble its chunks.
 --to act reads a LeRobot ACT folder (either layout of its statistics) and writes what training here
 writes: policy_best.ckpt (a plain state_dict), dataset_stats.pkl in the original's format and
 config.json; the original's evaluation arithmetic then reproduces LeRobot's actions.
@@ -28,6 +29,9 @@ def build_parser():
     parser.add_argument('src', help='the checkpoint folder to read')
     parser.add_argument('dst', help='the folder to write (created; files already there are not overwritten)')
     parser.add_argument('--ckpt', default=BEST_CKPT, help='--to lerobot: the policy file in SRC')
+    parser.add_argument('--temporal_agg', action='store_true', help='--to lerobot: LeRobot evaluates it with temporal '
+                        'ensembling as --temporal_agg does here (temporal_ensemble_coeff 0.01, n_action_steps 1); '
+                        'without it, temporal_ensemble_coeff is null and the whole chunk is played')
     parser.add_argument('--stats_from', metavar='DATASET', help='--to act: compute the statistics from this '
                         'episodes folder or LeRobot dataset (for a LeRobot folder without its normaliser files)')
     return parser
@@ -35,7 +39,7 @@ def build_parser():
 
 def main(args):
     if args['to'] == 'lerobot':
-        to_lerobot(args['src'], args['dst'], args['ckpt'])
+        to_lerobot(args['src'], args['dst'], args['ckpt'], args['temporal_agg'])
     else:
         to_act(args['src'], args['dst'], args['stats_from'])
 

@@ -24,8 +24,9 @@ def refuse_overwrite(dst, names):
         raise ValueError(f"{dst} already holds {', '.join(present)}: choose an empty destination folder")
 
 
-def to_lerobot(src, dst, ckpt_name=BEST_CKPT):
-    """This project's ACT folder src -> a LeRobot pretrained_model/ folder dst."""
+def to_lerobot(src, dst, ckpt_name=BEST_CKPT, temporal_agg=False):
+    """This project's ACT folder src -> a LeRobot pretrained_model/ folder dst; temporal_agg: LeRobot
+    evaluates it with temporal ensembling (coefficient 0.01, n_action_steps 1)."""
     checkpoint = open_checkpoint(src)
     if checkpoint.kind == 'lerobot':
         raise ValueError(f'{src} is already a LeRobot checkpoint')
@@ -42,7 +43,7 @@ def to_lerobot(src, dst, ckpt_name=BEST_CKPT):
     stats = Normalizer.load(os.path.join(src, STATS_FILE)).stats
     make_policy('ACT', policy_config, load_pretrained=False).deserialize(state_dict)  # it is this ACT's
     prepare_folder(dst, 'DST')
-    dropped = write_lerobot_checkpoint(dst, policy_config, config['image_size'], state_dict, stats)
+    dropped = write_lerobot_checkpoint(dst, policy_config, config['image_size'], state_dict, stats, temporal_agg)
     print(f'Wrote LeRobot ACT checkpoint {dst} from {weights}; left out {len(dropped)} '
           f'tensors that never shape actions (decoder layers after the first, is_pad_head)')
 

@@ -28,6 +28,7 @@ from common.checks import positive_int
 from common.files import atomic_write, inside_folder, save_safetensors
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
+from policies.chunker import TEMPORAL_AGG_K
 
 ### The format (LeRobot's names)
 CONFIG_FILE = 'config.json'
@@ -398,22 +399,24 @@ def _feature(kind, shape):
     return {'type': kind, 'shape': list(shape)}
 
 
-def lerobot_config(policy_config, image_hw):
-    """LeRobot's config.json of this project's ACT policy_config."""
+def lerobot_config(policy_config, image_hw, temporal_agg=False):
+    """LeRobot's config.json of this project's ACT policy_config; temporal_agg: LeRobot ensembles the
+    chunks as --temporal_agg does (coefficient 0.01, a query every step)."""
     cfg = policy_config
     inputs = {STATE: _feature('STATE', (cfg['state_dim'],)),
               **{IMAGE_PREFIX + cam: _feature('VISUAL', (3, *image_hw)) for cam in cfg['camera_names']}}
     return {
         'type': 'act', 'n_obs_steps': 1, 'input_features': inputs,
         'output_features': {ACTION: _feature('ACTION', (cfg['action_dim'],))},
-        'device': None, 'use_amp': False, 'push_to_hub': False, 'repo_id': None, 'private': None, 'tags': None,
-        'license': None, 'chunk_size': cfg['num_queries'], 'n_action_steps': cfg['num_queries'],
+        'device': 'cpu', 'use_amp': False, 'push_to_hub': False, 'repo_id': None, 'private': None, 'tags': None,
+        'license': None, 'chunk_size': cfg['num_queries'], 'n_action_steps': 1 if temporal_agg else cfg['num_queries'],
         'normalization_mapping': {'VISUAL': 'MEAN_STD', 'STATE': 'MEAN_STD', 'ACTION': 'MEAN_STD'},
         'vision_backbone': cfg['backbone'], 'pretrained_backbone_weights': None,
         'replace_final_stride_with_dilation': False, 'pre_norm': bool(cfg['pre_norm']), 'dim_model': cfg['hidden_dim'],
         'n_heads': cfg['nheads'], 'dim_feedforward': cfg['dim_feedforward'], 'feedforward_activation': 'relu',
         'n_encoder_layers': cfg['enc_layers'], 'n_decoder_layers': 1, 'use_vae': cfg.get('use_vae', True),
-        'latent_dim': cfg['latent_dim'], 'n_vae_encoder_layers': cfg['enc_layers'], 'temporal_ensemble_coeff': None,
+        'latent_dim': cfg['latent_dim'], 'n_vae_encoder_layers': cfg['enc_layers'],
+        'temporal_ensemble_coeff': TEMPORAL_AGG_K if temporal_agg else None,
         'dropout': cfg['dropout'], 'kl_weight': cfg['kl_weight'], 'optimizer_lr': cfg['lr'],
         'optimizer_weight_decay': cfg['weight_decay'], 'optimizer_lr_backbone': cfg['lr_backbone'],
     }
@@ -465,11 +468,11 @@ def _pipeline_files(config, normalizer_stats, unnormalizer_stats):
             {pre_state: normalizer_stats, post_state: unnormalizer_stats})
 
 
-def write_lerobot_checkpoint(folder, policy_config, image_hw, state_dict, stats):
+def write_lerobot_checkpoint(folder, policy_config, image_hw, state_dict, stats, temporal_agg=False):
     """Write a LeRobot ACT `pretrained_model/` folder (current layout) -> the keys left out of the weights."""
     check_exportable(policy_config)
     os.makedirs(folder, exist_ok=True)
-    config = lerobot_config(policy_config, image_hw)
+    config = lerobot_config(policy_config, image_hw, temporal_agg)
     weights, dropped = to_lerobot_state_dict(state_dict, policy_config.get('use_vae', True))
     jsons, tensors = _pipeline_files(config, *lerobot_statistics(stats, policy_config))
     save_safetensors(weights, os.path.join(folder, MODEL_FILE))

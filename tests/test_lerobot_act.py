@@ -328,6 +328,14 @@ def test_our_checkpoint_in_lerobots_layout_gives_our_actions(tmp_path):
         config = json.load(f)
     assert config['type'] == 'act' and config['n_decoder_layers'] == 1 and config['pretrained_backbone_weights'] is None
     assert config['input_features']['observation.images.wrist'] == {'type': 'VISUAL', 'shape': [3, *TINY_IMAGE_HW]}
+    assert config['device'] == 'cpu' and config['temporal_ensemble_coeff'] is None  # LeRobot warns on a null device
+    assert config['n_action_steps'] == config['chunk_size']
+    to_lerobot(ours, str(tmp_path / 'ensembled'), temporal_agg=True)
+    with open(tmp_path / 'ensembled' / 'config.json') as f:
+        ensembled = json.load(f)
+    # LeRobot's ACTConfig requires n_action_steps 1 with temporal ensembling
+    assert ensembled['temporal_ensemble_coeff'] == 0.01 and ensembled['n_action_steps'] == 1
+    to_act(str(tmp_path / 'ensembled'), str(tmp_path / 'back'))  # and it reads back
 
 
 def test_act_without_the_vae_converts_both_ways(tmp_path):
