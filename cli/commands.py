@@ -71,7 +71,15 @@ def offline_main(args, device, checkpoint):
     report = evaluate_offline(policy, normalizer, source, indices, config['image_size'] or IMAGE_HW, device, samples)
     report.update(checkpoint=config['eval_ckpt'], dataset_dir=source.dataset_dir)
     print(report_table(report))
-    print('Saved ' + ' and '.join(write_report(report, config['ckpt_dir'])))
+    print('Saved ' + ' and '.join(write_report(report, offline_out_dir(config['ckpt_dir'], checkpoint))))
+
+
+def offline_out_dir(ckpt_dir, checkpoint):
+    """Where --eval_offline writes: the checkpoint folder, or beside a LeRobot pretrained_model/
+    folder (its parent), which holds LeRobot's files only."""
+    if checkpoint.kind == 'lerobot':
+        return os.path.dirname(os.path.abspath(ckpt_dir))
+    return ckpt_dir
 
 
 def offline_episodes(args, checkpoint):

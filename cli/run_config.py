@@ -187,7 +187,7 @@ def eval_config(args, device, checkpoint=None):
         return {**make_config(args, task_config, policy_config, device), 'checkpoint': checkpoint}
     args = with_saved_config(args, saved, os.path.join(args['ckpt_dir'], CONFIG_FILE))
     if args['task_name'] is None:
-        raise ValueError(f"--task_name required: {args['ckpt_dir']} (a LeRobot checkpoint) names no task")
+        raise UsageError(f"--task_name required: {args['ckpt_dir']} (a LeRobot checkpoint) names no task")
     flag_values = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
     policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
     if args['policy_class'] == 'CNNMLP' and args['image_size']:

@@ -111,3 +111,25 @@ def test_other_sizes_cameras_or_no_episodes_are_named(two_epoch_run, tmp_path):
     os.makedirs(tmp_path / 'empty')
     with pytest.raises(ValueError, match=r'--dataset_dir .*empty holds no episodes \(episode_\*.hdf5 files or a LeRobot dataset\)'):
         offline(tmp_path / 'empty')
+
+
+def test_offline_results_go_beside_a_lerobot_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from cli.commands import offline_out_dir
+    folder = tmp_path / 'last' / 'pretrained_model'
+    assert offline_out_dir(str(folder), SimpleNamespace(kind='lerobot')) == str(tmp_path / 'last')
+    assert offline_out_dir(str(folder) + os.sep, SimpleNamespace(kind='lerobot')) == str(tmp_path / 'last')
+    assert offline_out_dir('ckpt/cube', SimpleNamespace(kind='ours')) == 'ckpt/cube'
+
+
+def test_a_lerobot_folder_without_a_task_is_a_usage_error(tmp_path):
+    from checkpoints import lerobot_act
+    from cli.flags import UsageError
+    from cli.run_config import eval_config
+    from tests.test_lerobot_act import lerobot_stats, tiny_act, write_lerobot_folder
+    weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act(seed=3).state_dict())
+    folder = write_lerobot_folder(str(tmp_path / 'pretrained_model'), weights, lerobot_stats())
+    flags = vars(imitate_episodes.build_parser().parse_args(['--eval_offline', '--ckpt_dir', folder]))
+    with pytest.raises(UsageError, match=r'--task_name required: .*pretrained_model \(a LeRobot checkpoint\) names no task'):
+        eval_config(flags, 'cpu')
