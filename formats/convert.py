@@ -13,7 +13,6 @@ from formats.lerobot import DEFAULT_TASK, LeRobotEpisodes
 from formats.lerobot_writer import LeRobotWriter
 
 
-
 def check_destination(dst):
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise ValueError(f'DST {dst} already exists; choose a new folder (nothing is overwritten)')

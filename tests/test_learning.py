@@ -6,6 +6,7 @@ import os
 import pytest
 
 from bench import learning
+
 # A stand-in for demo.py: the seed's result file (seed s: s+1 of 4 rollouts succeed) and step times
 FAKE_DEMO = '''
 import json, os, sys

@@ -127,8 +127,7 @@ def test_a_lerobot_folder_without_a_task_is_a_usage_error(tmp_path):
     from checkpoints import lerobot_act
     from cli.flags import UsageError
     from cli.run_config import eval_config
-    from tests.test_lerobot_act import (lerobot_stats, tiny_act,
-                                        write_lerobot_folder)
+    from tests.test_lerobot_act import lerobot_stats, tiny_act, write_lerobot_folder
     weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act(seed=3).state_dict())
     folder = write_lerobot_folder(str(tmp_path / 'pretrained_model'), weights, lerobot_stats())
     flags = vars(imitate_episodes.build_parser().parse_args(['--eval_offline', '--ckpt_dir', folder]))
