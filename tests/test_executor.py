@@ -123,7 +123,7 @@ def delayed_config(tmp_path, tiny_act_config):
     from tests.helpers import start_pose_stats, write_tiny_checkpoint
     write_tiny_checkpoint(tmp_path, tiny_act_config, start_pose_stats([0, -0.96, 1.16, 0, -0.3, 0], 1.0, 0.02))
     execution = Execution(strategy='replace', threshold=2, delay_steps=3)
-    return eval_config(tmp_path, tiny_act_config, episode_len=12, save_video=False, execution=execution)
+    return eval_config(tmp_path, tiny_act_config, episode_len=8, save_video=False, execution=execution)
 
 
 def test_delayed_rollouts_are_deterministic_and_worker_independent(delayed_config):

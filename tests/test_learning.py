@@ -6,29 +6,37 @@ import os
 import pytest
 
 from bench import learning
+from evaluation.rollout import summary_text, write_result_file
 
-# A stand-in for demo.py: the seed's result file (seed s: s+1 of 4 rollouts succeed) and step times
+# A stand-in for demo.py that imports nothing heavy: it writes the result file made here for its
+# seed (seed s: s+1 of 4 rollouts succeed) and its step times
 FAKE_DEMO = '''
 import json, os, sys
-sys.path.insert(0, {root!r})
-from evaluation.rollout import summary_text, write_result_file
 folder, seed = sys.argv[1], int(sys.argv[2])
 with open(os.path.join(folder, 'runs.txt'), 'a') as f:
     f.write('run\\n')
 if seed == 13:
     sys.exit(3)
 os.makedirs(os.path.join(folder, 'ckpt'), exist_ok=True)
-highest = [4] * (seed + 1) + [1] * (3 - seed)
-write_result_file(os.path.join(folder, 'ckpt', 'result_policy_last.txt'), summary_text(highest, highest, 4),
-                  highest, highest)
+with open(os.path.join(folder, 'ckpt', 'result_policy_last.txt'), 'w') as f:
+    f.write({results!r}[seed])
 with open(os.path.join(folder, 'timings.json'), 'w') as f:
     json.dump({{'recording': 60.0, 'training': 120.0 * (seed + 1), 'evaluation': 30.0}}, f)
 '''
 
 
+def result_text(seed, tmp_path):
+    """The result file evaluation writes when seed + 1 of 4 rollouts succeed."""
+    highest = [4] * (seed + 1) + [1] * (3 - seed)
+    path = str(tmp_path / f'result_{seed}.txt')
+    write_result_file(path, summary_text(highest, highest, 4), highest, highest)
+    with open(path) as f:
+        return f.read()
+
+
 @pytest.fixture
-def fake_demo(monkeypatch):
-    code = FAKE_DEMO.format(root=learning.ROOT)
+def fake_demo(monkeypatch, tmp_path):
+    code = FAKE_DEMO.format(results={seed: result_text(seed, tmp_path) for seed in range(3)})
     monkeypatch.setattr(learning, 'demo_command',
                         lambda args, seed: ['-c', code, learning.seed_folder(args, seed), str(seed)])
 
