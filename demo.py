@@ -140,8 +140,8 @@ def record(args):
     size = image_size(args)
     seconds = run(f"Recording {args['num_episodes']} scripted demonstrations ({'x'.join(size)}, no shadows)",
                   ['record_sim_episodes.py', '--task_name', args['task'], '--dataset_dir', dataset_dir,
-                   '--num_episodes', str(args['num_episodes']), '--image_size', *size, '--num_workers', str(args['workers']),
-                   '--seed', str(args['seed']), '--no_shadows'])
+                   '--num_episodes', str(args['num_episodes']), '--image_size', *size,
+                   '--num_workers', str(args['workers']), '--seed', str(args['seed']), '--no_shadows'])
     if args['videos']:
         for i in range(min(VIDEO_EPISODES, args['num_episodes'])):
             seconds += run(f'Video and joint plot of episode {i}',
@@ -197,10 +197,13 @@ def report(args, seconds):
     videos = ', '.join(os.path.join(ckpt_dir, f'video{i}.mp4') for i in range(args['num_rollouts']))
     where_videos = f'\n  rollout videos     {videos}' if args['videos'] else ''
     task = TASKS[args['task']]
+    article = 'an' if args['policy'] == 'ACT' else 'a'
+    curves = os.path.join(ckpt_dir, f"train_val_loss_seed_{args['seed']}.png")
+    metrics = os.path.join(ckpt_dir, f"train_metrics_seed_{args['seed']}.png")
     print(f"""
 === Finished in {sum(seconds.values()) / 60:.1f} min ({times})
 What happened: {args['num_episodes']} scripted demonstrations of {task.what} were recorded in
-  {dataset_dir}, an {args['policy']} policy learned from them for {args['num_steps']} steps, and it was
+  {dataset_dir}, {article} {args['policy']} policy learned from them for {args['num_steps']} steps, and it was
   rolled out in simulation from new random {task.placed}.
   The frames were {'x'.join(image_size(args))} (the original's are 480x640) and {RENDER_NOTE}.
 Results:
@@ -209,11 +212,11 @@ Results:
   "Success rate" is the share of rollouts reaching stage 4; "Reward >= r" counts the rollouts that
   reached stage r.
 Where to look:{where_videos}
-  training curves    {os.path.join(ckpt_dir, f"train_val_loss_seed_{args['seed']}.png")} (and the other terms),
-                     {os.path.join(ckpt_dir, f"train_metrics_seed_{args['seed']}.png")}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
+  training curves    {curves} (and the other terms),
+                     {metrics}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
   results            {os.path.join(ckpt_dir, RESULT_FILE)}
   checkpoints        {os.path.join(ckpt_dir, CHECKPOINT)}, policy_best.ckpt, dataset_stats.pkl
-The paper's recipe ({task.paper} success; hours on a GPU, far longer on a CPU), with shadows:
+The ACT paper's recipe ({task.paper} success; hours on a GPU, far longer on a CPU), with shadows:
   {full_recipe(args['task'])}
 The evaluation report (results, rollout videos, training curves, config; open it in a browser):
   {os.path.join(ckpt_dir, 'report.html')}""")

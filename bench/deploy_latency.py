@@ -9,8 +9,9 @@ through policy_runtime.PolicyRunner), and OpenVINO on the fp32 ONNX file (Policy
 Per runtime: p50 / p99 milliseconds, queries per second, the largest action difference to eager fp32
 over held-out observations, and (separately, one process per runtime) the peak resident memory of
 loading it and answering queries. Diffusion (10 denoising steps by default, with DDIM and with
-DPM-Solver++) is timed eager and through onnxruntime and OpenVINO beside the ACT query. Weights are random unless --ckpt_dir names a trained CPU-recipe
-run (then its observations come from --dataset_dir episodes).
+DPM-Solver++) is timed eager and through onnxruntime and OpenVINO beside the ACT query. Weights are
+random unless --ckpt_dir names a trained CPU-recipe run (then its observations come from
+--dataset_dir episodes).
 
     python -m bench.deploy_latency
     python -m bench.deploy_latency --configs cpu_recipe --ckpt_dir ckpt/cube_cpu --dataset_dir data/cube_120

@@ -37,7 +37,8 @@ def cases(args):
         for strategy in args['strategies']:
             found[f'{strategy}_d{delay}'] = ['--inference_delay', str(delay), '--execution', strategy]
     if args['realtime']:
-        found.update({f'{strategy}_realtime': ['--realtime', '--execution', strategy] for strategy in args['strategies']})
+        found.update({f'{strategy}_realtime': ['--realtime', '--execution', strategy]
+                      for strategy in args['strategies']})
     return found
 
 

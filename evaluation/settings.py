@@ -32,7 +32,7 @@ class EvalSettings:
     stats_from: str = None  # a dataset folder (episode files or LeRobot) whose statistics replace the checkpoint's
     runtime: str = 'torch'  # 'onnxruntime' / 'openvino': the exported policy through policy_runtime.PolicyRunner
     export_dir: str = None  # --runtime onnxruntime: the export (default: exported next to the checkpoint)
-    execution: object = None  # evaluation.execution.Execution: asynchronous execution in simulated time; None: synchronous
+    execution: object = None  # evaluation.execution.Execution (asynchronous execution); None: synchronous
     checkpoint: Checkpoint = None  # the opened ckpt_dir (checkpoints.reader); opened from ckpt_dir when None
 
     @classmethod
