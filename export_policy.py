@@ -10,9 +10,10 @@ float32; the dataset statistics (dataset_stats.pkl) and the image normalisation 
 batch size is free. ACT and CNNMLP are one graph (policy.onnx). Diffusion is two: its observation
 encoder (encoder.onnx: qpos (B, obs_horizon, state_dim), images (B, obs_horizon, cameras, H, W, 3)
 -> condition) and its denoising network (denoiser.onnx); the sampling loop runs in the runtime with
-the scheduler's constants written to policy.json: DDIM, or DPM-Solver++ for a policy that samples with
---scheduler dpmsolver (given after the flags above, it samples a policy trained with another). policy.json also names the cameras, image
-size, sizes, chunk and action horizons, control rate, and the source checkpoint's SHA-256.
+the scheduler's constants written to policy.json: DDIM, or DPM-Solver++ for a policy that samples
+with --scheduler dpmsolver (given after the flags above, it samples a policy trained with another).
+policy.json also names the cameras, image size, sizes, chunk and action horizons, control rate, and
+the source checkpoint's SHA-256.
 --quantize int8 quantises the weights of the matrix products to int8 (onnxruntime's dynamic
 quantisation; convolutions stay fp32). Run an export with policy_runtime.PolicyRunner (onnxruntime
 and numpy, no torch), or evaluate it: imitate_episodes.py --eval --runtime onnxruntime --export_dir DIR.

@@ -131,5 +131,6 @@ def test_a_lerobot_folder_without_a_task_is_a_usage_error(tmp_path):
     weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act(seed=3).state_dict())
     folder = write_lerobot_folder(str(tmp_path / 'pretrained_model'), weights, lerobot_stats())
     flags = vars(imitate_episodes.build_parser().parse_args(['--eval_offline', '--ckpt_dir', folder]))
-    with pytest.raises(UsageError, match=r'--task_name required: .*pretrained_model \(a LeRobot checkpoint\) names no task'):
+    message = r'--task_name required: .*pretrained_model \(a LeRobot checkpoint\) names no task'
+    with pytest.raises(UsageError, match=message):
         eval_config(flags, 'cpu')

@@ -44,7 +44,8 @@ def test_checkpoint_training_in_words():
     config = {'training': {'num_steps': 2400, 'num_epochs': 2000}}
     assert checkpoint_training('policy_last.ckpt', config) == 'the end of training (2,400 steps)'
     assert checkpoint_training('policy_step_2100_seed_0.ckpt', config) == 'step 2,100 of 2,400 steps'
-    assert checkpoint_training('policy_epoch_30_seed_0.ckpt', {'training': {'num_epochs': 50}}) == 'epoch 30 of 50 epochs'
+    epochs = {'training': {'num_epochs': 50}}
+    assert checkpoint_training('policy_epoch_30_seed_0.ckpt', epochs) == 'epoch 30 of 50 epochs'
     assert checkpoint_training('policy_best.ckpt', None) == 'the lowest validation loss'
 
 
