@@ -187,7 +187,8 @@ def test_the_realtime_runner_plays_the_export_without_waiting(act_export):
     first_chunk = runner.query(qpos, images)[0]  # (5, 14): the first chunk is awaited, so step 0 plays its first action
     np.testing.assert_allclose(actions[0], first_chunk[0], atol=1e-6)
     assert all(a.shape == (14,) and np.isfinite(a).all() for a in actions) and live.executor.t == 12
-    assert len(live.threaded.delays) >= 2  # queries went on beside the steps
+    # a second query went out beside the steps (done or still in flight: the loop did not wait for it)
+    assert len(live.threaded.delays) >= 2 or live.threaded.future is not None
 
 
 def test_act_onnx_on_openvino_equals_eager(act_export):
