@@ -15,7 +15,6 @@ i = 0 the oldest). A Diffusion
 export is its observation encoder and its denoising network; the sampling loop (DDIM or DPM-Solver++,
 deploy/samplers.py) runs here with the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
 """
-import collections
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from common.checks import check_values, names, positive_int, positive_ints
 from common.files import inside_folder
 from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
-from policies.chunker import ActionChunker, checked_action
+from policies.chunker import ActionChunker, ObservationHistory, checked_action
 from policies.executor import ChunkExecutor, ThreadedPolicy, default_threshold
 
 MANIFEST = 'policy.json'
@@ -263,7 +262,7 @@ class RealtimeRunner:
         if threshold is None:
             threshold = default_threshold(strategy, runner.chunk_size)
         self.runner = runner
-        self.history = collections.deque(maxlen=runner.obs_horizon)
+        self.history = ObservationHistory(runner.obs_horizon)
         executor = ChunkExecutor(runner.chunk_size, threshold, strategy)
         self.threaded = ThreadedPolicy(self._query, executor, stall_s)
 
@@ -281,11 +280,9 @@ class RealtimeRunner:
 
     def act(self, qpos, images):
         """As PolicyRunner.act, without waiting for the policy after the first step."""
-        while len(self.history) < self.history.maxlen - 1:
-            self.history.append((qpos, images))  # the first observation repeated, as in training
-        self.history.append((qpos, images))
+        history = self.history.observe((qpos, images))
         step = self.executor.t
-        return checked_action(np.asarray(self.threaded(list(self.history)), dtype=np.float64), step)
+        return checked_action(np.asarray(self.threaded(history), dtype=np.float64), step)
 
     def close(self):
         self.threaded.close()

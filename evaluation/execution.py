@@ -16,9 +16,10 @@ import dataclasses
 import math
 
 import numpy as np
-import torch
 
+from policies.chunker import ObservationHistory
 from policies.executor import ChunkExecutor, DelayedPolicy, ThreadedPolicy, default_threshold
+from policies.inputs import history_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ class DelayedController:
             threshold = default_threshold(execution.strategy, policy.num_queries)
         executor = ChunkExecutor(policy.num_queries, threshold, execution.strategy)
         self.policy = policy
-        self.history = collections.deque(maxlen=policy.obs_horizon)
+        self.history = ObservationHistory(policy.obs_horizon)
         if stall_s is None:
             self.delayed = DelayedPolicy(self._query, executor, execution.delay)
         else:
@@ -67,22 +68,14 @@ class DelayedController:
         self.policy.reset()
 
     def close(self):
-        if isinstance(self.delayed, ThreadedPolicy):
-            self.delayed.close()
+        self.delayed.close()
 
     def _query(self, history):
-        if len(history) == 1:
-            qpos, image = history[0]
-        else:
-            qpos = torch.stack([q for q, _ in history], dim=1)  # (1, To, S)
-            image = torch.stack([im for _, im in history], dim=1)  # (1, To, K, 3, H, W)
-        return self.policy.action_chunk(qpos, image)[0]  # (K, A)
+        return self.policy.action_chunk(*history_inputs(history))[0]  # (K, A)
 
     def __call__(self, qpos, image):
-        while len(self.history) < self.history.maxlen - 1:
-            self.history.append((qpos, image))  # the first observation repeated, as in training
-        self.history.append((qpos, image))
-        return self.delayed(list(self.history)).cpu().numpy()
+        """qpos (1, S), image (1, K, 3, H, W) of this step -> normalised action (A,) numpy."""
+        return self.delayed(self.history.observe((qpos, image))).cpu().numpy()
 
     def result(self):
         executor = self.delayed.executor

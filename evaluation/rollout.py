@@ -34,7 +34,7 @@ from evaluation.report import write_report
 from evaluation.settings import EvalSettings
 from formats.images import resize_images
 from policies.chunker import ActionChunker, NonFiniteAction, checked_action
-from policies.inputs import image_to_tensor
+from policies.inputs import history_inputs, image_to_tensor
 
 ### Fixed evaluation settings (the original's values)
 EVAL_SEED = 1000  # set before the object poses are sampled
@@ -62,14 +62,8 @@ class ChunkedController:
         history = self.chunker.observe((qpos, image))
         chunk = None
         if self.chunker.query_due:
-            chunk = self.policy.action_chunk(*self._inputs(history))[0]  # (num_queries, A)
+            chunk = self.policy.action_chunk(*history_inputs(history))[0]  # (num_queries, A)
         return self.chunker.play(chunk).cpu().numpy()
-
-    def _inputs(self, history):
-        if len(history) == 1:
-            return history[0]
-        return (torch.stack([q for q, _ in history], dim=1),  # (1, To, S)
-                torch.stack([im for _, im in history], dim=1))  # (1, To, K, 3, H, W)
 
 
 def summary_text(highest_rewards, episode_returns, max_reward):
@@ -271,7 +265,7 @@ class Evaluator:
             self.controller.reset()
         video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
         view = OnscreenView(DT) if self.onscreen else None
-        self._missed_before = getattr(getattr(self.env, 'clock', None), 'missed', 0)
+        missed_before = getattr(getattr(self.env, 'clock', None), 'missed', 0)
         loop_start = time.perf_counter()
         try:
             ts, rewards, actions, failure = self._run_episode(ts, video, view)
@@ -292,18 +286,19 @@ class Evaluator:
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
                 'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
                 'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
-                'failure': failure, 'wall_s': time.perf_counter() - start, **self._motion(actions, loop_s)}
+                'failure': failure, 'wall_s': time.perf_counter() - start, **self._motion(actions, loop_s, missed_before)}
 
-    def _motion(self, actions, loop_s):
+    def _motion(self, actions, loop_s, missed_before):
         """The rollout's motion figures (execution.py) and, asynchronously, what its executor met; on
-        a robot also the control rate achieved and the ticks that missed their deadline."""
+        a robot also the control rate achieved and the ticks that missed their deadline (the clock's
+        count was missed_before when the episode began)."""
         if isinstance(getattr(self, 'controller', None), DelayedController):
             executed = self.controller.result()
             switches = executed['switch_steps']
             clock = getattr(self.env, 'clock', None)
             if getattr(clock, 'realtime', False):
                 executed.update(achieved_hz=len(actions) / loop_s if loop_s else 0.0,
-                                missed_deadlines=clock.missed - self._missed_before)
+                                missed_deadlines=clock.missed - missed_before)
         else:
             executed = {}
             horizon = self.policy.action_horizon if self.policy is not None else self.runner.action_horizon

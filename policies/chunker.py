@@ -74,6 +74,24 @@ def _as_kind(values, like):
     return like.new_tensor(values, dtype=like.double().dtype)
 
 
+class ObservationHistory:
+    """The last `obs_horizon` observations of an episode, oldest first; at the start of the episode
+    the first one is repeated, as in training."""
+
+    def __init__(self, obs_horizon):
+        self.history = collections.deque(maxlen=obs_horizon)
+
+    def clear(self):
+        self.history.clear()
+
+    def observe(self, observation):
+        """This step's observation -> the last obs_horizon ones, oldest first."""
+        while len(self.history) < self.history.maxlen - 1:
+            self.history.append(observation)
+        self.history.append(observation)
+        return list(self.history)
+
+
 class ActionChunker:
     """When to query the policy and which action to play at each step of an episode.
 
@@ -85,7 +103,7 @@ class ActionChunker:
     def __init__(self, chunk_size, action_horizon, temporal_agg=False, obs_horizon=1, k=TEMPORAL_AGG_K):
         self.query_frequency = 1 if temporal_agg else action_horizon
         self.ensembler = TemporalEnsembler(chunk_size, k) if temporal_agg else None
-        self.history = collections.deque(maxlen=obs_horizon)
+        self.history = ObservationHistory(obs_horizon)
         self.reset()
 
     def reset(self):
@@ -98,10 +116,7 @@ class ActionChunker:
 
     def observe(self, observation):
         """This step's observation -> the last obs_horizon ones, oldest first (the first repeated)."""
-        while len(self.history) < self.history.maxlen - 1:
-            self.history.append(observation)
-        self.history.append(observation)
-        return list(self.history)
+        return self.history.observe(observation)
 
     @property
     def query_due(self):

@@ -20,10 +20,12 @@ the last action and counts as a starved step, the deadline miss a robot would me
     executor.deliver(chunk, observed_at)        # whenever it arrives (step count of its observation)
     action = executor.next_action()             # (A,), then the clock advances one step
 
-Like the chunker, it imports nothing but numpy and computes with the arrays it is given (numpy, or
-torch tensors on the policy's device).
+Like the chunker, it imports nothing but numpy and the standard library, and computes with the
+arrays it is given (numpy, or torch tensors on the policy's device).
 """
 import collections
+import concurrent.futures
+import time
 
 import numpy as np
 
@@ -45,7 +47,7 @@ class ChunkExecutor:
 
     def reset(self):
         self.t = 0
-        self.predictions = collections.defaultdict(list)  # step -> its predicted actions, oldest first
+        self.predictions = collections.defaultdict(list)  # step >= t -> its predicted actions, oldest first
         self.in_flight = None  # the step whose observation the pending query saw
         self.last = None  # the last action played
         self.starved_steps = 0
@@ -56,7 +58,7 @@ class ChunkExecutor:
     @property
     def queued(self):
         """Actions queued for this step and the ones after it."""
-        return sum(1 for step in self.predictions if step >= self.t)
+        return len(self.predictions)
 
     @property
     def request_due(self):
@@ -85,8 +87,7 @@ class ChunkExecutor:
     def next_action(self):
         """The action of this step (A,); the clock then advances one step."""
         t = self.t
-        self.predictions = collections.defaultdict(list, {s: p for s, p in self.predictions.items() if s >= t})
-        stored = self.predictions.get(t)
+        stored = self.predictions.pop(t, None)  # deliver() adds steps from t on: none older is left
         if stored:
             action = self._combine(stored)
             if self._fresh and t > 0:
@@ -128,13 +129,16 @@ class DelayedPolicy:
 
     def __init__(self, query, executor, delay):
         self.query, self.executor, self.delay = query, executor, delay
-        self.pending = None  # (usable from step, observed at, chunk)
+        self.pending = None  # (usable from step, chunk) of the query in flight (executor.in_flight)
         self.delays = []  # the delay of every query, in steps
 
     def reset(self):
         self.executor.reset()
         self.pending = None
         self.delays = []
+
+    def close(self):
+        """Nothing runs beside a policy in simulated time."""
 
     def __call__(self, history, clock=None):
         """This step's observation history -> this step's action. clock: a perf_counter-like
@@ -143,21 +147,20 @@ class DelayedPolicy:
         self._deliver_due()  # a chunk that arrives now frees the way for the next query at once
         if self.pending is None and executor.request_due:
             executor.requested()
-            now = clock or _perf_counter
+            now = clock or time.perf_counter
             start = now()
             chunk = self.query(history)
             seconds = now() - start
             steps = 0 if executor.t == 0 else self.delay(seconds)  # the first chunk is awaited
             self.delays.append(steps)
-            self.pending = (executor.t + steps, executor.t, chunk)
+            self.pending = (executor.t + steps, chunk)
             self._deliver_due()  # a delay of 0
         return executor.next_action()
 
     def _deliver_due(self):
         if self.pending is not None and self.pending[0] <= self.executor.t:
-            _, observed_at, chunk = self.pending
-            self.pending = None
-            self.executor.deliver(chunk, observed_at)
+            chunk, self.pending = self.pending[1], None
+            self.executor.deliver(chunk, self.executor.in_flight)
 
 
 class ThreadedPolicy:
@@ -171,9 +174,8 @@ class ThreadedPolicy:
     query(history) -> chunk (K, A); clock: a monotonic-seconds function."""
 
     def __init__(self, query, executor, stall_s=None, clock=None):
-        import concurrent.futures
         self.query, self.executor, self.stall_s = query, executor, stall_s
-        self.clock = clock or _monotonic
+        self.clock = clock or time.monotonic
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='policy')
         self.future = None  # the query in flight
         self.started = None  # when it was submitted
@@ -215,12 +217,3 @@ class ThreadedPolicy:
         self.delays.append(self.executor.t - observed_at)
         self.executor.deliver(chunk, observed_at)
 
-
-def _perf_counter():
-    import time
-    return time.perf_counter()
-
-
-def _monotonic():
-    import time
-    return time.monotonic()
