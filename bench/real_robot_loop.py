@@ -67,7 +67,7 @@ def policy_loop(env, steps, seconds, chunk_size=100):
     from policies.executor import ChunkExecutor, ThreadedPolicy
     pose = env.reset(fake=True).observation['qpos']
 
-    def query(history):
+    def query(history, guide):
         time.sleep(seconds)
         return np.repeat(pose[None], chunk_size, axis=0)
 

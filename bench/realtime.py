@@ -2,7 +2,12 @@
 executor at several deterministic delays and each strategy, beside its synchronous evaluations.
 
     python -m bench.realtime --ckpt_dir recipe/ckpt --dataset_dir recipe/sim_transfer_cube_scripted
+    python -m bench.realtime --ckpt_dir diffusion/ckpt --queue_threshold 50   # replace, ensemble and rtc
     python -m bench.realtime --ckpt_dir dp/ckpt --delays 0 5 10 --strategies replace --num_rollouts 20
+
+The strategies are those the checkpoint's policy takes (rtc: Diffusion only) unless --strategies
+names some; --queue_threshold N sets every asynchronous case's threshold (a Diffusion chunk of 100
+queried at every step by ensemble's default would take hours on a CPU).
 
 Each case runs `imitate_episodes.py --eval --inference_delay D --execution S`, or `--realtime` (the
 delay this machine's inference takes, which other work sharing the CPU lengthens), with the
@@ -19,11 +24,11 @@ import subprocess
 import sys
 import time
 
-from checkpoints.folder import CONFIG_FILE, STATS_FILE
+from checkpoints.folder import CONFIG_FILE, STATS_FILE, read_config
 from evaluation.execution import demonstration_step_change
 from evaluation.rollout import result_file_name
 from formats.datasets import open_dataset
-from policies.executor import STRATEGIES
+from policies.executor import GUIDED, STRATEGIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNCHRONOUS = {'sync_chunked': [], 'sync_temporal_agg': ['--temporal_agg']}  # the original's evaluations
@@ -33,13 +38,21 @@ def cases(args):
     """{name: the evaluation's extra flags}: the synchronous ones, each delay and strategy, then each
     strategy at this machine's own inference time (--realtime)."""
     found = dict(SYNCHRONOUS) if args['synchronous'] else {}
+    threshold = [] if args['queue_threshold'] is None else ['--queue_threshold', str(args['queue_threshold'])]
     for delay in args['delays']:
         for strategy in args['strategies']:
-            found[f'{strategy}_d{delay}'] = ['--inference_delay', str(delay), '--execution', strategy]
+            found[f'{strategy}_d{delay}'] = ['--inference_delay', str(delay), '--execution', strategy, *threshold]
     if args['realtime']:
-        found.update({f'{strategy}_realtime': ['--realtime', '--execution', strategy]
+        found.update({f'{strategy}_realtime': ['--realtime', '--execution', strategy, *threshold]
                       for strategy in args['strategies']})
     return found
+
+
+def strategies_of(ckpt_dir):
+    """The strategies a checkpoint's policy executes with: rtc guides a Diffusion policy only."""
+    config = read_config(ckpt_dir)
+    diffusion = config is not None and config['policy_class'] == 'Diffusion'
+    return [s for s in STRATEGIES if diffusion or s not in GUIDED]
 
 
 def case_folder(args, name):
@@ -80,7 +93,9 @@ def case_report(record):
 
 
 def main(args):
-    report = {'ckpt_dir': args['ckpt_dir'], 'checkpoint': args['ckpt'], 'num_rollouts': args['num_rollouts']}
+    args['strategies'] = args['strategies'] or strategies_of(args['ckpt_dir'])
+    report = {'ckpt_dir': args['ckpt_dir'], 'checkpoint': args['ckpt'], 'num_rollouts': args['num_rollouts'],
+              'queue_threshold': args['queue_threshold']}
     if args['dataset_dir']:
         episodes = open_dataset(args['dataset_dir'])
         actions = [episodes.low_dim(i)[1] for i in range(episodes.num_episodes)]
@@ -95,7 +110,10 @@ def parse_args(argv=None):
     parser.add_argument('--ckpt', default='policy_last.ckpt', help='the checkpoint in --ckpt_dir')
     parser.add_argument('--dataset_dir', help='its training episodes, for the demonstrations\' largest step change')
     parser.add_argument('--delays', type=int, nargs='+', default=[0, 2, 5, 10, 20], help='--inference_delay values')
-    parser.add_argument('--strategies', nargs='+', choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument('--strategies', nargs='+', choices=STRATEGIES,
+                        help='default: every strategy the checkpoint\'s policy takes (rtc: Diffusion only)')
+    parser.add_argument('--queue_threshold', type=int, metavar='N',
+                        help='every asynchronous case\'s --queue_threshold (default: each strategy\'s own)')
     parser.add_argument('--no_synchronous', dest='synchronous', action='store_false',
                         help='skip the synchronous evaluations (chunk by chunk, and with --temporal_agg)')
     parser.add_argument('--no_realtime', dest='realtime', action='store_false',

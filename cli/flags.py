@@ -12,6 +12,7 @@ from evaluation.offline import DIFFUSION_SAMPLES
 from policies.diffusion import PREDICTION_TYPES, SCHEDULERS
 from policies.executor import STRATEGIES
 from policies.registry import POLICY_CLASSES, policy_type
+from policies.rtc import MAX_GUIDANCE_WEIGHT
 from real_robot.settings import ROBOT_BACKENDS, ROBOT_DRIVERS
 from training.settings import TrainSettings
 
@@ -33,6 +34,7 @@ FLAG_RANGES = {
                                       'diversity_samples', 'inference_delay', 'queue_threshold')},
     'lr': (lambda v: v > 0, 'more than 0'),
     'clip_grad_norm': (lambda v: v > 0, 'more than 0'),
+    'max_guidance_weight': (lambda v: v > 0, 'more than 0'),
     'dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
 }
 
@@ -214,7 +216,10 @@ def _execution_flags(parser):
     add('--realtime', action='store_true', help='simulation: asynchronous execution, each chunk usable after '
         'the inference time this machine really takes (ceil(seconds x control rate) steps)')
     add('--execution', choices=STRATEGIES, help='with --inference_delay or --realtime: how a new chunk joins the '
-        'queued actions: replace them, or ensemble every prediction for a step (weights exp(-0.01 i), i = 0 the '
-        'oldest) (default: ensemble)')
+        'queued actions: replace them, ensemble every prediction for a step (weights exp(-0.01 i), i = 0 the '
+        'oldest), or rtc (Diffusion: Real-Time Chunking, the denoising guided so that the new chunk starts as the '
+        'queued actions go on, then replace) (default: ensemble)')
+    add('--max_guidance_weight', type=float, metavar='BETA', help='with --execution rtc: the ceiling of the '
+        f'guidance weight (default: {MAX_GUIDANCE_WEIGHT:g}, the RTC paper\'s)')
     add('--queue_threshold', type=int, metavar='N', help='with --inference_delay or --realtime: request a chunk '
         'when N actions or fewer are queued (default: the chunk size for ensemble, half of it for replace)')

@@ -90,7 +90,8 @@ def execution_settings(args, task_config):
     a UsageError for flags that cannot go together."""
     delayed = args.get('inference_delay') is not None or args.get('realtime')
     if not delayed:
-        given = [f'--{flag}' for flag in ('execution', 'queue_threshold') if args.get(flag) is not None]
+        given = [f'--{flag}' for flag in ('execution', 'queue_threshold', 'max_guidance_weight')
+                 if args.get(flag) is not None]
         if given:
             raise UsageError(f'{" and ".join(given)} set the asynchronous execution: give --inference_delay D '
                              f'or --realtime too')
@@ -105,9 +106,19 @@ def execution_settings(args, task_config):
                          'onnxruntime/openvino; PolicyRunner.realtime() runs an export so)')
     if args['task_name'][:4] != 'sim_' and args.get('inference_delay') is not None:
         raise UsageError('--inference_delay D simulates a delay; on a real robot the delay is real: use --realtime')
-    return Execution(strategy=args.get('execution') or 'ensemble', threshold=args.get('queue_threshold'),
+    strategy = args.get('execution') or 'ensemble'
+    if strategy == 'rtc' and args['policy_class'] != 'Diffusion':
+        raise UsageError(f"--execution rtc guides a Diffusion policy's denoising; {args['policy_class']} "
+                         f"executes with replace or ensemble")
+    guidance = {}
+    if args.get('max_guidance_weight') is not None:
+        if strategy != 'rtc':
+            raise UsageError("--max_guidance_weight is the ceiling of --execution rtc's guidance: "
+                             "give --execution rtc")
+        guidance['max_guidance_weight'] = args['max_guidance_weight']
+    return Execution(strategy=strategy, threshold=args.get('queue_threshold'),
                      delay_steps=args.get('inference_delay'), realtime=bool(args.get('realtime')),
-                     control_hz=float(task_config.get('fps', CONTROL_HZ)))
+                     control_hz=float(task_config.get('fps', CONTROL_HZ)), **guidance)
 
 
 def check_args(args, device):

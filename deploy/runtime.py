@@ -26,7 +26,7 @@ from common.files import inside_folder
 from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, ObservationHistory, checked_action
-from policies.executor import ChunkExecutor, ThreadedPolicy, default_threshold
+from policies.executor import GUIDED, ChunkExecutor, ThreadedPolicy, default_threshold
 
 MANIFEST = 'policy.json'
 FORMAT_VERSION = 1
@@ -259,6 +259,10 @@ class RealtimeRunner:
     """
 
     def __init__(self, runner, strategy, threshold, stall_s):
+        if strategy in GUIDED:
+            raise ValueError(f"strategy {strategy!r} guides the denoising through the policy's gradients, which an "
+                             f"export does not have: run the torch policy (imitate_episodes.py --eval --realtime "
+                             f"--execution {strategy}), or use 'replace' or 'ensemble' here")
         if threshold is None:
             threshold = default_threshold(strategy, runner.chunk_size)
         self.runner = runner
@@ -270,7 +274,7 @@ class RealtimeRunner:
     def executor(self):
         return self.threaded.executor
 
-    def _query(self, history):
+    def _query(self, history, guide):
         return self.runner.query(*self.runner._inputs(history))[0]  # (chunk, A) raw
 
     def reset(self, seed=None):

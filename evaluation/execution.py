@@ -16,21 +16,25 @@ import dataclasses
 import math
 
 import numpy as np
+import torch
 
 from policies.chunker import ObservationHistory
 from policies.executor import ChunkExecutor, DelayedPolicy, ThreadedPolicy, default_threshold
 from policies.inputs import history_inputs
+from policies.rtc import MAX_GUIDANCE_WEIGHT, Inpainting
 
 
 @dataclasses.dataclass(frozen=True)
 class Execution:
-    """The executor's settings: strategy, queue threshold (None: the strategy's default), and the
-    delay: `delay_steps` D, or `realtime` (the measured inference time at `control_hz`)."""
+    """The executor's settings: strategy, queue threshold (None: the strategy's default), the
+    delay: `delay_steps` D, or `realtime` (the measured inference time at `control_hz`), and for
+    `rtc` the guidance weight's ceiling."""
     strategy: str = 'ensemble'
     threshold: int = None
     delay_steps: int = None
     realtime: bool = False
     control_hz: float = 50.0
+    max_guidance_weight: float = MAX_GUIDANCE_WEIGHT
 
     def delay(self, seconds):
         """Measured inference seconds -> the steps before its chunk is usable."""
@@ -40,7 +44,9 @@ class Execution:
 
     def describe(self):
         delay = 'the measured inference time (--realtime)' if self.realtime else f'{self.delay_steps} steps'
-        return f'asynchronous execution: {self.strategy}, a chunk usable {delay} after its observation'
+        strategy = f'rtc (guidance weight at most {self.max_guidance_weight:g})' if self.strategy == 'rtc' else \
+            self.strategy
+        return f'asynchronous execution: {strategy}, a chunk usable {delay} after its observation'
 
 
 class DelayedController:
@@ -56,6 +62,7 @@ class DelayedController:
             threshold = default_threshold(execution.strategy, policy.num_queries)
         executor = ChunkExecutor(policy.num_queries, threshold, execution.strategy)
         self.policy = policy
+        self.max_guidance_weight = execution.max_guidance_weight
         self.history = ObservationHistory(policy.obs_horizon)
         if stall_s is None:
             self.delayed = DelayedPolicy(self._query, executor, execution.delay)
@@ -70,8 +77,13 @@ class DelayedController:
     def close(self):
         self.delayed.close()
 
-    def _query(self, history):
-        return self.policy.action_chunk(*history_inputs(history))[0]  # (K, A)
+    def _query(self, history, guide):
+        """guide: None, or (the queued actions [(A,), ...], the delay expected) for rtc -> (K, A)."""
+        if guide is None:
+            return self.policy.action_chunk(*history_inputs(history))[0]
+        queued, delay = guide
+        inpainting = Inpainting.of_queue(torch.stack(queued), delay, self.policy.num_queries, self.max_guidance_weight)
+        return self.policy.action_chunk(*history_inputs(history), inpainting=inpainting)[0]
 
     def __call__(self, qpos, image):
         """qpos (1, S), image (1, K, 3, H, W) of this step -> normalised action (A,) numpy."""

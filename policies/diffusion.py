@@ -25,6 +25,7 @@ Images enter the trunk in [0, 1] as in act-plus-plus; ImageNet statistics are ap
 the trunk starts from ImageNet weights (pretrained_backbone).
 """
 import copy
+import math
 import os
 import warnings
 
@@ -36,6 +37,7 @@ from common.files import load_torch_file
 from policies.base import AMP_DTYPES, Policy, autocast
 from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE, N_GROUPS, NUM_KEYPOINTS,
                                      ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk, centre_crop)
+from policies.rtc import guided_clean_chunk
 
 ### Fixed values
 BETA_SCHEDULE = 'squaredcos_cap_v2'
@@ -298,11 +300,12 @@ class DiffusionPolicy(Policy):
         loss = (F.mse_loss(prediction, target, reduction='none') * ~is_pad.unsqueeze(-1)).mean()
         return {'l2_loss': loss, 'loss': loss}
 
-    @torch.inference_mode()
-    def action_chunk(self, qpos, image):
-        """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32."""
+    def action_chunk(self, qpos, image, inpainting=None):
+        """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32.
+        inpainting: a policies.rtc.Inpainting that guides each step toward the queued actions (RTC)."""
         qpos, image = self._check_observation(qpos, image)
-        with autocast(qpos.device.type, self.cfg['amp']):
+        # the guidance differentiates through the UNet: no inference tensors then
+        with torch.inference_mode(inpainting is None), torch.no_grad(), autocast(qpos.device.type, self.cfg['amp']):
             global_cond = self._encode(self.ema_nets, qpos, image)  # (B, G)
             unet = self.ema_nets['policy']['noise_pred_net']
             batch, device = qpos.shape[0], qpos.device
@@ -314,9 +317,27 @@ class DiffusionPolicy(Policy):
             for i, step in enumerate(steps):
                 rows = slice(i * batch, (i + 1) * batch)
                 step_films = [(scale[rows], bias[rows]) for scale, bias in films]
-                prediction = unet(actions, None, None, films=step_films).float()  # noise or clean chunk
+
+                def denoise(sample):  # (B, T, A) -> the noise or the clean chunk (B, T, A)
+                    return unet(sample, None, None, films=step_films).float()
+                if inpainting is None:
+                    prediction = denoise(actions)
+                else:
+                    prediction = self._guided_prediction(denoise, actions, int(step), inpainting)
                 actions = self.noise_scheduler.step(prediction, step, actions).prev_sample
         return actions
+
+    def _guided_prediction(self, denoise, sample, step, inpainting):
+        """RTC (policies/rtc.py): the prediction whose clean chunk is the guided one, for the sampler's step."""
+        alpha_bar = float(self.noise_scheduler.alphas_cumprod[step])
+        alpha, sigma = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
+        epsilon = self.cfg['prediction_type'] == 'epsilon'
+
+        def clean_chunk(x):  # x_t (B, T, A) -> x0 (B, T, A)
+            prediction = denoise(x)
+            return (x - sigma * prediction) / alpha if epsilon else prediction
+        clean = guided_clean_chunk(clean_chunk, sample, alpha, sigma, inpainting)
+        return (sample - alpha * clean) / sigma if epsilon else clean
 
 
 ### Checkpoint loading

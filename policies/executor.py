@@ -8,7 +8,10 @@ merged with the queue by the strategy:
 
 - `replace`: the new chunk takes over the queue;
 - `ensemble`: every step's action is the average of all predictions made for it, weighted
-  exp(-k i) with i = 0 the oldest prediction (the original's temporal ensembling weights, k = 0.01).
+  exp(-k i) with i = 0 the oldest prediction (the original's temporal ensembling weights, k = 0.01);
+- `rtc` (Diffusion): the query is guided so that the new chunk's start agrees with the queued
+  actions (Real-Time Chunking, policies/rtc.py), then the new chunk takes over as with `replace`.
+  The query receives a guide: the queued actions and the delay expected (the last one met).
 
 The episode's first chunk is awaited (there is nothing to play before it): the clock starts when it
 arrives. A step whose action has not arrived (the queue ran dry while a query was in flight) holds
@@ -31,7 +34,8 @@ import numpy as np
 
 from policies.chunker import TEMPORAL_AGG_K
 
-STRATEGIES = ('replace', 'ensemble')
+STRATEGIES = ('replace', 'ensemble', 'rtc')
+GUIDED = ('rtc',)  # the strategies whose queries are guided by the queue
 
 
 class ChunkExecutor:
@@ -78,11 +82,15 @@ class ChunkExecutor:
         self.in_flight = None
         late = self.t - observed_at  # its first `late` actions are for steps already played
         self.dropped += min(late, len(chunk))
-        if self.strategy == 'replace':
+        if self.strategy != 'ensemble':
             self.predictions.clear()
         for i in range(late, len(chunk)):
             self.predictions[observed_at + i].append(chunk[i])
         self._fresh = late < len(chunk)
+
+    def queued_actions(self):
+        """The actions queued for this step and the ones after it, in order: [(A,), ...]."""
+        return [self._combine(self.predictions[step]) for step in sorted(self.predictions)]
 
     def next_action(self):
         """The action of this step (A,); the clock then advances one step."""
@@ -114,9 +122,18 @@ class ChunkExecutor:
 
 
 def default_threshold(strategy, chunk_size):
-    """`ensemble`: a query whenever none is in flight (asynchronous --temporal_agg); `replace`: when
-    half the chunk is left, as LeRobot's asynchronous inference does by default."""
+    """`ensemble`: a query whenever none is in flight (asynchronous --temporal_agg); `replace` and
+    `rtc`: when half the chunk is left, as LeRobot's asynchronous inference does by default."""
     return chunk_size if strategy == 'ensemble' else chunk_size // 2
+
+
+def query_guide(executor, delays, first_guess):
+    """The guide a query of a GUIDED strategy receives, else None: (the queued actions [(A,), ...],
+    the delay expected in steps: the last one met, `first_guess` before any); None when nothing is
+    queued (the episode's first query), as there is nothing to agree with."""
+    if executor.strategy not in GUIDED or not executor.queued:
+        return None
+    return executor.queued_actions(), delays[-1] if len(delays) > 1 else first_guess  # delays[0]: the awaited first
 
 
 class DelayedPolicy:
@@ -124,8 +141,8 @@ class DelayedPolicy:
     computed at once and becomes usable `delay(seconds)` steps later, the seconds being the query's
     measured wall time (the simulator's own time is not counted).
 
-    query(history) -> chunk (K, A); delay: seconds -> steps (a constant for --inference_delay D,
-    ceil(seconds x control rate) for --realtime)."""
+    query(history, guide) -> chunk (K, A), guide from query_guide; delay: seconds -> steps (a
+    constant for --inference_delay D, ceil(seconds x control rate) for --realtime)."""
 
     def __init__(self, query, executor, delay):
         self.query, self.executor, self.delay = query, executor, delay
@@ -148,8 +165,9 @@ class DelayedPolicy:
         if self.pending is None and executor.request_due:
             executor.requested()
             now = clock or time.perf_counter
+            guide = query_guide(executor, self.delays, self.delay(0.0))
             start = now()
-            chunk = self.query(history)
+            chunk = self.query(history, guide)
             seconds = now() - start
             steps = 0 if executor.t == 0 else self.delay(seconds)  # the first chunk is awaited
             self.delays.append(steps)
@@ -171,7 +189,7 @@ class ThreadedPolicy:
     taken `stall_s` seconds, the loop waits for it (the robot's watchdog then holds the arms, as
     for a synchronous policy that stops answering); a query that raised raises here.
 
-    query(history) -> chunk (K, A); clock: a monotonic-seconds function."""
+    query(history, guide) -> chunk (K, A), guide from query_guide; clock: a monotonic-seconds function."""
 
     def __init__(self, query, executor, stall_s=None, clock=None):
         self.query, self.executor, self.stall_s = query, executor, stall_s
@@ -199,10 +217,10 @@ class ThreadedPolicy:
             executor.requested()
             if executor.t == 0:  # nothing to play before the first chunk
                 self.delays.append(0)
-                executor.deliver(self.query(history), 0)
+                executor.deliver(self.query(history, None), 0)
             else:
                 self.started = self.clock()
-                self.future = self.pool.submit(self.query, history)
+                self.future = self.pool.submit(self.query, history, query_guide(executor, self.delays, 1))
         if self.future is not None and executor.queued == 0 and self.stall_s is not None \
                 and self.clock() - self.started >= self.stall_s:
             self.future.result()  # stalled with nothing left to play: wait, as a synchronous loop would

@@ -17,7 +17,7 @@ from tests.helpers import eval_config
 
 def step_replay(executor, chunk_size, width=1):
     """A query that knows the step it observed: chunk[i] is the action meant for step t + i, = t + i."""
-    def query(history):
+    def query(history, guide):
         t = executor.t
         return np.arange(t, t + chunk_size, dtype=np.float64)[:, None].repeat(width, axis=1)
     return query
@@ -77,13 +77,13 @@ def test_replace_at_delay_zero_is_synchronous_chunking():
     synchronous = run_controller(RecordingPolicy(num_queries=6, action_horizon=4), 20)
     policy = RecordingPolicy(num_queries=6, action_horizon=4)
     executor = ChunkExecutor(chunk_size=6, threshold=6 - 4, strategy='replace')
-    delayed = DelayedPolicy(lambda history: policy.action_chunk(*history[-1])[0], executor, lambda s: 0)
+    delayed = DelayedPolicy(lambda history, guide: policy.action_chunk(*history[-1])[0], executor, lambda s: 0)
     observation = (torch.zeros(1, 3), torch.zeros(1, 1, 3, 2, 2))
     assert [delayed([observation])[0].item() for _ in range(20)] == [a.item() for a in synchronous]
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'strategy': 'rtc'}, r'--execution must be one of replace, ensemble'),
+    ({'strategy': 'bidding'}, r'--execution must be one of replace, ensemble, rtc'),
     ({'threshold': 11}, r'--queue_threshold must be between 0 and the chunk size 10; got 11'),
 ])
 def test_bad_executor_settings_name_the_flag(kwargs, message):
@@ -110,7 +110,8 @@ def test_an_exact_replay_succeeds_at_every_delay(delay):
     assert ee_success
     padded = np.concatenate([joint_traj, joint_traj[-1:].repeat(chunk_size, axis=0)])
     executor = ChunkExecutor(chunk_size, threshold=chunk_size, strategy='ensemble')
-    delayed = DelayedPolicy(lambda history: padded[executor.t:executor.t + chunk_size], executor, lambda s: delay)
+    delayed = DelayedPolicy(lambda history, guide: padded[executor.t:executor.t + chunk_size], executor,
+                            lambda s: delay)
     env = make_sim_env(task, camera_names=[])
     env.task.set_object_pose(object_pose)
     env.reset()

@@ -46,7 +46,7 @@ def test_a_slow_query_beside_a_50_hz_loop_misses_no_deadline():
     clock = Clock(dt=0.02)
     executor = ChunkExecutor(chunk_size=50, threshold=50, strategy='ensemble')
 
-    def query(observed_at):  # the action meant for each step is its step number
+    def query(observed_at, guide):  # the action meant for each step is its step number
         time.sleep(QUERY_S)
         return np.arange(observed_at, observed_at + 50.0)
 
