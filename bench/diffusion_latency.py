@@ -1,5 +1,6 @@
-"""Diffusion policy latency beside ACT's: one inference query (10 DDIM steps by default) and one
-training step at batch 8, one camera at 480x640.
+"""Diffusion policy latency beside ACT's: one inference query (10 DDIM steps by default), the same
+query guided by Real-Time Chunking (half the chunk queued, a delay of 10 steps), and one training
+step at batch 8, one camera at 480x640.
 
 ACT (README config) and Diffusion queries alternate in the same run, so a CPU shared with other
 work slows both alike; the ratio is the figure to read. Prints one JSON object; medians in ms.
@@ -12,8 +13,10 @@ import torch
 from bench.common import alternate, latency_parser, machine_report, print_report, readme_act_config, set_threads
 from policies.act import ACTPolicy
 from policies.diffusion import DiffusionPolicy
+from policies.rtc import Inpainting
 
 STATE_DIM = 14  # the sim tasks' qpos and action size
+RTC_DELAY = 10  # steps held to the queue in the guided query
 
 
 def wall_medians(fns, reps):
@@ -55,11 +58,14 @@ def main(args):
                         f'{args["scheduler"]} {args["num_inference_steps"]} steps, down_dims 256/512/1024; '
                         f'ACT README config', **machine_report()}
     qpos, image, _, _ = inputs(1, chunk, image_hw)
-    with torch.inference_mode():
-        query = wall_medians({'diffusion': lambda: diffusion(qpos, image), 'act': lambda: act(qpos, image)},
-                             args['reps'])
+    queued = list(torch.rand(chunk // 2, STATE_DIM) * 2 - 1)  # (A,) each
+    inpainting = Inpainting.of_queue(queued, RTC_DELAY, chunk)
+    query = wall_medians({'diffusion': lambda: diffusion(qpos, image), 'act': lambda: act(qpos, image),
+                          'diffusion_rtc': lambda: diffusion.action_chunk(qpos, image, inpainting=inpainting)},
+                         args['reps'])
     report['query_ms'] = query
     report['query_ratio_diffusion_to_act'] = round(query['diffusion'] / query['act'], 2)
+    report['query_ratio_rtc_to_diffusion'] = round(query['diffusion_rtc'] / query['diffusion'], 2)
     if not args['skip_train']:
         batch = inputs(args['batch_size'], chunk, image_hw)
         steps = {'diffusion': train_step_fn(diffusion.train())}

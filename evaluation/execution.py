@@ -16,7 +16,6 @@ import dataclasses
 import math
 
 import numpy as np
-import torch
 
 from policies.chunker import ObservationHistory
 from policies.executor import ChunkExecutor, DelayedPolicy, ThreadedPolicy, default_threshold
@@ -82,7 +81,7 @@ class DelayedController:
         if guide is None:
             return self.policy.action_chunk(*history_inputs(history))[0]
         queued, delay = guide
-        inpainting = Inpainting.of_queue(torch.stack(queued), delay, self.policy.num_queries, self.max_guidance_weight)
+        inpainting = Inpainting.of_queue(queued, delay, self.policy.num_queries, self.max_guidance_weight)
         return self.policy.action_chunk(*history_inputs(history), inpainting=inpainting)[0]
 
     def __call__(self, qpos, image):

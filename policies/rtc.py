@@ -58,8 +58,8 @@ class Inpainting:
 
     @classmethod
     def of_queue(cls, queued, delay, horizon, max_weight=MAX_GUIDANCE_WEIGHT):
-        """queued (q, A): the executor's actions for the step of the request and the ones after it."""
-        queued = torch.as_tensor(queued, dtype=torch.float32)[:horizon]  # (q, A)
+        """queued [(A,), ...]: the executor's actions for the step of the request and the ones after it."""
+        queued = torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in queued[:horizon]])  # (q, A)
         target = torch.zeros(1, horizon, queued.shape[-1], device=queued.device)  # (1, H, A)
         target[0, :len(queued)] = queued
         weights = torch.from_numpy(soft_mask(delay, len(queued), horizon)).to(queued.device)  # (H,)
