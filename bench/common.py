@@ -16,7 +16,7 @@ def readme_act_config(**overrides):
     """The README recipe's ACT policy config (one 'top' camera; its sizes are ACT's defaults), with
     random initial weights: speed does not depend on them."""
     from policies.act import ACT_DEFAULTS
-    return dict(ACT_DEFAULTS, camera_names=['top'], pretrained_backbone=False, **overrides)
+    return {**ACT_DEFAULTS, 'camera_names': ['top'], 'pretrained_backbone': False, **overrides}
 
 
 def latency_parser(description, reps):
