@@ -31,7 +31,7 @@ SUITE = {  # benchmark: (suite flags, smoke flags)
     'data_loading': (['--steps', '2'], ['--episodes', '3', '--episode_len', '20', '--frame_size', '48', '64',
                                         '--loader_batches', '2', '--skip_train']),
     'deploy_latency': ([], ['--configs', 'cpu_recipe', '--threads', '1', '--reps', '2', '--skip_memory',
-                            '--skip_diffusion']),
+                            '--skip_diffusion', '--calibration', '4']),
 }
 
 

@@ -4,8 +4,9 @@ recipe now uses 96x128 and 2), with 1 and 2 threads. Prints JSON.
 
 Runtimes, timed alternately in one run (a CPU shared with other work slows all alike): the
 original computation (detr/reference.py on a copy of the weights, as evaluation ran it), eager fp32
-(the policy as evaluation/rollout.py runs it), TorchScript, onnxruntime fp32 and int8 (export_policy.py
-through policy_runtime.PolicyRunner), and OpenVINO on the fp32 ONNX file (PolicyRunner's engine 'openvino').
+(the policy as evaluation/rollout.py runs it), TorchScript, onnxruntime fp32, static int8 (calibrated)
+and dynamic int8 (export_policy.py through policy_runtime.PolicyRunner), and OpenVINO on the fp32 and
+the static int8 ONNX files (PolicyRunner's engine 'openvino'; it runs the QDQ graph's int8 kernels).
 Per runtime: p50 / p99 milliseconds, queries per second, the largest action difference to eager fp32
 over held-out observations, and (separately, one process per runtime) the peak resident memory of
 loading it and answering queries. Diffusion (10 denoising steps by default, with DDIM and with
@@ -176,11 +177,14 @@ def peak_rss_mb(kind, folder, threads):
 def bench_config(name, ckpt_dir, dataset_dir, work, args):
     from deploy.export import export
     settings = eval_settings(ckpt_dir)
+    calibration = observations(settings.camera_names, settings.image_size, dataset_dir, args['calibration'],
+                               np.random.default_rng(3))
     folders = {}
     for variant, flags in (('onnxruntime_fp32', ('onnx', None)), ('onnxruntime_int8', ('onnx', 'int8')),
-                           ('torchscript', ('torchscript', None))):
+                           ('onnxruntime_int8_dynamic', ('onnx', 'int8-dynamic')), ('torchscript', ('torchscript', None))):
         folders[variant] = os.path.join(work, f'{name}_{variant}')
-        export(settings, 'policy_best.ckpt', flags[0], folders[variant], quantize=flags[1], overwrite=True)
+        export(settings, 'policy_best.ckpt', flags[0], folders[variant], quantize=flags[1], overwrite=True,
+               calibration=calibration if flags[1] == 'int8' else None)
     obs = observations(settings.camera_names, settings.image_size, dataset_dir, HELD_OUT, np.random.default_rng(1))
     result = {'image_size': list(settings.image_size), 'chunk_size': settings.policy_config['num_queries'],
               'trained_checkpoint': dataset_dir is not None}
@@ -188,6 +192,7 @@ def bench_config(name, ckpt_dir, dataset_dir, work, args):
         fns = eager_fns(settings, threads)
         fns.update({variant: runner_fn(folder, threads) for variant, folder in folders.items()})
         fns['openvino_fp32'] = runner_fn(folders['onnxruntime_fp32'], threads, 'openvino')
+        fns['openvino_int8'] = runner_fn(folders['onnxruntime_int8'], threads, 'openvino')  # the QDQ graph
         times = timings(fns, obs, args['reps'])
         for variant, diff in differences(fns, obs).items():
             times[variant]['max_abs_diff_vs_eager_fp32'] = diff
@@ -196,7 +201,9 @@ def bench_config(name, ckpt_dir, dataset_dir, work, args):
                 times[variant]['peak_rss_mb'] = peak_rss_mb(variant, ckpt_dir, threads)
             for variant, folder in folders.items():
                 times[variant]['peak_rss_mb'] = peak_rss_mb(variant, folder, threads)
-            times['openvino_fp32']['peak_rss_mb'] = peak_rss_mb('openvino_fp32', folders['onnxruntime_fp32'], threads)
+            for precision in ('fp32', 'int8'):
+                times[f'openvino_{precision}']['peak_rss_mb'] = peak_rss_mb(
+                    f'openvino_{precision}', folders[f'onnxruntime_{precision}'], threads)
         base = times['original']['p50_ms']
         for variant in times:
             times[variant]['speedup_vs_original'] = round(base / times[variant]['p50_ms'], 2)
@@ -268,6 +275,8 @@ if __name__ == '__main__':
                         help='Diffusion samplers to time, each with --diffusion_steps steps')
     parser.add_argument('--ckpt_dir', help='a trained CPU-recipe run to measure instead of random weights')
     parser.add_argument('--dataset_dir', help='with --ckpt_dir: episodes whose last one gives the observations')
+    parser.add_argument('--calibration', type=int, default=32, help='observations the static int8 export calibrates '
+                        'on (from --dataset_dir, else random: the speed is the same, the action difference is not)')
     parser.add_argument('--skip_memory', action='store_true', help='skip the peak-memory processes')
     parser.add_argument('--skip_diffusion', action='store_true', help='skip the Diffusion query')
     main(vars(parser.parse_args()))

@@ -28,8 +28,11 @@ from policies.inputs import images_to_unit
 FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'}
 EXAMPLE_BATCH = 2  # batch size of the example inputs the graph is traced with (any size runs)
 CHECK_BATCHES = (1, 3)  # batch sizes compared against the eager policy after export
+RECORDED_CHECKS = 8  # recorded observations an int8 export is compared with the eager policy on
 FP32_TOLERANCE = 1e-4  # largest action difference to eager fp32 an fp32 export may have
-INT8_OPS = ('MatMul',)  # operators int8 quantisation covers (convolutions stay fp32)
+INT8_TOLERANCE = 1.0  # largest action difference to eager of a static int8 export over recorded
+# observations, in the policy's normalised action units (ACT, CNNMLP: standard deviations; Diffusion:
+# half the action's range), about what a Diffusion policy's own next noise draw moves its actions by
 
 
 ### graphs: raw inputs in, raw outputs out
@@ -137,20 +140,6 @@ def write_graph(module, inputs, names, output, path, fmt):
                           output_names=[output], dynamic_shapes={name: {0: batch} for name in names}, verbose=False)
 
 
-def quantize_int8(path):
-    """Dynamic int8 quantisation of the weights of INT8_OPS in place (activations quantised per query),
-    per output channel and in 7 bits: without VNNI, x86 int8 kernels add products in 16 bits, which
-    full-range weights saturate. The 7-bit weights cut the CPU recipe's largest action error to fp32
-    from 0.18 to 0.018 at the same speed."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    fp32 = path + '.fp32'
-    os.replace(path, fp32)
-    with quiet():
-        quantize_dynamic(fp32, path, op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
-                         per_channel=True, reduce_range=True)
-    os.remove(fp32)
-
-
 def check_sampler(policy):
     """A ValueError before any graph is written when the runtime cannot sample as `policy` does."""
     scheduler = policy.cfg.get('scheduler') if policy.policy_class == 'Diffusion' else None
@@ -235,6 +224,16 @@ def compare_with_eager(folder, policy, normalizer, cfg):
     return worst
 
 
+def recorded_difference(folder, policy, normalizer, observations):
+    """Max |export - eager| over recorded observations [(qpos, images)], in the policy's normalised
+    action units."""
+    qpos, images = (np.stack(x) for x in zip(*observations))
+    noise = diffusion_noise(policy, len(qpos)) if policy.policy_class == 'Diffusion' else None
+    exported = PolicyRunner(folder).query(qpos, images, noise=noise)  # (N, chunk, A)
+    eager = eager_chunks(policy, normalizer, qpos, images)
+    return float(np.abs(normalizer.normalize_action(exported) - normalizer.normalize_action(eager)).max())
+
+
 def check_out(out, ckpt_dir, overwrite):
     """Refuse an --out that would put the export into or over a training folder, or replace anything
     but an earlier export (only that is --overwrite's to replace)."""
@@ -252,18 +251,23 @@ def check_out(out, ckpt_dir, overwrite):
                               f'to replace it')
 
 
-def export(settings, ckpt_name, fmt, out, quantize=None, overwrite=False):
+def export(settings, ckpt_name, fmt, out, quantize=None, overwrite=False, calibration=None):
     """Export the checkpoint `ckpt_name` run as `settings` describe (evaluation.settings.EvalSettings:
     its opened checkpoint, policy class and config, cameras, image size, task) into the folder `out`
-    (built in out.partial, then renamed) -> (policy.json dict, max action difference to eager)."""
+    (built in out.partial, then renamed) -> (policy.json dict, max action difference to eager: over
+    example inputs in robot units, or for `int8` over recorded observations in the policy's normalised
+    action units). quantize: None, or one of deploy.quantize.QUANTIZE_MODES; `int8` calibrates on `calibration`
+    observations (deploy.quantize.calibration_observations)."""
     if quantize and fmt != 'onnx':
         raise ValueError(f'--quantize {quantize}: only ONNX exports are quantised (use --format onnx)')
+    if quantize == 'int8' and not calibration:
+        raise ValueError('--quantize int8 calibrates on observations from the training episodes: none were given')
     with FolderLock(out):  # a second export to out is refused while this one runs
         check_out(out, settings.checkpoint.path, overwrite)
-        return _export(settings, ckpt_name, fmt, out, quantize)
+        return _export(settings, ckpt_name, fmt, out, quantize, calibration)
 
 
-def _export(settings, ckpt_name, fmt, out, quantize):
+def _export(settings, ckpt_name, fmt, out, quantize, calibration):
     """export's work, out checked and locked."""
     checkpoint = settings.checkpoint
     normalizer = checkpoint.normalizer(settings.policy_class, settings.policy_config, settings.stats_from,
@@ -276,18 +280,27 @@ def _export(settings, ckpt_name, fmt, out, quantize):
     try:
         files = {}
         for role, module, inputs, names, output in graphs(policy, normalizer.stats, cfg):
-            name = role + FORMATS[fmt]
-            write_graph(module, inputs, names, output, os.path.join(work, name), fmt)
-            if quantize:
-                quantize_int8(os.path.join(work, name))
-            files[role] = {'name': name, 'sha256': file_sha256(os.path.join(work, name)),
-                           'inputs': list(names), 'output': output}
+            files[role] = {'name': role + FORMATS[fmt], 'inputs': list(names), 'output': output}
+            write_graph(module, inputs, names, output, os.path.join(work, files[role]['name']), fmt)
+        if quantize:
+            from deploy.quantize import quantize_graphs
+            constants = diffusion_constants(policy, normalizer) if policy.policy_class == 'Diffusion' else None
+            quantize_graphs({role: os.path.join(work, f['name']) for role, f in files.items()}, quantize, policy,
+                            constants, calibration)
+        for entry in files.values():
+            entry['sha256'] = file_sha256(os.path.join(work, entry['name']))
         info = manifest(settings, policy, normalizer, fmt, quantize, files, checkpoint.weights_file(ckpt_name))
         atomic_write(os.path.join(work, MANIFEST), lambda f: json.dump(info, f, indent=2), mode='w')
         difference = compare_with_eager(work, policy, normalizer, cfg)
         if not quantize and difference > FP32_TOLERANCE:
             raise RuntimeError(f'the export differs from the eager policy by {difference:.2e} (more than '
                                f'{FP32_TOLERANCE}): not written')
+        if quantize == 'int8':
+            difference = recorded_difference(work, policy, normalizer, calibration[:RECORDED_CHECKS])
+            if difference > INT8_TOLERANCE:
+                raise RuntimeError(f'the int8 export differs from the eager policy by {difference:.3f} (normalised '
+                                   f'action units) on recorded observations (more than {INT8_TOLERANCE}): not '
+                                   f'written; calibrate on more observations (--calibration) or use the fp32 export')
         if os.path.exists(out):
             shutil.rmtree(out)  # an export: check_out refused anything else
         publish_staging(work, out)

@@ -213,15 +213,86 @@ def test_cnnmlp_onnx_equals_eager(tmp_path):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
 
-@pytest.mark.slow
-def test_int8_export_runs_and_stays_close(act_export, tmp_path):
+@pytest.fixture(scope='module')
+def calibration_episodes(tmp_path_factory):
+    """Episodes with the export tests' two cameras, for --quantize int8 to calibrate on."""
+    from tests.helpers import write_tiny_episode
+    folder = tmp_path_factory.mktemp('episodes')
+    for i in range(3):
+        write_tiny_episode(str(folder / f'episode_{i}.hdf5'), camera_names=CAMERAS, seed=i)
+    return str(folder)
+
+
+def int8_inputs(path):
+    """The operators of an ONNX graph whose data and weight inputs both come out of DequantizeLinear."""
+    import onnx
+    nodes = onnx.load(path).graph.node
+    dequantized = {n.output[0] for n in nodes if n.op_type == 'DequantizeLinear'}
+    return {n.op_type for n in nodes if n.op_type in ('Conv', 'MatMul', 'Gemm') and all(i in dequantized
+                                                                                          for i in n.input[:2])}
+
+
+def test_static_int8_calibrates_the_whole_graph_and_stays_close(act_export, calibration_episodes, tmp_path, capsys):
     ckpt_dir, fp32 = act_export
-    folder = export(ckpt_dir, tmp_path / 'int8', '--quantize', 'int8')
+    folder = export(ckpt_dir, tmp_path / 'int8', '--quantize', 'int8', '--calibration', '12',
+                    '--dataset_dir', calibration_episodes)
+    assert 'max action difference to the eager policy over 8 recorded observations' in capsys.readouterr().out
     assert json.load(open(os.path.join(folder, 'policy.json')))['quantize'] == 'int8'
+    assert {'Conv', 'MatMul'} <= int8_inputs(os.path.join(folder, 'policy.onnx'))  # the trunk and the transformer
+    for eager, exported in eager_and_exported(ckpt_dir, folder):
+        assert np.abs(exported - eager).max() < 0.05  # actions spread about 0.1 (action_std 0.02)
+
+
+def test_static_int8_needs_episodes_to_calibrate_on(act_export, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        export(act_export[0], tmp_path / 'int8', '--quantize', 'int8')
+    assert 'config.json names no training episodes: give --dataset_dir' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'int8')
+
+
+def test_an_int8_export_too_far_from_eager_is_not_written(act_export, calibration_episodes, tmp_path, monkeypatch,
+                                                         capsys):
+    monkeypatch.setattr(deploy_export, 'INT8_TOLERANCE', 0.0)
+    with pytest.raises(SystemExit):
+        export(act_export[0], tmp_path / 'int8', '--quantize', 'int8', '--calibration', '4',
+               '--dataset_dir', calibration_episodes)
+    assert re.search(r'differs from the eager policy by [0-9.]+ \(normalised action units\) .* not written',
+                     capsys.readouterr().err)
+    assert not os.path.exists(tmp_path / 'int8') and not os.path.exists(tmp_path / 'int8.partial')
+
+
+@pytest.mark.slow
+def test_static_int8_of_a_diffusion_policy_calibrates_the_encoder_and_the_denoiser(calibration_episodes, tmp_path):
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', TINY_DIFFUSION_CONFIG)
+    folder = export(ckpt_dir, tmp_path / 'int8', '--quantize', 'int8', '--calibration', '6',
+                    '--dataset_dir', calibration_episodes)
+    assert 'Conv' in int8_inputs(os.path.join(folder, 'encoder.onnx'))
+    assert 'Conv' in int8_inputs(os.path.join(folder, 'denoiser.onnx'))
+    for eager, exported in eager_and_exported(ckpt_dir, folder, obs_horizon=2):
+        # actions within +-0.5 of the start pose (the min-max range); random inputs leave the calibrated ranges
+        assert np.abs(exported - eager).max() < 0.25
+
+
+@pytest.mark.slow
+def test_dynamic_int8_export_runs_and_stays_close(act_export, tmp_path):
+    ckpt_dir, fp32 = act_export
+    folder = export(ckpt_dir, tmp_path / 'int8', '--quantize', 'int8-dynamic')
+    assert json.load(open(os.path.join(folder, 'policy.json')))['quantize'] == 'int8-dynamic'
     assert os.path.getsize(os.path.join(folder, 'policy.onnx')) < os.path.getsize(os.path.join(fp32, 'policy.onnx'))
     for eager, exported in eager_and_exported(ckpt_dir, folder):
         # the tiny model's actions spread about 0.1 around the start pose (action_std 0.02)
         assert np.abs(exported - eager).max() < 0.05
+
+
+def test_calibration_observations_follow_the_observation_horizon(calibration_episodes):
+    from deploy.quantize import calibration_observations
+    from formats.datasets import open_dataset
+    episodes = open_dataset(calibration_episodes)
+    single = calibration_observations(episodes, CAMERAS, (12, 16), 5)
+    assert len(single) == 5 and single[0][0].shape == (14,) and single[0][1].shape == (2, 12, 16, 3)
+    stacked = calibration_observations(episodes, CAMERAS, (12, 16), 4, obs_horizon=2)
+    assert stacked[0][0].shape == (2, 14) and stacked[0][1].shape == (2, 2, 12, 16, 3)
+    assert stacked[0][1].dtype == np.uint8
 
 
 def test_the_runtime_never_returns_a_nan_action(act_export):
