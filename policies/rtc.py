@@ -84,6 +84,6 @@ def guided_clean_chunk(clean_chunk, sample, alpha, sigma, inpainting):
     with torch.enable_grad():
         x = sample.detach().requires_grad_(True)
         clean = clean_chunk(x)  # (B, H, A)
-        error = (inpainting.target - clean) * inpainting.weights[:, None]  # (B, H, A)
+        error = (inpainting.target - clean.detach()) * inpainting.weights[:, None]  # (B, H, A), no graph
         (g,) = torch.autograd.grad(clean, x, error)  # (Y - x0)^T diag(W) dx0/dx_t
     return clean.detach() + sigma * guidance_weight(alpha, sigma, inpainting.max_weight) * g

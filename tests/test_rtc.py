@@ -116,7 +116,8 @@ def test_rtc_in_a_delayed_rollout_of_a_diffusion_policy():
     controller = DelayedController(policy, Execution('rtc', threshold=3, delay_steps=2))
     qpos, image = observation(batch=1)
     torch.manual_seed(0)
-    actions = np.stack([controller(qpos, image) for _ in range(10)])
+    with torch.inference_mode():  # as the rollout steps: the queue and the observations are inference tensors
+        actions = np.stack([controller(qpos, image) for _ in range(10)])
     assert actions.shape == (10, 14) and np.isfinite(actions).all()
     assert controller.result()['delays'][1:] == [2, 2, 2] and controller.result()['starved_steps'] == 0
 
