@@ -160,3 +160,23 @@ def test_the_realtime_bench_runs_rtc_for_diffusion_only(tmp_path, policy_class, 
                                      '--queue_threshold', '3', '--no_synchronous', '--no_realtime']))
     expected = ['--inference_delay', '5', '--execution', 'rtc', '--queue_threshold', '3']
     assert realtime.cases(args) == {'rtc_d5': expected}
+
+
+def test_the_guidance_bench_reports_each_ceiling(tmp_path, capfd):
+    import json
+
+    from bench import rtc_guidance
+    from tests.helpers import write_tiny_episode
+    from tests.test_export import TINY_DIFFUSION_CONFIG, tiny_run
+    for i in range(2):
+        write_tiny_episode(str(tmp_path / f'episode_{i}.hdf5'), camera_names=TINY_DIFFUSION_CONFIG['camera_names'],
+                           seed=i)
+    ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, num_queries=6, obs_horizon=1))
+    capfd.readouterr()
+    rtc_guidance.main(rtc_guidance.parse_args(['--ckpt_dir', ckpt_dir, '--ckpt', 'policy_best.ckpt',
+                                               '--dataset_dir', str(tmp_path), '--delay', '2', '--queue_threshold',
+                                               '4', '--betas', '5', '100', '--observations', '2']))
+    out = capfd.readouterr().out
+    report = json.loads(out[out.index('{\n'):])  # after the policy's own messages
+    assert set(report) >= {'unguided', 'beta_5.0', 'beta_100.0'}
+    assert report['beta_100.0']['held'] <= report['unguided']['held']
