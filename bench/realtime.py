@@ -109,7 +109,8 @@ def parse_args(argv=None):
     parser.add_argument('--ckpt_dir', required=True, help='a trained run (config.json, dataset_stats.pkl)')
     parser.add_argument('--ckpt', default='policy_last.ckpt', help='the checkpoint in --ckpt_dir')
     parser.add_argument('--dataset_dir', help='its training episodes, for the demonstrations\' largest step change')
-    parser.add_argument('--delays', type=int, nargs='+', default=[0, 2, 5, 10, 20], help='--inference_delay values')
+    parser.add_argument('--delays', type=int, nargs='*', default=[0, 2, 5, 10, 20],
+                        help='--inference_delay values (none: only the --realtime cases)')
     parser.add_argument('--strategies', nargs='+', choices=STRATEGIES,
                         help='default: every strategy the checkpoint\'s policy takes (rtc: Diffusion only)')
     parser.add_argument('--queue_threshold', type=int, metavar='N',
