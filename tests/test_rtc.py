@@ -173,9 +173,14 @@ def test_the_guidance_bench_reports_each_ceiling(tmp_path, capfd):
                            seed=i)
     ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, num_queries=6, obs_horizon=1))
     capfd.readouterr()
-    rtc_guidance.main(rtc_guidance.parse_args(['--ckpt_dir', ckpt_dir, '--ckpt', 'policy_best.ckpt',
-                                               '--dataset_dir', str(tmp_path), '--delay', '2', '--queue_threshold',
-                                               '4', '--betas', '5', '100', '--observations', '2']))
+    threads = torch.get_num_threads()  # the bench sets its own; later tests compare runs bit for bit
+    try:
+        rtc_guidance.main(rtc_guidance.parse_args(['--ckpt_dir', ckpt_dir, '--ckpt', 'policy_best.ckpt',
+                                                   '--dataset_dir', str(tmp_path), '--delay', '2',
+                                                   '--queue_threshold', '4', '--betas', '5', '100',
+                                                   '--observations', '2']))
+    finally:
+        torch.set_num_threads(threads)
     out = capfd.readouterr().out
     report = json.loads(out[out.index('{\n'):])  # after the policy's own messages
     assert set(report) >= {'unguided', 'beta_5.0', 'beta_100.0'}
