@@ -1,7 +1,8 @@
 """Export a trained policy for deployment: self-contained model files and policy.json in one folder.
 
     python export_policy.py --ckpt_dir ckpt/cube --format onnx --out deploy/cube
-    python export_policy.py --ckpt_dir ckpt/cube --format onnx --quantize int8 --out deploy/cube_int8 [--calibration 200]
+    python export_policy.py --ckpt_dir ckpt/cube --format onnx --quantize int8 --out deploy/cube_int8 \
+        [--calibration 200]
     python export_policy.py --ckpt_dir ckpt/cube --format torchscript --out deploy/cube_ts
 
 The exported graph takes raw inputs and gives raw actions: qpos (B, state_dim) float32 and camera
@@ -19,9 +20,9 @@ convolutions and matrix products in int8 per channel, their inputs' ranges calib
 observations from the training episodes (config.json's dataset_dir, or --dataset_dir); the export is
 refused when its actions on recorded observations differ from the eager policy's by more than
 deploy.export.INT8_TOLERANCE in normalised action units (ACT: standard deviations; Diffusion: half
-the action's range). --quantize int8-dynamic quantises the
-weights of the matrix products only, without calibration (onnxruntime's dynamic quantisation). Run an export with policy_runtime.PolicyRunner (onnxruntime
-and numpy, no torch), or evaluate it: imitate_episodes.py --eval --runtime onnxruntime --export_dir DIR.
+the action's range). --quantize int8-dynamic quantises the weights of the matrix products only,
+without calibration (onnxruntime's dynamic quantisation). Run an export with policy_runtime.PolicyRunner
+(onnxruntime and numpy, no torch), or evaluate it: imitate_episodes.py --eval --runtime onnxruntime --export_dir DIR.
 The model flags come from config.json in --ckpt_dir; a folder without one (the original's) takes
 imitate_episodes.py's model flags after the ones above. The export itself is deploy/export.py.
 """

@@ -181,7 +181,8 @@ def bench_config(name, ckpt_dir, dataset_dir, work, args):
                                np.random.default_rng(3))
     folders = {}
     for variant, flags in (('onnxruntime_fp32', ('onnx', None)), ('onnxruntime_int8', ('onnx', 'int8')),
-                           ('onnxruntime_int8_dynamic', ('onnx', 'int8-dynamic')), ('torchscript', ('torchscript', None))):
+                           ('onnxruntime_int8_dynamic', ('onnx', 'int8-dynamic')),
+                           ('torchscript', ('torchscript', None))):
         folders[variant] = os.path.join(work, f'{name}_{variant}')
         export(settings, 'policy_best.ckpt', flags[0], folders[variant], quantize=flags[1], overwrite=True,
                calibration=calibration if flags[1] == 'int8' else None)

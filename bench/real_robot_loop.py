@@ -60,7 +60,8 @@ def main(args):
         finally:
             close(env, emulators)
         so101 = so_arm_loop(args['steps'], args['policy_seconds'])
-    print_report({**exported, 'steps': args['steps'], 'target_hz': round(1 / DT, 2), 'achieved_hz': round(1 / np.mean(step_s), 2),
+    print_report({**exported, 'steps': args['steps'], 'target_hz': round(1 / DT, 2),
+                  'achieved_hz': round(1 / np.mean(step_s), 2),
                   'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2), 'missed_deadlines': missed,
                   'state_read_both_arms_ms': round(np.mean(read_s) * 1e3, 3), 'cameras': len(cameras),
                   'slow_policy': slow, 'so101': so101, **machine_report()})

@@ -222,4 +222,4 @@ def _execution_flags(parser):
     add('--max_guidance_weight', type=float, metavar='BETA', help='with --execution rtc: the ceiling of the '
         f'guidance weight (default: {MAX_GUIDANCE_WEIGHT:g}, the RTC paper\'s)')
     add('--queue_threshold', type=int, metavar='N', help='with --inference_delay or --realtime: request a chunk '
-        'when N actions or fewer are queued (default: the chunk size for ensemble, half of it for replace)')
+        'when N actions or fewer are queued (default: the chunk size for ensemble, half of it for replace and rtc)')

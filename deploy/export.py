@@ -285,8 +285,9 @@ def _export(settings, ckpt_name, fmt, out, quantize, calibration):
         if quantize:
             from deploy.quantize import quantize_graphs
             constants = diffusion_constants(policy, normalizer) if policy.policy_class == 'Diffusion' else None
-            quantize_graphs({role: os.path.join(work, f['name']) for role, f in files.items()}, quantize, policy,
-                            constants, calibration)
+            with quiet():
+                quantize_graphs({role: os.path.join(work, f['name']) for role, f in files.items()}, quantize,
+                                policy, constants, calibration)
         for entry in files.values():
             entry['sha256'] = file_sha256(os.path.join(work, entry['name']))
         info = manifest(settings, policy, normalizer, fmt, quantize, files, checkpoint.weights_file(ckpt_name))

@@ -29,7 +29,8 @@ def calibration_of(settings, dataset_dir, count):
     training = ((settings.checkpoint.config or {}).get('training') or {}).get('dataset_dir')
     folder = dataset_dir or training
     if not folder or not os.path.isdir(folder):
-        where = f'the training episodes {training} are not here' if training else 'config.json names no training episodes'
+        where = (f'the training episodes {training} are not here' if training else
+                 'config.json names no training episodes')
         raise FileNotFoundError(f'--quantize int8 calibrates on recorded observations and {where}: give '
                                 f'--dataset_dir (the episodes the policy was trained on)')
     horizon = (settings.policy_config.get('obs_horizon') or 1) if settings.policy_class == 'Diffusion' else None
@@ -75,8 +76,8 @@ def quantize_static_int8(path, feeds):
         quant_pre_process(fp32, prepared, skip_symbolic_shape=True)  # folded constants, shapes for the quantiser
         quantize_static(prepared, path, Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OPS),
                         nodes_to_exclude=openvino_unsafe_products(prepared), per_channel=True,
-                        activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
     finally:
         for leftover in (fp32, prepared):
             if os.path.exists(leftover):
