@@ -489,3 +489,34 @@ def test_a_policy_json_of_wrong_types_is_named(act_export, tmp_path, key, value,
 def test_export_help_works():
     done = subprocess.run([sys.executable, 'export_policy.py', '--help'], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and '--quantize' in done.stdout
+
+
+def test_the_int8_success_bench_compares_the_two_exports(act_export, calibration_episodes, tmp_path, monkeypatch,
+                                                         capsys):
+    from bench import int8_success
+
+    def in_process(command, cwd):  # export_policy.py's command run here, not in a new interpreter
+        assert command[1] == 'export_policy.py'
+        export_policy.main(command[2:])
+        return subprocess.CompletedProcess(command, 0)
+    monkeypatch.setattr(int8_success.subprocess, 'run', in_process)
+    ckpt_dir, fp32 = act_export
+    out = tmp_path / 'bench'
+    shutil.copytree(fp32, out / 'export_fp32')  # exported before: kept
+    args = int8_success.parse_args(['--ckpt_dir', ckpt_dir, '--ckpt', 'policy_best.ckpt', '--dataset_dir',
+                                    calibration_episodes, '--calibration', '6', '--out', str(out)])
+    folders = {name: int8_success.export_folder(args, name) for name in int8_success.EXPORTS}
+    assert [json.load(open(os.path.join(folders[name], 'policy.json')))['quantize'] for name in ('fp32', 'int8')] \
+        == [None, 'int8']
+    recorded = int8_success.recorded_difference(args, folders)
+    assert recorded['episode'] == 'episode_0.hdf5'
+    assert 0 < recorded['max_first_action_difference'] <= recorded['max_chunk_difference'] < 0.05
+    for name, rate in (('fp32', 0.5), ('int8', 0.46)):  # evaluated before: read back, nothing run
+        folder = out / f'onnxruntime_{name}'
+        folder.mkdir()
+        (folder / 'result_policy_best.json').write_text(json.dumps({'success_rate': rate, 'stages': {'4': 1}}))
+    capsys.readouterr()
+    int8_success.main(args)
+    report = json.loads(capsys.readouterr().out)
+    assert report['success_difference_points'] == -4.0
+    assert report['cases']['int8'] == {'success_rate': 0.46, 'stages': {'4': 1}}
