@@ -16,7 +16,11 @@ DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all
 ALOHA_ROBOT_TYPE = 'aloha'  # LeRobot's robot_type of two-arm ALOHA episodes
 
 
-def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top',), num_episodes=50):
+SO101_ROBOT_TYPE = 'so101'  # LeRobot's robot_type of simulated SO-101 episodes
+
+
+def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top',), num_episodes=50,
+              robot_type=ALOHA_ROBOT_TYPE, **rate):
     return {
         'dataset_dir': os.path.join(DATA_DIR, name),
         'num_episodes': num_episodes,
@@ -24,7 +28,8 @@ def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top'
         'camera_names': list(camera_names),
         'reward_stages': reward_stages,  # what reaching reward 1, 2, ... means (sim_env.py's rewards)
         'instruction': instruction,  # a LeRobot dataset's task text
-        'robot_type': ALOHA_ROBOT_TYPE,
+        'robot_type': robot_type,
+        **rate,  # 'fps': control steps a second, when not CONTROL_HZ
     }
 
 
@@ -33,14 +38,21 @@ TRANSFER_STAGES = ('the right gripper touches the cube', 'it lifts the cube', 't
 INSERTION_STAGES = ('the left gripper touches the socket and the right the peg', 'both are lifted',
                     'the peg touches the socket in the air', 'the peg touches the pin (success)')
 
+PICK_PLACE_STAGES = ('the gripper touches the cube', 'both jaws hold it off the table',
+                     'it is held over the target area', 'it rests in the target area, released (success)')
+
 ### Task parameters (episode lengths and cameras as in the original)
 TRANSFER = 'Transfer the cube from the right gripper to the left'
 INSERTION = 'Insert the peg into the socket in the air'
+PICK_PLACE = 'Pick up the red cube and put it on the green target'
 SIM_TASK_CONFIGS = {
     'sim_transfer_cube_scripted': _sim_task('sim_transfer_cube_scripted', 400, TRANSFER_STAGES, TRANSFER),
     'sim_transfer_cube_human': _sim_task('sim_transfer_cube_human', 400, TRANSFER_STAGES, TRANSFER),
     'sim_insertion_scripted': _sim_task('sim_insertion_scripted', 400, INSERTION_STAGES, INSERTION),
     'sim_insertion_human': _sim_task('sim_insertion_human', 500, INSERTION_STAGES, INSERTION),
+    # one SO-101 arm (so101_sim/): 10 s at the SO tasks' 30 Hz, the real so101_pick_place task's cameras
+    'sim_so101_pick_place': _sim_task('sim_so101_pick_place', 300, PICK_PLACE_STAGES, PICK_PLACE,
+                                      camera_names=('front', 'wrist'), robot_type=SO101_ROBOT_TYPE, fps=30),
 }
 
 

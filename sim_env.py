@@ -26,9 +26,11 @@ from dm_control import mujoco  # noqa: E402
 from dm_control.rl import control  # noqa: E402
 from dm_control.suite import base  # noqa: E402
 
+from common.sim_cameras import CameraSet, resolve_cameras  # noqa: E402,F401 (CameraSet: the recorder's)
 from constants import (DT, IMAGE_HW, START_ARM_POSE, sim_task_names,  # noqa: E402
                        PUPPET_GRIPPER_POSITION_NORMALIZE_FN, PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN,
                        PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN)
+from so101_sim import is_so101_task  # noqa: E402
 
 ### Fixed simulation settings
 TIME_LIMIT = 20  # seconds of simulated time per episode before dm_control ends it (1000 steps)
@@ -120,6 +122,9 @@ def sample_insertion_pose(rng=np.random):
 
 def sample_object_pose(task_name, rng=np.random):
     """Flat object pose for `env.task.set_object_pose`: (7,) cube or (14,) peg + socket."""
+    if is_so101_task(task_name):
+        from so101_sim.env import sample_cube_pose
+        return sample_cube_pose(rng)
     return np.concatenate(_task_class(task_name).sample_pose(rng), axis=None)
 
 
@@ -203,35 +208,20 @@ def insertion_reward(pairs):
 ############################ Rendering ############################
 
 def resolve_camera_names(physics, camera_names):
-    """Map observation camera names to MuJoCo camera names; error on unknown ones."""
-    camera_names = DEFAULT_CAMERA_NAMES if camera_names is None else tuple(camera_names)
-    model = physics.model
-    known = [model.id2name(i, 'camera') for i in range(model.ncam)]
-    resolved = {}
-    for name in camera_names:
-        mj_name = CAMERA_ALIASES.get(name, name)
-        if mj_name not in known:
-            options = ', '.join(sorted(set(known) | set(CAMERA_ALIASES)))
-            raise ValueError(f"unknown camera '{name}': the sim model has {options}")
-        resolved[name] = mj_name
-    return resolved
+    """Map observation camera names to MuJoCo camera names (None: the original's top, angle, vis);
+    error on unknown ones."""
+    return resolve_cameras(physics, DEFAULT_CAMERA_NAMES if camera_names is None else camera_names, CAMERA_ALIASES)
 
 
-class CameraSet:
-    """dm_control cameras reused from frame to frame: {name: MuJoCo camera} at one (H, W)."""
-
-    def __init__(self, physics, cameras, image_size):
-        height, width = image_size
-        self.cameras = {name: mujoco.Camera(physics, height=height, width=width, camera_id=mj_name)
-                        for name, mj_name in cameras.items()}
-
-    def render_views(self):
-        """{name: (H, W, 3) uint8 view of the camera's buffer}, valid until the next render."""
-        return {name: camera.render() for name, camera in self.cameras.items()}
-
-    def render(self):
-        """{name: (H, W, 3) uint8 frame} that the caller owns."""
-        return {name: np.ascontiguousarray(view) for name, view in self.render_views().items()}
+def check_camera_names(task_name, camera_names):
+    """ValueError naming the task's cameras when one of camera_names is not among them."""
+    if is_so101_task(task_name):
+        from so101_sim.env import CAMERA_NAMES
+        unknown = [name for name in camera_names if name not in CAMERA_NAMES]
+        if unknown:
+            raise ValueError(f"unknown camera '{unknown[0]}': the sim model has {', '.join(CAMERA_NAMES)}")
+        return
+    resolve_camera_names(load_physics(task_family(task_name)[0]), camera_names)
 
 
 ############################ Tasks ############################
@@ -340,10 +330,14 @@ def make_environment(physics, task):
 def make_sim_env(task_name, camera_names=None, image_size=DEFAULT_IMAGE_SIZE, seed=None, shadows=True):
     """Joint-space environment of a sim task.
 
-    camera_names: cameras rendered into obs['images'] (None: the original's top, angle, vis;
-    [] renders none). image_size: (H, W) of the frames. seed: the task's own random state,
+    camera_names: cameras rendered into obs['images'] (None: the original's top, angle, vis, or the
+    SO-101 tasks' front, wrist; [] renders none). The SO-101 tasks (names beginning with sim_so101)
+    are so101_sim/'s. image_size: (H, W) of the frames. seed: the task's own random state,
     used for object poses when none was set with env.task.set_object_pose. shadows: as load_physics.
     """
+    if is_so101_task(task_name):
+        from so101_sim.env import make_so101_env
+        return make_so101_env(camera_names, image_size, seed, shadows)
     xml_name, _, task_cls = task_family(task_name)
     physics = load_physics(xml_name, shadows)
     cameras = resolve_camera_names(physics, camera_names)

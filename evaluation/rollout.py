@@ -27,7 +27,7 @@ from common.files import atomic_write, remove_stale_temps
 from common.media import OnscreenView, VideoWriter, display_available
 from common.processes import worker_pool
 from common.seeds import set_seed
-from constants import CONTROL_HZ, DT, IMAGE_HW
+from constants import CONTROL_HZ, IMAGE_HW
 from evaluation.execution import (DelayedController, chunked_switch_steps, execution_summary, motion_metrics,
                                   summary_lines)
 from evaluation.report import write_report
@@ -224,7 +224,10 @@ class Evaluator:
             from dm_control.rl.control import PhysicsError  # after make_env: sim_env chose the GL backend
             self.sim_failures = (NonFiniteAction, PhysicsError)
         clock = getattr(self.env, 'clock', None)  # real robots: their control rate (SO arms 30 Hz)
-        self.video_fps = round(1 / clock.dt) if getattr(clock, 'dt', None) else CONTROL_HZ
+        if getattr(clock, 'dt', None):
+            self.video_fps = round(1 / clock.dt)
+        else:  # simulation: the task's control rate (SO-101 tasks 30 Hz)
+            self.video_fps = round(1 / self.env.control_timestep()) if self.sim_failures else CONTROL_HZ
 
     def close(self):
         """The real robot to its safe pose with torque off, and the policy's thread, if any, ended."""
@@ -264,7 +267,7 @@ class Evaluator:
         else:
             self.controller.reset()
         video = VideoWriter(video_path, fps=self.video_fps) if video_path else None
-        view = OnscreenView(DT) if self.onscreen else None
+        view = OnscreenView(1 / self.video_fps) if self.onscreen else None
         missed_before = getattr(getattr(self.env, 'clock', None), 'missed', 0)
         loop_start = time.perf_counter()
         try:

@@ -21,9 +21,11 @@ from ee_sim_env import make_ee_sim_env
 from formats.hdf5 import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
 from formats.lerobot_writer import LeRobotWriter, count_lerobot_episodes
 from scripted_policy import get_scripted_policy_class
+from so101_sim import is_so101_task
 
 ### Fixed settings
-RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render
+RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render (SO-101 tasks: SO101_RENDER_CAM_NAME)
+SO101_RENDER_CAM_NAME = 'front'
 EE_PAUSE = 0.002  # seconds between onscreen frames of the EE rollout
 REPLAY_PAUSE = 0.02  # and of the joint replay
 COMPRESSION = 'gzip'  # of --compress: lossless, built into every HDF5
@@ -37,9 +39,9 @@ STAGING_SUFFIX = '.recording'  # --format lerobot: <dataset_dir><suffix> holds t
 
 ############################ Episode files ############################
 
-def expected_shapes(episode_len, camera_names, image_size):
+def expected_shapes(episode_len, camera_names, image_size, state_dim=sim_env.STATE_DIM):
     """{hdf5 key: (shape, dtype)} of one recorded episode."""
-    low_dim = ((episode_len, sim_env.STATE_DIM), np.float32)
+    low_dim = ((episode_len, state_dim), np.float32)
     shapes = {'/action': low_dim, '/observations/qpos': low_dim, '/observations/qvel': low_dim}
     for cam in camera_names:
         shapes[f'/observations/images/{cam}'] = ((episode_len, *image_size, 3), np.uint8)
@@ -47,6 +49,18 @@ def expected_shapes(episode_len, camera_names, image_size):
 
 
 ############################ Rollouts ############################
+
+def render_camera(task_name):
+    return SO101_RENDER_CAM_NAME if is_so101_task(task_name) else RENDER_CAM_NAME
+
+
+def state_dim(task_name):
+    """The qpos and action size of a sim task's episodes."""
+    if is_so101_task(task_name):
+        from so101_sim.env import STATE_DIM
+        return STATE_DIM
+    return sim_env.STATE_DIM
+
 
 def replace_gripper_with_commands(qpos, gripper_ctrl):
     """Joint trajectory to replay: (T + 1, 14) qpos with the grippers set to their normalised
@@ -69,15 +83,19 @@ class EpisodeRecorder:
                  onscreen_render=False, shadows=True):
         self.task_name, self.episode_len, self.seed, self.shadows = task_name, episode_len, seed, shadows
         self.image_size, self.inject_noise, self.onscreen = tuple(image_size), inject_noise, onscreen_render
-        self.policy_cls = get_scripted_policy_class(task_name)
-        view = [RENDER_CAM_NAME] if onscreen_render else []
-        self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size, shadows=shadows)
+        view = [render_camera(task_name)] if onscreen_render else []
         self.env = sim_env.make_sim_env(task_name, camera_names=[], shadows=shadows)  # renders only what is saved
+        if is_so101_task(task_name):  # scripted in joint space (inverse kinematics), in the same environment
+            from so101_sim.scripted import Kinematics
+            self.kinematics, self.rollout_scripted = Kinematics(), self.rollout_so101
+        else:
+            self.policy_cls = get_scripted_policy_class(task_name)
+            self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size, shadows=shadows)
+            self.rollout_scripted = self.rollout_ee
         physics = self.env.physics
         self.cameras = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, camera_names),
                                          self.image_size)
-        self.view_camera = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, view),
-                                             self.image_size)
+        self.view_camera = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, view), self.image_size)
 
     def rollout_ee(self, rng):
         """Scripted EE rollout -> (joint trajectory (T + 1, 14), object pose, success, return)."""
@@ -101,21 +119,29 @@ class EpisodeRecorder:
         return (replace_gripper_with_commands(np.array(qpos), np.array(ctrl)), object_pose,
                 *episode_result(rewards, self.ee_env.task.max_reward))
 
+    def rollout_so101(self, rng):
+        """Scripted SO-101 rollout -> (its T + 1 joint targets (T + 1, 6), cube pose, success, return)."""
+        from so101_sim.scripted import scripted_episode
+        pose = sim_env.sample_object_pose(self.task_name, rng)
+        actions, rewards = scripted_episode(self.env, self.kinematics, pose, self.episode_len + 1,
+                                            self.inject_noise, rng)
+        return actions, pose, *episode_result(rewards, self.env.task.max_reward)
+
     def replay(self, joint_traj, object_pose):
         """Replay the joint trajectory, rendering the recorded cameras for the first T time steps.
 
         NOTE(faithful): all T + 1 actions are replayed (success counts every step), but only the
         first T (observation, action) pairs are saved, so obs[t] is followed by action[t].
         """
-        steps = self.episode_len
-        data = {'qpos': np.empty((steps, sim_env.STATE_DIM)), 'qvel': np.empty((steps, sim_env.STATE_DIM)),
+        steps, state_dim = self.episode_len, joint_traj.shape[1]
+        data = {'qpos': np.empty((steps, state_dim)), 'qvel': np.empty((steps, state_dim)),
                 'action': joint_traj[:steps],
                 'images': {cam: np.empty((steps, *self.image_size, 3), np.uint8) for cam in self.cameras.cameras}}
         self.env.task.set_object_pose(object_pose)
         ts = self.env.reset()
         view = OnscreenView(REPLAY_PAUSE) if self.onscreen else None
         if view:
-            view.show(self.view_camera.render()[RENDER_CAM_NAME])
+            view.show(self.view_camera.render()[render_camera(self.task_name)])
         rewards = []
         for t, action in enumerate(joint_traj):
             if t < steps:
@@ -125,7 +151,7 @@ class EpisodeRecorder:
             ts = self.env.step(action)
             rewards.append(ts.reward)
             if view:
-                view.show(self.view_camera.render()[RENDER_CAM_NAME])
+                view.show(self.view_camera.render()[render_camera(self.task_name)])
         if view:
             view.close()
         return data, *episode_result(rewards, self.env.task.max_reward)
@@ -134,7 +160,7 @@ class EpisodeRecorder:
         """Record one episode (written to `path` unless None) -> result dict."""
         start = time.time()
         rng = np.random.default_rng((self.seed, episode_idx))  # same episode whatever the worker
-        joint_traj, object_pose, ee_success, ee_return = self.rollout_ee(rng)
+        joint_traj, object_pose, ee_success, ee_return = self.rollout_scripted(rng)
         data, success, episode_return = self.replay(joint_traj, object_pose)
         if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did
             write_episode(path, sim=True, compression=COMPRESSION if compress else None, shadows=self.shadows,
@@ -193,7 +219,8 @@ def check_args(args):
         config = get_sim_task_config(task_name)
     except KeyError as e:
         raise ValueError(f'--task_name: {e.args[0]}') from None
-    get_scripted_policy_class(task_name)
+    if not is_so101_task(task_name):
+        get_scripted_policy_class(task_name)
     if args.get('num_episodes') is not None and args['num_episodes'] < 0:
         raise ValueError(f"--num_episodes must be 0 or more, got {args['num_episodes']}")
     if args.get('num_workers', 1) < 1:
@@ -263,8 +290,8 @@ def main(args):
                            inject_noise=args.get('inject_noise', False),
                            onscreen_render=args.get('onscreen_render', False),
                            shadows=not args.get('no_shadows', False))
-    sim_env.resolve_camera_names(sim_env.load_physics(sim_env.task_family(task_name)[0]), camera_names)
-    shapes = expected_shapes(config['episode_len'], camera_names, image_size)
+    sim_env.check_camera_names(task_name, camera_names)
+    shapes = expected_shapes(config['episode_len'], camera_names, image_size, state_dim(task_name))
     lerobot = args.get('format', 'hdf5') == 'lerobot'
     first = count_lerobot_episodes(dataset_dir) if lerobot else 0
     episode_dir = staging_folder(dataset_dir) if lerobot else dataset_dir
@@ -300,8 +327,11 @@ def append_staged(staging, indices, dataset_dir, task_name, task=None):
     them; task: the dataset's task text (default: the task's instruction), robot_type the task's."""
     if len(indices):
         config = get_sim_task_config(task_name)
-        with LeRobotWriter(dataset_dir, fps=CONTROL_HZ, task=task or config['instruction'],
-                           robot_type=config['robot_type']) as writer:
+        names = None
+        if is_so101_task(task_name):
+            from so101_sim.env import FEATURE_NAMES as names
+        with LeRobotWriter(dataset_dir, fps=config.get('fps', CONTROL_HZ), task=task or config['instruction'],
+                           robot_type=config['robot_type'], names=names) as writer:
             for index in indices:
                 writer.add(read_episode(episode_path(staging, index)))
                 print(f'episode {index} appended to {dataset_dir} ({writer.vcodec})')

@@ -1,0 +1,161 @@
+"""Scripted pick-and-place demonstrations for the simulated SO-101: waypoints of the gripper in the
+world, inverse kinematics for each control step, joint targets in LeRobot's units.
+
+The gripper points straight down through the whole motion, its jaws opening across two faces of
+the cube. Inverse kinematics is damped least squares on the 'gripperframe' site's position and
+orientation over the five arm joints, started from the previous step's solution.
+"""
+import numpy as np
+from dm_control.mujoco import wrapper  # noqa: F401  (the GL backend is chosen before mujoco loads)
+import mujoco
+
+from so101_sim import scene
+from so101_sim.env import STATE_DIM, START_POSE, Units, cube_yaw
+
+SITE = 'gripperframe'  # at the fixed jaw's tip; its x axis points along the fingers, its z axis across the jaws
+# the cube's centre in the site's frame when the jaws hold it: just inside the fingertip, half a cube
+# plus the fixed pad's half-thickness across the jaws
+GRASP_OFFSET = np.array([-0.001, 0.0, 0.0065 + scene.CUBE_HALF])
+GRIPPER_OPEN = 60.0  # units: the jaws 9 cm apart
+GRIPPER_CLOSED = 0.0  # a target past the cube's width, so the jaws squeeze it
+# Pointing straight down, the gripper reaches at most about 9 cm above the table (wrist_flex's range)
+HOVER = 0.06  # m above the cube's centre before going down
+CARRY = 0.08  # m: the cube's height while carried
+PLACE = scene.CUBE_HALF + 0.004  # m: the cube's centre when let go
+# (step, what happens) of a 300-step episode at 30 Hz: each phase ends at its step
+PHASES = (
+    (45, 'hover'),       # over the cube, open
+    (75, 'descend'),     # jaws around the cube
+    (95, 'close'),
+    (125, 'lift'),
+    (185, 'carry'),      # over the target
+    (215, 'lower'),
+    (230, 'release'),
+    (260, 'retreat'),    # up again, open
+)
+IK_ITERATIONS = 60
+IK_DAMPING = 1e-3
+IK_TOLERANCE = 1e-5
+
+
+def down_rotation(yaw):
+    """The site's orientation (3, 3), columns its axes in the world: along the fingers straight down, the
+    jaws opening along the horizontal direction `yaw`."""
+    across = np.array([np.cos(yaw), np.sin(yaw), 0.0])
+    down = np.array([0.0, 0.0, -1.0])
+    return np.stack([down, np.cross(across, down), across], axis=1)
+
+
+def grasp_yaw(cube_pose, arm_azimuth):
+    """The jaws' opening direction: the cube face normal (yaw + k * 90 deg) nearest the arm's azimuth,
+    so the wrist turns the least."""
+    yaw = cube_yaw(cube_pose)
+    return yaw + np.pi / 2 * np.round((arm_azimuth - yaw) / (np.pi / 2))
+
+
+class Kinematics:
+    """Forward and inverse kinematics of the arm on a copy of the scene's model."""
+
+    def __init__(self):
+        self.model = scene.build_model()
+        self.data = mujoco.MjData(self.model)
+        self.site = self.model.site(SITE).id
+        self.units = Units(self.model)
+        self.dofs = np.arange(scene.ARM_DOF)  # the five arm joints lead qpos and qvel
+
+    def site_pose(self, radians):
+        self.data.qpos[:STATE_DIM] = radians
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)  # the Jacobian reads the joint axes it computes
+        return self.data.site_xpos[self.site].copy(), self.data.site_xmat[self.site].reshape(3, 3).copy()
+
+    def solve(self, position, rotation, start):
+        """Joint radians (6,) putting the site at `position` with `rotation`, from `start` (6,); the
+        gripper joint is kept."""
+        q = np.array(start, dtype=float)
+        jacp, jacr = np.zeros((3, self.model.nv)), np.zeros((3, self.model.nv))
+        low, high = self.units.low[:scene.ARM_DOF], self.units.high[:scene.ARM_DOF]
+        for _ in range(IK_ITERATIONS):
+            now, turn = self.site_pose(q)
+            error = np.concatenate([position - now,
+                                    0.5 * sum(np.cross(turn[:, i], rotation[:, i]) for i in range(3))])  # (6,)
+            if error @ error < IK_TOLERANCE ** 2:
+                break
+            mujoco.mj_jacSite(self.model, self.data, jacp, jacr, self.site)
+            jac = np.concatenate([jacp, jacr])[:, self.dofs]  # (6, 5)
+            step = jac.T @ np.linalg.solve(jac @ jac.T + IK_DAMPING * np.eye(6), error)
+            q[:scene.ARM_DOF] = np.clip(q[:scene.ARM_DOF] + step, low, high)
+        return q
+
+
+class ScriptedPickPlace:
+    """The scripted policy: called with each time step, it returns the next action (6,) in units."""
+
+    def __init__(self, kinematics, cube_pose, inject_noise=False, rng=None):
+        self.kin = kinematics
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.noise = 0.004 if inject_noise else 0.0  # m of uniform noise on each waypoint
+        self.q = kinematics.units.to_radians(np.asarray(START_POSE, dtype=float))
+        start, _ = kinematics.site_pose(self.q)
+        self.waypoints = self._waypoints(start, np.asarray(cube_pose, dtype=float))
+        self.t = 0
+
+    def _grip_site(self, centre, rotation):
+        """Where the site goes for the cube's centre to sit between the jaws."""
+        return centre - rotation @ GRASP_OFFSET
+
+    def _waypoints(self, start, cube):
+        """[(step, site position, yaw, gripper units)], the episode's keyframes."""
+        yaw = grasp_yaw(cube, np.arctan2(cube[1], cube[0]))
+        rotation = down_rotation(yaw)
+        target = np.array([*scene.TARGET_CENTRE, 0.0])
+        target_yaw = yaw + np.arctan2(target[1], target[0]) - np.arctan2(cube[1], cube[0])
+        place_rotation = down_rotation(target_yaw)
+        at = {
+            'hover': (self._grip_site(cube[:3] + [0, 0, HOVER], rotation), yaw, GRIPPER_OPEN),
+            'descend': (self._grip_site(cube[:3], rotation), yaw, GRIPPER_OPEN),
+            'close': (self._grip_site(cube[:3], rotation), yaw, GRIPPER_CLOSED),
+            'lift': (self._grip_site(np.array([*cube[:2], CARRY]), rotation), yaw, GRIPPER_CLOSED),
+            'carry': (self._grip_site(target + [0, 0, CARRY], place_rotation), target_yaw, GRIPPER_CLOSED),
+            'lower': (self._grip_site(target + [0, 0, PLACE], place_rotation), target_yaw, GRIPPER_CLOSED),
+            'release': (self._grip_site(target + [0, 0, PLACE], place_rotation), target_yaw, GRIPPER_OPEN),
+            'retreat': (self._grip_site(target + [0, 0, CARRY], place_rotation), target_yaw, GRIPPER_OPEN),
+        }
+        first_yaw = np.arctan2(start[1], start[0])
+        keys = [(0, start, first_yaw, START_POSE[-1])]
+        for step, name in PHASES:
+            position, phase_yaw, grip = at[name]
+            noise = self.rng.uniform(-self.noise, self.noise, 3) if self.noise else 0.0
+            keys.append((step, position + noise, phase_yaw, grip))
+        return keys
+
+    def _interpolated(self, t):
+        """(site position, yaw, gripper units) at step t, linear between keyframes, held after the last."""
+        for (t0, p0, y0, g0), (t1, p1, y1, g1) in zip(self.waypoints, self.waypoints[1:]):
+            if t <= t1:
+                f = (t - t0) / (t1 - t0)
+                return p0 + f * (p1 - p0), y0 + f * (y1 - y0), g0 + f * (g1 - g0)
+        _, p, y, g = self.waypoints[-1]
+        return p, y, g
+
+    def __call__(self, ts=None):
+        position, yaw, grip = self._interpolated(self.t)
+        self.t += 1
+        self.q = self.kin.solve(position, down_rotation(yaw), self.q)
+        action = self.kin.units.to_units(self.q)
+        action[-1] = grip
+        return action
+
+
+def scripted_episode(env, kinematics, cube_pose, steps, inject_noise=False, rng=None):
+    """The scripted policy run for `steps` steps in `env` (so101_sim.env) from `cube_pose` ->
+    (actions (steps, 6) in units, rewards (steps,))."""
+    env.task.set_object_pose(cube_pose)
+    ts = env.reset()
+    policy = ScriptedPickPlace(kinematics, cube_pose, inject_noise, rng)
+    actions, rewards = [], []
+    for _ in range(steps):
+        actions.append(policy(ts))
+        ts = env.step(actions[-1])
+        rewards.append(ts.reward)
+    return np.array(actions), np.array(rewards)

@@ -1,0 +1,170 @@
+"""The simulated SO-101: its model, units, rewards, scripted demonstrations, recording in both
+formats, and a tiny policy trained and evaluated on it; the full scripted set in the slow run."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import constants
+from recording import sim as record_sim_episodes
+from so101_sim import is_so101_task, scene
+from so101_sim.env import (DEGREES_PER_RADIAN, FEATURE_NAMES, START_POSE, STATE_DIM, Units, make_so101_env,
+                           pick_place_reward, sample_cube_pose)
+
+TASK = 'sim_so101_pick_place'
+SMALL = [24, 32]
+STEPS = 60  # steps of the recorded and evaluated test episodes (the task has 300)
+
+
+@pytest.fixture(scope='module')
+def env():
+    return make_so101_env(camera_names=['front', 'wrist'], image_size=SMALL, seed=0, shadows=False)
+
+
+@pytest.fixture(scope='module')
+def blind_env():
+    """The environment with no camera: a scripted episode in a few seconds."""
+    return make_so101_env(camera_names=[], shadows=False)
+
+
+@pytest.fixture(scope='module')
+def kinematics():
+    from so101_sim.scripted import Kinematics
+    return Kinematics()
+
+
+def test_the_model_has_the_arm_the_cube_and_the_real_task_cameras(env):
+    model = env.physics.model
+    assert [model.id2name(model.actuator_trnid[i, 0], 'joint') for i in range(model.nu)] == list(scene.JOINTS)
+    assert np.allclose(model.actuator_gainprm[:, 0], scene.POSITION_GAIN)
+    assert sorted(model.id2name(i, 'camera') for i in range(model.ncam)) == ['front', 'wrist']
+    assert model.mesh_facenum.sum() < 40_000  # simplified from the asset's 320,000 triangles
+    assert is_so101_task(TASK) and constants.get_sim_task_config(TASK)['camera_names'] == ['front', 'wrist']
+    assert env.control_timestep() == pytest.approx(1 / 30)
+
+
+def test_simplified_meshes_keep_their_shape():
+    corners = scene.read_stl(scene.asset_path('assets/base_so101_v2.stl'))
+    vertices, faces = scene.simplified_mesh(corners, scene.MESH_CELL)
+    assert len(faces) < len(corners)
+    low, high = corners.reshape(-1, 3).min(0), corners.reshape(-1, 3).max(0)
+    assert np.abs(vertices.min(0) - low).max() < scene.MESH_CELL and np.abs(vertices.max(0) - high).max() < scene.MESH_CELL
+
+
+def test_reset_and_step_give_lerobot_units(env):
+    pose = np.array([0.2, 0.1, scene.CUBE_HALF, 1, 0, 0, 0])
+    env.task.set_object_pose(pose)
+    ts = env.reset()
+    obs = ts.observation
+    assert set(obs) == {'qpos', 'qvel', 'env_state', 'images'}
+    assert obs['qpos'].shape == obs['qvel'].shape == (STATE_DIM,) and np.allclose(obs['qpos'], START_POSE)
+    assert np.array_equal(obs['env_state'], pose)
+    assert {cam: frame.shape for cam, frame in obs['images'].items()} == {'front': (*SMALL, 3), 'wrist': (*SMALL, 3)}
+    target = np.array([10.0, -20.0, 30.0, 60.0, -15.0, 50.0])
+    for _ in range(30):
+        ts = env.step(target)
+    assert np.abs(ts.observation['qpos'] - target).max() < 1.5  # degrees and gripper units
+    with pytest.raises(ValueError, match=r'expected \(6,\) \(shoulder_pan, shoulder_lift'):
+        env.step(np.zeros(14))
+
+
+def test_units_are_the_real_arms_calibrated_units(env):
+    """A joint `steps` encoder steps from the middle of its range reads (steps * 360 / 4095) degrees on the
+    real arm (LeRobot's calibration, real_robot/feetech.py): the simulated joint there reads the same."""
+    from real_robot.settings import SO_JOINTS
+    assert tuple(scene.JOINTS) == SO_JOINTS and FEATURE_NAMES == ['shoulder_pan.pos', 'shoulder_lift.pos',
+                                                                   'elbow_flex.pos', 'wrist_flex.pos',
+                                                                   'wrist_roll.pos', 'gripper.pos']
+    units = Units(env.physics.model.ptr)
+    steps = np.array([100, -300, 512, 0, 1000, 0])
+    radians = steps * 2 * np.pi / 4096
+    assert np.allclose(units.to_units(radians)[:5], steps[:5] * 360 / 4095)
+    assert units.to_units(units.low)[5] == pytest.approx(0) and units.to_units(units.high)[5] == pytest.approx(100)
+    assert np.allclose(units.to_radians(units.to_units(radians)), radians)
+    assert DEGREES_PER_RADIAN == pytest.approx(180 / np.pi * 4096 / 4095)
+
+
+@pytest.mark.parametrize('touching, xy, stage', [
+    (set(), (0.2, 0.1), 0), ({'table', 'gripper'}, (0.2, 0.1), 1), ({'gripper', 'moving_jaw_so101_v1'}, (0.2, 0.1), 2),
+    ({'gripper', 'moving_jaw_so101_v1'}, scene.TARGET_CENTRE, 3), ({'table'}, scene.TARGET_CENTRE, 4),
+    ({'table', 'gripper'}, scene.TARGET_CENTRE, 1), ({'table'}, (0.2, 0.1), 0)])
+def test_reward_stages(touching, xy, stage):
+    assert pick_place_reward(touching, np.array(xy)) == stage
+
+
+def test_a_scripted_episode_picks_and_places_the_cube(blind_env, kinematics):
+    from so101_sim.scripted import scripted_episode
+    env = blind_env
+    config = constants.get_sim_task_config(TASK)
+    pose = sample_cube_pose(np.random.default_rng(3))
+    actions, rewards = scripted_episode(env, kinematics, pose, config['episode_len'])
+    assert actions.shape == (config['episode_len'], STATE_DIM) and rewards.max() == 4
+    assert np.all(np.diff(np.flatnonzero(np.diff(rewards) > 0)) > 0)  # the stages in order
+    assert np.abs(env.physics.data.qpos[STATE_DIM:STATE_DIM + 2] - scene.TARGET_CENTRE).max() < scene.TARGET_RADIUS
+
+
+@pytest.fixture(scope='module')
+def recorded(tmp_path_factory):
+    """Two episodes of STEPS steps (the scripted motion's start: the cube is not reached)."""
+    root = tmp_path_factory.mktemp('so101')
+    args = {'task_name': TASK, 'dataset_dir': str(root / 'hdf5'), 'num_episodes': 2, 'seed': 0, 'num_workers': 1,
+            'image_size': SMALL, 'no_shadows': True}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+        results = record_sim_episodes.main(args)
+    return root, results
+
+
+def test_recorded_episodes_in_the_original_layout_replay_the_scripted_motion(recorded):
+    import h5py
+    root, results = recorded
+    assert [(r['ee_return'], r['episode_return']) for r in results] == [(0.0, 0.0)] * 2
+    steps = STEPS
+    with h5py.File(root / 'hdf5' / 'episode_0.hdf5', 'r') as f:
+        assert f['action'].shape == f['observations/qpos'].shape == (steps, STATE_DIM)
+        assert f['observations/images/front'].shape == f['observations/images/wrist'].shape == (steps, *SMALL, 3)
+        assert np.allclose(f['observations/qpos'][0], START_POSE)
+        assert np.abs(f['observations/qpos'][1:, :5] - f['action'][:-1, :5]).max() < 2  # tracked within 2 degrees
+
+
+def test_lerobot_recording_has_the_so_feature_names(recorded, tmp_path, monkeypatch):
+    from formats.lerobot import LeRobotEpisodes
+    monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+    root = tmp_path / 'lerobot'
+    record_sim_episodes.main({'task_name': TASK, 'dataset_dir': str(root), 'num_episodes': 1, 'image_size': SMALL,
+                              'format': 'lerobot'})
+    info = json.load(open(root / 'meta' / 'info.json'))
+    assert info['robot_type'] == 'so101' and info['fps'] == 30
+    assert info['features']['observation.state']['names'] == FEATURE_NAMES
+    assert info['features']['action']['names'] == FEATURE_NAMES
+    assert {'observation.images.front', 'observation.images.wrist'} <= set(info['features'])
+    assert LeRobotEpisodes(str(root)).read_episode(0).action.shape == (STEPS, STATE_DIM)
+
+
+def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch):
+    import imitate_episodes
+    monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+    from tests.helpers import train_args
+    root, _ = recorded
+    args = train_args(root / 'hdf5', tmp_path / 'ckpt', task_name=TASK, camera_names=['front', 'wrist'],
+                      num_episodes=2, batch_size=2, num_epochs=2)
+    imitate_episodes.main(args)
+    config = json.load(open(tmp_path / 'ckpt' / 'config.json'))
+    assert config['policy_config']['state_dim'] == STATE_DIM and config['task_name'] == TASK
+    imitate_episodes.main(dict(args, eval=True, num_rollouts=1, eval_ckpt='policy_last.ckpt', save_video=False))
+    result = json.load(open(tmp_path / 'ckpt' / 'result_policy_last.json'))
+    assert result['num_rollouts'] == 1 and set(result['stages']) == {'0', '1', '2', '3', '4'}
+
+
+@pytest.mark.slow
+def test_the_full_scripted_set_succeeds(kinematics):
+    from so101_sim.scripted import scripted_episode
+    config = constants.get_sim_task_config(TASK)
+    env = make_so101_env(camera_names=[], shadows=False)
+    successes = 0
+    for episode in range(config['num_episodes']):
+        rng = np.random.default_rng((0, episode))  # as record_sim_episodes.py seeds episode i
+        _, rewards = scripted_episode(env, kinematics, sample_cube_pose(rng), config['episode_len'] + 1, rng=rng)
+        successes += rewards.max() == 4
+    assert successes >= 49
