@@ -5,6 +5,7 @@ train a policy on them and roll it out, timing each step, then say what happened
     python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
     python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 55 minutes
     python demo.py --recipe diffusion --out diffusion  # Diffusion Policy on the transfer cube, about 25 minutes
+    python demo.py --recipe so101 --out so101        # one simulated SO-101 arm picks and places a cube
 
 The transfer-cube recipes render the simulation at 96x128, insertion at 120x160 (the original:
 480x640), all without shadows (record_sim_episodes.py --no_shadows), which more than halves the CPU
@@ -55,7 +56,7 @@ class Task:
     what: str  # the task in words
     placed: str  # what each rollout places at random
     stages: str  # the reward stages in words
-    paper: str  # the success of the paper's recipe, as the original's README gives it
+    paper: str = None  # the success of the paper's recipe, as the original's README gives it (None: a task of ours)
 
 
 def stages_text(task_name):
@@ -70,6 +71,8 @@ TASKS = {
                                        stages=stages_text('sim_transfer_cube_scripted')),
     'sim_insertion_scripted': Task(what='the bimanual peg insertion', placed='peg and socket positions',
                                    paper='about 50%', stages=stages_text('sim_insertion_scripted')),
+    'sim_so101_pick_place': Task(what='the SO-101 pick and place', placed='cube poses',
+                                 stages=stages_text('sim_so101_pick_place')),
 }
 
 
@@ -98,7 +101,16 @@ RECIPES = {
     'diffusion': Recipe(CUBE, num_episodes=50, image_size=(96, 128), num_steps=2000, num_rollouts=50, videos=False,
                         policy='Diffusion', model=DIFFUSION_FLAGS, training=DIFFUSION_TRAIN_FLAGS,
                         temporal_agg=False),
+    # one simulated SO-101 arm, its front and wrist cameras, at 30 Hz (so101_sim/)
+    'so101': Recipe('sim_so101_pick_place', num_episodes=50, image_size=(96, 128), num_steps=2400, num_rollouts=50,
+                    videos=False),
 }
+
+
+def full_recipe_intro(task):
+    if task.paper:
+        return f"The ACT paper's recipe ({task.paper} success; hours on a GPU, far longer on a CPU), with shadows:"
+    return "The paper's ACT at full size (hours on a GPU, far longer on a CPU; no published figure for this task):"
 
 
 def full_recipe(task):
@@ -216,7 +228,7 @@ Where to look:{where_videos}
                      {metrics}, {os.path.join(ckpt_dir, 'metrics.jsonl')}
   results            {os.path.join(ckpt_dir, RESULT_FILE)}
   checkpoints        {os.path.join(ckpt_dir, CHECKPOINT)}, policy_best.ckpt, dataset_stats.pkl
-The ACT paper's recipe ({task.paper} success; hours on a GPU, far longer on a CPU), with shadows:
+{full_recipe_intro(task)}
   {full_recipe(args['task'])}
 The evaluation report (results, rollout videos, training curves, config; open it in a browser):
   {os.path.join(ckpt_dir, 'report.html')}""")

@@ -1,6 +1,7 @@
 """Write the video and the joint plot of one recorded episode.
 
-`episode_{i}_video.mp4`: all cameras side by side, 1 / DT fps, H.264 (plays in a browser).
+`episode_{i}_video.mp4`: all cameras side by side, H.264 (plays in a browser), at a LeRobot dataset's
+rate, or for HDF5 episodes at --task_name's (SO tasks 30 Hz), else 1 / DT.
 `episode_{i}_qpos.png`: one subplot per joint, state and command overlaid.
 Reads every layout formats/hdf5.py reads: the original, gzip/lzf-compressed images, and the JPEG
 layout of act-plus-plus, and LeRobot datasets (episode i being LeRobot's episode_index i). Both
@@ -23,6 +24,8 @@ def main(args):
     episode = source.read_episode(args['episode_idx'])
     if episode.images:
         dt = 1 / source.fps if hasattr(source, 'fps') else DT  # LeRobot datasets name their rate
+        if not hasattr(source, 'fps') and args.get('task_name'):  # HDF5 episodes do not: the task's (SO: 30 Hz)
+            dt = 1 / get_task_config(args['task_name']).get('fps', 1 / DT)
         save_videos(episode.images, dt, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
     else:
         print(f'{dataset_name} has no camera images: no video written')

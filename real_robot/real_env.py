@@ -197,6 +197,9 @@ def make_eval_env(backend='builtin', driver='auto', camera_names=None, image_siz
         if backend != 'builtin':
             raise ValueError(f'--robot_backend {backend}: SO arms run on the builtin backend')
         check_driver(driver)
+        if driver == 'sim':
+            from real_robot.so_sim import make_sim_so_env
+            return make_sim_so_env(task_config, camera_names, image_size)
         return make_so_env(task_config, camera_names)
     if backend == 'aloha_scripts':
         return _aloha_scripts_module('real_env').make_real_env(init_node=True)

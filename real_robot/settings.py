@@ -47,7 +47,7 @@ CAMERA_DEVICES = {
     'wrist': '/dev/video2',
 }
 ALOHA_DRIVERS = ('auto', 'interbotix', 'dynamixel', 'sim')  # how ALOHA's arms are reached ('auto': the first)
-SO_DRIVERS = ('auto', 'feetech')  # how SO-100 / SO-101 arms are reached
+SO_DRIVERS = ('auto', 'feetech', 'sim')  # how SO-100 / SO-101 arms are reached (sim: real_robot/so_sim.py)
 ROBOT_DRIVERS = ALOHA_DRIVERS + ('feetech',)  # --robot_driver
 ROBOT_BACKENDS = ('builtin', 'aloha_scripts')  # --robot_backend: our drivers or the aloha_scripts/ROS stack
 CAMERA_HW = IMAGE_HW  # (height, width) requested from each camera

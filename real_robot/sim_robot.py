@@ -105,9 +105,11 @@ class SimBot(Bot):
 class SimCameraSet:
     """Simulated cameras with the CameraSet interface."""
 
-    def __init__(self, rig, camera_names):
+    def __init__(self, rig, camera_names, sim_cameras=None):
+        """sim_cameras: real camera name -> MuJoCo camera name (default settings.SIM_CAMERAS)."""
         self.rig = rig
-        self.sim_cameras = {name: settings.SIM_CAMERAS[name] for name in camera_names}
+        mapping = settings.SIM_CAMERAS if sim_cameras is None else sim_cameras
+        self.sim_cameras = {name: mapping[name] for name in camera_names}
 
     def get_images(self):
         return SimImages(self.rig, self.sim_cameras)

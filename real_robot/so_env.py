@@ -90,6 +90,7 @@ class SOEnv(RobotEnv):
             self.watchdog.disarm()
         if not fake:
             self._engaged = True
+            self.clock.on_reset()  # a simulated scene starts a new episode; real hardware has nothing to reset
             self._power_on()
         self._targets = None
         return self._first_step()
@@ -101,7 +102,7 @@ class SOEnv(RobotEnv):
 
 def check_driver(driver):
     if driver not in SO_DRIVERS:
-        raise ValueError(f"--robot_driver {driver}: SO arms are driven by the Feetech driver; use "
+        raise ValueError(f"--robot_driver {driver}: SO arms are driven by the Feetech driver, or simulated; use "
                          f"{' or '.join(SO_DRIVERS)}")
 
 

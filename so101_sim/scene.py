@@ -20,6 +20,10 @@ SUBSTEPS = 16  # physics steps per control step (timestep 2.08 ms)
 CUBE_HALF = 0.02  # m: a 4 cm cube, which the jaw pads hold parallel
 CUBE_MASS = 0.03  # kg
 CUBE_FRICTION = (1.5, 0.01, 0.001)  # sliding, torsional, rolling
+# Stiff contacts: with MuJoCo's default (a 20 ms time constant) the squeezed 30 g cube lets the jaw pads
+# sink 2 cm into it; these keep it to about a millimetre
+CUBE_SOLREF = (0.005, 1.0)
+CUBE_SOLIMP = (0.95, 0.99, 0.001, 0.5, 2.0)  # with MuJoCo's default midpoint and power
 TARGET_CENTRE = (0.22, -0.13)  # m: the marked area the cube goes to
 TARGET_RADIUS = 0.045  # m
 CUBE_RANGES = {'x': (0.17, 0.27), 'y': (0.05, 0.15), 'yaw': (-np.pi / 4, np.pi / 4)}  # where the cube starts
@@ -109,7 +113,8 @@ def _add_world(spec, mujoco):
     cube = world.add_body(name='cube', pos=[0.22, 0.1, CUBE_HALF])
     cube.add_freejoint(name='cube')
     cube.add_geom(name='cube', type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, mass=CUBE_MASS,
-                  rgba=[0.85, 0.1, 0.1, 1], friction=list(CUBE_FRICTION), condim=4)
+                  rgba=[0.85, 0.1, 0.1, 1], friction=list(CUBE_FRICTION), condim=4, solref=list(CUBE_SOLREF),
+                  solimp=list(CUBE_SOLIMP))
 
 
 def _add_cameras(spec, mujoco):

@@ -168,3 +168,52 @@ def test_the_full_scripted_set_succeeds(kinematics):
         _, rewards = scripted_episode(env, kinematics, sample_cube_pose(rng), config['episode_len'] + 1, rng=rng)
         successes += rewards.max() == 4
     assert successes >= 49
+
+
+### --robot_driver sim for the SO tasks: the simulated arm behind the real SO environment
+@pytest.fixture
+def sim_so_env():
+    from real_robot import make_eval_env
+    env = make_eval_env(driver='sim', task_name='so101_pick_place', camera_names=['front', 'wrist'],
+                        image_size=SMALL)
+    yield env
+    env.close()
+
+
+def test_the_real_so_task_runs_on_the_simulated_arm_with_its_units_and_clamps(sim_so_env):
+    from real_robot import settings
+    ts = sim_so_env.reset()
+    obs = ts.observation
+    assert set(obs) == {'qpos', 'qvel', 'effort', 'images'}
+    assert np.abs(obs['qpos'] - START_POSE).max() < 0.1  # the calibrated units are the simulation's
+    assert {cam: obs['images'][cam].shape for cam in ('front', 'wrist')} == {'front': (*SMALL, 3),
+                                                                             'wrist': (*SMALL, 3)}
+    target = obs['qpos'] + np.array([40.0, 0, 0, 0, 0, 0])
+    largest = settings.SO_MAX_STEP * 360 / 4095  # degrees a target may move per step (the safety clamp)
+    previous = obs['qpos'][0]
+    for _ in range(3):
+        qpos = sim_so_env.step(target).observation['qpos']
+        assert qpos[0] - previous < largest + 1.0
+        previous = qpos[0]
+    assert previous < START_POSE[0] + 3 * largest + 1.0  # still on its way: the target was clamped
+
+
+def test_the_sim_driver_refuses_what_the_scene_lacks():
+    from real_robot import make_eval_env
+    with pytest.raises(ValueError, match='one arm; this task has 2 followers'):
+        make_eval_env(driver='sim', task_name='so101_bimanual')
+    with pytest.raises(KeyError, match="no simulated camera 'top' in the SO-101 scene"):
+        make_eval_env(driver='sim', task_name='so101_pick_place', camera_names=['top'])
+
+
+def test_the_simulated_arm_has_the_real_arms_calibration_layout():
+    from real_robot import settings
+    from real_robot.so_sim import MID_STEP, sim_calibration
+    env = make_so101_env(camera_names=[])
+    units = Units(env.physics.model.ptr)
+    calibration = sim_calibration(units.low, units.high)
+    assert list(calibration) == list(settings.SO_JOINTS)
+    assert (calibration['wrist_roll']['range_min'], calibration['wrist_roll']['range_max']) == (0, 4095)
+    for joint in ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex'):
+        entry = calibration[joint]
+        assert entry['range_min'] + entry['range_max'] == 2 * MID_STEP  # 0 degrees at the model's zero
