@@ -1,12 +1,12 @@
 # Two commands set everything up: `make demo` and `make test`; `make recipe` trains a policy that
 # succeeds, `make insertion` one for the insertion task, `make diffusion` a Diffusion Policy, `make bench`
-# runs the benchmarks.
+# runs the benchmarks; `make so101` one simulated SO-101 arm.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: demo recipe insertion diffusion test test-slow bench
+.PHONY: demo recipe insertion diffusion so101 test test-slow bench
 
 # torch is installed first, then named again beside requirements.txt so pip never replaces it
 $(VENV)/.installed: requirements.txt
@@ -44,3 +44,8 @@ insertion: $(VENV)/.installed
 # for 2,000 steps and 50 rollouts, in about 25 minutes on a 2-core CPU (demo.py)
 diffusion: $(VENV)/.installed
 	$(PY) demo.py --recipe diffusion --out diffusion
+
+# One simulated SO-101 arm in ./so101/: 50 scripted pick-and-place demonstrations at 96x128 (front and
+# wrist cameras), the CPU recipe's ACT trained for 2,400 steps and 50 rollouts (demo.py)
+so101: $(VENV)/.installed
+	$(PY) demo.py --recipe so101 --out so101

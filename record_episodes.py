@@ -19,7 +19,6 @@ from formats.datasets import DATASET_FORMATS
 from real_robot.settings import ROBOT_DRIVERS
 from recording.robot import main
 
-RECORDING_DRIVERS = tuple(d for d in ROBOT_DRIVERS if d != 'sim')  # leaders to copy: real arms only
 
 
 def build_parser():
@@ -36,9 +35,9 @@ def build_parser():
                         'copy the leaders at the task\'s rate until Ctrl-C, then the safe stop (the first thing to '
                         'run after calibrating new arms)')
     parser.add_argument('--num_steps', type=int, help='--teleop_only: stop after this many steps (default: at Ctrl-C)')
-    parser.add_argument('--robot_driver', choices=RECORDING_DRIVERS, default='auto',
+    parser.add_argument('--robot_driver', choices=ROBOT_DRIVERS, default='auto',
                         help='how to reach the arms (auto: feetech for SO tasks, else interbotix when its ROS '
-                             'modules import)')
+                             'modules import; sim: a simulated SO-101 follower copying a real leader)')
     return parser
 
 

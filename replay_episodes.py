@@ -18,9 +18,8 @@ def make_env(args):
     """The follower arms the actions are replayed on (no cameras)."""
     task_config = real_robot.get_task_config(args['task_name']) if args.get('task_name') else {}
     if real_robot.is_so_task(task_config):
-        from real_robot.so_env import check_driver
-        check_driver(args.get('robot_driver', 'auto'))
-        return real_robot.make_so_env(task_config, camera_names=[])
+        from real_robot.so_sim import make_so_followers
+        return make_so_followers(task_config, args.get('robot_driver', 'auto'), camera_names=[])
     return real_robot.make_real_env(init_node=True, driver=args.get('robot_driver', 'auto'))
 
 

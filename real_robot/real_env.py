@@ -191,16 +191,13 @@ def _aloha_scripts_module(name):
 def make_eval_env(backend='builtin', driver='auto', camera_names=None, image_size=None, task_name=None):
     """Environment for policy evaluation on a real (or simulated-real) robot; an SO task's arms
     when task_name names one (REAL_TASK_CONFIGS in constants.py)."""
-    from real_robot.so_env import check_driver, is_so_task, make_so_env
+    from real_robot.so_env import is_so_task
     task_config = TASK_CONFIGS.get(task_name, {})
     if is_so_task(task_config):
         if backend != 'builtin':
             raise ValueError(f'--robot_backend {backend}: SO arms run on the builtin backend')
-        check_driver(driver)
-        if driver == 'sim':
-            from real_robot.so_sim import make_sim_so_env
-            return make_sim_so_env(task_config, camera_names, image_size)
-        return make_so_env(task_config, camera_names)
+        from real_robot.so_sim import make_so_followers
+        return make_so_followers(task_config, driver, camera_names, image_size)
     if backend == 'aloha_scripts':
         return _aloha_scripts_module('real_env').make_real_env(init_node=True)
     if backend != 'builtin':

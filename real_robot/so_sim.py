@@ -14,6 +14,7 @@ from real_robot import settings
 from real_robot.bots import Clock
 from real_robot.feetech import SOArm, Units
 from real_robot.sim_robot import SimCameraSet
+from real_robot.so_env import SOEnv, check_driver, make_so_env
 
 STEPS_PER_TURN = 4096
 MID_STEP = 2048  # the raw step of a body joint's model zero
@@ -123,7 +124,6 @@ class SimSOArm(SOArm):
 
 def make_sim_so_env(task_config, camera_names=None, image_size=None, realtime=False):
     """An SOEnv on the simulated SO-101: the task's one follower arm and its cameras (realtime: as SORig)."""
-    from real_robot.so_env import SOEnv
     from so101_sim.env import CAMERA_NAMES
     if len(task_config['followers']) != 1:
         raise ValueError(f"--robot_driver sim: the simulated SO-101 scene has one arm; this task has "
@@ -136,3 +136,11 @@ def make_sim_so_env(task_config, camera_names=None, image_size=None, realtime=Fa
     rig = SORig(image_size, realtime)
     arm = SimSOArm(rig, task_config['followers'][0])
     return SOEnv([arm], SimCameraSet(rig, names, {name: name for name in CAMERA_NAMES}))
+
+
+def make_so_followers(task_config, driver='auto', camera_names=None, image_size=None, realtime=False):
+    """The SO task's follower arms by --robot_driver: the Feetech servos, or ('sim') the simulated arm."""
+    check_driver(driver)
+    if driver == 'sim':
+        return make_sim_so_env(task_config, camera_names, image_size, realtime)
+    return make_so_env(task_config, camera_names)

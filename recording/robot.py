@@ -133,11 +133,10 @@ def so_session(task_config, driver):
     """(env, read_action) of an SO task's followers and leaders, the followers moved to the leaders'
     pose first; the followers end without torque. driver 'sim': the follower is the simulated SO-101."""
     from real_robot.so_env import check_driver
+    from real_robot.so_sim import make_so_followers
     check_driver(driver)
-    make_env = functools.partial(real_robot.make_so_env, task_config)
-    if driver == 'sim':  # a simulated follower, paced at the task's rate for the person at the leader
-        from real_robot.so_sim import make_sim_so_env
-        make_env = functools.partial(make_sim_so_env, task_config, realtime=True)
+    # a simulated follower is paced at the task's rate, for the person at the leader
+    make_env = functools.partial(make_so_followers, task_config, driver, realtime=True)
     leaders = real_robot.make_so_leaders(task_config)
     with followers(make_env, leaders) as env:
         move_arms(list(env.bots), list(real_robot.get_so_action(leaders).reshape(len(leaders), -1)),

@@ -14,6 +14,7 @@ LAYERS = (
     ('checkpoints',),
     ('policies', 'real_robot'),
     ('formats', 'sim_env', 'ee_sim_env', 'scripted_policy', 'detr'),
+    ('so101_sim',),
     ('common',),
     ('constants',),
 )

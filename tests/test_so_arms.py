@@ -317,7 +317,7 @@ def test_ctrl_c_releases_torque(station, env, monkeypatch, capsys):
 
 def test_aloha_drivers_are_refused_for_so_tasks(station):
     with pytest.raises(ValueError, match='SO arms are driven by the Feetech driver'):
-        real_robot.make_eval_env(driver='sim', task_name='tiny_so_task')
+        real_robot.make_eval_env(driver='dynamixel', task_name='tiny_so_task')
     with pytest.raises(ValueError, match='feetech drives SO-100'):
         real_robot.make_real_env(init_node=False, driver='feetech')
 
@@ -364,6 +364,21 @@ def test_teleoperation_alone_copies_the_leader_and_records_nothing(station, monk
     assert not os.path.exists(dataset_dir) or os.listdir(dataset_dir) == []
     assert all(s.get('torque_enable') == 0 for s in emulators['so_follower'].servos.values())
     assert 'step/s' in capsys.readouterr().err  # the achieved rate
+
+
+def test_a_leader_teleoperates_a_simulated_follower(station, monkeypatch):
+    from real_robot import so_sim
+    emulators, _ = station
+    operator_holds_the_leader(emulators, monkeypatch)
+    made = []
+    make = so_sim.make_sim_so_env
+    monkeypatch.setattr(so_sim, 'make_sim_so_env', lambda *a, **k: made.append(make(*a, **k)) or made[-1])
+    record_episodes.main({'task_name': 'tiny_so_task', 'teleop_only': True, 'num_steps': 8, 'robot_driver': 'sim'})
+    rig = made[0].bots[0].rig
+    assert rig.realtime  # paced for the person at the leader
+    leader_pan = Units(CALIBRATION).to_units([LEADER_PAN_RAW, 0, 0, 0, 0, 0])[0]  # 78 degrees
+    follower_pan = rig.env.task.units.to_units(rig.radians()[0])[0]
+    assert abs(follower_pan - leader_pan) < 2.0
 
 
 def test_teleoperation_ends_at_ctrl_c_with_the_safe_stop(station, monkeypatch, capsys):
