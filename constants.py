@@ -144,6 +144,8 @@ JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wri
 
 
 ALOHA_STATE_DIM = 2 * (len(JOINT_NAMES) + 1)  # two arms of 6 joints and a gripper
+# An SO-100 / SO-101 arm's joints in their servo order (IDs 1..6), as LeRobot names them: real and simulated
+SO_JOINT_NAMES = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
 
 
 def joint_names(dim):

@@ -6,7 +6,7 @@ per serial number); gripper calibration constants live in the top-level constant
 import math
 import os
 
-from constants import IMAGE_HW, REPO_DIR, START_ARM_POSE
+from constants import IMAGE_HW, REPO_DIR, SO_JOINT_NAMES, START_ARM_POSE
 
 ### Servo buses (Dynamixel Protocol 2.0, one USB-serial adapter per arm)
 SERVO_PORTS = {  # bot name -> serial device
@@ -106,7 +106,7 @@ SO_ARMS = {  # arm name -> serial device and calibration file (LeRobot's JSON fo
                        ('so_follower_right', '/dev/ttyACM2'), ('so_leader_right', '/dev/ttyACM3'))
 }
 SO_BAUDRATE = 1_000_000  # STS3215 factory setting
-SO_JOINTS = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
+SO_JOINTS = SO_JOINT_NAMES
 SO_SERVO_IDS = (1, 2, 3, 4, 5, 6)  # in SO_JOINTS order
 SO_FULL_TURN_JOINT = 'wrist_roll'  # calibrated over the whole turn (0..4095) instead of a recorded range
 # Units of positions and actions, LeRobot's: body joints in degrees about mid-range ('degrees', LeRobot's

