@@ -155,6 +155,15 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     imitate_episodes.main(dict(args, eval=True, num_rollouts=1, eval_ckpt='policy_last.ckpt', save_video=False))
     result = json.load(open(tmp_path / 'ckpt' / 'result_policy_last.json'))
     assert result['num_rollouts'] == 1 and set(result['stages']) == {'0', '1', '2', '3', '4'}
+    assert os.path.isfile(tmp_path / 'ckpt' / 'report.html')
+    import export_policy
+    from policy_runtime import PolicyRunner
+    export_policy.main(['--ckpt_dir', str(tmp_path / 'ckpt'), '--ckpt', 'policy_last.ckpt', '--out',
+                        str(tmp_path / 'export')])
+    runner = PolicyRunner(str(tmp_path / 'export'))
+    assert runner.manifest['control_hz'] == 30 and runner.camera_names == ['front', 'wrist']
+    action = runner.act(np.array(START_POSE, np.float32), np.zeros((2, *SMALL, 3), np.uint8))
+    assert action.shape == (STATE_DIM,) and np.all(np.isfinite(action))
 
 
 @pytest.mark.slow
