@@ -80,7 +80,8 @@ def main(args):
     if args['dataset_dir']:
         report['recorded'] = recorded_difference(args, folders)
     report['cases'] = {name: case_report(evaluate(args, f'{args["runtime"]}_{name}',
-                                                  [*agg, '--runtime', args['runtime'], '--export_dir', folder]))
+                                                  [*agg, '--runtime', args['runtime'], '--export_dir', folder],
+                                                  bench='int8_success'))
                        for name, folder in folders.items()}
     rates = [case['success_rate'] for case in report['cases'].values()]
     report['success_difference_points'] = round(100 * (rates[1] - rates[0]), 1)  # int8 - fp32

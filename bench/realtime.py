@@ -66,22 +66,22 @@ def case_folder(args, name):
     return folder
 
 
-def evaluate(args, name, flags):
-    """One case's result_<ckpt>.json, evaluated now unless an earlier run left it."""
+def evaluate(args, name, flags, bench='realtime'):
+    """One case's result_<ckpt>.json, evaluated now unless an earlier run left it (bench: who says so)."""
     folder = case_folder(args, name)
     path = os.path.join(folder, os.path.splitext(result_file_name(args['ckpt']))[0] + '.json')
     if not os.path.isfile(path):
         command = [sys.executable, 'imitate_episodes.py', '--eval', '--ckpt_dir', folder, '--eval_ckpt', args['ckpt'],
                    '--num_rollouts', str(args['num_rollouts']), '--eval_workers', str(args['eval_workers']),
                    '--no_video', *flags]
-        print(f'realtime: {name}: {" ".join(command[1:])}', file=sys.stderr, flush=True)
+        print(f'{bench}: {name}: {" ".join(command[1:])}', file=sys.stderr, flush=True)
         start = time.perf_counter()
         with open(os.path.join(folder, 'eval.log'), 'w') as log:
             done = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                   env=dict(os.environ, OMP_NUM_THREADS='1'))
         if done.returncode != 0:
-            raise SystemExit(f'realtime: the {name} evaluation failed (see {folder}/eval.log)')
-        print(f'realtime: {name}: {time.perf_counter() - start:.0f} s', file=sys.stderr, flush=True)
+            raise SystemExit(f'{bench}: the {name} evaluation failed (see {folder}/eval.log)')
+        print(f'{bench}: {name}: {time.perf_counter() - start:.0f} s', file=sys.stderr, flush=True)
     with open(path) as f:
         return json.load(f)
 
