@@ -148,6 +148,26 @@ ALOHA_STATE_DIM = 2 * (len(JOINT_NAMES) + 1)  # two arms of 6 joints and a gripp
 SO_JOINT_NAMES = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
 
 
+def so_feature_names(num_arms):
+    """LeRobot's feature names of SO arms' values: shoulder_pan.pos, ... (left_shoulder_pan.pos, ... for two)."""
+    prefixes = {1: [''], 2: ['left_', 'right_']}.get(num_arms) or [f'arm{i}_' for i in range(num_arms)]
+    return [f'{prefix}{joint}.pos' for prefix in prefixes for joint in SO_JOINT_NAMES]
+
+
+def is_so_task_config(task_config):
+    """An SO-arm task: a real one names its follower arms, a simulated one has robot_type so101."""
+    return 'followers' in task_config or task_config.get('robot_type') == SO101_ROBOT_TYPE
+
+
+def lerobot_settings(task_name):
+    """What a LeRobot dataset of the task records beside its episodes: {'fps', 'task', 'robot_type',
+    'names'} (names None: constants.joint_names)."""
+    config = get_task_config(task_name)
+    arms = len(config.get('followers', ())) or 1
+    return {'fps': config.get('fps', CONTROL_HZ), 'task': config.get('instruction'),
+            'robot_type': config.get('robot_type'), 'names': so_feature_names(arms) if is_so_task_config(config) else None}
+
+
 def joint_names(dim):
     """ALOHA's names for its 14 joints (left arm first), else joint_0, joint_1, ..."""
     if dim == ALOHA_STATE_DIM:

@@ -18,8 +18,9 @@ def check_destination(dst):
         raise ValueError(f'DST {dst} already exists; choose a new folder (nothing is overwritten)')
 
 
-def to_lerobot(src, dst, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=None, num_episodes=None):
-    """HDF5 episodes 0..N-1 of src -> a new LeRobot v3.0 dataset at dst; returns N."""
+def to_lerobot(src, dst, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=None, num_episodes=None, names=None):
+    """HDF5 episodes 0..N-1 of src -> a new LeRobot v3.0 dataset at dst; returns N. names: of the state
+    and action values (default constants.joint_names)."""
     source = open_dataset(src)
     if isinstance(source, LeRobotEpisodes):
         raise ValueError(f'SRC {src} is a LeRobot dataset already; --to hdf5 converts it to episode files')
@@ -29,7 +30,11 @@ def to_lerobot(src, dst, fps=None, task=DEFAULT_TASK, robot_type=None, vcodec=No
     check_destination(dst)
     if robot_type is None and source.low_dim(0)[0].shape[1] == ALOHA_STATE_DIM:
         robot_type = ALOHA_ROBOT_TYPE
-    with LeRobotWriter(dst, fps=fps or CONTROL_HZ, task=task, robot_type=robot_type, vcodec=vcodec) as writer:
+    if names is not None and len(names) != source.low_dim(0)[0].shape[1]:
+        raise ValueError(f'SRC {src} has {source.low_dim(0)[0].shape[1]} state values, but the task names '
+                         f'{len(names)} ({", ".join(names)}): give the task the episodes were recorded for')
+    with LeRobotWriter(dst, fps=fps or CONTROL_HZ, task=task, robot_type=robot_type, vcodec=vcodec,
+                       names=names) as writer:
         for index in tqdm(range(count), desc=f'{src} -> LeRobot ({writer.vcodec})', unit='episode'):
             writer.add(source.read_episode(index))
     return count

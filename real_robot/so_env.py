@@ -15,6 +15,8 @@ import contextlib
 
 import numpy as np
 
+from constants import so_feature_names
+
 from real_robot import settings
 from real_robot.bots import Clock
 from real_robot.robot_env import RobotEnv, make_cameras
@@ -25,12 +27,6 @@ SO_DRIVERS = settings.SO_DRIVERS
 
 def is_so_task(task_config):
     return 'followers' in task_config
-
-
-def so_joint_names(num_arms):
-    """LeRobot's feature names of the joints: shoulder_pan.pos, ... (left_shoulder_pan.pos, ... for two arms)."""
-    prefixes = {1: [''], 2: ['left_', 'right_']}.get(num_arms) or [f'arm{i}_' for i in range(num_arms)]
-    return [f'{prefix}{joint}.pos' for prefix in prefixes for joint in settings.SO_JOINTS]
 
 
 class SOEnv(RobotEnv):
@@ -69,7 +65,7 @@ class SOEnv(RobotEnv):
         width = len(settings.SO_JOINTS) * len(self.bots)
         if action.shape != (width,):
             raise ValueError(f'action of shape {action.shape} for {len(self.bots)} SO arm(s): expected ({width},) '
-                             f'({", ".join(so_joint_names(len(self.bots)))})')
+                             f'({", ".join(so_feature_names(len(self.bots)))})')
         if self._targets is None:
             self._targets = [arm.read_raw()[:, 0].astype(float) for arm in self.bots]
         for i, (arm, part) in enumerate(zip(self.bots, action.reshape(len(self.bots), -1))):

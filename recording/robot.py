@@ -12,13 +12,13 @@ from tqdm import tqdm
 
 import real_robot
 from common.files import prepare_folder
-from constants import CONTROL_HZ, DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
+from constants import (CONTROL_HZ, DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN,
+                       so_feature_names)
 from formats.episode import Episode
 from formats.hdf5 import episode_path, store_episode
 from formats.lerobot_writer import append_episodes, count_lerobot_episodes
 from real_robot import settings
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
-from real_robot.so_env import so_joint_names
 
 MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
 
@@ -226,5 +226,5 @@ def lerobot_target(args, dataset_dir, task_config):
     writer = {'fps': CONTROL_HZ, 'task': task}
     if real_robot.is_so_task(task_config):  # LeRobot's names, rate and robot type for SO arms
         writer.update(fps=task_config.get('fps', settings.SO_FPS), robot_type=task_config.get('robot_type'),
-                      names=so_joint_names(len(task_config['followers'])))
+                      names=so_feature_names(len(task_config['followers'])))
     return dataset_dir, lambda episode: append_episodes(dataset_dir, [episode], **writer)

@@ -16,7 +16,8 @@ import sim_env
 from common.files import drop_staging, is_staging, make_staging, prepare_folder
 from common.media import OnscreenView
 from common.processes import worker_pool
-from constants import CONTROL_HZ, PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config
+from constants import (PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config,
+                       lerobot_settings)
 from ee_sim_env import make_ee_sim_env
 from formats.hdf5 import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
 from formats.lerobot_writer import LeRobotWriter, count_lerobot_episodes
@@ -326,12 +327,9 @@ def append_staged(staging, indices, dataset_dir, task_name, task=None):
     """Append the staged episode files `indices` to the LeRobot dataset at dataset_dir, then remove
     them; task: the dataset's task text (default: the task's instruction), robot_type the task's."""
     if len(indices):
-        config = get_sim_task_config(task_name)
-        names = None
-        if is_so101_task(task_name):
-            from so101_sim.env import FEATURE_NAMES as names
-        with LeRobotWriter(dataset_dir, fps=config.get('fps', CONTROL_HZ), task=task or config['instruction'],
-                           robot_type=config['robot_type'], names=names) as writer:
+        settings = lerobot_settings(task_name)
+        with LeRobotWriter(dataset_dir, fps=settings['fps'], task=task or settings['task'],
+                           robot_type=settings['robot_type'], names=settings['names']) as writer:
             for index in indices:
                 writer.add(read_episode(episode_path(staging, index)))
                 print(f'episode {index} appended to {dataset_dir} ({writer.vcodec})')

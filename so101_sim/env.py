@@ -23,7 +23,7 @@ from dm_control.rl import control
 from dm_control.suite import base
 
 from common.sim_cameras import CameraSet, resolve_cameras
-from constants import IMAGE_HW
+from constants import IMAGE_HW, so_feature_names
 from so101_sim import scene
 
 TIME_LIMIT = 30  # seconds of simulated time before dm_control ends an episode
@@ -33,7 +33,7 @@ DEGREES_PER_RADIAN = 4096 / (2 * np.pi) * 360 / 4095
 GRIPPER_SPAN = 100.0  # the gripper's units over its range
 START_POSE = (0.0, -12.1, 11.4, 90.7, 2.7, 30.0)  # units: the gripper 8 cm above the table, pointing down
 CAMERA_NAMES = tuple(scene.CAMERAS)
-FEATURE_NAMES = [f'{joint}.pos' for joint in scene.JOINTS]  # LeRobot's names of the SO arm's values
+FEATURE_NAMES = so_feature_names(1)  # LeRobot's names of the arm's values: shoulder_pan.pos, ...
 
 
 class Units:

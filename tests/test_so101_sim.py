@@ -226,3 +226,19 @@ def test_the_simulated_arm_has_the_real_arms_calibration_layout():
     for joint in ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex'):
         entry = calibration[joint]
         assert entry['range_min'] + entry['range_max'] == 2 * MID_STEP  # 0 degrees at the model's zero
+
+
+def test_convert_dataset_takes_the_tasks_lerobot_settings(recorded, tmp_path):
+    import convert_dataset
+    root, _ = recorded
+    args = vars(convert_dataset.build_parser().parse_args(
+        ['--to', 'lerobot', str(root / 'hdf5'), str(tmp_path / 'lr'), '--task_name', TASK, '--num_episodes', '1']))
+    convert_dataset.main(args)
+    info = json.load(open(tmp_path / 'lr' / 'meta' / 'info.json'))
+    assert (info['fps'], info['robot_type']) == (30, 'so101')
+    assert info['features']['observation.state']['names'] == FEATURE_NAMES
+    import pyarrow.parquet as pq
+    assert pq.read_table(tmp_path / 'lr' / 'meta' / 'tasks.parquet').to_pylist()[0]['task'] == \
+        'Pick up the red cube and put it on the green target'
+    with pytest.raises(ValueError, match='has 6 state values, but the task names 12'):
+        convert_dataset.main(dict(args, dst=str(tmp_path / 'lr2'), task_name='so101_bimanual'))
