@@ -43,7 +43,7 @@ def export_folder(args, name):
             command += ['--dataset_dir', args['dataset_dir']] if args['dataset_dir'] else []
         print(f'int8_success: {" ".join(command[1:])}', file=sys.stderr, flush=True)
         start = time.perf_counter()
-        if subprocess.run(command, cwd=ROOT).returncode != 0:
+        if subprocess.run(command, cwd=ROOT, stdout=sys.stderr).returncode != 0:  # stdout: the JSON alone
             raise SystemExit(f'int8_success: the {name} export failed')
         print(f'int8_success: {name} export: {time.perf_counter() - start:.0f} s', file=sys.stderr, flush=True)
     return folder

@@ -495,7 +495,7 @@ def test_the_int8_success_bench_compares_the_two_exports(act_export, calibration
                                                          capsys):
     from bench import int8_success
 
-    def in_process(command, cwd):  # export_policy.py's command run here, not in a new interpreter
+    def in_process(command, cwd, stdout):  # export_policy.py's command run here, not in a new interpreter
         assert command[1] == 'export_policy.py'
         export_policy.main(command[2:])
         return subprocess.CompletedProcess(command, 0)
