@@ -154,18 +154,17 @@ def so_feature_names(num_arms):
     return [f'{prefix}{joint}.pos' for prefix in prefixes for joint in SO_JOINT_NAMES]
 
 
-def is_so_task_config(task_config):
-    """An SO-arm task: a real one names its follower arms, a simulated one has robot_type so101."""
-    return 'followers' in task_config or task_config.get('robot_type') == SO101_ROBOT_TYPE
-
-
 def lerobot_settings(task_name):
     """What a LeRobot dataset of the task records beside its episodes: {'fps', 'task', 'robot_type',
     'names'} (names None: constants.joint_names)."""
     config = get_task_config(task_name)
-    arms = len(config.get('followers', ())) or 1
+    names = None
+    if 'followers' in config:  # real SO arms
+        names = so_feature_names(len(config['followers']))
+    elif config.get('robot_type') == SO101_ROBOT_TYPE:  # the simulated SO-101
+        names = so_feature_names(1)
     return {'fps': config.get('fps', CONTROL_HZ), 'task': config.get('instruction'),
-            'robot_type': config.get('robot_type'), 'names': so_feature_names(arms) if is_so_task_config(config) else None}
+            'robot_type': config.get('robot_type'), 'names': names}
 
 
 def joint_names(dim):

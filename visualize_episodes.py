@@ -23,9 +23,10 @@ def main(args):
     source = open_dataset(dataset_dir)
     episode = source.read_episode(args['episode_idx'])
     if episode.images:
-        dt = 1 / source.fps if hasattr(source, 'fps') else DT  # LeRobot datasets name their rate
-        if not hasattr(source, 'fps') and args.get('task_name'):  # HDF5 episodes do not: the task's (SO: 30 Hz)
-            dt = 1 / get_task_config(args['task_name']).get('fps', 1 / DT)
+        if hasattr(source, 'fps'):  # LeRobot datasets name their rate
+            dt = 1 / source.fps
+        else:  # HDF5 episodes do not: the task's (SO tasks 30 Hz), else the original's
+            dt = 1 / get_task_config(args['task_name']).get('fps', 1 / DT) if args.get('task_name') else DT
         save_videos(episode.images, dt, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
     else:
         print(f'{dataset_name} has no camera images: no video written')

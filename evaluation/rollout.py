@@ -223,11 +223,11 @@ class Evaluator:
         if not self.settings.real_robot:  # (a real robot stops on its own)
             from dm_control.rl.control import PhysicsError  # after make_env: sim_env chose the GL backend
             self.sim_failures = (NonFiniteAction, PhysicsError)
-        clock = getattr(self.env, 'clock', None)  # real robots: their control rate (SO arms 30 Hz)
-        if getattr(clock, 'dt', None):
-            self.video_fps = round(1 / clock.dt)
-        else:  # simulation: the task's control rate (SO-101 tasks 30 Hz)
-            self.video_fps = round(1 / self.env.control_timestep()) if self.sim_failures else CONTROL_HZ
+        if self.settings.real_robot:  # the robot's control rate (SO arms 30 Hz)
+            clock = getattr(self.env, 'clock', None)
+            self.video_fps = round(1 / clock.dt) if getattr(clock, 'dt', None) else CONTROL_HZ
+        else:  # the sim task's control rate (SO-101 tasks 30 Hz)
+            self.video_fps = round(1 / self.env.control_timestep())
 
     def close(self):
         """The real robot to its safe pose with torque off, and the policy's thread, if any, ended."""

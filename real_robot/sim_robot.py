@@ -38,7 +38,7 @@ class SimRig:
 
     def _start(self, ts):
         self.ts = ts
-        self.target = np.array(ts.observation['qpos'], dtype=float)  # (2 * 7,) the simulator's action layout
+        self.target = np.array(ts.observation['qpos'], dtype=float)  # the simulator's action layout (ALOHA 2 * 7)
         self._frames = {}
 
     def tick(self):

@@ -16,7 +16,6 @@ import contextlib
 import numpy as np
 
 from constants import so_feature_names
-
 from real_robot import settings
 from real_robot.bots import Clock
 from real_robot.robot_env import RobotEnv, make_cameras

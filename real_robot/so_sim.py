@@ -13,7 +13,7 @@ import numpy as np
 from real_robot import settings
 from real_robot.bots import Clock
 from real_robot.feetech import SOArm, Units
-from real_robot.sim_robot import SimCameraSet
+from real_robot.sim_robot import SimCameraSet, SimRig
 from real_robot.so_env import SOEnv, check_driver, make_so_env
 
 STEPS_PER_TURN = 4096
@@ -38,11 +38,12 @@ def sim_calibration(low, high):
     return calibration
 
 
-class SORig:
-    """The simulated scene and the clock that steps it: one tick per control step, as fast as the CPU
-    allows, or with realtime=True also paced at the control rate (teleoperation with a leader arm)."""
+class SORig(SimRig):
+    """The simulated scene and the clock that steps it (SimRig's stepping, resets and rendering): one
+    tick per control step, as fast as the CPU allows, or with realtime=True also paced at the control
+    rate (teleoperation with a leader arm)."""
 
-    def __init__(self, image_size=None, realtime=False):
+    def __init__(self, image_size=None, realtime=False):  # noqa: SimRig's arms and cameras are not these
         from sim_env import make_sim_env
         self.env = make_sim_env(SIM_TASK, camera_names=[], shadows=False)
         self.dt = self.env.control_timestep()
@@ -52,15 +53,8 @@ class SORig:
         self.ticks = 0
         self._start(self.env.reset())
 
-    def _start(self, ts):
-        self.ts = ts
-        self.target = np.array(ts.observation['qpos'], dtype=float)  # (6,) the simulator's units
-        self._frames = {}
-
     def tick(self):
-        self.ts = self.env.step(self.target.copy())
-        self.ticks += 1
-        self._frames = {}
+        super().tick()
         if self._pace:
             self._pace.tick()
 
@@ -69,20 +63,10 @@ class SORig:
         """Ticks that came after their deadline (realtime only)."""
         return self._pace.missed if self._pace else 0
 
-    def on_reset(self):
-        self._start(self.env.reset())
-        self.ticks += 1
-
-    def render(self, camera):
-        if camera not in self._frames:
-            height, width = self.image_size
-            self._frames[camera] = self.env.physics.render(height=height, width=width, camera_id=camera)
-        return self._frames[camera]
-
     def radians(self):
         """(6,) joint positions and (6,) velocities of the simulated arm, radians."""
-        data = self.env.physics.data
-        return data.qpos[:6].copy(), data.qvel[:6].copy()
+        data, joints = self.env.physics.data, len(settings.SO_JOINTS)
+        return data.qpos[:joints].copy(), data.qvel[:joints].copy()
 
 
 class SimSOArm(SOArm):

@@ -91,12 +91,13 @@ class SO101PickPlaceTask(base.Task):
         self._next_pose = np.asarray(pose, dtype=np.float64).reshape(-1)
 
     def initialize_episode(self, physics):
-        self.units = Units(physics.model.ptr)
+        if self.units is None:
+            self.units = Units(physics.model.ptr)
         start = self.units.to_radians(np.asarray(START_POSE))
         physics.data.qpos[:STATE_DIM] = start
         np.copyto(physics.data.ctrl, start)
-        pose, self._next_pose = (self._next_pose, None) if self._next_pose is not None else (
-            sample_cube_pose(self.random), None)
+        pose = sample_cube_pose(self.random) if self._next_pose is None else self._next_pose
+        self._next_pose = None
         if pose.shape != (7,):
             raise ValueError(f'cube pose must have 7 values (xyz, quaternion wxyz), got {pose.shape}')
         physics.data.qpos[STATE_DIM:] = pose
