@@ -6,15 +6,14 @@ needs:
     'project'   config.json of this project beside the original's files (checkpoints/folder.py)
     'original'  the original's files alone: policy_*.ckpt and dataset_stats.pkl; the model
                 settings come from the command line, as the original's
-    'lerobot'   a LeRobot ACT pretrained_model/ folder (checkpoints/lerobot_act.py)
+    'lerobot'   a LeRobot ACT or Diffusion pretrained_model/ folder (checkpoints/lerobot.py)
 """
 import os
 from dataclasses import dataclass
 
 from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, checked_config, load_config_json, policy_file
-from checkpoints.lerobot_act import (MODEL_FILE, feature_listing, is_lerobot_config, lerobot_run_config,
-                                     load_lerobot_weights, read_lerobot_checkpoint, read_lerobot_config,
-                                     statistics_from_lerobot)
+from checkpoints.lerobot import lerobot_run_config, load_lerobot_weights, read_lerobot_checkpoint, read_lerobot_config
+from checkpoints.lerobot_files import MODEL_FILE, feature_listing, is_lerobot_config, statistics_from_lerobot
 from common.files import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
@@ -74,10 +73,11 @@ class Checkpoint:
         return policy.to(device).eval()
 
     def _lerobot_policy(self, policy_config, device):
-        """The ACT of a LeRobot pretrained_model/ folder, its features' roles printed."""
+        """The policy of a LeRobot pretrained_model/ folder, its features' roles printed."""
         checkpoint = read_lerobot_checkpoint(self.path, statistics=False)
-        print(f'LeRobot ACT checkpoint {self.path}: {feature_listing(checkpoint["features"])}')
-        policy = make_policy('ACT', policy_config, load_pretrained=False)
+        policy_class = checkpoint['policy_class']
+        print(f'LeRobot {policy_class} checkpoint {self.path}: {feature_listing(checkpoint["features"])}')
+        policy = make_policy(policy_class, policy_config, load_pretrained=False)
         load_lerobot_weights(policy, checkpoint)
         return policy.to(device).eval()
 
@@ -90,7 +90,7 @@ class Checkpoint:
         stats_path = os.path.join(self.path, STATS_FILE)
         if self.kind == 'lerobot' and not os.path.isfile(stats_path):
             stats = statistics_from_lerobot(self.path, read_lerobot_config(self.path))[0]
-            return Normalizer(stats, source=self.path)
+            return Normalizer(stats, cls.action_normalization, source=self.path)
         if not os.path.isfile(stats_path):
             raise FileNotFoundError(f'dataset statistics not found: {stats_path}; training writes it: '
                                     f'{self._train_command(policy_class, task_name)}')
@@ -105,7 +105,7 @@ class Checkpoint:
         source = source or self.path
         if self.kind == 'lerobot':
             checkpoint = read_lerobot_checkpoint(self.path)
-            return {'policy_class': 'ACT', 'policy_config': checkpoint['policy_config'],
+            return {'policy_class': checkpoint['policy_class'], 'policy_config': checkpoint['policy_config'],
                     'state_dict': checkpoint['state_dict'], 'stats': checkpoint['stats'], 'source': source}
         if self.kind == 'original':
             raise ValueError(f'--init_from {source}: {os.path.join(self.path, CONFIG_FILE)} not found; a checkpoint '
@@ -124,7 +124,7 @@ class Checkpoint:
 
 def read_pretrained(path):
     """--init_from PATH: a checkpoint folder (its policy_best), one of its policy files, or a LeRobot
-    ACT pretrained_model/ folder -> Checkpoint.pretrained's dict."""
+    pretrained_model/ folder -> Checkpoint.pretrained's dict."""
     if os.path.isdir(path):
         return open_checkpoint(path).pretrained(source=path)
     folder, name = os.path.split(path)

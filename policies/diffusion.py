@@ -23,6 +23,17 @@ ConditionalUnet1D of the diffusion_policy code), so its checkpoints load. Differ
 - weight decay 1e-6 (the diffusion_policy default; act-plus-plus used 0).
 Images enter the trunk in [0, 1] as in act-plus-plus; ImageNet statistics are applied only when
 the trunk starts from ImageNet weights (pretrained_backbone).
+
+style 'lerobot' computes LeRobot's Diffusion (its DiffusionModel) with the same modules, so that its
+checkpoints read here give its actions (checkpoints/lerobot_diffusion.py): each camera's keypoints
+go through a linear layer of 2 x num_keypoints outputs and a ReLU; the condition puts the state
+before the image features; images are always standardised by image_mean / image_std (LeRobot's
+MEAN_STD statistics) and cut to crop_shape (a random window in training, the centre one in
+evaluation) with no other augmentation; the chunk of num_queries (LeRobot's horizon) starts at the
+oldest observation, so a query returns its actions from the current step on (num_queries -
+obs_horizon + 1) and training targets start obs_horizon - 1 steps back. Its other settings
+(shared_encoder, step_embed_dim, film_scale, backbone_norm, the noise schedule) are LeRobot's
+options under this project's names.
 """
 import copy
 import math
@@ -34,13 +45,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.files import load_torch_file
-from policies.base import AMP_DTYPES, Policy, autocast
-from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE, N_GROUPS, NUM_KEYPOINTS,
-                                     ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk, centre_crop)
+from policies.base import AMP_DTYPES, IMAGENET_MEAN, IMAGENET_STD, Policy, autocast
+from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE, N_GROUPS, NORMS, NUM_KEYPOINTS,
+                                     STEP_EMBED_DIM, ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk,
+                                     centre_crop, centre_window, random_windows)
 from policies.rtc import guided_clean_chunk
 
 ### Fixed values
-BETA_SCHEDULE = 'squaredcos_cap_v2'
+BETA_SCHEDULES = ('squaredcos_cap_v2', 'linear', 'scaled_linear')  # diffusers' names
+STYLES = ('act_plus_plus', 'lerobot')  # module conventions: act-plus-plus's or LeRobot's (module docstring)
 EMA_MAX_DECAY = 0.9999         # ceiling of the EMA decay (warm-up 1 - (1 + step) ** -ema_power)
 SCHEDULERS = ('ddim', 'ddpm', 'dpmsolver')  # dpmsolver: DPM-Solver++, second order, multistep
 PREDICTION_TYPES = ('epsilon', 'sample')  # what the UNet predicts: the noise, or the clean chunk
@@ -67,6 +80,21 @@ DEFAULTS = {
     'backbone_weights': None,
     'augment_images': True,        # training augmentation and the matching evaluation centre crop
     'amp': 'off',                  # inference precision: off (fp32) | bf16 | fp16 (autocast)
+    'style': 'act_plus_plus',      # --diffusion_style: act_plus_plus | lerobot (module docstring)
+    'crop_shape': None,            # --crop_shape H W (lerobot style): the window the trunk sees
+    'num_keypoints': NUM_KEYPOINTS,  # spatial-softmax keypoints per camera
+    'shared_encoder': False,       # one trunk for all cameras (LeRobot: use_separate_rgb_encoder_per_camera false)
+    'step_embed_dim': STEP_EMBED_DIM,  # width of the diffusion-step embedding (LeRobot's default 128)
+    'film_scale': True,            # FiLM scales and shifts (False: shifts only)
+    'backbone_norm': 'group',      # group | batch: the trunk's norm layers (LeRobot: use_group_norm)
+    'beta_schedule': 'squaredcos_cap_v2',
+    'beta_start': 1e-4,            # linear schedules only
+    'beta_end': 0.02,
+    'clip_sample': True,           # the predicted clean chunk clipped to +-clip_sample_range
+    'clip_sample_range': 1.0,
+    # the images' standardisation (3 values, or a triple per camera): with pretrained_backbone or the lerobot style
+    'image_mean': IMAGENET_MEAN,
+    'image_std': IMAGENET_STD,
 }
 
 
@@ -84,11 +112,18 @@ def resolve_config(policy_config):
     cfg['camera_names'] = list(policy_config['camera_names'])
     cfg['num_queries'] = int(policy_config['num_queries'])
     if policy_config.get('action_horizon') is None:
-        cfg['action_horizon'] = min(DEFAULTS['action_horizon'], cfg['num_queries'])
+        cfg['action_horizon'] = min(DEFAULTS['action_horizon'], cfg['num_queries'] - chunk_start(cfg))
     cfg['scheduler'] = str(cfg['scheduler']).lower()
     cfg['down_dims'] = tuple(cfg['down_dims'])
+    if cfg['crop_shape'] is not None:
+        cfg['crop_shape'] = tuple(int(n) for n in cfg['crop_shape'])
     _check_config(cfg)
     return cfg
+
+
+def chunk_start(cfg):
+    """Index of the current step in the predicted chunk: obs_horizon - 1 in LeRobot's style, else 0."""
+    return cfg['obs_horizon'] - 1 if cfg['style'] == 'lerobot' else 0
 
 
 def _check_config(cfg):
@@ -103,9 +138,23 @@ def _check_config(cfg):
     if cfg['prediction_type'] not in PREDICTION_TYPES:
         raise ValueError(f"--prediction_type must be one of {', '.join(PREDICTION_TYPES)}; "
                          f"got {cfg['prediction_type']!r}")
-    if not 1 <= cfg['action_horizon'] <= cfg['num_queries']:
-        raise ValueError(f"--action_horizon must be between 1 and the prediction horizon --chunk_size "
-                         f"({cfg['num_queries']}); got {cfg['action_horizon']}")
+    if cfg['style'] not in STYLES:
+        raise ValueError(f"--diffusion_style must be one of {', '.join(STYLES)}; got {cfg['style']!r}")
+    playable = cfg['num_queries'] - chunk_start(cfg)
+    if not 1 <= cfg['action_horizon'] <= playable:
+        raise ValueError(f"--action_horizon must be between 1 and the {playable} actions a query returns from the "
+                         f"current step (--chunk_size {cfg['num_queries']}"
+                         f"{f' less --obs_horizon - 1' if chunk_start(cfg) else ''}); got {cfg['action_horizon']}")
+    if cfg['crop_shape'] is not None and (cfg['style'] != 'lerobot' or len(cfg['crop_shape']) != 2
+                                          or min(cfg['crop_shape']) < 1):
+        raise ValueError(f"--crop_shape takes two sizes H W and the lerobot style (--diffusion_style lerobot); "
+                         f"got {list(cfg['crop_shape'])} with style {cfg['style']!r}")
+    if cfg['backbone_norm'] not in NORMS:
+        raise ValueError(f"backbone_norm must be one of {', '.join(NORMS)}; got {cfg['backbone_norm']!r}")
+    if cfg['beta_schedule'] not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}; got {cfg['beta_schedule']!r}")
+    if cfg['step_embed_dim'] < 4 or cfg['step_embed_dim'] % 2:
+        raise ValueError(f"step_embed_dim must be an even number >= 4; got {cfg['step_embed_dim']}")
     if not cfg['down_dims'] or any(c < 1 or c % cfg['n_groups'] for c in cfg['down_dims']):
         raise ValueError(f"--down_dims must be one or more channel counts, each a multiple of the "
                          f"{cfg['n_groups']} group-norm groups; got {list(cfg['down_dims'])}")
@@ -120,22 +169,25 @@ def _check_config(cfg):
                       f"the noisiest timestep")
 
 
-def make_noise_scheduler(name, num_train_timesteps, prediction_type='epsilon'):
-    """The diffusers scheduler: squared-cosine betas, the clean chunk clipped to [-1, 1], and what the
-    UNet predicts ('epsilon': the noise; 'sample': the clean chunk). All three share the training
+def make_noise_scheduler(name, cfg):
+    """The diffusers scheduler `name` for the settings cfg (resolve_config's): the betas of
+    beta_schedule (squared cosine by default), the clean chunk clipped to +-clip_sample_range, and what
+    the UNet predicts ('epsilon': the noise; 'sample': the clean chunk). All three share the training
     noise (the same betas), so a policy trained with one samples with any."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=BETA_SCHEDULE, prediction_type=prediction_type)
+    common = dict(num_train_timesteps=cfg['num_train_timesteps'], beta_schedule=cfg['beta_schedule'],
+                  beta_start=cfg['beta_start'], beta_end=cfg['beta_end'], prediction_type=cfg['prediction_type'])
+    clip = dict(clip_sample=bool(cfg['clip_sample']), clip_sample_range=float(cfg['clip_sample_range']))
     if name == 'ddim':
-        return DDIMScheduler(set_alpha_to_one=True, steps_offset=0, clip_sample=True, **common)
+        return DDIMScheduler(set_alpha_to_one=True, steps_offset=0, **clip, **common)
     if name == 'dpmsolver':
-        # Thresholding at the ratio's quantile s, with s held to [1, sample_max_value] = [1, 1], is
-        # the other schedulers' clipping of the predicted clean chunk to [-1, 1]. Its timesteps are
-        # DDIM's (set_sampling_steps).
+        # Thresholding at the ratio's quantile s, with s held to [1, sample_max_value], is the other
+        # schedulers' clipping of the predicted clean chunk. Its timesteps are DDIM's (set_sampling_steps).
         return DPMSolverMultistepScheduler(algorithm_type='dpmsolver++', solver_order=2, solver_type='midpoint',
-                                           lower_order_final=True, final_sigmas_type='zero', thresholding=True,
-                                           sample_max_value=1.0, **common)
-    return DDPMScheduler(variance_type='fixed_small', clip_sample=True, **common)
+                                           lower_order_final=True, final_sigmas_type='zero',
+                                           thresholding=clip['clip_sample'],
+                                           sample_max_value=clip['clip_sample_range'], **common)
+    return DDPMScheduler(variance_type='fixed_small', **clip, **common)
 
 
 def ddim_timesteps(num_train_timesteps, num_inference_steps):
@@ -181,7 +233,11 @@ class DiffusionPolicy(Policy):
         cfg = self.cfg
         self.action_horizon = cfg['action_horizon']
         self.obs_horizon = cfg['obs_horizon']
-        self.normalise_images = bool(cfg['pretrained_backbone'])  # ImageNet trunks expect ImageNet statistics
+        self.chunk_start = chunk_start(cfg)  # the current step's index in the predicted chunk
+        self.num_queries = cfg['num_queries'] - self.chunk_start  # actions a query returns, from the current step
+        self.lerobot_style = cfg['style'] == 'lerobot'
+        # ImageNet trunks expect ImageNet statistics; LeRobot standardises images by its statistics
+        self.normalise_images = bool(cfg['pretrained_backbone']) or self.lerobot_style
         self.nets = self._build_nets(cfg, load_pretrained)
         self.ema_nets = copy.deepcopy(self.nets).requires_grad_(False)
         self.ema = EMAModel(self.nets.parameters(), decay=EMA_MAX_DECAY, min_decay=0.0, update_after_step=0,
@@ -189,25 +245,29 @@ class DiffusionPolicy(Policy):
         # The average lives in ema_nets itself: it moves with .to(), is saved as 'ema', and is
         # what inference runs. EMAModel.step updates its shadow parameters in place.
         self.ema.shadow_params = list(self.ema_nets.parameters())
-        self.noise_scheduler = make_noise_scheduler(cfg['scheduler'], cfg['num_train_timesteps'],
-                                                    cfg['prediction_type'])  # the sampler
+        self.noise_scheduler = make_noise_scheduler(cfg['scheduler'], cfg)  # the sampler
         # the forward process: DDPM's add_noise, the same arithmetic as DDIM's (bit for bit)
-        self.training_noise = make_noise_scheduler('ddpm', cfg['num_train_timesteps'], cfg['prediction_type'])
+        self.training_noise = make_noise_scheduler('ddpm', cfg)
         print(f'number of parameters: {sum(p.numel() for p in self.nets.parameters()) / 1e6:.2f}M')
 
     def _build_nets(self, cfg, load_pretrained):
         num_cams = len(cfg['camera_names'])
-        obs_dim = CAMERA_FEATURE_DIM * num_cams + cfg['state_dim']
+        keypoints = 2 * cfg['num_keypoints']  # (x, y) of each
+        # LeRobot projects the keypoints to as many features; act-plus-plus to 64
+        feature_dim = keypoints if self.lerobot_style else CAMERA_FEATURE_DIM
+        obs_dim = feature_dim * num_cams + cfg['state_dim']
         pretrained = cfg['pretrained_backbone'] and load_pretrained
-        backbones = nn.ModuleList(build_trunk(cfg['backbone'], pretrained, cfg['backbone_weights'])
-                                  for _ in range(num_cams))
+        num_encoders = 1 if cfg['shared_encoder'] else num_cams
+        backbones = nn.ModuleList(build_trunk(cfg['backbone'], pretrained, cfg['backbone_weights'],
+                                              cfg['backbone_norm']) for _ in range(num_encoders))
         return nn.ModuleDict({'policy': nn.ModuleDict({
             'backbones': backbones,
-            'pools': nn.ModuleList(SpatialSoftmax(trunk.num_channels) for trunk in backbones),
-            'linears': nn.ModuleList(nn.Linear(2 * NUM_KEYPOINTS, CAMERA_FEATURE_DIM) for _ in range(num_cams)),
+            'pools': nn.ModuleList(SpatialSoftmax(trunk.num_channels, cfg['num_keypoints']) for trunk in backbones),
+            'linears': nn.ModuleList(nn.Linear(keypoints, feature_dim) for _ in range(num_encoders)),
             'noise_pred_net': ConditionalUnet1D(cfg['action_dim'], obs_dim * cfg['obs_horizon'],
-                                                down_dims=cfg['down_dims'],
-                                                kernel_size=cfg['kernel_size'], n_groups=cfg['n_groups']),
+                                                step_embed_dim=cfg['step_embed_dim'], down_dims=cfg['down_dims'],
+                                                kernel_size=cfg['kernel_size'], n_groups=cfg['n_groups'],
+                                                film_scale=cfg['film_scale']),
         })})
 
     ### Training interface
@@ -259,36 +319,48 @@ class DiffusionPolicy(Policy):
         return qpos, image
 
     def _encode(self, nets, qpos, image):
-        """qpos (B, To, S), image (B, To, K, 3, H, W) -> global condition (B, To * (64 K + S))."""
+        """qpos (B, To, S), image (B, To, K, 3, H, W) -> global condition (B, To * (F K + S)), F the
+        features per camera; LeRobot's style puts the state first."""
         batch, horizon = qpos.shape[:2]
         image = image.flatten(0, 1)  # (B To, K, 3, H, W)
         features = []
         for cam_id in range(len(self.camera_names)):
-            frames = self._prepare_images(image[:, cam_id])  # (B To, 3, H, W)
-            feature_map = nets['policy']['backbones'][cam_id](frames)  # (B To, 512, h, w)
-            keypoints = nets['policy']['pools'][cam_id](feature_map).flatten(1)  # (B To, 2 * 32)
-            features.append(nets['policy']['linears'][cam_id](keypoints.to(frames.dtype)))  # (B To, 64)
-        features = torch.cat(features, dim=-1).view(batch, horizon, -1)  # (B, To, 64 K)
-        return torch.cat([features, qpos], dim=-1).flatten(1)  # (B, To * (64 K + S))
+            net = 0 if self.cfg['shared_encoder'] else cam_id
+            frames = self._prepare_images(image[:, cam_id], cam_id)  # (B To, 3, h, w)
+            feature_map = nets['policy']['backbones'][net](frames)  # (B To, C, h', w')
+            keypoints = nets['policy']['pools'][net](feature_map).flatten(1)  # (B To, 2 num_keypoints)
+            camera_features = nets['policy']['linears'][net](keypoints.to(frames.dtype))  # (B To, F)
+            features.append(F.relu(camera_features) if self.lerobot_style else camera_features)
+        features = torch.cat(features, dim=-1).view(batch, horizon, -1)  # (B, To, F K)
+        parts = [qpos, features] if self.lerobot_style else [features, qpos]
+        return torch.cat(parts, dim=-1).flatten(1)  # (B, To * (F K + S))
 
-    def _prepare_images(self, frames):
-        """Augmentation (training) or centre crop (evaluation), then ImageNet statistics if the
-        trunk started from ImageNet weights. (N, 3, H, W) -> same."""
-        if self.cfg['augment_images']:
+    def _prepare_images(self, frames, cam_id=0):
+        """Augmentation (training) or its evaluation view, and the image statistics where the trunk
+        expects them. (N, 3, H, W) -> (N, 3, H, W), or crop_shape's size in LeRobot's style. LeRobot
+        standardises before cropping; a window of standardised pixels is the same either way."""
+        if self.lerobot_style:
+            crop = self.cfg['crop_shape']
+            if crop is not None:
+                frames = random_windows(frames, crop) if self.training else centre_window(frames, crop)
+        elif self.cfg['augment_images']:
             frames = augment_images(frames) if self.training else centre_crop(frames)
         if self.normalise_images:
-            frames = (frames - self.image_mean) / self.image_std
+            mean, std = (self.image_mean, self.image_std) if self.image_mean.dim() == 3 else \
+                (self.image_mean[cam_id], self.image_std[cam_id])
+            frames = (frames - mean) / std
         return frames
 
     def loss(self, qpos, image, actions, is_pad=None):
         qpos, image = self._check_observation(qpos, image)
-        if actions.shape[1] < self.num_queries or actions.shape[2] != self.action_dim:
-            raise ValueError(f'actions must be (B, T >= {self.num_queries}, {self.action_dim}) '
+        horizon = self.cfg['num_queries']
+        if actions.shape[1] < horizon or actions.shape[2] != self.action_dim:
+            raise ValueError(f'actions must be (B, T >= {horizon}, {self.action_dim}) '
                              f'(chunk size, action_dim); got {tuple(actions.shape)}')
-        actions = actions[:, :self.num_queries]  # (B, T, A)
+        actions = actions[:, :horizon]  # (B, T, A)
         if is_pad is None:
             is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
-        is_pad = is_pad[:, :self.num_queries]  # (B, T)
+        is_pad = is_pad[:, :horizon]  # (B, T)
         global_cond = self._encode(self.nets, qpos, image)
         noise = torch.randn_like(actions)
         steps = torch.randint(0, self.cfg['num_train_timesteps'], (actions.shape[0],), device=actions.device)
@@ -301,22 +373,26 @@ class DiffusionPolicy(Policy):
         return {'l2_loss': loss, 'loss': loss}
 
     def action_chunk(self, qpos, image, inpainting=None):
-        """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32.
+        """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32,
+        the chunk's actions from the current step on (policy.num_queries of them).
         inpainting: a policies.rtc.Inpainting that guides each step toward the queued actions (RTC)."""
         qpos, image = self._check_observation(qpos, image)
+        if inpainting is not None and self.chunk_start:
+            raise ValueError('real-time chunking guides a chunk that starts at the current step; this policy\'s '
+                             f'chunk starts {self.chunk_start} steps back (LeRobot style, --obs_horizon > 1)')
         # the guidance differentiates through the UNet: no inference tensors then
         with torch.inference_mode(inpainting is None), torch.no_grad(), autocast(qpos.device.type, self.cfg['amp']):
             global_cond = self._encode(self.ema_nets, qpos, image)  # (B, G)
             unet = self.ema_nets['policy']['noise_pred_net']
             batch, device = qpos.shape[0], qpos.device
-            actions = torch.randn(batch, self.num_queries, self.action_dim, device=device)
+            actions = torch.randn(batch, self.cfg['num_queries'], self.action_dim, device=device)  # (B, T, A)
             set_sampling_steps(self.noise_scheduler, self.cfg['num_inference_steps'])
             steps = self.noise_scheduler.timesteps  # (S,) descending
             # FiLM of all S steps in one pass: (S B, C, 1) each, rows [i B, (i + 1) B) for step i
             films = unet.condition(steps.to(device).repeat_interleave(batch), global_cond.repeat(len(steps), 1))
             for i, step in enumerate(steps):
                 rows = slice(i * batch, (i + 1) * batch)
-                step_films = [(scale[rows], bias[rows]) for scale, bias in films]
+                step_films = [(None if scale is None else scale[rows], bias[rows]) for scale, bias in films]
 
                 def denoise(sample):  # (B, T, A) -> the noise or the clean chunk (B, T, A)
                     return unet(sample, None, None, films=step_films).float()
@@ -325,7 +401,7 @@ class DiffusionPolicy(Policy):
                 else:
                     prediction = self._guided_prediction(denoise, actions, int(step), inpainting)
                 actions = self.noise_scheduler.step(prediction, step, actions).prev_sample
-        return actions
+        return actions[:, self.chunk_start:]  # (B, num_queries, A)
 
     def _guided_prediction(self, denoise, sample, step, inpainting):
         """RTC (policies/rtc.py): the prediction whose clean chunk is the guided one, for the sampler's step."""

@@ -1,9 +1,12 @@
 """The networks of the Diffusion policy (policies/diffusion.py): the conditional 1-D UNet over the
-action chunk with FiLM conditioning, the per-camera ResNet trunk with spatial-softmax keypoints, and
-the image augmentation of training. Module names follow act-plus-plus, so its checkpoints load."""
+action chunk with FiLM conditioning, the ResNet trunk with spatial-softmax keypoints, and the image
+augmentation and crops of training and evaluation. Module names follow act-plus-plus, so its
+checkpoints load; LeRobot's variants (FiLM bias only, batch norm in the trunk, a fixed crop) are
+settings of the same modules."""
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,26 +79,30 @@ class FiLMResidualBlock(nn.Module):
     """Two conv blocks with FiLM between them and a residual path.
 
     FiLM (Perez et al., 2018): the condition predicts a per-channel scale and bias that modulate
-    the output of the first conv block; the second block then mixes it along time.
+    the output of the first conv block (film_scale False: a bias only, LeRobot's option); the
+    second block then mixes it along time.
     """
 
-    def __init__(self, in_channels, out_channels, cond_dim, kernel_size, n_groups):
+    def __init__(self, in_channels, out_channels, cond_dim, kernel_size, n_groups, film_scale=True):
         super().__init__()
         self.blocks = nn.ModuleList([
             Conv1dBlock(in_channels, out_channels, kernel_size, n_groups),
             Conv1dBlock(out_channels, out_channels, kernel_size, n_groups),
         ])
-        self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
+        self.film_scale = film_scale
+        self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, (2 if film_scale else 1) * out_channels))
         self.residual_conv = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def modulation(self, cond):
-        """cond (N, cond_dim) -> FiLM (scale, bias), (N, C_out, 1) each."""
-        return self.cond_encoder(cond).unsqueeze(-1).chunk(2, dim=1)
+        """cond (N, cond_dim) -> FiLM (scale, bias), (N, C_out, 1) each; scale None without film_scale."""
+        film = self.cond_encoder(cond).unsqueeze(-1)  # (N, 2 C_out or C_out, 1)
+        return film.chunk(2, dim=1) if self.film_scale else (None, film)
 
     def forward(self, x, film):
         """x (B, C_in, T), film (scale, bias) (B, C_out, 1) each -> (B, C_out, T)."""
         scale, bias = film
-        out = torch.addcmul(bias, self.blocks[0](x), scale)  # scale * out + bias
+        out = self.blocks[0](x)
+        out = out + bias if scale is None else torch.addcmul(bias, out, scale)  # scale * out + bias
         return self.blocks[1](out) + self.residual_conv(x)
 
 
@@ -130,7 +137,7 @@ class ConditionalUnet1D(nn.Module):
     """
 
     def __init__(self, action_dim, global_cond_dim, step_embed_dim=STEP_EMBED_DIM,
-                 down_dims=DOWN_DIMS, kernel_size=KERNEL_SIZE, n_groups=N_GROUPS):
+                 down_dims=DOWN_DIMS, kernel_size=KERNEL_SIZE, n_groups=N_GROUPS, film_scale=True):
         super().__init__()
         self.diffusion_step_encoder = nn.Sequential(
             SinusoidalStepEmbedding(step_embed_dim),
@@ -143,7 +150,7 @@ class ConditionalUnet1D(nn.Module):
         levels = list(zip(dims[:-1], dims[1:]))  # (in, out) channels of each level
 
         def block(c_in, c_out):
-            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups)
+            return FiLMResidualBlock(c_in, c_out, cond_dim, kernel_size, n_groups, film_scale)
 
         self.down_modules = nn.ModuleList(
             nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
@@ -210,13 +217,18 @@ class SpatialSoftmax(nn.Module):
 
     def forward(self, features):
         maps = self.nets(features)  # (N, K, h, w)
-        h, w = maps.shape[-2:]
         attention = maps.flatten(2).float().softmax(dim=-1)  # (N, K, h * w)
-        ys = torch.linspace(-1.0, 1.0, h, device=maps.device)
-        xs = torch.linspace(-1.0, 1.0, w, device=maps.device)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')  # (h, w) each
-        grid = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # (h * w, 2)
+        grid = torch.from_numpy(keypoint_grid(*maps.shape[-2:])).to(maps.device)  # (h * w, 2)
         return attention @ grid  # (N, K, 2)
+
+
+@functools.lru_cache(maxsize=16)
+def keypoint_grid(h, w):
+    """(h * w, 2) float32 array: the (x, y) in [-1, 1] of each map position, row by row. Computed in
+    float64 and rounded once, as robomimic's and LeRobot's grids are (float32 steps differ in the
+    last bit)."""
+    xs, ys = np.meshgrid(np.linspace(-1.0, 1.0, w), np.linspace(-1.0, 1.0, h))  # (h, w) each
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1).astype(np.float32)
 
 
 class ResNetTrunk(nn.Module):
@@ -240,11 +252,15 @@ def group_norm(num_channels):
     return nn.GroupNorm(num_channels // GROUP_NORM_CHANNELS, num_channels)
 
 
-def build_trunk(name, pretrained, weights_path):
-    """ResNet trunk with group norm. From ImageNet weights the convolutions start pretrained and
-    each group norm takes its batch norm's scale and shift (running statistics have no place)."""
+NORMS = {'group': group_norm, 'batch': nn.BatchNorm2d}  # the trunk's norm layers (backbone_norm)
+
+
+def build_trunk(name, pretrained, weights_path, norm='group'):
+    """ResNet trunk with group norm (or batch norm, trained and tracking statistics, as LeRobot's
+    use_group_norm false). From ImageNet weights the convolutions start pretrained and each group
+    norm takes its batch norm's scale and shift (running statistics have no place)."""
     from detr.resnet import build_resnet_trunk, load_imagenet_weights
-    resnet = build_resnet_trunk(name, norm_layer=group_norm)
+    resnet = build_resnet_trunk(name, norm_layer=NORMS[norm])
     if pretrained:
         load_imagenet_weights(resnet, name, weights_path)
     return ResNetTrunk(resnet)
@@ -304,6 +320,27 @@ def centre_crop(images):
     scale = torch.full((n,), CROP_RATIO, device=device)
     zeros = torch.zeros(n, 2, device=device)
     return _affine_resample(images, scale, zeros, zeros[:, 0])
+
+
+### Fixed-size crops (LeRobot's crop_shape): pixels cut out, not resampled
+def centre_window(images, crop_hw):
+    """The centre crop_hw window of (N, 3, H, W) -> (N, 3, h, w); offsets rounded half to even."""
+    (h, w), (height, width) = crop_hw, images.shape[-2:]
+    top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+    return images[..., top:top + h, left:left + w]
+
+
+def random_windows(images, crop_hw):
+    """An independent random crop_hw window of each image (N, 3, H, W) -> (N, 3, h, w)."""
+    (h, w), (height, width) = crop_hw, images.shape[-2:]
+    n, device = images.shape[0], images.device
+    top = torch.randint(0, height - h + 1, (n, 1, 1), device=device)
+    left = torch.randint(0, width - w + 1, (n, 1, 1), device=device)
+    rows = (top + torch.arange(h, device=device).view(1, h, 1)).expand(n, h, w)  # (N, h, w)
+    cols = (left + torch.arange(w, device=device).view(1, 1, w)).expand(n, h, w)  # (N, h, w)
+    index = (rows * width + cols).flatten(1)  # (N, h w) positions in the flattened image
+    flat = images.flatten(2)  # (N, 3, H W)
+    return flat.gather(2, index.unsqueeze(1).expand(-1, flat.shape[1], -1)).view(n, -1, h, w)
 
 
 ### Configuration

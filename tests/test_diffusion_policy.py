@@ -165,7 +165,7 @@ def test_every_scheduler_samples_chunks_in_range(scheduler):
 
 @pytest.mark.parametrize('steps', [1, 3, 7, 10, 50])
 def test_dpmsolver_samples_on_ddims_timesteps(steps):
-    ddim, dpm = dp.make_noise_scheduler('ddim', 50), dp.make_noise_scheduler('dpmsolver', 50)
+    ddim, dpm = dp.make_noise_scheduler('ddim', dp.DEFAULTS), dp.make_noise_scheduler('dpmsolver', dp.DEFAULTS)
     for scheduler in (ddim, dpm):
         dp.set_sampling_steps(scheduler, steps)
     assert dpm.timesteps.tolist() == ddim.timesteps.tolist() == dp.ddim_timesteps(50, steps)
@@ -354,7 +354,7 @@ def test_augmentation_only_in_training():
 @pytest.mark.parametrize('overrides, message', [
     ({'scheduler': 'euler'}, "--scheduler must be one of ddim, ddpm, dpmsolver; got 'euler'"),
     ({'prediction_type': 'v_prediction'}, "--prediction_type must be one of epsilon, sample; got 'v_prediction'"),
-    ({'action_horizon': 6}, r'--action_horizon must be between 1 and the prediction horizon --chunk_size \(5\)'),
+    ({'action_horizon': 6}, r'--action_horizon must be between 1 and the 5 actions a query returns'),
     ({'obs_horizon': 0}, '--obs_horizon must be >= 1'),
     ({'num_inference_steps': 60}, '--num_inference_steps must be between 1 and the 50'),
     ({'amp': 'fp8'}, '--amp must be one of off, bf16, fp16'),

@@ -97,8 +97,8 @@ def test_runtime_ddim_step_equals_diffusers(prediction_type):
     import torch
 
     from deploy.samplers import DDIM
-    from policies.diffusion import make_noise_scheduler
-    scheduler = make_noise_scheduler('ddim', 50, prediction_type)
+    from policies.diffusion import DEFAULTS, make_noise_scheduler
+    scheduler = make_noise_scheduler('ddim', {**DEFAULTS, 'prediction_type': prediction_type})
     scheduler.set_timesteps(10)
     ddim = DDIM({'num_train_timesteps': 50, 'prediction_type': prediction_type,
                  'timesteps': scheduler.timesteps.tolist(), 'alphas_cumprod': scheduler.alphas_cumprod.tolist(),
@@ -114,8 +114,8 @@ def diffusers_sampling(name, steps, prediction_type, noise, denoise):
     """The policy's diffusers scheduler turning `noise` into a chunk with `denoise` (numpy in and out)."""
     import torch
 
-    from policies.diffusion import make_noise_scheduler, set_sampling_steps
-    scheduler = make_noise_scheduler(name, 50, prediction_type)
+    from policies.diffusion import DEFAULTS, make_noise_scheduler, set_sampling_steps
+    scheduler = make_noise_scheduler(name, {**DEFAULTS, 'prediction_type': prediction_type})
     set_sampling_steps(scheduler, steps)
     sample = torch.from_numpy(noise)
     for t in scheduler.timesteps:

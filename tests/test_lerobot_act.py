@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import imitate_episodes
-from checkpoints import lerobot_act
+from checkpoints import lerobot_act, lerobot_files
 from cli import run_config
 from convert_checkpoint import to_act, to_lerobot
 from detr.reference import randomise_batch_norm
@@ -262,7 +262,7 @@ def test_missing_statistics_are_named_and_stats_from_stands_in(tmp_path):
 
 
 @pytest.mark.parametrize('override, message', [
-    ({'type': 'diffusion'}, r'"diffusion" policy; only "act"'),
+    ({'type': 'vqbet'}, r'"vqbet" policy; the LeRobot checkpoints read here are'),
     ({'n_decoder_layers': 2}, 'n_decoder_layers 2'),
     ({'vision_backbone': 'efficientnet_b0'}, "vision_backbone 'efficientnet_b0'"),
     ({'n_vae_encoder_layers': 3}, 'n_vae_encoder_layers 3'),
@@ -384,7 +384,7 @@ def test_round_trip_ours_lerobot_ours_is_bit_exact(tmp_path):
 
 def test_lerobot_std_written_so_that_adding_eps_gives_ours_exactly():
     std = torch.tensor([0.01, 0.0123, 1.0, 3.7, 1e-2 + 3e-9], dtype=torch.float32)
-    assert torch.equal(lerobot_act.without_eps(std) + torch.tensor(EPS, dtype=torch.float32), std)
+    assert torch.equal(lerobot_files.without_eps(std) + torch.tensor(EPS, dtype=torch.float32), std)
 
 
 def test_convert_checkpoint_refuses_to_overwrite_and_explains(tmp_path, lerobot_folder):

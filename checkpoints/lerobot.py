@@ -1,0 +1,46 @@
+"""A LeRobot `pretrained_model/` folder of either policy type read here: ACT (checkpoints/lerobot_act.py)
+or Diffusion (checkpoints/lerobot_diffusion.py), chosen by config.json's "type"."""
+import os
+
+from checkpoints import lerobot_act, lerobot_diffusion
+from checkpoints.lerobot_files import CONFIG_FILE
+from formats.lerobot import LeRobotFormatError, read_json
+
+TYPES = {'act': ('ACT', lerobot_act), 'diffusion': ('Diffusion', lerobot_diffusion)}  # type -> (class, module)
+
+
+def lerobot_type(lr_config, folder):
+    """(this project's policy class, the module reading it) of a LeRobot config.json object."""
+    kind = lr_config.get('type')
+    if kind not in TYPES:
+        raise LeRobotFormatError(f'{os.path.join(folder, CONFIG_FILE)} is a LeRobot "{kind}" policy; the LeRobot '
+                                 f'checkpoints read here are {", ".join(repr(t) for t in TYPES)}')
+    return TYPES[kind]
+
+
+def _module(folder, lr_config=None):
+    lr_config = read_json(os.path.join(folder, CONFIG_FILE)) if lr_config is None else lr_config
+    return lerobot_type(lr_config, folder)
+
+
+def read_lerobot_checkpoint(folder, statistics=True):
+    """The module's read_lerobot_checkpoint dict, with 'policy_class'."""
+    policy_class, module = _module(folder)
+    return {**module.read_lerobot_checkpoint(folder, statistics), 'policy_class': policy_class}
+
+
+def read_lerobot_config(folder):
+    """The folder's config.json, checked by its type's rules."""
+    lr_config = read_json(os.path.join(folder, CONFIG_FILE))
+    return _module(folder, lr_config)[1].read_lerobot_config(folder, lr_config)
+
+
+def lerobot_run_config(folder, lr_config=None):
+    """This project's run config of the folder (its type's lerobot_run_config)."""
+    return _module(folder, lr_config)[1].lerobot_run_config(folder, lr_config)
+
+
+def load_lerobot_weights(policy, checkpoint):
+    """Load read_lerobot_checkpoint's weights into `policy` -> [keys LeRobot does not hold]."""
+    modules = dict(TYPES.values())  # class -> module
+    return modules[checkpoint['policy_class']].load_lerobot_weights(policy, checkpoint)
