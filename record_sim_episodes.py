@@ -7,7 +7,8 @@ rendering only the recorded cameras, and write `episode_{i}.hdf5` atomically in 
 (formats/hdf5.py): attrs['sim'] True, /action, /observations/qpos and qvel (T, 14) float32,
 /observations/images/<cam> (T, H, W, 3) uint8 one frame per chunk. --no_shadows renders without
 shadows (a third of the CPU per frame with a software rasteriser; frames differ from the original's) and
-marks the files attrs['shadows'] False, which training copies into config.json for evaluation.
+marks the files attrs['shadows'] False (a LeRobot dataset: its cameras' info "shadows": false), which
+training copies into config.json for evaluation.
 Valid episodes already on disk are skipped, so an interrupted run can simply be started again.
 
 --format lerobot records into a LeRobot dataset (formats/lerobot_writer.py) instead: the episodes are

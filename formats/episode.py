@@ -21,3 +21,4 @@ class Episode:
     qvel: np.ndarray = None  # (T, S) float32
     effort: np.ndarray = None  # (T, S) float32
     sim: bool = True
+    shadows: bool = True  # False: simulated frames rendered without shadows

@@ -180,7 +180,8 @@ def read_episode(path, cameras=None):
         cams = camera_names(root) if cameras is None else cameras
         check_frame_counts(root, path, cams, len(qpos))
         images = {cam: read_frames(root, path, cam, np.arange(len(qpos))) for cam in cams}
-    return Episode(qpos, action, images, sim=sim, **optional)
+        shadows = bool(root.attrs.get('shadows', True))
+    return Episode(qpos, action, images, sim=sim, shadows=shadows, **optional)
 
 
 def layout_problem(path, expected):
@@ -306,7 +307,7 @@ def write_episode(path, qpos, action, images, qvel=None, effort=None, sim=True, 
 def store_episode(path, episode, compression=None):
     """Write an Episode with write_episode."""
     write_episode(path, episode.qpos, episode.action, episode.images, qvel=episode.qvel, effort=episode.effort,
-                  sim=episode.sim, compression=compression)
+                  sim=episode.sim, compression=compression, shadows=episode.shadows)
 
 
 def _write_jpeg_images(root, group, images, episode_len):

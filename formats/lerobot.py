@@ -61,6 +61,9 @@ STATS_IMAGE_SIDE = (150, 300)  # frames with a side of 300 or more are subsample
 DEFAULT_FPS = CONTROL_HZ
 DEFAULT_TASK = 'demonstration'
 SIM_COLUMN = 'sim'
+# The episodes' origin, in info.json's features, which LeRobot's dataset tools copy (they drop the
+# episode metadata's extra columns): the action feature's info 'sim', a simulated camera's 'shadows'.
+SIM_MARK, SHADOWS_MARK = 'sim', 'shadows'
 
 
 MAX_FRAME_SIDE = 8192  # pixels: a larger side in info.json is a damaged file
@@ -193,7 +196,7 @@ class EpisodeEntry:
     length: int
     data_file: str  # relative to the dataset root
     videos: dict
-    sim: bool = True
+    sim: bool = None  # the episode row's mark; None: the row has none
     tasks: tuple = ()
 
 
@@ -215,10 +218,24 @@ def _v3_entries(root, info, video_keys):
                     file_index=row[f'videos/{key}/file_index']), 'video_path'),
                                 float(row[f'videos/{key}/from_timestamp'])) for key in video_keys}
                 entries.append(EpisodeEntry(int(row['episode_index']), int(row['length']), data_file, videos,
-                                            bool(row.get(SIM_COLUMN, True)), tuple(row.get('tasks') or ())))
+                                            _mark(row.get(SIM_COLUMN)), tuple(row.get('tasks') or ())))
             except KeyError as err:
                 raise LeRobotFormatError(f'{path}: episode rows lack the column {err.args[0]}') from None
     return entries
+
+
+def _mark(value):
+    return None if value is None else bool(value)
+
+
+def origin_marks(info):
+    """(sim, shadows) an info.json's features mark, each None where unmarked: whether the episodes are
+    simulated (the action feature's info), and whether simulated frames were rendered with shadows
+    (every camera's info, when they agree)."""
+    features = info.get('features') or {}
+    sim = _mark(((features.get(ACTION) or {}).get('info') or {}).get(SIM_MARK))
+    shadows = {_mark((f.get('info') or {}).get(SHADOWS_MARK)) for f in features.values() if f.get('dtype') == 'video'}
+    return sim, (shadows.pop() if len(shadows) == 1 else None)
 
 
 def _inside(root, relative, key):
@@ -244,7 +261,7 @@ def _v2_entries(root, info, video_keys):
                           for key in video_keys}
                 entries.append(EpisodeEntry(index, int(row['length']), _inside(
                     root, info['data_path'].format(episode_chunk=chunk, episode_index=index), 'data_path'),
-                                            videos, bool(row.get(SIM_COLUMN, True)), tuple(row.get('tasks') or ())))
+                                            videos, _mark(row.get(SIM_COLUMN)), tuple(row.get('tasks') or ())))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise LeRobotFormatError(f'{path}: line {number} is not an episode record ({err})') from None
     return entries
@@ -277,6 +294,7 @@ class LeRobotEpisodes:
         make_entries = _v3_entries if self.version == 'v3.0' else _v2_entries
         self.entries = sorted(make_entries(root, self.info, self.video_keys), key=lambda e: e.index)
         self._check_entries()
+        self._resolve_origin()
         self.camera_names = [k[len(IMAGE_PREFIX):] for k in self.video_keys if k.startswith(IMAGE_PREFIX)]
         self._arrays, self._containers, self._pid = {}, {}, None
         self._checked_videos = set()
@@ -287,6 +305,18 @@ class LeRobotEpisodes:
         if indices != list(range(len(indices))) or len(indices) != total:
             raise LeRobotFormatError(f'{self.root}: the episode metadata lists episodes {_ranges(indices)} but '
                                      f'{INFO_PATH} says total_episodes {total}; they must be 0..{total - 1}')
+
+    def _resolve_origin(self):
+        """Each episode's sim flag: its row's, else the dataset's mark, else simulated, said once (LeRobot's
+        tools drop the rows' extra column; a dataset written elsewhere has neither)."""
+        sim, _ = origin_marks(self.info)
+        unmarked = [e for e in self.entries if e.sim is None]
+        if unmarked and sim is None:
+            print(f'{self.root}: whether the episodes are simulated or from a real robot is not recorded; they count '
+                  f'as simulated (their actions are not shifted by the one step the original shifts a real '
+                  f"robot's by)")
+        for entry in unmarked:
+            entry.sim = True if sim is None else sim
 
     @property
     def num_episodes(self):
@@ -485,11 +515,12 @@ class LeRobotEpisodes:
         cams = self.camera_names if cameras is None else cameras
         self.check_frames(index, cams, len(qpos))
         images = {cam: self.episode_frames(index, cam) for cam in cams}
-        return Episode(qpos, action, images, qvel=arrays.get('qvel'), effort=arrays.get('effort'), sim=sim)
+        return Episode(qpos, action, images, qvel=arrays.get('qvel'), effort=arrays.get('effort'), sim=sim,
+                       shadows=self.shadows(self.num_episodes))
 
     def shadows(self, count):
-        """True: a LeRobot dataset does not record how simulated frames were rendered."""
-        return True
+        """False when the dataset marks its simulated frames rendered without shadows (else True)."""
+        return origin_marks(self.info)[1] is not False
 
     def fingerprint(self, count):
         """{file: size} of the data and video files episodes 0..count-1 lie in."""

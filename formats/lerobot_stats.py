@@ -1,19 +1,52 @@
 """LeRobot's dataset statistics: per feature min, max, mean, std, count and quantiles, per episode
-and aggregated over a dataset (meta/stats.json), images subsampled as LeRobot does."""
+and aggregated over a dataset (meta/stats.json), images subsampled, computed as LeRobot 0.6.1 computes
+them (its compute_stats): per episode one pass of its running statistics in the stored values'
+precision (float32 at least), the quantiles read off a 5,000-bin histogram between the episode's
+minimum and maximum; over the dataset, means and quantiles weighted by each episode's count and the
+variance pooled."""
 import numpy as np
 
 from formats.lerobot import QUANTILES, STATS_IMAGE_SIDE, STATS_SAMPLES
 
+QUANTILE_BINS = 5000  # histogram bins of the per-episode quantiles
+EDGE_PADDING = 1e-10  # the histogram's range reaches this far beyond the minimum and maximum
+
 
 def feature_stats(values, count=None):
-    """LeRobot's statistics of (N, D) values over N: min, max, mean, std (population), count and
-    the QUANTILES (the mean in their place below 2 samples)."""
-    values = np.asarray(values, dtype=np.float64)
-    stats = {'min': values.min(axis=0), 'max': values.max(axis=0), 'mean': values.mean(axis=0),
-             'std': values.std(axis=0), 'count': np.array([len(values) if count is None else count])}
+    """LeRobot's statistics of (N, D) values over N: min, max, mean, std (population), count and the
+    QUANTILES (below 2 samples: numpy's mean and std, the mean in the quantiles' place)."""
+    values = np.asarray(values)
+    values = values.astype(np.result_type(values.dtype, np.float32), copy=False)  # (N, D)
+    count = np.array([len(values) if count is None else count])
+    if len(values) < 2:
+        stats = {'min': values.min(axis=0), 'max': values.max(axis=0), 'mean': values.mean(axis=0),
+                 'std': values.std(axis=0), 'count': count}
+        return {**stats, **{quantile_key(q): stats['mean'].copy() for q in QUANTILES}}
+    mean, mean_of_squares = values.mean(axis=0), (values ** 2).mean(axis=0)
+    low, high = values.min(axis=0), values.max(axis=0)
+    stats = {'min': low, 'max': high, 'mean': mean, 'std': np.sqrt(np.maximum(0, mean_of_squares - mean ** 2)),
+             'count': count}
+    edges = [np.linspace(low[i] - EDGE_PADDING, high[i] + EDGE_PADDING, QUANTILE_BINS + 1)
+             for i in range(values.shape[1])]
+    cumulative = [np.cumsum(np.histogram(values[:, i], bins=edges[i])[0]) for i in range(values.shape[1])]
     for q in QUANTILES:
-        stats[quantile_key(q)] = np.quantile(values, q, axis=0) if len(values) > 1 else stats['mean'].copy()
+        stats[quantile_key(q)] = np.array([histogram_quantile(c, e, q * len(values))
+                                           for c, e in zip(cumulative, edges)])
     return stats
+
+
+def histogram_quantile(cumulative, edges, target):
+    """The value below which `target` of the counted values lie, interpolated within its bin
+    (cumulative: the histogram's running counts; edges: its bin edges)."""
+    i = int(np.searchsorted(cumulative, target))
+    if i == 0:
+        return edges[0]
+    if i >= len(cumulative):
+        return edges[-1]
+    before, inside = cumulative[i - 1], cumulative[i] - cumulative[i - 1]
+    if inside == 0:
+        return edges[i]
+    return edges[i] + (target - before) / inside * (edges[i + 1] - edges[i])
 
 
 def quantile_key(q):
@@ -40,23 +73,23 @@ def image_stats(frames):
 
 
 def aggregate_stats(per_episode):
-    """Dataset statistics from per-episode ones, as LeRobot aggregates them: count-weighted mean and
-    pooled variance, min of minima, max of maxima, and for each quantile the envelope (the least of
-    the lower quantiles, the greatest of the upper)."""
+    """Dataset statistics from per-episode ones, as LeRobot 0.6.1 aggregates them: count-weighted means
+    and quantiles, the pooled variance, the least minimum and the greatest maximum."""
     out = {}
     for feature in per_episode[0]:
         stats = [s[feature] for s in per_episode]
-        counts = np.array([s['count'][0] for s in stats], dtype=np.float64)
+        counts = np.stack([s['count'] for s in stats])  # (E, 1)
+        total = counts.sum(axis=0)  # (1,)
         means = np.stack([s['mean'] for s in stats])
         weights = counts.reshape(-1, *([1] * (means.ndim - 1)))
-        mean = (means * weights).sum(axis=0) / counts.sum()
-        spread = np.stack([s['std'] for s in stats]) ** 2 + (means - mean) ** 2
-        variance = (spread * weights).sum(axis=0) / counts.sum()
+
+        def weighted(values):
+            return (values * weights).sum(axis=0) / total
+        mean = weighted(means)
+        variance = weighted(np.stack([s['std'] for s in stats]) ** 2 + (means - mean) ** 2)
         merged = {'min': np.min([s['min'] for s in stats], axis=0), 'max': np.max([s['max'] for s in stats], axis=0),
-                  'mean': mean, 'std': np.sqrt(variance), 'count': np.array([int(counts.sum())])}
-        for q in QUANTILES:
-            values = np.stack([s[quantile_key(q)] for s in stats])
-            merged[quantile_key(q)] = values.min(axis=0) if q <= 0.5 else values.max(axis=0)
+                  'mean': mean, 'std': np.sqrt(variance), 'count': total}
+        merged.update({quantile_key(q): weighted(np.stack([s[quantile_key(q)] for s in stats])) for q in QUANTILES})
         out[feature] = merged
     return out
 

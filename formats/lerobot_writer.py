@@ -8,13 +8,13 @@ import numpy as np
 
 from common.files import FolderLock, atomic_write, drop_staging, make_staging, publish_staging
 from constants import joint_names
-from formats.lerobot import (ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, COMMIT_FILE, CRF, DATA_FILE_MB, DATA_PATH,
-                             DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES, INFO_PATH,
-                             PENDING_DIR, PIX_FMT, SIM_COLUMN, STATS_PATH, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH,
-                             LeRobotEpisodes, LeRobotFormatError, _pq, column_array, is_lerobot_dataset, move_in,
-                             read_table)
+from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, COMMIT_FILE, CRF, DATA_FILE_MB,
+                             DATA_PATH, DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES,
+                             INFO_PATH, PENDING_DIR, PIX_FMT, SHADOWS_MARK, SIM_COLUMN, SIM_MARK, STATS_PATH,
+                             SVTAV1_PRESET, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH, LeRobotEpisodes, LeRobotFormatError,
+                             _pq, column_array, is_lerobot_dataset, move_in, origin_marks, read_table)
 from formats.lerobot_stats import aggregate_stats, feature_stats, image_stats, stats_from_row, stats_to_json
-from formats.lerobot_video import VideoFile, available_vcodec
+from formats.lerobot_video import VideoFile, available_vcodec, encoder_options
 
 
 def next_file(chunk_index, file_index, chunks_size=CHUNKS_SIZE):
@@ -27,21 +27,31 @@ def array_feature(dim, names=None):
 
 
 def video_feature(height, width, fps, vcodec):
+    """A camera's info.json feature, its info keys as LeRobot writes them: the stream's, then the encoder's
+    settings (formats.lerobot_video.encoder_options: a codec without crf or preset has null), then
+    is_depth_map."""
     import av
+    options = encoder_options(vcodec)
     return {'dtype': 'video', 'shape': [height, width, 3], 'names': ['height', 'width', 'channels'],
             'info': {'video.height': height, 'video.width': width,
                      'video.codec': av.codec.Codec(vcodec, 'w').canonical_name, 'video.pix_fmt': PIX_FMT,
-                     'video.is_depth_map': False, 'video.fps': fps, 'video.channels': 3, 'video.g': GOP,
-                     'video.crf': CRF, 'has_audio': False}}
+                     'video.fps': fps, 'video.channels': 3, 'has_audio': False, 'video.g': GOP,
+                     'video.crf': CRF if 'crf' in options else None,
+                     'video.preset': SVTAV1_PRESET if 'preset' in options else None, 'video.fast_decode': 0,
+                     'video.video_backend': 'pyav', 'video.extra_options': {}, 'is_depth_map': False}}
 
 
 def episode_features(episode, fps, vcodec, names=None):
     """The info.json features of a dataset holding episodes like `episode` (names: of the state and
-    action values, default constants.joint_names)."""
+    action values, default constants.joint_names), with the episodes' origin marked where LeRobot's
+    tools keep it (formats.lerobot.origin_marks)."""
     features = {ARRAY_FEATURES[key]: array_feature(values.shape[1], names)
                 for key in ARRAY_FEATURES if (values := getattr(episode, key)) is not None}
+    features[ACTION]['info'] = {SIM_MARK: bool(episode.sim)}
     for cam, frames in episode.images.items():
         features[IMAGE_PREFIX + cam] = video_feature(frames.shape[1], frames.shape[2], fps, vcodec)
+        if episode.sim:
+            features[IMAGE_PREFIX + cam]['info'][SHADOWS_MARK] = bool(episode.shadows)
     features.update({key: {'dtype': dtype, 'shape': [1], 'names': None} for key, dtype in INDEX_FEATURES.items()})
     return features
 
@@ -179,6 +189,7 @@ class LeRobotWriter:
             if values is not None and list(values.shape[1:]) != features[feature]['shape']:
                 raise LeRobotFormatError(f"{where}: {feature} is {features[feature]['shape']} but the episode's "
                                          f"{key} is {list(values.shape[1:])}")
+        self._update_origin(episode)
         cams = sorted(k for k, f in features.items() if f['dtype'] == 'video')
         if sorted(IMAGE_PREFIX + cam for cam in episode.images) != cams:
             raise LeRobotFormatError(f"{where}: the dataset's cameras are {cams}, the episode's "
@@ -188,6 +199,17 @@ class LeRobotWriter:
             if list(frames.shape[1:]) != shape or frames.dtype != np.uint8 or len(frames) != len(episode.action):
                 raise LeRobotFormatError(f"{where}: camera '{cam}' needs {len(episode.action)} uint8 frames of "
                                          f"{shape}, the episode has {frames.shape} {frames.dtype}")
+
+    def _update_origin(self, episode):
+        """Keep the dataset's origin marks true for one more episode: the sim mark goes when simulated and
+        real-robot episodes mix (each row keeps its own); frames rendered another way are refused."""
+        sim, shadows = origin_marks(self.info)
+        if sim is not None and sim != bool(episode.sim):
+            del self.info['features'][ACTION]['info'][SIM_MARK]
+        if episode.sim and shadows is not None and shadows != bool(episode.shadows):
+            raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: the dataset's frames were rendered "
+                                     f"{'with' if shadows else 'without'} shadows, this episode's "
+                                     f"{'with' if episode.shadows else 'without'}")
 
     def _write_data(self, episode, index, task_index):
         import pyarrow as pa
@@ -231,10 +253,11 @@ class LeRobotWriter:
 
     def _episode_stats(self, episode, index, task_index):
         length = len(episode.action)
-        stats = {ARRAY_FEATURES[key]: feature_stats(values) for key in ARRAY_FEATURES
+        # the values as stored: float32 arrays and timestamps, int64 indices
+        stats = {ARRAY_FEATURES[key]: feature_stats(values.astype(np.float32)) for key in ARRAY_FEATURES
                  if (values := getattr(episode, key)) is not None}
         stats.update({IMAGE_PREFIX + cam: image_stats(frames) for cam, frames in episode.images.items()})
-        indices = {'timestamp': np.arange(length) / self.fps, 'frame_index': np.arange(length),
+        indices = {'timestamp': (np.arange(length) / self.fps).astype(np.float32), 'frame_index': np.arange(length),
                    'episode_index': np.full(length, index),
                    'index': np.arange(self.total_frames, self.total_frames + length),
                    'task_index': np.full(length, task_index)}

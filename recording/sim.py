@@ -231,9 +231,6 @@ def check_args(args):
         raise ValueError(f'--image_size must be two positive integers H W, got {image_size}')
     if args.get('onscreen_render') and args.get('num_workers', 1) > 1:
         raise ValueError('--onscreen_render shows one episode at a time: use --num_workers 1')
-    if args.get('no_shadows') and args.get('format', 'hdf5') == 'lerobot':
-        raise ValueError('--no_shadows records HDF5 episodes only: a LeRobot dataset has no place to mark '
-                         'frames rendered without shadows')
     return config, image_size
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -116,7 +117,14 @@ def test_v3_layout_spans_files_and_keeps_arrays_to_the_bit(v3):
         assert len({path for path, _ in files}) >= 2 and any(start > 0 for _, start in files)  # concatenated too
     info = json.load(open(os.path.join(root, INFO_PATH)))
     assert info['total_episodes'] == 3 and info['total_frames'] == sum(LENGTHS) and info['codebase_version'] == 'v3.0'
-    assert info['features']['observation.images.top']['info']['video.codec'] == 'av1'
+    video = info['features']['observation.images.top']['info']
+    assert video['video.codec'] == 'av1'
+    # the keys and order LeRobot writes: the stream's, the encoder's settings, then is_depth_map
+    assert list(video) == ['video.height', 'video.width', 'video.codec', 'video.pix_fmt', 'video.fps',
+                           'video.channels', 'has_audio', 'video.g', 'video.crf', 'video.preset',
+                           'video.fast_decode', 'video.video_backend', 'video.extra_options', 'is_depth_map',
+                           'shadows']  # then this project's mark of simulated frames
+    assert (video['video.preset'], video['video.video_backend'], video['is_depth_map']) == (12, 'pyav', False)
     for i, episode in enumerate(episodes):
         read = data.read_episode(i)
         for key in ('qpos', 'action', 'qvel', 'effort'):
@@ -146,22 +154,37 @@ def test_statistics_match_numpy(v3):
     root, episodes = v3
     stats = json.load(open(os.path.join(root, 'meta', 'stats.json')))
     state = np.concatenate([e.qpos for e in episodes]).astype(np.float64)
-    np.testing.assert_allclose(stats['observation.state']['mean'], state.mean(0), rtol=1e-6, atol=1e-9)
+    # float32 per-episode means, as LeRobot computes them from the stored values
+    np.testing.assert_allclose(stats['observation.state']['mean'], state.mean(0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(stats['observation.state']['std'], state.std(0), rtol=1e-6)  # population std
     np.testing.assert_allclose(stats['observation.state']['min'], state.min(0))
     assert stats['observation.state']['count'] == [sum(LENGTHS)]
-    for q in QUANTILES:  # LeRobot's envelope of the episodes' quantiles
-        per_episode = np.stack([np.quantile(e.qpos.astype(np.float64), q, axis=0) for e in episodes])
-        expected = per_episode.min(0) if q <= 0.5 else per_episode.max(0)
-        np.testing.assert_allclose(stats['observation.state'][quantile_key(q)], expected, rtol=1e-6)
     top = np.concatenate([e.images['top'] for e in episodes]).reshape(-1, 3) / 255.0
     np.testing.assert_allclose(np.ravel(stats['observation.images.top']['mean']), top.mean(0), rtol=1e-6)
     assert np.shape(stats['observation.images.top']['q99']) == (3, 1, 1)
-    rows = LeRobotWriter(root)._episode_files()
-    assert rows  # per-episode stats columns exist
     import pyarrow.parquet as pq
-    first = pq.read_table(rows[0]).to_pylist()[0]
-    np.testing.assert_allclose(first['stats/action/q10'], np.quantile(episodes[0].action.astype(np.float64), 0.1, 0))
+    rows = [row for path in LeRobotWriter(root)._episode_files() for row in pq.read_table(path).to_pylist()]
+    assert len(rows) == len(episodes)  # per-episode stats columns
+    counts = np.array([row['stats/observation.state/count'][0] for row in rows])
+    for q in QUANTILES:  # LeRobot 0.6.1: the episodes' quantiles weighted by their counts
+        per_episode = np.array([row[f'stats/observation.state/{quantile_key(q)}'] for row in rows])
+        expected = (per_episode * counts[:, None]).sum(0) / counts.sum()
+        np.testing.assert_allclose(stats['observation.state'][quantile_key(q)], expected, rtol=1e-6)
+    for row, episode in zip(rows, episodes):  # each episode's quantile within a histogram bin of its value
+        values = np.sort(episode.action.astype(np.float32), axis=0)
+        width = (values[-1] - values[0]) / 5000
+        rank = int(np.ceil(0.1 * len(values))) - 1  # the value at which a tenth of the counts is reached
+        assert np.all(np.abs(np.array(row['stats/action/q10']) - values[rank]) <= width * 1.01 + 1e-6)
+
+
+def test_per_episode_quantiles_are_read_off_lerobots_histogram():
+    from formats.lerobot_stats import feature_stats
+    stats = feature_stats(np.arange(10, dtype=np.float32).reshape(-1, 1))
+    width = 9 / 5000  # 5,000 bins between the least and the greatest value
+    assert stats['q01'][0] == pytest.approx(0, abs=1e-9)  # a tenth of a count: the first edge
+    assert 4 < stats['q50'][0] <= 4 + width  # five counts: the top of the bin holding 4 (numpy's median: 4.5)
+    assert 9 - width < stats['q99'][0] < 9  # 9.9 counts: nine tenths into the bin holding 9
+    assert stats['std'].dtype == np.float32 and stats['std'][0] == pytest.approx(np.std(np.arange(10)), rel=1e-6)
 
 
 ############################ Training ############################
@@ -488,3 +511,35 @@ def test_a_damaged_video_is_named(tmp_path):
             assert f'{video}: cannot be decoded (episode 0, camera \'top\')' in str(err) and 'damaged' in str(err)
             named += 1
     assert named
+
+
+def test_the_origin_survives_lerobots_tools_dropping_the_sim_column(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from formats.lerobot_writer import append_episodes
+    root = str(tmp_path / 'real')
+    append_episodes(root, [make_episode(i, 6, sim=False) for i in range(2)], fps=50)
+    info = json.load(open(os.path.join(root, INFO_PATH)))
+    assert info['features']['action']['info'] == {'sim': False}
+    assert 'shadows' not in info['features']['observation.images.top']['info']  # a real robot's frames
+    for path in glob.glob(os.path.join(root, 'meta', 'episodes', '*', '*.parquet')):  # as delete_episodes leaves it
+        table = pq.read_table(path)
+        pq.write_table(table.drop(['sim']), path)
+    assert [LeRobotEpisodes(root).low_dim(i)[2] for i in range(2)] == [False, False]
+    assert 'not recorded' not in capsys.readouterr().out
+    info['features']['action'].pop('info')  # a dataset written elsewhere: nothing tells
+    with open(os.path.join(root, INFO_PATH), 'w') as f:
+        json.dump(info, f)
+    assert LeRobotEpisodes(root).low_dim(0)[2] is True
+    assert 'whether the episodes are simulated or from a real robot is not recorded' in capsys.readouterr().out
+
+
+def test_mixed_origins_keep_their_rows_and_renders_do_not_mix(v3, tmp_path):
+    from formats.lerobot_writer import append_episodes
+    root, episodes = v3  # episode 1 is a real robot's
+    info = json.load(open(os.path.join(root, INFO_PATH)))
+    assert 'sim' not in info['features']['action']['info']
+    flat = str(tmp_path / 'flat')
+    append_episodes(flat, [replace(make_episode(0, 6), shadows=False)], fps=50)
+    with pytest.raises(LeRobotFormatError, match='rendered without shadows, this episode.s with'):
+        append_episodes(flat, [make_episode(1, 6)], fps=50)

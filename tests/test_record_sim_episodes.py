@@ -144,8 +144,13 @@ def test_no_shadows_marks_the_episodes_and_refuses_a_mixed_folder(recorded, tmp_
     shutil.copy(recorded / 'plain' / 'episode_1.hdf5', dataset_dir / 'episode_2.hdf5')
     with pytest.raises(ValueError, match='episode_1.hdf5 already exists .*rendered with shadows, --no_shadows given'):
         record(dataset_dir, num_episodes=3, no_shadows=True)
-    with pytest.raises(ValueError, match='--no_shadows records HDF5 episodes only'):
-        record(tmp_path / 'lerobot', no_shadows=True, format='lerobot')
+    # a LeRobot dataset marks it in its cameras' info, which LeRobot's tools keep; training reads it back
+    record(tmp_path / 'lerobot', num_episodes=1, no_shadows=True, format='lerobot')
+    info = json.load(open(tmp_path / 'lerobot' / 'meta' / 'info.json'))
+    assert all(info['features'][f'observation.images.{c}']['info']['shadows'] is False for c in CAMERAS)
+    assert info['features']['action']['info'] == {'sim': True}
+    from formats.datasets import open_dataset
+    assert not open_dataset(str(tmp_path / 'lerobot')).shadows(1)
 
 
 class ExplodingArray:
