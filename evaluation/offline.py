@@ -85,26 +85,40 @@ def evaluate_episode(source, index, episode, policy, normalizer, image_size, dev
     """Add one episode's chunk errors (and sample spreads when samples > 0) to `sums`;
     episode: check_episode's (qpos, action, is_sim). Frames are read a batch at a time."""
     qpos, action, is_sim = episode
-    T, Q, To = len(qpos), policy.num_queries, policy.obs_horizon
+    T = len(qpos)
     norm_qpos = normalizer.normalize_qpos(qpos)  # (T, S)
-    # NOTE(faithful): real-robot targets start one step earlier, as the training samples' do.
-    first = np.arange(T) if is_sim else np.maximum(np.arange(T) - 1, 0)  # (T,)
     for start in range(0, T, BATCH_SIZE):
         steps = np.arange(start, min(start + BATCH_SIZE, T))  # (B,)
-        history = np.maximum(steps[:, None] + np.arange(1 - To, 1)[None], 0)  # (B, To)
-        frames = np.stack([resize_images(source.frames(index, cam, history.ravel()), image_size)
-                           for cam in policy.camera_names], axis=1)  # (B To, K, H, W, 3)
-        q = torch.from_numpy(norm_qpos[history]).to(device)  # (B, To, S)
-        image = image_to_tensor(frames.reshape(*history.shape, *frames.shape[1:]), device)  # (B, To, K, 3, H, W)
-        if To == 1:
-            q, image = q[:, 0], image[:, 0]
+        q, image = observations(source, index, steps, norm_qpos, policy, image_size, device)
         draws = [normalizer.unnormalize_action(policy.action_chunk(q, image).cpu().numpy())
                  for _ in range(max(1, samples))]  # each (B, Q, A)
-        targets = first[steps][:, None] + np.arange(Q)[None]  # (B, Q)
-        sums.add(draws[0], action[np.minimum(targets, T - 1)], targets < T)
+        recorded, valid = recorded_chunks(action, is_sim, steps, policy.num_queries)
+        sums.add(draws[0], recorded, valid)
         if samples > 1:
             sums.add_samples(np.stack(draws))
         bar.update(len(steps))
+
+
+def observations(source, index, steps, norm_qpos, policy, image_size, device):
+    """What the policy sees at `steps` (B,) of episode `index`: qpos (B[, To], S) normalised and
+    images (B[, To], K, 3, H, W), the observations of steps t-To+1..t (the first repeated before 0)."""
+    To = policy.obs_horizon
+    history = np.maximum(steps[:, None] + np.arange(1 - To, 1)[None], 0)  # (B, To)
+    frames = np.stack([resize_images(source.frames(index, cam, history.ravel()), image_size)
+                       for cam in policy.camera_names], axis=1)  # (B To, K, H, W, 3)
+    q = torch.from_numpy(norm_qpos[history]).to(device)  # (B, To, S)
+    image = image_to_tensor(frames.reshape(*history.shape, *frames.shape[1:]), device)  # (B, To, K, 3, H, W)
+    return (q[:, 0], image[:, 0]) if To == 1 else (q, image)
+
+
+def recorded_chunks(action, is_sim, steps, chunk):
+    """The recorded actions (B, chunk, A) the chunks predicted at `steps` (B,) stand for, and where the
+    episode has them (B, chunk) bool."""
+    T = len(action)
+    # NOTE(faithful): real-robot targets start one step earlier, as the training samples' do.
+    first = steps if is_sim else np.maximum(steps - 1, 0)  # (B,)
+    targets = first[:, None] + np.arange(chunk)[None]  # (B, chunk)
+    return action[np.minimum(targets, T - 1)], targets < T
 
 
 def evaluate_offline(policy, normalizer, source, indices, image_size, device, samples=0):

@@ -3,8 +3,9 @@
 One page, self-contained apart from the rollout videos beside it (it reads offline): what was
 evaluated (task, checkpoint and its training, date, how the actions were executed), the summary
 (success rate, average return, the `Reward >= r` stages as a bar chart with what each stage means),
-the motion figures, one playable video per rollout with its outcome, the training curves found in
-the folder (embedded PNGs) and the run's config.json. The numbers are those of result_{checkpoint}.txt.
+the motion figures, one playable video per rollout with its outcome, the training curves and the
+figures of an --eval_offline found in the folder (embedded PNGs) and the run's config.json. The
+numbers are those of result_{checkpoint}.txt.
 """
 import base64
 import datetime
@@ -18,6 +19,8 @@ import numpy as np
 
 from common.files import atomic_write
 from constants import get_task_config
+from evaluation.denoising import FIGURES as DENOISING_FIGURES
+from evaluation.offline import OFFLINE_EVAL_PLOT
 
 REPORT_FILE = 'report.html'
 BAR_WIDTH, BAR_HEIGHT, BAR_GAP = 48, 160, 16  # pixels of the reward-stage chart
@@ -68,14 +71,26 @@ def _rollout_html(result, max_reward, ckpt_dir):
     return f'<div class="rollout"><b>Rollout {result["rollout_id"]}</b>{video}<div>{outcome}</div></div>'
 
 
-def _curves_html(ckpt_dir):
+def _embedded(paths):
     images = []
-    for path in sorted(glob.glob(os.path.join(glob.escape(ckpt_dir), '*_seed_*.png'))):
+    for path in paths:
         with open(path, 'rb') as f:
             data = base64.b64encode(f.read()).decode('ascii')
         name = html.escape(os.path.basename(path))
         images.append(f'<img alt="{name}" title="{name}" src="data:image/png;base64,{data}">')
-    return ''.join(images) or '<p>No training curves in this folder.</p>'
+    return ''.join(images)
+
+
+def _curves_html(ckpt_dir):
+    paths = sorted(glob.glob(os.path.join(glob.escape(ckpt_dir), '*_seed_*.png')))
+    return _embedded(paths) or '<p>No training curves in this folder.</p>'
+
+
+def _offline_html(ckpt_dir):
+    """--eval_offline's figures in the folder (the errors; a Diffusion policy's denoising and samples)."""
+    paths = [os.path.join(ckpt_dir, name) for name in (OFFLINE_EVAL_PLOT, *DENOISING_FIGURES)]
+    return _embedded([p for p in paths if os.path.isfile(p)]) or \
+        '<p>No offline evaluation in this folder (imitate_episodes.py --eval_offline writes one).</p>'
 
 
 def checkpoint_training(ckpt_name, run_config):
@@ -142,6 +157,8 @@ Rollouts <span id="num-rollouts">{len(results)}</span></div>
 <div class="rollouts">{''.join(_rollout_html(r, max_reward, ckpt_dir) for r in results)}</div>
 <h2>Training curves</h2>
 <div class="curves">{_curves_html(ckpt_dir)}</div>
+<h2>Offline evaluation</h2>
+<div class="offline">{_offline_html(ckpt_dir)}</div>
 <h2>Configuration</h2>
 <pre id="config">{config_text}</pre>
 </body></html>
