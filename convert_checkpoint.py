@@ -1,17 +1,19 @@
-r"""Convert an ACT checkpoint between this project's folder and LeRobot's pretrained_model/ folder.
+r"""Convert an ACT or Diffusion checkpoint between this project's folder and LeRobot's pretrained_model/ folder.
 
     python convert_checkpoint.py --to lerobot ckpt/sim_transfer_cube_scripted out/pretrained_model
     python convert_checkpoint.py --to act path/to/pretrained_model ckpt/from_lerobot [--stats_from DATASET]
 
 --to lerobot reads a folder trained here (config.json, the policy file, dataset_stats.pkl) and writes
 LeRobot's current layout (config.json, model.safetensors, the pre- and postprocessor files with the
-statistics), the layout LeRobot's ACTPolicy.from_pretrained and its processors read; the statistics are
-written so that LeRobot's arithmetic gives this project's actions. The decoder layers after the
+statistics), the layout LeRobot's from_pretrained and its processors read; the statistics are
+written so that LeRobot's arithmetic gives this project's actions. ACT: the decoder layers after the
 first (never computed) and is_pad_head (never used for actions) are left out; `device` is `cpu`
 (LeRobot moves the policy where it runs), and --temporal_agg asks LeRobot to ensemble its chunks.
---to act reads a LeRobot ACT folder (either layout of its statistics) and writes what training here
-writes: policy_best.ckpt (a plain state_dict), dataset_stats.pkl in the original's format and
-config.json; the original's evaluation arithmetic then reproduces LeRobot's actions.
+Diffusion: a policy trained with --diffusion_style lerobot (LeRobot's network) and the ddim or ddpm
+sampler; its averaged (EMA) weights are written, the ones inference uses (LeRobot keeps one set).
+--to act reads a LeRobot ACT or Diffusion folder (either layout of its statistics) and writes what
+training here writes: policy_best.ckpt, dataset_stats.pkl in the original's format and config.json;
+evaluation here then reproduces LeRobot's actions (Diffusion: for the same noise).
 The conversions are checkpoints/convert.py.
 """
 import argparse

@@ -10,11 +10,12 @@ import os
 
 import torch
 
-from checkpoints.lerobot_files import (CONFIG_FILE, ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_spec, load_tensors,
-                                       image_features, statistics_from_lerobot, write_lerobot_folder)
+from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_spec, image_features,
+                                       load_tensors, read_checked_config, statistics_from_lerobot,
+                                       write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES
-from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
+from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError
 from policies.chunker import TEMPORAL_AGG_K
 
 # (this project's, LeRobot's) module names under `model.`; a name matches itself and what lies below it
@@ -172,11 +173,8 @@ def policy_config_from_lerobot(lr_config):
 
 
 def read_lerobot_config(folder, lr_config=None):
-    """The folder's LeRobot config.json (lr_config: its object, already read), checked (check_lerobot_config)."""
-    path = os.path.join(folder, CONFIG_FILE)
-    lr_config = read_json(path) if lr_config is None else lr_config
-    check_lerobot_config(lr_config, path)
-    return lr_config
+    """The folder's LeRobot config.json (lr_config: its object, already read), checked by check_lerobot_config."""
+    return read_checked_config(folder, check_lerobot_config, lr_config)
 
 
 def read_lerobot_checkpoint(folder, statistics=True):

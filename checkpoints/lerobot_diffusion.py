@@ -15,11 +15,12 @@ import os
 
 import torch
 
-from checkpoints.lerobot_files import (CONFIG_FILE, ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_spec,
-                                       image_features, load_tensors, statistics_from_lerobot, write_lerobot_folder)
+from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_spec, image_features,
+                                       load_tensors, read_checked_config, statistics_from_lerobot,
+                                       write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES, trunk_output_hw
-from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
+from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError
 from policies.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 from policies.diffusion_nets import keypoint_grid
 
@@ -214,11 +215,8 @@ def policy_config_from_lerobot(lr_config):
 
 
 def read_lerobot_config(folder, lr_config=None):
-    """The folder's LeRobot config.json (lr_config: its object, already read), checked."""
-    path = os.path.join(folder, CONFIG_FILE)
-    lr_config = read_json(path) if lr_config is None else lr_config
-    check_lerobot_config(lr_config, path)
-    return lr_config
+    """The folder's LeRobot config.json (lr_config: its object, already read), checked by check_lerobot_config."""
+    return read_checked_config(folder, check_lerobot_config, lr_config)
 
 
 def read_lerobot_checkpoint(folder, statistics=True):
@@ -302,7 +300,8 @@ def lerobot_config(policy_config, image_hw):
         'use_group_norm': cfg['backbone_norm'] == 'group',
         'spatial_softmax_num_keypoints': cfg['num_keypoints'],
         'use_separate_rgb_encoder_per_camera': not cfg['shared_encoder'], 'down_dims': list(cfg['down_dims']),
-        'kernel_size': cfg['kernel_size'], 'n_groups': cfg['n_groups'], 'diffusion_step_embed_dim': cfg['step_embed_dim'],
+        'kernel_size': cfg['kernel_size'], 'n_groups': cfg['n_groups'],
+        'diffusion_step_embed_dim': cfg['step_embed_dim'],
         'use_film_scale_modulation': cfg['film_scale'], 'noise_scheduler_type': theirs[cfg['scheduler']],
         'num_train_timesteps': cfg['num_train_timesteps'], 'beta_schedule': cfg['beta_schedule'],
         'beta_start': cfg['beta_start'], 'beta_end': cfg['beta_end'], 'prediction_type': cfg['prediction_type'],

@@ -38,6 +38,14 @@ OLD_STAT_BUFFERS = ('normalize_inputs.buffer_', 'normalize_targets.buffer_', 'un
 NORM_MODES = ('MEAN_STD', 'MIN_MAX', 'IDENTITY')
 
 
+def read_checked_config(folder, check, lr_config=None):
+    """The folder's config.json object (lr_config: already read), passed through check(lr_config, path)."""
+    path = os.path.join(folder, CONFIG_FILE)
+    lr_config = read_json(path) if lr_config is None else lr_config
+    check(lr_config, path)
+    return lr_config
+
+
 def is_lerobot_config(config):
     """Whether a checkpoint folder's config.json object is a LeRobot policy's (it names its "type")."""
     return 'type' in config and 'policy_class' not in config

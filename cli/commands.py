@@ -14,7 +14,8 @@ from cli.run_config import (check_args, check_required, eval_config, evaluating,
 from common.files import prepare_folder
 from common.seeds import set_seed
 from constants import IMAGE_HW, get_task_config
-from evaluation.offline import DIFFUSION_SAMPLES, evaluate_offline, report_table, write_report
+from evaluation.denoising import chunk_views, write_figures
+from evaluation.offline import DIFFUSION_SAMPLES, check_episode, evaluate_offline, report_table, write_report
 from evaluation.rollout import eval_bc, load_policy, load_stats
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
@@ -71,7 +72,14 @@ def offline_main(args, device, checkpoint):
     report = evaluate_offline(policy, normalizer, source, indices, config['image_size'] or IMAGE_HW, device, samples)
     report.update(checkpoint=config['eval_ckpt'], dataset_dir=source.dataset_dir)
     print(report_table(report))
-    print('Saved ' + ' and '.join(write_report(report, offline_out_dir(config['ckpt_dir'], checkpoint))))
+    out_dir = offline_out_dir(config['ckpt_dir'], checkpoint)
+    saved = write_report(report, out_dir)
+    if config['policy_class'] == 'Diffusion':  # a look inside the denoising, at the first held-out episode
+        episode = check_episode(source, indices[0], policy, normalizer)
+        views = chunk_views(policy, normalizer, source, indices[0], episode, config['image_size'] or IMAGE_HW,
+                            device, samples)
+        saved += write_figures(views, out_dir)
+    print('Saved ' + ', '.join(saved))
 
 
 def offline_out_dir(ckpt_dir, checkpoint):
@@ -136,11 +144,13 @@ def train_main(args, task_config, device, rank, world_size):
         stats = init_statistics(init, data_stats)
     train_dataloader, val_dataloader, stats, _ = load_data(
         source, num_episodes, camera_names, args['batch_size'], args['batch_size'],
-        policy_class=args['policy_class'], obs_horizon=data_obs_horizon(args), image_size=args['image_size'],
+        policy_class=args['policy_class'], obs_horizon=data_obs_horizon(args), action_lead=data_action_lead(args),
+        image_size=args['image_size'],
         num_workers=args['num_workers'], preload=args['preload'], seed=args['seed'], device=device,
         rank=rank, world_size=world_size, norm_stats=stats)
     image_hw = tuple(train_dataloader.dataset.hw)
-    policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw)
+    policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw,
+                                       base=init and init['policy_config'])
     check_chunk_fits(policy_config['num_queries'], train_dataloader.dataset.pad_len)
     if init is not None:
         policy_config.update(init_image_normalization(init, camera_names))
@@ -188,6 +198,14 @@ def pretrained_start(args):
         raise ValueError(f"--init_from {args['init_from']} holds a {init['policy_class']} policy, not the "
                          f"--policy_class {args['policy_class']} to train")
     return init
+
+
+def data_action_lead(args):
+    """Steps a sample's actions start before its current step: LeRobot's Diffusion predicts from the
+    oldest of its observations (obs_horizon - 1 steps back); the others from the current step."""
+    if args['policy_class'] != 'Diffusion' or args.get('diffusion_style') != 'lerobot':
+        return 0
+    return data_obs_horizon(args) - 1
 
 
 def data_obs_horizon(args):

@@ -9,7 +9,7 @@ from constants import canonical_task_name, get_task_config, sim_task_names
 from deploy.runtime import ENGINES
 from detr.resnet import BACKBONES
 from evaluation.offline import DIFFUSION_SAMPLES
-from policies.diffusion import PREDICTION_TYPES, SCHEDULERS
+from policies.diffusion import PREDICTION_TYPES, SCHEDULERS, STYLES
 from policies.executor import STRATEGIES
 from policies.registry import POLICY_CLASSES, policy_type
 from policies.rtc import MAX_GUIDANCE_WEIGHT
@@ -106,8 +106,9 @@ def _original_flags(parser):
     add('--lr', type=float,
         help='learning rate (the backbone uses --lr_backbone) ' + _policy_default('lr', 'ACT', 'Diffusion'))
     add('--kl_weight', type=float, help='ACT: weight of the KL term of the loss ' + _policy_default('kl_weight', 'ACT'))
-    add('--chunk_size', type=int, help='actions predicted per query (ACT num_queries; Diffusion prediction '
-        'horizon) ' + _policy_default('num_queries', 'ACT', 'Diffusion'))
+    add('--chunk_size', '--horizon', dest='chunk_size', type=int, help='actions predicted per query (ACT '
+        "num_queries; Diffusion's prediction horizon, LeRobot's --horizon) "
+        + _policy_default('num_queries', 'ACT', 'Diffusion'))
     add('--hidden_dim', type=int, help='ACT: transformer width ' + _policy_default('hidden_dim', 'ACT'))
     add('--dim_feedforward', type=int, help='ACT: feed-forward width ' + _policy_default('dim_feedforward', 'ACT'))
     add('--temporal_agg', action='store_true', help='evaluation: temporal ensembling of chunks')
@@ -152,16 +153,28 @@ def _model_flags(parser):
         help='start from ImageNet weights ' + _policy_default('pretrained_backbone', 'ACT', 'Diffusion'))
     add('--num_inference_steps', type=int, help='Diffusion: denoising steps per query '
         + _policy_default('num_inference_steps', 'Diffusion'))
-    add('--scheduler', choices=SCHEDULERS,
-        help='Diffusion: the sampler (dpmsolver: DPM-Solver++, second-order multistep); all three share the '
-        'training noise, so --eval and export_policy.py may sample a trained policy with another '
-        + _policy_default('scheduler', 'Diffusion'))
+    add('--scheduler', '--noise_scheduler_type', dest='scheduler', type=str.lower, choices=SCHEDULERS,
+        help="Diffusion: the sampler (LeRobot's --noise_scheduler_type DDPM or DDIM; dpmsolver: DPM-Solver++, "
+        'second-order multistep); all three share the training noise, so --eval and export_policy.py may sample '
+        'a trained policy with another ' + _policy_default('scheduler', 'Diffusion'))
     add('--prediction_type', choices=PREDICTION_TYPES,
         help="Diffusion: what the UNet predicts, the noise or the clean action chunk; a training setting "
         + _policy_default('prediction_type', 'Diffusion'))
-    add('--obs_horizon', type=int,
-        help='Diffusion: observation steps per query ' + _policy_default('obs_horizon', 'Diffusion'))
-    add('--action_horizon', type=int, help='Diffusion: actions executed per query (default: min(8, --chunk_size))')
+    add('--obs_horizon', '--n_obs_steps', dest='obs_horizon', type=int,
+        help="Diffusion: observation steps per query (LeRobot's --n_obs_steps) "
+        + _policy_default('obs_horizon', 'Diffusion'))
+    add('--action_horizon', '--n_action_steps', dest='action_horizon', type=int,
+        help="Diffusion: actions executed per query (LeRobot's --n_action_steps) (default: min(8, the actions a "
+        'query returns))')
+    add('--diffusion_style', choices=STYLES,
+        help="Diffusion: act_plus_plus (act-plus-plus's network: 64 features per camera, the state after them, "
+        "crop-rotate-jitter augmentation) or lerobot (LeRobot's: ReLU keypoint features, the state first, images "
+        "standardised by their statistics and cut to --crop_shape, the chunk starting at the oldest observation, "
+        "--n_action_steps counted from the current one; a LeRobot checkpoint's style) "
+        + _policy_default('style', 'Diffusion'))
+    add('--crop_shape', type=int, nargs=2, metavar=('H', 'W'),
+        help='Diffusion, lerobot style: the window of each image the trunk sees, random in training and the centre '
+        'in evaluation (default: the whole image)')
     add('--down_dims', type=int, nargs='+', metavar='C',
         help='Diffusion: channels of the UNet levels, finest first (a smaller UNet trains faster on a CPU) '
         + _policy_default('down_dims', 'Diffusion'))

@@ -24,7 +24,9 @@ SAME_VALUE = {
     '--policy.dim_feedforward': '--dim_feedforward', '--policy.n_heads': '--nheads',
     '--policy.n_encoder_layers': '--enc_layers', '--policy.n_decoder_layers': '--dec_layers',
     '--policy.kl_weight': '--kl_weight', '--policy.num_inference_steps': '--num_inference_steps',
+    '--policy.prediction_type': '--prediction_type',
 }
+SIZE_LISTS = {'--policy.crop_shape': ('--crop_shape', 2), '--policy.down_dims': ('--down_dims', None)}  # [a, b, ...]
 SWITCHES = {'--wandb.enable': ('--wandb', None), '--policy.use_vae': ('--use_vae', '--no-use_vae')}
 PREFIXES = ('--policy.', '--dataset.', '--wandb.', '--training.', '--optimizer.', '--scheduler.', '--eval.', '--env.')
 
@@ -53,6 +55,12 @@ def translate_one(name, value):
             raise UsageError(f'{name} {value}: LeRobot\'s are {" and ".join(s.upper() for s in NOISE_SCHEDULERS)} '
                              f'(here also --scheduler dpmsolver)')
         return ['--scheduler', value.lower()]
+    if name in SIZE_LISTS:
+        flag, count = SIZE_LISTS[name]
+        sizes = value.strip('[]() ').replace(',', ' ').split()
+        if not sizes or (count and len(sizes) != count) or not all(n.isdigit() for n in sizes):
+            raise UsageError(f'{name} {value}: {count or "one or more"} whole numbers expected, as [84, 84]')
+        return [flag, *sizes]
     if name == '--policy.use_amp':
         return ['--amp', 'fp16'] if truth(name, value) else []  # LeRobot's automatic mixed precision
     if name == '--policy.temporal_ensemble_coeff':

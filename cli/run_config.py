@@ -25,7 +25,7 @@ POLICY_FLAGS = {
     'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
     'scheduler': 'scheduler', 'prediction_type': 'prediction_type', 'obs_horizon': 'obs_horizon',
     'action_horizon': 'action_horizon', 'down_dims': 'down_dims', 'augment_images': 'augment_images',
-    'use_vae': 'use_vae',
+    'use_vae': 'use_vae', 'diffusion_style': 'style', 'crop_shape': 'crop_shape',
 }
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 EVAL_FLAGS = ('ckpt_dir', 'policy_class', 'onscreen_render', 'task_name', 'temporal_agg', 'num_rollouts', 'eval_ckpt',
@@ -59,12 +59,15 @@ def pick_device(name, local_rank=0):
     return 'cpu'
 
 
-def make_policy_config(args, camera_names, state_dim, action_dim, image_hw):
+def make_policy_config(args, camera_names, state_dim, action_dim, image_hw, base=None):
     """The complete policy config from the flags; flags left out (None) take the policy's defaults.
-    image_hw (H, W) is the size of the images the policy sees (CNNMLP's MLP input depends on it)."""
+    image_hw (H, W) is the size of the images the policy sees (CNNMLP's MLP input depends on it).
+    base: a checkpoint's policy_config (--init_from) whose settings without a flag are kept."""
     cls = policy_type(args['policy_class'])
-    config = {key: args[flag] for flag, key in POLICY_FLAGS.items()
-              if key in cls.defaults and args.get(flag) is not None}
+    flagged = set(POLICY_FLAGS.values())
+    config = {key: value for key, value in (base or {}).items() if key in cls.defaults and key not in flagged}
+    config.update({key: args[flag] for flag, key in POLICY_FLAGS.items()
+                   if key in cls.defaults and args.get(flag) is not None})
     config.update({key: cls.defaults[key] for key in cls.required if key not in config and key in cls.defaults})
     config.update(camera_names=list(camera_names), state_dim=state_dim, action_dim=action_dim)
     if args['policy_class'] == 'CNNMLP':
@@ -127,8 +130,6 @@ def check_args(args, device):
         raise UsageError(f"--policy_class must be one of {', '.join(POLICY_CLASSES)}, got {args['policy_class']!r}")
     if args.get('keep_init_stats') and not args.get('init_from'):
         raise ValueError('--keep_init_stats takes the statistics of --init_from\'s checkpoint: give --init_from')
-    if args['policy_class'] == 'Diffusion' and (args.get('init_from') or args.get('freeze_backbone')):
-        raise ValueError('--init_from and --freeze_backbone are for ACT and CNNMLP')
     if args['amp'] == 'fp16' and not device.startswith('cuda'):
         raise ValueError(f'--amp fp16 needs a CUDA device (got {device}); use --amp bf16 on this device')
     if args['amp'] == 'bf16' and device == 'cpu' and not cpu_has_bf16():

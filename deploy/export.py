@@ -72,7 +72,8 @@ class DiffusionEncoderGraph(_Statistics):
 
 
 class DenoiserGraph(nn.Module):
-    """sample (B, chunk, A), timestep (B,) int64, global condition (B, G) -> predicted noise (B, chunk, A)."""
+    """sample (B, horizon, A), timestep (B,) int64, global condition (B, G) -> the predicted noise or clean
+    chunk (B, horizon, A)."""
 
     def __init__(self, policy):
         super().__init__()
@@ -102,7 +103,7 @@ def graphs(policy, stats, cfg):
     observation = example_observation(cfg, EXAMPLE_BATCH, policy.obs_horizon)
     with torch.inference_mode():
         cond = encoder(*observation)
-    sample = torch.randn(EXAMPLE_BATCH, policy.num_queries, policy.action_dim)
+    sample = torch.randn(EXAMPLE_BATCH, policy.cfg['num_queries'], policy.action_dim)  # (B, horizon, A)
     timestep = torch.full((EXAMPLE_BATCH,), 10, dtype=torch.int64)
     return [('encoder', encoder, observation, ('qpos', 'images'), 'global_cond'),
             ('denoiser', DenoiserGraph(policy), (sample, timestep, cond.clone()), ('sample', 'timestep', 'global_cond'),
@@ -147,6 +148,10 @@ def check_sampler(policy):
         raise ValueError(f"the policy samples with --scheduler {scheduler}; the runtime samples with "
                          f"{' or '.join(SAMPLERS)}: export with --scheduler {SAMPLERS[0]} (the default) or "
                          f"--scheduler {SAMPLERS[1]}, which sample the same trained network")
+    if scheduler is not None and (not policy.cfg['clip_sample'] or policy.cfg['clip_sample_range'] != 1.0):
+        clip = f"+-{policy.cfg['clip_sample_range']}" if policy.cfg['clip_sample'] else 'nothing'
+        raise ValueError(f"the policy clips its clean chunk to {clip}; the runtime's samplers clip to [-1, 1], "
+                         f"where the actions are scaled")
 
 
 def diffusion_constants(policy, normalizer):
@@ -160,7 +165,9 @@ def diffusion_constants(policy, normalizer):
                     'final_alpha_cumprod': float(scheduler.final_alpha_cumprod)}
     else:
         sampling = {'sigmas': scheduler.sigmas.tolist()}  # (S + 1,), the last 0
+    # the sampled chunk of `horizon` steps; the actions from `chunk_start` (the current step) are the policy's
     return {'sampler': cfg['scheduler'], 'num_train_timesteps': cfg['num_train_timesteps'],
+            'horizon': cfg['num_queries'], 'chunk_start': policy.chunk_start,
             'prediction_type': cfg['prediction_type'], 'timesteps': scheduler.timesteps.tolist(), **sampling,
             'action_min': np.asarray(normalizer.stats['action_min'], dtype=float).tolist(),
             'action_max': np.asarray(normalizer.stats['action_max'], dtype=float).tolist()}
@@ -202,9 +209,9 @@ def eager_chunks(policy, normalizer, qpos, images, seed=0):
 
 
 def diffusion_noise(policy, batch, seed=0):
-    """The initial sample eager_chunks' Diffusion policy draws: (B, chunk, A)."""
+    """The initial sample eager_chunks' Diffusion policy draws: (B, horizon, A)."""
     torch.manual_seed(seed)
-    return torch.randn(batch, policy.num_queries, policy.action_dim).numpy()
+    return torch.randn(batch, policy.cfg['num_queries'], policy.action_dim).numpy()
 
 
 def compare_with_eager(folder, policy, normalizer, cfg):

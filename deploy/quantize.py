@@ -120,7 +120,7 @@ def policy_feeds(observations):
 def denoiser_feeds(encoder_path, denoiser_path, sampler, observations, chunk_shape, seed=0):
     """The denoiser's inputs while the fp32 graphs sample each observation's chunk: [{'sample',
     'timestep', 'global_cond'}], one per observation and denoising step. sampler: deploy.samplers'
-    sampler of the export; chunk_shape: (chunk, A)."""
+    sampler of the export; chunk_shape: (horizon, A), the sampled chunk."""
     import onnxruntime as ort
     encoder, denoiser = (ort.InferenceSession(p, providers=['CPUExecutionProvider']) for p in (encoder_path,
                                                                                                denoiser_path))
@@ -149,6 +149,6 @@ def quantize_graphs(paths, mode, policy, diffusion_constants=None, observations=
     if 'denoiser' in paths:
         from deploy.samplers import make_sampler
         feeds['denoiser'] = denoiser_feeds(paths['encoder'], paths['denoiser'], make_sampler(diffusion_constants),
-                                           observations, (policy.num_queries, policy.action_dim))
+                                           observations, (policy.cfg['num_queries'], policy.action_dim))
     for role, path in paths.items():
         quantize_static_int8(path, feeds[role])

@@ -159,14 +159,17 @@ class PolicyRunner:
             raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         self.sessions = {role: _Session(os.path.join(folder, entry['name']), m['format'], threads, engine)
                          for role, entry in m['files'].items()}
-        self._check_graphs()
         if self.policy_class == 'Diffusion':
             try:
                 self.sampler = make_sampler(m['diffusion'])
             except ValueError as err:
                 raise ExportError(f'{os.path.join(folder, MANIFEST)}: {err}; export the policy again') from None
+            # the sampled chunk's length and where the current step's action is in it (LeRobot's style: not 0)
+            self.horizon = m['diffusion'].get('horizon', self.chunk_size)
+            self.chunk_start = m['diffusion'].get('chunk_start', 0)
             self.action_low = np.asarray(m['diffusion']['action_min'], dtype=np.float64)
             self.action_high = np.asarray(m['diffusion']['action_max'], dtype=np.float64)
+        self._check_graphs()
         self.reset()
 
     ### shapes
@@ -182,7 +185,7 @@ class PolicyRunner:
         first.check_input('qpos', qpos_shape)
         first.check_input('images', image_shape)
         if self.policy_class == 'Diffusion':
-            self.sessions['denoiser'].check_input('sample', (1, self.chunk_size, self.action_dim))
+            self.sessions['denoiser'].check_input('sample', (1, self.horizon, self.action_dim))
 
     def _checked(self, qpos, images):
         qpos = np.asarray(qpos, dtype=np.float32)
@@ -202,19 +205,20 @@ class PolicyRunner:
     ### queries
     def query(self, qpos, images, noise=None):
         """qpos (B, state_dim), images (B, cams, H, W, 3) uint8 (Diffusion: with an obs_horizon axis after B)
-        -> raw actions (B, chunk_size, action_dim) float32. noise: Diffusion's initial sample (B, chunk, A)."""
+        -> raw actions (B, chunk_size, action_dim) float32. noise: Diffusion's initial sample (B, horizon, A),
+        horizon the chunk_size and the observations before the current one in LeRobot's style."""
         qpos, images = self._checked(qpos, images)
         if self.policy_class != 'Diffusion':
             return self.sessions['policy'].run({'qpos': qpos, 'images': images})[0]
         cond = self.sessions['encoder'].run({'qpos': qpos, 'images': images})[0]  # (B, G)
         batch = len(qpos)
         if noise is None:
-            noise = self.rng.standard_normal((batch, self.chunk_size, self.action_dim))
+            noise = self.rng.standard_normal((batch, self.horizon, self.action_dim))
 
-        def denoise(sample, t):  # -> the noise or the clean chunk (B, chunk, A)
+        def denoise(sample, t):  # -> the noise or the clean chunk (B, horizon, A)
             return self.sessions['denoiser'].run({'sample': sample, 'timestep': np.full(batch, t, dtype=np.int64),
                                                   'global_cond': cond})[0]
-        sample = self.sampler.sample(noise, denoise)  # (B, chunk, A) in [-1, 1]
+        sample = self.sampler.sample(noise, denoise)[:, self.chunk_start:]  # (B, chunk, A) in [-1, 1]
         return from_unit_range(sample, self.action_low, self.action_high).astype(np.float32)
 
     ### one action per step

@@ -25,6 +25,23 @@ def autocast(device_type, amp):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+def load_matching(module, state_dict, source):
+    """Load into `module` the tensors of state_dict whose name and shape fit; print what was kept, what
+    keeps its fresh initialisation and why -> (kept, fresh) key lists."""
+    own = module.state_dict()
+    kept = [k for k in own if k in state_dict and tuple(state_dict[k].shape) == tuple(own[k].shape)]
+    fresh = [k for k in own if k not in kept]
+    module.load_state_dict({k: state_dict[k] for k in kept}, strict=False)
+    why = [f'{k} ({tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here)' if k in state_dict else
+           f'{k} (absent)' for k in fresh]
+    unused = sorted(set(state_dict) - set(own))
+    lines = [f'--init_from {source}: kept {len(kept)} of {len(own)} tensors']
+    lines += [_listing(title, items) for title, items in (('initialised afresh', why),
+                                                         ('not used here', unused)) if items]
+    print('\n'.join(lines))
+    return kept, fresh
+
+
 def _listing(title, items):
     more = f' ... and {len(items) - MAX_LISTED} more' if len(items) > MAX_LISTED else ''
     return f'  {title} ({len(items)}): ' + ', '.join(items[:MAX_LISTED]) + more
@@ -148,18 +165,7 @@ class Policy(nn.Module):
     def load_matching(self, state_dict, source):
         """Load the tensors of state_dict whose name and shape fit (fine-tuning from another run);
         print what was kept, what keeps its fresh initialisation and why -> (kept, fresh) key lists."""
-        own = self.state_dict()
-        kept = [k for k in own if k in state_dict and tuple(state_dict[k].shape) == tuple(own[k].shape)]
-        fresh = [k for k in own if k not in kept]
-        self.load_state_dict({k: state_dict[k] for k in kept}, strict=False)
-        why = [f'{k} ({tuple(state_dict[k].shape)} there, {tuple(own[k].shape)} here)' if k in state_dict else
-               f'{k} (absent)' for k in fresh]
-        unused = sorted(set(state_dict) - set(own))
-        lines = [f'--init_from {source}: kept {len(kept)} of {len(own)} tensors']
-        lines += [_listing(title, items) for title, items in (('initialised afresh', why),
-                                                             ('not used here', unused)) if items]
-        print('\n'.join(lines))
-        return kept, fresh
+        return load_matching(self, state_dict, source)
 
     def set_gradient_checkpointing(self, enabled=True):
         """Recompute the activations of the transformer's layers, the trunk's stages and the UNet's

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.files import load_torch_file
-from policies.base import AMP_DTYPES, IMAGENET_MEAN, IMAGENET_STD, Policy, autocast
+from policies.base import AMP_DTYPES, IMAGENET_MEAN, IMAGENET_STD, Policy, autocast, load_matching
 from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE, N_GROUPS, NORMS, NUM_KEYPOINTS,
                                      STEP_EMBED_DIM, ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk,
                                      centre_crop, centre_window, random_windows)
@@ -301,6 +301,17 @@ class DiffusionPolicy(Policy):
         self.ema.optimization_step = int(checkpoint.get('ema_step', 0))
         return self
 
+    def load_matching(self, state_dict, source):
+        """--init_from: a checkpoint's averaged weights (its trained ones when it has none; a LeRobot
+        folder's one set, network keys) into the network where name and shape fit; the EMA restarts
+        from the result -> (kept, fresh) key lists."""
+        if 'nets' in state_dict:
+            state_dict = state_dict.get('ema') or state_dict['nets']
+        kept, fresh = load_matching(self.nets, _without_constants(state_dict), source)
+        self.ema_nets.load_state_dict(self.nets.state_dict())
+        self.ema.optimization_step = 0
+        return kept, fresh
+
     def mismatch_causes(self, expected, got):
         return _probable_causes(expected, got)
 
@@ -372,10 +383,12 @@ class DiffusionPolicy(Policy):
         loss = (F.mse_loss(prediction, target, reduction='none') * ~is_pad.unsqueeze(-1)).mean()
         return {'l2_loss': loss, 'loss': loss}
 
-    def action_chunk(self, qpos, image, inpainting=None):
+    def action_chunk(self, qpos, image, inpainting=None, trace=None):
         """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32,
         the chunk's actions from the current step on (policy.num_queries of them).
-        inpainting: a policies.rtc.Inpainting that guides each step toward the queued actions (RTC)."""
+        inpainting: a policies.rtc.Inpainting that guides each step toward the queued actions (RTC).
+        trace: a list that receives (timestep, the clean chunk estimated at that step (B, num_queries, A))
+        for every denoising step, to look inside the sampling (evaluation/denoising.py)."""
         qpos, image = self._check_observation(qpos, image)
         if inpainting is not None and self.chunk_start:
             raise ValueError('real-time chunking guides a chunk that starts at the current step; this policy\'s '
@@ -400,8 +413,20 @@ class DiffusionPolicy(Policy):
                     prediction = denoise(actions)
                 else:
                     prediction = self._guided_prediction(denoise, actions, int(step), inpainting)
+                if trace is not None:
+                    clean = self._clean_estimate(prediction, int(step), actions)  # (B, T, A)
+                    trace.append((int(step), clean[:, self.chunk_start:]))
                 actions = self.noise_scheduler.step(prediction, step, actions).prev_sample
         return actions[:, self.chunk_start:]  # (B, num_queries, A)
+
+    def _clean_estimate(self, prediction, step, sample):
+        """The clean chunk the prediction at `step` stands for, clipped as the sampler clips it: (B, T, A)."""
+        if self.cfg['prediction_type'] == 'epsilon':
+            alpha_bar = float(self.noise_scheduler.alphas_cumprod[step])
+            prediction = (sample - math.sqrt(1 - alpha_bar) * prediction) / math.sqrt(alpha_bar)
+        if self.cfg['clip_sample']:
+            prediction = prediction.clamp(-self.cfg['clip_sample_range'], self.cfg['clip_sample_range'])
+        return prediction
 
     def _guided_prediction(self, denoise, sample, step, inpainting):
         """RTC (policies/rtc.py): the prediction whose clean chunk is the guided one, for the sampler's step."""

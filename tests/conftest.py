@@ -22,6 +22,16 @@ def _seed_everything():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy shared CPU cannot stall a second one."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_act_config():
     """Config dict of a tiny ACT policy (keys as the original's policy_config)."""
     return dict(TINY_ACT_CONFIG)

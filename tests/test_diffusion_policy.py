@@ -32,13 +32,7 @@ def observation(batch=2, num_cams=1, obs_horizon=1, state_dim=14, seed=0):
     return torch.randn(*lead, state_dim, generator=g), torch.rand(*lead, num_cams, 3, *TINY_IMAGE_HW, generator=g)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy shared CPU cannot stall a second one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def sample(policy, qpos, image, seed):

@@ -84,15 +84,16 @@ def lerobot_stats(seed=1):
 def write_lerobot_folder(folder, weights, stats, layout='processors', config=None):
     """A pretrained_model/ folder as LeRobot writes it: the current layout, or the one before 0.4."""
     os.makedirs(folder, exist_ok=True)
+    config = config or lerobot_config()
     with open(os.path.join(folder, 'config.json'), 'w') as f:
-        json.dump(config or lerobot_config(), f)
+        json.dump(config, f)
     if layout == 'processors':
         action = {k: v for k, v in stats.items() if k.startswith('action.')}
         pre_file = 'policy_preprocessor_step_3_normalizer_processor.safetensors'
         post_file = 'policy_postprocessor_step_0_unnormalizer_processor.safetensors'
         save_file(stats, os.path.join(folder, pre_file))
         save_file(action, os.path.join(folder, post_file))
-        norm = {'eps': EPS, 'norm_map': {'VISUAL': 'MEAN_STD', 'STATE': 'MEAN_STD', 'ACTION': 'MEAN_STD'}}
+        norm = {'eps': EPS, 'norm_map': config['normalization_mapping']}
         with open(os.path.join(folder, 'policy_preprocessor.json'), 'w') as f:
             json.dump({'name': 'policy_preprocessor', 'steps': [
                 {'registry_name': 'rename_observations_processor', 'config': {'rename_map': {}}},

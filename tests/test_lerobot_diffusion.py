@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from checkpoints import lerobot_diffusion
 from checkpoints.lerobot import read_lerobot_checkpoint
@@ -20,7 +20,8 @@ from evaluation.rollout import load_policy, load_stats
 from formats.lerobot import LeRobotFormatError
 from formats.normalize import Normalizer
 from policies.registry import make_policy, resolve_policy_config
-from tests.test_lerobot_act import eval_args
+from tests.helpers import write_tiny_episode
+from tests.test_lerobot_act import eval_args, write_lerobot_folder
 
 STATE_DIM, ACTION_DIM = 5, 4
 CAMERAS = ['front', 'wrist']
@@ -29,12 +30,7 @@ EPS = 1e-8
 TRUNK_NAMES = {'0': 'conv1', '1': 'bn1', '4': 'layer1', '5': 'layer2', '6': 'layer3', '7': 'layer4'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 ################ LeRobot's side, written from its format and model facts ################
@@ -58,43 +54,16 @@ def lerobot_config(**overrides):
     return config
 
 
-def lerobot_stats(seed=1):
+def lerobot_stats(seed=1, action_dim=ACTION_DIM):
     g = torch.Generator().manual_seed(seed)
-    low_state, low_action = torch.randn(STATE_DIM, generator=g), torch.randn(ACTION_DIM, generator=g)
-    stats = {'observation.state.min': low_state, 'observation.state.max': low_state + torch.rand(STATE_DIM, generator=g) + 0.1,
-             'action.min': low_action, 'action.max': low_action + torch.rand(ACTION_DIM, generator=g) + 0.1}
+    low_state, low_action = torch.randn(STATE_DIM, generator=g), torch.randn(action_dim, generator=g)
+    stats = {'observation.state.min': low_state,
+             'observation.state.max': low_state + torch.rand(STATE_DIM, generator=g) + 0.1,
+             'action.min': low_action, 'action.max': low_action + torch.rand(action_dim, generator=g) + 0.1}
     for cam in CAMERAS:
         stats[f'observation.images.{cam}.mean'] = torch.rand(3, 1, 1, generator=g) * 0.5 + 0.25
         stats[f'observation.images.{cam}.std'] = torch.rand(3, 1, 1, generator=g) * 0.2 + 0.1
     return stats
-
-
-def write_folder(folder, weights, stats, config, layout='processors'):
-    """A pretrained_model/ folder as LeRobot writes it: the current layout, or the one before 0.4."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, 'config.json'), 'w') as f:
-        json.dump(config, f)
-    if layout == 'processors':
-        pre_file = 'policy_preprocessor_step_3_normalizer_processor.safetensors'
-        post_file = 'policy_postprocessor_step_0_unnormalizer_processor.safetensors'
-        save_file(stats, os.path.join(folder, pre_file))
-        save_file({k: v for k, v in stats.items() if k.startswith('action.')}, os.path.join(folder, post_file))
-        norm = {'eps': EPS, 'norm_map': config['normalization_mapping']}
-        steps = {'policy_preprocessor': [{'registry_name': 'normalizer_processor', 'config': norm,
-                                          'state_file': pre_file}],
-                 'policy_postprocessor': [{'registry_name': 'unnormalizer_processor', 'config': norm,
-                                           'state_file': post_file}]}
-        for name, pipeline in steps.items():
-            with open(os.path.join(folder, name + '.json'), 'w') as f:
-                json.dump({'name': name, 'steps': pipeline}, f)
-    else:
-        for key, value in stats.items():
-            feature, stat = key.rsplit('.', 1)
-            prefixes = ['unnormalize_outputs', 'normalize_targets'] if feature == 'action' else ['normalize_inputs']
-            for prefix in prefixes:
-                weights = {**weights, f"{prefix}.buffer_{feature.replace('.', '_')}.{stat}": value.clone()}
-    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(folder, 'model.safetensors'))
-    return folder
 
 
 def _trunk(w, prefix, cfg):
@@ -231,7 +200,7 @@ def tiny_lerobot_folder(folder, config, layout='processors', seed=0):
         elif key.endswith(('running_var', 'block.1.weight', '.bn1.weight', '.bn2.weight')):
             value.copy_(torch.rand(value.shape, generator=g) + 0.5)
     weights = lerobot_diffusion.lerobot_weights(policy.cfg, image_hw, network)
-    return write_folder(folder, weights, lerobot_stats(), config, layout)
+    return write_lerobot_folder(folder, weights, lerobot_stats(action_dim=policy.action_dim), layout, config)
 
 
 def observation(batch=2, steps=2, seed=0):
@@ -392,3 +361,157 @@ def test_only_the_lerobot_style_converts_to_lerobot(tmp_path):
     with pytest.raises(ValueError, match=r"style 'act_plus_plus'.*--diffusion_style lerobot"):
         to_lerobot(ours, str(tmp_path / 'lr'))
     assert not os.path.exists(tmp_path / 'lr')
+
+
+################ Training in LeRobot's style, fine-tuning from a LeRobot folder ################
+
+def test_lerobot_style_targets_start_at_the_oldest_observation(tmp_path):
+    from training.data import EpisodicDataset
+    write_tiny_episode(str(tmp_path / 'episode_0.hdf5'), episode_len=6, state_dim=STATE_DIM, seed=1)
+    stats = {'qpos_mean': np.zeros(STATE_DIM), 'qpos_std': np.ones(STATE_DIM), 'action_mean': np.zeros(STATE_DIM),
+             'action_std': np.ones(STATE_DIM), 'action_min': np.full(STATE_DIM, -10.0),
+             'action_max': np.full(STATE_DIM, 10.0)}
+    ours = EpisodicDataset([0], str(tmp_path), ['top'], stats, 'Diffusion', obs_horizon=2)
+    lead = EpisodicDataset([0], str(tmp_path), ['top'], stats, 'Diffusion', obs_horizon=2, action_lead=1)
+    actions = ours.actions[0]  # (6, A) normalised
+    for seed in range(20):
+        start = int(np.random.default_rng(seed).integers(6))
+        *_, action, is_pad = lead[(0, seed)]
+        *_, own, own_pad = ours[(0, seed)]
+        if start == 0:  # the step before the episode: its first action, padded
+            np.testing.assert_array_equal(action[:2], actions[[0, 0]])
+            assert is_pad[0] and not is_pad[1]
+        else:
+            np.testing.assert_array_equal(action[:7 - start], actions[start - 1:])
+            np.testing.assert_array_equal(action[1:], own[:-1])
+            np.testing.assert_array_equal(is_pad[1:], own_pad[:-1])
+
+
+def train_args(*flags):
+    import imitate_episodes
+    return vars(imitate_episodes.build_parser().parse_args(
+        ['--task_name', 'sim_transfer_cube', '--policy_class', 'Diffusion', '--num_epochs', '2', '--batch_size', '2',
+         '--device', 'cpu', '--camera_names', *CAMERAS, *flags]))
+
+
+def tiny_data(folder, n=4):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        write_tiny_episode(os.path.join(folder, f'episode_{i}.hdf5'), state_dim=STATE_DIM, camera_names=CAMERAS,
+                           image_hw=IMAGE_HW, seed=i)
+    return folder
+
+
+def test_fine_tune_from_a_lerobot_diffusion_folder_takes_its_settings(tmp_path, capsys):
+    import imitate_episodes
+    folder = tiny_lerobot_folder(str(tmp_path / 'lr'), lerobot_config())
+    data = tiny_data(str(tmp_path / 'data'))
+    ckpt = tmp_path / 'tuned'
+    imitate_episodes.main(train_args('--ckpt_dir', str(ckpt), '--dataset_dir', data, '--num_episodes', '4',
+                                     '--init_from', folder, '--freeze_backbone', '--n_action_steps', '3'))
+    out = capsys.readouterr().out
+    # the data's actions have 5 joints, the checkpoint's 4: only the UNet's action-sized ends start afresh
+    assert f'--init_from {folder}: kept' in out and 'initialised afresh (4)' in out
+    assert 'final_conv.1.weight ((4, 16, 1) there, (5, 16, 1) here)' in out
+    with open(ckpt / 'config.json') as f:
+        config = json.load(f)['policy_config']
+    expected, _ = lerobot_diffusion.policy_config_from_lerobot(lerobot_config())
+    for key in ('style', 'num_queries', 'obs_horizon', 'crop_shape', 'num_keypoints', 'shared_encoder',
+                'step_embed_dim', 'film_scale', 'backbone_norm', 'down_dims', 'num_train_timesteps', 'scheduler'):
+        assert _plain(config[key]) == _plain(expected[key]), key
+    assert config['action_horizon'] == 3  # a flag given wins
+    tuned = torch.load(ckpt / 'policy_last.ckpt', weights_only=True)
+    start = lerobot_diffusion.from_lerobot_state_dict(load_file(os.path.join(folder, 'model.safetensors')), True)
+    trunk = [k for k in start if k.startswith('policy.backbones.') and k.endswith('conv1.weight')]
+    assert trunk and all(torch.equal(tuned['nets'][k], start[k]) for k in trunk)  # --freeze_backbone
+    unet = 'policy.noise_pred_net.mid_modules.0.blocks.0.block.0.weight'
+    assert not torch.equal(tuned['nets'][unet], start[unet])  # trained on
+    # the EMA restarted from the loaded weights and followed the training
+    assert not torch.equal(tuned['ema'][unet], start[unet]) and tuned['ema_step'] > 0
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def test_train_in_lerobots_style_with_its_flag_names_then_convert(tmp_path):
+    import imitate_episodes
+    data = tiny_data(str(tmp_path / 'data'))
+    ckpt = tmp_path / 'ours'
+    imitate_episodes.main(train_args(
+        '--ckpt_dir', str(ckpt), '--dataset_dir', data, '--num_episodes', '4', '--diffusion_style', 'lerobot',
+        '--horizon', '8', '--n_obs_steps', '2', '--n_action_steps', '4', '--crop_shape', '64', '80',
+        '--noise_scheduler_type', 'DDIM', '--num_inference_steps', '5', '--down_dims', '16', '32'))
+    with open(ckpt / 'config.json') as f:
+        config = json.load(f)['policy_config']
+    assert (config['style'], config['num_queries'], config['obs_horizon'], config['action_horizon'],
+            config['crop_shape'], config['scheduler']) == ('lerobot', 8, 2, 4, [64, 80], 'ddim')
+    to_lerobot(str(ckpt), str(tmp_path / 'lr'), 'policy_last.ckpt')
+    with open(tmp_path / 'lr' / 'config.json') as f:
+        written = json.load(f)
+    assert (written['horizon'], written['n_obs_steps'], written['n_action_steps'], written['crop_shape'],
+            written['noise_scheduler_type']) == (8, 2, 4, [64, 80], 'DDIM')
+
+
+def test_lerobot_command_line_names_for_diffusion():
+    from cli.lerobot_names import translate_lerobot_flags
+    argv, said = translate_lerobot_flags(['--policy.type=diffusion', '--policy.crop_shape=[84, 84]',
+                                          '--policy.down_dims', '(64,128)', '--policy.prediction_type=sample',
+                                          '--policy.noise_scheduler_type=DDIM'])
+    assert argv == ['--policy_class', 'Diffusion', '--crop_shape', '84', '84', '--down_dims', '64', '128',
+                    '--prediction_type', 'sample', '--scheduler', 'ddim']
+    assert '--policy.crop_shape=[84, 84] -> --crop_shape 84 84' in said
+
+
+def test_a_lerobot_diffusion_folder_exports_for_the_runtime(tmp_path):
+    import export_policy
+    from deploy.runtime import PolicyRunner
+    config = lerobot_config(noise_scheduler_type='DDIM', num_inference_steps=5)
+    folder = tiny_lerobot_folder(str(tmp_path / 'lr'), config)
+    out = str(tmp_path / 'export')
+    export_policy.main(['--ckpt_dir', folder, '--out', out, '--task_name', 'sim_transfer_cube'])
+    runner = PolicyRunner(out)
+    qpos, images = observation(seed=4)
+    frames = np.stack([(images[cam].permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy()
+                       for cam in CAMERAS], axis=2)  # (B, To, K, H, W, 3)
+    unit = torch.from_numpy(frames).permute(0, 1, 2, 5, 3, 4).float() / 255
+    torch.manual_seed(9)
+    noise = torch.randn(2, 8, ACTION_DIM)
+    exported = runner.query(qpos.numpy(), frames, noise=noise.numpy())  # (B, 7, A) from the current step
+    expected = lerobot_pipeline(folder, qpos, {cam: unit[:, :, i] for i, cam in enumerate(CAMERAS)}, seed=9)
+    assert exported.shape == (2, 7, ACTION_DIM)
+    np.testing.assert_allclose(exported[:, :4], expected.numpy(), atol=1e-4)
+
+
+################ A look inside the denoising ################
+
+def test_the_trace_ends_at_the_chunk_ddim_returns():
+    policy = lerobot_style_policy(seed=2, noise_scheduler_type='DDIM', num_inference_steps=5)
+    qpos, images = observation(seed=1)
+    stacked = torch.stack([images[cam] for cam in CAMERAS], dim=2)
+    trace = []
+    torch.manual_seed(3)
+    chunk = policy.action_chunk(qpos, stacked, trace=trace)
+    assert [t for t, _ in trace] == [8, 6, 4, 2, 0] and all(c.shape == chunk.shape == (2, 7, ACTION_DIM)
+                                                            for _, c in trace)
+    torch.testing.assert_close(trace[-1][1], chunk)  # DDIM's last step lands on its clean estimate
+    assert (trace[0][1] - chunk).abs().max() > 1e-3  # the first estimate is another chunk
+
+
+def test_eval_offline_of_a_diffusion_policy_draws_its_denoising_and_samples(tmp_path, capsys):
+    import imitate_episodes
+    from evaluation.report import report_html
+    config = lerobot_config(noise_scheduler_type='DDIM', num_inference_steps=5,
+                            output_features={'action': {'type': 'ACTION', 'shape': [STATE_DIM]}})  # the data's
+    folder = tiny_lerobot_folder(str(tmp_path / 'model' / 'pretrained_model'), config)
+    data = tiny_data(str(tmp_path / 'data'), n=1)
+    imitate_episodes.main(vars(imitate_episodes.build_parser().parse_args(
+        ['--eval_offline', '--ckpt_dir', folder, '--task_name', 'sim_transfer_cube', '--dataset_dir', data,
+         '--num_episodes', '1', '--diversity_samples', '3', '--device', 'cpu'])))
+    out = capsys.readouterr().out
+    beside = tmp_path / 'model'  # LeRobot's folder holds LeRobot's files only
+    for name in ('offline_eval.png', 'offline_denoising.png', 'offline_diversity.png'):
+        assert (beside / name).is_file() and name in out
+    page = report_html(str(beside), 'model.safetensors', [{'rollout_id': 0, 'highest_reward': 1,
+                                                          'episode_return': 1}], 4, None)
+    assert page.count('<img alt="offline_') == 3

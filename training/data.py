@@ -60,11 +60,12 @@ class EpisodicDataset(torch.utils.data.Dataset):
         action  (L, A) float32 normalised (Diffusion: scaled to [-1, 1]), L = pad_len
         is_pad  (L,) bool, True past the episode's end
     With To > 1 the observations are those of steps t-To+1..t, the first frame repeated before
-    the episode starts.
+    the episode starts. action_lead > 0 starts the actions that many steps earlier (LeRobot's
+    Diffusion), the first action repeated and marked padded before the episode starts.
     """
 
     def __init__(self, episode_ids, dataset, camera_names, norm_stats, policy_class='ACT',
-                 obs_horizon=1, image_size=None, preload=False, pad_len=None):
+                 obs_horizon=1, image_size=None, preload=False, pad_len=None, action_lead=0):
         """dataset: an opened dataset (formats.datasets.open_dataset) or its folder, as the original's."""
         super().__init__()
         self.episode_ids = list(episode_ids)
@@ -74,6 +75,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.norm_stats = norm_stats
         self.normalizer = Normalizer(norm_stats, action_normalization(policy_class))
         self.obs_horizon = obs_horizon
+        self.action_lead = action_lead  # actions start this many steps before the sampled one
         self.image_size = None if image_size is None else tuple(image_size)
         self.names = [self.source.name(i) for i in self.episode_ids]
         self._load_low_dim()
@@ -146,10 +148,11 @@ class EpisodicDataset(torch.utils.data.Dataset):
         else:
             # NOTE(faithful): real-robot actions start one step earlier, "to make timesteps more aligned".
             first = max(0, start_ts - 1)
-        action = np.tile(self.pad_value, (self.pad_len, 1))  # (L, A)
-        action_len = episode_len - first
-        action[:action_len] = self.actions[index][first:]
-        is_pad = np.arange(self.pad_len) >= action_len  # (L,)
+        steps = first - self.action_lead + np.arange(self.pad_len)  # (L,) the actions' steps
+        after, before = steps >= episode_len, steps < 0
+        # past the end: pad_value; before the start (action_lead): the first action, as LeRobot copies it
+        action = np.where(after[:, None], self.pad_value, self.actions[index][np.clip(steps, 0, episode_len - 1)])
+        is_pad = after | before  # (L,)
         if self.obs_horizon == 1:
             image, qpos = image[0], qpos[0]
         return image, qpos, action, is_pad
@@ -220,7 +223,7 @@ def opened(dataset):
 
 def load_data(dataset, num_episodes, camera_names, batch_size_train, batch_size_val, policy_class='ACT',
               obs_horizon=1, image_size=None, num_workers=None, preload='auto', seed=0, device='cpu',
-              rank=0, world_size=1, norm_stats=None):
+              rank=0, world_size=1, norm_stats=None, action_lead=0):
     """-> (train_dataloader, val_dataloader, norm_stats, is_sim). dataset: an opened dataset or its folder.
 
     The split is drawn from numpy's global random state (the original seeds it with 1 first).
@@ -234,8 +237,8 @@ def load_data(dataset, num_episodes, camera_names, batch_size_train, batch_size_
     train_indices, val_indices = split_episodes(num_episodes)
     if norm_stats is None:
         norm_stats = get_norm_stats(source, num_episodes)
-    datasets = [EpisodicDataset(ids, source, camera_names, norm_stats, policy_class, obs_horizon, image_size)
-                for ids in (train_indices, val_indices)]
+    datasets = [EpisodicDataset(ids, source, camera_names, norm_stats, policy_class, obs_horizon, image_size,
+                                action_lead=action_lead) for ids in (train_indices, val_indices)]
     train_hw, val_hw = (tuple(d.hw) for d in datasets)
     if train_hw != val_hw:
         raise ValueError(f'{datasets[1].names[0]}: frames are {val_hw[0]}x{val_hw[1]} but {datasets[0].names[0]} has '
