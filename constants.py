@@ -174,6 +174,17 @@ def joint_names(dim):
     return [f'joint_{i}' for i in range(dim)]
 
 
+def task_joint_names(task_name, dim):
+    """The names of a task's `dim` joints: an SO task's (shoulder_pan, ...), else joint_names(dim)."""
+    try:
+        names = lerobot_settings(task_name)['names']
+    except (KeyError, TypeError):
+        names = None
+    if names and len(names) == dim:
+        return [name.removesuffix('.pos') for name in names]
+    return joint_names(dim)
+
+
 # per arm: 6 joints, then the two finger joints (left finger, right finger = -left finger)
 START_ARM_POSE = [0, -0.96, 1.16, 0, -0.3, 0, 0.02239, -0.02239,
                   0, -0.96, 1.16, 0, -0.3, 0, 0.02239, -0.02239]

@@ -13,7 +13,7 @@ from cli.run_config import (check_args, check_required, eval_config, evaluating,
                             pick_device, run_checkpoint, with_default_folder, with_saved_config)
 from common.files import prepare_folder
 from common.seeds import set_seed
-from constants import IMAGE_HW, get_task_config
+from constants import IMAGE_HW, get_task_config, task_joint_names
 from evaluation.denoising import chunk_views, write_figures
 from evaluation.offline import DIFFUSION_SAMPLES, check_episode, evaluate_offline, report_table, write_report
 from evaluation.rollout import eval_bc, load_policy, load_stats
@@ -69,7 +69,9 @@ def offline_main(args, device, checkpoint):
     samples = args['diversity_samples']
     if samples is None:
         samples = DIFFUSION_SAMPLES if config['policy_class'] == 'Diffusion' else 0
-    report = evaluate_offline(policy, normalizer, source, indices, config['image_size'] or IMAGE_HW, device, samples)
+    names = task_joint_names(config['task_name'], normalizer.action_dim)
+    report = evaluate_offline(policy, normalizer, source, indices, config['image_size'] or IMAGE_HW, device, samples,
+                              names)
     report.update(checkpoint=config['eval_ckpt'], dataset_dir=source.dataset_dir)
     print(report_table(report))
     out_dir = offline_out_dir(config['ckpt_dir'], checkpoint)
@@ -77,7 +79,7 @@ def offline_main(args, device, checkpoint):
     if config['policy_class'] == 'Diffusion':  # a look inside the denoising, at the first held-out episode
         episode = check_episode(source, indices[0], policy, normalizer)
         views = chunk_views(policy, normalizer, source, indices[0], episode, config['image_size'] or IMAGE_HW,
-                            device, samples)
+                            device, samples, names)
         saved += write_figures(views, out_dir)
     print('Saved ' + ', '.join(saved))
 

@@ -24,10 +24,11 @@ SHOWN_STEPS = 4  # denoising steps drawn, spread from the first to the last
 PANEL_INCHES = (1.7, 1.4)  # (width, height) of one joint's panel
 
 
-def chunk_views(policy, normalizer, source, index, episode, image_size, device, samples, seed=0):
+def chunk_views(policy, normalizer, source, index, episode, image_size, device, samples, names=None, seed=0):
     """At the FRACTIONS of episode `index` (episode: offline.check_episode's (qpos, action, is_sim)) ->
     {'steps' (N,), 'recorded' (N, Q, A), 'valid' (N, Q), 'trace' [(timestep, (N, Q, A))] (SHOWN_STEPS of
-    them, the last the final chunk's estimate), 'samples' (S, N, Q, A)}, actions in robot units."""
+    them, the last the final chunk's estimate), 'samples' (S, N, Q, A), 'names' (A,)}, actions in robot
+    units; names: the joints' (default constants.joint_names)."""
     qpos, action, is_sim = episode
     steps = np.unique((np.asarray(FRACTIONS) * (len(qpos) - 1)).astype(int))  # (N,)
     q, image = observations(source, index, steps, normalizer.normalize_qpos(qpos), policy, image_size, device)
@@ -37,7 +38,7 @@ def chunk_views(policy, normalizer, source, index, episode, image_size, device, 
     shown = np.unique(np.linspace(0, len(trace) - 1, SHOWN_STEPS).round().astype(int))
     draws = [policy.action_chunk(q, image) for _ in range(max(1, samples))]
     recorded, valid = recorded_chunks(action, is_sim, steps, policy.num_queries)
-    return {'steps': steps, 'recorded': recorded, 'valid': valid,
+    return {'steps': steps, 'recorded': recorded, 'valid': valid, 'names': names or joint_names(action.shape[1]),
             'trace': [(trace[i][0], normalizer.unnormalize_action(trace[i][1].float().cpu().numpy())) for i in shown],
             'samples': np.stack([normalizer.unnormalize_action(d.cpu().numpy()) for d in draws])}
 
@@ -49,7 +50,7 @@ def _panels(views, title):
     n, _, joints = recorded.shape
     fig = Figure(figsize=(PANEL_INCHES[0] * joints, PANEL_INCHES[1] * n + 0.6))
     axes = np.asarray(fig.subplots(n, joints, squeeze=False))
-    names = joint_names(joints)
+    names = views['names']
     for row, step in enumerate(views['steps']):
         kept = valid[row]
         for j in range(joints):

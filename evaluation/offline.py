@@ -121,9 +121,9 @@ def recorded_chunks(action, is_sim, steps, chunk):
     return action[np.minimum(targets, T - 1)], targets < T
 
 
-def evaluate_offline(policy, normalizer, source, indices, image_size, device, samples=0):
+def evaluate_offline(policy, normalizer, source, indices, image_size, device, samples=0, names=None):
     """The report (ErrorSums.report) of `policy` on episodes `indices` of `source` (formats.datasets.open_dataset),
-    all checked first."""
+    all checked first; names: the joints' (default constants.joint_names)."""
     if not len(indices):
         raise ValueError('no held-out episodes to evaluate on: pass --dataset_dir (and --num_episodes) '
                          'to evaluate on other recorded episodes')
@@ -133,7 +133,7 @@ def evaluate_offline(policy, normalizer, source, indices, image_size, device, sa
     with tqdm(total=sum(len(qpos) for qpos, _, _ in episodes), desc='offline evaluation', unit='step') as bar:
         for index, episode in zip(indices, episodes):
             evaluate_episode(source, index, episode, policy, normalizer, image_size, device, sums, samples, bar)
-    report = sums.report(joint_names(normalizer.action_dim))
+    report = sums.report(names or joint_names(normalizer.action_dim))
     report['episodes'] = [os.path.basename(source.name(i)) for i in indices]
     return report
 

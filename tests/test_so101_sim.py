@@ -156,6 +156,9 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     result = json.load(open(tmp_path / 'ckpt' / 'result_policy_last.json'))
     assert result['num_rollouts'] == 1 and set(result['stages']) == {'0', '1', '2', '3', '4'}
     assert os.path.isfile(tmp_path / 'ckpt' / 'report.html')
+    imitate_episodes.main(dict(args, eval_offline=True, eval_ckpt='policy_last.ckpt'))
+    offline = json.load(open(tmp_path / 'ckpt' / 'offline_eval.json'))
+    assert list(offline['per_joint']) == list(constants.SO_JOINT_NAMES)  # the arm's own joint names
     import export_policy
     from policy_runtime import PolicyRunner
     export_policy.main(['--ckpt_dir', str(tmp_path / 'ckpt'), '--ckpt', 'policy_last.ckpt', '--out',
