@@ -9,6 +9,7 @@ import pytest
 import constants
 from recording import sim as record_sim_episodes
 from so101_sim import is_so101_task, scene
+from tests.test_so_arms import station  # noqa: F401 (the emulated SO arms, a fixture)
 from so101_sim.env import (DEGREES_PER_RADIAN, FEATURE_NAMES, START_POSE, STATE_DIM, Units, make_so101_env,
                            pick_place_reward, sample_cube_pose)
 
@@ -142,7 +143,8 @@ def test_lerobot_recording_has_the_so_feature_names(recorded, tmp_path, monkeypa
     assert LeRobotEpisodes(str(root)).read_episode(0).action.shape == (STEPS, STATE_DIM)
 
 
-def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch):
+def train_tiny_policy(recorded, tmp_path, monkeypatch):
+    """A tiny ACT trained two epochs on the recording -> imitate_episodes.py's arguments."""
     import imitate_episodes
     monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
     from tests.helpers import train_args
@@ -150,6 +152,12 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     args = train_args(root / 'hdf5', tmp_path / 'ckpt', task_name=TASK, camera_names=['front', 'wrist'],
                       num_episodes=2, batch_size=2, num_epochs=2)
     imitate_episodes.main(args)
+    return args
+
+
+def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch):
+    import imitate_episodes
+    args = train_tiny_policy(recorded, tmp_path, monkeypatch)
     config = json.load(open(tmp_path / 'ckpt' / 'config.json'))
     assert config['policy_config']['state_dim'] == STATE_DIM and config['task_name'] == TASK
     imitate_episodes.main(dict(args, eval=True, num_rollouts=1, eval_ckpt='policy_last.ckpt', save_video=False))
@@ -167,6 +175,26 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     assert runner.manifest['control_hz'] == 30 and runner.camera_names == ['front', 'wrist']
     action = runner.act(np.array(START_POSE, np.float32), np.zeros((2, *SMALL, 3), np.uint8))
     assert action.shape == (STATE_DIM,) and np.all(np.isfinite(action))
+
+
+def test_a_sim_trained_checkpoint_runs_on_the_emulated_arm(recorded, station, tmp_path, monkeypatch, capsys):
+    """Sim to real: the checkpoint trained on the simulated SO-101 drives a real SO task's follower on the
+    emulated bus, through the same command, the units and joint order being the real arm's."""
+    import imitate_episodes
+    import real_robot
+    from real_robot import settings
+    from tests.test_so_arms import CALIBRATION, TEST_PATTERN
+    emulators, _ = station
+    monkeypatch.setitem(settings.CAMERA_DEVICES, 'wrist', TEST_PATTERN)
+    monkeypatch.setitem(real_robot.TASK_CONFIGS['tiny_so_task'], 'camera_names', ['front', 'wrist'])
+    args = train_tiny_policy(recorded, tmp_path, monkeypatch)
+    monkeypatch.setitem(real_robot.TASK_CONFIGS['tiny_so_task'], 'episode_len', 4)
+    imitate_episodes.main(dict(args, eval=True, task_name='tiny_so_task', num_rollouts=1,
+                               eval_ckpt='policy_last.ckpt', no_video=True))
+    goals = emulators['so_follower'].servos[CALIBRATION['shoulder_pan']['id']].goal_history
+    low, high = CALIBRATION['shoulder_pan']['range_min'], CALIBRATION['shoulder_pan']['range_max']
+    assert len(goals) >= 4 and all(low <= g <= high for g in goals)  # commanded, within the calibrated range
+    assert all(s.get('torque_enable') == 0 for s in emulators['so_follower'].servos.values())
 
 
 @pytest.mark.slow
