@@ -36,7 +36,7 @@ recipe: $(VENV)/.installed
 	$(PY) demo.py --recipe cpu --out recipe
 
 # The insertion recipe in ./insertion/: 50 demonstrations at 120x160, 6,000 training steps and 50
-# rollouts, in about 55 minutes on a 2-core CPU (demo.py)
+# rollouts played chunk by chunk, in about 50 minutes on a 2-core CPU (demo.py)
 insertion: $(VENV)/.installed
 	$(PY) demo.py --recipe insertion --out insertion
 
