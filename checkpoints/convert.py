@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, write_config
-from checkpoints.lerobot import load_lerobot_weights, read_lerobot_checkpoint
 from checkpoints import lerobot_act, lerobot_diffusion
+from checkpoints.lerobot import load_lerobot_weights, read_lerobot_checkpoint
 from checkpoints.lerobot_files import MODEL_FILE, feature_listing
 from checkpoints.reader import open_checkpoint
 from common.files import load_torch_file, prepare_folder

@@ -25,8 +25,9 @@ def _module(folder, lr_config=None):
 
 def read_lerobot_checkpoint(folder, statistics=True):
     """The module's read_lerobot_checkpoint dict, with 'policy_class'."""
-    policy_class, module = _module(folder)
-    return {**module.read_lerobot_checkpoint(folder, statistics), 'policy_class': policy_class}
+    lr_config = read_json(os.path.join(folder, CONFIG_FILE))
+    policy_class, module = _module(folder, lr_config)
+    return {**module.read_lerobot_checkpoint(folder, statistics, lr_config), 'policy_class': policy_class}
 
 
 def read_lerobot_config(folder):

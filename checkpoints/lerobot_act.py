@@ -10,12 +10,12 @@ import os
 
 import torch
 
-from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_spec, image_features,
-                                       load_tensors, read_checked_config, statistics_from_lerobot,
-                                       write_lerobot_folder)
+from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, image_features,
+                                       image_statistics, load_tensors, policy_features, read_checked_config,
+                                       run_config, write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES
-from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError
+from formats.lerobot import ACTION, STATE, LeRobotFormatError
 from policies.chunker import TEMPORAL_AGG_K
 
 # (this project's, LeRobot's) module names under `model.`; a name matches itself and what lies below it
@@ -177,38 +177,27 @@ def read_lerobot_config(folder, lr_config=None):
     return read_checked_config(folder, check_lerobot_config, lr_config)
 
 
-def read_lerobot_checkpoint(folder, statistics=True):
+def read_lerobot_checkpoint(folder, statistics=True, lr_config=None):
     """-> {'policy_config', 'image_size', 'stats', 'state_dict', 'features', 'use_vae'} of a LeRobot
-    ACT folder; statistics False: no 'stats', and ImageNet's image normalisation."""
-    lr_config = read_lerobot_config(folder)
+    ACT folder (lr_config: its config.json object, already read); statistics False: no 'stats', and
+    ImageNet's image normalisation."""
+    lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    stats = None
-    if statistics:
-        stats, image_mean, image_std = statistics_from_lerobot(folder, lr_config)
-        policy_config.update(image_mean=image_mean, image_std=image_std)
+    stats = image_statistics(folder, lr_config, policy_config, required=True) if statistics else None
     weights = load_tensors(os.path.join(folder, MODEL_FILE))
-    features = {STATE: 'qpos', ACTION: 'action',
-                **{key: f'camera {camera!r}' for camera, key in image_features(lr_config).items()}}
     return {'policy_config': policy_config, 'image_size': image_hw, 'stats': stats,
-            'state_dict': from_lerobot_state_dict(weights), 'features': features,
+            'state_dict': from_lerobot_state_dict(weights), 'features': feature_roles(lr_config),
             'use_vae': lr_config.get('use_vae', True)}
 
 
 def lerobot_run_config(folder, lr_config=None):
-    """The config.json content of this project (checkpoints.folder.make_run_config's keys) that a LeRobot
-    ACT folder amounts to (lr_config: its config.json object, already read), statistics files read for
-    the image normalisation; no task name."""
+    """The config.json content of this project that a LeRobot ACT folder amounts to (lr_config: its
+    config.json object, already read), statistics files read for the image normalisation (where they are
+    missing, --stats_from stands in where the statistics are needed); no task name."""
     lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    try:
-        _, image_mean, image_std = statistics_from_lerobot(folder, lr_config)
-        policy_config.update(image_mean=image_mean, image_std=image_std)
-    except LeRobotFormatError:
-        pass  # reported where the statistics are needed (--stats_from can stand in)
-    return {'policy_class': 'ACT', 'policy_config': policy_config, 'task_name': None,
-            'camera_names': list(policy_config['camera_names']), 'image_size': list(image_hw),
-            'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
-            'training': {}, 'lerobot': True}
+    image_statistics(folder, lr_config, policy_config, required=False)
+    return run_config('ACT', policy_config, image_hw)
 
 
 def load_lerobot_weights(policy, checkpoint):
@@ -228,11 +217,8 @@ def lerobot_config(policy_config, image_hw, temporal_agg=False):
     """LeRobot's config.json of this project's ACT policy_config; temporal_agg: LeRobot ensembles the
     chunks as --temporal_agg does (coefficient 0.01, a query every step)."""
     cfg = policy_config
-    inputs = {STATE: feature_spec('STATE', (cfg['state_dim'],)),
-              **{IMAGE_PREFIX + cam: feature_spec('VISUAL', (3, *image_hw)) for cam in cfg['camera_names']}}
     return {
-        'type': 'act', 'n_obs_steps': 1, 'input_features': inputs,
-        'output_features': {ACTION: feature_spec('ACTION', (cfg['action_dim'],))},
+        'type': 'act', 'n_obs_steps': 1, **policy_features(cfg, image_hw),
         'device': 'cpu', 'use_amp': False, 'push_to_hub': False, 'repo_id': None, 'private': None, 'tags': None,
         'license': None, 'chunk_size': cfg['num_queries'], 'n_action_steps': 1 if temporal_agg else cfg['num_queries'],
         'normalization_mapping': {'VISUAL': 'MEAN_STD', 'STATE': 'MEAN_STD', 'ACTION': 'MEAN_STD'},

@@ -15,12 +15,12 @@ import os
 
 import torch
 
-from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_spec, image_features,
-                                       load_tensors, read_checked_config, statistics_from_lerobot,
-                                       write_lerobot_folder)
+from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, image_features,
+                                       image_statistics, load_tensors, policy_features, read_checked_config,
+                                       run_config, write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES, trunk_output_hw
-from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError
+from formats.lerobot import ACTION, STATE, LeRobotFormatError
 from policies.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 from policies.diffusion_nets import keypoint_grid
 
@@ -219,44 +219,25 @@ def read_lerobot_config(folder, lr_config=None):
     return read_checked_config(folder, check_lerobot_config, lr_config)
 
 
-def read_lerobot_checkpoint(folder, statistics=True):
+def read_lerobot_checkpoint(folder, statistics=True, lr_config=None):
     """-> {'policy_config', 'image_size', 'stats', 'state_dict', 'features'} of a LeRobot Diffusion
-    folder; 'state_dict' the network's weights (trained and averaged alike); statistics False: no 'stats'."""
-    lr_config = read_lerobot_config(folder)
+    folder (lr_config: its config.json object, already read); 'state_dict' the network's weights
+    (trained and averaged alike); statistics False: no 'stats'."""
+    lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    stats = None
-    image_stats = _image_statistics(folder, lr_config, required=statistics)
-    if image_stats is not None:
-        stats, image_mean, image_std = image_stats
-        policy_config.update(image_mean=image_mean, image_std=image_std)
+    stats = image_statistics(folder, lr_config, policy_config, required=statistics)
     weights = load_tensors(os.path.join(folder, MODEL_FILE))
-    features = {STATE: 'qpos', ACTION: 'action',
-                **{key: f'camera {camera!r}' for camera, key in image_features(lr_config).items()}}
     return {'policy_config': policy_config, 'image_size': image_hw, 'stats': stats if statistics else None,
-            'state_dict': from_lerobot_state_dict(weights, policy_config['shared_encoder']), 'features': features}
-
-
-def _image_statistics(folder, lr_config, required):
-    """statistics_from_lerobot's triple, or None when they are missing and not required."""
-    try:
-        return statistics_from_lerobot(folder, lr_config)
-    except LeRobotFormatError:
-        if required:
-            raise
-        return None
+            'state_dict': from_lerobot_state_dict(weights, policy_config['shared_encoder']),
+            'features': feature_roles(lr_config)}
 
 
 def lerobot_run_config(folder, lr_config=None):
     """The config.json content of this project that a LeRobot Diffusion folder amounts to; no task name."""
     lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    image_stats = _image_statistics(folder, lr_config, required=False)
-    if image_stats is not None:  # else reported where the statistics are needed (--stats_from can stand in)
-        policy_config.update(image_mean=image_stats[1], image_std=image_stats[2])
-    return {'policy_class': 'Diffusion', 'policy_config': policy_config, 'task_name': None,
-            'camera_names': list(policy_config['camera_names']), 'image_size': list(image_hw),
-            'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
-            'training': {}, 'lerobot': True}
+    image_statistics(folder, lr_config, policy_config, required=False)  # else --stats_from stands in
+    return run_config('Diffusion', policy_config, image_hw)
 
 
 def load_lerobot_weights(policy, checkpoint):
@@ -283,13 +264,10 @@ def check_exportable(policy_config):
 def lerobot_config(policy_config, image_hw):
     """LeRobot's config.json of this project's lerobot-style Diffusion policy_config."""
     cfg = policy_config
-    inputs = {STATE: feature_spec('STATE', (cfg['state_dim'],)),
-              **{IMAGE_PREFIX + cam: feature_spec('VISUAL', (3, *image_hw)) for cam in cfg['camera_names']}}
     crop = None if cfg['crop_shape'] is None else list(cfg['crop_shape'])
     theirs = {v: k for k, v in SCHEDULERS.items()}
     return {
-        'type': 'diffusion', 'n_obs_steps': cfg['obs_horizon'], 'input_features': inputs,
-        'output_features': {ACTION: feature_spec('ACTION', (cfg['action_dim'],))},
+        'type': 'diffusion', 'n_obs_steps': cfg['obs_horizon'], **policy_features(cfg, image_hw),
         'device': 'cpu', 'use_amp': False, 'push_to_hub': False, 'repo_id': None, 'private': None, 'tags': None,
         'license': None, 'horizon': cfg['num_queries'], 'n_action_steps': cfg['action_horizon'],
         # qpos standardised as here; LeRobot's Diffusion takes any mode per feature type

@@ -38,6 +38,42 @@ OLD_STAT_BUFFERS = ('normalize_inputs.buffer_', 'normalize_targets.buffer_', 'un
 NORM_MODES = ('MEAN_STD', 'MIN_MAX', 'IDENTITY')
 
 
+def image_statistics(folder, lr_config, policy_config, required):
+    """The folder's statistics (statistics_from_lerobot's dataset_stats dict), its image mean and std put
+    into policy_config; None when they are missing and not required."""
+    try:
+        stats, image_mean, image_std = statistics_from_lerobot(folder, lr_config)
+    except LeRobotFormatError:
+        if required:
+            raise
+        return None
+    policy_config.update(image_mean=image_mean, image_std=image_std)
+    return stats
+
+
+def feature_roles(lr_config):
+    """{LeRobot feature: what it is here} of a config.json object, printed when a folder is loaded."""
+    return {STATE: 'qpos', ACTION: 'action',
+            **{key: f'camera {camera!r}' for camera, key in image_features(lr_config).items()}}
+
+
+def run_config(policy_class, policy_config, image_hw):
+    """The config.json content of this project (checkpoints.folder.make_run_config's keys) a LeRobot
+    folder amounts to; no task name."""
+    return {'policy_class': policy_class, 'policy_config': policy_config, 'task_name': None,
+            'camera_names': list(policy_config['camera_names']), 'image_size': list(image_hw),
+            'state_dim': policy_config['state_dim'], 'action_dim': policy_config['action_dim'],
+            'training': {}, 'lerobot': True}
+
+
+def policy_features(policy_config, image_hw):
+    """config.json's input_features and output_features of a policy_config: the state, each camera, the action."""
+    cfg = policy_config
+    inputs = {STATE: feature_spec('STATE', (cfg['state_dim'],)),
+              **{IMAGE_PREFIX + cam: feature_spec('VISUAL', (3, *image_hw)) for cam in cfg['camera_names']}}
+    return {'input_features': inputs, 'output_features': {ACTION: feature_spec('ACTION', (cfg['action_dim'],))}}
+
+
 def read_checked_config(folder, check, lr_config=None):
     """The folder's config.json object (lr_config: already read), passed through check(lr_config, path)."""
     path = os.path.join(folder, CONFIG_FILE)
