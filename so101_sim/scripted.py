@@ -13,10 +13,15 @@ from so101_sim import scene
 from so101_sim.env import STATE_DIM, START_POSE, Units, cube_yaw
 
 SITE = 'gripperframe'  # at the fixed jaw's tip; its x axis points along the fingers, its z axis across the jaws
-# the cube's centre in the site's frame when the jaws hold it: just inside the fingertip, half a cube
-# plus the fixed pad's half-thickness across the jaws
-GRASP_OFFSET = np.array([-0.001, 0.0, 0.0065 + scene.CUBE_HALF])
-GRIPPER_OPEN = 60.0  # units: the jaws 9 cm apart
+FIXED_PAD_FACE = 0.0065  # m across the jaws from the site: the fixed pad's inner face
+MOVING_PAD_FACE = 0.079  # m across the jaws from the site: the moving pad's inner face at GRIPPER_OPEN
+# The cube's centre in the site's frame, just inside the fingertip. Going down, it is in the middle of
+# the open jaws: a gripper that comes down up to 1.5 cm off either way still closes around the cube,
+# the moving jaw sliding it against the fixed one. Aimed at the fixed jaw (where the cube ends up) the
+# fixed pad lands on the cube 5 mm off, and a policy is not that precise.
+APPROACH_OFFSET = np.array([-0.001, 0.0, (FIXED_PAD_FACE + MOVING_PAD_FACE) / 2])
+GRASP_OFFSET = np.array([-0.001, 0.0, FIXED_PAD_FACE + scene.CUBE_HALF])  # held against the fixed pad
+GRIPPER_OPEN = 60.0  # units: the pads 7 cm apart
 GRIPPER_CLOSED = 0.0  # a target past the cube's width, so the jaws squeeze it
 # Pointing straight down, the gripper reaches at most about 9 cm above the table (wrist_flex's range)
 HOVER = 0.06  # m above the cube's centre before going down
@@ -100,9 +105,10 @@ class ScriptedPickPlace:
         self.waypoints = self._waypoints(start, np.asarray(cube_pose, dtype=float))
         self.t = 0
 
-    def _grip_site(self, centre, rotation):
-        """Where the site goes for the cube's centre to sit between the jaws."""
-        return centre - rotation @ GRASP_OFFSET
+    @staticmethod
+    def _grip_site(centre, rotation, offset=GRASP_OFFSET):
+        """Where the site goes for the cube's centre to sit at `offset` in the site's frame."""
+        return centre - rotation @ offset
 
     def _waypoints(self, start, cube):
         """[(step, site position, yaw, gripper units)], the episode's keyframes."""
@@ -112,10 +118,10 @@ class ScriptedPickPlace:
         target_yaw = yaw + np.arctan2(target[1], target[0]) - np.arctan2(cube[1], cube[0])
         place_rotation = down_rotation(target_yaw)
         at = {
-            'hover': (self._grip_site(cube[:3] + [0, 0, HOVER], rotation), yaw, GRIPPER_OPEN),
-            'descend': (self._grip_site(cube[:3], rotation), yaw, GRIPPER_OPEN),
-            'close': (self._grip_site(cube[:3], rotation), yaw, GRIPPER_CLOSED),
-            'lift': (self._grip_site(np.array([*cube[:2], CARRY]), rotation), yaw, GRIPPER_CLOSED),
+            'hover': (self._grip_site(cube[:3] + [0, 0, HOVER], rotation, APPROACH_OFFSET), yaw, GRIPPER_OPEN),
+            'descend': (self._grip_site(cube[:3], rotation, APPROACH_OFFSET), yaw, GRIPPER_OPEN),
+            'close': (self._grip_site(cube[:3], rotation, APPROACH_OFFSET), yaw, GRIPPER_CLOSED),
+            'lift': (self._grip_site(np.array([*cube[:2], CARRY]), rotation, APPROACH_OFFSET), yaw, GRIPPER_CLOSED),
             'carry': (self._grip_site(target + [0, 0, CARRY], place_rotation), target_yaw, GRIPPER_CLOSED),
             'lower': (self._grip_site(target + [0, 0, PLACE], place_rotation), target_yaw, GRIPPER_CLOSED),
             'release': (self._grip_site(target + [0, 0, PLACE], place_rotation), target_yaw, GRIPPER_OPEN),

@@ -64,7 +64,7 @@ def test_failed_step_and_resume(tmp_path, monkeypatch):
     assert commands[0][1] == 'imitate_episodes.py' and commands[0][-1] == '--resume'
 
 
-@pytest.mark.parametrize('name', ['cpu', 'insertion', 'diffusion'])
+@pytest.mark.parametrize('name', ['cpu', 'insertion', 'diffusion', 'so101'])
 def test_commands_carry_the_recipe(name, tmp_path, monkeypatch):
     commands = []
 
@@ -91,7 +91,7 @@ def test_commands_carry_the_recipe(name, tmp_path, monkeypatch):
     assert '--num_steps 320 ' in train and '--seed 3 ' in train and '--seed 3 ' in record
     assert '--lr_schedule cosine' in train and f'--warmup_steps {320 // demo.WARMUP_SHARE} ' in train
     assert '--num_workers 1 ' in record and '--eval_workers 1 ' in evaluate
-    assert ('--temporal_agg' in evaluate) == (name == 'cpu')  # insertion and Diffusion: chunk by chunk
+    assert ('--temporal_agg' in evaluate) == (name == 'cpu')  # insertion, Diffusion, SO-101: chunk by chunk
 
 
 def test_step_times_are_kept_across_runs(tmp_path, monkeypatch):
