@@ -144,15 +144,16 @@ def train_main(args, task_config, device, rank, world_size):
                     else (None, data_stats))
     if init is not None and args['keep_init_stats']:
         stats = init_statistics(init, data_stats)
+    image_hw = tuple(args['image_size'] or source.frame_shape(0, camera_names[0]))  # every episode's, checked
+    policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw,
+                                       base=init and init['policy_config'])
+    obs_horizon, action_lead = policy_type(args['policy_class']).sample_window(policy_config)
     train_dataloader, val_dataloader, stats, _ = load_data(
         source, num_episodes, camera_names, args['batch_size'], args['batch_size'],
-        policy_class=args['policy_class'], obs_horizon=data_obs_horizon(args), action_lead=data_action_lead(args),
+        policy_class=args['policy_class'], obs_horizon=obs_horizon, action_lead=action_lead,
         image_size=args['image_size'],
         num_workers=args['num_workers'], preload=args['preload'], seed=args['seed'], device=device,
         rank=rank, world_size=world_size, norm_stats=stats)
-    image_hw = tuple(train_dataloader.dataset.hw)
-    policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw,
-                                       base=init and init['policy_config'])
     check_chunk_fits(policy_config['num_queries'], train_dataloader.dataset.pad_len)
     if init is not None:
         policy_config.update(init_image_normalization(init, camera_names))
@@ -201,18 +202,3 @@ def pretrained_start(args):
                          f"--policy_class {args['policy_class']} to train")
     return init
 
-
-def data_action_lead(args):
-    """Steps a sample's actions start before its current step: LeRobot's Diffusion predicts from the
-    oldest of its observations (obs_horizon - 1 steps back); the others from the current step."""
-    if args['policy_class'] != 'Diffusion' or args.get('diffusion_style') != 'lerobot':
-        return 0
-    return data_obs_horizon(args) - 1
-
-
-def data_obs_horizon(args):
-    """Observation steps per sample: --obs_horizon for a policy that takes several, else 1."""
-    defaults = policy_type(args['policy_class']).defaults
-    if 'obs_horizon' not in defaults:
-        return 1
-    return defaults['obs_horizon'] if args['obs_horizon'] is None else args['obs_horizon']

@@ -97,6 +97,12 @@ class Policy(nn.Module):
             raise ValueError(f"policy_config amp must be one of {list(AMP_DTYPES)}, got '{cfg['amp']}'")
         return cfg
 
+    @classmethod
+    def sample_window(cls, cfg):
+        """What one training sample holds for a resolved `cfg` -> (observation steps, steps before the
+        current one its actions start): the current observation and the actions from it."""
+        return 1, 0
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg

@@ -226,6 +226,11 @@ class DiffusionPolicy(Policy):
     def resolve_config(cls, policy_config):
         return resolve_config(policy_config)
 
+    @classmethod
+    def sample_window(cls, cfg):
+        """obs_horizon observations; in LeRobot's style the actions start at the oldest of them."""
+        return cfg['obs_horizon'], chunk_start(cfg)
+
     def __init__(self, policy_config, load_pretrained=True):
         """load_pretrained False skips the ImageNet trunk weights (a checkpoint will replace them)."""
         super().__init__(self.resolve_config(policy_config))
