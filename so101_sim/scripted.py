@@ -21,6 +21,7 @@ MOVING_PAD_FACE = 0.079  # m across the jaws from the site: the moving pad's inn
 # fixed pad lands on the cube 5 mm off, and a policy is not that precise.
 APPROACH_OFFSET = np.array([-0.001, 0.0, (FIXED_PAD_FACE + MOVING_PAD_FACE) / 2])
 GRASP_OFFSET = np.array([-0.001, 0.0, FIXED_PAD_FACE + scene.CUBE_HALF])  # held against the fixed pad
+APPROACHES = {'middle': APPROACH_OFFSET, 'fixed_jaw': GRASP_OFFSET}  # the demonstrations' and the tighter one
 GRIPPER_OPEN = 60.0  # units: the pads 7 cm apart
 GRIPPER_CLOSED = 0.0  # a target past the cube's width, so the jaws squeeze it
 # Pointing straight down, the gripper reaches at most about 9 cm above the table (wrist_flex's range)
@@ -96,8 +97,10 @@ class Kinematics:
 class ScriptedPickPlace:
     """The scripted policy: called with each time step, it returns the next action (6,) in units."""
 
-    def __init__(self, kinematics, cube_pose, inject_noise=False, rng=None):
+    def __init__(self, kinematics, cube_pose, inject_noise=False, rng=None, approach=APPROACH_OFFSET):
+        """approach: the cube's centre in the site's frame while the gripper comes down and closes (3,)."""
         self.kin = kinematics
+        self.approach = approach
         self.rng = rng if rng is not None else np.random.default_rng()
         self.noise = 0.004 if inject_noise else 0.0  # m of uniform noise on each waypoint
         self.q = kinematics.units.to_radians(np.asarray(START_POSE, dtype=float))
@@ -118,10 +121,10 @@ class ScriptedPickPlace:
         target_yaw = yaw + np.arctan2(target[1], target[0]) - np.arctan2(cube[1], cube[0])
         place_rotation = down_rotation(target_yaw)
         at = {
-            'hover': (self._grip_site(cube[:3] + [0, 0, HOVER], rotation, APPROACH_OFFSET), yaw, GRIPPER_OPEN),
-            'descend': (self._grip_site(cube[:3], rotation, APPROACH_OFFSET), yaw, GRIPPER_OPEN),
-            'close': (self._grip_site(cube[:3], rotation, APPROACH_OFFSET), yaw, GRIPPER_CLOSED),
-            'lift': (self._grip_site(np.array([*cube[:2], CARRY]), rotation, APPROACH_OFFSET), yaw, GRIPPER_CLOSED),
+            'hover': (self._grip_site(cube[:3] + [0, 0, HOVER], rotation, self.approach), yaw, GRIPPER_OPEN),
+            'descend': (self._grip_site(cube[:3], rotation, self.approach), yaw, GRIPPER_OPEN),
+            'close': (self._grip_site(cube[:3], rotation, self.approach), yaw, GRIPPER_CLOSED),
+            'lift': (self._grip_site(np.array([*cube[:2], CARRY]), rotation, self.approach), yaw, GRIPPER_CLOSED),
             'carry': (self._grip_site(target + [0, 0, CARRY], place_rotation), target_yaw, GRIPPER_CLOSED),
             'lower': (self._grip_site(target + [0, 0, PLACE], place_rotation), target_yaw, GRIPPER_CLOSED),
             'release': (self._grip_site(target + [0, 0, PLACE], place_rotation), target_yaw, GRIPPER_OPEN),
@@ -153,12 +156,22 @@ class ScriptedPickPlace:
         return action
 
 
-def scripted_episode(env, kinematics, cube_pose, steps, inject_noise=False, rng=None):
+def aimed_off(cube_pose, miss):
+    """The cube pose (7,) moved `miss` m across the jaws (along the cube's own x axis, grasp_yaw)."""
+    yaw = grasp_yaw(cube_pose)
+    aimed = np.array(cube_pose, dtype=float)
+    aimed[:2] += miss * np.array([np.cos(yaw), np.sin(yaw)])
+    return aimed
+
+
+def scripted_episode(env, kinematics, cube_pose, steps, inject_noise=False, rng=None, miss=0.0,
+                     approach=APPROACH_OFFSET):
     """The scripted policy run for `steps` steps in `env` (so101_sim.env) from `cube_pose` ->
-    (actions (steps, 6) in units, rewards (steps,))."""
+    (actions (steps, 6) in units, rewards (steps,)). miss: m the script aims off the cube across the
+    jaws (the scene keeps the true pose), as a policy might; approach: ScriptedPickPlace's."""
     env.task.set_object_pose(cube_pose)
     ts = env.reset()
-    policy = ScriptedPickPlace(kinematics, cube_pose, inject_noise, rng)
+    policy = ScriptedPickPlace(kinematics, aimed_off(cube_pose, miss), inject_noise, rng, approach)
     actions, rewards = [], []
     for _ in range(steps):
         actions.append(policy(ts))
