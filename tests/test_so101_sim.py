@@ -105,7 +105,6 @@ def test_a_scripted_episode_picks_and_places_the_cube(blind_env, kinematics):
     assert np.abs(env.physics.data.qpos[STATE_DIM:STATE_DIM + 2] - scene.TARGET_CENTRE).max() < scene.TARGET_RADIUS
 
 
-
 @pytest.mark.parametrize('approach, miss, succeeds', [('middle', -0.012, True), ('middle', 0.012, True),
                                                      ('fixed_jaw', 0.012, False)])
 def test_the_grasp_forgives_a_gripper_coming_down_off_the_cube(blind_env, kinematics, approach, miss, succeeds):
@@ -116,6 +115,18 @@ def test_the_grasp_forgives_a_gripper_coming_down_off_the_cube(blind_env, kinema
     pose = sample_cube_pose(np.random.default_rng(3))
     _, rewards = scripted_episode(blind_env, kinematics, pose, steps, miss=miss, approach=APPROACHES[approach])
     assert (rewards.max() == 4) == succeeds
+
+
+@pytest.fixture(scope='module')
+def recorded(tmp_path_factory):
+    """Two episodes of STEPS steps (the scripted motion's start: the cube is not reached)."""
+    root = tmp_path_factory.mktemp('so101')
+    args = {'task_name': TASK, 'dataset_dir': str(root / 'hdf5'), 'num_episodes': 2, 'seed': 0, 'num_workers': 1,
+            'image_size': SMALL, 'no_shadows': True}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
+        results = record_sim_episodes.main(args)
+    return root, results
 
 
 def test_recorded_episodes_in_the_original_layout_replay_the_scripted_motion(recorded):
