@@ -86,13 +86,15 @@ def run_seeds(args, done):
     """Run the seeds not in `done`, `parallel` at a time; each finished seed is added to `done` and
     saved at once, so an interruption loses at most the seeds still running."""
     waiting = [seed for seed in args['seeds'] if str(seed) not in done]
-    running = {}  # pid: seed
+    running = {}  # pid: (seed, its Popen, kept: a Popen dropped while its process runs is reaped by the next
+    # Popen's clean-up, and the wait below would miss it)
     while waiting or running:
         while waiting and len(running) < args['parallel']:
             seed = waiting.pop(0)
-            running[start(args, seed).pid] = seed
+            process = start(args, seed)
+            running[process.pid] = seed, process
         pid, status, usage = os.wait4(-1, 0)  # ru_maxrss: the largest process of the seed's tree, KiB
-        seed = running.pop(pid)
+        seed, _ = running.pop(pid)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f'learning: seed {seed} stopped (see {seed_folder(args, seed)}/demo.log); '
                              'run the same command again to go on')

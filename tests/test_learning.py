@@ -69,6 +69,20 @@ def test_a_sweep_run_again_keeps_finished_seeds(tmp_path, fake_demo):
         assert sorted(json.load(f)) == ['0', '1', '2']
 
 
+def test_a_seed_that_ends_before_the_next_starts_is_still_counted(tmp_path, fake_demo, monkeypatch):
+    launch = learning.start
+
+    def slow_start(args, seed):  # the seed's process has ended by the time the next one is started
+        process = launch(args, seed)
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # ended, left for the sweep to collect
+        return process
+    monkeypatch.setattr(learning, 'start', slow_start)
+    args = learning.parse_args(['--seeds', '0', '1', '--out', str(tmp_path)])
+    learning.main(args)
+    with open(learning.sweep_path(args)) as f:
+        assert sorted(json.load(f)) == ['0', '1']
+
+
 def test_a_failed_seed_is_named_and_the_others_are_kept(tmp_path, fake_demo):
     args = learning.parse_args(['--seeds', '0', '13', '--out', str(tmp_path), '--parallel', '1'])
     with pytest.raises(SystemExit, match=r'seed 13 stopped.*cpu_seed13/demo.log.*run the same command again'):
