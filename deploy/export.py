@@ -214,19 +214,33 @@ def diffusion_noise(policy, batch, seed=0):
     return torch.randn(batch, policy.cfg['num_queries'], policy.action_dim).numpy()
 
 
+NON_FINITE = 'the policy gives non-finite actions (NaN or infinite weights or statistics): not written'
+
+
+def data_like_observation(policy, normalizer, cfg, batch):
+    """(qpos (B, S) in robot units about the data's mean, images) of `batch` example observations."""
+    diffusion = policy.policy_class == 'Diffusion'
+    qpos, images = (x.numpy() for x in example_observation(cfg, batch, policy.obs_horizon if diffusion else None))
+    return unstandardize(qpos, normalizer.stats['qpos_mean'], normalizer.stats['qpos_std']).astype(np.float32), images
+
+
+def check_finite_actions(policy, normalizer, cfg):
+    """A RuntimeError before any graph is written when the eager policy's actions are not finite."""
+    if not np.isfinite(eager_chunks(policy, normalizer, *data_like_observation(policy, normalizer, cfg, 1))).all():
+        raise RuntimeError(NON_FINITE)
+
+
 def compare_with_eager(folder, policy, normalizer, cfg):
     """Max |export - eager| of the raw actions over batch sizes CHECK_BATCHES."""
     runner = PolicyRunner(folder)
-    diffusion = policy.policy_class == 'Diffusion'
     worst = 0.0
     for batch in CHECK_BATCHES:
-        qpos, images = (x.numpy() for x in example_observation(cfg, batch, policy.obs_horizon if diffusion else None))
-        qpos = unstandardize(qpos, normalizer.stats['qpos_mean'], normalizer.stats['qpos_std']).astype(np.float32)  # data-like
-        noise = diffusion_noise(policy, batch) if diffusion else None
+        qpos, images = data_like_observation(policy, normalizer, cfg, batch)
+        noise = diffusion_noise(policy, batch) if policy.policy_class == 'Diffusion' else None
         exported = runner.query(qpos, images, noise=noise)
         difference = float(np.abs(exported - eager_chunks(policy, normalizer, qpos, images)).max())
         if not np.isfinite(difference):
-            raise RuntimeError('the policy gives non-finite actions (NaN or infinite weights or statistics): not written')
+            raise RuntimeError(NON_FINITE)
         worst = max(worst, difference)
     return worst
 
@@ -283,6 +297,7 @@ def _export(settings, ckpt_name, fmt, out, quantize, calibration):
                                settings.task_name).float().eval()
     check_sampler(policy)
     cfg = dict(policy.cfg, image_size=settings.image_size, camera_names=settings.camera_names)
+    check_finite_actions(policy, normalizer, cfg)  # before the graphs' seconds of tracing
     work = make_staging(out.rstrip(os.sep) + '.partial', f'the export {out}')
     try:
         files = {}

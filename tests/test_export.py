@@ -154,6 +154,7 @@ def test_bad_sampler_constants_are_named(constants, message):
         make_sampler(constants)
 
 
+@pytest.mark.slow  # the runtime's DPM-Solver++ against diffusers' and a Diffusion export run in the default tests
 def test_a_ddim_trained_policy_exports_sampling_with_dpmsolver(tmp_path):
     ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', dict(TINY_DIFFUSION_CONFIG, prediction_type='sample'))
     folder = export(ckpt_dir, tmp_path / 'onnx', '--scheduler', 'dpmsolver', '--num_inference_steps', '5')
