@@ -1,9 +1,9 @@
 """How far off the simulated SO-101's scripted grasp may come down and still pick and place the cube:
 the script aimed `miss` m off across the jaws (the scene keeps the true pose, as a policy's error
 would), over the first recording seeds, for each way of coming down (so101_sim.scripted.APPROACHES:
-`middle`, the cube in the middle of the open jaws as the demonstrations do, and `fixed_jaw`, the
-cube against the fixed jaw where the grasp ends). No cameras are rendered. Prints JSON: per approach
-and miss the successes of `episodes`.
+`fixed_jaw`, the cube against the fixed jaw where the grasp ends, as the demonstrations do, and
+`middle`, the cube in the middle of the open jaws). No cameras are rendered. Prints JSON: per
+approach and miss the successes of `episodes`.
 
     python -m bench.so101_grasp                    # 10 seeds, misses -2 cm .. +2 cm (about 3 min)
     python -m bench.so101_grasp --episodes 2 --misses -0.01 0.01

@@ -10,6 +10,13 @@ from tests.helpers import TINY_ACT_CONFIG, write_tiny_episode
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 
+def pytest_configure(config):
+    """A worker of `pytest -n N` (make test) computes on one thread: N workers share the cores."""
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        import torch
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

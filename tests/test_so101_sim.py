@@ -105,11 +105,11 @@ def test_a_scripted_episode_picks_and_places_the_cube(blind_env, kinematics):
     assert np.abs(env.physics.data.qpos[STATE_DIM:STATE_DIM + 2] - scene.TARGET_CENTRE).max() < scene.TARGET_RADIUS
 
 
-@pytest.mark.parametrize('approach, miss, succeeds', [('middle', -0.012, True), ('middle', 0.012, True),
-                                                     ('fixed_jaw', 0.012, False)])
-def test_the_grasp_forgives_a_gripper_coming_down_off_the_cube(blind_env, kinematics, approach, miss, succeeds):
-    """The demonstrations come down with the cube in the middle of the open jaws, so a policy that is a
-    centimetre off across the jaws still grasps; with the cube against the fixed jaw it would not."""
+@pytest.mark.parametrize('approach, miss, succeeds', [('fixed_jaw', -0.012, True), ('fixed_jaw', 0.012, False),
+                                                     ('middle', -0.012, True), ('middle', 0.012, True)])
+def test_how_far_off_the_scripted_grasp_may_come_down(blind_env, kinematics, approach, miss, succeeds):
+    """Coming down with the cube against the fixed jaw (the demonstrations) forgives a miss away from
+    that jaw only; with the cube in the middle of the open jaws, a centimetre either way."""
     from so101_sim.scripted import APPROACHES, scripted_episode
     steps = constants.get_sim_task_config(TASK)['episode_len']
     pose = sample_cube_pose(np.random.default_rng(3))
@@ -291,4 +291,4 @@ def test_the_grasp_bench_reports_successes_per_approach_and_miss(capsys):
     from bench import so101_grasp
     so101_grasp.main(so101_grasp.parse_args(['--episodes', '1', '--misses', '0.01']))
     report = json.loads(capsys.readouterr().out)
-    assert report == {'episodes': 1, 'successes': {'middle': {'+0.010': 1}, 'fixed_jaw': {'+0.010': 0}}}
+    assert report == {'episodes': 1, 'successes': {'fixed_jaw': {'+0.010': 0}, 'middle': {'+0.010': 1}}}
