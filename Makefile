@@ -15,8 +15,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt $(TORCH)
 	touch $@
 
+# The suite on up to 4 cores side by side, then the tests that drive emulated servo buses on time, alone
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 -m "not slow and not serial"
+	$(PY) -m pytest -q -m "serial and not slow"
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow

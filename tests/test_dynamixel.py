@@ -13,7 +13,7 @@ from real_robot.servo_bus import ServoCommError, ServoError
 from real_robot.emulator import ServoBusEmulator
 
 
-pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
+pytestmark = [pytest.mark.usefixtures('patient_servos'), pytest.mark.serial]  # conftest.py, pytest.ini
 
 
 @pytest.fixture

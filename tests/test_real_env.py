@@ -18,7 +18,7 @@ CAMERA_NAMES = ('cam_high', 'cam_left_wrist')
 HW = (24, 32)
 
 
-pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
+pytestmark = [pytest.mark.usefixtures('patient_servos'), pytest.mark.serial]  # conftest.py, pytest.ini
 
 
 @pytest.fixture

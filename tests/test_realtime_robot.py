@@ -17,7 +17,7 @@ from real_robot.bots import Clock
 from tests.test_real_env import fast_safety, rig  # noqa: F401 (fixtures)
 from tests.test_so_arms import env, station  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
+pytestmark = [pytest.mark.usefixtures('patient_servos'), pytest.mark.serial]  # conftest.py, pytest.ini
 QUERY_S = 0.2  # a README-size ACT through the fastest runtime on a 2-core CPU
 
 

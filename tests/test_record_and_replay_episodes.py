@@ -20,7 +20,7 @@ EPISODE_LEN = 12
 LEADER_LEFT_WAIST = 0.25  # rad: where the operator holds the left leader arm
 
 
-pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
+pytestmark = [pytest.mark.usefixtures('patient_servos'), pytest.mark.serial]  # conftest.py, pytest.ini
 
 
 @pytest.fixture

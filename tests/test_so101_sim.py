@@ -189,6 +189,7 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     assert action.shape == (STATE_DIM,) and np.all(np.isfinite(action))
 
 
+@pytest.mark.serial  # the emulated Feetech bus answers against the clock (pytest.ini)
 def test_a_sim_trained_checkpoint_runs_on_the_emulated_arm(recorded, station, tmp_path, monkeypatch, capsys):
     """Sim to real: the checkpoint trained on the simulated SO-101 drives a real SO task's follower on the
     emulated bus, through the same command, the units and joint order being the real arm's."""

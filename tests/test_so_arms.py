@@ -20,7 +20,7 @@ from real_robot.cameras import TEST_PATTERN
 from real_robot.feetech import CalibrationError, FeetechBus, SOArm, Units, load_calibration, save_calibration
 from real_robot.feetech_emulator import FeetechBusEmulator
 
-pytestmark = pytest.mark.usefixtures('patient_servos')  # conftest.py
+pytestmark = [pytest.mark.usefixtures('patient_servos'), pytest.mark.serial]  # conftest.py, pytest.ini
 
 # A calibration in LeRobot's file format (shoulder_pan's entry is LeRobot's documented example)
 CALIBRATION = {
