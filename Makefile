@@ -43,7 +43,7 @@ insertion: $(VENV)/.installed
 	$(PY) demo.py --recipe insertion --out insertion
 
 # The Diffusion recipe in ./diffusion/: the CPU recipe's 50 demonstrations, a Diffusion Policy trained
-# for 2,000 steps and 50 rollouts, in about 25 minutes on a 2-core CPU (demo.py)
+# for 4,000 steps and 50 rollouts, in about 45 minutes on a 2-core CPU (demo.py)
 diffusion: $(VENV)/.installed
 	$(PY) demo.py --recipe diffusion --out diffusion
 
