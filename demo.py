@@ -99,7 +99,7 @@ RECIPES = {
     'insertion': Recipe('sim_insertion_scripted', num_episodes=50, image_size=(120, 160), num_steps=6000,
                         num_rollouts=50, videos=False, temporal_agg=False),
     # the CPU recipe's episodes; each chunk's second half is played before the next query, without ensembling;
-    # 4,000 steps (84% and 98% on seeds 0 and 1 where 2,000 reached 64% and 56%, docs/results.md)
+    # 4,000 steps (three seeds: 91%, 84-98%, where 2,000 steps reached 54%, docs/results.md)
     'diffusion': Recipe(CUBE, num_episodes=50, image_size=(96, 128), num_steps=4000, num_rollouts=50, videos=False,
                         policy='Diffusion', model=DIFFUSION_FLAGS, training=DIFFUSION_TRAIN_FLAGS,
                         temporal_agg=False),
