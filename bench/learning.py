@@ -86,8 +86,9 @@ def run_seeds(args, done):
     """Run the seeds not in `done`, `parallel` at a time; each finished seed is added to `done` and
     saved at once, so an interruption loses at most the seeds still running."""
     waiting = [seed for seed in args['seeds'] if str(seed) not in done]
-    running = {}  # pid: (seed, its Popen, kept: a Popen dropped while its process runs is reaped by the next
-    # Popen's clean-up, and the wait below would miss it)
+    # pid: (seed, its Popen). The Popen is kept: one dropped while its process runs is reaped by the next
+    # Popen's clean-up, and the wait below would miss it
+    running = {}
     while waiting or running:
         while waiting and len(running) < args['parallel']:
             seed = waiting.pop(0)

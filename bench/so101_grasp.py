@@ -11,9 +11,8 @@ approach and miss the successes of `episodes`.
 import argparse
 import json
 
-import numpy as np
-
 import constants
+from recording.sim import episode_rng
 from so101_sim.env import make_so101_env, sample_cube_pose
 from so101_sim.scripted import APPROACHES, Kinematics, scripted_episode
 
@@ -25,10 +24,10 @@ def successes(env, kinematics, approach, miss, episodes, steps):
     """Episodes of the first `episodes` recording seeds that place the cube, the script aimed `miss` off."""
     done = 0
     for episode in range(episodes):
-        rng = np.random.default_rng((0, episode))  # as record_sim_episodes.py seeds episode i
+        rng = episode_rng(0, episode)  # as record_sim_episodes.py --seed 0 records it
         _, rewards = scripted_episode(env, kinematics, sample_cube_pose(rng), steps, rng=rng, miss=miss,
                                       approach=APPROACHES[approach])
-        done += int(rewards.max() == 4)
+        done += int(rewards.max() == env.task.max_reward)
     return done
 
 

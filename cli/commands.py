@@ -21,7 +21,7 @@ from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import dataset_record, get_norm_stats
 from policies.registry import policy_type
-from training.data import load_data, split_episodes
+from training.data import load_data, split_episodes, training_image_hw
 from training.loop import TrainingInterrupted, check_resume, train_bc
 from training.settings import TrainSettings
 from training.start import distributed_env, init_image_normalization, init_statistics, resume_state
@@ -144,7 +144,7 @@ def train_main(args, task_config, device, rank, world_size):
                     else (None, data_stats))
     if init is not None and args['keep_init_stats']:
         stats = init_statistics(init, data_stats)
-    image_hw = tuple(args['image_size'] or source.frame_shape(0, camera_names[0]))  # every episode's, checked
+    image_hw = training_image_hw(source, camera_names, args['image_size'])
     policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw,
                                        base=init and init['policy_config'])
     obs_horizon, action_lead = policy_type(args['policy_class']).sample_window(policy_config)

@@ -72,6 +72,12 @@ def replace_gripper_with_commands(qpos, gripper_ctrl):
     return joint_traj
 
 
+def episode_rng(seed, episode_idx):
+    """The random generator of recorded episode `episode_idx` under --seed: the same episode whatever
+    the worker or the order."""
+    return np.random.default_rng((seed, episode_idx))
+
+
 def episode_result(rewards, max_reward):
     """(success, episode return) from the rewards after each step."""
     return bool(np.max(rewards) == max_reward), float(np.sum(rewards))
@@ -160,7 +166,7 @@ class EpisodeRecorder:
     def record(self, episode_idx, path=None, compress=False):
         """Record one episode (written to `path` unless None) -> result dict."""
         start = time.time()
-        rng = np.random.default_rng((self.seed, episode_idx))  # same episode whatever the worker
+        rng = episode_rng(self.seed, episode_idx)
         joint_traj, object_pose, ee_success, ee_return = self.rollout_scripted(rng)
         data, success, episode_return = self.replay(joint_traj, object_pose)
         if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did

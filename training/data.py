@@ -97,7 +97,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         if self.obs_horizon > min(self.lengths):
             short = self.names[int(np.argmin(self.lengths))]
             raise ValueError(f'obs_horizon {self.obs_horizon} exceeds the {min(self.lengths)} steps of {short}')
-        self.hw = self.image_size or self.source.frame_shape(self.episode_ids[0], self.camera_names[0])
+        self.hw = training_image_hw(self.source, self.camera_names, self.image_size, self.episode_ids[0])
         for index, length in enumerate(self.lengths):
             self._check_cameras(index, length)
 
@@ -219,6 +219,12 @@ def opened(dataset):
                                     f'ACT_DATA_DIR)')
         return open_dataset(dataset)
     return dataset
+
+
+def training_image_hw(source, camera_names, image_size=None, episode=0):
+    """(H, W) of the images training sees: image_size when given, else the frames' own (every episode's
+    and camera's, which EpisodicDataset checks)."""
+    return tuple(image_size or source.frame_shape(episode, camera_names[0]))
 
 
 def load_data(dataset, num_episodes, camera_names, batch_size_train, batch_size_val, policy_class='ACT',
