@@ -3,8 +3,8 @@ train a policy on them and roll it out, timing each step, then say what happened
 
     python demo.py                                   # the demo: about 10 minutes on a 2-core CPU
     python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
-    python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 55 minutes
-    python demo.py --recipe diffusion --out diffusion  # Diffusion Policy on the transfer cube, about 25 minutes
+    python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 50 minutes
+    python demo.py --recipe diffusion --out diffusion  # Diffusion Policy on the transfer cube, about 45 minutes
     python demo.py --recipe so101 --out so101        # one simulated SO-101 arm picks and places a cube
 
 The transfer-cube recipes render the simulation at 96x128, insertion at 120x160 (the original:
