@@ -16,10 +16,11 @@ SITE = 'gripperframe'  # at the fixed jaw's tip; its x axis points along the fin
 FIXED_PAD_FACE = 0.0065  # m across the jaws from the site: the fixed pad's inner face
 MOVING_PAD_FACE = 0.079  # m across the jaws from the site: the moving pad's inner face at GRIPPER_OPEN
 # The cube's centre in the site's frame when the jaws hold it: just inside the fingertip, against the
-# fixed pad. The demonstrations come down there; coming down with the cube in the middle of the open
-# jaws (the closing jaw slides it over) forgives a script aimed 1.5 cm off where this forgives 5 mm
-# one way (bench.so101_grasp), but the one policy trained on such demonstrations did worse (14%
-# against 28-38%, docs/results.md).
+# fixed pad (GRASP_OFFSET), where the grasp ends. The demonstrations come down with the cube in the
+# middle of the open jaws instead (MIDDLE_OFFSET) and the closing jaw slides it over: that forgives a
+# gripper 2 cm off one way and 1.5 cm the other, where coming down against the fixed pad fails 5 mm
+# off towards it (bench.so101_grasp); over the same cube positions a policy trained on them succeeded
+# in 74% of rollouts against 58% (docs/results.md).
 GRASP_OFFSET = np.array([-0.001, 0.0, FIXED_PAD_FACE + scene.CUBE_HALF])
 MIDDLE_OFFSET = np.array([-0.001, 0.0, (FIXED_PAD_FACE + MOVING_PAD_FACE) / 2])
 APPROACHES = {'fixed_jaw': GRASP_OFFSET, 'middle': MIDDLE_OFFSET}  # the cube's centre while coming down
@@ -98,7 +99,7 @@ class Kinematics:
 class ScriptedPickPlace:
     """The scripted policy: called with each time step, it returns the next action (6,) in units."""
 
-    def __init__(self, kinematics, cube_pose, inject_noise=False, rng=None, approach=GRASP_OFFSET):
+    def __init__(self, kinematics, cube_pose, inject_noise=False, rng=None, approach=MIDDLE_OFFSET):
         """approach: the cube's centre in the site's frame while the gripper comes down and closes (3,)."""
         self.kin = kinematics
         self.approach = approach
@@ -166,7 +167,7 @@ def aimed_off(cube_pose, miss):
 
 
 def scripted_episode(env, kinematics, cube_pose, steps, inject_noise=False, rng=None, miss=0.0,
-                     approach=GRASP_OFFSET):
+                     approach=MIDDLE_OFFSET):
     """The scripted policy run for `steps` steps in `env` (so101_sim.env) from `cube_pose` ->
     (actions (steps, 6) in units, rewards (steps,)). miss: m the script aims off the cube across the
     jaws (the scene keeps the true pose), as a policy might; approach: ScriptedPickPlace's."""

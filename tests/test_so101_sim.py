@@ -118,6 +118,25 @@ def test_how_far_off_the_scripted_grasp_may_come_down(blind_env, kinematics, app
     assert (rewards.max() == 4) == succeeds
 
 
+@pytest.mark.parametrize('miss', [0.0, 0.01])
+def test_the_alignment_bench_measures_the_cube_in_the_gripper_frame(blind_env, kinematics, miss):
+    """The scripted grasp, aimed `miss` m off across the jaws, measured where it starts closing: on
+    the demonstrations' offset but across the jaws, square to the cube."""
+    from bench.so101_alignment import CLOSING, closing_alignment
+    from so101_sim.scripted import MIDDLE_OFFSET, ScriptedPickPlace, aimed_off
+    pose = sample_cube_pose(np.random.default_rng(3))
+    blind_env.task.set_object_pose(pose)
+    ts = blind_env.reset()
+    policy = ScriptedPickPlace(kinematics, aimed_off(pose, miss))
+    for closing in (False, True):  # open from the start pose's half-open gripper, then closing
+        while ((action := policy(ts))[-1] < CLOSING) != closing:
+            ts = blind_env.step(action)
+    figures = closing_alignment(kinematics, ts.observation['qpos'], ts.observation['env_state'], pose, MIDDLE_OFFSET)
+    assert abs(figures['along_fingers_mm']) < 4 and abs(figures['along_jaws_mm']) < 4
+    assert abs(figures['across_jaws_mm'] + 1000 * miss) < 3
+    assert abs(figures['jaws_to_faces_deg']) < 1 and figures['cube_pushed_mm'] < 1
+
+
 @pytest.fixture(scope='module')
 def recorded(tmp_path_factory):
     """Two episodes of STEPS steps (the scripted motion's start: the cube is not reached)."""
@@ -168,7 +187,7 @@ def train_tiny_policy(recorded, tmp_path, monkeypatch):
     return args
 
 
-def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch):
+def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch, capsys):
     import imitate_episodes
     args = train_tiny_policy(recorded, tmp_path, monkeypatch)
     config = json.load(open(tmp_path / 'ckpt' / 'config.json'))
@@ -180,6 +199,12 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     imitate_episodes.main(dict(args, eval_offline=True, eval_ckpt='policy_last.ckpt'))
     offline = json.load(open(tmp_path / 'ckpt' / 'offline_eval.json'))
     assert list(offline['per_joint']) == list(constants.SO_JOINT_NAMES)  # the arm's own joint names
+    from bench import so101_alignment
+    capsys.readouterr()
+    so101_alignment.main(['--ckpt_dir', str(tmp_path / 'ckpt'), '--eval_ckpt', 'policy_last.ckpt', '--num_rollouts', '1'])
+    report = json.loads(capsys.readouterr().out)
+    assert [r['rollout_id'] for r in report['rollouts']] == [0] and report['approach'] == 'middle'
+    assert sum(group['rollouts'] for group in report['summary'].values()) == 1
     import export_policy
     from policy_runtime import PolicyRunner
     export_policy.main(['--ckpt_dir', str(tmp_path / 'ckpt'), '--ckpt', 'policy_last.ckpt', '--out',
