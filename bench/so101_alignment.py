@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from bench.common import stdout_to_stderr
 from cli.flags import build_parser
 from cli.run_config import check_required, eval_config, pick_device, run_checkpoint, with_default_folder
 from common.seeds import set_seed
@@ -92,13 +93,16 @@ def main(argv=None):
                          f'sim_so101_pick_place rollouts')
     set_seed(EVAL_SEED)
     poses = sample_rollout_poses(settings.task_name, settings.num_rollouts)
-    evaluator = Evaluator(settings, load_policy(settings, config['eval_ckpt']), load_stats(settings))
+    with stdout_to_stderr():  # the policy's construction prints
+        evaluator = Evaluator(settings, load_policy(settings, config['eval_ckpt']), load_stats(settings))
     kinematics = Kinematics()
     approach = APPROACHES[approach_name]
     rollouts = [rollout(evaluator, kinematics, i, pose, approach) for i, pose in enumerate(poses)]
-    print(json.dumps({'ckpt_dir': settings.ckpt_dir, 'eval_ckpt': config['eval_ckpt'], 'approach': approach_name,
-                      'temporal_agg': settings.temporal_agg, 'summary': summary(rollouts, evaluator.max_reward),
-                      'rollouts': rollouts}, indent=1))
+    report = {'ckpt_dir': settings.ckpt_dir, 'eval_ckpt': config['eval_ckpt'], 'approach': approach_name,
+              'temporal_agg': settings.temporal_agg, 'summary': summary(rollouts, evaluator.max_reward),
+              'rollouts': rollouts}
+    print(json.dumps(report, indent=1))
+    return report
 
 
 if __name__ == '__main__':

@@ -187,7 +187,7 @@ def train_tiny_policy(recorded, tmp_path, monkeypatch):
     return args
 
 
-def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch, capsys):
+def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path, monkeypatch):
     import imitate_episodes
     args = train_tiny_policy(recorded, tmp_path, monkeypatch)
     config = json.load(open(tmp_path / 'ckpt' / 'config.json'))
@@ -200,9 +200,8 @@ def test_a_tiny_policy_trains_and_evaluates_on_the_recording(recorded, tmp_path,
     offline = json.load(open(tmp_path / 'ckpt' / 'offline_eval.json'))
     assert list(offline['per_joint']) == list(constants.SO_JOINT_NAMES)  # the arm's own joint names
     from bench import so101_alignment
-    capsys.readouterr()
-    so101_alignment.main(['--ckpt_dir', str(tmp_path / 'ckpt'), '--eval_ckpt', 'policy_last.ckpt', '--num_rollouts', '1'])
-    report = json.loads(capsys.readouterr().out)
+    report = so101_alignment.main(['--ckpt_dir', str(tmp_path / 'ckpt'), '--eval_ckpt', 'policy_last.ckpt',
+                                   '--num_rollouts', '1'])
     assert [r['rollout_id'] for r in report['rollouts']] == [0] and report['approach'] == 'middle'
     assert sum(group['rollouts'] for group in report['summary'].values()) == 1
     import export_policy
