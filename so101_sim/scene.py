@@ -40,7 +40,7 @@ CUBE_RANGES = {'x': (0.17, 0.27), 'y': (0.05, 0.15), 'yaw': (0.0, 0.0)}
 # closely, and this gain keeps the gripper within about 2 mm of where the joint targets put it.
 POSITION_GAIN = 50.0
 # Offscreen frames without multisample anti-aliasing: a software renderer draws a 96x128 frame of this
-# scene in 7.7 ms instead of 17 (the frames' mean value moves by 0.04 of 255)
+# scene in less than half the time; the edges change (bench.so101_render)
 OFFSCREEN_SAMPLES = 0
 MESH_CELL = 0.0015  # m: the arm's meshes are simplified to vertices this far apart
 JAW_BODIES = ('gripper', 'moving_jaw_so101_v1')  # the fixed jaw is part of the 'gripper' body
