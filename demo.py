@@ -1,11 +1,11 @@
-"""`make demo`, `make recipe`, `make insertion` and `make diffusion`: record scripted demonstrations,
+"""`make demo`, `make recipe`, `make insertion`, `make diffusion` and `make so101`: record scripted demonstrations,
 train a policy on them and roll it out, timing each step, then say what happened and where everything is.
 
     python demo.py                                   # the demo: about 10 minutes on a 2-core CPU
     python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
     python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 50 minutes
     python demo.py --recipe diffusion --out diffusion  # Diffusion Policy on the transfer cube, about 45 minutes
-    python demo.py --recipe so101 --out so101        # one simulated SO-101 arm picks and places a cube
+    python demo.py --recipe so101 --out so101        # one simulated SO-101 arm picks and places a cube, about 20 minutes
 
 The transfer-cube recipes render the simulation at 96x128, insertion at 120x160 (the original:
 480x640), all without shadows (record_sim_episodes.py --no_shadows), which more than halves the CPU
@@ -103,8 +103,9 @@ RECIPES = {
     'diffusion': Recipe(CUBE, num_episodes=50, image_size=(96, 128), num_steps=4000, num_rollouts=50, videos=False,
                         policy='Diffusion', model=DIFFUSION_FLAGS, training=DIFFUSION_TRAIN_FLAGS,
                         temporal_agg=False),
-    # one simulated SO-101 arm, its front and wrist cameras, at 30 Hz (so101_sim/); 100 episodes (seed 0: 82%
-    # against 74% on 50); played chunk by chunk (one checkpoint: 38% against 28% with ensembling, docs/results.md)
+    # one simulated SO-101 arm, its front and wrist cameras, at 30 Hz (so101_sim/); 100 episodes (three seeds: 83%,
+    # 78-90%; seed 0 82% against 74% on 50); played chunk by chunk (one checkpoint of an earlier task: 38% against
+    # 28% with ensembling, docs/results.md)
     'so101': Recipe('sim_so101_pick_place', num_episodes=100, image_size=(96, 128), num_steps=2400, num_rollouts=50,
                     videos=False, temporal_agg=False),
 }

@@ -12,14 +12,13 @@ included) and how the frames differ from those at the first count given.
 """
 import argparse
 import os
-import time
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
 
 import numpy as np  # noqa: E402
 
 from bench.common import machine_report, print_report  # noqa: E402
-from bench.render_cost import difference  # noqa: E402
+from bench.render_cost import difference, timed_render  # noqa: E402
 
 STATE_STEPS = (45, 90, 150, 225)  # steps of the scripted episode (so101_sim.scripted.PHASES) whose qpos is drawn
 
@@ -38,29 +37,10 @@ def scripted_states(seed):
 
 def render_frames(states, samples, timed_frames, image_size):
     """(frames (S, cameras, H, W, 3) uint8, CPU ms per frame, wall ms per frame) at one multisample count."""
-    import mujoco
     from so101_sim import scene
     model = scene.build_model(shadows=False)
     model.vis.quality.offsamples = samples
-    data = mujoco.MjData(model)
-    renderer = mujoco.Renderer(model, *image_size)
-    frames = []
-    for qpos in states:
-        data.qpos[:] = qpos
-        mujoco.mj_forward(model, data)
-        views = []
-        for camera in scene.CAMERAS:
-            renderer.update_scene(data, camera=camera)
-            views.append(renderer.render().copy())
-        frames.append(views)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for i in range(timed_frames):
-        renderer.update_scene(data, camera=list(scene.CAMERAS)[i % len(scene.CAMERAS)])
-        renderer.render()
-    cpu_ms = (time.process_time() - start_cpu) / timed_frames * 1e3
-    wall_ms = (time.perf_counter() - start) / timed_frames * 1e3
-    renderer.close()
-    return np.array(frames), cpu_ms, wall_ms
+    return timed_render(model, states, list(scene.CAMERAS), timed_frames, image_size)
 
 
 def main(args):
