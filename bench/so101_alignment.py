@@ -24,7 +24,7 @@ from cli.run_config import check_required, eval_config, pick_device, run_checkpo
 from common.seeds import set_seed
 from evaluation.rollout import EVAL_SEED, Evaluator, load_policy, load_stats, sample_rollout_poses
 from evaluation.settings import EvalSettings
-from so101_sim.env import cube_yaw
+from so101_sim.env import STATE_DIM, cube_yaw
 from so101_sim.scripted import APPROACHES, Kinematics
 
 CLOSING = 50.0  # gripper units: closing, the command falls from 60 (open) to 0; at 50 the moving jaw is short of the cube
@@ -44,24 +44,30 @@ def closing_alignment(kinematics, qpos, cube_pose, start_pose, approach):
     return figures
 
 
-def rollout(evaluator, kinematics, rollout_id, pose, approach):
-    """One evaluation rollout -> its figures at the closing step (None if the gripper never closes)."""
-    import torch
-    torch.manual_seed(EVAL_SEED + rollout_id)
-    evaluator.env.task.set_object_pose(pose)
-    ts = evaluator.env.reset()
-    evaluator.controller.reset()
-    figures, highest, opened = None, 0, False
-    with torch.inference_mode():
-        for _ in range(evaluator.settings.episode_len):
-            action, _ = evaluator.next_action(ts)
-            opened = opened or action[-1] >= CLOSING  # the start pose's gripper is half open
-            if figures is None and opened and action[-1] < CLOSING:
-                figures = closing_alignment(kinematics, np.asarray(ts.observation['qpos']),
-                                            ts.observation['env_state'], pose, approach)
-            ts = evaluator.env.step(action)
-            highest = max(highest, ts.reward)
-    return {'rollout_id': rollout_id, 'highest_reward': int(highest), 'closing': figures}
+class ClosingWatch:
+    """The evaluation's environment, measuring closing_alignment at the first action whose gripper
+    command falls below CLOSING after opening (the start pose's gripper is half open)."""
+
+    def __init__(self, env, kinematics, approach):
+        self.env, self.kinematics, self.approach = env, kinematics, approach
+        self.figures, self.opened, self.start_pose = None, False, None
+
+    def reset(self):
+        ts = self.env.reset()
+        self.figures, self.opened, self.start_pose = None, False, ts.observation['env_state'].copy()
+        return ts
+
+    def step(self, action):
+        self.opened = self.opened or action[-1] >= CLOSING
+        if self.figures is None and self.opened and action[-1] < CLOSING:
+            data = self.env.physics.data  # the state the action was chosen from
+            qpos = self.env.task.units.to_units(data.qpos[:STATE_DIM].copy())
+            self.figures = closing_alignment(self.kinematics, qpos, data.qpos[STATE_DIM:].copy(), self.start_pose,
+                                             self.approach)
+        return self.env.step(action)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
 
 
 def summary(rollouts, max_reward):
@@ -88,16 +94,18 @@ def main(argv=None):
     check_required(args, checkpoint)
     config = eval_config(args, pick_device(args['device']), checkpoint)
     settings = EvalSettings.of(config)
-    if settings.task_name != 'sim_so101_pick_place':
-        raise SystemExit(f'{settings.ckpt_dir} holds a {settings.task_name} policy: this bench measures '
-                         f'sim_so101_pick_place rollouts')
+    if settings.task_name != 'sim_so101_pick_place' or settings.runtime != 'torch':
+        raise SystemExit(f'this bench rolls out sim_so101_pick_place policies in torch: {settings.ckpt_dir} holds '
+                         f'a {settings.task_name} policy, --runtime {settings.runtime}')
     set_seed(EVAL_SEED)
     poses = sample_rollout_poses(settings.task_name, settings.num_rollouts)
     with stdout_to_stderr():  # the policy's construction prints
         evaluator = Evaluator(settings, load_policy(settings, config['eval_ckpt']), load_stats(settings))
-    kinematics = Kinematics()
-    approach = APPROACHES[approach_name]
-    rollouts = [rollout(evaluator, kinematics, i, pose, approach) for i, pose in enumerate(poses)]
+    watch = evaluator.env = ClosingWatch(evaluator.env, Kinematics(), APPROACHES[approach_name])
+    rollouts = []
+    for i, pose in enumerate(poses):
+        result = evaluator.rollout(i, pose)
+        rollouts.append({'rollout_id': i, 'highest_reward': int(result['highest_reward']), 'closing': watch.figures})
     report = {'ckpt_dir': settings.ckpt_dir, 'eval_ckpt': config['eval_ckpt'], 'approach': approach_name,
               'temporal_agg': settings.temporal_agg, 'summary': summary(rollouts, evaluator.max_reward),
               'rollouts': rollouts}
