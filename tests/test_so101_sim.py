@@ -1,6 +1,5 @@
 """The simulated SO-101: its model, units, rewards, scripted demonstrations, recording in both
 formats, and a tiny policy trained and evaluated on it; the full scripted set in the slow run."""
-import argparse
 import json
 import os
 
@@ -321,10 +320,15 @@ def test_the_grasp_bench_reports_successes_per_approach_and_miss(capsys):
     assert report == {'episodes': 1, 'successes': {'fixed_jaw': {'+0.010': 0}, 'middle': {'+0.010': 1}}}
 
 
-def test_the_render_bench_compares_multisample_counts(capsys):
-    from bench import so101_render
-    so101_render.main(argparse.Namespace(samples=[4, 0], image_size=[24, 32], timed_frames=2, seed=3))
-    report = json.loads(capsys.readouterr().out)
+def test_the_render_bench_compares_multisample_counts():
+    """In its own process, so that MuJoCo's own Renderer never shares a test worker's EGL state with
+    the dm_control cameras of the other tests."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-m', 'bench.so101_render', '--image_size', '24', '32', '--timed_frames', '2'],
+                         capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+                         env={**os.environ, 'OMP_NUM_THREADS': '1'}).stdout
+    report = json.loads(out)
     assert list(report['samples']) == ['4', '0'] and report['reference'] == '4 samples'
     changed = report['samples']['0']['vs_reference']
     assert 0 < changed['pixels_changed'] < 0.5  # the edges of the arm and the cube, not the whole frame
