@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.common import stdout_to_stderr
 from cli.flags import build_parser
-from cli.run_config import check_required, eval_config, pick_device, run_checkpoint, with_default_folder
+from cli.run_config import flags_eval_config, pick_device
 from common.seeds import set_seed
 from evaluation.rollout import EVAL_SEED, Evaluator, load_policy, load_stats, sample_rollout_poses
 from evaluation.settings import EvalSettings
@@ -89,10 +89,7 @@ def main(argv=None):
                         help="how the policy's demonstrations came down on the cube")
     args = vars(parser.parse_args(['--eval', *(argv or [])]))
     approach_name = args.pop('approach')
-    args = with_default_folder(args)
-    checkpoint = run_checkpoint(args)
-    check_required(args, checkpoint)
-    config = eval_config(args, pick_device(args['device']), checkpoint)
+    config = flags_eval_config(args, pick_device(args['device']))
     settings = EvalSettings.of(config)
     if settings.task_name != 'sim_so101_pick_place' or settings.runtime != 'torch':
         raise SystemExit(f'this bench rolls out sim_so101_pick_place policies in torch: {settings.ckpt_dir} holds '

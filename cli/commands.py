@@ -9,8 +9,8 @@ from checkpoints.folder import BEST_CKPT, STATS_FILE, TRAINING_STATE, make_run_c
 from checkpoints.reader import read_pretrained
 from cli.data_check import check_task_data, data_settings
 from cli.flags import UsageError, flag_problem
-from cli.run_config import (check_args, check_required, eval_config, evaluating, make_config, make_policy_config,
-                            pick_device, run_checkpoint, with_default_folder, with_saved_config)
+from cli.run_config import (check_args, check_required, evaluating, flags_eval_config, make_config, make_policy_config,
+                            pick_device, with_default_folder, with_saved_config)
 from common.files import prepare_folder
 from common.seeds import set_seed
 from constants import IMAGE_HW, get_task_config, task_joint_names
@@ -35,34 +35,33 @@ def main(args):
     problem = flag_problem(args)
     if problem:
         raise UsageError(problem)
-    checkpoint = run_checkpoint(args) if evaluating(args) else None
-    check_required(args, checkpoint)
+    if not evaluating(args):
+        check_required(args)
     set_seed(SPLIT_SEED)
     rank, world_size, local_rank = distributed_env()
     device = pick_device(args['device'], local_rank)
     if args.get('eval_offline'):
-        offline_main(args, device, checkpoint)
+        offline_main(args, device)
     elif args['eval']:
-        eval_main(args, device, checkpoint)
+        eval_main(args, device)
     else:
         train_command(args, device, rank, world_size)
 
 
-def eval_main(args, device, checkpoint):
+def eval_main(args, device):
     """--eval: the rollouts of the checkpoint (evaluation/rollout.py)."""
-    config = eval_config(args, device, checkpoint)
-    check_args(config, device)
+    config = flags_eval_config(args, device)
     ckpt_name = config['eval_ckpt']
     success_rate, avg_return = eval_bc(config, ckpt_name, save_episode=config['save_video'])
     print(f'{ckpt_name}: {success_rate=} {avg_return=}')
     print()
 
 
-def offline_main(args, device, checkpoint):
+def offline_main(args, device):
     """--eval_offline: the checkpoint's action chunks against recorded episodes (evaluation/offline.py):
     the run's validation episodes (config.json), or those of --dataset_dir."""
-    config = eval_config(args, device, checkpoint)
-    check_args(config, device)
+    config = flags_eval_config(args, device)
+    checkpoint = config['checkpoint']
     source, indices = offline_episodes(args, checkpoint)
     policy = load_policy(config, config['eval_ckpt'])
     normalizer = load_stats(config)

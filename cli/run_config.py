@@ -210,6 +210,18 @@ def eval_config(args, device, checkpoint=None):
     return config
 
 
+def flags_eval_config(args, device):
+    """--eval's and --eval_offline's config from imitate_episodes.py's flags (a dict): the default
+    folder filled in, the checkpoint folder opened once, the required flags checked, settings that
+    cannot go together refused."""
+    args = with_default_folder(args)
+    checkpoint = run_checkpoint(args)
+    check_required(args, checkpoint)
+    config = eval_config(args, device, checkpoint)
+    check_args(config, device)
+    return config
+
+
 def dims_from_stats(ckpt_dir, policy_class):
     """(state_dim, action_dim) of a trained policy from its dataset_stats.pkl; the policy defaults
     without one (evaluation then stops with an error naming the missing file)."""
@@ -226,4 +238,4 @@ def export_settings(ckpt_dir, ckpt_name, model_flags, device='cpu'):
     flags for a folder without one (the original's)."""
     flags = vars(build_parser().parse_args(['--eval', '--ckpt_dir', ckpt_dir, '--eval_ckpt', ckpt_name,
                                             *model_flags]))
-    return EvalSettings.of(eval_config(with_default_folder(flags), device))
+    return EvalSettings.of(flags_eval_config(flags, device))
