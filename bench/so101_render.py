@@ -11,6 +11,7 @@ included) and how the frames differ from those at the first count given.
     python -m bench.so101_render --image_size 480 640 --samples 4 0
 """
 import argparse
+import itertools
 import os
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
@@ -26,12 +27,13 @@ STATE_STEPS = (45, 90, 150, 225)  # steps of the scripted episode (so101_sim.scr
 def scripted_states(seed):
     """(len(STATE_STEPS), nq) full qpos of a scripted pick and place."""
     from so101_sim.env import make_so101_env, sample_cube_pose
-    from so101_sim.scripted import Kinematics, scripted_episode
-    env, kinematics = make_so101_env(camera_names=[], shadows=False), Kinematics()
+    from so101_sim.scripted import Kinematics, scripted_steps
+    env = make_so101_env(camera_names=[], shadows=False)
+    steps = scripted_steps(env, Kinematics(), sample_cube_pose(np.random.default_rng(seed)))
     states = []
-    for steps in STATE_STEPS:  # each state replayed from the start: the episode is deterministic
-        scripted_episode(env, kinematics, sample_cube_pose(np.random.default_rng(seed)), steps)
-        states.append(env.physics.data.qpos.copy())
+    for step, _ in enumerate(itertools.islice(steps, STATE_STEPS[-1]), start=1):
+        if step in STATE_STEPS:
+            states.append(env.physics.data.qpos.copy())
     return np.stack(states)
 
 

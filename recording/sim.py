@@ -131,7 +131,7 @@ class EpisodeRecorder:
         from so101_sim.scripted import scripted_episode
         pose = sim_env.sample_object_pose(self.task_name, rng)
         actions, rewards = scripted_episode(self.env, self.kinematics, pose, self.episode_len + 1,
-                                            self.inject_noise, rng)
+                                            inject_noise=self.inject_noise, rng=rng)
         return actions, pose, *episode_result(rewards, self.env.task.max_reward)
 
     def replay(self, joint_traj, object_pose):

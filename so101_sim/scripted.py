@@ -5,6 +5,8 @@ The gripper points straight down through the whole motion, its jaws opening acro
 the cube. Inverse kinematics is damped least squares on the 'gripperframe' site's position and
 orientation over the five arm joints, started from the previous step's solution.
 """
+import itertools
+
 import numpy as np
 from dm_control.mujoco import wrapper  # noqa: F401  (the GL backend is chosen before mujoco loads)
 import mujoco
@@ -166,17 +168,24 @@ def aimed_off(cube_pose, miss):
     return aimed
 
 
-def scripted_episode(env, kinematics, cube_pose, steps, inject_noise=False, rng=None, miss=0.0,
-                     approach=MIDDLE_OFFSET):
-    """The scripted policy run for `steps` steps in `env` (so101_sim.env) from `cube_pose` ->
-    (actions (steps, 6) in units, rewards (steps,)). miss: m the script aims off the cube across the
-    jaws (the scene keeps the true pose), as a policy might; approach: ScriptedPickPlace's."""
+def scripted_steps(env, kinematics, cube_pose, inject_noise=False, rng=None, miss=0.0, approach=MIDDLE_OFFSET):
+    """The scripted policy in `env` (so101_sim.env) from `cube_pose`, step by step: yields (action (6,)
+    in units, the time step it led to) until the caller stops. miss: m the script aims off the cube
+    across the jaws (the scene keeps the true pose), as a policy might; approach: ScriptedPickPlace's."""
     env.task.set_object_pose(cube_pose)
     ts = env.reset()
     policy = ScriptedPickPlace(kinematics, aimed_off(cube_pose, miss), inject_noise, rng, approach)
+    while True:
+        action = policy(ts)
+        ts = env.step(action)
+        yield action, ts
+
+
+def scripted_episode(env, kinematics, cube_pose, steps, **script):
+    """scripted_steps run for `steps` steps -> (actions (steps, 6) in units, rewards (steps,));
+    script: scripted_steps' keywords (inject_noise, rng, miss, approach)."""
     actions, rewards = [], []
-    for _ in range(steps):
-        actions.append(policy(ts))
-        ts = env.step(actions[-1])
+    for action, ts in itertools.islice(scripted_steps(env, kinematics, cube_pose, **script), steps):
+        actions.append(action)
         rewards.append(ts.reward)
     return np.array(actions), np.array(rewards)
