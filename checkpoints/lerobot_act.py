@@ -134,6 +134,10 @@ def check_lerobot_config(lr_config, path):
     if lr_config.get('use_vae', True) and lr_config.get('n_vae_encoder_layers') != lr_config.get('n_encoder_layers'):
         problems.append(f"n_vae_encoder_layers {lr_config.get('n_vae_encoder_layers')} differs from n_encoder_layers "
                         f"{lr_config.get('n_encoder_layers')}: the original's CVAE encoder has as many layers")
+    steps = lr_config.get('n_action_steps', lr_config['chunk_size'])
+    if not positive_int(steps, lr_config['chunk_size']):
+        problems.append(f"n_action_steps {steps!r}: a whole number from 1 to chunk_size {lr_config['chunk_size']} "
+                        f"is expected")
     if lr_config.get('n_obs_steps', 1) != 1:
         problems.append(f"n_obs_steps {lr_config['n_obs_steps']}: ACT takes one observation")
     if STATE not in inputs:
@@ -158,7 +162,8 @@ def policy_config_from_lerobot(lr_config):
     cameras = image_features(lr_config)
     image_hw = tuple(inputs[next(iter(cameras.values()))]['shape'][1:])
     policy_config = {
-        'num_queries': lr_config['chunk_size'], 'kl_weight': float(lr_config['kl_weight']),
+        'num_queries': lr_config['chunk_size'], 'action_horizon': action_horizon(lr_config),
+        'kl_weight': float(lr_config['kl_weight']),
         'hidden_dim': lr_config['dim_model'], 'dim_feedforward': lr_config['dim_feedforward'],
         'enc_layers': lr_config['n_encoder_layers'], 'dec_layers': 1, 'nheads': lr_config['n_heads'],
         'latent_dim': lr_config['latent_dim'], 'dropout': lr_config['dropout'], 'pre_norm': lr_config['pre_norm'],
@@ -170,6 +175,14 @@ def policy_config_from_lerobot(lr_config):
         'use_vae': bool(lr_config.get('use_vae', True)),
     }
     return policy_config, image_hw
+
+
+def action_horizon(lr_config):
+    """The actions played per query of a checked LeRobot ACT config: its n_action_steps, or None (the
+    whole chunk) where it ensembles (temporal_ensemble_coeff; here --temporal_agg) or names none."""
+    if lr_config.get('temporal_ensemble_coeff') is not None:
+        return None
+    return lr_config.get('n_action_steps')
 
 
 def read_lerobot_config(folder, lr_config=None):
@@ -220,7 +233,7 @@ def lerobot_config(policy_config, image_hw, temporal_agg=False):
     return {
         'type': 'act', 'n_obs_steps': 1, **policy_features(cfg, image_hw),
         'device': 'cpu', 'use_amp': False, 'push_to_hub': False, 'repo_id': None, 'private': None, 'tags': None,
-        'license': None, 'chunk_size': cfg['num_queries'], 'n_action_steps': 1 if temporal_agg else cfg['num_queries'],
+        'license': None, 'chunk_size': cfg['num_queries'], 'n_action_steps': 1 if temporal_agg else (cfg.get('action_horizon') or cfg['num_queries']),
         'normalization_mapping': {'VISUAL': 'MEAN_STD', 'STATE': 'MEAN_STD', 'ACTION': 'MEAN_STD'},
         'vision_backbone': cfg['backbone'], 'pretrained_backbone_weights': None,
         'replace_final_stride_with_dilation': False, 'pre_norm': bool(cfg['pre_norm']), 'dim_model': cfg['hidden_dim'],

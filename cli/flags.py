@@ -65,10 +65,6 @@ def flag_problem(args):
         hidden_dim, nheads = (args.get(k) or defaults[k] for k in ('hidden_dim', 'nheads'))
         if hidden_dim % nheads:
             return f'--hidden_dim {hidden_dim} must be a multiple of --nheads {nheads} (attention heads split it)'
-        chunk = args.get('chunk_size') or defaults['num_queries']
-        if args.get('action_horizon') not in (None, chunk):
-            return (f"--action_horizon {args['action_horizon']} (LeRobot's n_action_steps) is Diffusion's: ACT plays "
-                    f'its whole chunk of {chunk}, as the original (--temporal_agg queries every step)')
     return None
 
 
@@ -164,8 +160,8 @@ def _model_flags(parser):
         help="Diffusion: observation steps per query (LeRobot's --n_obs_steps) "
         + _policy_default('obs_horizon', 'Diffusion'))
     add('--action_horizon', '--n_action_steps', dest='action_horizon', type=int,
-        help="Diffusion: actions executed per query (LeRobot's --n_action_steps) (default: min(8, the actions a "
-        'query returns))')
+        help="actions executed per query, without --temporal_agg (LeRobot's --n_action_steps) (default: ACT its "
+        "whole chunk, as the original; Diffusion min(8, the actions a query returns))")
     add('--diffusion_style', choices=STYLES,
         help="Diffusion: act_plus_plus (act-plus-plus's network: 64 features per camera, the state after them, "
         "crop-rotate-jitter augmentation) or lerobot (LeRobot's: ReLU keypoint features, the state first, images "

@@ -17,6 +17,7 @@ from policies.base import IMAGENET_MEAN, IMAGENET_STD, Policy
 ### Config defaults: one set per policy; the command line falls back on them too
 ACT_DEFAULTS = {
     'num_queries': 100,  # chunk size (--chunk_size)
+    'action_horizon': None,  # actions played per query (--action_horizon); None: the whole chunk, as the original
     'kl_weight': 10.0,  # weight of the KL term of the loss
     'hidden_dim': 512,
     'dim_feedforward': 3200,
@@ -113,9 +114,19 @@ class ACTPolicy(_DETRPolicy):
     defaults = ACT_DEFAULTS
     required = ('camera_names', 'kl_weight')
 
+    @classmethod
+    def resolve_config(cls, policy_config):
+        cfg = super().resolve_config(policy_config)
+        horizon = cfg['action_horizon']
+        if horizon is not None and not 1 <= horizon <= cfg['num_queries']:
+            raise ValueError(f"--action_horizon must be between 1 and the chunk size {cfg['num_queries']} (the actions "
+                             f"a query returns); got {horizon}")
+        return cfg
+
     def __init__(self, policy_config, load_pretrained=True):
         """load_pretrained False skips the ImageNet trunk weights (a checkpoint will replace them)."""
         super().__init__(self.resolve_config(policy_config))
+        self.action_horizon = self.cfg['action_horizon'] or self.num_queries
         self.model = build_act_model(self.cfg, load_pretrained)  # CVAE decoder
         self.kl_weight = self.cfg['kl_weight']
         self._report_size(self.model)

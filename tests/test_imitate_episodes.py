@@ -97,6 +97,9 @@ def test_eval_needs_no_model_flags_with_config_json(two_epoch_run, short_episode
     assert os.path.isfile(os.path.join(args['ckpt_dir'], 'result_policy_best.txt'))
     config = run_config.eval_config(eval_flags(args['ckpt_dir']), 'cpu')
     assert config['image_size'] == TINY_IMAGE_HW and config['policy_config']['hidden_dim'] == 32
+    assert config['policy_config']['action_horizon'] is None  # ACT plays its whole chunk
+    played = run_config.eval_config(eval_flags(args['ckpt_dir'], '--action_horizon', '3'), 'cpu')
+    assert played['policy_config']['action_horizon'] == 3
 
 
 def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_run, tmp_path, short_episodes,
@@ -247,3 +250,11 @@ def test_lr_default_depends_on_the_policy(tmp_path):
     assert policy_config['lr'] == DIFFUSION_DEFAULTS['lr'] == 1e-4  # the Diffusion policy's own default
     assert run_config.make_policy_config(train_args(tmp_path, tmp_path, lr=3e-4), ['top'], 14, 14,
                                                (24, 32))['lr'] == 3e-4
+
+
+def test_an_act_action_horizon_is_a_policy_setting_the_run_records(tmp_path):
+    args = train_args(tmp_path / 'data', tmp_path / 'ckpt', action_horizon=3)
+    policy_config = run_config.make_policy_config(args, ['top'], 14, 14, TINY_IMAGE_HW)
+    assert policy_config['action_horizon'] == 3 and make_policy('ACT', policy_config).action_horizon == 3
+    with pytest.raises(ValueError, match=r'--action_horizon must be between 1 and the chunk size 5'):
+        run_config.make_policy_config(dict(args, action_horizon=9), ['top'], 14, 14, TINY_IMAGE_HW)

@@ -267,6 +267,8 @@ def test_missing_statistics_are_named_and_stats_from_stands_in(tmp_path):
     ({'n_decoder_layers': 2}, 'n_decoder_layers 2'),
     ({'vision_backbone': 'efficientnet_b0'}, "vision_backbone 'efficientnet_b0'"),
     ({'n_vae_encoder_layers': 3}, 'n_vae_encoder_layers 3'),
+    ({'n_action_steps': 6}, 'n_action_steps 6: a whole number from 1 to chunk_size 5'),
+    ({'n_action_steps': 0}, 'n_action_steps 0: a whole number from 1 to chunk_size 5'),
 ])
 def test_settings_this_act_cannot_reproduce_are_refused(tmp_path, override, message):
     weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
@@ -337,6 +339,29 @@ def test_our_checkpoint_in_lerobots_layout_gives_our_actions(tmp_path):
     # LeRobot's ACTConfig requires n_action_steps 1 with temporal ensembling
     assert ensembled['temporal_ensemble_coeff'] == 0.01 and ensembled['n_action_steps'] == 1
     to_act(str(tmp_path / 'ensembled'), str(tmp_path / 'back'))  # and it reads back
+
+
+@pytest.mark.parametrize('steps, coeff, horizon', [(2, None, 2), (5, None, 5), (1, 0.01, 5)])
+def test_n_action_steps_is_the_actions_played_per_chunk(lerobot_folder, tmp_path, steps, coeff, horizon):
+    # LeRobot plays n_action_steps of each chunk; with temporal ensembling (n_action_steps 1) the
+    # whole chunk is ensembled, here --temporal_agg
+    weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act(seed=3).state_dict())
+    folder = write_lerobot_folder(str(tmp_path / 'lr'), weights, lerobot_stats(),
+                                  config=lerobot_config(n_action_steps=steps, temporal_ensemble_coeff=coeff))
+    config = run_config.eval_config(eval_args(folder), 'cpu')
+    assert load_policy(config, config['eval_ckpt']).action_horizon == horizon
+    given = run_config.eval_config(eval_args(folder, '--action_horizon', '3'), 'cpu')  # a flag given wins
+    assert load_policy(given, given['eval_ckpt']).action_horizon == 3
+
+
+def test_our_action_horizon_is_lerobots_n_action_steps(tmp_path):
+    ours = write_our_folder(str(tmp_path / 'ours'), tiny_act(seed=5, action_horizon=2), random_stats())
+    to_lerobot(ours, str(tmp_path / 'lr'))
+    with open(tmp_path / 'lr' / 'config.json') as f:
+        assert json.load(f)['n_action_steps'] == 2
+    to_act(str(tmp_path / 'lr'), str(tmp_path / 'back'))
+    with open(tmp_path / 'back' / 'config.json') as f:
+        assert json.load(f)['policy_config']['action_horizon'] == 2
 
 
 def test_act_without_the_vae_converts_both_ways(tmp_path):

@@ -43,6 +43,13 @@ def test_act_shapes(tiny_act_config):
     assert out.shape == (2, 5, 14) and out.dtype == torch.float32 and not out.requires_grad
 
 
+def test_act_plays_its_whole_chunk_unless_given_an_action_horizon(tiny_act_config):
+    assert ACTPolicy(tiny_act_config).action_horizon == 5  # as the original
+    assert ACTPolicy({**tiny_act_config, 'action_horizon': 2}).action_horizon == 2  # LeRobot's n_action_steps
+    with pytest.raises(ValueError, match=r'--action_horizon must be between 1 and the chunk size 5 .*; got 6'):
+        ACTPolicy({**tiny_act_config, 'action_horizon': 6})
+
+
 def test_act_loss_is_the_hand_computation(tiny_act_config):
     policy = ACTPolicy(tiny_act_config).eval()
     qpos, image, actions, is_pad = _batch(tiny_act_config)
