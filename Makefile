@@ -47,7 +47,8 @@ insertion: $(VENV)/.installed
 diffusion: $(VENV)/.installed
 	$(PY) demo.py --recipe diffusion --out diffusion
 
-# One simulated SO-101 arm in ./so101/: 100 scripted pick-and-place demonstrations at 96x128 (front and
-# wrist cameras), the CPU recipe's ACT trained for 2,400 steps and 50 rollouts, in about 20 minutes (demo.py)
+# One simulated SO-101 arm in ./so101/: 200 scripted pick-and-place demonstrations at 96x128 (front and
+# wrist cameras), the CPU recipe's ACT trained for 2,400 steps and 50 rollouts playing 25 actions of each
+# chunk, in about 25 minutes (demo.py)
 so101: $(VENV)/.installed
 	$(PY) demo.py --recipe so101 --out so101

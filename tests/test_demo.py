@@ -92,6 +92,8 @@ def test_commands_carry_the_recipe(name, tmp_path, monkeypatch):
     assert '--lr_schedule cosine' in train and f'--warmup_steps {320 // demo.WARMUP_SHARE} ' in train
     assert '--num_workers 1 ' in record and '--eval_workers 1 ' in evaluate
     assert ('--temporal_agg' in evaluate) == (name == 'cpu')  # insertion, Diffusion, SO-101: chunk by chunk
+    # SO-101: 25 actions of each chunk, recorded in config.json by the training
+    assert ('--action_horizon 25 ' in train) == (name == 'so101') and '--action_horizon' not in evaluate
 
 
 def test_step_times_are_kept_across_runs(tmp_path, monkeypatch):
