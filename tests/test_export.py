@@ -357,6 +357,13 @@ def test_evaluation_through_the_runtime_plays_the_eager_actions(act_export, temp
     np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
 
+def test_an_act_export_plays_the_actions_per_chunk_it_was_given(act_export, tmp_path):
+    ckpt_dir, whole = act_export
+    assert PolicyRunner(whole).action_horizon == TINY_ACT_CONFIG['num_queries']  # the whole chunk
+    runner = PolicyRunner(export(ckpt_dir, tmp_path / 'h2', '--format', 'onnx', '--action_horizon', '2'))
+    assert runner.action_horizon == 2 and runner.chunker.query_frequency == 2
+
+
 def evaluate_with_onnxruntime(ckpt_dir, *flags):
     """imitate_episodes.py --eval --runtime onnxruntime on ckpt_dir: one rollout of 4 steps."""
     import imitate_episodes
