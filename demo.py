@@ -5,7 +5,7 @@ train a policy on them and roll it out, timing each step, then say what happened
     python demo.py --recipe cpu --out recipe         # the CPU recipe: 50 rollouts, about 25 minutes
     python demo.py --recipe insertion --out insertion  # insertion: 50 rollouts, about 50 minutes
     python demo.py --recipe diffusion --out diffusion  # Diffusion Policy on the transfer cube, about 45 minutes
-    python demo.py --recipe so101 --out so101        # one simulated SO-101 arm picks and places a cube, about 25 minutes
+    python demo.py --recipe so101 --out so101        # one SO-101 arm in simulation picks and places, about 25 minutes
 
 The transfer-cube recipes render the simulation at 96x128, insertion at 120x160 (the original:
 480x640), all without shadows (record_sim_episodes.py --no_shadows), which more than halves the CPU

@@ -1,5 +1,5 @@
 """Where a trained SO-101 policy's gripper is when it closes on the cube. Rolls a checkpoint out as
-`imitate_episodes.py --eval` does (its poses, chunk by chunk or --temporal_agg as given) in one
+`imitate_episodes.py --eval` does (its poses, its chunks played as --eval plays them) in one
 process and, at the step whose gripper command first falls below CLOSING after opening, measures
 the cube in the gripper frame ('gripperframe', from the joint positions): its centre's offset from
 where the demonstrations have it when they start closing (--approach, so101_sim.scripted.APPROACHES;
@@ -27,7 +27,8 @@ from evaluation.settings import EvalSettings
 from so101_sim.env import STATE_DIM, cube_yaw
 from so101_sim.scripted import APPROACHES, Kinematics
 
-CLOSING = 50.0  # gripper units: closing, the command falls from 60 (open) to 0; at 50 the moving jaw is short of the cube
+# gripper units: closing, the command falls from 60 (open) to 0; at 50 the moving jaw is short of the cube
+CLOSING = 50.0
 OFFSET_AXES = ('along_fingers_mm', 'along_jaws_mm', 'across_jaws_mm')
 
 

@@ -16,6 +16,7 @@ from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, 
 from common.checks import positive_int
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
+from policies.act import actions_per_query
 from policies.chunker import TEMPORAL_AGG_K
 
 # (this project's, LeRobot's) module names under `model.`; a name matches itself and what lies below it
@@ -96,6 +97,10 @@ def value_problems(lr_config):
                 for key, limit in SIZE_SETTINGS.items() if not positive_int(lr_config.get(key), limit)]
     if not problems and lr_config['dim_model'] % lr_config['n_heads']:
         problems.append(f"dim_model {lr_config['dim_model']} is not a multiple of n_heads {lr_config['n_heads']}")
+    steps = lr_config.get('n_action_steps', lr_config.get('chunk_size'))
+    if not problems and not positive_int(steps, lr_config['chunk_size']):
+        problems.append(f"n_action_steps {steps!r}: a whole number from 1 to chunk_size {lr_config['chunk_size']} "
+                        f"is expected")
     dropout = lr_config.get('dropout', 0.1)
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         problems.append(f'dropout {dropout!r}: a number in [0, 1) is expected')
@@ -134,10 +139,6 @@ def check_lerobot_config(lr_config, path):
     if lr_config.get('use_vae', True) and lr_config.get('n_vae_encoder_layers') != lr_config.get('n_encoder_layers'):
         problems.append(f"n_vae_encoder_layers {lr_config.get('n_vae_encoder_layers')} differs from n_encoder_layers "
                         f"{lr_config.get('n_encoder_layers')}: the original's CVAE encoder has as many layers")
-    steps = lr_config.get('n_action_steps', lr_config['chunk_size'])
-    if not positive_int(steps, lr_config['chunk_size']):
-        problems.append(f"n_action_steps {steps!r}: a whole number from 1 to chunk_size {lr_config['chunk_size']} "
-                        f"is expected")
     if lr_config.get('n_obs_steps', 1) != 1:
         problems.append(f"n_obs_steps {lr_config['n_obs_steps']}: ACT takes one observation")
     if STATE not in inputs:
@@ -233,7 +234,8 @@ def lerobot_config(policy_config, image_hw, temporal_agg=False):
     return {
         'type': 'act', 'n_obs_steps': 1, **policy_features(cfg, image_hw),
         'device': 'cpu', 'use_amp': False, 'push_to_hub': False, 'repo_id': None, 'private': None, 'tags': None,
-        'license': None, 'chunk_size': cfg['num_queries'], 'n_action_steps': 1 if temporal_agg else (cfg.get('action_horizon') or cfg['num_queries']),
+        'license': None, 'chunk_size': cfg['num_queries'],
+        'n_action_steps': 1 if temporal_agg else actions_per_query(cfg),
         'normalization_mapping': {'VISUAL': 'MEAN_STD', 'STATE': 'MEAN_STD', 'ACTION': 'MEAN_STD'},
         'vision_backbone': cfg['backbone'], 'pretrained_backbone_weights': None,
         'replace_final_stride_with_dilation': False, 'pre_norm': bool(cfg['pre_norm']), 'dim_model': cfg['hidden_dim'],

@@ -53,6 +53,12 @@ CNNMLP_DEFAULTS = {
 }
 
 
+def actions_per_query(cfg):
+    """The actions ACT plays of each chunk without temporal ensembling: the policy config's
+    action_horizon, else the whole chunk (the original)."""
+    return cfg.get('action_horizon') or cfg['num_queries']
+
+
 def kl_divergence(mu, logvar):
     """KL(N(mu, sigma) || N(0, I)) summed over the latent, averaged over the batch: (B, L) -> ()"""
     klds = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
@@ -126,7 +132,7 @@ class ACTPolicy(_DETRPolicy):
     def __init__(self, policy_config, load_pretrained=True):
         """load_pretrained False skips the ImageNet trunk weights (a checkpoint will replace them)."""
         super().__init__(self.resolve_config(policy_config))
-        self.action_horizon = self.cfg['action_horizon'] or self.num_queries
+        self.action_horizon = actions_per_query(self.cfg)
         self.model = build_act_model(self.cfg, load_pretrained)  # CVAE decoder
         self.kl_weight = self.cfg['kl_weight']
         self._report_size(self.model)

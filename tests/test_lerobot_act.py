@@ -267,8 +267,6 @@ def test_missing_statistics_are_named_and_stats_from_stands_in(tmp_path):
     ({'n_decoder_layers': 2}, 'n_decoder_layers 2'),
     ({'vision_backbone': 'efficientnet_b0'}, "vision_backbone 'efficientnet_b0'"),
     ({'n_vae_encoder_layers': 3}, 'n_vae_encoder_layers 3'),
-    ({'n_action_steps': 6}, 'n_action_steps 6: a whole number from 1 to chunk_size 5'),
-    ({'n_action_steps': 0}, 'n_action_steps 0: a whole number from 1 to chunk_size 5'),
 ])
 def test_settings_this_act_cannot_reproduce_are_refused(tmp_path, override, message):
     weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
@@ -285,6 +283,8 @@ def test_settings_this_act_cannot_reproduce_are_refused(tmp_path, override, mess
     ({'dropout': 5}, r'dropout 5: a number in \[0, 1\) is expected'),
     ({'input_features': 'observation.state'}, r'input_features: an object of features'),
     ({'output_features': {'action': {'type': 'ACTION', 'shape': []}}}, r'output_features action shape \[\]'),
+    ({'n_action_steps': 6}, 'n_action_steps 6: a whole number from 1 to chunk_size 5'),
+    ({'n_action_steps': 0}, 'n_action_steps 0: a whole number from 1 to chunk_size 5'),
 ])
 def test_unusable_values_in_a_lerobot_config_are_named(tmp_path, override, message):
     weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
