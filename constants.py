@@ -16,7 +16,8 @@ DATA_DIR = os.environ.get('ACT_DATA_DIR', str(REPO_DIR / 'data'))  # root of all
 ALOHA_ROBOT_TYPE = 'aloha'  # LeRobot's robot_type of two-arm ALOHA episodes
 
 
-SO101_ROBOT_TYPE = 'so101'  # LeRobot's robot_type of simulated SO-101 episodes
+# LeRobot's robot_type of SO-100 / SO-101 episodes, one arm or two, as its recorder writes it (robot.name)
+SO_ROBOT_TYPE, BI_SO_ROBOT_TYPE = 'so_follower', 'bi_so_follower'
 
 
 def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top',), num_episodes=50,
@@ -29,7 +30,7 @@ def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top'
         'reward_stages': reward_stages,  # what reaching reward 1, 2, ... means (sim_env.py's rewards)
         'instruction': instruction,  # a LeRobot dataset's task text
         'robot_type': robot_type,
-        **rate,  # 'fps': control steps a second, when not CONTROL_HZ
+        **rate,  # 'fps': control steps a second, when not CONTROL_HZ; 'so_arms': simulated SO arms
     }
 
 
@@ -52,7 +53,8 @@ SIM_TASK_CONFIGS = {
     'sim_insertion_human': _sim_task('sim_insertion_human', 500, INSERTION_STAGES, INSERTION),
     # one SO-101 arm (so101_sim/): 10 s at the SO tasks' 30 Hz, the real so101_pick_place task's cameras
     'sim_so101_pick_place': _sim_task('sim_so101_pick_place', 300, PICK_PLACE_STAGES, PICK_PLACE,
-                                      camera_names=('front', 'wrist'), robot_type=SO101_ROBOT_TYPE, fps=30),
+                                      camera_names=('front', 'wrist'), robot_type=SO_ROBOT_TYPE, so_arms=1,
+                                      fps=30),
 }
 
 
@@ -78,7 +80,7 @@ REAL_TASK_CONFIGS = {
         'followers': ['so_follower'],
         'leaders': ['so_leader'],
         'fps': 30,
-        'robot_type': 'so101_follower',
+        'robot_type': SO_ROBOT_TYPE,
     },
     'so101_bimanual': {  # two SO-101 arms: state and action 12
         'dataset_dir': os.path.join(DATA_DIR, 'so101_bimanual'),
@@ -88,7 +90,7 @@ REAL_TASK_CONFIGS = {
         'followers': ['so_follower_left', 'so_follower_right'],
         'leaders': ['so_leader_left', 'so_leader_right'],
         'fps': 30,
-        'robot_type': 'bi_so101_follower',
+        'robot_type': BI_SO_ROBOT_TYPE,
     },
 }
 
@@ -161,8 +163,8 @@ def lerobot_settings(task_name):
     names = None
     if 'followers' in config:  # real SO arms
         names = so_feature_names(len(config['followers']))
-    elif config.get('robot_type') == SO101_ROBOT_TYPE:  # the simulated SO-101
-        names = so_feature_names(1)
+    elif 'so_arms' in config:  # simulated SO arms
+        names = so_feature_names(config['so_arms'])
     return {'fps': config.get('fps', CONTROL_HZ), 'task': config.get('instruction'),
             'robot_type': config.get('robot_type'), 'names': names}
 

@@ -21,7 +21,7 @@ import argparse
 from checkpoints.convert import to_act, to_lerobot
 from checkpoints.folder import BEST_CKPT
 from cli.errors import run_command
-from common.files import UnsafeFile
+from common.folders import UnsafeFile
 from formats.lerobot import LeRobotFormatError
 
 

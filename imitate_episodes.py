@@ -24,7 +24,7 @@ from cli.data_check import MissingData
 from cli.errors import run_command
 from cli.flags import UsageError
 from cli.lerobot_names import translate_lerobot_flags
-from common.files import UnsafeFile
+from common.folders import UnsafeFile
 from formats.lerobot import LeRobotFormatError
 from training.loop import NonFiniteLoss
 

@@ -10,7 +10,8 @@ from checkpoints import lerobot_act, lerobot_diffusion
 from checkpoints.lerobot import load_lerobot_weights, read_lerobot_checkpoint
 from checkpoints.lerobot_files import MODEL_FILE, feature_listing
 from checkpoints.reader import open_checkpoint
-from common.files import load_torch_file, prepare_folder
+from common.files import prepare_folder
+from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats

@@ -19,7 +19,8 @@ import os
 import torch
 
 from common.checks import check_values, names, positive_int, positive_ints
-from common.files import atomic_write, save_safetensors
+from common.files import atomic_write
+from common.safe_load import save_safetensors
 from constants import PROJECT_VERSION
 
 CONFIG_FILE = 'config.json'

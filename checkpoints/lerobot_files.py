@@ -24,7 +24,9 @@ import os
 import numpy as np
 import torch
 
-from common.files import atomic_write, inside_folder, save_safetensors
+from common.files import atomic_write
+from common.folders import inside_folder
+from common.safe_load import save_safetensors
 from formats.lerobot import ACTION, IMAGE_PREFIX, STATE, LeRobotFormatError, read_json
 
 ### The format (LeRobot's names)

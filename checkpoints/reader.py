@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, checked_config, load_config_json, policy_file
 from checkpoints.lerobot import lerobot_run_config, load_lerobot_weights, read_lerobot_checkpoint, read_lerobot_config
 from checkpoints.lerobot_files import MODEL_FILE, feature_listing, is_lerobot_config, statistics_from_lerobot
-from common.files import load_torch_file
+from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats

@@ -10,14 +10,14 @@ import io
 import json
 import logging
 import os
-import shutil
 import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.files import FolderLock, atomic_write, drop_staging, make_staging, publish_staging
+from common.files import atomic_write
+from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
 from deploy.samplers import SAMPLERS
@@ -255,6 +255,17 @@ def recorded_difference(folder, policy, normalizer, observations):
     return float(np.abs(normalizer.normalize_action(exported) - normalizer.normalize_action(eager)).max())
 
 
+def is_export(folder):
+    """True when `folder` holds an export and nothing else: policy.json and the files it lists."""
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            listed = {entry['name'] for entry in json.load(f)['files'].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return all(name == MANIFEST or name in listed or name.startswith(tuple(listed))  # + onnx external data
+               for name in os.listdir(folder))
+
+
 def check_out(out, ckpt_dir, overwrite):
     """Refuse an --out that would put the export into or over a training folder, or replace anything
     but an earlier export (only that is --overwrite's to replace)."""
@@ -264,8 +275,9 @@ def check_out(out, ckpt_dir, overwrite):
                               f'of its own (e.g. {os.path.join(ckpt_dir, "export")})')
     if not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out)):
         return
-    if not os.path.isfile(os.path.join(out, MANIFEST)):
-        raise FileExistsError(f'--out {out} exists and is not an export (no {MANIFEST}): choose another --out; '
+    if not os.path.isfile(os.path.join(out, MANIFEST)) or not is_export(out):
+        what = f'no {MANIFEST}' if not os.path.isfile(os.path.join(out, MANIFEST)) else f'files beside an export'
+        raise FileExistsError(f'--out {out} exists and is not an export ({what}): choose another --out; '
                               f'nothing in it was touched')
     if not overwrite:
         raise FileExistsError(f'--out {out} holds an export already: choose another --out, or pass --overwrite '
@@ -324,9 +336,7 @@ def _export(settings, ckpt_name, fmt, out, quantize, calibration):
                 raise RuntimeError(f'the int8 export differs from the eager policy by {difference:.3f} (normalised '
                                    f'action units) on recorded observations (more than {INT8_TOLERANCE}): not '
                                    f'written; calibrate on more observations (--calibration) or use the fp32 export')
-        if os.path.exists(out):
-            shutil.rmtree(out)  # an export: check_out refused anything else
-        publish_staging(work, out)
+        publish_staging(work, out, replaceable=is_export)  # an earlier export only; a folder raced in stays
     except BaseException:
         drop_staging(work)
         raise

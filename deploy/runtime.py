@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from common.checks import check_values, names, positive_int, positive_ints
-from common.files import inside_folder
+from common.folders import inside_folder
 from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, ObservationHistory, checked_action

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.files import load_torch_file
+from common.safe_load import load_torch_file
 from detr.recompute import recompute
 
 ### ImageNet weights (torchvision's IMAGENET1K_V1 files, the ones `pretrained=True` gave the original)

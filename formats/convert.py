@@ -5,7 +5,7 @@ import os
 
 from tqdm import tqdm
 
-from common.files import FolderLock, drop_staging, make_staging, publish_staging
+from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import ALOHA_ROBOT_TYPE, ALOHA_STATE_DIM, CONTROL_HZ
 from formats.datasets import open_dataset
 from formats.hdf5 import episode_path, store_episode

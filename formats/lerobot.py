@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.checks import check_values
-from common.files import STAGING_MARKER, inside_folder, lock_holder
+from common.folders import STAGING_MARKER, inside_folder, lock_holder
 from constants import CONTROL_HZ
 from formats.episode import Episode
 
@@ -60,9 +60,12 @@ STATS_SAMPLES = (100, 10_000, 0.75)  # images sampled per episode for statistics
 STATS_IMAGE_SIDE = (150, 300)  # frames with a side of 300 or more are subsampled to about 150 for statistics
 DEFAULT_FPS = CONTROL_HZ
 DEFAULT_TASK = 'demonstration'
-SIM_COLUMN = 'sim'
-# The episodes' origin, in info.json's features, which LeRobot's dataset tools copy (they drop the
-# episode metadata's extra columns): the action feature's info 'sim', a simulated camera's 'shadows'.
+# Each episode's origin, in extra columns of the episode metadata, which LeRobot's merge keeps and
+# ignores (its delete and split rebuild the rows without them): simulated or not, and whether its
+# simulated frames were rendered with shadows.
+SIM_COLUMN, SHADOWS_COLUMN = 'sim', 'shadows'
+# Where datasets written by earlier versions marked it, read still: info.json's action feature's info
+# 'sim' and a simulated camera's info 'shadows' (LeRobot's merge refuses features that differ so).
 SIM_MARK, SHADOWS_MARK = 'sim', 'shadows'
 
 
@@ -198,6 +201,7 @@ class EpisodeEntry:
     videos: dict
     sim: bool = None  # the episode row's mark; None: the row has none
     tasks: tuple = ()
+    shadows: bool = None  # the row's mark: False for simulated frames rendered without shadows
 
 
 def _v3_entries(root, info, video_keys):
@@ -218,7 +222,8 @@ def _v3_entries(root, info, video_keys):
                     file_index=row[f'videos/{key}/file_index']), 'video_path'),
                                 float(row[f'videos/{key}/from_timestamp'])) for key in video_keys}
                 entries.append(EpisodeEntry(int(row['episode_index']), int(row['length']), data_file, videos,
-                                            _mark(row.get(SIM_COLUMN)), tuple(row.get('tasks') or ())))
+                                            _mark(row.get(SIM_COLUMN)), tuple(row.get('tasks') or ()),
+                                            _mark(row.get(SHADOWS_COLUMN))))
             except KeyError as err:
                 raise LeRobotFormatError(f'{path}: episode rows lack the column {err.args[0]}') from None
     return entries
@@ -229,9 +234,9 @@ def _mark(value):
 
 
 def origin_marks(info):
-    """(sim, shadows) an info.json's features mark, each None where unmarked: whether the episodes are
-    simulated (the action feature's info), and whether simulated frames were rendered with shadows
-    (every camera's info, when they agree)."""
+    """(sim, shadows) the features of an info.json written by an earlier version mark, each None where
+    unmarked: whether the episodes are simulated (the action feature's info), and whether simulated
+    frames were rendered with shadows (every camera's info, when they agree)."""
     features = info.get('features') or {}
     sim = _mark(((features.get(ACTION) or {}).get('info') or {}).get(SIM_MARK))
     shadows = {_mark((f.get('info') or {}).get(SHADOWS_MARK)) for f in features.values() if f.get('dtype') == 'video'}
@@ -519,8 +524,12 @@ class LeRobotEpisodes:
                        shadows=self.shadows(self.num_episodes))
 
     def shadows(self, count):
-        """False when the dataset marks its simulated frames rendered without shadows (else True)."""
-        return origin_marks(self.info)[1] is not False
+        """False when the dataset marks its simulated frames rendered without shadows: the rows of its
+        simulated episodes, or an earlier version's mark in info.json (else True)."""
+        marked = origin_marks(self.info)[1]
+        if marked is not None:
+            return marked
+        return not any(e.sim and e.shadows is False for e in self.entries[:count])
 
     def fingerprint(self, count):
         """{file: size} of the data and video files episodes 0..count-1 lie in."""

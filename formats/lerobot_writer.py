@@ -6,11 +6,12 @@ import os
 
 import numpy as np
 
-from common.files import FolderLock, atomic_write, drop_staging, make_staging, publish_staging
+from common.files import atomic_write
+from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import joint_names
 from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, COMMIT_FILE, CRF, DATA_FILE_MB,
                              DATA_PATH, DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES,
-                             INFO_PATH, PENDING_DIR, PIX_FMT, SHADOWS_MARK, SIM_COLUMN, SIM_MARK, STATS_PATH,
+                             INFO_PATH, PENDING_DIR, PIX_FMT, SHADOWS_COLUMN, SIM_COLUMN, SIM_MARK, STATS_PATH,
                              SVTAV1_PRESET, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH, LeRobotEpisodes, LeRobotFormatError,
                              _pq, column_array, is_lerobot_dataset, move_in, origin_marks, read_table)
 from formats.lerobot_stats import aggregate_stats, feature_stats, image_stats, stats_from_row, stats_to_json
@@ -22,8 +23,18 @@ def next_file(chunk_index, file_index, chunks_size=CHUNKS_SIZE):
     return (chunk_index + 1, 0) if file_index == chunks_size - 1 else (chunk_index, file_index + 1)
 
 
-def array_feature(dim, names=None):
-    return {'dtype': 'float32', 'shape': [dim], 'names': list(names or joint_names(dim))}
+POSITION_SUFFIX = '.pos'  # LeRobot's joint names of positions: shoulder_pan.pos, ...
+QUANTITY_SUFFIXES = {'qvel': '.vel', 'effort': '.effort'}  # what the other arrays' names end with instead
+
+
+def array_feature(dim, names=None, key='qpos'):
+    """An array feature of `dim` values named `names` (default constants.joint_names); for velocity or
+    effort, names that end in '.pos' say '.vel' or '.effort' instead."""
+    names = list(names or joint_names(dim))
+    if key in QUANTITY_SUFFIXES:
+        names = [n[:-len(POSITION_SUFFIX)] + QUANTITY_SUFFIXES[key] if n.endswith(POSITION_SUFFIX) else n
+                 for n in names]
+    return {'dtype': 'float32', 'shape': [dim], 'names': names}
 
 
 def video_feature(height, width, fps, vcodec):
@@ -43,15 +54,12 @@ def video_feature(height, width, fps, vcodec):
 
 def episode_features(episode, fps, vcodec, names=None):
     """The info.json features of a dataset holding episodes like `episode` (names: of the state and
-    action values, default constants.joint_names), with the episodes' origin marked where LeRobot's
-    tools keep it (formats.lerobot.origin_marks)."""
-    features = {ARRAY_FEATURES[key]: array_feature(values.shape[1], names)
+    action values, default constants.joint_names), as LeRobot writes them, so its merge takes them:
+    the episodes' origin is in the episode rows (SIM_COLUMN, SHADOWS_COLUMN)."""
+    features = {ARRAY_FEATURES[key]: array_feature(values.shape[1], names, key)
                 for key in ARRAY_FEATURES if (values := getattr(episode, key)) is not None}
-    features[ACTION]['info'] = {SIM_MARK: bool(episode.sim)}
     for cam, frames in episode.images.items():
         features[IMAGE_PREFIX + cam] = video_feature(frames.shape[1], frames.shape[2], fps, vcodec)
-        if episode.sim:
-            features[IMAGE_PREFIX + cam]['info'][SHADOWS_MARK] = bool(episode.shadows)
     features.update({key: {'dtype': dtype, 'shape': [1], 'names': None} for key, dtype in INDEX_FEATURES.items()})
     return features
 
@@ -156,7 +164,8 @@ class LeRobotWriter:
             self.tasks.append(task)
         index = self.info['total_episodes'] + len(self.new_rows)
         length = len(episode.action)
-        row = {'episode_index': index, 'tasks': [task], 'length': length, SIM_COLUMN: bool(episode.sim)}
+        row = {'episode_index': index, 'tasks': [task], 'length': length, SIM_COLUMN: bool(episode.sim),
+               SHADOWS_COLUMN: bool(episode.shadows)}
         task_index = self.tasks.index(task)
         row.update(self._write_data(episode, index, task_index))
         for cam, frames in episode.images.items():
@@ -201,11 +210,16 @@ class LeRobotWriter:
                                          f"{shape}, the episode has {frames.shape} {frames.dtype}")
 
     def _update_origin(self, episode):
-        """Keep the dataset's origin marks true for one more episode: the sim mark goes when simulated and
-        real-robot episodes mix (each row keeps its own); frames rendered another way are refused."""
+        """Keep the dataset's origin true for one more episode: an earlier version's sim mark in info.json
+        goes when simulated and real-robot episodes mix (each row keeps its own); simulated frames
+        rendered another way than the dataset's are refused."""
         sim, shadows = origin_marks(self.info)
         if sim is not None and sim != bool(episode.sim):
             del self.info['features'][ACTION]['info'][SIM_MARK]
+        if shadows is None:
+            rendered = {row[SHADOWS_COLUMN] for row in self.rows + self.new_rows
+                        if row.get(SIM_COLUMN) and row.get(SHADOWS_COLUMN) is not None}
+            shadows = rendered.pop() if len(rendered) == 1 else None
         if episode.sim and shadows is not None and shadows != bool(episode.shadows):
             raise LeRobotFormatError(f"{os.path.join(self.root, INFO_PATH)}: the dataset's frames were rendered "
                                      f"{'with' if shadows else 'without'} shadows, this episode's "
@@ -283,12 +297,20 @@ class LeRobotWriter:
                 return
             self._write_metadata()
             if self.existing is None:
-                publish_staging(self.work, self.root)
+                self._publish()
             else:  # the journal: committed, the append completes even if this process dies while moving
                 atomic_write(os.path.join(self.work, COMMIT_FILE), lambda f: f.write('complete'), 'w')
                 move_in(self.work, self.root)
         finally:
             self.lock.__exit__()
+
+    def _publish(self):
+        """The new dataset into place; a folder that appeared there meanwhile stays, this one is dropped."""
+        try:
+            publish_staging(self.work, self.root)
+        except BaseException:
+            drop_staging(self.work)
+            raise
 
     def abort(self):
         """Drop what this writer wrote, the dataset as it was; an append already committed completes."""

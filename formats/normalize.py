@@ -9,7 +9,8 @@ import pickle
 
 import numpy as np
 
-from common.files import atomic_write, load_stats_pickle
+from common.files import atomic_write
+from common.safe_load import load_stats_pickle
 
 STATS_KEYS = ('qpos_mean', 'qpos_std', 'action_mean', 'action_std')  # what every dataset_stats.pkl holds
 ACTION_NORMALIZATIONS = ('mean_std', 'min_max')

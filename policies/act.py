@@ -8,7 +8,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from common.files import load_torch_file
+from common.safe_load import load_torch_file
 from constants import IMAGE_HW
 from detr import build_act_model, build_cnnmlp_model
 from detr.state_dict import probable_causes

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.files import load_torch_file
+from common.safe_load import load_torch_file
 from policies.base import AMP_DTYPES, IMAGENET_MEAN, IMAGENET_STD, Policy, autocast, load_matching
 from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE, N_GROUPS, NORMS, NUM_KEYPOINTS,
                                      STEP_EMBED_DIM, ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk,

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 import sim_env
-from common.files import drop_staging, is_staging, make_staging, prepare_folder
+from common.files import prepare_folder
+from common.folders import drop_staging, is_staging, make_staging
 from common.media import OnscreenView
 from common.processes import worker_pool
 from constants import (PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config,

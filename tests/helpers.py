@@ -1,6 +1,9 @@
 """What several test files share: paths, tiny sizes, and writers of tiny episodes and checkpoints."""
+import contextlib
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -87,3 +90,22 @@ def train_args(dataset_dir, ckpt_dir, **overrides):
     args = vars(build_parser().parse_args(train_argv(dataset_dir, ckpt_dir)))
     args.update(overrides)
     return args
+
+
+HOLD_LOCK = ('import sys, time\n'
+             'from common.folders import FolderLock\n'
+             'lock = FolderLock(sys.argv[1]).__enter__()\n'
+             'print("held", flush=True)\n'
+             'time.sleep(600)\n')
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path):
+    """Another living process holding common.folders.FolderLock on `path`; yields that process."""
+    holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -465,6 +465,25 @@ def test_an_export_never_goes_into_a_training_folder_and_overwrites_only_an_expo
     assert os.path.isfile(os.path.join(folder, 'policy.json'))
 
 
+def test_a_folder_copied_into_out_while_an_export_runs_is_never_removed(act_export, tmp_path, monkeypatch, capsys):
+    ckpt_dir, earlier = act_export
+    checks = deploy_export.compare_with_eager
+    for out, flags in ((tmp_path / 'new', []), (tmp_path / 'earlier', ['--overwrite'])):
+        if flags:  # an earlier export, replaced by a training folder while the new one is checked
+            shutil.copytree(earlier, out)
+
+        def racing(*args, out=out):  # `cp -r <a training folder> OUT` while OUT.partial exists
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(ckpt_dir, out)
+            return checks(*args)
+        monkeypatch.setattr(deploy_export, 'compare_with_eager', racing)
+        with pytest.raises(SystemExit):
+            export(ckpt_dir, out, *flags)
+        assert f'{out} was filled while the result was built' in capsys.readouterr().err
+        assert sorted(os.listdir(out)) == sorted(os.listdir(ckpt_dir))  # the training folder, whole
+        assert not os.path.exists(f'{out}.partial')
+
+
 def test_an_export_naming_a_model_outside_its_folder_is_refused(act_export, tmp_path):
     from policy_runtime import ExportError, PolicyRunner
     _, folder = act_export

@@ -31,7 +31,9 @@ import torch
 import imitate_episodes
 from checkpoints.folder import atomic_save
 from cli import run_config
-from common.files import UnsafeFile, atomic_write, load_torch_file, prepare_folder, remove_stale_temps, temp_path
+from common.files import atomic_write, prepare_folder, remove_stale_temps, temp_path
+from common.folders import UnsafeFile
+from common.safe_load import load_torch_file
 from evaluation import rollout as evaluate
 from formats.hdf5 import read_episode, write_episode
 from formats.normalize import Normalizer

@@ -14,7 +14,7 @@ import pytest
 import convert_dataset
 import imitate_episodes
 import visualize_episodes
-from common.files import FolderBusy
+from common.folders import FolderBusy
 from evaluation.rollout import eval_bc, load_stats
 from formats.datasets import open_dataset
 from formats.episode import Episode
@@ -25,7 +25,8 @@ from formats.lerobot_video import encode_video
 from formats.lerobot_writer import LeRobotWriter
 from formats.normalize import STATS_KEYS
 from formats.stats import get_norm_stats
-from tests.helpers import ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, write_tiny_checkpoint
+from tests.helpers import (ROOT, TINY_ACT_CONFIG, eval_config, lock_held_elsewhere, start_pose_stats, train_args,
+                           write_tiny_checkpoint)
 from training.data import EpisodicDataset
 
 LENGTHS = (9, 5, 12)  # episodes of different lengths
@@ -122,8 +123,7 @@ def test_v3_layout_spans_files_and_keeps_arrays_to_the_bit(v3):
     # the keys and order LeRobot writes: the stream's, the encoder's settings, then is_depth_map
     assert list(video) == ['video.height', 'video.width', 'video.codec', 'video.pix_fmt', 'video.fps',
                            'video.channels', 'has_audio', 'video.g', 'video.crf', 'video.preset',
-                           'video.fast_decode', 'video.video_backend', 'video.extra_options', 'is_depth_map',
-                           'shadows']  # then this project's mark of simulated frames
+                           'video.fast_decode', 'video.video_backend', 'video.extra_options', 'is_depth_map']
     assert (video['video.preset'], video['video.video_backend'], video['is_depth_map']) == (12, 'pyav', False)
     for i, episode in enumerate(episodes):
         read = data.read_episode(i)
@@ -381,16 +381,10 @@ def test_stats_from_takes_a_lerobot_dataset_and_names_an_empty_folder(v3, tmp_pa
 def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(v3, tmp_path):
     root = str(tmp_path / 'dataset')
     shutil.copytree(v3[0], root)
-    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-    try:
-        with open(root + '.lock', 'w') as f:
-            f.write(str(holder.pid))
+    with lock_held_elsewhere(root) as holder:
         with pytest.raises(FolderBusy, match=rf'{root} is being written by process {holder.pid}'):
             LeRobotWriter(root)
         assert not os.path.exists(os.path.join(root, '.pending'))
-    finally:
-        holder.kill()
-        holder.wait()
     with LeRobotWriter(root) as writer:  # the holder is dead: its lock is taken over
         writer.add(make_episode(3, 4))
     assert LeRobotEpisodes(root).num_episodes == 4 and not os.path.exists(root + '.lock')
@@ -398,16 +392,10 @@ def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(v3, tmp_path
 
 def test_two_conversions_to_one_destination_cannot_mix(v3, tmp_path):
     dst = str(tmp_path / 'back')
-    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
-    try:
-        with open(dst + '.lock', 'w') as f:
-            f.write(str(holder.pid))
+    with lock_held_elsewhere(dst) as holder:
         with pytest.raises(FolderBusy, match=rf'{dst} is being written by process {holder.pid}'):
             convert_dataset.main({'to': 'hdf5', 'src': v3[0], 'dst': dst, 'num_episodes': 1, 'compress': None})
         assert not os.path.exists(dst) and not os.path.exists(dst + '.partial')
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 APPEND_KILLED_AT_RENAME = '''
@@ -513,18 +501,23 @@ def test_a_damaged_video_is_named(tmp_path):
     assert named
 
 
-def test_the_origin_survives_lerobots_tools_dropping_the_sim_column(tmp_path, capsys):
+def test_the_origin_is_in_the_episode_rows_and_an_earlier_versions_marks_still_read(tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from formats.lerobot_writer import append_episodes
     root = str(tmp_path / 'real')
     append_episodes(root, [make_episode(i, 6, sim=False) for i in range(2)], fps=50)
     info = json.load(open(os.path.join(root, INFO_PATH)))
-    assert info['features']['action']['info'] == {'sim': False}
-    assert 'shadows' not in info['features']['observation.images.top']['info']  # a real robot's frames
-    for path in glob.glob(os.path.join(root, 'meta', 'episodes', '*', '*.parquet')):  # as delete_episodes leaves it
-        table = pq.read_table(path)
-        pq.write_table(table.drop(['sim']), path)
+    assert 'info' not in info['features']['action']  # features as LeRobot writes them: its merge compares them
+    assert 'shadows' not in info['features']['observation.images.top']['info']
+    paths = glob.glob(os.path.join(root, 'meta', 'episodes', '*', '*.parquet'))
+    rows = [row for path in paths for row in pq.read_table(path).to_pylist()]
+    assert [(row['sim'], row['shadows']) for row in rows] == [(False, True), (False, True)]
+    for path in paths:  # a dataset of an earlier version: the marks in info.json, no columns
+        pq.write_table(pq.read_table(path).drop(['sim', 'shadows']), path)
+    info['features']['action']['info'] = {'sim': False}
+    with open(os.path.join(root, INFO_PATH), 'w') as f:
+        json.dump(info, f)
     assert [LeRobotEpisodes(root).low_dim(i)[2] for i in range(2)] == [False, False]
     assert 'not recorded' not in capsys.readouterr().out
     info['features']['action'].pop('info')  # a dataset written elsewhere: nothing tells
@@ -538,7 +531,7 @@ def test_mixed_origins_keep_their_rows_and_renders_do_not_mix(v3, tmp_path):
     from formats.lerobot_writer import append_episodes
     root, episodes = v3  # episode 1 is a real robot's
     info = json.load(open(os.path.join(root, INFO_PATH)))
-    assert 'sim' not in info['features']['action']['info']
+    assert 'info' not in info['features']['action']
     flat = str(tmp_path / 'flat')
     append_episodes(flat, [replace(make_episode(0, 6), shadows=False)], fps=50)
     with pytest.raises(LeRobotFormatError, match='rendered without shadows, this episode.s with'):

@@ -144,11 +144,11 @@ def test_no_shadows_marks_the_episodes_and_refuses_a_mixed_folder(recorded, tmp_
     shutil.copy(recorded / 'plain' / 'episode_1.hdf5', dataset_dir / 'episode_2.hdf5')
     with pytest.raises(ValueError, match='episode_1.hdf5 already exists .*rendered with shadows, --no_shadows given'):
         record(dataset_dir, num_episodes=3, no_shadows=True)
-    # a LeRobot dataset marks it in its cameras' info, which LeRobot's tools keep; training reads it back
+    # a LeRobot dataset marks it in its episode rows, which LeRobot's merge keeps; training reads it back
     record(tmp_path / 'lerobot', num_episodes=1, no_shadows=True, format='lerobot')
-    info = json.load(open(tmp_path / 'lerobot' / 'meta' / 'info.json'))
-    assert all(info['features'][f'observation.images.{c}']['info']['shadows'] is False for c in CAMERAS)
-    assert info['features']['action']['info'] == {'sim': True}
+    import pyarrow.parquet as pq
+    rows = pq.read_table(tmp_path / 'lerobot' / 'meta' / 'episodes' / 'chunk-000' / 'file-000.parquet').to_pylist()
+    assert [(row['sim'], row['shadows']) for row in rows] == [(True, False)]
     from formats.datasets import open_dataset
     assert not open_dataset(str(tmp_path / 'lerobot')).shadows(1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import imitate_episodes
-from common.files import load_torch_file, save_safetensors
+from common.safe_load import load_torch_file, save_safetensors
 from constants import SIM_TASK_CONFIGS
 from policies.registry import make_policy
 from tests.helpers import TASK, train_args

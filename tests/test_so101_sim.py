@@ -168,9 +168,11 @@ def test_lerobot_recording_has_the_so_feature_names(recorded, tmp_path, monkeypa
     record_sim_episodes.main({'task_name': TASK, 'dataset_dir': str(root), 'num_episodes': 1, 'image_size': SMALL,
                               'format': 'lerobot'})
     info = json.load(open(root / 'meta' / 'info.json'))
-    assert info['robot_type'] == 'so101' and info['fps'] == 30
+    assert info['robot_type'] == 'so_follower' and info['fps'] == 30
     assert info['features']['observation.state']['names'] == FEATURE_NAMES
     assert info['features']['action']['names'] == FEATURE_NAMES
+    velocity = [name.replace('.pos', '.vel') for name in FEATURE_NAMES]  # shoulder_pan.vel, ...
+    assert info['features']['observation.velocity']['names'] == velocity
     assert {'observation.images.front', 'observation.images.wrist'} <= set(info['features'])
     assert LeRobotEpisodes(str(root)).read_episode(0).action.shape == (STEPS, STATE_DIM)
 
@@ -304,7 +306,7 @@ def test_convert_dataset_takes_the_tasks_lerobot_settings(recorded, tmp_path):
         ['--to', 'lerobot', str(root / 'hdf5'), str(tmp_path / 'lr'), '--task_name', TASK, '--num_episodes', '1']))
     convert_dataset.main(args)
     info = json.load(open(tmp_path / 'lr' / 'meta' / 'info.json'))
-    assert (info['fps'], info['robot_type']) == (30, 'so101')
+    assert (info['fps'], info['robot_type']) == (30, 'so_follower')
     assert info['features']['observation.state']['names'] == FEATURE_NAMES
     import pyarrow.parquet as pq
     assert pq.read_table(tmp_path / 'lr' / 'meta' / 'tasks.parquet').to_pylist()[0]['task'] == \

@@ -54,7 +54,7 @@ def station(tmp_path, monkeypatch):
     dataset_dir = str(tmp_path / 'tiny_so_task')
     monkeypatch.setitem(real_robot.TASK_CONFIGS, 'tiny_so_task', {
         'dataset_dir': dataset_dir, 'num_episodes': 1, 'episode_len': EPISODE_LEN, 'camera_names': ['front'],
-        'followers': ['so_follower'], 'leaders': ['so_leader'], 'fps': 30, 'robot_type': 'so101_follower'})
+        'followers': ['so_follower'], 'leaders': ['so_leader'], 'fps': 30, 'robot_type': 'so_follower'})
     yield emulators, dataset_dir
     for emulator in emulators.values():
         emulator.close()
@@ -404,7 +404,7 @@ def test_record_into_a_lerobot_dataset(station, monkeypatch):
     operator_holds_the_leader(emulators, monkeypatch)
     record_episodes.main({'task_name': 'tiny_so_task', 'format': 'lerobot', 'task': 'Pick the cube'})
     data = LeRobotEpisodes(dataset_dir)
-    assert data.info['fps'] == 30 and data.info['robot_type'] == 'so101_follower'
+    assert data.info['fps'] == 30 and data.info['robot_type'] == 'so_follower'
     assert data.info['features']['action']['names'][0] == 'shoulder_pan.pos'
     assert data.read_episode(0).qpos.shape == (EPISODE_LEN, 6)
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoints.folder import TRAINING_STATE, atomic_save, save_policy
-from common.files import load_torch_file
+from common.safe_load import load_torch_file
 from common.seeds import rng_states, set_rng_states, set_seed
 from formats.stats import data_changes
 from policies.base import autocast
