@@ -327,12 +327,12 @@ def _export(settings, ckpt_name, fmt, out, quantize, calibration):
         info = manifest(settings, policy, normalizer, fmt, quantize, files, checkpoint.weights_file(ckpt_name))
         atomic_write(os.path.join(work, MANIFEST), lambda f: json.dump(info, f, indent=2), mode='w')
         difference = compare_with_eager(work, policy, normalizer, cfg)
-        if not quantize and difference > FP32_TOLERANCE:
+        if not quantize and not difference <= FP32_TOLERANCE:  # NaN fails too
             raise RuntimeError(f'the export differs from the eager policy by {difference:.2e} (more than '
                                f'{FP32_TOLERANCE}): not written')
         if quantize == 'int8':
             difference = recorded_difference(work, policy, normalizer, calibration[:RECORDED_CHECKS])
-            if difference > INT8_TOLERANCE:
+            if not difference <= INT8_TOLERANCE:  # NaN fails too
                 raise RuntimeError(f'the int8 export differs from the eager policy by {difference:.3f} (normalised '
                                    f'action units) on recorded observations (more than {INT8_TOLERANCE}): not '
                                    f'written; calibrate on more observations (--calibration) or use the fp32 export')

@@ -262,6 +262,37 @@ def test_an_int8_export_too_far_from_eager_is_not_written(act_export, calibratio
     assert not os.path.exists(tmp_path / 'int8') and not os.path.exists(tmp_path / 'int8.partial')
 
 
+def test_a_nan_difference_never_passes_the_int8_check(act_export, calibration_episodes, tmp_path, monkeypatch,
+                                                      capsys):
+    monkeypatch.setattr(deploy_export, 'recorded_difference', lambda *args: float('nan'))
+    with pytest.raises(SystemExit):
+        export(act_export[0], tmp_path / 'int8', '--quantize', 'int8', '--calibration', '4',
+               '--dataset_dir', calibration_episodes)
+    assert 'differs from the eager policy by nan' in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'int8') and not os.path.exists(tmp_path / 'int8.partial')
+
+
+def test_int8_calibration_refuses_nan_observations_and_draws_no_more_than_the_episodes_hold(
+        act_export, calibration_episodes, tmp_path, capsys):
+    import h5py
+    from deploy.quantize import calibration_observations
+    from formats.datasets import open_dataset
+    episodes = open_dataset(calibration_episodes)
+    steps = sum(len(episodes.low_dim(i)[0]) for i in range(episodes.num_episodes))
+    drawn = calibration_observations(episodes, CAMERAS, (12, 16), 100_000)
+    assert len(drawn) == steps and f'--calibration 100000: the episodes hold {steps} steps' in capsys.readouterr().out
+    broken = tmp_path / 'broken'
+    shutil.copytree(calibration_episodes, broken)
+    with h5py.File(broken / 'episode_1.hdf5', 'r+') as root:
+        root['/observations/qpos'][3, 2] = np.nan
+    with pytest.raises(SystemExit):
+        export(act_export[0], tmp_path / 'int8', '--quantize', 'int8', '--calibration', '20', '--dataset_dir',
+               str(broken))
+    assert re.search(r'episode_1.hdf5.*qpos\[3, 2\] is nan; int8 calibration needs finite observations',
+                     capsys.readouterr().err)
+    assert not os.path.exists(tmp_path / 'int8')
+
+
 @pytest.mark.slow
 def test_static_int8_of_a_diffusion_policy_calibrates_the_encoder_and_the_denoiser(calibration_episodes, tmp_path):
     ckpt_dir = tiny_run(tmp_path / 'ckpt', 'Diffusion', TINY_DIFFUSION_CONFIG)
