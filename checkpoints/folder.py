@@ -20,7 +20,7 @@ import torch
 
 from common.checks import check_values, names, positive_int, positive_ints
 from common.files import atomic_write
-from common.safe_load import save_safetensors
+from common.safe_load import load_json, save_safetensors
 from constants import PROJECT_VERSION
 
 CONFIG_FILE = 'config.json'
@@ -90,11 +90,7 @@ def load_config_json(ckpt_dir):
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return path, None
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f'{path} cannot be read as JSON ({err}); fix or remove it and give every model flag') from None
+    config = load_json(path)
     if not isinstance(config, dict):
         raise ValueError(f'{path}: expected a JSON object, got {type(config).__name__}')
     return path, config

@@ -12,27 +12,27 @@ TYPES = {'act': ('ACT', lerobot_act), 'diffusion': ('Diffusion', lerobot_diffusi
 def lerobot_type(lr_config, folder):
     """(this project's policy class, the module reading it) of a LeRobot config.json object."""
     kind = lr_config.get('type')
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         raise LeRobotFormatError(f'{os.path.join(folder, CONFIG_FILE)} is a LeRobot "{kind}" policy; the LeRobot '
                                  f'checkpoints read here are {", ".join(repr(t) for t in TYPES)}')
     return TYPES[kind]
 
 
 def _module(folder, lr_config=None):
-    lr_config = read_json(os.path.join(folder, CONFIG_FILE)) if lr_config is None else lr_config
+    lr_config = read_json(os.path.join(folder, CONFIG_FILE), dict) if lr_config is None else lr_config
     return lerobot_type(lr_config, folder)
 
 
 def read_lerobot_checkpoint(folder, statistics=True):
     """The module's read_lerobot_checkpoint dict, with 'policy_class'."""
-    lr_config = read_json(os.path.join(folder, CONFIG_FILE))
+    lr_config = read_json(os.path.join(folder, CONFIG_FILE), dict)
     policy_class, module = _module(folder, lr_config)
     return {**module.read_lerobot_checkpoint(folder, statistics, lr_config), 'policy_class': policy_class}
 
 
 def read_lerobot_config(folder):
     """The folder's config.json, checked by its type's rules."""
-    lr_config = read_json(os.path.join(folder, CONFIG_FILE))
+    lr_config = read_json(os.path.join(folder, CONFIG_FILE), dict)
     return _module(folder, lr_config)[1].read_lerobot_config(folder, lr_config)
 
 

@@ -11,8 +11,8 @@ import os
 import torch
 
 from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, image_features,
-                                       image_statistics, load_tensors, policy_features, read_checked_config,
-                                       run_config, write_lerobot_folder)
+                                       image_statistics, load_tensors, number_problems, policy_features,
+                                       read_checked_config, run_config, write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
@@ -87,6 +87,8 @@ def from_lerobot_state_dict(state_dict):
 
 ################################ Reading ################################
 
+NUMBER_SETTINGS = ('kl_weight', 'optimizer_lr', 'optimizer_lr_backbone', 'optimizer_weight_decay',
+                   'temporal_ensemble_coeff')  # config.json settings that must be numbers (the last may be null)
 SIZE_SETTINGS = {'chunk_size': 10_000, 'dim_model': 65_536, 'dim_feedforward': 262_144, 'n_encoder_layers': 256,
                  'n_heads': 1024, 'latent_dim': 65_536}  # config.json sizes -> the largest taken as a size
 
@@ -104,17 +106,7 @@ def value_problems(lr_config):
     dropout = lr_config.get('dropout', 0.1)
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         problems.append(f'dropout {dropout!r}: a number in [0, 1) is expected')
-    for group in ('input_features', 'output_features'):
-        features = lr_config.get(group)
-        if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
-            problems.append(f'{group}: an object of features ({{"observation.state": {{"shape": [...]}}, ...}}) '
-                            f'is expected')
-            continue
-        for key, feature in features.items():
-            shape = feature.get('shape')
-            if not (isinstance(shape, list) and shape and all(positive_int(n, 1 << 16) for n in shape)):
-                problems.append(f'{group} {key} shape {shape!r}: a list of positive sizes is expected')
-    return problems
+    return problems + number_problems(lr_config, NUMBER_SETTINGS, optional=('temporal_ensemble_coeff',))
 
 
 def check_lerobot_config(lr_config, path):

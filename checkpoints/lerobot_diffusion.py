@@ -16,7 +16,8 @@ import os
 import torch
 
 from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, image_features,
-                                       image_statistics, load_tensors, policy_features, read_checked_config,
+                                       image_statistics, load_tensors, number_problems, policy_features,
+                                       read_checked_config,
                                        run_config, write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES, trunk_output_hw
@@ -30,6 +31,7 @@ SCHEDULERS = {'DDPM': 'ddpm', 'DDIM': 'ddim'}  # LeRobot's noise_scheduler_type 
 SIZE_SETTINGS = {'horizon': 10_000, 'n_action_steps': 10_000, 'n_obs_steps': 1_000, 'kernel_size': 63,
                  'n_groups': 4096, 'diffusion_step_embed_dim': 65_536, 'spatial_softmax_num_keypoints': 4096,
                  'num_train_timesteps': 100_000}
+NUMBER_SETTINGS = ('beta_start', 'beta_end', 'clip_sample_range', 'optimizer_lr', 'optimizer_weight_decay')
 # LeRobot's defaults for settings a config.json may leave out (its DiffusionConfig)
 LEROBOT_DEFAULTS = {
     'n_obs_steps': 2, 'horizon': 64, 'n_action_steps': 32, 'vision_backbone': 'resnet18', 'resize_shape': None,
@@ -122,6 +124,7 @@ def value_problems(cfg):
     """What makes a LeRobot Diffusion config.json's values unusable (types, sizes) -> sentences."""
     problems = [f'{key} {cfg.get(key)!r}: a whole number from 1 to {limit} is expected'
                 for key, limit in SIZE_SETTINGS.items() if not positive_int(cfg.get(key), limit)]
+    problems += number_problems(cfg, NUMBER_SETTINGS)
     dims = cfg['down_dims']
     if not (isinstance(dims, list) and dims and all(positive_int(d, 65_536) for d in dims)):
         problems.append(f'down_dims {dims!r}: a list of channel counts is expected')

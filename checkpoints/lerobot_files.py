@@ -24,6 +24,7 @@ import os
 import numpy as np
 import torch
 
+from common.checks import is_finite_number, positive_int
 from common.files import atomic_write
 from common.folders import inside_folder
 from common.safe_load import save_safetensors
@@ -77,11 +78,43 @@ def policy_features(policy_config, image_hw):
 
 
 def read_checked_config(folder, check, lr_config=None):
-    """The folder's config.json object (lr_config: already read), passed through check(lr_config, path)."""
+    """The folder's config.json object (lr_config: already read), its structure checked (structure_problems),
+    then passed through check(lr_config, path)."""
     path = os.path.join(folder, CONFIG_FILE)
-    lr_config = read_json(path) if lr_config is None else lr_config
+    lr_config = read_json(path, dict) if lr_config is None else lr_config
+    problems = structure_problems(lr_config)
+    if problems:
+        raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
     check(lr_config, path)
     return lr_config
+
+
+def structure_problems(lr_config):
+    """What makes a LeRobot config.json unreadable whatever its type -> sentences: the features (objects
+    with a shape of positive sizes) and the normalization mapping (names of modes)."""
+    problems = []
+    for group in ('input_features', 'output_features'):
+        features = lr_config.get(group)
+        if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
+            problems.append(f'{group}: an object of features ({{"observation.state": {{"shape": [...]}}, ...}}) '
+                            f'is expected')
+            continue
+        for key, feature in features.items():
+            shape = feature.get('shape')
+            if not (isinstance(shape, list) and shape and all(positive_int(n, 1 << 16) for n in shape)):
+                problems.append(f'{group} {key} shape {shape!r}: a list of positive whole sizes is expected')
+            if not isinstance(feature.get('type', ''), str):
+                problems.append(f"{group} {key} type {feature.get('type')!r}: a name such as \"STATE\" is expected")
+    mapping = lr_config.get('normalization_mapping')
+    if mapping is not None and not (isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())):
+        problems.append(f'normalization_mapping {mapping!r}: an object such as {{"STATE": "MEAN_STD"}} is expected')
+    return problems
+
+
+def number_problems(cfg, keys, optional=()):
+    """Sentences for the settings `keys` of cfg that are not finite numbers (those in `optional` may be null)."""
+    return [f'{key} {cfg[key]!r}: a number is expected' for key in keys
+            if key in cfg and not (is_finite_number(cfg[key]) or (key in optional and cfg[key] is None))]
 
 
 def is_lerobot_config(config):
@@ -97,8 +130,23 @@ def image_features(lr_config):
 
 
 
-def _step(pipeline, registry_name):
-    return next((s for s in pipeline.get('steps', []) if s.get('registry_name') == registry_name), None)
+def _step(path, registry_name):
+    """The step `registry_name` of the processor pipeline file `path` (None when it has none), checked:
+    an object, its config an object with a number eps and an object norm_map."""
+    pipeline = read_json(path, dict)
+    steps = pipeline.get('steps', [])
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise LeRobotFormatError(f'{path}: steps {steps!r}: a list of step objects is expected')
+    step = next((s for s in steps if s.get('registry_name') == registry_name), None)
+    config = (step or {}).get('config', {})
+    if not isinstance(config, dict):
+        raise LeRobotFormatError(f'{path}: the {registry_name} step\'s config {config!r}: an object is expected')
+    problems = number_problems(config, ('eps',))
+    if not isinstance(config.get('norm_map', {}), dict):
+        problems.append(f"norm_map {config['norm_map']!r}: an object such as {{\"STATE\": \"MEAN_STD\"}} is expected")
+    if problems:
+        raise LeRobotFormatError(f'{path}: the {registry_name} step\'s ' + '; '.join(problems))
+    return step
 
 
 
@@ -123,12 +171,11 @@ def raw_statistics(folder, lr_config):
     norm_map = dict(lr_config.get('normalization_mapping') or {})
     pre_path = os.path.join(folder, PREPROCESSOR + '.json')
     if os.path.isfile(pre_path):
-        pre = _step(read_json(pre_path), NORMALIZER)
+        pre = _step(pre_path, NORMALIZER)
         post_path = os.path.join(folder, POSTPROCESSOR + '.json')
-        post = _step(read_json(post_path), UNNORMALIZER) if os.path.isfile(post_path) else None
-        inputs = _grouped(load_tensors(_state_file(folder, pre, pre_path))) if pre and 'state_file' in pre else {}
-        outputs = (_grouped(load_tensors(_state_file(folder, post, post_path)))
-                   if post and 'state_file' in post else {})
+        post = _step(post_path, UNNORMALIZER) if os.path.isfile(post_path) else None
+        inputs = _statistics_file(folder, pre, pre_path) if pre and 'state_file' in pre else {}
+        outputs = _statistics_file(folder, post, post_path) if post and 'state_file' in post else {}
         step_config = (pre or {}).get('config', {})
         return inputs, outputs, float(step_config.get('eps', EPS)), step_config.get('norm_map', norm_map)
     weights = load_tensors(os.path.join(folder, MODEL_FILE))
@@ -139,10 +186,15 @@ def raw_statistics(folder, lr_config):
 
 
 
-def _grouped(flat):
-    """{"<feature>.<stat>": tensor} -> {feature: {stat: float32 tensor}}"""
+def _statistics_file(folder, step, source):
+    """{feature: {stat: float32 tensor}} of the statistics file a processor step names; its tensors are
+    named "<feature>.<stat>"."""
+    path = _state_file(folder, step, source)
     out = {}
-    for key, value in flat.items():
+    for key, value in load_tensors(path).items():
+        if '.' not in key:
+            raise LeRobotFormatError(f'{path}: tensor {key!r}: names "<feature>.<stat>" such as '
+                                     f'"observation.state.mean" are expected')
         feature, stat = key.rsplit('.', 1)
         out.setdefault(feature, {})[stat] = value.float()
     return out
@@ -195,10 +247,17 @@ def statistics_from_lerobot(folder, lr_config):
             f'{folder}: the normalisation statistics {", ".join(missing)} are missing (no {PREPROCESSOR}.json / '
             f'{POSTPROCESSOR}.json with their safetensors files, and none in {MODEL_FILE}); pass --stats_from '
             f'DATASET to take them from the dataset the policy was trained on')
-    affine = {feature: _affine(source.get(feature), norm_map.get(kind, 'IDENTITY'), eps, inverse)
-              for feature, kind, source, inverse in wanted}
     state_dim = lr_config['input_features'][STATE]['shape'][0]
     action_dim = lr_config['output_features'][ACTION]['shape'][0]
+    sizes = {'STATE': state_dim, 'ACTION': action_dim, 'VISUAL': 3}  # values per statistic (or one for all)
+    wrong = [f'{feature}.{stat} has {tuple(value.shape)}' for feature, kind, source, _ in wanted
+             for stat, value in source.get(feature, {}).items() if value.numel() not in (1, sizes[kind])]
+    if wrong:
+        raise LeRobotFormatError(f'{folder}: the normalisation statistics {", ".join(wrong)}: one value, or one per '
+                                 f'value of the feature ({STATE} {state_dim}, {ACTION} {action_dim}, a camera 3 '
+                                 f'channels) is expected')
+    affine = {feature: _affine(source.get(feature), norm_map.get(kind, 'IDENTITY'), eps, inverse)
+              for feature, kind, source, inverse in wanted}
     identity = (torch.zeros(1), torch.ones(1))
     (qpos_mean, qpos_std), (action_mean, action_std) = (affine[STATE] or identity), (affine[ACTION] or identity)
     if norm_map.get('ACTION') == 'MIN_MAX' and {'mean', 'std'} <= set(outputs.get(ACTION, {})):

@@ -1,5 +1,6 @@
 """Checks of the values a file gives (config.json, policy.json, info.json, a LeRobot config.json):
 small predicates, and the one way a reader refuses a bad value, naming the file."""
+import math
 
 
 def positive_int(value, limit=None):
@@ -23,3 +24,8 @@ def check_values(obj, path, problem_of, error, advice=''):
     if problem:
         raise error(f'{path}: {problem}{advice}')
     return obj
+
+
+def is_finite_number(value):
+    """An int or float that is neither NaN nor infinite; bools are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

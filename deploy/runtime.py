@@ -16,13 +16,13 @@ export is its observation encoder and its denoising network; the sampling loop (
 deploy/samplers.py) runs here with the scheduler's constants from policy.json. A TorchScript export (.pt) needs torch.
 """
 import hashlib
-import json
 import os
 
 import numpy as np
 
 from common.checks import check_values, names, positive_int, positive_ints
 from common.folders import inside_folder
+from common.safe_load import load_json
 from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, ObservationHistory, checked_action
@@ -53,11 +53,10 @@ def read_manifest(folder):
     if not os.path.isfile(path):
         raise ExportError(f'{path}: not found; export the policy first: python export_policy.py --ckpt_dir CKPT '
                           f'--format onnx --out {folder}')
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f'{path}: not JSON ({e}); export the policy again') from e
+    manifest = load_json(path, ExportError)
+    if not isinstance(manifest, dict):
+        raise ExportError(f'{path}: an object ({{...}}) is expected, not {type(manifest).__name__}; export the '
+                          f'policy again')
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise ExportError(f'{path}: lacks {", ".join(missing)}; export the policy again')

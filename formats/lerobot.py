@@ -28,6 +28,7 @@ import numpy as np
 
 from common.checks import check_values
 from common.folders import STAGING_MARKER, inside_folder, lock_holder
+from common.safe_load import load_json
 from constants import CONTROL_HZ
 from formats.episode import Episode
 
@@ -119,22 +120,20 @@ def _pq():
     return pq
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise LeRobotFormatError(f'{path}: missing') from None
-    except OSError as err:
-        raise LeRobotFormatError(f'{path}: cannot be read ({err.strerror})') from None
-    except ValueError as err:
-        raise LeRobotFormatError(f'{path}: not valid JSON ({err})') from None
+def read_json(path, kind=None):
+    """The JSON value of `path` (of type `kind` when given: dict or list); LeRobotFormatError naming the
+    file when it is missing, unreadable, not JSON, nested too deep or of another type."""
+    value = load_json(path, LeRobotFormatError)
+    if kind is not None and not isinstance(value, kind):
+        expected = {dict: 'an object ({...})', list: 'a list ([...])'}[kind]
+        raise LeRobotFormatError(f'{path}: {expected} is expected, not {type(value).__name__}')
+    return value
 
 
 def read_info(root):
     """meta/info.json, checked: a supported codebase_version and the keys reading needs."""
     path = os.path.join(root, INFO_PATH)
-    info = read_json(path)
+    info = read_json(path, dict)
     version = info.get('codebase_version')
     if version not in SUPPORTED_VERSIONS:
         raise LeRobotFormatError(f'{path}: codebase_version {version!r} is not supported; this project reads '

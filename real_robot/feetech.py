@@ -20,6 +20,7 @@ import numpy as np
 import scservo_sdk
 
 from common.files import atomic_write
+from common.safe_load import load_json
 from real_robot import feetech_protocol as F
 from real_robot import settings
 from real_robot.bots import Bot, JointState, RobotFault
@@ -76,11 +77,7 @@ def load_calibration(path):
     if not os.path.isfile(path):
         raise CalibrationError(f'{path}: no calibration file; calibrate the arm with '
                                f'`python -m real_robot.calibrate` (or copy its LeRobot calibration file there)')
-    try:
-        with open(path) as f:
-            calibration = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CalibrationError(f'{path}: not a calibration file (JSON expected): {e}') from e
+    calibration = load_json(path, CalibrationError)
     expected = dict(zip(settings.SO_JOINTS, settings.SO_SERVO_IDS))
     if not isinstance(calibration, dict) or set(calibration) != set(expected):
         found = sorted(calibration) if isinstance(calibration, dict) else type(calibration).__name__

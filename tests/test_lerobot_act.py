@@ -456,6 +456,23 @@ def test_fine_tune_from_a_lerobot_checkpoint_on_another_camera(lerobot_folder, t
                            start['model.transformer.encoder.layers.0.linear1.weight'])  # trained on
 
 
+def test_fine_tuning_from_a_lerobot_folder_with_a_bad_value_writes_nothing(tmp_path, capsys):
+    data = tmp_path / 'data'
+    data.mkdir()
+    for i in range(2):
+        write_tiny_episode(str(data / f'episode_{i}.hdf5'), camera_names=('cam_high',), seed=i)
+    weights, _ = lerobot_act.to_lerobot_state_dict(tiny_act().state_dict())
+    folder = write_lerobot_folder(str(tmp_path / 'lr'), weights, lerobot_stats(),
+                                  config=lerobot_config(optimizer_lr='fast'))
+    ckpt = tmp_path / 'tuned'
+    with pytest.raises(lerobot_act.LeRobotFormatError, match=r"lr/config.json: optimizer_lr 'fast': a number"):
+        imitate_episodes.main(vars(imitate_episodes.build_parser().parse_args(
+            ['--task_name', 'sim_transfer_cube', '--policy_class', 'ACT', '--ckpt_dir', str(ckpt), '--dataset_dir',
+             str(data), '--num_episodes', '2', '--camera_names', 'cam_high', '--num_epochs', '1', '--batch_size', '2',
+             '--init_from', folder, '--device', 'cpu'])))
+    assert not os.path.exists(ckpt) or os.listdir(ckpt) == []
+
+
 def test_keep_init_stats_takes_the_checkpoints_statistics(tmp_path):
     policy, stats = tiny_act(seed=7), random_stats(2)
     ours = write_our_folder(str(tmp_path / 'ours'), policy, stats)
