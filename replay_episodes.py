@@ -11,6 +11,7 @@ from tqdm import tqdm
 import real_robot
 from cli.errors import run_command
 from formats.datasets import open_dataset
+from formats.episode import check_finite
 from real_robot.settings import ROBOT_DRIVERS
 
 
@@ -24,9 +25,15 @@ def make_env(args):
 
 
 def main(args):
-    actions = open_dataset(args['dataset_dir']).read_episode(args['episode_idx'], cameras=[]).action
+    episodes = open_dataset(args['dataset_dir'])
+    where = episodes.name(args['episode_idx'])
+    actions = check_finite(episodes.read_episode(args['episode_idx'], cameras=[]).action, where, 'action')  # (T, A)
     env = make_env(args)
     try:
+        size = len(env.get_qpos())  # the arms' joints: one action value each
+        if actions.shape[1] != size:
+            raise ValueError(f'{where}: its actions have {actions.shape[1]} values, the arms take {size} (another '
+                             f'robot\'s episode? give the --task_name it was recorded for); the arms did not move')
         env.reset()
         for action in tqdm(actions, unit='step'):
             env.step(action)

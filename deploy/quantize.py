@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from formats.episode import check_finite
+
 QUANTIZE_MODES = ('int8', 'int8-dynamic')
 STATIC_OPS = ('Conv', 'MatMul', 'Gemm')  # the operators static int8 covers
 DYNAMIC_OPS = ('MatMul',)  # the operators dynamic int8 covers (convolutions stay fp32)
@@ -62,14 +64,11 @@ def calibration_observations(episodes, camera_names, image_size, count, obs_hori
 
 def checked_qpos(episodes, index):
     """qpos (T, S) of one episode; ValueError naming it when a value is NaN or infinite."""
-    qpos = episodes.low_dim(index)[0]
-    bad = np.argwhere(~np.isfinite(qpos))
-    if len(bad):
-        step, joint = bad[0]
-        raise ValueError(f'{episodes.name(index)}: qpos[{step}, {joint}] is {qpos[step, joint]}; int8 calibration '
-                         f'needs finite observations (record or repair the episode, or calibrate on other ones '
-                         f'with --dataset_dir)')
-    return qpos
+    try:
+        return check_finite(episodes.low_dim(index)[0], episodes.name(index), 'qpos')
+    except ValueError as err:
+        raise ValueError(f'{err}; int8 calibration needs finite observations (record or repair the episode, or '
+                         f'calibrate on other ones with --dataset_dir)') from None
 
 
 def quantize_static_int8(path, feeds):

@@ -22,3 +22,14 @@ class Episode:
     effort: np.ndarray = None  # (T, S) float32
     sim: bool = True
     shadows: bool = True  # False: simulated frames rendered without shadows
+
+
+def check_finite(values, where, what):
+    """`values` (T, D) when every value is a finite number; else ValueError naming `where`, the array
+    `what`, and the first step and index that is NaN or infinite."""
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        step, index = bad[0]
+        raise ValueError(f'{where}: {what}[{step}, {index}] is {values[step, index]} ({len(bad)} values are not '
+                         f'finite numbers)')
+    return values

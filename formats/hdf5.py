@@ -64,7 +64,7 @@ def open_episode(path):
     try:
         return h5py.File(path, 'r')
     except OSError as err:
-        raise OSError(f'{path}: cannot be read as an HDF5 episode file ({err})') from None
+        raise EpisodeFileError(f'{path}: cannot be read as an HDF5 episode file ({err})') from None
 
 
 def _get(root, key, path):
@@ -73,11 +73,18 @@ def _get(root, key, path):
     return root[key]
 
 
+class EpisodeFileError(OSError, ValueError):
+    """An episode file that cannot be read: truncated, damaged, or holding something else than numbers."""
+
+
 def _read_array(root, key, path):
+    data = _get(root, key, path)
+    if data.dtype.kind not in 'biuf':
+        raise EpisodeFileError(f"{path}: dataset '{key}' holds {data.dtype} values; numbers are expected")
     try:
-        return np.asarray(_get(root, key, path)[()], dtype=np.float32)
+        return np.asarray(data[()], dtype=np.float32)
     except OSError as err:
-        raise OSError(f"{path}: dataset '{key}' is corrupt ({err})") from None
+        raise EpisodeFileError(f"{path}: dataset '{key}' is corrupt ({err})") from None
 
 
 def _camera_dataset(root, cam, path):
@@ -146,7 +153,7 @@ def read_frames(root, path, cam, steps):
     try:
         rows = dataset[unique] if len(unique) > 1 else dataset[int(unique[0])][None]
     except OSError as err:
-        raise OSError(f"{path}: camera '{cam}' frames are corrupt ({err})") from None
+        raise EpisodeFileError(f"{path}: camera '{cam}' frames are corrupt ({err})") from None
     if is_jpeg_episode(root):
         rows = np.stack([decode_jpeg(r, f"{path}: frame {s} of camera '{cam}'") for r, s in zip(rows, unique)])
     elif rows.ndim != 4 or rows.shape[-1] != 3:

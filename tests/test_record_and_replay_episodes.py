@@ -127,6 +127,45 @@ def test_replay_of_a_missing_episode_names_the_file(tmp_path):
         replay_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 7, 'robot_driver': 'dynamixel'})
 
 
+def _nan_action(path):
+    with h5py.File(path, 'r+') as root:
+        root['/action'][7, 3] = np.nan
+
+
+def _string_actions(path):
+    with h5py.File(path, 'r+') as root:
+        shape = root['/action'].shape
+        del root['/action']
+        root['/action'] = np.full(shape, b'x', dtype='S3')
+
+
+def _truncated(path):
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.mark.parametrize('damage, state_dim, message', [
+    (_nan_action, 14, r'episode_0.hdf5: action\[7, 3\] is nan'),
+    (_string_actions, 14, r"episode_0.hdf5: dataset '/action' holds \|S3 values; numbers are expected"),
+    (_truncated, 14, r'episode_0.hdf5: cannot be read as an HDF5 episode file'),
+    (None, 6, r'episode_0.hdf5: its actions have 6 values, the arms take 14 .* the arms did not move'),
+])
+def test_an_episode_that_cannot_be_replayed_is_refused_before_the_arms_move(tmp_path, monkeypatch, damage, state_dim,
+                                                                            message):
+    from real_robot.robot_env import RobotEnv
+    from tests.helpers import write_tiny_episode
+    path = str(tmp_path / 'episode_0.hdf5')
+    write_tiny_episode(path, state_dim=state_dim)
+    if damage:
+        damage(path)
+    moves = []
+    monkeypatch.setattr(RobotEnv, 'reset', lambda self, *a: moves.append('reset'))
+    monkeypatch.setattr(RobotEnv, 'step', lambda self, action: moves.append(action))
+    with pytest.raises(ValueError, match=message):
+        replay_episodes.main({'dataset_dir': str(tmp_path), 'episode_idx': 0, 'robot_driver': 'sim'})
+    assert moves == []
+
+
 def test_teleoperation_needs_leader_arms():
     with pytest.raises(ValueError, match='no leader arms'):
         real_robot.make_master_bots('sim')
