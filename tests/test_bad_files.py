@@ -123,3 +123,19 @@ def test_json_nested_200000_deep_is_one_line(lerobot_folder, tmp_path):
         assert done.returncode != 0 and 'Traceback' not in done.stderr, done.stderr[-2000:]
         assert f'{folder}/config.json: not a file this project reads (JSON nested more than 100 deep' in done.stderr
         assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, r'so_leader.json: no calibration file; calibrate the arm'),
+    ('{"a": 1}', r"so_leader.json: a calibration of another arm: joints \['a'\]"),
+    (DEEP_JSON, r'so_leader.json: not a file this project reads \(JSON nested more than 100 deep'),
+])
+def test_teleoperation_with_a_bad_leader_calibration_is_one_line(tmp_path, content, message):
+    import re
+    if content is not None:
+        (tmp_path / 'so_leader.json').write_text(content)
+    done = subprocess.run([sys.executable, 'record_episodes.py', '--task_name', 'so101_pick_place', '--robot_driver',
+                           'sim', '--teleop_only'], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, 'MUJOCO_GL': 'egl', 'ACT_CALIBRATION_DIR': str(tmp_path)})
+    assert done.returncode == 2 and 'Traceback' not in done.stderr, done.stderr[-2000:]
+    assert re.search(r"record_episodes.py: error: arm 'so_leader': .*" + message, done.stderr)
