@@ -11,6 +11,8 @@ import torch
 from formats.hdf5 import write_episode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# how long a test lets a script run before it counts as hung: minutes, so a busy machine never fails a test
+PROCESS_TIMEOUT_S = 600
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'golden')
 TASK = 'sim_transfer_cube_scripted'
 TINY_IMAGE_HW = (24, 32)  # small frames keep the default test run fast

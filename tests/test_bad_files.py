@@ -61,7 +61,8 @@ CONFIG_CASES = {  # config.json edit -> what the message says after the file's n
                        r'input_features observation.state shape \[\]: a list of positive whole sizes'),
     'state shape ["six"]': (lambda o: o['input_features']['observation.state'].update(shape=['six']),
                             r"input_features observation.state shape \['six'\]: a list of positive whole sizes"),
-    'image shape [3, 48.5, 64]': (lambda o: image_shape(o, [3, 48.5, 64]), r'shape \[3, 48.5, 64\]: a list of positive'),
+    'image shape [3, 48.5, 64]': (lambda o: image_shape(o, [3, 48.5, 64]),
+                                  r'shape \[3, 48.5, 64\]: a list of positive'),
     'clip_sample_range "big"': (lambda o: o.update(clip_sample_range='big'), r"clip_sample_range 'big': a number"),
     'type a list': (lambda o: o.update(type=['diffusion']), r"LeRobot \"\['diffusion'\]\" policy"),
 }
@@ -72,7 +73,8 @@ PIPELINE_CASES = {  # policy_preprocessor.json edit -> message
                         r"norm_map \['MEAN_STD'\]: an object"),
     'eps "tiny"': (lambda o: normalizer_step(o)['config'].update(eps='tiny'), r"eps 'tiny': a number"),
     'state_file 5': (lambda o: normalizer_step(o).update(state_file=5), r'state_file is 5; the name of a file'),
-    'state_file null': (lambda o: normalizer_step(o).update(state_file=None), r'state_file is None; the name of a file'),
+    'state_file null': (lambda o: normalizer_step(o).update(state_file=None),
+                        r'state_file is None; the name of a file'),
 }
 
 
@@ -102,7 +104,8 @@ def test_bad_statistics_tensors_are_named(lerobot_folder, tmp_path):
     path = statistics(folder, lambda t: {**t, 'nodot': torch.zeros(1)})
     with pytest.raises(LeRobotFormatError, match=f"{path}: tensor 'nodot': names \"<feature>.<stat>\""):
         read_lerobot_checkpoint(folder)
-    statistics(folder, lambda t: {k: v for k, v in t.items() if k != 'nodot'} | {'observation.state.min': torch.zeros(5, 7)})
+    statistics(folder, lambda t: {**{k: v for k, v in t.items() if k != 'nodot'},
+                                  'observation.state.min': torch.zeros(5, 7)})
     with pytest.raises(LeRobotFormatError, match=r'observation.state.min has \(5, 7\): one value, or one per value'):
         read_lerobot_checkpoint(folder)
 

@@ -12,7 +12,7 @@ import imitate_episodes
 from checkpoints.folder import CONFIG_FILE
 from cli import run_config
 from constants import SIM_TASK_CONFIGS, canonical_task_name, get_sim_task_config
-from tests.helpers import ROOT, TASK, TINY_IMAGE_HW, tiny_model_flags, write_tiny_episode
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK, TINY_IMAGE_HW, tiny_model_flags, write_tiny_episode
 
 SHORT = 'sim_transfer_cube'
 NUM_EPISODES = 5
@@ -52,7 +52,7 @@ def test_short_names_mean_the_scripted_tasks_everywhere():
 
 def test_help_and_unknown_task_list_both_names():
     done = subprocess.run([sys.executable, 'imitate_episodes.py', '--task_name', 'sim_nope', '--policy_class', 'ACT'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 2 and 'Traceback' not in done.stderr
     assert "unknown task 'sim_nope'" in done.stderr
     assert 'sim_transfer_cube (= sim_transfer_cube_scripted)' in done.stderr and 'sim_insertion_human' in done.stderr
@@ -117,7 +117,7 @@ def test_missing_data_is_a_clean_command_line_error(tmp_path):
     env = {**os.environ, 'ACT_DATA_DIR': str(tmp_path / 'data')}
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'imitate_episodes.py'), '--task_name', 'sim_insertion',
                            '--policy_class', 'ACT'], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 1 and 'Traceback' not in done.stderr
     assert 'python record_sim_episodes.py --task_name sim_insertion_scripted' in done.stderr
     assert not (tmp_path / 'ckpt').exists()

@@ -13,7 +13,7 @@ from torch import nn
 
 from policies import diffusion as dp
 from policies import diffusion_nets as nets
-from tests.helpers import ROOT, TINY_IMAGE_HW, eval_config
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TINY_IMAGE_HW, eval_config
 
 TINY_DOWN_DIMS = (16, 32)
 
@@ -390,7 +390,8 @@ def test_import_does_not_load_diffusers_and_make_policy_builds_it():
     code = ('import sys, policies.diffusion, policy; assert "diffusers" not in sys.modules; '
             'p = policy.make_policy("Diffusion", {"camera_names": ["top"], "num_queries": 4, "down_dims": (8, 16)}); '
             'assert type(p).__name__ == "DiffusionPolicy" and "diffusers" in sys.modules')
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=PROCESS_TIMEOUT_S,
                          env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert out.returncode == 0, out.stderr
 
@@ -404,7 +405,7 @@ def test_two_epoch_training_run_then_one_rollout(tiny_dataset, tmp_path):
              '--down_dims', *map(str, TINY_DOWN_DIMS), '--no-augment_images', '--prediction_type', 'sample']
     env = dict(os.environ, OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, 'imitate_episodes.py', *flags], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env=env)
+                         timeout=PROCESS_TIMEOUT_S, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     for name in ('dataset_stats.pkl', 'policy_best.ckpt', 'policy_last.ckpt'):
         assert (ckpt_dir / name).is_file(), f'{name} missing: {sorted(os.listdir(ckpt_dir))}'

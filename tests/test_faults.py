@@ -37,12 +37,12 @@ from common.safe_load import load_torch_file
 from evaluation import rollout as evaluate
 from formats.hdf5 import read_episode, write_episode
 from formats.normalize import Normalizer
-from tests.helpers import (ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args, train_argv,
-                           write_tiny_checkpoint, write_tiny_episode)
+from tests.helpers import (PROCESS_TIMEOUT_S, ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args,
+                           train_argv, write_tiny_checkpoint, write_tiny_episode)
 from training import loop as train
 from training.data import load_data
 
-HANG_TIMEOUT_S = 30  # a case that ends the process takes about 4 s; a hang fails within this
+HANG_TIMEOUT_S = PROCESS_TIMEOUT_S  # a case that ends the process takes about 4 s idle, far more beside other work
 
 
 def run_python(args, timeout=HANG_TIMEOUT_S, file_size_limit=None, **popen):
@@ -330,7 +330,7 @@ def test_workers_die_with_their_parent(tmp_path, start_method):
                               env={**os.environ, 'PYTHONPATH': ROOT}, stdout=subprocess.PIPE, text=True)
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
         while not all(os.path.exists(f'{ready}.{i}') for i in range(2)) and time.monotonic() < deadline:
             time.sleep(0.1)
         parent.kill()  # kill -9: no cleanup code runs in the parent

@@ -19,7 +19,7 @@ from constants import PROJECT_VERSION
 from policies.act import ACT_DEFAULTS
 from policies.diffusion import DEFAULTS as DIFFUSION_DEFAULTS
 from policies.registry import make_policy
-from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, train_args, write_tiny_episode
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, train_args, write_tiny_episode
 from training.loop import TRAINING_STATE
 
 
@@ -29,7 +29,7 @@ def training_state(ckpt_dir):
 
 def test_help_documents_every_flag(tiny_dataset, tmp_path):
     out = subprocess.run([sys.executable, 'imitate_episodes.py', '--help'], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=PROCESS_TIMEOUT_S)
     assert out.returncode == 0, out.stderr
     for key in train_args(tiny_dataset, tmp_path):
         assert f'--{key}' in out.stdout, f'--{key} missing from --help'
@@ -168,7 +168,7 @@ def test_config_json_from_a_newer_version_is_refused(tmp_path):
     with pytest.raises(ValueError, match='config.json cannot be read as JSON'):
         read_config(str(tmp_path))
     result = subprocess.run([sys.executable, 'imitate_episodes.py', '--eval', '--ckpt_dir', str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     assert result.returncode == 2 and 'cannot be read as JSON' in result.stderr
 
 
@@ -198,7 +198,7 @@ def test_a_damaged_config_json_is_a_usage_error_naming_it(two_epoch_run, tmp_pat
     change, message = DAMAGES[0]
     result = subprocess.run([sys.executable, 'imitate_episodes.py', '--eval', '--ckpt_dir',
                              str(damaged_copy(two_epoch_run, tmp_path, change))],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     error = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and error.startswith('imitate_episodes.py: error: ') and re.search(message, error)
     assert 'Traceback' not in result.stderr and '--image_size' not in error  # the file is named, not the flag

@@ -21,7 +21,7 @@ from detr.resnet import build_resnet_trunk
 from evaluation.rollout import load_policy, load_stats
 from formats.normalize import Normalizer
 from policies.registry import make_policy, resolve_policy_config
-from tests.helpers import ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, write_tiny_episode
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TINY_ACT_CONFIG, TINY_IMAGE_HW, write_tiny_episode
 
 STATE_DIM, ACTION_DIM = 6, 5
 CAMERAS = ['top', 'wrist']
@@ -416,7 +416,7 @@ def test_lerobot_std_written_so_that_adding_eps_gives_ours_exactly():
 def test_convert_checkpoint_refuses_to_overwrite_and_explains(tmp_path, lerobot_folder):
     to_act(lerobot_folder, str(tmp_path / 'act'))
     done = subprocess.run([sys.executable, 'convert_checkpoint.py', '--to', 'act', lerobot_folder,
-                           str(tmp_path / 'act')], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           str(tmp_path / 'act')], cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 1 and 'Traceback' not in done.stderr and 'already holds policy_best.ckpt' in done.stderr
 
 

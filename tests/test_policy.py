@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import policy as policy_module
 from policies.act import ACTPolicy, CNNMLPPolicy, kl_divergence
 from policies.registry import make_policy
-from tests.helpers import ROOT
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT
 
 IMAGE_HW = (24, 32)
 CNNMLP_HW = (392, 392)  # smallest square the CNNMLP head accepts (13 x 13 trunk features)
@@ -134,7 +134,7 @@ def test_import_with_unrelated_argv(tiny_act_config):
             f'p = policy.ACTPolicy({tiny_act_config!r}).eval(); '
             'print(tuple(p(torch.zeros(1, 14), torch.zeros(1, 1, 3, 24, 32)).shape))')
     result = subprocess.run([sys.executable, '-c', code, '--ckpt_dir', 'x', '--unknown_flag', '3', ROOT],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith('(1, 5, 14)')
 

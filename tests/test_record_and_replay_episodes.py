@@ -14,6 +14,7 @@ from real_robot.cameras import TEST_PATTERN
 from real_robot.emulator import ServoBusEmulator
 from real_robot.protocol import position_to_rad, rad_to_position
 from recording import robot as record_episodes
+from tests.helpers import PROCESS_TIMEOUT_S
 
 CAMERA_NAMES = ['cam_high', 'cam_low', 'cam_left_wrist', 'cam_right_wrist']
 EPISODE_LEN = 12
@@ -177,5 +178,5 @@ def test_help_works(script):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, os.path.join(root, script), '--help'], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=PROCESS_TIMEOUT_S)
     assert result.returncode == 0 and '--robot_driver' in result.stdout and '--episode_idx' in result.stdout

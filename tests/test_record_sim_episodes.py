@@ -13,7 +13,7 @@ import pytest
 import constants
 from formats import hdf5 as episodes
 from recording import sim as record_sim_episodes
-from tests.helpers import ROOT, TASK
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK
 
 STEPS = 10  # recorded steps per test episode (the real task has 400)
 SMALL = [24, 32]
@@ -194,7 +194,7 @@ def test_unwritable_dataset_dir(tmp_path):
 
 
 def run_script(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
 
 
 def test_command_line_errors_exit_non_zero(tmp_path):

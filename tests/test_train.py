@@ -11,7 +11,7 @@ import torch
 
 import imitate_episodes
 from checkpoints.folder import atomic_save
-from tests.helpers import ROOT, TASK, train_args
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK, train_args
 from training import loop as train
 
 
@@ -115,7 +115,7 @@ def test_ctrl_c_to_the_process_group_saves_state(tiny_dataset, tmp_path):
             os.killpg(proc.pid, signal.SIGINT)
             break
     out = ''.join(lines) + proc.stdout.read()
-    assert proc.wait(timeout=120) == 128 + signal.SIGINT, out[-3000:]
+    assert proc.wait(timeout=PROCESS_TIMEOUT_S) == 128 + signal.SIGINT, out[-3000:]
     assert 'Continue with the same command plus --resume' in out
     assert out.count('Stopping after this step') == 1  # the workers leave the signal to the trainer
     assert training_state(ckpt_dir)['progress']['step'] >= 2
@@ -193,7 +193,7 @@ def test_two_process_gloo_ddp(tiny_dataset, tmp_path):
            '64', '--enc_layers', '1', '--dec_layers', '2', '--nheads', '2', '--no-pretrained_backbone',
            '--device', 'cpu']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count('Best ckpt, val loss') == 1  # rank 0 alone reports and writes
     names = os.listdir(ckpt_dir)

@@ -9,7 +9,7 @@ import numpy as np
 import visualize_episodes
 from formats.datasets import open_dataset
 from formats.hdf5 import write_episode
-from tests.helpers import ROOT, write_tiny_episode
+from tests.helpers import PROCESS_TIMEOUT_S, ROOT, write_tiny_episode
 
 
 def _check_viewer_outputs(dataset_dir, idx, num_frames, width):
@@ -50,5 +50,5 @@ def test_viewer_reads_the_jpeg_layout(tmp_path):
 
 def test_viewer_missing_episode_exits_non_zero(tmp_path):
     done = subprocess.run([sys.executable, 'visualize_episodes.py', '--dataset_dir', str(tmp_path), '--episode_idx', '3'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     assert done.returncode != 0 and 'episode_3.hdf5' in done.stderr
