@@ -31,6 +31,7 @@ import os
 import sys
 
 from checkpoints.folder import BEST_CKPT
+from common.files import DiskFull
 from cli.errors import BAD_INPUT, DEBUG_VAR, message
 from cli.run_config import export_settings
 from deploy.export import CHECK_BATCHES, FORMATS, RECORDED_CHECKS, export
@@ -65,6 +66,10 @@ def main(argv=None):
         calibration = calibration_of(settings, args.dataset_dir, args.calibration) if args.quantize == 'int8' else None
         info, difference = export(settings, args.ckpt, args.format, args.out, args.quantize, args.overwrite,
                                   calibration)
+    except DiskFull as err:  # nothing written: the partial export was removed
+        if os.environ.get(DEBUG_VAR):
+            raise
+        parser.exit(1, f'{parser.prog}: error: {err.strerror}\n')
     except (*BAD_INPUT, RuntimeError) as err:  # RuntimeError: an export that does not match the eager policy
         if os.environ.get(DEBUG_VAR):
             raise

@@ -90,7 +90,11 @@ def load_config_json(ckpt_dir):
     path = os.path.join(ckpt_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         return path, None
-    config = load_json(path)
+    try:
+        config = load_json(path)
+    except ValueError as err:
+        detail = str(err).removeprefix(f'{path}: ')
+        raise ValueError(f'{path} cannot be read as JSON ({detail}); fix or remove it and give every model flag') from None
     if not isinstance(config, dict):
         raise ValueError(f'{path}: expected a JSON object, got {type(config).__name__}')
     return path, config

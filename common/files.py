@@ -77,10 +77,24 @@ def _fsync(path):
 def disk_full_error(err, path, needed=None):
     """DiskFull for `path` from the OSError of a failed write: its cause, the space needed, the space free."""
     folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):  # a writer's folder removed meanwhile: the space of the one above
+        folder = os.path.dirname(folder)
     free = shutil.disk_usage(folder).free
     need = f'needed about {needed / 1e6:.0f} MB, ' if needed else ''
     return DiskFull(err.errno, f'{os.strerror(err.errno).lower()}: {path} ({need}{free / 1e6:.0f} MB free); '
                                f'earlier files are intact')
+
+
+@contextlib.contextmanager
+def space_checked(path):
+    """A library's own write that failed for want of space (an OSError of FULL_ERRNOS, such as PyAV's or
+    the ONNX quantiser's) raises DiskFull naming its file (else `path`) instead."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, DiskFull) or err.errno not in FULL_ERRNOS:
+            raise
+        raise disk_full_error(err, err.filename or path) from None
 
 
 @contextlib.contextmanager

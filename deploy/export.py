@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.files import atomic_write
+from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
@@ -129,16 +129,22 @@ def quiet():
 
 
 def write_graph(module, inputs, names, output, path, fmt):
+    """The graph of `module` on `inputs` into `path`, composed in memory and written atomically (a full
+    disk is DiskFull, not a crash inside the exporter's own writer)."""
     module.eval()
     if fmt == 'torchscript':
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
-            torch.jit.save(torch.jit.trace(module, inputs, check_trace=False), path)
+            data = io.BytesIO()
+            torch.jit.save(torch.jit.trace(module, inputs, check_trace=False), data)
+        atomic_write(path, lambda f: f.write(data.getvalue()))
         return
     batch = torch.export.Dim('batch', min=1, max=4096)
     with quiet():
-        torch.onnx.export(module, inputs, path, dynamo=True, external_data=False, input_names=list(names),
-                          output_names=[output], dynamic_shapes={name: {0: batch} for name in names}, verbose=False)
+        program = torch.onnx.export(module, inputs, dynamo=True, input_names=list(names), output_names=[output],
+                                    dynamic_shapes={name: {0: batch} for name in names}, verbose=False)
+    data = program.model_proto.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def check_sampler(policy):
@@ -295,7 +301,8 @@ def export(settings, ckpt_name, fmt, out, quantize=None, overwrite=False, calibr
         raise ValueError(f'--quantize {quantize}: only ONNX exports are quantised (use --format onnx)')
     if quantize == 'int8' and not calibration:
         raise ValueError('--quantize int8 calibrates on observations from the training episodes: none were given')
-    with FolderLock(out):  # a second export to out is refused while this one runs
+    # a second export to out is refused while this one runs; the libraries' writes on a full disk are DiskFull
+    with FolderLock(out), space_checked(out):
         check_out(out, settings.checkpoint.path, overwrite)
         return _export(settings, ckpt_name, fmt, out, quantize, calibration)
 

@@ -43,22 +43,25 @@ def calibration_observations(episodes, camera_names, image_size, count, obs_hori
     """`count` observations spread over the episodes (formats.datasets.open_dataset) and their
     steps, at the policy's image size -> [(qpos (S,), images (K, H, W, 3) uint8)], or with an
     observation horizon To [(qpos (To, S), images (To, K, H, W, 3))], the steps before the first
-    repeating it as evaluation does. No more than the episodes' steps are drawn (each once at most);
-    an episode whose state holds NaN or infinity is refused by name."""
+    repeating it as evaluation does. No more than the episodes' steps are drawn (a larger count is
+    capped, with a note); an episode whose state holds NaN or infinity is refused by name."""
     from formats.images import resize_images
     qpos_of = [checked_qpos(episodes, index) for index in range(episodes.num_episodes)]  # [(T_i, S)]
-    steps = np.array([(index, t) for index, qpos in enumerate(qpos_of) for t in range(len(qpos))])  # (N, 2)
-    if count > len(steps):
-        print(f'--calibration {count}: the episodes hold {len(steps)} steps; calibrating on all of them')
+    steps = sum(len(qpos) for qpos in qpos_of)
+    if count > steps:
+        print(f'--calibration {count}: the episodes hold {steps} steps; calibrating on {steps} observations')
+        count = steps
     rng = np.random.default_rng(seed)
-    picks = steps[np.sort(rng.choice(len(steps), min(count, len(steps)), replace=False))]  # (count, 2)
+    picks = rng.integers(0, episodes.num_episodes, count)  # (count,) episode of each sample
     found = []
-    for index, t in picks:
-        window = np.arange(t - (obs_horizon or 1) + 1, t + 1).clip(0)  # (To,)
-        images = np.stack([resize_images(episodes.frames(index, cam, window), image_size)
-                           for cam in camera_names], axis=1)  # (To, K, H, W, 3)
-        sample = (qpos_of[index][window].astype(np.float32), images)
-        found.append(sample if obs_horizon else (sample[0][0], sample[1][0]))
+    for index in np.unique(picks):
+        qpos = qpos_of[index]  # (T, S)
+        for t in rng.integers(0, len(qpos), int((picks == index).sum())):
+            window = np.arange(t - (obs_horizon or 1) + 1, t + 1).clip(0)  # (To,)
+            images = np.stack([resize_images(episodes.frames(index, cam, window), image_size)
+                               for cam in camera_names], axis=1)  # (To, K, H, W, 3)
+            sample = (qpos[window].astype(np.float32), images)
+            found.append(sample if obs_horizon else (sample[0][0], sample[1][0]))
     return found
 
 

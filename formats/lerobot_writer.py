@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from common.files import atomic_write
+from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import joint_names
 from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, COMMIT_FILE, CRF, DATA_FILE_MB,
@@ -167,9 +167,10 @@ class LeRobotWriter:
         row = {'episode_index': index, 'tasks': [task], 'length': length, SIM_COLUMN: bool(episode.sim),
                SHADOWS_COLUMN: bool(episode.shadows)}
         task_index = self.tasks.index(task)
-        row.update(self._write_data(episode, index, task_index))
-        for cam, frames in episode.images.items():
-            row.update(self._write_video(IMAGE_PREFIX + cam, frames))
+        with space_checked(self.work):  # PyAV's and pyarrow's own writes on a full disk: DiskFull
+            row.update(self._write_data(episode, index, task_index))
+            for cam, frames in episode.images.items():
+                row.update(self._write_video(IMAGE_PREFIX + cam, frames))
         row['meta/episodes/chunk_index'], row['meta/episodes/file_index'] = self.episodes_file
         row.update({f'stats/{feature}/{stat}': np.asarray(value).tolist()
                     for feature, values in self._episode_stats(episode, index, task_index).items()
@@ -286,31 +287,29 @@ class LeRobotWriter:
     ############ Closing
 
     def close(self):
-        """Finish the files and make the episodes part of the dataset."""
+        """Finish the files and make the episodes part of the dataset; on any failure, abort()."""
+        try:
+            with space_checked(self.work):
+                self._close()
+        except BaseException:
+            self.abort()
+            raise
+        self.lock.__exit__()
+
+    def _close(self):
         if self.data is not None:
             self.data.close()
         for video in self.videos.values():
             video.close()
-        try:
-            if not self.new_rows:
-                drop_staging(self.work)
-                return
-            self._write_metadata()
-            if self.existing is None:
-                self._publish()
-            else:  # the journal: committed, the append completes even if this process dies while moving
-                atomic_write(os.path.join(self.work, COMMIT_FILE), lambda f: f.write('complete'), 'w')
-                move_in(self.work, self.root)
-        finally:
-            self.lock.__exit__()
-
-    def _publish(self):
-        """The new dataset into place; a folder that appeared there meanwhile stays, this one is dropped."""
-        try:
-            publish_staging(self.work, self.root)
-        except BaseException:
+        if not self.new_rows:
             drop_staging(self.work)
-            raise
+            return
+        self._write_metadata()
+        if self.existing is None:
+            publish_staging(self.work, self.root)  # a folder that appeared there meanwhile stays
+        else:  # the journal: committed, the append completes even if this process dies while moving
+            atomic_write(os.path.join(self.work, COMMIT_FILE), lambda f: f.write('complete'), 'w')
+            move_in(self.work, self.root)
 
     def abort(self):
         """Drop what this writer wrote, the dataset as it was; an append already committed completes."""

@@ -280,7 +280,8 @@ def test_int8_calibration_refuses_nan_observations_and_draws_no_more_than_the_ep
     episodes = open_dataset(calibration_episodes)
     steps = sum(len(episodes.low_dim(i)[0]) for i in range(episodes.num_episodes))
     drawn = calibration_observations(episodes, CAMERAS, (12, 16), 100_000)
-    assert len(drawn) == steps and f'--calibration 100000: the episodes hold {steps} steps' in capsys.readouterr().out
+    assert len(drawn) == steps and f'--calibration 100000: the episodes hold {steps} steps; calibrating on {steps}' \
+        in capsys.readouterr().out
     broken = tmp_path / 'broken'
     shutil.copytree(calibration_episodes, broken)
     with h5py.File(broken / 'episode_1.hdf5', 'r+') as root:
@@ -288,7 +289,7 @@ def test_int8_calibration_refuses_nan_observations_and_draws_no_more_than_the_ep
     with pytest.raises(SystemExit):
         export(act_export[0], tmp_path / 'int8', '--quantize', 'int8', '--calibration', '20', '--dataset_dir',
                str(broken))
-    assert re.search(r'episode_1.hdf5.*qpos\[3, 2\] is nan; int8 calibration needs finite observations',
+    assert re.search(r'episode_1.hdf5: qpos\[3, 2\] is nan .*; int8 calibration needs finite observations',
                      capsys.readouterr().err)
     assert not os.path.exists(tmp_path / 'int8')
 

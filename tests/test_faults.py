@@ -426,6 +426,18 @@ def test_a_full_disk_while_training_is_a_message_and_a_clean_exit(tmp_path):
     assert sorted(os.listdir(ckpt)) == ['config.json', 'dataset_stats.pkl', 'metrics.jsonl']
 
 
+@pytest.mark.parametrize('fmt', ['onnx', 'torchscript'])
+def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, fmt):
+    from tests.test_export import CAMERAS, tiny_run
+    ckpt = tiny_run(tmp_path / 'ckpt', 'ACT', dict(TINY_ACT_CONFIG, camera_names=CAMERAS))
+    out = tmp_path / 'export'
+    done = run_python(['export_policy.py', '--ckpt_dir', ckpt, '--format', fmt, '--out', str(out)],
+                      file_size_limit=1_000_000)
+    assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr[-3000:]  # no crash in the exporter
+    assert f'export_policy.py: error: file too large: {out}.partial/policy' in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ['ckpt']  # no export, no partial folder, no lock
+
+
 def test_a_write_that_fails_for_space_names_the_file(tmp_path):
     driver = ('import sys, torch\n'
               'from checkpoints.folder import atomic_save\n'

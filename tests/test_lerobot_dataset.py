@@ -390,6 +390,23 @@ def test_one_writer_at_a_time_and_a_dead_writers_lock_is_taken_over(v3, tmp_path
     assert LeRobotEpisodes(root).num_episodes == 4 and not os.path.exists(root + '.lock')
 
 
+@pytest.mark.parametrize('where', ['_write_video', '_write_metadata'])
+def test_a_full_disk_while_writing_is_disk_full_and_leaves_no_lock(tmp_path, monkeypatch, where):
+    import errno
+
+    from common.files import DiskFull
+    from formats.lerobot_writer import LeRobotWriter
+    root = str(tmp_path / 'dataset')
+
+    def full(self, *args):  # PyAV's own write on a full disk raises its OSError subclass with the file's name
+        raise OSError(errno.ENOSPC, 'No space left on device', os.path.join(self.work, 'videos', 'x.mp4'))
+    monkeypatch.setattr(LeRobotWriter, where, full)
+    with pytest.raises(DiskFull, match=r'no space left on device: .*dataset.partial/videos/x.mp4'):
+        with LeRobotWriter(root, fps=50) as writer:
+            writer.add(make_episode(0, 6))
+    assert os.listdir(tmp_path) == []  # no dataset, no partial folder, no lock
+
+
 def test_two_conversions_to_one_destination_cannot_mix(v3, tmp_path):
     dst = str(tmp_path / 'back')
     with lock_held_elsewhere(dst) as holder:
