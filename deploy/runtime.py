@@ -31,6 +31,9 @@ from policies.executor import GUIDED, ChunkExecutor, ThreadedPolicy, default_thr
 MANIFEST = 'policy.json'
 FORMAT_VERSION = 1
 ENGINES = ('onnxruntime', 'openvino')  # what runs an ONNX export
+FILE_TYPES = {'onnx': '.onnx', 'torchscript': '.pt'}  # policy.json's format -> its graphs' file extension
+SAMPLER = 'diffusion'  # policy.json's sampler constants: the export samples its chunk (and takes observation histories)
+SAMPLED_ROLES, DIRECT_ROLES = ('encoder', 'denoiser'), ('policy',)  # the graphs of a sampled policy, of the others
 REQUIRED_KEYS = ('format_version', 'policy_class', 'format', 'files', 'camera_names', 'image_size', 'state_dim',
                  'action_dim', 'chunk_size', 'action_horizon', 'obs_horizon')
 
@@ -88,6 +91,16 @@ def manifest_problem(manifest):
     if not (isinstance(files, dict) and files and all(isinstance(e, dict) and isinstance(e.get('name'), str)
                                                       and isinstance(e.get('sha256'), str) for e in files.values())):
         return 'files is not an object of {role: {"name", "sha256"}} entries'
+    if manifest['format'] not in FILE_TYPES:
+        return f"format {manifest['format']!r} is not one of {', '.join(FILE_TYPES)}"
+    foreign = [e['name'] for e in files.values() if not e['name'].endswith(FILE_TYPES[manifest['format']])]
+    if foreign:
+        return f"format {manifest['format']!r} but {foreign[0]} is not a {FILE_TYPES[manifest['format']]} file"
+    roles = SAMPLED_ROLES if SAMPLER in manifest else DIRECT_ROLES
+    if sorted(files) != sorted(roles):
+        return f"files has the graphs {sorted(files)}; a {manifest['policy_class']} export has {list(roles)}"
+    if manifest['action_horizon'] > manifest['chunk_size']:
+        return f"action_horizon {manifest['action_horizon']} is more than chunk_size {manifest['chunk_size']}"
     return None
 
 
@@ -97,6 +110,15 @@ class _Session:
 
     def __init__(self, path, fmt, threads, engine='onnxruntime'):
         self.path = path
+        try:
+            self._load(fmt, threads, engine)
+        except Exception as err:  # noqa: BLE001 (each engine's own error types for a file it cannot load)
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ExportError(f'{path}: cannot be loaded as the {fmt} graph {MANIFEST} says it is ({first_line}); '
+                              f'export the policy again') from None
+
+    def _load(self, fmt, threads, engine):
+        path = self.path
         if fmt == 'onnx' and engine == 'openvino':
             import openvino
             compiled = openvino.Core().compile_model(path, 'CPU', {
@@ -153,38 +175,51 @@ class PolicyRunner:
         self.chunk_size, self.action_horizon, self.obs_horizon = m['chunk_size'], m['action_horizon'], m['obs_horizon']
         self.temporal_agg = temporal_agg
         self.chunker = ActionChunker(self.chunk_size, self.action_horizon, temporal_agg, self.obs_horizon)
-        self.rng = np.random.default_rng(seed)  # Diffusion's sampling noise
+        self.sampled = SAMPLER in m  # a sampled chunk (Diffusion) from observation histories
+        self.rng = np.random.default_rng(seed)  # the sampling noise
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         self.sessions = {role: _Session(os.path.join(folder, entry['name']), m['format'], threads, engine)
                          for role, entry in m['files'].items()}
-        if self.policy_class == 'Diffusion':
+        if self.sampled:
             try:
-                self.sampler = make_sampler(m['diffusion'])
+                self.sampler = make_sampler(m[SAMPLER])
             except ValueError as err:
                 raise ExportError(f'{os.path.join(folder, MANIFEST)}: {err}; export the policy again') from None
             # the sampled chunk's length and where the current step's action is in it (LeRobot's style: not 0)
-            self.horizon = m['diffusion'].get('horizon', self.chunk_size)
-            self.chunk_start = m['diffusion'].get('chunk_start', 0)
-            self.action_low = np.asarray(m['diffusion']['action_min'], dtype=np.float64)
-            self.action_high = np.asarray(m['diffusion']['action_max'], dtype=np.float64)
+            self.horizon = m[SAMPLER].get('horizon', self.chunk_size)
+            self.chunk_start = m[SAMPLER].get('chunk_start', 0)
+            self.action_low = np.asarray(m[SAMPLER]['action_min'], dtype=np.float64)
+            self.action_high = np.asarray(m[SAMPLER]['action_max'], dtype=np.float64)
         self._check_graphs()
         self.reset()
 
     ### shapes
     def _observation_shapes(self, batch=1):
-        time = (self.obs_horizon,) if self.policy_class == 'Diffusion' else ()
+        time = (self.obs_horizon,) if self.sampled else ()
         height, width = self.image_size
         return ((batch, *time, self.state_dim),
                 (batch, *time, len(self.camera_names), height, width, 3))
 
     def _check_graphs(self):
+        """The graphs' inputs, then what they return for a blank observation, against policy.json."""
         qpos_shape, image_shape = self._observation_shapes()
-        first = self.sessions['encoder' if self.policy_class == 'Diffusion' else 'policy']
+        first = self.sessions['encoder' if self.sampled else 'policy']
         first.check_input('qpos', qpos_shape)
         first.check_input('images', image_shape)
-        if self.policy_class == 'Diffusion':
+        if self.sampled:
             self.sessions['denoiser'].check_input('sample', (1, self.horizon, self.action_dim))
+        feeds = {'qpos': np.zeros(qpos_shape, np.float32), 'images': np.zeros(image_shape, np.uint8)}
+        last = self.sessions['denoiser' if self.sampled else 'policy']
+        if self.sampled:
+            feeds = {'sample': np.zeros((1, self.horizon, self.action_dim), np.float32),
+                     'timestep': np.zeros(1, np.int64), 'global_cond': first.run(feeds)[0]}
+        returned, expected = last.run(feeds)[0].shape, (1, self.horizon if self.sampled else self.chunk_size,
+                                                        self.action_dim)
+        if returned != expected:
+            raise ExportError(f'{last.path}: returns chunks of {returned[1]} actions of {returned[-1]} values, but '
+                              f'{MANIFEST} says {expected[1]} of {expected[2]} (chunk_size, action_dim): the model '
+                              f'file and {MANIFEST} come from different exports')
 
     def _checked(self, qpos, images):
         qpos = np.asarray(qpos, dtype=np.float32)
@@ -207,7 +242,7 @@ class PolicyRunner:
         -> raw actions (B, chunk_size, action_dim) float32. noise: Diffusion's initial sample (B, horizon, A),
         horizon the chunk_size and the observations before the current one in LeRobot's style."""
         qpos, images = self._checked(qpos, images)
-        if self.policy_class != 'Diffusion':
+        if not self.sampled:
             return self.sessions['policy'].run({'qpos': qpos, 'images': images})[0]
         cond = self.sessions['encoder'].run({'qpos': qpos, 'images': images})[0]  # (B, G)
         batch = len(qpos)
@@ -230,7 +265,7 @@ class PolicyRunner:
     def _inputs(self, history):
         """The last obs_horizon (qpos (S,), images (cams, H, W, 3)) -> a batch of one, with a time
         axis for Diffusion."""
-        if self.policy_class != 'Diffusion':
+        if not self.sampled:
             qpos, images = history[-1]
             return np.asarray(qpos)[None], np.asarray(images)[None]
         return (np.stack([q for q, _ in history])[None], np.stack([im for _, im in history])[None])

@@ -545,6 +545,41 @@ def test_a_policy_json_of_wrong_types_is_named(act_export, tmp_path, key, value,
         PolicyRunner(moved)
 
 
+@pytest.mark.parametrize('change, message', [
+    ({'chunk_size': 50}, r'policy.onnx: returns chunks of 5 actions of 14 values, but policy.json says 50 of 14'),
+    ({'action_dim': 3}, r'policy.onnx: returns chunks of 5 actions of 14 values, but policy.json says 5 of 3'),
+    ({'action_horizon': 500}, r'policy.json: action_horizon 500 is more than chunk_size 5'),
+    ({'format': 'torchscript'}, r"policy.json: format 'torchscript' but policy.onnx is not a .pt file"),
+    ({'format': 'tflite'}, r"policy.json: format 'tflite' is not one of onnx, torchscript"),
+    ({'files': {}}, r'policy.json: files is not an object'),
+    ({'files': 'encoder'}, r"policy.json: files has the graphs \['encoder'\]; a ACT export has \['policy'\]"),
+])
+def test_a_policy_json_that_disagrees_with_its_graph_is_refused_at_load(act_export, tmp_path, change, message):
+    from policy_runtime import ExportError, PolicyRunner
+    moved = str(tmp_path / 'export')
+    shutil.copytree(act_export[1], moved)
+    manifest = json.load(open(os.path.join(moved, 'policy.json')))
+    if change.get('files') == 'encoder':
+        change = {'files': {'encoder': manifest['files']['policy']}}
+    json.dump({**manifest, **change}, open(os.path.join(moved, 'policy.json'), 'w'))
+    with pytest.raises(ExportError, match=message):
+        PolicyRunner(moved)
+
+
+def test_a_graph_its_engine_cannot_load_is_named(act_export, tmp_path):
+    from policy_runtime import ExportError, PolicyRunner
+    moved = str(tmp_path / 'export')
+    shutil.copytree(act_export[1], moved)
+    manifest = json.load(open(os.path.join(moved, 'policy.json')))
+    with open(os.path.join(moved, 'policy.pt'), 'wb') as f:  # an ONNX file under a TorchScript name
+        f.write(open(os.path.join(moved, 'policy.onnx'), 'rb').read())
+    manifest['files']['policy']['name'] = 'policy.pt'
+    json.dump({**manifest, 'format': 'torchscript'}, open(os.path.join(moved, 'policy.json'), 'w'))
+    with pytest.raises(ExportError, match=r'policy.pt: cannot be loaded as the torchscript graph policy.json says it '
+                                          r'is \(.*\); export the policy again'):
+        PolicyRunner(moved)
+
+
 def test_export_help_works():
     done = subprocess.run([sys.executable, 'export_policy.py', '--help'], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and '--quantize' in done.stdout
