@@ -94,7 +94,8 @@ def load_config_json(ckpt_dir):
         config = load_json(path)
     except ValueError as err:
         detail = str(err).removeprefix(f'{path}: ')
-        raise ValueError(f'{path} cannot be read as JSON ({detail}); fix or remove it and give every model flag') from None
+        raise ValueError(f'{path} cannot be read as JSON ({detail}); fix or remove it and give every model '
+                         f'flag') from None
     if not isinstance(config, dict):
         raise ValueError(f'{path}: expected a JSON object, got {type(config).__name__}')
     return path, config

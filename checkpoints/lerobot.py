@@ -3,7 +3,7 @@ or Diffusion (checkpoints/lerobot_diffusion.py), chosen by config.json's "type".
 import os
 
 from checkpoints import lerobot_act, lerobot_diffusion
-from checkpoints.lerobot_files import CONFIG_FILE
+from checkpoints.lerobot_files import CONFIG_FILE, folder_file
 from formats.lerobot import LeRobotFormatError, read_json
 
 TYPES = {'act': ('ACT', lerobot_act), 'diffusion': ('Diffusion', lerobot_diffusion)}  # type -> (class, module)
@@ -19,20 +19,20 @@ def lerobot_type(lr_config, folder):
 
 
 def _module(folder, lr_config=None):
-    lr_config = read_json(os.path.join(folder, CONFIG_FILE), dict) if lr_config is None else lr_config
+    lr_config = read_json(folder_file(folder, CONFIG_FILE), dict) if lr_config is None else lr_config
     return lerobot_type(lr_config, folder)
 
 
 def read_lerobot_checkpoint(folder, statistics=True):
     """The module's read_lerobot_checkpoint dict, with 'policy_class'."""
-    lr_config = read_json(os.path.join(folder, CONFIG_FILE), dict)
+    lr_config = read_json(folder_file(folder, CONFIG_FILE), dict)
     policy_class, module = _module(folder, lr_config)
     return {**module.read_lerobot_checkpoint(folder, statistics, lr_config), 'policy_class': policy_class}
 
 
 def read_lerobot_config(folder):
     """The folder's config.json, checked by its type's rules."""
-    lr_config = read_json(os.path.join(folder, CONFIG_FILE), dict)
+    lr_config = read_json(folder_file(folder, CONFIG_FILE), dict)
     return _module(folder, lr_config)[1].read_lerobot_config(folder, lr_config)
 
 

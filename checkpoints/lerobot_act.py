@@ -6,12 +6,10 @@ function of the same weights: LeRobot's one decoder layer is the only one the or
 its image tokens come camera after camera where the original puts cameras side by side, which
 attention without masks does not see.
 """
-import os
-
 import torch
 
-from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, image_features,
-                                       image_statistics, load_tensors, number_problems, policy_features,
+from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, folder_file,
+                                       image_features, image_statistics, load_tensors, number_problems, policy_features,
                                        read_checked_config, run_config, write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES
@@ -190,7 +188,7 @@ def read_lerobot_checkpoint(folder, statistics=True, lr_config=None):
     lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     stats = image_statistics(folder, lr_config, policy_config, required=True) if statistics else None
-    weights = load_tensors(os.path.join(folder, MODEL_FILE))
+    weights = load_tensors(folder_file(folder, MODEL_FILE))
     return {'policy_config': policy_config, 'image_size': image_hw, 'stats': stats,
             'state_dict': from_lerobot_state_dict(weights), 'features': feature_roles(lr_config),
             'use_vae': lr_config.get('use_vae', True)}

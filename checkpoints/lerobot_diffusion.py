@@ -11,14 +11,11 @@ down- and upsampling convolutions named by their index (`down_modules.<i>.2`, he
 LeRobot keeps no EMA: its weights are both the trained and the averaged ones here, and writing
 stores the averaged ones, which inference uses.
 """
-import os
-
 import torch
 
-from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, image_features,
-                                       image_statistics, load_tensors, number_problems, policy_features,
-                                       read_checked_config,
-                                       run_config, write_lerobot_folder)
+from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, folder_file,
+                                       image_features, image_statistics, load_tensors, number_problems, policy_features,
+                                       read_checked_config, run_config, write_lerobot_folder)
 from common.checks import positive_int
 from detr.resnet import BACKBONES, trunk_output_hw
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
@@ -229,7 +226,7 @@ def read_lerobot_checkpoint(folder, statistics=True, lr_config=None):
     lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     stats = image_statistics(folder, lr_config, policy_config, required=statistics)
-    weights = load_tensors(os.path.join(folder, MODEL_FILE))
+    weights = load_tensors(folder_file(folder, MODEL_FILE))
     return {'policy_config': policy_config, 'image_size': image_hw, 'stats': stats if statistics else None,
             'state_dict': from_lerobot_state_dict(weights, policy_config['shared_encoder']),
             'features': feature_roles(lr_config)}

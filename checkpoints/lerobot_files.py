@@ -77,10 +77,16 @@ def policy_features(policy_config, image_hw):
     return {'input_features': inputs, 'output_features': {ACTION: feature_spec('ACTION', (cfg['action_dim'],))}}
 
 
+def folder_file(folder, name):
+    """The path of the file `name` of a LeRobot folder, refused when it is a link that leads out of the
+    folder's tree (common.folders.link_tree: a hub cache snapshot's links into its blobs are read)."""
+    return os.path.join(folder, inside_folder(folder, name, folder, 'the file', LeRobotFormatError))
+
+
 def read_checked_config(folder, check, lr_config=None):
     """The folder's config.json object (lr_config: already read), its structure checked (structure_problems),
     then passed through check(lr_config, path)."""
-    path = os.path.join(folder, CONFIG_FILE)
+    path = folder_file(folder, CONFIG_FILE)
     lr_config = read_json(path, dict) if lr_config is None else lr_config
     problems = structure_problems(lr_config)
     if problems:
@@ -169,16 +175,16 @@ def raw_statistics(folder, lr_config):
     """(inputs' stats, outputs' stats, eps, norm_map): {feature: {stat: float32 tensor}} from the
     processor files, or from model.safetensors' buffers in the layout before LeRobot 0.4."""
     norm_map = dict(lr_config.get('normalization_mapping') or {})
-    pre_path = os.path.join(folder, PREPROCESSOR + '.json')
+    pre_path = folder_file(folder, PREPROCESSOR + '.json')
     if os.path.isfile(pre_path):
         pre = _step(pre_path, NORMALIZER)
-        post_path = os.path.join(folder, POSTPROCESSOR + '.json')
+        post_path = folder_file(folder, POSTPROCESSOR + '.json')
         post = _step(post_path, UNNORMALIZER) if os.path.isfile(post_path) else None
         inputs = _statistics_file(folder, pre, pre_path) if pre and 'state_file' in pre else {}
         outputs = _statistics_file(folder, post, post_path) if post and 'state_file' in post else {}
         step_config = (pre or {}).get('config', {})
         return inputs, outputs, float(step_config.get('eps', EPS)), step_config.get('norm_map', norm_map)
-    weights = load_tensors(os.path.join(folder, MODEL_FILE))
+    weights = load_tensors(folder_file(folder, MODEL_FILE))
     features = [*lr_config.get('input_features', {}), *lr_config.get('output_features', {})]
     inputs = _old_buffers(weights, ('normalize_inputs.buffer_',), features)
     outputs = _old_buffers(weights, ('unnormalize_outputs.buffer_',), features)

@@ -544,6 +544,22 @@ def test_the_origin_is_in_the_episode_rows_and_an_earlier_versions_marks_still_r
     assert 'whether the episodes are simulated or from a real robot is not recorded' in capsys.readouterr().out
 
 
+def test_simulated_real_and_shadow_free_datasets_have_the_features_lerobots_merge_compares_equal(tmp_path):
+    """LeRobot 0.6.1's merge (lerobot-edit-dataset --operation.type merge) requires the same fps, robot_type
+    and features: every non-video feature equal, a video feature equal but for its encoder settings."""
+    from formats.lerobot_writer import append_episodes
+    made = {}
+    for name, episode in (('sim', make_episode(0, 6)), ('real', make_episode(1, 6, sim=False)),
+                          ('flat', replace(make_episode(2, 6), shadows=False))):
+        append_episodes(str(tmp_path / name), [episode], fps=50, robot_type='aloha')
+        made[name] = json.load(open(tmp_path / name / INFO_PATH))
+    for name in ('real', 'flat'):
+        assert made[name]['features'] == made['sim']['features'], name
+        assert (made[name]['fps'], made[name]['robot_type']) == (50, 'aloha')
+    origins = {name: [(e.sim, e.shadows) for e in LeRobotEpisodes(str(tmp_path / name)).entries] for name in made}
+    assert origins == {'sim': [(True, True)], 'real': [(False, True)], 'flat': [(True, False)]}
+
+
 def test_mixed_origins_keep_their_rows_and_renders_do_not_mix(v3, tmp_path):
     from formats.lerobot_writer import append_episodes
     root, episodes = v3  # episode 1 is a real robot's
