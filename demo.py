@@ -223,7 +223,7 @@ def report(args, seconds):
     videos = ', '.join(os.path.join(ckpt_dir, f'video{i}.mp4') for i in range(args['num_rollouts']))
     where_videos = f'\n  rollout videos     {videos}' if args['videos'] else ''
     task = TASKS[args['task']]
-    article = 'an' if args['policy'] == 'ACT' else 'a'
+    article = 'an' if args['policy'][0] in 'AEIOU' else 'a'
     curves = os.path.join(ckpt_dir, f"train_val_loss_seed_{args['seed']}.png")
     metrics = os.path.join(ckpt_dir, f"train_metrics_seed_{args['seed']}.png")
     print(f"""

@@ -32,6 +32,7 @@ from bench.common import machine_report, print_report, readme_act_config, stdout
 from checkpoints.folder import make_run_config, write_config
 from deploy.samplers import SAMPLERS
 from detr.reference import original_forward, randomise_batch_norm
+from policies.act import ACTPolicy
 from policies.registry import make_policy
 
 CONFIGS = {  # name: (ACT policy_config overrides, image (H, W))
@@ -108,7 +109,7 @@ def eager_fns(settings, threads):
                 return normalizer.unnormalize_action(forward(q, image)[0].numpy())
         return query
     fns = {'eager_fp32': run(lambda q, im: policy.action_chunk(q, im))}
-    if policy.policy_class == 'ACT':
+    if isinstance(policy, ACTPolicy):  # the original's forward pass exists for ACT only
         reference = copy.deepcopy(policy)
         for joiner in reference.model.backbones:
             joiner[0].body.to(memory_format=torch.contiguous_format)
@@ -119,7 +120,7 @@ def eager_fns(settings, threads):
 def runner_fn(folder, threads, engine='onnxruntime'):
     from deploy.runtime import PolicyRunner
     runner = PolicyRunner(folder, threads=threads, engine=engine)
-    batch = (None,) * (2 if runner.policy_class == 'Diffusion' else 1)  # Diffusion: an obs_horizon axis of 1
+    batch = (None,) * (2 if runner.sampled else 1)  # a sampled policy's observations: an obs_horizon axis of 1
     return lambda qpos, images: runner.query(qpos[batch], images[batch])[0]
 
 

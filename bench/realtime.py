@@ -29,6 +29,7 @@ from evaluation.execution import demonstration_step_change
 from evaluation.rollout import result_file_name
 from formats.datasets import open_dataset
 from policies.executor import GUIDED, STRATEGIES
+from policies.registry import policy_type
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNCHRONOUS = {'sync_chunked': [], 'sync_temporal_agg': ['--temporal_agg']}  # the original's evaluations
@@ -51,8 +52,8 @@ def cases(args):
 def strategies_of(ckpt_dir):
     """The strategies a checkpoint's policy executes with: rtc guides a Diffusion policy only."""
     config = read_config(ckpt_dir)
-    diffusion = config is not None and config['policy_class'] == 'Diffusion'
-    return [s for s in STRATEGIES if diffusion or s not in GUIDED]
+    sampled = config is not None and policy_type(config['policy_class']).samples
+    return [s for s in STRATEGIES if sampled or s not in GUIDED]
 
 
 def case_folder(args, name):

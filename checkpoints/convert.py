@@ -6,8 +6,7 @@ import numpy as np
 import torch
 
 from checkpoints.folder import BEST_CKPT, CONFIG_FILE, STATS_FILE, atomic_save, make_run_config, write_config
-from checkpoints import lerobot_act, lerobot_diffusion
-from checkpoints.lerobot import load_lerobot_weights, read_lerobot_checkpoint
+from checkpoints.lerobot import converter, load_lerobot_weights, read_lerobot_checkpoint
 from checkpoints.lerobot_files import MODEL_FILE, feature_listing
 from checkpoints.reader import open_checkpoint
 from common.files import prepare_folder
@@ -15,7 +14,7 @@ from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats
-from policies.registry import make_policy, policy_type, resolve_policy_config
+from policies.registry import lerobot_types, make_policy, policy_type, resolve_policy_config
 
 ACT_FILES = (BEST_CKPT, STATS_FILE, CONFIG_FILE)  # what --to act writes
 
@@ -38,26 +37,21 @@ def to_lerobot(src, dst, ckpt_name=BEST_CKPT, temporal_agg=False):
                          f'training here writes there (a folder of the original code has none)')
     config = checkpoint.config
     policy_class = config['policy_class']
-    if policy_class not in ('ACT', 'Diffusion'):
-        raise ValueError(f"{src} holds a {policy_class} policy; ACT and Diffusion convert to LeRobot's")
+    kind = policy_type(policy_class).lerobot_type
+    if kind is None:
+        raise ValueError(f"{src} holds a {policy_class} policy; {' and '.join(lerobot_types().values())} convert "
+                         f"to LeRobot's")
+    module = converter(kind)
     policy_config = resolve_policy_config(policy_class, config['policy_config'])
-    if policy_class == 'Diffusion':
-        lerobot_diffusion.check_exportable(policy_config)
+    module.check_exportable(policy_config)
     refuse_overwrite(dst, (CONFIG_FILE, MODEL_FILE))
     weights = checkpoint.weights_file(ckpt_name)
     state = load_torch_file(weights, 'checkpoint')
     stats = Normalizer.load(os.path.join(src, STATS_FILE), policy_type(policy_class).action_normalization).stats
     make_policy(policy_class, policy_config, load_pretrained=False).deserialize(state)  # it is this policy's
     prepare_folder(dst, 'DST')
-    image_hw = config['image_size']
-    if policy_class == 'Diffusion':
-        lerobot_diffusion.write_lerobot_checkpoint(dst, policy_config, image_hw, state, stats)
-        print(f'Wrote LeRobot Diffusion checkpoint {dst} from {weights}: the averaged (EMA) weights, which '
-              f'inference uses (LeRobot keeps one set)')
-        return
-    dropped = lerobot_act.write_lerobot_checkpoint(dst, policy_config, image_hw, state, stats, temporal_agg)
-    print(f'Wrote LeRobot ACT checkpoint {dst} from {weights}; left out {len(dropped)} '
-          f'tensors that never shape actions (decoder layers after the first, is_pad_head)')
+    what = module.write_converted(dst, policy_config, config['image_size'], state, stats, temporal_agg)
+    print(f'Wrote LeRobot {policy_class} checkpoint {dst} from {weights}{what}')
 
 
 def to_act(src, dst, stats_from=None):

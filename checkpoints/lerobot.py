@@ -5,17 +5,24 @@ import os
 from checkpoints import lerobot_act, lerobot_diffusion
 from checkpoints.lerobot_files import CONFIG_FILE, folder_file
 from formats.lerobot import LeRobotFormatError, read_json
+from policies.registry import lerobot_policy_class
 
-TYPES = {'act': ('ACT', lerobot_act), 'diffusion': ('Diffusion', lerobot_diffusion)}  # type -> (class, module)
+CONVERTERS = {'act': lerobot_act, 'diffusion': lerobot_diffusion}  # LeRobot's policy type -> its files' module
+
+
+def converter(kind):
+    """The module that reads and writes LeRobot's policy type `kind` ('act', 'diffusion')."""
+    return CONVERTERS[kind]
 
 
 def lerobot_type(lr_config, folder):
     """(this project's policy class, the module reading it) of a LeRobot config.json object."""
     kind = lr_config.get('type')
-    if not isinstance(kind, str) or kind not in TYPES:
+    policy_class = lerobot_policy_class(kind) if isinstance(kind, str) and kind in CONVERTERS else None
+    if policy_class is None:
         raise LeRobotFormatError(f'{os.path.join(folder, CONFIG_FILE)} is a LeRobot "{kind}" policy; the LeRobot '
-                                 f'checkpoints read here are {", ".join(repr(t) for t in TYPES)}')
-    return TYPES[kind]
+                                 f'checkpoints read here are {", ".join(repr(t) for t in CONVERTERS)}')
+    return policy_class, CONVERTERS[kind]
 
 
 def _module(folder, lr_config=None):
@@ -43,5 +50,4 @@ def lerobot_run_config(folder, lr_config=None):
 
 def load_lerobot_weights(policy, checkpoint):
     """Load read_lerobot_checkpoint's weights into `policy` -> [keys LeRobot does not hold]."""
-    modules = dict(TYPES.values())  # class -> module
-    return modules[checkpoint['policy_class']].load_lerobot_weights(policy, checkpoint)
+    return converter(policy.lerobot_type).load_lerobot_weights(policy, checkpoint)

@@ -14,6 +14,7 @@ from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, 
 from common.checks import positive_int
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
+from policies.registry import lerobot_policy_class
 from policies.act import actions_per_query
 from policies.chunker import TEMPORAL_AGG_K
 
@@ -201,7 +202,7 @@ def lerobot_run_config(folder, lr_config=None):
     lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     image_statistics(folder, lr_config, policy_config, required=False)
-    return run_config('ACT', policy_config, image_hw)
+    return run_config(lerobot_policy_class('act'), policy_config, image_hw)
 
 
 def load_lerobot_weights(policy, checkpoint):
@@ -256,3 +257,10 @@ def write_lerobot_checkpoint(folder, policy_config, image_hw, state_dict, stats,
     weights, dropped = to_lerobot_state_dict(state_dict, policy_config.get('use_vae', True))
     write_lerobot_folder(folder, config, weights, stats, policy_config)
     return dropped
+
+
+def write_converted(folder, policy_config, image_hw, state_dict, stats, temporal_agg=False):
+    """write_lerobot_checkpoint for checkpoints/convert.py -> what the conversion left out, for its message."""
+    dropped = write_lerobot_checkpoint(folder, policy_config, image_hw, state_dict, stats, temporal_agg)
+    return (f'; left out {len(dropped)} tensors that never shape actions (decoder layers after the first, '
+            f'is_pad_head)')

@@ -19,6 +19,7 @@ from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, 
 from common.checks import positive_int
 from detr.resnet import BACKBONES, trunk_output_hw
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
+from policies.registry import lerobot_policy_class
 from policies.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 from policies.diffusion_nets import keypoint_grid
 
@@ -237,7 +238,7 @@ def lerobot_run_config(folder, lr_config=None):
     lr_config = read_lerobot_config(folder, lr_config)
     policy_config, image_hw = policy_config_from_lerobot(lr_config)
     image_statistics(folder, lr_config, policy_config, required=False)  # else --stats_from stands in
-    return run_config('Diffusion', policy_config, image_hw)
+    return run_config(lerobot_policy_class('diffusion'), policy_config, image_hw)
 
 
 def load_lerobot_weights(policy, checkpoint):
@@ -307,3 +308,10 @@ def write_lerobot_checkpoint(folder, policy_config, image_hw, checkpoint, stats)
     config = lerobot_config(policy_config, image_hw)
     weights = lerobot_weights(policy_config, image_hw, checkpoint['ema'])
     write_lerobot_folder(folder, config, weights, stats, policy_config)
+
+
+def write_converted(folder, policy_config, image_hw, checkpoint, stats, temporal_agg=False):
+    """write_lerobot_checkpoint for checkpoints/convert.py (temporal_agg: ACT's only) -> which weights, for its
+    message."""
+    write_lerobot_checkpoint(folder, policy_config, image_hw, checkpoint, stats)
+    return ': the averaged (EMA) weights, which inference uses (LeRobot keeps one set)'

@@ -67,7 +67,7 @@ def offline_main(args, device):
     normalizer = load_stats(config)
     samples = args['diversity_samples']
     if samples is None:
-        samples = DIFFUSION_SAMPLES if config['policy_class'] == 'Diffusion' else 0
+        samples = DIFFUSION_SAMPLES if policy.samples else 0
     names = task_joint_names(config['task_name'], normalizer.action_dim)
     report = evaluate_offline(policy, normalizer, source, indices, config['image_size'] or IMAGE_HW, device, samples,
                               names)
@@ -75,7 +75,7 @@ def offline_main(args, device):
     print(report_table(report))
     out_dir = offline_out_dir(config['ckpt_dir'], checkpoint)
     saved = write_report(report, out_dir)
-    if config['policy_class'] == 'Diffusion':  # a look inside the denoising, at the first held-out episode
+    if policy.samples:  # a look inside the denoising, at the first held-out episode
         episode = check_episode(source, indices[0], policy, normalizer)
         views = chunk_views(policy, normalizer, source, indices[0], episode, config['image_size'] or IMAGE_HW,
                             device, samples, names)

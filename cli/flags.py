@@ -11,7 +11,7 @@ from detr.resnet import BACKBONES
 from evaluation.offline import DIFFUSION_SAMPLES
 from policies.diffusion import PREDICTION_TYPES, SCHEDULERS, STYLES
 from policies.executor import STRATEGIES
-from policies.registry import POLICY_CLASSES, policy_type
+from policies.registry import policy_names, policy_type
 from policies.rtc import MAX_GUIDANCE_WEIGHT
 from real_robot.settings import ROBOT_BACKENDS, ROBOT_DRIVERS
 from training.settings import TrainSettings
@@ -21,6 +21,19 @@ CKPT_ROOT = 'ckpt'  # --ckpt_dir defaults to CKPT_ROOT/<task_name>, relative to 
 
 class UsageError(ValueError):
     """A flag missing or out of its range: imitate_episodes.py answers with its usage line (exit 2)."""
+
+# Flags that set a policy_config key (flag -> key); a flag left out takes the policy's default.
+POLICY_FLAGS = {
+    'chunk_size': 'num_queries', 'kl_weight': 'kl_weight', 'hidden_dim': 'hidden_dim',
+    'dim_feedforward': 'dim_feedforward', 'enc_layers': 'enc_layers', 'dec_layers': 'dec_layers',
+    'nheads': 'nheads', 'latent_dim': 'latent_dim', 'dropout': 'dropout', 'pre_norm': 'pre_norm',
+    'backbone': 'backbone', 'per_camera_backbone': 'per_camera_backbone', 'lr': 'lr', 'lr_backbone': 'lr_backbone',
+    'weight_decay': 'weight_decay', 'backbone_weights': 'backbone_weights',
+    'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
+    'scheduler': 'scheduler', 'prediction_type': 'prediction_type', 'obs_horizon': 'obs_horizon',
+    'action_horizon': 'action_horizon', 'down_dims': 'down_dims', 'augment_images': 'augment_images',
+    'use_vae': 'use_vae', 'diffusion_style': 'style', 'crop_shape': 'crop_shape',
+}
 
 # Numeric flags -> (test, what it admits); a flag left out (None) is not checked.
 _AT_LEAST_1 = (lambda v: v >= 1, 'at least 1')
@@ -60,11 +73,9 @@ def flag_problem(args):
             return f'--{flag} must be {text}, got {value}'
     if args.get('image_size') and min(args['image_size']) < 1:
         return f"--image_size must be two positive integers H W, got {' '.join(map(str, args['image_size']))}"
-    if args.get('policy_class') == 'ACT':
-        defaults = policy_type('ACT').defaults
-        hidden_dim, nheads = (args.get(k) or defaults[k] for k in ('hidden_dim', 'nheads'))
-        if hidden_dim % nheads:
-            return f'--hidden_dim {hidden_dim} must be a multiple of --nheads {nheads} (attention heads split it)'
+    if args.get('policy_class') in policy_names():
+        return policy_type(args['policy_class']).settings_problem({key: args.get(flag)
+                                                                   for flag, key in POLICY_FLAGS.items()})
     return None
 
 
@@ -94,7 +105,7 @@ def _original_flags(parser):
     add('--onscreen_render', action='store_true', help='show the simulation while evaluating')
     add('--ckpt_dir', help=f'folder for checkpoints, statistics, config.json and plots (default: '
         f'{CKPT_ROOT}/<task_name>)')
-    add('--policy_class', choices=POLICY_CLASSES, help='policy to train (--eval: read from config.json)')
+    add('--policy_class', choices=policy_names(), help='policy to train (--eval: read from config.json)')
     add('--task_name', type=task_name_arg, help=f'sim tasks from constants.py ({sim_task_names()}), '
         'others from real_robot.TASK_CONFIGS (--eval: read from config.json)')
     for name in ('batch_size', 'seed', 'num_epochs'):

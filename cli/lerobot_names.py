@@ -8,9 +8,9 @@ well), the default here stays the original's: only the names given are translate
 import os
 
 from cli.flags import UsageError
+from policies.registry import lerobot_types
 
 LEROBOT_HOME = os.environ.get('HF_LEROBOT_HOME', os.path.expanduser('~/.cache/huggingface/lerobot'))
-POLICY_TYPES = {'act': 'ACT', 'diffusion': 'Diffusion'}
 NOISE_SCHEDULERS = ('ddpm', 'ddim')  # LeRobot's noise_scheduler_type values, in capitals there
 TEMPORAL_ENSEMBLE_COEFF = 0.01  # the original's exp(-0.01 i): the one ensembling weight here
 # LeRobot name -> our flag (the value passes as it is)
@@ -47,9 +47,10 @@ def translate_one(name, value):
         on, off = SWITCHES[name]
         return [on] if truth(name, value) else ([off] if off else [])
     if name == '--policy.type':
-        if value not in POLICY_TYPES:
-            raise UsageError(f'--policy.type {value}: this project trains {", ".join(POLICY_TYPES)} (LeRobot names)')
-        return ['--policy_class', POLICY_TYPES[value]]
+        types = lerobot_types()
+        if value not in types:
+            raise UsageError(f'--policy.type {value}: this project trains {", ".join(types)} (LeRobot names)')
+        return ['--policy_class', types[value]]
     if name == '--policy.noise_scheduler_type':
         if value.lower() not in NOISE_SCHEDULERS:
             raise UsageError(f'{name} {value}: LeRobot\'s are {" and ".join(s.upper() for s in NOISE_SCHEDULERS)} '

@@ -7,26 +7,14 @@ import torch
 
 from checkpoints.folder import CONFIG_FILE, STATS_FILE
 from checkpoints.reader import open_checkpoint
-from cli.flags import CKPT_ROOT, UsageError, build_parser
+from cli.flags import CKPT_ROOT, POLICY_FLAGS, UsageError, build_parser
 from constants import CONTROL_HZ, IMAGE_HW, canonical_task_name, get_task_config
 from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
 from formats.normalize import Normalizer
-from policies.registry import POLICY_CLASSES, policy_type
+from policies.registry import policy_names, policy_type
 from training.settings import TrainSettings
 
-# Flags that set a policy_config key (flag -> key); a flag left out takes the policy's default.
-POLICY_FLAGS = {
-    'chunk_size': 'num_queries', 'kl_weight': 'kl_weight', 'hidden_dim': 'hidden_dim',
-    'dim_feedforward': 'dim_feedforward', 'enc_layers': 'enc_layers', 'dec_layers': 'dec_layers',
-    'nheads': 'nheads', 'latent_dim': 'latent_dim', 'dropout': 'dropout', 'pre_norm': 'pre_norm',
-    'backbone': 'backbone', 'per_camera_backbone': 'per_camera_backbone', 'lr': 'lr', 'lr_backbone': 'lr_backbone',
-    'weight_decay': 'weight_decay', 'backbone_weights': 'backbone_weights',
-    'pretrained_backbone': 'pretrained_backbone', 'num_inference_steps': 'num_inference_steps',
-    'scheduler': 'scheduler', 'prediction_type': 'prediction_type', 'obs_horizon': 'obs_horizon',
-    'action_horizon': 'action_horizon', 'down_dims': 'down_dims', 'augment_images': 'augment_images',
-    'use_vae': 'use_vae', 'diffusion_style': 'style', 'crop_shape': 'crop_shape',
-}
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
 EVAL_FLAGS = ('ckpt_dir', 'policy_class', 'onscreen_render', 'task_name', 'temporal_agg', 'num_rollouts', 'eval_ckpt',
               'eval_workers', 'robot_backend', 'robot_driver', 'stats_from', 'runtime', 'export_dir')
@@ -70,8 +58,7 @@ def make_policy_config(args, camera_names, state_dim, action_dim, image_hw, base
                    if key in cls.defaults and args.get(flag) is not None})
     config.update({key: cls.defaults[key] for key in cls.required if key not in config and key in cls.defaults})
     config.update(camera_names=list(camera_names), state_dim=state_dim, action_dim=action_dim)
-    if args['policy_class'] == 'CNNMLP':
-        config.update(num_queries=1, image_size=tuple(image_hw))
+    config.update(cls.settings_for_images(image_hw))
     return cls.resolve_config(config)
 
 
@@ -110,7 +97,7 @@ def execution_settings(args, task_config):
     if args['task_name'][:4] != 'sim_' and args.get('inference_delay') is not None:
         raise UsageError('--inference_delay D simulates a delay; on a real robot the delay is real: use --realtime')
     strategy = args.get('execution') or 'ensemble'
-    if strategy == 'rtc' and args['policy_class'] != 'Diffusion':
+    if strategy == 'rtc' and not policy_type(args['policy_class']).samples:
         raise UsageError(f"--execution rtc guides a Diffusion policy's denoising; {args['policy_class']} "
                          f"executes with replace or ensemble")
     guidance = {}
@@ -126,8 +113,8 @@ def execution_settings(args, task_config):
 
 def check_args(args, device):
     """Raise for settings that cannot go together (the flags' ranges are checked first, flags.flag_problem)."""
-    if args['policy_class'] not in POLICY_CLASSES:
-        raise UsageError(f"--policy_class must be one of {', '.join(POLICY_CLASSES)}, got {args['policy_class']!r}")
+    if args['policy_class'] not in policy_names():
+        raise UsageError(f"--policy_class must be one of {', '.join(policy_names())}, got {args['policy_class']!r}")
     if args.get('keep_init_stats') and not args.get('init_from'):
         raise ValueError('--keep_init_stats takes the statistics of --init_from\'s checkpoint: give --init_from')
     if args['amp'] == 'fp16' and not device.startswith('cuda'):
@@ -202,8 +189,8 @@ def eval_config(args, device, checkpoint=None):
         raise UsageError(f"--task_name required: {args['ckpt_dir']} (a LeRobot checkpoint) names no task")
     flag_values = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
     policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
-    if args['policy_class'] == 'CNNMLP' and args['image_size']:
-        policy_config['image_size'] = tuple(args['image_size'])
+    if args['image_size']:
+        policy_config.update(policy_type(args['policy_class']).settings_for_images(args['image_size']))
     config = make_config(args, get_task_config(args['task_name']), policy_config, device)
     config['shadows'] = saved.get('shadows', True)  # sim frames rendered as the training frames were
     config['checkpoint'] = checkpoint

@@ -19,7 +19,7 @@ from torch import nn
 from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION
-from deploy.runtime import FORMAT_VERSION, MANIFEST, PolicyRunner, file_sha256
+from deploy.runtime import FORMAT_VERSION, MANIFEST, SAMPLER, PolicyRunner, file_sha256
 from deploy.samplers import SAMPLERS
 from formats.normalize import standardize, unstandardize
 from policies.diffusion import set_sampling_steps
@@ -47,7 +47,8 @@ class _Statistics(nn.Module):
 
 
 class DETRGraph(_Statistics):
-    """ACT or CNNMLP: qpos (B, S) float32, images (B, K, H, W, 3) uint8 -> actions (B, chunk, A) float32."""
+    """A policy of one forward pass (ACT, CNNMLP: `predict`): qpos (B, S) float32, images (B, K, H, W, 3) uint8
+    -> actions (B, chunk, A) float32."""
 
     def __init__(self, policy, stats):
         super().__init__(stats)
@@ -55,8 +56,7 @@ class DETRGraph(_Statistics):
 
     def forward(self, qpos, images):
         image = self.policy.normalize(images_to_unit(images))  # (B, K, 3, H, W)
-        out = self.policy.model(self.normalize_qpos(qpos), image)
-        chunk = out[0] if self.policy.policy_class == 'ACT' else out.unsqueeze(1)  # (B, chunk, A)
+        chunk = self.policy.predict(self.normalize_qpos(qpos), image)  # (B, chunk, A)
         return unstandardize(chunk, self.action_mean, self.action_std)
 
 
@@ -96,7 +96,7 @@ def example_observation(cfg, batch, obs_horizon=None):
 
 def graphs(policy, stats, cfg):
     """[(role, module, example inputs, input names, output name)] of the policy's export."""
-    if policy.policy_class != 'Diffusion':
+    if not policy.samples:
         return [('policy', DETRGraph(policy, stats), example_observation(cfg, EXAMPLE_BATCH), ('qpos', 'images'),
                  'actions')]
     encoder = DiffusionEncoderGraph(policy, stats)
@@ -149,7 +149,7 @@ def write_graph(module, inputs, names, output, path, fmt):
 
 def check_sampler(policy):
     """A ValueError before any graph is written when the runtime cannot sample as `policy` does."""
-    scheduler = policy.cfg.get('scheduler') if policy.policy_class == 'Diffusion' else None
+    scheduler = policy.cfg.get('scheduler') if policy.samples else None
     if scheduler is not None and scheduler not in SAMPLERS:
         raise ValueError(f"the policy samples with --scheduler {scheduler}; the runtime samples with "
                          f"{' or '.join(SAMPLERS)}: export with --scheduler {SAMPLERS[0]} (the default) or "
@@ -198,8 +198,8 @@ def manifest(settings, policy, normalizer, fmt, quantize, files, ckpt_path):
            'task_name': settings.task_name,
            'source_checkpoint': {'file': os.path.basename(ckpt_path), 'sha256': file_sha256(ckpt_path)},
            'project_version': PROJECT_VERSION}
-    if policy.policy_class == 'Diffusion':
-        out['diffusion'] = diffusion_constants(policy, normalizer)
+    if policy.samples:
+        out[SAMPLER] = diffusion_constants(policy, normalizer)
     return out
 
 
@@ -225,8 +225,8 @@ NON_FINITE = 'the policy gives non-finite actions (NaN or infinite weights or st
 
 def data_like_observation(policy, normalizer, cfg, batch):
     """(qpos (B, S) in robot units about the data's mean, images) of `batch` example observations."""
-    diffusion = policy.policy_class == 'Diffusion'
-    qpos, images = (x.numpy() for x in example_observation(cfg, batch, policy.obs_horizon if diffusion else None))
+    horizon = policy.obs_horizon if policy.samples else None
+    qpos, images = (x.numpy() for x in example_observation(cfg, batch, horizon))
     return unstandardize(qpos, normalizer.stats['qpos_mean'], normalizer.stats['qpos_std']).astype(np.float32), images
 
 
@@ -242,7 +242,7 @@ def compare_with_eager(folder, policy, normalizer, cfg):
     worst = 0.0
     for batch in CHECK_BATCHES:
         qpos, images = data_like_observation(policy, normalizer, cfg, batch)
-        noise = diffusion_noise(policy, batch) if policy.policy_class == 'Diffusion' else None
+        noise = diffusion_noise(policy, batch) if policy.samples else None
         exported = runner.query(qpos, images, noise=noise)
         difference = float(np.abs(exported - eager_chunks(policy, normalizer, qpos, images)).max())
         if not np.isfinite(difference):
@@ -255,7 +255,7 @@ def recorded_difference(folder, policy, normalizer, observations):
     """Max |export - eager| over recorded observations [(qpos, images)], in the policy's normalised
     action units."""
     qpos, images = (np.stack(x) for x in zip(*observations))
-    noise = diffusion_noise(policy, len(qpos)) if policy.policy_class == 'Diffusion' else None
+    noise = diffusion_noise(policy, len(qpos)) if policy.samples else None
     exported = PolicyRunner(folder).query(qpos, images, noise=noise)  # (N, chunk, A)
     eager = eager_chunks(policy, normalizer, qpos, images)
     return float(np.abs(normalizer.normalize_action(exported) - normalizer.normalize_action(eager)).max())
@@ -325,7 +325,7 @@ def _export(settings, ckpt_name, fmt, out, quantize, calibration):
             write_graph(module, inputs, names, output, os.path.join(work, files[role]['name']), fmt)
         if quantize:
             from deploy.quantize import quantize_graphs
-            constants = diffusion_constants(policy, normalizer) if policy.policy_class == 'Diffusion' else None
+            constants = diffusion_constants(policy, normalizer) if policy.samples else None
             with quiet():
                 quantize_graphs({role: os.path.join(work, f['name']) for role, f in files.items()}, quantize,
                                 policy, constants, calibration)

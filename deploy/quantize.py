@@ -35,7 +35,8 @@ def calibration_of(settings, dataset_dir, count):
                  'config.json names no training episodes')
         raise FileNotFoundError(f'--quantize int8 calibrates on recorded observations and {where}: give '
                                 f'--dataset_dir (the episodes the policy was trained on)')
-    horizon = (settings.policy_config.get('obs_horizon') or 1) if settings.policy_class == 'Diffusion' else None
+    from policies.registry import policy_type
+    horizon = (settings.policy_config.get('obs_horizon') or 1) if policy_type(settings.policy_class).samples else None
     return calibration_observations(open_dataset(folder), settings.camera_names, settings.image_size, count, horizon)
 
 

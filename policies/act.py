@@ -117,6 +117,7 @@ class _DETRPolicy(Policy):
 class ACTPolicy(_DETRPolicy):
     """Action Chunking with Transformers: predicts num_queries future actions."""
     policy_class = 'ACT'
+    lerobot_type = 'act'
     defaults = ACT_DEFAULTS
     required = ('camera_names', 'kl_weight')
 
@@ -138,10 +139,22 @@ class ACTPolicy(_DETRPolicy):
         self._report_size(self.model)
         print(f'KL Weight {self.kl_weight}')
 
+    @classmethod
+    def settings_problem(cls, values):
+        hidden_dim, nheads = (values.get(k) or cls.defaults[k] for k in ('hidden_dim', 'nheads'))
+        if hidden_dim % nheads:
+            return f'--hidden_dim {hidden_dim} must be a multiple of --nheads {nheads} (attention heads split it)'
+        return None
+
+    def predict(self, qpos, image):
+        """Normalised qpos (B, S), standardised image (B, K, 3, H, W) -> actions (B, num_queries, A), the latent
+        at the prior mean; no checks (the export traces it)."""
+        return self.model(qpos, image)[0]
+
     def action_chunk(self, qpos, image):
         """-> actions (B, num_queries, A), the latent at the prior mean."""
         self.check_inputs(qpos, image)
-        return self.infer(lambda q, im: self.model(q, im)[0], qpos, self.normalize(image))
+        return self.infer(self.predict, qpos, self.normalize(image))
 
     def loss(self, qpos, image, actions, is_pad=None):
         """-> {'l1', 'kl', 'loss'} ({'l1', 'loss'} without the VAE); actions longer than the chunk are cut to it."""
@@ -188,10 +201,19 @@ class CNNMLPPolicy(_DETRPolicy):
         # NOTE(faithful): the original returns one action (B, A), not a chunk of one.
         return self.action_chunk(qpos, image)[:, 0]
 
+    @classmethod
+    def settings_for_images(cls, image_hw):
+        return {'num_queries': 1, 'image_size': tuple(image_hw)}  # the MLP takes the flattened features of this size
+
+    def predict(self, qpos, image):
+        """Normalised qpos (B, S), standardised image (B, K, 3, H, W) -> (B, 1, A): the action as a chunk of
+        one; no checks (the export traces it)."""
+        return self.model(qpos, image).unsqueeze(1)
+
     def action_chunk(self, qpos, image):
         """-> (B, 1, A): the predicted action as a chunk of one."""
         self.check_inputs(qpos, image)
-        return self.infer(lambda q, im: self.model(q, im).unsqueeze(1), qpos, self.normalize(image))
+        return self.infer(self.predict, qpos, self.normalize(image))
 
     def loss(self, qpos, image, actions, is_pad=None):
         self.check_inputs(qpos, image, actions, is_pad)

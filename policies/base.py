@@ -75,12 +75,31 @@ class Policy(nn.Module):
         obs_horizon        past observations a query takes (1: the current one)
         action_normalization  how the data pipeline scales actions ('mean_std' or 'min_max')
     Subclasses name their `defaults` (the values of absent or None policy_config keys) and the
-    `required` keys a policy_config must give.
+    `required` keys a policy_config must give, and answer for themselves what the rest of the project
+    asks of a policy (no code outside policies/ tells one policy from another by its name):
+        samples            True: the chunk is sampled from noise (exported as an encoder and a denoiser,
+                           the runtime draws the noise, --execution rtc guides it); False: one forward
+                           pass, predict(qpos, image), exported as one graph
+        lerobot_type       LeRobot's policy type its checkpoints convert to and from, or None
+        settings_for_images(image_hw)  settings a run fixes from its image size
+        settings_problem(values)       what is wrong with the flag values given for it, or None
     """
     policy_class = None
     defaults = {}
     required = ('camera_names',)
     action_normalization = 'mean_std'
+    samples = False
+    lerobot_type = None
+
+    @classmethod
+    def settings_for_images(cls, image_hw):
+        """Settings a run fixes from its image size (H, W) (none by default)."""
+        return {}
+
+    @classmethod
+    def settings_problem(cls, values):
+        """What is wrong with the settings {policy_config key: value or None} given for this policy, or None."""
+        return None
 
     @classmethod
     def resolve_config(cls, policy_config):

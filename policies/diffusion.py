@@ -218,6 +218,8 @@ class DiffusionPolicy(Policy):
     [-1, 1], sampled with the EMA weights.
     """
     policy_class = 'Diffusion'
+    samples = True
+    lerobot_type = 'diffusion'
     defaults = DEFAULTS
     required = ('camera_names', 'num_queries')
     action_normalization = 'min_max'  # actions scaled to [-1, 1], where the noise schedule lives

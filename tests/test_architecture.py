@@ -73,3 +73,24 @@ def test_no_long_functions_and_a_small_root():
     assert long == []
     assert len([f for f in os.listdir(ROOT) if f.endswith('.py')]) <= MAX_ROOT_FILES
     assert len(open(os.path.join(ROOT, 'imitate_episodes.py')).read().splitlines()) <= MAX_SCRIPT_LINES
+
+
+def compared_constants(tree):
+    """(line, string) of each string constant a comparison (==, !=, in) is made with."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for side in (node.left, *node.comparators):
+                items = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                yield from ((node.lineno, item.value) for item in items
+                            if isinstance(item, ast.Constant) and isinstance(item.value, str))
+
+
+def test_no_code_outside_policies_tells_a_policy_by_its_name():
+    from policies.registry import policy_names
+    names = set(policy_names())
+    paths = [p for p in library_files() if room_of(p) != 'policies']
+    paths += [os.path.join('bench', f) for f in sorted(os.listdir(os.path.join(ROOT, 'bench'))) if f.endswith('.py')]
+    found = [f'{path}:{line} compares with {value!r}' for path in paths
+             for line, value in compared_constants(ast.parse(open(os.path.join(ROOT, path)).read()))
+             if value in names]
+    assert found == []  # a policy answers for itself (policies/base.py's hooks)
