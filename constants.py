@@ -156,6 +156,12 @@ def so_feature_names(num_arms):
     return [f'{prefix}{joint}.pos' for prefix in prefixes for joint in SO_JOINT_NAMES]
 
 
+def control_hz(task_config):
+    """Control steps a second of a task (its config): its 'fps' (the SO tasks' 30, as LeRobot records),
+    else CONTROL_HZ, the original's 50. The one place a task's rate comes from."""
+    return task_config.get('fps', CONTROL_HZ)
+
+
 def lerobot_settings(task_name):
     """What a LeRobot dataset of the task records beside its episodes: {'fps', 'task', 'robot_type',
     'names'} (names None: constants.joint_names)."""
@@ -165,7 +171,7 @@ def lerobot_settings(task_name):
         names = so_feature_names(len(config['followers']))
     elif 'so_arms' in config:  # simulated SO arms
         names = so_feature_names(config['so_arms'])
-    return {'fps': config.get('fps', CONTROL_HZ), 'task': config.get('instruction'),
+    return {'fps': control_hz(config), 'task': config.get('instruction'),
             'robot_type': config.get('robot_type'), 'names': names}
 
 

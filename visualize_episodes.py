@@ -12,7 +12,7 @@ import os
 
 from cli.errors import run_command
 from common.media import save_videos, visualize_joints
-from constants import DT, get_task_config, sim_task_names
+from constants import DT, control_hz, get_task_config, sim_task_names
 from formats.datasets import open_dataset
 
 __all__ = ['main', 'save_videos', 'visualize_joints']  # the original's names
@@ -26,7 +26,7 @@ def main(args):
         if hasattr(source, 'fps'):  # LeRobot datasets name their rate
             dt = 1 / source.fps
         else:  # HDF5 episodes do not: the task's (SO tasks 30 Hz), else the original's
-            dt = 1 / get_task_config(args['task_name']).get('fps', 1 / DT) if args.get('task_name') else DT
+            dt = 1 / control_hz(get_task_config(args['task_name'])) if args.get('task_name') else DT
         save_videos(episode.images, dt, video_path=os.path.join(dataset_dir, dataset_name + '_video.mp4'))
     else:
         print(f'{dataset_name} has no camera images: no video written')

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from bench.common import machine_report, print_report, stdout_to_stderr
-from constants import DT
+from constants import CONTROL_HZ, REAL_TASK_CONFIGS, control_hz
 from real_robot import settings
 from real_robot.cameras import Camera, GeneratedSource
 from real_robot.dynamixel import DynamixelBot
@@ -60,7 +60,7 @@ def main(args):
         finally:
             close(env, emulators)
         so101 = so_arm_loop(args['steps'], args['policy_seconds'])
-    print_report({**exported, 'steps': args['steps'], 'target_hz': round(1 / DT, 2),
+    print_report({**exported, 'steps': args['steps'], 'target_hz': float(CONTROL_HZ),
                   'achieved_hz': round(1 / np.mean(step_s), 2),
                   'step_p99_ms': round(np.percentile(step_s, 99) * 1e3, 2), 'missed_deadlines': missed,
                   'state_read_both_arms_ms': round(np.mean(read_s) * 1e3, 3), 'cameras': len(cameras),
@@ -151,7 +151,7 @@ def observed(observation, camera_names):
     return observation['qpos'], np.stack([observation['images'][name] for name in camera_names])
 
 
-def so_arm_loop(steps, policy_seconds, fps=settings.SO_FPS):
+def so_arm_loop(steps, policy_seconds, fps=control_hz(REAL_TASK_CONFIGS['so101_pick_place'])):
     """The same figures for one SO-101 follower arm on a Feetech bus emulator, and the goal-write time."""
     from real_robot.bots import Clock
     from real_robot.feetech import SOArm, save_calibration

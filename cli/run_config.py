@@ -8,7 +8,7 @@ import torch
 from checkpoints.folder import CONFIG_FILE, STATS_FILE
 from checkpoints.reader import open_checkpoint
 from cli.flags import CKPT_ROOT, POLICY_FLAGS, UsageError, build_parser
-from constants import CONTROL_HZ, IMAGE_HW, canonical_task_name, get_task_config
+from constants import IMAGE_HW, canonical_task_name, control_hz, get_task_config
 from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
 from formats.normalize import Normalizer
@@ -108,7 +108,7 @@ def execution_settings(args, task_config):
         guidance['max_guidance_weight'] = args['max_guidance_weight']
     return Execution(strategy=strategy, threshold=args.get('queue_threshold'),
                      delay_steps=args.get('inference_delay'), realtime=bool(args.get('realtime')),
-                     control_hz=float(task_config.get('fps', CONTROL_HZ)), **guidance)
+                     control_hz=float(control_hz(task_config)), **guidance)
 
 
 def check_args(args, device):

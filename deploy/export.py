@@ -18,7 +18,7 @@ from torch import nn
 
 from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
-from constants import CONTROL_HZ, PROJECT_VERSION
+from constants import CONTROL_HZ, PROJECT_VERSION, control_hz, get_task_config
 from deploy.runtime import FORMAT_VERSION, MANIFEST, SAMPLER, PolicyRunner, file_sha256
 from deploy.samplers import SAMPLERS
 from formats.normalize import standardize, unstandardize
@@ -179,12 +179,11 @@ def diffusion_constants(policy, normalizer):
             'action_max': np.asarray(normalizer.stats['action_max'], dtype=float).tolist()}
 
 
-def control_hz(task_name):
-    """Control rate of the task: an SO task's fps, else constants.CONTROL_HZ."""
-    from constants import get_task_config
+def task_control_hz(task_name):
+    """Control rate of the task (constants.control_hz); the original's for a checkpoint that names none."""
     try:
-        return float(get_task_config(task_name).get('fps', CONTROL_HZ))
-    except (KeyError, ValueError):
+        return float(control_hz(get_task_config(task_name)))
+    except (KeyError, ValueError, TypeError):
         return float(CONTROL_HZ)
 
 
@@ -194,7 +193,7 @@ def manifest(settings, policy, normalizer, fmt, quantize, files, ckpt_path):
            'quantize': quantize, 'files': files, 'camera_names': list(settings.camera_names),
            'image_size': list(settings.image_size), 'state_dim': cfg['state_dim'], 'action_dim': cfg['action_dim'],
            'chunk_size': policy.num_queries, 'action_horizon': policy.action_horizon,
-           'obs_horizon': policy.obs_horizon, 'control_hz': control_hz(settings.task_name),
+           'obs_horizon': policy.obs_horizon, 'control_hz': task_control_hz(settings.task_name),
            'task_name': settings.task_name,
            'source_checkpoint': {'file': os.path.basename(ckpt_path), 'sha256': file_sha256(ckpt_path)},
            'project_version': PROJECT_VERSION}

@@ -124,4 +124,3 @@ SO_MAX_STEP = 100  # largest change of a joint target per control step (8.8 degr
 SO_RANGE_MARGIN = 50  # a follower joint this far outside its calibrated range at connection: nothing moves
 SO_SAFE_POSE = None  # follower pose (SO_BODY_UNITS, 6 values) reached before torque is released; None: in place
 SO_OPENING_MOVE_TIME_S = 2.0  # record_episodes: followers move to the leaders' pose before recording starts
-SO_FPS = 30  # control and recording rate of SO tasks (LeRobot records at 30 frames per second)

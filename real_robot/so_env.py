@@ -15,7 +15,7 @@ import contextlib
 
 import numpy as np
 
-from constants import so_feature_names
+from constants import control_hz, so_feature_names
 from real_robot import settings
 from real_robot.bots import Clock
 from real_robot.robot_env import RobotEnv, make_cameras
@@ -112,8 +112,8 @@ def open_arms(names, role, clock, stack):
 
 
 def make_so_env(task_config, camera_names=None, setup_robots=True):
-    """The SO task's follower arms and cameras at its rate (task_config['fps'], default SO_FPS)."""
-    clock = Clock(1 / task_config.get('fps', settings.SO_FPS))
+    """The SO task's follower arms and cameras at its rate (constants.control_hz)."""
+    clock = Clock(1 / control_hz(task_config))
     with contextlib.ExitStack() as stack:
         arms = open_arms(task_config['followers'], 'follower', clock, stack)
         names = task_config['camera_names'] if camera_names is None else camera_names
@@ -126,7 +126,7 @@ def make_so_env(task_config, camera_names=None, setup_robots=True):
 def make_so_leaders(task_config):
     """The SO task's leader arms, set up with torque off (moved by hand)."""
     with contextlib.ExitStack() as stack:
-        leaders = open_arms(task_config['leaders'], 'leader', Clock(1 / task_config.get('fps', settings.SO_FPS)),
+        leaders = open_arms(task_config['leaders'], 'leader', Clock(1 / control_hz(task_config)),
                             stack)
         for arm in leaders:
             arm.configure()

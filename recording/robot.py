@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 import real_robot
 from common.files import prepare_folder
-from constants import (CONTROL_HZ, DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN,
-                       so_feature_names)
+from constants import (DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN,
+                       lerobot_settings)
 from formats.episode import Episode
 from formats.hdf5 import episode_path, store_episode
 from formats.lerobot_writer import append_episodes, count_lerobot_episodes
@@ -223,8 +223,5 @@ def lerobot_target(args, dataset_dir, task_config):
         raise ValueError('--overwrite: episodes of a LeRobot dataset are not replaced; record into a new --dataset_dir')
     print(f'{dataset_dir}: LeRobot episode {index}\n')
     task = args.get('task') or args['task_name']
-    writer = {'fps': CONTROL_HZ, 'task': task}
-    if real_robot.is_so_task(task_config):  # LeRobot's names, rate and robot type for SO arms
-        writer.update(fps=task_config.get('fps', settings.SO_FPS), robot_type=task_config.get('robot_type'),
-                      names=so_feature_names(len(task_config['followers'])))
+    writer = {**lerobot_settings(args['task_name']), 'task': task}  # the task's rate, robot type and names
     return dataset_dir, lambda episode: append_episodes(dataset_dir, [episode], **writer)
