@@ -77,7 +77,11 @@ def load_calibration(path):
     if not os.path.isfile(path):
         raise CalibrationError(f'{path}: no calibration file; calibrate the arm with '
                                f'`python -m real_robot.calibrate` (or copy its LeRobot calibration file there)')
-    calibration = load_json(path, CalibrationError)
+    try:
+        calibration = load_json(path, CalibrationError)
+    except CalibrationError as err:
+        detail = str(err).removeprefix(f'{path}: ')
+        raise CalibrationError(f'{path}: not a calibration file (JSON expected): {detail}') from None
     expected = dict(zip(settings.SO_JOINTS, settings.SO_SERVO_IDS))
     if not isinstance(calibration, dict) or set(calibration) != set(expected):
         found = sorted(calibration) if isinstance(calibration, dict) else type(calibration).__name__
