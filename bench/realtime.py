@@ -29,7 +29,7 @@ from evaluation.execution import demonstration_step_change
 from evaluation.rollout import result_file_name
 from formats.datasets import open_dataset
 from policies.executor import GUIDED, STRATEGIES
-from policies.registry import policy_type
+from policies.registry import get_policy_class
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNCHRONOUS = {'sync_chunked': [], 'sync_temporal_agg': ['--temporal_agg']}  # the original's evaluations
@@ -52,7 +52,7 @@ def cases(args):
 def strategies_of(ckpt_dir):
     """The strategies a checkpoint's policy executes with: rtc guides a Diffusion policy only."""
     config = read_config(ckpt_dir)
-    sampled = config is not None and policy_type(config['policy_class']).samples
+    sampled = config is not None and get_policy_class(config['policy_class']).samples
     return [s for s in STRATEGIES if sampled or s not in GUIDED]
 
 

@@ -14,7 +14,7 @@ from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats
-from policies.registry import lerobot_types, make_policy, policy_type, resolve_policy_config
+from policies.registry import lerobot_types, make_policy, get_policy_class, resolve_policy_config
 
 ACT_FILES = (BEST_CKPT, STATS_FILE, CONFIG_FILE)  # what --to act writes
 
@@ -37,7 +37,7 @@ def to_lerobot(src, dst, ckpt_name=BEST_CKPT, temporal_agg=False):
                          f'training here writes there (a folder of the original code has none)')
     config = checkpoint.config
     policy_class = config['policy_class']
-    kind = policy_type(policy_class).lerobot_type
+    kind = get_policy_class(policy_class).lerobot_type
     if kind is None:
         raise ValueError(f"{src} holds a {policy_class} policy; {' and '.join(lerobot_types().values())} convert "
                          f"to LeRobot's")
@@ -47,7 +47,7 @@ def to_lerobot(src, dst, ckpt_name=BEST_CKPT, temporal_agg=False):
     refuse_overwrite(dst, (CONFIG_FILE, MODEL_FILE))
     weights = checkpoint.weights_file(ckpt_name)
     state = load_torch_file(weights, 'checkpoint')
-    stats = Normalizer.load(os.path.join(src, STATS_FILE), policy_type(policy_class).action_normalization).stats
+    stats = Normalizer.load(os.path.join(src, STATS_FILE), get_policy_class(policy_class).action_normalization).stats
     make_policy(policy_class, policy_config, load_pretrained=False).deserialize(state)  # it is this policy's
     prepare_folder(dst, 'DST')
     what = module.write_converted(dst, policy_config, config['image_size'], state, stats, temporal_agg)
@@ -68,7 +68,7 @@ def to_act(src, dst, stats_from=None):
         torch.manual_seed(0)  # what LeRobot does not hold starts the same in every conversion
         policy = make_policy(policy_class, policy_config, load_pretrained=False)
     filled = load_lerobot_weights(policy, checkpoint)  # strict: make_policy(config) loads it
-    normalizer = Normalizer(stats, policy_type(policy_class).action_normalization, source=stats_from or src)
+    normalizer = Normalizer(stats, get_policy_class(policy_class).action_normalization, source=stats_from or src)
     normalizer.check_sizes(policy_config['state_dim'], policy_config['action_dim'], stats_from or src)
     prepare_folder(dst, 'DST')
     atomic_save(policy.serialize(), os.path.join(dst, BEST_CKPT))

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from common.checks import check_values, names, positive_int, positive_ints
+from common.checks import check_values, is_name_list, is_positive_int, is_positive_ints
 from common.files import atomic_write
 from common.safe_load import load_json, save_safetensors
 from constants import PROJECT_VERSION
@@ -120,12 +120,12 @@ def config_problem(config):
         return f"policy_class {config['policy_class']!r} is not a policy name"
     if not isinstance(config['policy_config'], dict):
         return f"policy_config is a {type(config['policy_config']).__name__}, not an object"
-    if not names(config['camera_names']):
+    if not is_name_list(config['camera_names']):
         return f"camera_names {config['camera_names']!r} is not a list of camera names"
-    if config.get('image_size') is not None and not positive_ints(config['image_size'], 2):
+    if config.get('image_size') is not None and not is_positive_ints(config['image_size'], 2):
         return f"image_size {config['image_size']!r} is not two positive integers [H, W]"
     for key in ('state_dim', 'action_dim'):
-        if not positive_int(config[key]):
+        if not is_positive_int(config[key]):
             return f'{key} {config[key]!r} is not a positive integer'
     return None
 

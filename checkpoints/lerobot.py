@@ -15,9 +15,9 @@ def converter(kind):
     return CONVERTERS[kind]
 
 
-def lerobot_type(lr_config, folder):
+def lerobot_type(lerobot_json, folder):
     """(this project's policy class, the module reading it) of a LeRobot config.json object."""
-    kind = lr_config.get('type')
+    kind = lerobot_json.get('type')
     policy_class = lerobot_policy_class(kind) if isinstance(kind, str) and kind in CONVERTERS else None
     if policy_class is None:
         raise LeRobotFormatError(f'{os.path.join(folder, CONFIG_FILE)} is a LeRobot "{kind}" policy; the LeRobot '
@@ -25,27 +25,27 @@ def lerobot_type(lr_config, folder):
     return policy_class, CONVERTERS[kind]
 
 
-def _module(folder, lr_config=None):
-    lr_config = read_json(folder_file(folder, CONFIG_FILE), dict) if lr_config is None else lr_config
-    return lerobot_type(lr_config, folder)
+def _module(folder, lerobot_json=None):
+    lerobot_json = read_json(folder_file(folder, CONFIG_FILE), dict) if lerobot_json is None else lerobot_json
+    return lerobot_type(lerobot_json, folder)
 
 
 def read_lerobot_checkpoint(folder, statistics=True):
     """The module's read_lerobot_checkpoint dict, with 'policy_class'."""
-    lr_config = read_json(folder_file(folder, CONFIG_FILE), dict)
-    policy_class, module = _module(folder, lr_config)
-    return {**module.read_lerobot_checkpoint(folder, statistics, lr_config), 'policy_class': policy_class}
+    lerobot_json = read_json(folder_file(folder, CONFIG_FILE), dict)
+    policy_class, module = _module(folder, lerobot_json)
+    return {**module.read_lerobot_checkpoint(folder, statistics, lerobot_json), 'policy_class': policy_class}
 
 
 def read_lerobot_config(folder):
     """The folder's config.json, checked by its type's rules."""
-    lr_config = read_json(folder_file(folder, CONFIG_FILE), dict)
-    return _module(folder, lr_config)[1].read_lerobot_config(folder, lr_config)
+    lerobot_json = read_json(folder_file(folder, CONFIG_FILE), dict)
+    return _module(folder, lerobot_json)[1].read_lerobot_config(folder, lerobot_json)
 
 
-def lerobot_run_config(folder, lr_config=None):
+def lerobot_run_config(folder, lerobot_json=None):
     """This project's run config of the folder (its type's lerobot_run_config)."""
-    return _module(folder, lr_config)[1].lerobot_run_config(folder, lr_config)
+    return _module(folder, lerobot_json)[1].lerobot_run_config(folder, lerobot_json)
 
 
 def load_lerobot_weights(policy, checkpoint):

@@ -11,7 +11,7 @@ import torch
 from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, folder_file,
                                        image_features, image_statistics, load_tensors, number_problems, policy_features,
                                        read_checked_config, run_config, write_lerobot_folder)
-from common.checks import positive_int
+from common.checks import is_positive_int
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
 from policies.registry import lerobot_policy_class
@@ -92,116 +92,118 @@ SIZE_SETTINGS = {'chunk_size': 10_000, 'dim_model': 65_536, 'dim_feedforward': 2
                  'n_heads': 1024, 'latent_dim': 65_536}  # config.json sizes -> the largest taken as a size
 
 
-def value_problems(lr_config):
+def value_problems(lerobot_json):
     """What makes a LeRobot config.json's values unusable (types, sizes, ranges) -> sentences."""
-    problems = [f'{key} {lr_config.get(key)!r}: a whole number from 1 to {limit} is expected'
-                for key, limit in SIZE_SETTINGS.items() if not positive_int(lr_config.get(key), limit)]
-    if not problems and lr_config['dim_model'] % lr_config['n_heads']:
-        problems.append(f"dim_model {lr_config['dim_model']} is not a multiple of n_heads {lr_config['n_heads']}")
-    steps = lr_config.get('n_action_steps', lr_config.get('chunk_size'))
-    if not problems and not positive_int(steps, lr_config['chunk_size']):
-        problems.append(f"n_action_steps {steps!r}: a whole number from 1 to chunk_size {lr_config['chunk_size']} "
+    problems = [f'{key} {lerobot_json.get(key)!r}: a whole number from 1 to {limit} is expected'
+                for key, limit in SIZE_SETTINGS.items() if not is_positive_int(lerobot_json.get(key), limit)]
+    if not problems and lerobot_json['dim_model'] % lerobot_json['n_heads']:
+        problems.append(f"dim_model {lerobot_json['dim_model']} is not a multiple of n_heads {lerobot_json['n_heads']}")
+    steps = lerobot_json.get('n_action_steps', lerobot_json.get('chunk_size'))
+    if not problems and not is_positive_int(steps, lerobot_json['chunk_size']):
+        problems.append(f"n_action_steps {steps!r}: a whole number from 1 to chunk_size {lerobot_json['chunk_size']} "
                         f"is expected")
-    dropout = lr_config.get('dropout', 0.1)
+    dropout = lerobot_json.get('dropout', 0.1)
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         problems.append(f'dropout {dropout!r}: a number in [0, 1) is expected')
-    return problems + number_problems(lr_config, NUMBER_SETTINGS, optional=('temporal_ensemble_coeff',))
+    return problems + number_problems(lerobot_json, NUMBER_SETTINGS, optional=('temporal_ensemble_coeff',))
 
 
-def check_lerobot_config(lr_config, path):
+def check_lerobot_config(lerobot_json, path):
     """LeRobotFormatError naming the first setting this project's ACT cannot reproduce."""
-    kind = lr_config.get('type')
+    kind = lerobot_json.get('type')
     if kind != 'act':
         raise LeRobotFormatError(f'{path} is a LeRobot "{kind}" policy; not an "act" checkpoint')
-    problems = value_problems(lr_config)
+    problems = value_problems(lerobot_json)
     if problems:
         raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
-    inputs = lr_config.get('input_features') or {}
-    if lr_config.get('n_decoder_layers', 1) != 1:
-        problems.append(f"n_decoder_layers {lr_config['n_decoder_layers']}: this ACT computes one decoder layer, "
+    inputs = lerobot_json.get('input_features') or {}
+    if lerobot_json.get('n_decoder_layers', 1) != 1:
+        problems.append(f"n_decoder_layers {lerobot_json['n_decoder_layers']}: this ACT computes one decoder layer, "
                         f"as the original")
-    if lr_config.get('vision_backbone') not in BACKBONES:
-        problems.append(f"vision_backbone {lr_config.get('vision_backbone')!r}: the backbones here are "
+    if lerobot_json.get('vision_backbone') not in BACKBONES:
+        problems.append(f"vision_backbone {lerobot_json.get('vision_backbone')!r}: the backbones here are "
                         f"{', '.join(BACKBONES)}")
-    if lr_config.get('replace_final_stride_with_dilation'):
+    if lerobot_json.get('replace_final_stride_with_dilation'):
         problems.append('replace_final_stride_with_dilation: not supported (the original never dilates)')
-    if lr_config.get('feedforward_activation', 'relu') != 'relu':
-        problems.append(f"feedforward_activation {lr_config['feedforward_activation']!r}: only relu")
-    if lr_config.get('use_vae', True) and lr_config.get('n_vae_encoder_layers') != lr_config.get('n_encoder_layers'):
-        problems.append(f"n_vae_encoder_layers {lr_config.get('n_vae_encoder_layers')} differs from n_encoder_layers "
-                        f"{lr_config.get('n_encoder_layers')}: the original's CVAE encoder has as many layers")
-    if lr_config.get('n_obs_steps', 1) != 1:
-        problems.append(f"n_obs_steps {lr_config['n_obs_steps']}: ACT takes one observation")
+    if lerobot_json.get('feedforward_activation', 'relu') != 'relu':
+        problems.append(f"feedforward_activation {lerobot_json['feedforward_activation']!r}: only relu")
+    vae_layers, layers = lerobot_json.get('n_vae_encoder_layers'), lerobot_json.get('n_encoder_layers')
+    if lerobot_json.get('use_vae', True) and vae_layers != layers:
+        problems.append(f"n_vae_encoder_layers {vae_layers} differs from n_encoder_layers "
+                        f"{lerobot_json.get('n_encoder_layers')}: the original's CVAE encoder has as many layers")
+    if lerobot_json.get('n_obs_steps', 1) != 1:
+        problems.append(f"n_obs_steps {lerobot_json['n_obs_steps']}: ACT takes one observation")
     if STATE not in inputs:
         problems.append(f'no {STATE} input: this ACT needs the robot state')
     if ENV_STATE in inputs:
         problems.append(f'{ENV_STATE} input: not supported')
-    shapes = {tuple(inputs[key]['shape']) for key in image_features(lr_config).values()}
+    shapes = {tuple(inputs[key]['shape']) for key in image_features(lerobot_json).values()}
     if not shapes:
         problems.append('no image input (observation.images.*): this ACT needs at least one camera')
     elif len(shapes) > 1:
         problems.append(f'cameras of different sizes {sorted(shapes)}: one image size for all is supported')
-    if ACTION not in (lr_config.get('output_features') or {}):
+    if ACTION not in (lerobot_json.get('output_features') or {}):
         problems.append(f'no {ACTION} output')
     if problems:
         raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
 
 
-def policy_config_from_lerobot(lr_config):
+def policy_config_from_lerobot(lerobot_json):
     """(this project's ACT policy_config, image size (H, W)) of a checked LeRobot config.json; image
     normalisation comes with the statistics."""
-    inputs = lr_config['input_features']
-    cameras = image_features(lr_config)
+    inputs = lerobot_json['input_features']
+    cameras = image_features(lerobot_json)
     image_hw = tuple(inputs[next(iter(cameras.values()))]['shape'][1:])
     policy_config = {
-        'num_queries': lr_config['chunk_size'], 'action_horizon': action_horizon(lr_config),
-        'kl_weight': float(lr_config['kl_weight']),
-        'hidden_dim': lr_config['dim_model'], 'dim_feedforward': lr_config['dim_feedforward'],
-        'enc_layers': lr_config['n_encoder_layers'], 'dec_layers': 1, 'nheads': lr_config['n_heads'],
-        'latent_dim': lr_config['latent_dim'], 'dropout': lr_config['dropout'], 'pre_norm': lr_config['pre_norm'],
-        'position_embedding': 'sine', 'backbone': lr_config['vision_backbone'], 'per_camera_backbone': False,
-        'lr': lr_config.get('optimizer_lr', 1e-5), 'lr_backbone': lr_config.get('optimizer_lr_backbone', 1e-5),
-        'weight_decay': lr_config.get('optimizer_weight_decay', 1e-4), 'pretrained_backbone': False,
+        'num_queries': lerobot_json['chunk_size'], 'action_horizon': action_horizon(lerobot_json),
+        'kl_weight': float(lerobot_json['kl_weight']),
+        'hidden_dim': lerobot_json['dim_model'], 'dim_feedforward': lerobot_json['dim_feedforward'],
+        'enc_layers': lerobot_json['n_encoder_layers'], 'dec_layers': 1, 'nheads': lerobot_json['n_heads'],
+        'latent_dim': lerobot_json['latent_dim'], 'dropout': lerobot_json['dropout'],
+        'pre_norm': lerobot_json['pre_norm'],
+        'position_embedding': 'sine', 'backbone': lerobot_json['vision_backbone'], 'per_camera_backbone': False,
+        'lr': lerobot_json.get('optimizer_lr', 1e-5), 'lr_backbone': lerobot_json.get('optimizer_lr_backbone', 1e-5),
+        'weight_decay': lerobot_json.get('optimizer_weight_decay', 1e-4), 'pretrained_backbone': False,
         'camera_names': list(cameras), 'state_dim': inputs[STATE]['shape'][0],
-        'action_dim': lr_config['output_features'][ACTION]['shape'][0],
-        'use_vae': bool(lr_config.get('use_vae', True)),
+        'action_dim': lerobot_json['output_features'][ACTION]['shape'][0],
+        'use_vae': bool(lerobot_json.get('use_vae', True)),
     }
     return policy_config, image_hw
 
 
-def action_horizon(lr_config):
+def action_horizon(lerobot_json):
     """The actions played per query of a checked LeRobot ACT config: its n_action_steps, or None (the
     whole chunk) where it ensembles (temporal_ensemble_coeff; here --temporal_agg) or names none."""
-    if lr_config.get('temporal_ensemble_coeff') is not None:
+    if lerobot_json.get('temporal_ensemble_coeff') is not None:
         return None
-    return lr_config.get('n_action_steps')
+    return lerobot_json.get('n_action_steps')
 
 
-def read_lerobot_config(folder, lr_config=None):
-    """The folder's LeRobot config.json (lr_config: its object, already read), checked by check_lerobot_config."""
-    return read_checked_config(folder, check_lerobot_config, lr_config)
+def read_lerobot_config(folder, lerobot_json=None):
+    """The folder's LeRobot config.json (lerobot_json: its object, already read), checked by check_lerobot_config."""
+    return read_checked_config(folder, check_lerobot_config, lerobot_json)
 
 
-def read_lerobot_checkpoint(folder, statistics=True, lr_config=None):
+def read_lerobot_checkpoint(folder, statistics=True, lerobot_json=None):
     """-> {'policy_config', 'image_size', 'stats', 'state_dict', 'features', 'use_vae'} of a LeRobot
-    ACT folder (lr_config: its config.json object, already read); statistics False: no 'stats', and
+    ACT folder (lerobot_json: its config.json object, already read); statistics False: no 'stats', and
     ImageNet's image normalisation."""
-    lr_config = read_lerobot_config(folder, lr_config)
-    policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    stats = image_statistics(folder, lr_config, policy_config, required=True) if statistics else None
+    lerobot_json = read_lerobot_config(folder, lerobot_json)
+    policy_config, image_hw = policy_config_from_lerobot(lerobot_json)
+    stats = image_statistics(folder, lerobot_json, policy_config, required=True) if statistics else None
     weights = load_tensors(folder_file(folder, MODEL_FILE))
     return {'policy_config': policy_config, 'image_size': image_hw, 'stats': stats,
-            'state_dict': from_lerobot_state_dict(weights), 'features': feature_roles(lr_config),
-            'use_vae': lr_config.get('use_vae', True)}
+            'state_dict': from_lerobot_state_dict(weights), 'features': feature_roles(lerobot_json),
+            'use_vae': lerobot_json.get('use_vae', True)}
 
 
-def lerobot_run_config(folder, lr_config=None):
-    """The config.json content of this project that a LeRobot ACT folder amounts to (lr_config: its
+def lerobot_run_config(folder, lerobot_json=None):
+    """The config.json content of this project that a LeRobot ACT folder amounts to (lerobot_json: its
     config.json object, already read), statistics files read for the image normalisation (where they are
     missing, --stats_from stands in where the statistics are needed); no task name."""
-    lr_config = read_lerobot_config(folder, lr_config)
-    policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    image_statistics(folder, lr_config, policy_config, required=False)
+    lerobot_json = read_lerobot_config(folder, lerobot_json)
+    policy_config, image_hw = policy_config_from_lerobot(lerobot_json)
+    image_statistics(folder, lerobot_json, policy_config, required=False)
     return run_config(lerobot_policy_class('act'), policy_config, image_hw)
 
 

@@ -16,7 +16,7 @@ import torch
 from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, feature_roles, folder_file,
                                        image_features, image_statistics, load_tensors, number_problems, policy_features,
                                        read_checked_config, run_config, write_lerobot_folder)
-from common.checks import positive_int
+from common.checks import is_positive_int
 from detr.resnet import BACKBONES, trunk_output_hw
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
 from policies.registry import lerobot_policy_class
@@ -43,9 +43,9 @@ LEROBOT_DEFAULTS = {
 }
 
 
-def settings(lr_config):
+def settings(lerobot_json):
     """config.json's values over LeRobot's defaults."""
-    return {**LEROBOT_DEFAULTS, **{k: v for k, v in lr_config.items() if k in LEROBOT_DEFAULTS}}
+    return {**LEROBOT_DEFAULTS, **{k: v for k, v in lerobot_json.items() if k in LEROBOT_DEFAULTS}}
 
 
 ################################ Names ################################
@@ -121,29 +121,29 @@ def from_lerobot_state_dict(weights, shared_encoder):
 def value_problems(cfg):
     """What makes a LeRobot Diffusion config.json's values unusable (types, sizes) -> sentences."""
     problems = [f'{key} {cfg.get(key)!r}: a whole number from 1 to {limit} is expected'
-                for key, limit in SIZE_SETTINGS.items() if not positive_int(cfg.get(key), limit)]
+                for key, limit in SIZE_SETTINGS.items() if not is_positive_int(cfg.get(key), limit)]
     problems += number_problems(cfg, NUMBER_SETTINGS)
     dims = cfg['down_dims']
-    if not (isinstance(dims, list) and dims and all(positive_int(d, 65_536) for d in dims)):
+    if not (isinstance(dims, list) and dims and all(is_positive_int(d, 65_536) for d in dims)):
         problems.append(f'down_dims {dims!r}: a list of channel counts is expected')
     for key in ('crop_shape', 'resize_shape'):
         shape = cfg[key]
         if shape is not None and not (isinstance(shape, list) and len(shape) == 2
-                                      and all(positive_int(n, 1 << 16) for n in shape)):
+                                      and all(is_positive_int(n, 1 << 16) for n in shape)):
             problems.append(f'{key} {shape!r}: null or [H, W] is expected')
     steps = cfg['num_inference_steps']
-    if steps is not None and not positive_int(steps, 100_000):
+    if steps is not None and not is_positive_int(steps, 100_000):
         problems.append(f'num_inference_steps {steps!r}: null or a whole number is expected')
     return problems
 
 
-def check_lerobot_config(lr_config, path):
+def check_lerobot_config(lerobot_json, path):
     """LeRobotFormatError naming the first setting this project's Diffusion cannot reproduce."""
-    cfg = settings(lr_config)
+    cfg = settings(lerobot_json)
     problems = value_problems(cfg)
     if problems:
         raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
-    inputs = lr_config.get('input_features') or {}
+    inputs = lerobot_json.get('input_features') or {}
     if cfg['vision_backbone'] not in BACKBONES:
         problems.append(f"vision_backbone {cfg['vision_backbone']!r}: the backbones here are {', '.join(BACKBONES)}")
     if cfg['resize_shape'] is not None:
@@ -166,7 +166,7 @@ def check_lerobot_config(lr_config, path):
     if ENV_STATE in inputs:
         problems.append(f'{ENV_STATE} input: not supported')
     problems += _image_problems(cfg, inputs)
-    if ACTION not in (lr_config.get('output_features') or {}):
+    if ACTION not in (lerobot_json.get('output_features') or {}):
         problems.append(f'no {ACTION} output')
     if problems:
         raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
@@ -187,12 +187,12 @@ def _image_problems(cfg, inputs):
     return []
 
 
-def policy_config_from_lerobot(lr_config):
+def policy_config_from_lerobot(lerobot_json):
     """(this project's Diffusion policy_config in the lerobot style, image size (H, W)) of a checked
     LeRobot config.json; image normalisation comes with the statistics."""
-    cfg = settings(lr_config)
-    inputs = lr_config['input_features']
-    cameras = image_features(lr_config)
+    cfg = settings(lerobot_json)
+    inputs = lerobot_json['input_features']
+    cameras = image_features(lerobot_json)
     image_hw = tuple(inputs[next(iter(cameras.values()))]['shape'][1:])
     policy_config = {
         'style': 'lerobot', 'num_queries': cfg['horizon'], 'action_horizon': cfg['n_action_steps'],
@@ -210,34 +210,34 @@ def policy_config_from_lerobot(lr_config):
         'clip_sample_range': float(cfg['clip_sample_range']),
         'lr': cfg['optimizer_lr'], 'weight_decay': cfg['optimizer_weight_decay'],
         'camera_names': list(cameras), 'state_dim': inputs[STATE]['shape'][0],
-        'action_dim': lr_config['output_features'][ACTION]['shape'][0],
+        'action_dim': lerobot_json['output_features'][ACTION]['shape'][0],
     }
     return policy_config, image_hw
 
 
-def read_lerobot_config(folder, lr_config=None):
-    """The folder's LeRobot config.json (lr_config: its object, already read), checked by check_lerobot_config."""
-    return read_checked_config(folder, check_lerobot_config, lr_config)
+def read_lerobot_config(folder, lerobot_json=None):
+    """The folder's LeRobot config.json (lerobot_json: its object, already read), checked by check_lerobot_config."""
+    return read_checked_config(folder, check_lerobot_config, lerobot_json)
 
 
-def read_lerobot_checkpoint(folder, statistics=True, lr_config=None):
+def read_lerobot_checkpoint(folder, statistics=True, lerobot_json=None):
     """-> {'policy_config', 'image_size', 'stats', 'state_dict', 'features'} of a LeRobot Diffusion
-    folder (lr_config: its config.json object, already read); 'state_dict' the network's weights
+    folder (lerobot_json: its config.json object, already read); 'state_dict' the network's weights
     (trained and averaged alike); statistics False: no 'stats'."""
-    lr_config = read_lerobot_config(folder, lr_config)
-    policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    stats = image_statistics(folder, lr_config, policy_config, required=statistics)
+    lerobot_json = read_lerobot_config(folder, lerobot_json)
+    policy_config, image_hw = policy_config_from_lerobot(lerobot_json)
+    stats = image_statistics(folder, lerobot_json, policy_config, required=statistics)
     weights = load_tensors(folder_file(folder, MODEL_FILE))
     return {'policy_config': policy_config, 'image_size': image_hw, 'stats': stats if statistics else None,
             'state_dict': from_lerobot_state_dict(weights, policy_config['shared_encoder']),
-            'features': feature_roles(lr_config)}
+            'features': feature_roles(lerobot_json)}
 
 
-def lerobot_run_config(folder, lr_config=None):
+def lerobot_run_config(folder, lerobot_json=None):
     """The config.json content of this project that a LeRobot Diffusion folder amounts to; no task name."""
-    lr_config = read_lerobot_config(folder, lr_config)
-    policy_config, image_hw = policy_config_from_lerobot(lr_config)
-    image_statistics(folder, lr_config, policy_config, required=False)  # else --stats_from stands in
+    lerobot_json = read_lerobot_config(folder, lerobot_json)
+    policy_config, image_hw = policy_config_from_lerobot(lerobot_json)
+    image_statistics(folder, lerobot_json, policy_config, required=False)  # else --stats_from stands in
     return run_config(lerobot_policy_class('diffusion'), policy_config, image_hw)
 
 

@@ -24,7 +24,7 @@ import os
 import numpy as np
 import torch
 
-from common.checks import is_finite_number, positive_int
+from common.checks import is_finite_number, is_positive_int
 from common.files import atomic_write
 from common.folders import inside_folder
 from common.safe_load import save_safetensors
@@ -41,11 +41,11 @@ OLD_STAT_BUFFERS = ('normalize_inputs.buffer_', 'normalize_targets.buffer_', 'un
 NORM_MODES = ('MEAN_STD', 'MIN_MAX', 'IDENTITY')
 
 
-def image_statistics(folder, lr_config, policy_config, required):
+def image_statistics(folder, lerobot_json, policy_config, required):
     """The folder's statistics (statistics_from_lerobot's dataset_stats dict), its image mean and std put
     into policy_config; None when they are missing and not required."""
     try:
-        stats, image_mean, image_std = statistics_from_lerobot(folder, lr_config)
+        stats, image_mean, image_std = statistics_from_lerobot(folder, lerobot_json)
     except LeRobotFormatError:
         if required:
             raise
@@ -54,10 +54,10 @@ def image_statistics(folder, lr_config, policy_config, required):
     return stats
 
 
-def feature_roles(lr_config):
+def feature_roles(lerobot_json):
     """{LeRobot feature: what it is here} of a config.json object, printed when a folder is loaded."""
     return {STATE: 'qpos', ACTION: 'action',
-            **{key: f'camera {camera!r}' for camera, key in image_features(lr_config).items()}}
+            **{key: f'camera {camera!r}' for camera, key in image_features(lerobot_json).items()}}
 
 
 def run_config(policy_class, policy_config, image_hw):
@@ -83,35 +83,35 @@ def folder_file(folder, name):
     return os.path.join(folder, inside_folder(folder, name, folder, 'the file', LeRobotFormatError))
 
 
-def read_checked_config(folder, check, lr_config=None):
-    """The folder's config.json object (lr_config: already read), its structure checked (structure_problems),
-    then passed through check(lr_config, path)."""
+def read_checked_config(folder, check, lerobot_json=None):
+    """The folder's config.json object (lerobot_json: already read), its structure checked (structure_problems),
+    then passed through check(lerobot_json, path)."""
     path = folder_file(folder, CONFIG_FILE)
-    lr_config = read_json(path, dict) if lr_config is None else lr_config
-    problems = structure_problems(lr_config)
+    lerobot_json = read_json(path, dict) if lerobot_json is None else lerobot_json
+    problems = structure_problems(lerobot_json)
     if problems:
         raise LeRobotFormatError(f'{path}: ' + '; '.join(problems))
-    check(lr_config, path)
-    return lr_config
+    check(lerobot_json, path)
+    return lerobot_json
 
 
-def structure_problems(lr_config):
+def structure_problems(lerobot_json):
     """What makes a LeRobot config.json unreadable whatever its type -> sentences: the features (objects
     with a shape of positive sizes) and the normalization mapping (names of modes)."""
     problems = []
     for group in ('input_features', 'output_features'):
-        features = lr_config.get(group)
+        features = lerobot_json.get(group)
         if not isinstance(features, dict) or not all(isinstance(f, dict) for f in features.values()):
             problems.append(f'{group}: an object of features ({{"observation.state": {{"shape": [...]}}, ...}}) '
                             f'is expected')
             continue
         for key, feature in features.items():
             shape = feature.get('shape')
-            if not (isinstance(shape, list) and shape and all(positive_int(n, 1 << 16) for n in shape)):
+            if not (isinstance(shape, list) and shape and all(is_positive_int(n, 1 << 16) for n in shape)):
                 problems.append(f'{group} {key} shape {shape!r}: a list of positive whole sizes is expected')
             if not isinstance(feature.get('type', ''), str):
                 problems.append(f"{group} {key} type {feature.get('type')!r}: a name such as \"STATE\" is expected")
-    mapping = lr_config.get('normalization_mapping')
+    mapping = lerobot_json.get('normalization_mapping')
     if mapping is not None and not (isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())):
         problems.append(f'normalization_mapping {mapping!r}: an object such as {{"STATE": "MEAN_STD"}} is expected')
     return problems
@@ -129,9 +129,9 @@ def is_lerobot_config(config):
 
 
 
-def image_features(lr_config):
+def image_features(lerobot_json):
     """{camera name: LeRobot feature key} of the VISUAL inputs, in the config's order."""
-    return {key[len(IMAGE_PREFIX):]: key for key, feature in lr_config.get('input_features', {}).items()
+    return {key[len(IMAGE_PREFIX):]: key for key, feature in lerobot_json.get('input_features', {}).items()
             if feature.get('type') == 'VISUAL'}
 
 
@@ -171,10 +171,10 @@ def _state_file(folder, step, source):
 
 
 
-def raw_statistics(folder, lr_config):
+def raw_statistics(folder, lerobot_json):
     """(inputs' stats, outputs' stats, eps, norm_map): {feature: {stat: float32 tensor}} from the
     processor files, or from model.safetensors' buffers in the layout before LeRobot 0.4."""
-    norm_map = dict(lr_config.get('normalization_mapping') or {})
+    norm_map = dict(lerobot_json.get('normalization_mapping') or {})
     pre_path = folder_file(folder, PREPROCESSOR + '.json')
     if os.path.isfile(pre_path):
         pre = _step(pre_path, NORMALIZER)
@@ -185,7 +185,7 @@ def raw_statistics(folder, lr_config):
         step_config = (pre or {}).get('config', {})
         return inputs, outputs, float(step_config.get('eps', EPS)), step_config.get('norm_map', norm_map)
     weights = load_tensors(folder_file(folder, MODEL_FILE))
-    features = [*lr_config.get('input_features', {}), *lr_config.get('output_features', {})]
+    features = [*lerobot_json.get('input_features', {}), *lerobot_json.get('output_features', {})]
     inputs = _old_buffers(weights, ('normalize_inputs.buffer_',), features)
     outputs = _old_buffers(weights, ('unnormalize_outputs.buffer_',), features)
     return inputs, outputs, EPS, norm_map
@@ -234,16 +234,16 @@ def _affine(stats, mode, eps, inverse):
 
 
 
-def statistics_from_lerobot(folder, lr_config):
+def statistics_from_lerobot(folder, lerobot_json):
     """(dataset_stats dict as the original's, image_mean, image_std) that reproduce the folder's
     LeRobot normalisation; LeRobotFormatError naming the statistics missing."""
-    inputs, outputs, eps, norm_map = raw_statistics(folder, lr_config)
+    inputs, outputs, eps, norm_map = raw_statistics(folder, lerobot_json)
     bad = {t: m for t, m in norm_map.items() if m not in NORM_MODES}
     if bad:
         raise LeRobotFormatError(f'{folder}: normalization modes {bad} are not supported '
                                  f'(only {", ".join(NORM_MODES)})')
     needs = {'MEAN_STD': ('mean', 'std'), 'MIN_MAX': ('min', 'max'), 'IDENTITY': ()}
-    cameras = image_features(lr_config)
+    cameras = image_features(lerobot_json)
     wanted = [(STATE, 'STATE', inputs, False), (ACTION, 'ACTION', outputs, True)]
     wanted += [(key, 'VISUAL', inputs, False) for key in cameras.values()]
     missing = [f'{feature}.{stat}' for feature, kind, source, _ in wanted
@@ -253,8 +253,8 @@ def statistics_from_lerobot(folder, lr_config):
             f'{folder}: the normalisation statistics {", ".join(missing)} are missing (no {PREPROCESSOR}.json / '
             f'{POSTPROCESSOR}.json with their safetensors files, and none in {MODEL_FILE}); pass --stats_from '
             f'DATASET to take them from the dataset the policy was trained on')
-    state_dim = lr_config['input_features'][STATE]['shape'][0]
-    action_dim = lr_config['output_features'][ACTION]['shape'][0]
+    state_dim = lerobot_json['input_features'][STATE]['shape'][0]
+    action_dim = lerobot_json['output_features'][ACTION]['shape'][0]
     sizes = {'STATE': state_dim, 'ACTION': action_dim, 'VISUAL': 3}  # values per statistic (or one for all)
     wrong = [f'{feature}.{stat} has {tuple(value.shape)}' for feature, kind, source, _ in wanted
              for stat, value in source.get(feature, {}).items() if value.numel() not in (1, sizes[kind])]

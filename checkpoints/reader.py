@@ -18,7 +18,7 @@ from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats
-from policies.registry import checkpoint_policy_class, make_policy, policy_type
+from policies.registry import checkpoint_policy_class, make_policy, get_policy_class
 
 KINDS = ('project', 'original', 'lerobot')
 
@@ -84,7 +84,7 @@ class Checkpoint:
     def normalizer(self, policy_class, policy_config, stats_from=None, task_name=None):
         """The Normalizer the policy was trained with, checked against its sizes; stats_from: a
         dataset folder (episode files or LeRobot) whose statistics stand in for the checkpoint's."""
-        cls = policy_type(policy_class)
+        cls = get_policy_class(policy_class)
         if stats_from:
             return Normalizer(get_norm_stats(open_dataset(stats_from)), cls.action_normalization, source=stats_from)
         stats_path = os.path.join(self.path, STATS_FILE)

@@ -20,7 +20,7 @@ from evaluation.rollout import eval_bc, load_policy, load_stats
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import dataset_record, get_norm_stats
-from policies.registry import policy_type
+from policies.registry import get_policy_class
 from training.data import load_data, split_episodes, training_image_hw
 from training.loop import TrainingInterrupted, check_resume, train_bc
 from training.settings import TrainSettings
@@ -146,7 +146,7 @@ def train_main(args, task_config, device, rank, world_size):
     image_hw = training_image_hw(source, camera_names, args['image_size'])
     policy_config = make_policy_config(args, camera_names, len(stats['qpos_mean']), len(stats['action_mean']), image_hw,
                                        base=init and init['policy_config'])
-    obs_horizon, action_lead = policy_type(args['policy_class']).sample_window(policy_config)
+    obs_horizon, action_lead = get_policy_class(args['policy_class']).sample_window(policy_config)
     train_dataloader, val_dataloader, stats, _ = load_data(
         source, num_episodes, camera_names, args['batch_size'], args['batch_size'],
         policy_class=args['policy_class'], obs_horizon=obs_horizon, action_lead=action_lead,

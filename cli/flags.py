@@ -11,7 +11,7 @@ from detr.resnet import BACKBONES
 from evaluation.offline import DIFFUSION_SAMPLES
 from policies.diffusion import PREDICTION_TYPES, SCHEDULERS, STYLES
 from policies.executor import STRATEGIES
-from policies.registry import policy_names, policy_type
+from policies.registry import policy_names, get_policy_class
 from policies.rtc import MAX_GUIDANCE_WEIGHT
 from real_robot.settings import ROBOT_BACKENDS, ROBOT_DRIVERS
 from training.settings import TrainSettings
@@ -74,14 +74,14 @@ def flag_problem(args):
     if args.get('image_size') and min(args['image_size']) < 1:
         return f"--image_size must be two positive integers H W, got {' '.join(map(str, args['image_size']))}"
     if args.get('policy_class') in policy_names():
-        return policy_type(args['policy_class']).settings_problem({key: args.get(flag)
+        return get_policy_class(args['policy_class']).settings_problem({key: args.get(flag)
                                                                    for flag, key in POLICY_FLAGS.items()})
     return None
 
 
 def _policy_default(key, *policies):
     """'(default: X)' text of a policy_config key, for the policies named."""
-    values = {name: policy_type(name).defaults[key] for name in policies}
+    values = {name: get_policy_class(name).defaults[key] for name in policies}
     if len(set(map(str, values.values()))) == 1:
         return f'(default: {next(iter(values.values()))})'
     return '(default: ' + ', '.join(f'{v} for {name}' for name, v in values.items()) + ')'

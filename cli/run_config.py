@@ -12,7 +12,7 @@ from constants import IMAGE_HW, canonical_task_name, control_hz, get_task_config
 from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
 from formats.normalize import Normalizer
-from policies.registry import policy_names, policy_type
+from policies.registry import policy_names, get_policy_class
 from training.settings import TrainSettings
 
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json
@@ -51,7 +51,7 @@ def make_policy_config(args, camera_names, state_dim, action_dim, image_hw, base
     """The complete policy config from the flags; flags left out (None) take the policy's defaults.
     image_hw (H, W) is the size of the images the policy sees (CNNMLP's MLP input depends on it).
     base: a checkpoint's policy_config (--init_from) whose settings without a flag are kept."""
-    cls = policy_type(args['policy_class'])
+    cls = get_policy_class(args['policy_class'])
     flagged = set(POLICY_FLAGS.values())
     config = {key: value for key, value in (base or {}).items() if key in cls.defaults and key not in flagged}
     config.update({key: args[flag] for flag, key in POLICY_FLAGS.items()
@@ -97,7 +97,7 @@ def execution_settings(args, task_config):
     if args['task_name'][:4] != 'sim_' and args.get('inference_delay') is not None:
         raise UsageError('--inference_delay D simulates a delay; on a real robot the delay is real: use --realtime')
     strategy = args.get('execution') or 'ensemble'
-    if strategy == 'rtc' and not policy_type(args['policy_class']).samples:
+    if strategy == 'rtc' and not get_policy_class(args['policy_class']).samples:
         raise UsageError(f"--execution rtc guides a Diffusion policy's denoising; {args['policy_class']} "
                          f"executes with replace or ensemble")
     guidance = {}
@@ -190,7 +190,7 @@ def eval_config(args, device, checkpoint=None):
     flag_values = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
     policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
     if args['image_size']:
-        policy_config.update(policy_type(args['policy_class']).settings_for_images(args['image_size']))
+        policy_config.update(get_policy_class(args['policy_class']).settings_for_images(args['image_size']))
     config = make_config(args, get_task_config(args['task_name']), policy_config, device)
     config['shadows'] = saved.get('shadows', True)  # sim frames rendered as the training frames were
     config['checkpoint'] = checkpoint
@@ -214,7 +214,7 @@ def dims_from_stats(ckpt_dir, policy_class):
     without one (evaluation then stops with an error naming the missing file)."""
     path = os.path.join(ckpt_dir, STATS_FILE)
     if not os.path.isfile(path):
-        defaults = policy_type(policy_class).defaults
+        defaults = get_policy_class(policy_class).defaults
         return defaults['state_dim'], defaults['action_dim']
     normalizer = Normalizer.load(path)
     return normalizer.state_dim, normalizer.action_dim

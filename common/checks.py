@@ -3,17 +3,17 @@ small predicates, and the one way a reader refuses a bad value, naming the file.
 import math
 
 
-def positive_int(value, limit=None):
+def is_positive_int(value, limit=None):
     """A whole number above 0 (and at most `limit`); bools are not numbers here."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0 and (limit is None or value <= limit)
 
 
-def positive_ints(value, count):
+def is_positive_ints(value, count):
     """A list of `count` positive whole numbers, such as an image size [H, W]."""
-    return isinstance(value, list) and len(value) == count and all(map(positive_int, value))
+    return isinstance(value, list) and len(value) == count and all(map(is_positive_int, value))
 
 
-def names(value):
+def is_name_list(value):
     """A non-empty list of names (strings), such as camera names."""
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 

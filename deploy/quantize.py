@@ -35,8 +35,9 @@ def calibration_of(settings, dataset_dir, count):
                  'config.json names no training episodes')
         raise FileNotFoundError(f'--quantize int8 calibrates on recorded observations and {where}: give '
                                 f'--dataset_dir (the episodes the policy was trained on)')
-    from policies.registry import policy_type
-    horizon = (settings.policy_config.get('obs_horizon') or 1) if policy_type(settings.policy_class).samples else None
+    from policies.registry import get_policy_class
+    sampled = get_policy_class(settings.policy_class).samples
+    horizon = (settings.policy_config.get('obs_horizon') or 1) if sampled else None
     return calibration_observations(open_dataset(folder), settings.camera_names, settings.image_size, count, horizon)
 
 

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from common.checks import check_values, names, positive_int, positive_ints
+from common.checks import check_values, is_name_list, is_positive_int, is_positive_ints
 from common.folders import inside_folder
 from common.safe_load import load_json
 from deploy.samplers import make_sampler
@@ -80,13 +80,13 @@ def read_manifest(folder):
 def manifest_problem(manifest):
     """What is wrong with the values of a policy.json, or None."""
     sizes = ['format_version', 'state_dim', 'action_dim', 'chunk_size', 'action_horizon', 'obs_horizon']
-    wrong = [key for key in sizes if not positive_int(manifest[key])]
+    wrong = [key for key in sizes if not is_positive_int(manifest[key])]
     if wrong:
         return f'{wrong[0]} {manifest[wrong[0]]!r} is not a positive integer'
     image_size, cameras, files = manifest['image_size'], manifest['camera_names'], manifest['files']
-    if not positive_ints(image_size, 2):
+    if not is_positive_ints(image_size, 2):
         return f'image_size {image_size!r} is not two positive integers [H, W]'
-    if not names(cameras):
+    if not is_name_list(cameras):
         return f'camera_names {cameras!r} is not a list of camera names'
     if not (isinstance(files, dict) and files and all(isinstance(e, dict) and isinstance(e.get('name'), str)
                                                       and isinstance(e.get('sha256'), str) for e in files.values())):

@@ -40,7 +40,7 @@ def policy_names():
     return tuple(_POLICIES)
 
 
-def policy_type(policy_class):
+def get_policy_class(policy_class):
     """The class registered as `policy_class` (imported on demand)."""
     if policy_class not in _POLICIES:
         raise ValueError(f"unknown policy_class '{policy_class}': expected one of {', '.join(_POLICIES)}")
@@ -49,17 +49,17 @@ def policy_type(policy_class):
 
 def lerobot_policy_class(lerobot_type):
     """The policy_class whose checkpoints are LeRobot's policy type `lerobot_type` ('act', ...), or None."""
-    return next((name for name in _POLICIES if policy_type(name).lerobot_type == lerobot_type), None)
+    return next((name for name in _POLICIES if get_policy_class(name).lerobot_type == lerobot_type), None)
 
 
 def lerobot_types():
     """{LeRobot policy type: policy_class} of the policies that convert to and from LeRobot's."""
-    return {policy_type(name).lerobot_type: name for name in _POLICIES if policy_type(name).lerobot_type}
+    return {get_policy_class(name).lerobot_type: name for name in _POLICIES if get_policy_class(name).lerobot_type}
 
 
 def resolve_policy_config(policy_class, policy_config):
     """The complete config `make_policy` would build `policy_class` from."""
-    return policy_type(policy_class).resolve_config(policy_config)
+    return get_policy_class(policy_class).resolve_config(policy_config)
 
 
 def checkpoint_policy_class(obj):
@@ -72,4 +72,4 @@ def checkpoint_policy_class(obj):
 def make_policy(policy_class, policy_config, load_pretrained=True):
     """Build a registered policy ('ACT', 'CNNMLP', 'Diffusion', ...) from its config dict. load_pretrained
     False leaves the image trunks without their ImageNet weights, for a checkpoint that replaces them."""
-    return policy_type(policy_class)(policy_config, load_pretrained=load_pretrained)
+    return get_policy_class(policy_class)(policy_config, load_pretrained=load_pretrained)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from formats import hdf5 as episodes
+from formats import hdf5
 from formats import normalize
 from formats import stats as dataset_stats
 from policies import inputs
@@ -19,8 +19,8 @@ def copy_dataset(src_dir, dst_dir, compression, num_episodes=5):
     """The episodes of src_dir written again with another image compression."""
     os.makedirs(dst_dir)
     for i in range(num_episodes):
-        e = episodes.read_episode(episodes.episode_path(src_dir, i))
-        episodes.write_episode(episodes.episode_path(dst_dir, i), e.qpos, e.action, e.images, qvel=e.qvel,
+        e = hdf5.read_episode(hdf5.episode_path(src_dir, i))
+        hdf5.write_episode(hdf5.episode_path(dst_dir, i), e.qpos, e.action, e.images, qvel=e.qvel,
                                sim=e.sim, compression=compression)
     return str(dst_dir)
 
@@ -57,7 +57,7 @@ def test_sample_matches_file_at_its_start_step(tiny_dataset):
     seed = 12345
     start = np.random.default_rng(seed).integers(20)
     image, qpos, action, is_pad = dataset[(0, seed)]
-    with h5py.File(episodes.episode_path(tiny_dataset, 3), 'r') as root:
+    with h5py.File(hdf5.episode_path(tiny_dataset, 3), 'r') as root:
         raw_action = root['/action'][()]
         np.testing.assert_array_equal(image[0], root['/observations/images/top'][start])
         raw_qpos = root['/observations/qpos'][start]
@@ -105,7 +105,7 @@ def test_sampler_skip_and_ranks():
 
 def test_compressed_layout_gives_identical_batches(tiny_dataset, tmp_path):
     compressed = copy_dataset(tiny_dataset, tmp_path / 'gzip', 'gzip')
-    with h5py.File(episodes.episode_path(compressed, 0), 'r') as root:
+    with h5py.File(hdf5.episode_path(compressed, 0), 'r') as root:
         assert root['/observations/images/top'].compression == 'gzip'
     for preload in ('on', 'off'):
         assert_same_batches(batches(tiny_dataset, preload=preload)[0], batches(compressed, preload=preload)[0])
@@ -120,10 +120,10 @@ def test_jpeg_layout_reads(tiny_dataset, tmp_path):
         seed = 7
         start = np.random.default_rng(seed).integers(20)
         image = dataset[(0, seed)][0]
-        with h5py.File(episodes.episode_path(tiny_dataset, 2), 'r') as root:
+        with h5py.File(hdf5.episode_path(tiny_dataset, 2), 'r') as root:
             original = root['/observations/images/top'][start]
         expected = cv2.imdecode(cv2.imencode('.jpg', original, [int(cv2.IMWRITE_JPEG_QUALITY),
-                                                                episodes.JPEG_QUALITY])[1], cv2.IMREAD_COLOR)
+                                                                hdf5.JPEG_QUALITY])[1], cv2.IMREAD_COLOR)
         np.testing.assert_array_equal(image[0], expected)
 
 
@@ -240,7 +240,7 @@ def test_obs_horizon_repeats_first_frame(tiny_dataset):
     seed = next(s for s in range(100) if np.random.default_rng(s).integers(20) == 1)
     image, qpos, action, _ = dataset[(0, seed)]
     assert image.shape == (3, 1, 24, 32, 3) and qpos.shape == (3, 14)
-    with h5py.File(episodes.episode_path(tiny_dataset, 0), 'r') as root:
+    with h5py.File(hdf5.episode_path(tiny_dataset, 0), 'r') as root:
         frames = root['/observations/images/top'][()]
     for i, step in enumerate([0, 0, 1]):
         np.testing.assert_array_equal(image[i, 0], frames[step])
@@ -274,7 +274,7 @@ def test_missing_episode_file(tiny_dataset):
 
 
 def test_corrupt_episode_file(tiny_dataset):
-    with open(episodes.episode_path(tiny_dataset, 2), 'wb') as f:
+    with open(hdf5.episode_path(tiny_dataset, 2), 'wb') as f:
         f.write(b'not an hdf5 file')
     with pytest.raises(OSError, match=r'episode_2\.hdf5: cannot be read'):
         data.load_data(tiny_dataset, 5, ['top'], 2, 2)
@@ -286,10 +286,10 @@ def test_missing_camera_lists_those_present(tiny_dataset):
 
 
 def test_mismatched_dims(tiny_dataset):
-    write_episode(episodes.episode_path(tiny_dataset, 3), state_dim=12)
+    write_episode(hdf5.episode_path(tiny_dataset, 3), state_dim=12)
     with pytest.raises(ValueError, match=r'episode_3\.hdf5: qpos has 12 dims'):
         data.load_data(tiny_dataset, 5, ['top'], 2, 2)
-    with h5py.File(episodes.episode_path(tiny_dataset, 1), 'a') as root:
+    with h5py.File(hdf5.episode_path(tiny_dataset, 1), 'a') as root:
         del root['/action']
         root.create_dataset('/action', data=np.zeros((19, 14), dtype=np.float32))
     with pytest.raises(ValueError, match=r'episode_1\.hdf5: /observations/qpos \(20, 14\) and /action \(19, 14\)'):
@@ -297,7 +297,7 @@ def test_mismatched_dims(tiny_dataset):
 
 
 def test_mismatched_frame_sizes_suggest_image_size(tiny_dataset):
-    write_episode(episodes.episode_path(tiny_dataset, 4), image_hw=(30, 40), seed=4)
+    write_episode(hdf5.episode_path(tiny_dataset, 4), image_hw=(30, 40), seed=4)
     with pytest.raises(ValueError, match='--image_size'):
         data.load_data(tiny_dataset, 5, ['top'], 2, 2)
     out, _ = batches(tiny_dataset, epochs=1, image_size=(24, 32))

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from formats import hdf5 as episodes
+from formats import hdf5
 from tests.helpers import write_tiny_episode
 
 
@@ -22,8 +22,8 @@ def test_lossless_round_trip(tmp_path, compression, sim):
     qpos, action, images = random_episode()
     effort = None if sim else qpos * 2
     path = str(tmp_path / 'episode_0.hdf5')
-    episodes.write_episode(path, qpos, action, images, qvel=qpos + 1, effort=effort, sim=sim, compression=compression)
-    episode = episodes.read_episode(path)
+    hdf5.write_episode(path, qpos, action, images, qvel=qpos + 1, effort=effort, sim=sim, compression=compression)
+    episode = hdf5.read_episode(path)
     assert episode.sim is sim
     np.testing.assert_array_equal(episode.qpos, qpos.astype(np.float32))
     np.testing.assert_array_equal(episode.action, action.astype(np.float32))
@@ -41,8 +41,8 @@ def test_lossless_round_trip(tmp_path, compression, sim):
 def test_qvel_and_effort_are_optional(tmp_path):
     qpos, action, images = random_episode()
     path = str(tmp_path / 'episode_0.hdf5')
-    episodes.write_episode(path, qpos, action, images)
-    episode = episodes.read_episode(path, cameras=['wrist'])
+    hdf5.write_episode(path, qpos, action, images)
+    episode = hdf5.read_episode(path, cameras=['wrist'])
     assert episode.qvel is None and episode.effort is None and list(episode.images) == ['wrist']
 
 
@@ -68,7 +68,7 @@ def test_jpeg_layout_is_act_plus_plus_and_reads_back(tmp_path):
     ramp = np.linspace(0, 255, 32)[None, :, None] * np.ones((24, 1, 3))  # smooth, JPEG-friendly
     frames = np.stack([np.roll(ramp, 4 * t, axis=1) for t in range(5)]).astype(np.uint8)  # (5, 24, 32, 3)
     ours, theirs = str(tmp_path / 'episode_0.hdf5'), str(tmp_path / 'episode_1.hdf5')
-    episodes.write_episode(ours, np.zeros((5, 14)), np.zeros((5, 14)), {'cam_high': frames}, qvel=np.zeros((5, 14)),
+    hdf5.write_episode(ours, np.zeros((5, 14)), np.zeros((5, 14)), {'cam_high': frames}, qvel=np.zeros((5, 14)),
                            sim=False, compression='jpeg')
     reference_rows = write_act_plus_plus_episode(theirs, frames)
     with h5py.File(ours, 'r') as a, h5py.File(theirs, 'r') as b:
@@ -76,22 +76,22 @@ def test_jpeg_layout_is_act_plus_plus_and_reads_back(tmp_path):
         np.testing.assert_array_equal(a['compress_len'][()], b['compress_len'][()])
         assert a['compress_len'].dtype == np.float32 and a['compress_len'].shape == (1, 5)
         np.testing.assert_array_equal(a['/observations/images/cam_high'][()], reference_rows)
-    decoded = episodes.read_episode(theirs).images['cam_high']
+    decoded = hdf5.read_episode(theirs).images['cam_high']
     assert decoded.shape == frames.shape and np.abs(decoded.astype(int) - frames).mean() < 8
-    np.testing.assert_array_equal(episodes.read_episode(ours).images['cam_high'], decoded)
+    np.testing.assert_array_equal(hdf5.read_episode(ours).images['cam_high'], decoded)
 
 
 def test_reading_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='dataset directory .* does not exist'):
-        episodes.read_low_dim(str(tmp_path / 'nope' / 'episode_0.hdf5'))
+        hdf5.read_low_dim(str(tmp_path / 'nope' / 'episode_0.hdf5'))
     write_tiny_episode(str(tmp_path / 'episode_0.hdf5'))
     with pytest.raises(FileNotFoundError, match=r'episode_3\.hdf5: episode file not found; .* holds 1 episode'):
-        episodes.read_episode(episodes.episode_path(str(tmp_path), 3))
+        hdf5.read_episode(hdf5.episode_path(str(tmp_path), 3))
     (tmp_path / 'episode_1.hdf5').write_bytes(b'not hdf5')
     with pytest.raises(OSError, match=r'episode_1\.hdf5: cannot be read as an HDF5 episode file'):
-        episodes.read_episode(str(tmp_path / 'episode_1.hdf5'))
+        hdf5.read_episode(str(tmp_path / 'episode_1.hdf5'))
     with pytest.raises(KeyError, match=r"no camera 'wrist' .* it has: top"):
-        episodes.read_episode(str(tmp_path / 'episode_0.hdf5'), cameras=['wrist'])
+        hdf5.read_episode(str(tmp_path / 'episode_0.hdf5'), cameras=['wrist'])
     with pytest.raises(ValueError, match="compression must be None or one of gzip, lzf, jpeg, got 'zip'"):
-        episodes.write_episode(str(tmp_path / 'episode_2.hdf5'), *random_episode(), compression='zip')
+        hdf5.write_episode(str(tmp_path / 'episode_2.hdf5'), *random_episode(), compression='zip')
     assert sorted(os.listdir(tmp_path)) == ['episode_0.hdf5', 'episode_1.hdf5']

@@ -34,12 +34,12 @@ from cli import run_config
 from common.files import atomic_write, prepare_folder, remove_stale_temps, temp_path
 from common.folders import UnsafeFile
 from common.safe_load import load_torch_file
-from evaluation import rollout as evaluate
+from evaluation import rollout
 from formats.hdf5 import read_episode, write_episode
 from formats.normalize import Normalizer
 from tests.helpers import (PROCESS_TIMEOUT_S, ROOT, TINY_ACT_CONFIG, eval_config, start_pose_stats, train_args,
                            train_argv, write_tiny_checkpoint, write_tiny_episode)
-from training import loop as train
+from training import loop
 from training.data import load_data
 
 HANG_TIMEOUT_S = PROCESS_TIMEOUT_S  # a case that ends the process takes about 4 s idle, far more beside other work
@@ -89,11 +89,11 @@ def wait_until_gone(pids, seconds):
 
 def test_an_error_while_loader_workers_run_ends_the_process(tmp_path):
     driver = ('import sys, imitate_episodes\n'
-              'from training import loop as train\n'
+              'from training import loop\n'
               'from tests.helpers import train_args\n'
               'def fail(*args, **kwargs):\n'
               '    raise RuntimeError("plotting failed")\n'
-              'train.plot_history = fail\n'
+              'loop.plot_history = fail\n'
               'imitate_episodes.main(train_args(sys.argv[1], sys.argv[2], preload="off", num_workers=1))\n')
     done = run_python(['-c', driver, dataset(tmp_path / 'data'), str(tmp_path / 'ckpt')])
     assert done.returncode == 1 and 'RuntimeError: plotting failed' in done.stderr
@@ -117,7 +117,7 @@ def plant(path, marker, save):
 
 
 def _load_stats_for_eval(ckpt_dir):
-    evaluate.load_stats(eval_config(ckpt_dir, TINY_ACT_CONFIG))
+    rollout.load_stats(eval_config(ckpt_dir, TINY_ACT_CONFIG))
 
 
 def _load_stats_for_dims(ckpt_dir):
@@ -137,10 +137,10 @@ def test_a_malicious_training_state_is_refused_unrun(tmp_path):
     data, ckpt = dataset(tmp_path / 'data'), tmp_path / 'ckpt'
     os.makedirs(ckpt)
     marker = tmp_path / 'ran'
-    plant(ckpt / train.TRAINING_STATE, marker, torch.save)
+    plant(ckpt / loop.TRAINING_STATE, marker, torch.save)
     with pytest.raises(UnsafeFile, match=r'training state .*training_state.pt .*refused unread'):
         imitate_episodes.main(train_args(data, ckpt, resume=True))
-    assert not marker.exists() and os.listdir(ckpt) == [train.TRAINING_STATE]
+    assert not marker.exists() and os.listdir(ckpt) == [loop.TRAINING_STATE]
 
 
 class SystemCall:
@@ -170,7 +170,7 @@ def test_a_malicious_checkpoint_or_backbone_file_is_refused_unrun(tmp_path):
     write_tiny_checkpoint(tmp_path, TINY_ACT_CONFIG, start_pose_stats([0] * 6, 0.5, 1.0))
     plant(tmp_path / 'policy_best.ckpt', marker, torch.save)
     with pytest.raises(UnsafeFile, match='refused unread'):
-        evaluate.load_policy(eval_config(tmp_path, TINY_ACT_CONFIG), 'policy_best.ckpt')
+        rollout.load_policy(eval_config(tmp_path, TINY_ACT_CONFIG), 'policy_best.ckpt')
     with pytest.raises(UnsafeFile, match='refused unread'):
         make_policy('ACT', TINY_ACT_CONFIG).deserialize(str(tmp_path / 'policy_best.ckpt'))
     with pytest.raises(UnsafeFile, match='backbone weights .* refused unread'):
@@ -184,9 +184,9 @@ def test_the_originals_statistics_and_our_training_state_still_load(tmp_path, tw
         pickle.dump(stats, f, protocol=2)  # any protocol the original's Python wrote
     loaded = Normalizer.load(str(tmp_path / 'dataset_stats.pkl')).stats
     assert all(np.array_equal(loaded[k], stats[k]) for k in stats)
-    state = train.read_training_state(os.path.join(two_epoch_run[0]['ckpt_dir'], train.TRAINING_STATE))
+    state = loop.read_training_state(os.path.join(two_epoch_run[0]['ckpt_dir'], loop.TRAINING_STATE))
     assert state['progress']['unit'] == 2
-    torch.load(os.path.join(two_epoch_run[0]['ckpt_dir'], train.TRAINING_STATE), weights_only=True)
+    torch.load(os.path.join(two_epoch_run[0]['ckpt_dir'], loop.TRAINING_STATE), weights_only=True)
 
 
 ############################ 3. resume checks first, writes after ############################
@@ -223,7 +223,7 @@ def test_resume_any_data_goes_on_with_the_saved_statistics(tmp_path, one_epoch_r
     imitate_episodes.main(train_args(other, ckpt, num_epochs=2, resume=True, resume_any_data=True))
     assert '--resume_any_data: going on with changed data' in capsys.readouterr().out
     assert file_bytes(ckpt, ['dataset_stats.pkl']) == stats_before
-    assert train.read_training_state(str(ckpt / train.TRAINING_STATE))['progress']['unit'] == 2
+    assert loop.read_training_state(str(ckpt / loop.TRAINING_STATE))['progress']['unit'] == 2
     imitate_episodes.main(train_args(other, ckpt, num_epochs=3, resume=True))  # the new data is now the run's
 
 
@@ -258,7 +258,7 @@ def test_non_finite_statistics_are_refused(tmp_path):
 
 def test_a_non_finite_loss_stops_training_and_keeps_what_was_saved(tmp_path, monkeypatch):
     data, ckpt = dataset(tmp_path / 'data'), tmp_path / 'ckpt'
-    real_make_policy = train.make_policy
+    real_make_policy = loop.make_policy
 
     def make_policy(policy_class, policy_config, load_pretrained=True):
         policy = real_make_policy(policy_class, policy_config, load_pretrained)
@@ -272,11 +272,11 @@ def test_a_non_finite_loss_stops_training_and_keeps_what_was_saved(tmp_path, mon
             return losses
         policy.forward = nan_after_a_while
         return policy
-    monkeypatch.setattr(train, 'make_policy', make_policy)
-    with pytest.raises(train.NonFiniteLoss, match=r"training loss term 'kl' is nan at optimizer step 2 "
+    monkeypatch.setattr(loop, 'make_policy', make_policy)
+    with pytest.raises(loop.NonFiniteLoss, match=r"training loss term 'kl' is nan at optimizer step 2 "
                                                   r"\(finite: l1 .*\); training stopped"):
         imitate_episodes.main(train_args(data, ckpt, num_epochs=3, save_every=1))
-    saved = train.read_training_state(str(ckpt / train.TRAINING_STATE))
+    saved = loop.read_training_state(str(ckpt / loop.TRAINING_STATE))
     assert saved['progress']['step'] == 2  # the state of epoch 0, written before the NaN
     assert all(torch.isfinite(v).all() for v in saved['model'].values())
     assert 'policy_last.ckpt' not in os.listdir(ckpt)
@@ -352,10 +352,10 @@ def test_recording_evaluation_and_loader_workers_die_with_their_parent(monkeypat
         monkeypatch.setattr(module, 'die_with_parent', armed.append)
     monkeypatch.setattr(record_sim_episodes, 'EpisodeRecorder', lambda **kwargs: None)
     processes._start_worker(11, record_sim_episodes._init_worker, {}, str(tmp_path), False)
-    monkeypatch.setattr(evaluate, 'Evaluator', lambda *args: None)
-    monkeypatch.setattr(evaluate, 'load_policy', lambda *args: None)
-    monkeypatch.setattr(evaluate, 'load_stats', lambda *args: None)
-    processes._start_worker(12, evaluate._init_worker, types.SimpleNamespace(runtime='torch'), 'policy_best.ckpt',
+    monkeypatch.setattr(rollout, 'Evaluator', lambda *args: None)
+    monkeypatch.setattr(rollout, 'load_policy', lambda *args: None)
+    monkeypatch.setattr(rollout, 'load_stats', lambda *args: None)
+    processes._start_worker(12, rollout._init_worker, types.SimpleNamespace(runtime='torch'), 'policy_best.ckpt',
                             torch.get_num_threads())
     signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -472,7 +472,7 @@ def test_a_broken_checkpoint_is_named_without_unsafe_advice(tmp_path, content, m
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message) as err:
-        evaluate.load_policy(eval_config(tmp_path, TINY_ACT_CONFIG), 'policy_best.ckpt')
+        rollout.load_policy(eval_config(tmp_path, TINY_ACT_CONFIG), 'policy_best.ckpt')
     assert 'weights_only' not in str(err.value) and str(path) in str(err.value)
 
 
@@ -481,7 +481,7 @@ def test_a_checkpoint_of_another_policy_class_names_the_class(tmp_path):
     torch.save({'model.mlp.0.weight': torch.zeros(4, 4)}, tmp_path / 'policy_best.ckpt')
     message = 'holds a CNNMLP policy but the policy class is ACT: pass --policy_class CNNMLP'
     with pytest.raises(ValueError, match=message):
-        evaluate.load_policy(eval_config(tmp_path, TINY_ACT_CONFIG), 'policy_best.ckpt')
+        rollout.load_policy(eval_config(tmp_path, TINY_ACT_CONFIG), 'policy_best.ckpt')
 
 
 @pytest.mark.parametrize('frames', [19, 21])

@@ -16,7 +16,7 @@ import torch
 
 from policies.registry import make_policy
 from tests.helpers import GOLDEN_DIR
-from training import loop as train
+from training import loop
 
 ACTION_ATOL = 2e-5
 LOSS_RTOL = 1e-5
@@ -85,9 +85,9 @@ def test_training_path_gives_the_originals_loss():
     """The loop's own path (uint8 frames converted on the device, channels-last weights)."""
     golden = load('original_act_small.pt')
     policy = golden_policy(golden)
-    train.to_channels_last(policy)
+    loop.to_channels_last(policy)
     x = golden['inputs']
     batch = (x['image_uint8'].permute(0, 1, 3, 4, 2), x['qpos'], x['actions'], x['is_pad'])  # frames (B, K, H, W, 3)
     torch.manual_seed(golden['loss_seed'])
-    loss = train.forward_pass(batch, policy, 'cpu')['loss']
+    loss = loop.forward_pass(batch, policy, 'cpu')['loss']
     assert loss.item() == pytest.approx(golden['loss']['loss'].item(), rel=LOSS_RTOL)

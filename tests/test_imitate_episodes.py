@@ -106,7 +106,7 @@ def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_ru
                                                                   capsys):
     import shutil
 
-    from evaluation import rollout as evaluate
+    from evaluation import rollout
     args, _ = two_epoch_run
     ckpt_dir = tmp_path / 'ckpt'
     shutil.copytree(args['ckpt_dir'], ckpt_dir)
@@ -114,11 +114,11 @@ def test_eval_renders_without_shadows_when_the_training_frames_were(two_epoch_ru
     with open(ckpt_dir / CONFIG_FILE, 'w') as f:
         json.dump(dict(config, shadows=False), f)
     eval_config = run_config.eval_config(eval_flags(ckpt_dir), 'cpu')
-    env, _ = evaluate.make_env(evaluate.EvalSettings.of(eval_config))
+    env, _ = rollout.make_env(rollout.EvalSettings.of(eval_config))
     assert not env.physics.model.light_castshadow.any()
     imitate_episodes.main(eval_flags(ckpt_dir))
     assert 'Rendering without shadows' in capsys.readouterr().out
-    env, _ = evaluate.make_env(evaluate.EvalSettings.of(run_config.eval_config(eval_flags(args['ckpt_dir']),
+    env, _ = rollout.make_env(rollout.EvalSettings.of(run_config.eval_config(eval_flags(args['ckpt_dir']),
                                                                                       'cpu')))
     assert env.physics.model.light_castshadow.any()  # the assets' light casts shadows by default
 

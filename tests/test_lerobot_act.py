@@ -368,9 +368,9 @@ def test_act_without_the_vae_converts_both_ways(tmp_path):
     policy, stats = tiny_act(seed=3, use_vae=False), random_stats(2)
     ours = write_our_folder(str(tmp_path / 'ours'), policy, stats)
     to_lerobot(ours, str(tmp_path / 'lr'))
-    lr_config = json.load(open(tmp_path / 'lr' / 'config.json'))
+    lerobot_json = json.load(open(tmp_path / 'lr' / 'config.json'))
     weights = load_file(str(tmp_path / 'lr' / 'model.safetensors'))
-    assert lr_config['use_vae'] is False and not any(k.startswith('model.vae_encoder') for k in weights)
+    assert lerobot_json['use_vae'] is False and not any(k.startswith('model.vae_encoder') for k in weights)
     to_act(str(tmp_path / 'lr'), str(tmp_path / 'back'))
     back_config = json.load(open(tmp_path / 'back' / 'config.json'))['policy_config']
     assert back_config['use_vae'] is False

@@ -19,7 +19,7 @@ from detr.resnet import build_resnet_trunk
 from evaluation.rollout import load_policy, load_stats
 from formats.lerobot import LeRobotFormatError
 from formats.normalize import Normalizer
-from policies.registry import make_policy, policy_type, resolve_policy_config
+from policies.registry import make_policy, get_policy_class, resolve_policy_config
 from tests.helpers import write_tiny_episode
 from tests.test_lerobot_act import eval_args, write_lerobot_folder
 
@@ -372,7 +372,7 @@ def test_a_training_sample_holds_the_policys_window(style, obs_horizon, window):
     cfg = DiffusionPolicy.resolve_config({'camera_names': CAMERAS, 'num_queries': 8, 'style': style,
                                           'obs_horizon': obs_horizon})
     assert DiffusionPolicy.sample_window(cfg) == window  # (observation steps, actions start this far back)
-    assert policy_type('ACT').sample_window({}) == (1, 0)
+    assert get_policy_class('ACT').sample_window({}) == (1, 0)
 
 
 def test_lerobot_style_targets_start_at_the_oldest_observation(tmp_path):

@@ -12,7 +12,7 @@ import torch
 import imitate_episodes
 from tests.helpers import train_args
 from tests.test_train import interrupt_and_resume
-from training import loop as train
+from training import loop
 from training.metrics import METRICS_FILE, read_metrics
 
 TRAIN_FIELDS = {'split', 'step', 'unit', 'loss', 'l1', 'kl', 'lr', 'lr_group_1', 'grad_norm', 'samples_per_s',
@@ -92,6 +92,6 @@ def test_loss_curves_use_a_log_axis(two_epoch_run, tmp_path, monkeypatch):
     from matplotlib.axes import Axes
     scales = []
     monkeypatch.setattr(Axes, 'set_yscale', lambda self, value, **kw: scales.append(value))
-    progress = train.read_training_state(os.path.join(two_epoch_run[0]['ckpt_dir'], train.TRAINING_STATE))['progress']
-    train.plot_history(progress['train_history'], progress['validation_history'], str(tmp_path), 0)
+    progress = loop.read_training_state(os.path.join(two_epoch_run[0]['ckpt_dir'], loop.TRAINING_STATE))['progress']
+    loop.plot_history(progress['train_history'], progress['validation_history'], str(tmp_path), 0)
     assert scales == ['log', 'log', 'log']  # l1, kl, loss

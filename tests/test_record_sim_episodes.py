@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import constants
-from formats import hdf5 as episodes
+from formats import hdf5
 from recording import sim as record_sim_episodes
 from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK
 
@@ -86,7 +86,8 @@ def test_recording_into_a_lerobot_dataset_appends_the_same_episodes(recorded, tm
     record(root, num_episodes=1, format='lerobot')
     record(root, num_episodes=2, format='lerobot')  # appends episode 1 only
     data = LeRobotEpisodes(str(root))
-    assert data.num_episodes == 2 and sorted(data.camera_names) == sorted(CAMERAS) and not os.path.exists(f'{root}.recording')
+    assert data.num_episodes == 2 and sorted(data.camera_names) == sorted(CAMERAS)
+    assert not os.path.exists(f'{root}.recording')
     info = json.load(open(root / 'meta' / 'info.json'))
     assert info['robot_type'] == 'aloha'  # as convert_dataset.py writes: LeRobot merges only datasets of one type
     import pyarrow.parquet as pq
@@ -137,10 +138,10 @@ def test_no_shadows_marks_the_episodes_and_refuses_a_mixed_folder(recorded, tmp_
     for key in ('action', 'observations/qpos', 'observations/qvel'):  # the same physics
         np.testing.assert_array_equal(flat[key], shaded[key])
     assert any((flat[f'observations/images/{c}'] != shaded[f'observations/images/{c}']).any() for c in CAMERAS)
-    assert not episodes.HDF5Episodes(str(dataset_dir)).shadows(1)
+    assert not hdf5.HDF5Episodes(str(dataset_dir)).shadows(1)
     shutil.copy(recorded / 'plain' / 'episode_1.hdf5', dataset_dir / 'episode_1.hdf5')
     with pytest.raises(ValueError, match='1 of 2 episodes were rendered without shadows'):
-        episodes.HDF5Episodes(str(dataset_dir)).shadows(2)
+        hdf5.HDF5Episodes(str(dataset_dir)).shadows(2)
     shutil.copy(recorded / 'plain' / 'episode_1.hdf5', dataset_dir / 'episode_2.hdf5')
     with pytest.raises(ValueError, match='episode_1.hdf5 already exists .*rendered with shadows, --no_shadows given'):
         record(dataset_dir, num_episodes=3, no_shadows=True)
@@ -167,7 +168,7 @@ def test_interrupted_write_leaves_the_old_file_and_no_temporary(recorded, tmp_pa
     data = {'images': {'top': np.zeros((STEPS, *SMALL, 3), np.uint8)},
             'qpos': np.zeros((STEPS, 14)), 'qvel': ExplodingArray(), 'action': np.zeros((STEPS, 14))}
     with pytest.raises(KeyboardInterrupt):
-        episodes.write_episode(str(path), **data)
+        hdf5.write_episode(str(path), **data)
     assert os.listdir(tmp_path) == ['episode_0.hdf5']
     np.testing.assert_array_equal(read_all(path)['observations/images/top'], good['observations/images/top'])
 

@@ -12,11 +12,11 @@ import torch
 import imitate_episodes
 from checkpoints.folder import atomic_save
 from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK, train_args
-from training import loop as train
+from training import loop
 
 
 def training_state(ckpt_dir):
-    return torch.load(os.path.join(ckpt_dir, train.TRAINING_STATE), weights_only=False)
+    return torch.load(os.path.join(ckpt_dir, loop.TRAINING_STATE), weights_only=False)
 
 
 def losses(ckpt_dir):
@@ -27,7 +27,7 @@ def losses(ckpt_dir):
 
 def _stop_at_step(monkeypatch, step):
     """Make the policy send this process SIGINT after optimizer step `step`, as Ctrl-C would."""
-    real_make_policy = train.make_policy
+    real_make_policy = loop.make_policy
 
     def make_policy(policy_class, policy_config, load_pretrained=True):
         policy = real_make_policy(policy_class, policy_config, load_pretrained)
@@ -39,7 +39,7 @@ def _stop_at_step(monkeypatch, step):
                 os.kill(os.getpid(), signal.SIGINT)
         policy.post_step = post_step
         return policy
-    monkeypatch.setattr(train, 'make_policy', make_policy)
+    monkeypatch.setattr(loop, 'make_policy', make_policy)
 
 
 def interrupt_and_resume(dataset_dir, ckpt_dir, monkeypatch, stop_step, **overrides):
@@ -162,12 +162,12 @@ def test_first_loss_matches_plain_reference(tiny_dataset, tmp_path, tiny_act_con
     config = {**tiny_act_config, 'lr': 1e-4}
     losses_seen = []
     for channels_last in (False, True):
-        train.set_seed(0)
+        loop.set_seed(0)
         policy = make_policy('ACT', config).eval()
         image, qpos, action, is_pad = batch
         if channels_last:
-            train.to_channels_last(policy)
-            out = train.forward_pass(batch, policy, 'cpu')
+            loop.to_channels_last(policy)
+            out = loop.forward_pass(batch, policy, 'cpu')
         else:  # the original's layout: float (B, K, 3, H, W) contiguous
             plain = image.permute(0, 1, 4, 2, 3).contiguous().float() / 255.0
             out = policy(qpos, plain, action, is_pad)
@@ -176,11 +176,11 @@ def test_first_loss_matches_plain_reference(tiny_dataset, tmp_path, tiny_act_con
 
 
 def test_lr_schedule():
-    assert train.lr_factor(0, 'constant', 0, 10) == 1.0
-    assert train.lr_factor(0, 'cosine', 4, 10) == pytest.approx(0.25)
-    assert train.lr_factor(4, 'cosine', 4, 10) == pytest.approx(1.0)
-    assert train.lr_factor(7, 'cosine', 4, 10) == pytest.approx(0.5)
-    assert train.lr_factor(10, 'cosine', 4, 10) == pytest.approx(0.0)
+    assert loop.lr_factor(0, 'constant', 0, 10) == 1.0
+    assert loop.lr_factor(0, 'cosine', 4, 10) == pytest.approx(0.25)
+    assert loop.lr_factor(4, 'cosine', 4, 10) == pytest.approx(1.0)
+    assert loop.lr_factor(7, 'cosine', 4, 10) == pytest.approx(0.5)
+    assert loop.lr_factor(10, 'cosine', 4, 10) == pytest.approx(0.0)
 
 
 @pytest.mark.slow

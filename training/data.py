@@ -32,8 +32,8 @@ PRELOAD_MEMORY_SHARE = 0.5  # preload='auto' preloads frames taking less than th
 
 def action_normalization(policy_class):
     """How the policy `policy_class` wants its actions scaled ('mean_std' or 'min_max')."""
-    from policies.registry import policy_type
-    return policy_type(policy_class).action_normalization
+    from policies.registry import get_policy_class
+    return get_policy_class(policy_class).action_normalization
 
 
 ################################ Dataset ################################
