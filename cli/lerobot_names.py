@@ -8,11 +8,11 @@ well), the default here stays the original's: only the names given are translate
 import os
 
 from cli.flags import UsageError
+from policies.chunker import TEMPORAL_AGG_K
 from policies.registry import lerobot_types
 
 LEROBOT_HOME = os.environ.get('HF_LEROBOT_HOME', os.path.expanduser('~/.cache/huggingface/lerobot'))
 NOISE_SCHEDULERS = ('ddpm', 'ddim')  # LeRobot's noise_scheduler_type values, in capitals there
-TEMPORAL_ENSEMBLE_COEFF = 0.01  # the original's exp(-0.01 i): the one ensembling weight here
 # LeRobot name -> our flag (the value passes as it is)
 SAME_VALUE = {
     '--steps': '--num_steps', '--save_freq': '--save_every', '--output_dir': '--ckpt_dir',
@@ -67,9 +67,9 @@ def translate_one(name, value):
     if name == '--policy.temporal_ensemble_coeff':
         if value.lower() in ('none', 'null'):
             return []
-        if float(value) != TEMPORAL_ENSEMBLE_COEFF:
+        if float(value) != TEMPORAL_AGG_K:
             raise UsageError(f'{name} {value}: temporal ensembling here has the original\'s weight '
-                             f'{TEMPORAL_ENSEMBLE_COEFF} only (--temporal_agg)')
+                             f'{TEMPORAL_AGG_K} only (--temporal_agg)')
         return ['--temporal_agg']
     if name == '--dataset.repo_id':
         folder = os.path.join(LEROBOT_HOME, value)

@@ -61,10 +61,16 @@ class TemporalEnsembler:
         # NOTE(faithful): the original found the filled rows of its zero-initialised buffer by
         # testing for non-zero values, so a prediction with any component exactly 0.0 is left out.
         predictions = predictions[(predictions != 0).all(axis=1)]
-        weights = np.exp(-self.k * np.arange(len(predictions)))
-        weights = weights / weights.sum()
+        weights = ensemble_weights(len(predictions), self.k)
         self.t += 1
         return (predictions * _as_kind(weights, predictions)[:, None]).sum(axis=0)  # (A,) float64
+
+
+def ensemble_weights(count, k=TEMPORAL_AGG_K):
+    """The original's temporal ensembling weights of `count` predictions of one step, oldest first:
+    exp(-k * i), normalised to sum 1 -> (count,) float64. Every ensembling here uses them."""
+    weights = np.exp(-k * np.arange(count))
+    return weights / weights.sum()
 
 
 def _as_kind(values, like):

@@ -30,9 +30,7 @@ import collections
 import concurrent.futures
 import time
 
-import numpy as np
-
-from policies.chunker import TEMPORAL_AGG_K
+from policies.chunker import TEMPORAL_AGG_K, ensemble_weights
 
 STRATEGIES = ('replace', 'ensemble', 'rtc')
 GUIDED = ('rtc',)  # the strategies whose queries are guided by the queue
@@ -113,8 +111,7 @@ class ChunkExecutor:
     def _combine(self, stored):
         if len(stored) == 1:
             return stored[0]
-        weights = np.exp(-self.k * np.arange(len(stored)))
-        weights = weights / weights.sum()
+        weights = ensemble_weights(len(stored), self.k)
         total = stored[0] * float(weights[0])
         for prediction, weight in zip(stored[1:], weights[1:]):
             total = total + prediction * float(weight)
