@@ -21,13 +21,13 @@ formats/episode.py; `LeRobotWriter` (lerobot_writer.py) creates a dataset or app
 import glob
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.checks import check_values
-from common.folders import STAGING_MARKER, inside_folder, lock_holder
+from common.folders import inside_folder
+from formats.lerobot_journal import finish_pending_append
 from common.safe_load import load_json
 from constants import CONTROL_HZ
 from formats.episode import Episode
@@ -71,8 +71,6 @@ SIM_MARK, SHADOWS_MARK = 'sim', 'shadows'
 
 
 MAX_FRAME_SIDE = 8192  # pixels: a larger side in info.json is a damaged file
-PENDING_DIR = '.pending'  # an append's new files, built here before they are moved into the dataset
-COMMIT_FILE = 'COMMITTED'  # written into PENDING_DIR once every file of the append is complete
 
 
 class LeRobotFormatError(ValueError):
@@ -82,37 +80,6 @@ class LeRobotFormatError(ValueError):
 
 def is_lerobot_dataset(path):
     return os.path.isfile(os.path.join(path, INFO_PATH))
-
-
-def finish_pending_append(root):
-    """Complete or roll back an append to the dataset at root that was interrupted (killed, Ctrl-C):
-    once committed, every file is in PENDING_DIR and the rest of them are moved in, info.json last;
-    before that, nothing was moved and PENDING_DIR is dropped. Left alone while a living writer holds
-    the dataset's lock. Returns what was done: 'completed', 'rolled back' or None."""
-    pending = os.path.join(root, PENDING_DIR)  # inside the dataset: this project's, marked or not
-    if not os.path.isdir(pending) or lock_holder(root) is not None:
-        return None
-    if not os.path.isfile(os.path.join(pending, COMMIT_FILE)):
-        shutil.rmtree(pending, ignore_errors=True)
-        return 'rolled back'
-    move_in(pending, root)
-    return 'completed'
-
-
-def move_in(pending, root):
-    """Move the committed files of PENDING_DIR into the dataset, info.json last, then drop PENDING_DIR."""
-    moved = []
-    for folder, _, names in os.walk(pending):
-        for name in names:
-            relative = os.path.relpath(os.path.join(folder, name), pending)
-            if relative not in (INFO_PATH, COMMIT_FILE, STAGING_MARKER):
-                moved.append(relative)
-    for relative in sorted(moved) + [INFO_PATH]:
-        if os.path.isfile(os.path.join(pending, relative)):  # a resumed move finds some moved already
-            target = os.path.join(root, relative)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(os.path.join(pending, relative), target)
-    shutil.rmtree(pending, ignore_errors=True)
 
 
 def _pq():
@@ -281,7 +248,7 @@ class LeRobotEpisodes:
 
     def __init__(self, root):
         self.root = root
-        finished = finish_pending_append(root)
+        finished = finish_pending_append(root, INFO_PATH)
         if finished:
             print(f'{root}: an interrupted append was {finished}')
         self.info = read_info(root)

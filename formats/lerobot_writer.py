@@ -9,11 +9,12 @@ import numpy as np
 from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import joint_names
-from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, COMMIT_FILE, CRF, DATA_FILE_MB,
+from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, CRF, DATA_FILE_MB,
                              DATA_PATH, DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES,
-                             INFO_PATH, PENDING_DIR, PIX_FMT, SHADOWS_COLUMN, SIM_COLUMN, SIM_MARK, STATS_PATH,
+                             INFO_PATH, PIX_FMT, SHADOWS_COLUMN, SIM_COLUMN, SIM_MARK, STATS_PATH,
                              SVTAV1_PRESET, TASKS_PATH, VIDEO_FILE_MB, VIDEO_PATH, LeRobotEpisodes, LeRobotFormatError,
-                             _pq, column_array, is_lerobot_dataset, move_in, origin_marks, read_table)
+                             _pq, column_array, is_lerobot_dataset, origin_marks, read_table)
+from formats.lerobot_journal import COMMIT_FILE, PENDING_DIR, move_in
 from formats.lerobot_stats import aggregate_stats, feature_stats, image_stats, stats_from_row, stats_to_json
 from formats.lerobot_video import VideoFile, available_vcodec, encoder_options
 
@@ -70,7 +71,7 @@ class LeRobotWriter:
     until it closes without error. A new dataset is built in `<root>.partial` and renamed; appended
     files are built in `<root>/.pending`, marked committed once complete, then moved in, info.json
     last: an append interrupted before the mark leaves the dataset as it was, one interrupted after
-    it is completed by the next reader or writer (formats.lerobot.finish_pending_append). One
+    it is completed by the next reader or writer (formats.lerobot_journal). One
     writer at a time: `<root>.lock` names the process writing (common.files.FolderLock).
     names: of the state and action values in a new dataset (default constants.joint_names).
     """
@@ -309,7 +310,7 @@ class LeRobotWriter:
             publish_staging(self.work, self.root)  # a folder that appeared there meanwhile stays
         else:  # the journal: committed, the append completes even if this process dies while moving
             atomic_write(os.path.join(self.work, COMMIT_FILE), lambda f: f.write('complete'), 'w')
-            move_in(self.work, self.root)
+            move_in(self.work, self.root, INFO_PATH)
 
     def abort(self):
         """Drop what this writer wrote, the dataset as it was; an append already committed completes."""
@@ -320,7 +321,7 @@ class LeRobotWriter:
                 video.close()
         try:
             if os.path.isfile(os.path.join(self.work, COMMIT_FILE)):
-                move_in(self.work, self.root)
+                move_in(self.work, self.root, INFO_PATH)
             else:
                 drop_staging(self.work)
         finally:
