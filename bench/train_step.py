@@ -63,7 +63,7 @@ def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw, recompute=F
     from cli.run_config import make_policy_config
     from constants import get_task_config
     from imitate_episodes import build_parser
-    from training import loop as train
+    from training import loop
     sizes = MODELS[model]
     argv = ['--task_name', TASK, '--policy_class', 'ACT', '--ckpt_dir', ckpt_dir, '--dataset_dir', data_dir,
             '--num_episodes', str(NUM_EPISODES), '--batch_size', str(BATCH_SIZE), '--num_steps', str(num_steps),
@@ -72,7 +72,7 @@ def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw, recompute=F
             '--chunk_size', str(sizes['chunk_size'])] + (['--gradient_checkpointing'] if recompute else [])
     args = vars(build_parser().parse_args(argv))
     policy_config = make_policy_config(args, ['top'], STATE_DIM, STATE_DIM, image_hw)
-    return {**train.TRAIN_DEFAULTS, **make_run_config(args, get_task_config(TASK), policy_config, 'cpu')}
+    return {**loop.TRAIN_DEFAULTS, **make_run_config(args, get_task_config(TASK), policy_config, 'cpu')}
 
 
 def loaders(data_dir, model):
@@ -124,13 +124,13 @@ def reference_steps(train_loader, config, num_steps, original):
 def run_case(case, data_dir, steps, ref_steps):
     import torch
 
-    from training import loop as train
+    from training import loop
     model, amp, *recompute = case.split('_')
     train_loader, val_loader, _, _ = loaders(data_dir, model)
     image_hw = tuple(train_loader.dataset.hw)
     with tempfile.TemporaryDirectory() as ckpt_dir:
         config = make_config(model, amp, data_dir, ckpt_dir, steps + 1, image_hw, bool(recompute))
-        trainer = train.Trainer(train_loader, val_loader, config)
+        trainer = loop.Trainer(train_loader, val_loader, config)
         trainer.policy.train()
         times = []
         for _ in range(steps + 1):

@@ -1,4 +1,4 @@
-"""training/metrics.py and training.loop.Log: every field of metrics.jsonl on every step, a resumed run's file,
+"""training/metrics.py and training.log.Log: every field of metrics.jsonl on every step, a resumed run's file,
 gradient clipping, TensorBoard event files and an offline wandb run."""
 import glob
 import json

@@ -21,23 +21,19 @@ import torch
 from tqdm import tqdm
 
 from checkpoints.folder import TRAINING_STATE, atomic_save, save_policy
-from common.safe_load import load_torch_file
 from common.seeds import rng_states, set_rng_states, set_seed
-from formats.stats import data_changes
 from policies.base import autocast
 from policies.inputs import image_to_tensor
-from policies.registry import make_policy, resolve_policy_config
-from training.metrics import MetricsFile, TensorBoardLog, peak_memory_mb, plot_metrics
+from policies.registry import make_policy
+from training.log import Log, compute_dict_mean
+from training.metrics import peak_memory_mb, plot_history
+from training.resume import check_resume, read_training_state, run_settings
 from training.settings import TrainSettings
 
 ### Training settings
 # Settings train_bc falls back to when a config (like the original's) lacks them.
 TRAIN_DEFAULTS = {**TrainSettings.defaults(), 'device': 'cpu', 'batch_size': None, 'rank': 0, 'dataset_record': None}
 # Settings a resumed run must share with the run that wrote the training state.
-RESUME_KEYS = ('policy_class', 'policy_config', *TrainSettings.names('resume'))
-INITIAL_WEIGHT_KEYS = ('backbone_weights', 'pretrained_backbone')  # replaced by the saved weights anyway
-
-
 class NonFiniteLoss(Exception):
     """Raised when a loss term is NaN or infinite; nothing is saved over the good checkpoints."""
 
@@ -69,11 +65,6 @@ class Progress:
 
 
 ################################ Small helpers ################################
-
-def compute_dict_mean(epoch_dicts):
-    """Mean of each key over a list of dicts of numbers or tensors."""
-    return {k: sum(d[k] for d in epoch_dicts) / len(epoch_dicts) for k in epoch_dicts[0]}
-
 
 def detach_dict(d):
     return {k: v.detach() for k, v in d.items()}
@@ -130,27 +121,6 @@ def to_channels_last(module):
             m.to(memory_format=torch.channels_last)
 
 
-def plot_history(train_history, validation_history, ckpt_dir, seed, unit='epoch'):
-    """One PNG per loss key: train_val_{key}_seed_{seed}.png. Histories are lists of (unit index, {key: value})."""
-    from matplotlib.figure import Figure
-    if not train_history:
-        return
-    for key in train_history[0][1]:
-        fig = Figure()
-        ax = fig.subplots()
-        for label, history in (('train', train_history), ('validation', validation_history)):
-            ax.plot([u for u, _ in history], [summary[key] for _, summary in history], label=label)
-        ax.set_xlabel(unit)
-        if all(summary[key] > 0 for history in (train_history, validation_history) for _, summary in history):
-            ax.set_yscale('log')  # losses fall over orders of magnitude
-        ax.legend()
-        ax.set_title(key)
-        fig.tight_layout()
-        path = os.path.join(ckpt_dir, f'train_val_{key}_seed_{seed}.png')
-        atomic_save(fig, path, lambda f, file: f.savefig(file, format='png'))
-    tqdm.write(f'Saved plots to {ckpt_dir}')
-
-
 class StopSignal:
     """Turns the first Ctrl-C / SIGTERM into a request to stop after the current optimizer step;
     a second one stops at once."""
@@ -173,53 +143,6 @@ class StopSignal:
             raise KeyboardInterrupt
         self.signum = signum
         tqdm.write('\nStopping after this step; saving the training state (press Ctrl-C again to stop at once)')
-
-
-def resumable_policy_config(policy_class, policy_config):
-    """The complete policy config without the initial-weight keys, which the saved weights replace."""
-    resolved = resolve_policy_config(policy_class, policy_config)
-    return {k: v for k, v in resolved.items() if k not in INITIAL_WEIGHT_KEYS}
-
-
-def run_settings(config, step_mode):
-    """What a resumed run must share with the run that wrote the training state."""
-    settings = {k: config[k] for k in RESUME_KEYS}
-    settings['policy_config'] = resumable_policy_config(config['policy_class'], config['policy_config'])
-    settings['step_mode'] = step_mode
-    return settings
-
-
-def read_training_state(path):
-    """The training state at `path`, read admitting only tensors, arrays and plain values."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'--resume: no training state at {path}; start without --resume')
-    return load_torch_file(path, 'training state')
-
-
-def check_resume(state, config, path):
-    """Raise unless the run of `config` may continue from `state`: the same settings (RESUME_KEYS)."""
-    then = dict(state['run'])
-    now = run_settings(config, config['num_steps'] is not None)
-    if isinstance(then.get('policy_config'), dict):  # compared complete, whatever the writer left to defaults
-        then['policy_config'] = resumable_policy_config(then['policy_class'], then['policy_config'])
-    differ = [k for k in now if then.get(k) != now[k]]
-    if differ:
-        raise ValueError(f'--resume: {path} was written with different settings: ' + '; '.join(
-            f'{k}: {then.get(k)!r} then, {now[k]!r} now' for k in differ))
-
-
-def check_resume_data(state, record, path, any_data=False):
-    """Raise unless the data of `record` (formats.stats.dataset_record) is the data the state was trained
-    on; with any_data, print what changed and go on."""
-    if state.get('data') is None:
-        print(f'--resume: {path} holds no record of its data (an older version wrote it): the data is not checked')
-        return
-    changes = data_changes(state['data'], record)
-    if changes and not any_data:
-        raise ValueError(f'--resume: the data differs from the data {path} was trained on: ' + '; '.join(changes)
-                         + '. Point --dataset_dir at that data, or add --resume_any_data to go on with this data')
-    if changes:
-        print('--resume_any_data: going on with changed data (' + '; '.join(changes) + ')')
 
 
 def check_finite_losses(losses, step, stage):
@@ -477,89 +400,6 @@ class Trainer:
             print(f'Training finished:\nSeed {seed}, val loss {min_val_loss:.6f} at {self.unit_name} {best_unit}')
             plot_history(p.train_history, p.validation_history, self.config['ckpt_dir'], seed, self.unit_name)
         return best_unit, min_val_loss, best_state_dict
-
-
-class Log:
-    """Console (the original's messages), tqdm bar, metrics.jsonl and the metric curves, optional
-    TensorBoard and wandb; on rank 0 only."""
-
-    def __init__(self, config, trainer):
-        self.enabled = config['rank'] == 0
-        self.trainer = trainer
-        self.unit_name = trainer.unit_name
-        self.seed, self.ckpt_dir = config['seed'], config['ckpt_dir']
-        self.print_every = config['validate_every'] if trainer.step_mode else 1
-        self.bar = tqdm(total=trainer.num_units, initial=trainer.progress.unit, desc=self.unit_name,
-                        disable=not self.enabled)
-        self.outputs, self.metrics, self.wandb = [], None, None
-        if self.enabled:
-            p = trainer.progress
-            self.metrics = MetricsFile(config['ckpt_dir'], p.step if config['resume'] else None,
-                                       [u for u, _ in p.validation_history])
-            self.outputs.append(self.metrics)
-            if config['tensorboard']:
-                self.outputs.append(TensorBoardLog(config['ckpt_dir']))
-            if config['wandb']:
-                self.wandb = init_wandb(config)
-        self.val_loss, self.postfix = None, {}
-
-    def record(self, record):
-        for output in self.outputs:
-            output.write(record)
-        if self.wandb:
-            self.wandb.log({f"{record['split']}/{k}": v for k, v in record.items() if k not in ('split', 'step')},
-                           step=record['step'])
-
-    def step(self, record):
-        """One optimizer step's metrics (Trainer.train_step)."""
-        if not self.enabled:
-            return
-        self.record(record)
-        self.postfix.update(loss=f"{record['loss']:.4f}", grad=f"{record['grad_norm']:.3g}",
-                            lr=f"{record['lr']:.2g}", samples_s=f"{record['samples_per_s']:.1f}")
-        self.bar.set_postfix(self.postfix)
-
-    def validation(self, unit, summary):
-        if not self.enabled:
-            return
-        tqdm.write(f'\n{self.unit_name.capitalize()} {unit}')
-        tqdm.write(f"Val loss:   {summary['loss']:.5f}")
-        tqdm.write(' '.join(f'{k}: {v:.3f}' for k, v in summary.items()))
-        self.val_loss = summary['loss']
-        self.postfix['val'] = f'{self.val_loss:.4f}'
-        self.record({'split': 'val', 'step': self.trainer.progress.step, 'unit': unit, **summary})
-
-    def train(self, unit, summary):
-        if not self.enabled:
-            return
-        self.bar.update(1)
-        if (unit + 1) % self.print_every == 0:
-            recent = [s for u, s in self.trainer.progress.train_history[-self.print_every:]]
-            mean = compute_dict_mean(recent)
-            tqdm.write(f"Train loss: {mean['loss']:.5f}")
-            tqdm.write(' '.join(f'{k}: {v:.3f}' for k, v in mean.items()))
-
-    def plot(self):
-        if self.metrics is not None:
-            plot_metrics(self.metrics.records, self.ckpt_dir, self.seed)
-
-    def close(self):
-        self.bar.close()
-        for output in self.outputs:
-            output.close()
-        if self.wandb:
-            self.wandb.finish()
-
-
-def init_wandb(config):
-    try:
-        import wandb
-    except ImportError:
-        raise ImportError('--wandb needs the wandb package: pip install wandb') from None
-    settings = {k: v for k, v in config.items() if k not in ('policy_config', 'dataset_record')}
-    # WANDB_MODE=offline writes the run under ./wandb (or WANDB_DIR) for a later `wandb sync`
-    return wandb.init(project='act', name=os.path.basename(os.path.normpath(config['ckpt_dir'])),
-                      config=settings | config['policy_config'])
 
 
 def train_bc(train_dataloader, val_dataloader, config, state=None, init=None):

@@ -6,13 +6,16 @@ parameter group (`lr`, then `lr_group_1`, ...), the gradient norm before clippin
 second, the time spent waiting for data and the whole step time, and the peak memory (process RSS;
 CUDA memory on a GPU). A record per validation (split 'val') holds the validation losses. Records go
 to `metrics.jsonl` in --ckpt_dir (one JSON object per line), to the `train_metrics_seed_{s}.png`
-curves, to TensorBoard event files under `tensorboard/` with --tensorboard, and to wandb (train.Log).
+curves, to TensorBoard event files under `tensorboard/` with --tensorboard, and to wandb (training.log.Log). The loss curves of the history are plot_history's.
 """
 import json
 import os
 import resource
 import sys
 
+from tqdm import tqdm
+
+from checkpoints.folder import atomic_save
 from common.files import FULL_ERRNOS, atomic_path, atomic_write, disk_full_error
 
 METRICS_FILE = 'metrics.jsonl'
@@ -113,3 +116,24 @@ def plot_metrics(records, ckpt_dir, seed):
     fig.tight_layout()
     with atomic_path(os.path.join(ckpt_dir, f'train_metrics_seed_{seed}.png')) as tmp:
         fig.savefig(tmp, format='png')
+
+
+def plot_history(train_history, validation_history, ckpt_dir, seed, unit='epoch'):
+    """One PNG per loss key: train_val_{key}_seed_{seed}.png. Histories are lists of (unit index, {key: value})."""
+    from matplotlib.figure import Figure
+    if not train_history:
+        return
+    for key in train_history[0][1]:
+        fig = Figure()
+        ax = fig.subplots()
+        for label, history in (('train', train_history), ('validation', validation_history)):
+            ax.plot([u for u, _ in history], [summary[key] for _, summary in history], label=label)
+        ax.set_xlabel(unit)
+        if all(summary[key] > 0 for history in (train_history, validation_history) for _, summary in history):
+            ax.set_yscale('log')  # losses fall over orders of magnitude
+        ax.legend()
+        ax.set_title(key)
+        fig.tight_layout()
+        path = os.path.join(ckpt_dir, f'train_val_{key}_seed_{seed}.png')
+        atomic_save(fig, path, lambda f, file: f.savefig(file, format='png'))
+    tqdm.write(f'Saved plots to {ckpt_dir}')

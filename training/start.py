@@ -7,7 +7,7 @@ import numpy as np
 
 from checkpoints.folder import STATS_FILE, TRAINING_STATE
 from formats.normalize import Normalizer
-from training.loop import check_resume_data, read_training_state
+from training.resume import check_resume_data, read_training_state
 
 
 def init_image_normalization(init, camera_names):
