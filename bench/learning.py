@@ -24,7 +24,7 @@ import sys
 
 import demo  # the recipes' definitions
 from common.files import atomic_write
-from evaluation.rollout import read_result_file
+from evaluation.results import read_result_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

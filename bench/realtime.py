@@ -26,7 +26,7 @@ import time
 
 from checkpoints.folder import CONFIG_FILE, STATS_FILE, read_config
 from evaluation.execution import demonstration_step_change
-from evaluation.rollout import result_file_name
+from evaluation.results import result_file_name
 from formats.datasets import open_dataset
 from policies.executor import GUIDED, STRATEGIES
 from policies.registry import get_policy_class

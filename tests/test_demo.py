@@ -5,7 +5,7 @@ import os
 import pytest
 
 import demo
-from evaluation.rollout import summary_text, write_result_file
+from evaluation.results import summary_text, write_result_file
 
 
 def test_recipes_and_overrides():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from constants import START_ARM_POSE
-from evaluation.rollout import (ChunkedController, Evaluator, episode_outcome, eval_bc, load_policy, load_stats,
-                                result_file_name, rollout_line, rollout_results, summary_text, write_result_file)
+from evaluation.results import episode_outcome, result_file_name, rollout_line, summary_text, write_result_file
+from evaluation.rollout import ChunkedController, Evaluator, eval_bc, load_policy, load_stats, rollout_results
 from policies.chunker import ActionChunker, TemporalEnsembler
 from tests.helpers import TASK, TINY_IMAGE_HW, eval_config, start_pose_stats, write_tiny_checkpoint
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from bench import learning
-from evaluation.rollout import summary_text, write_result_file
+from evaluation.results import summary_text, write_result_file
 
 # A stand-in for demo.py that imports nothing heavy: it writes the result file made here for its
 # seed (seed s: s+1 of 4 rollouts succeed) and its step times
