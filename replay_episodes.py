@@ -12,16 +12,14 @@ import real_robot
 from cli.errors import run_command
 from formats.datasets import open_dataset
 from formats.episode import check_finite
+from real_robot.robots import robot_of
 from real_robot.settings import ROBOT_DRIVERS
 
 
 def make_env(args):
-    """The follower arms the actions are replayed on (no cameras)."""
+    """The follower arms of the task's robot the actions are replayed on (ALOHA's by default)."""
     task_config = real_robot.get_task_config(args['task_name']) if args.get('task_name') else {}
-    if real_robot.is_so_task(task_config):
-        from real_robot.so_sim import make_so_followers
-        return make_so_followers(task_config, args.get('robot_driver', 'auto'), camera_names=[])
-    return real_robot.make_real_env(init_node=True, driver=args.get('robot_driver', 'auto'))
+    return robot_of(task_config, args.get('task_name')).replay_env(task_config, args.get('robot_driver', 'auto'))
 
 
 def main(args):

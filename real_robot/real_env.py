@@ -25,7 +25,6 @@ from real_robot.robot_env import RobotEnv, make_cameras
 from real_robot.robot_utils import get_arm_joint_positions, move_arms, move_grippers, setup_puppet_bot
 from real_robot.safety import clamp_arm_targets, clamp_gripper_command
 from real_robot.tasks import CAMERA_NAMES as ALOHA_CAMERA_NAMES
-from real_robot.tasks import TASK_CONFIGS
 
 DRIVERS = settings.ALOHA_DRIVERS
 
@@ -188,16 +187,8 @@ def _aloha_scripts_module(name):
                           'Interbotix packages; or use --robot_backend builtin (no ROS needed)') from e
 
 
-def make_eval_env(backend='builtin', driver='auto', camera_names=None, image_size=None, task_name=None):
-    """Environment for policy evaluation on a real (or simulated-real) robot; an SO task's arms
-    when task_name names one (REAL_TASK_CONFIGS in constants.py)."""
-    from real_robot.so_env import is_so_task
-    task_config = TASK_CONFIGS.get(task_name, {})
-    if is_so_task(task_config):
-        if backend != 'builtin':
-            raise ValueError(f'--robot_backend {backend}: SO arms run on the builtin backend')
-        from real_robot.so_sim import make_so_followers
-        return make_so_followers(task_config, driver, camera_names, image_size)
+def aloha_eval_env(backend='builtin', driver='auto', camera_names=None, image_size=None):
+    """ALOHA's follower arms and cameras, through this backend or aloha_scripts'."""
     if backend == 'aloha_scripts':
         return _aloha_scripts_module('real_env').make_real_env(init_node=True)
     if backend != 'builtin':

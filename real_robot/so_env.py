@@ -8,8 +8,8 @@ Observation (OrderedDict):
 The safety layer: targets are clamped to each joint's calibrated range and to SO_MAX_STEP encoder
 steps from the previous target; an arm outside its calibrated range at set-up is not powered; the
 watchdog holds position when steps stop coming; any fault or Ctrl-C releases torque (after moving
-to SO_SAFE_POSE when set). An SO task's config names its arms and rate:
-    {'followers': ['so_follower'], 'leaders': ['so_leader'], 'fps': 30, 'camera_names': [...], ...}
+to SO_SAFE_POSE when set). An SO task's config names its robot, arms and rate:
+    {'robot': 'so', 'followers': ['so_follower'], 'leaders': ['so_leader'], 'fps': 30, 'camera_names': [...], ...}
 """
 import contextlib
 
@@ -22,10 +22,6 @@ from real_robot.robot_env import RobotEnv, make_cameras
 from real_robot.safety import clamp_arm_targets
 
 SO_DRIVERS = settings.SO_DRIVERS
-
-
-def is_so_task(task_config):
-    return 'followers' in task_config
 
 
 class SOEnv(RobotEnv):

@@ -18,6 +18,7 @@ from formats.episode import Episode
 from formats.hdf5 import episode_path, store_episode
 from formats.lerobot_writer import append_episodes, count_lerobot_episodes
 from real_robot import settings
+from real_robot.robots import robot_of
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
 
 MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
@@ -145,15 +146,19 @@ def so_session(task_config, driver):
         yield env, lambda: real_robot.get_so_action(leaders)
 
 
+SESSIONS = {  # robot name -> its teleoperation session (followers, leaders) for a task
+    'aloha': lambda task_config, driver: aloha_session(task_config['camera_names'], driver),
+    'so': so_session,
+}
+
+
 def stop_reason(error):
     return 'interrupted (Ctrl-C)' if isinstance(error, KeyboardInterrupt) else str(error)
 
 
 def session(task_config, driver):
-    """The teleoperation session of a task: SO arms or ALOHA's."""
-    if real_robot.is_so_task(task_config):
-        return so_session(task_config, driver)
-    return aloha_session(task_config['camera_names'], driver)
+    """The teleoperation session of the task's robot (real_robot/robots.py): SO arms or ALOHA's."""
+    return SESSIONS[robot_of(task_config).name](task_config, driver)
 
 
 def capture_episode(task_config, save, driver):

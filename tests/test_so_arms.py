@@ -54,7 +54,8 @@ def station(tmp_path, monkeypatch):
     dataset_dir = str(tmp_path / 'tiny_so_task')
     monkeypatch.setitem(real_robot.TASK_CONFIGS, 'tiny_so_task', {
         'dataset_dir': dataset_dir, 'num_episodes': 1, 'episode_len': EPISODE_LEN, 'camera_names': ['front'],
-        'followers': ['so_follower'], 'leaders': ['so_leader'], 'fps': 30, 'robot_type': 'so_follower'})
+        'robot': 'so', 'followers': ['so_follower'], 'leaders': ['so_leader'], 'fps': 30,
+        'robot_type': 'so_follower'})
     yield emulators, dataset_dir
     for emulator in emulators.values():
         emulator.close()
