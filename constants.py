@@ -144,6 +144,7 @@ def get_task_config(task_name):
 ### Simulation envs fixed constants
 DT = 0.02  # seconds per control step (50 Hz)
 CONTROL_HZ = round(1 / DT)  # control steps a second: frame rate of sim videos and sim LeRobot datasets
+ROBOT_RATES = {'so': 30}  # control steps a second of a robot's tasks that name none (LeRobot records SO arms at 30)
 IMAGE_HW = (480, 640)  # (H, W) of the original's camera frames: sim rendering, real cameras, evaluation default
 JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
 
@@ -160,9 +161,9 @@ def so_feature_names(num_arms):
 
 
 def control_hz(task_config):
-    """Control steps a second of a task (its config): its 'fps' (the SO tasks' 30, as LeRobot records),
+    """Control steps a second of a task (its config): its 'fps', else its robot's rate (ROBOT_RATES),
     else CONTROL_HZ, the original's 50. The one place a task's rate comes from."""
-    return task_config.get('fps', CONTROL_HZ)
+    return task_config.get('fps', ROBOT_RATES.get(task_config.get('robot'), CONTROL_HZ))
 
 
 def lerobot_settings(task_name):
