@@ -233,7 +233,7 @@ def _v2_entries(root, info, video_keys):
                 entries.append(EpisodeEntry(index, int(row['length']), _inside(
                     root, info['data_path'].format(episode_chunk=chunk, episode_index=index), 'data_path'),
                                             videos, _mark(row.get(SIM_COLUMN)), tuple(row.get('tasks') or ())))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as err:
                 raise LeRobotFormatError(f'{path}: line {number} is not an episode record ({err})') from None
     return entries
 

@@ -157,3 +157,17 @@ def test_a_folder_in_the_hub_cache_layout_reads_and_a_link_out_of_its_tree_is_re
     (snapshot / 'config.json').symlink_to(os.path.join(lerobot_folder, 'config.json'))  # out of the tree
     with pytest.raises(LeRobotFormatError, match=f"{snapshot}: the file 'config.json' points outside"):
         read_lerobot_checkpoint(str(snapshot))
+
+
+def test_a_v2_episodes_line_nested_200000_deep_is_named(tmp_path):
+    from formats.lerobot import LeRobotEpisodes
+    meta = tmp_path / 'meta'
+    meta.mkdir()
+    feature = {'dtype': 'float32', 'shape': [2], 'names': None}
+    (meta / 'info.json').write_text(json.dumps({
+        'codebase_version': 'v2.1', 'fps': 50, 'total_episodes': 1, 'total_frames': 1, 'chunks_size': 1000,
+        'features': {'observation.state': feature, 'action': feature},
+        'data_path': 'data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet'}))
+    (meta / 'episodes.jsonl').write_text(DEEP_JSON + '\n')
+    with pytest.raises(LeRobotFormatError, match=r'episodes.jsonl: line 1 is not an episode record'):
+        LeRobotEpisodes(str(tmp_path))
