@@ -34,16 +34,16 @@ from checkpoints.folder import BEST_CKPT
 from common.files import DiskFull
 from cli.errors import BAD_INPUT, DEBUG_VAR, message
 from cli.run_config import export_settings
-from deploy.export import CHECK_BATCHES, FORMATS, RECORDED_CHECKS, export
+from deploy.export import CHECK_BATCHES, RECORDED_CHECKS, export
 from deploy.quantize import CALIBRATION_SAMPLES, QUANTIZE_MODES, calibration_of
-from deploy.runtime import MANIFEST
+from deploy.runtime import FILE_TYPES, MANIFEST
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ckpt_dir', required=True, help='the training folder (config.json, dataset_stats.pkl)')
     parser.add_argument('--ckpt', default=BEST_CKPT, help='checkpoint in --ckpt_dir to export')
-    parser.add_argument('--format', choices=tuple(FORMATS), default='onnx',
+    parser.add_argument('--format', choices=tuple(FILE_TYPES), default='onnx',
                         help='onnx: run with onnxruntime, no torch needed; torchscript: run with torch')
     parser.add_argument('--quantize', choices=QUANTIZE_MODES, help='onnx only: int8, static and calibrated (the '
                         'convolutions and matrix products), or int8-dynamic (the matrix products\' weights)')

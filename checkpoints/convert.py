@@ -14,7 +14,7 @@ from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats
-from policies.registry import lerobot_types, make_policy, get_policy_class, resolve_policy_config
+from policies.registry import get_policy_class, lerobot_types, make_policy, resolve_policy_config
 
 ACT_FILES = (BEST_CKPT, STATS_FILE, CONFIG_FILE)  # what --to act writes
 

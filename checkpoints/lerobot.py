@@ -25,21 +25,24 @@ def lerobot_type(lerobot_json, folder):
     return policy_class, CONVERTERS[kind]
 
 
+def _read_config(folder):
+    return read_json(folder_file(folder, CONFIG_FILE), dict)
+
+
 def _module(folder, lerobot_json=None):
-    lerobot_json = read_json(folder_file(folder, CONFIG_FILE), dict) if lerobot_json is None else lerobot_json
-    return lerobot_type(lerobot_json, folder)
+    return lerobot_type(_read_config(folder) if lerobot_json is None else lerobot_json, folder)
 
 
 def read_lerobot_checkpoint(folder, statistics=True):
     """The module's read_lerobot_checkpoint dict, with 'policy_class'."""
-    lerobot_json = read_json(folder_file(folder, CONFIG_FILE), dict)
+    lerobot_json = _read_config(folder)
     policy_class, module = _module(folder, lerobot_json)
     return {**module.read_lerobot_checkpoint(folder, statistics, lerobot_json), 'policy_class': policy_class}
 
 
 def read_lerobot_config(folder):
     """The folder's config.json, checked by its type's rules."""
-    lerobot_json = read_json(folder_file(folder, CONFIG_FILE), dict)
+    lerobot_json = _read_config(folder)
     return _module(folder, lerobot_json)[1].read_lerobot_config(folder, lerobot_json)
 
 

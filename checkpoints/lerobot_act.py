@@ -14,9 +14,9 @@ from checkpoints.lerobot_files import (ENV_STATE, MODEL_FILE, OLD_STAT_BUFFERS, 
 from common.checks import is_positive_int
 from detr.resnet import BACKBONES
 from formats.lerobot import ACTION, STATE, LeRobotFormatError
-from policies.registry import lerobot_policy_class
 from policies.act import actions_per_query
 from policies.chunker import TEMPORAL_AGG_K
+from policies.registry import lerobot_policy_class
 
 # (this project's, LeRobot's) module names under `model.`; a name matches itself and what lies below it
 KEY_MAP = (
@@ -129,8 +129,8 @@ def check_lerobot_config(lerobot_json, path):
         problems.append(f"feedforward_activation {lerobot_json['feedforward_activation']!r}: only relu")
     vae_layers, layers = lerobot_json.get('n_vae_encoder_layers'), lerobot_json.get('n_encoder_layers')
     if lerobot_json.get('use_vae', True) and vae_layers != layers:
-        problems.append(f"n_vae_encoder_layers {vae_layers} differs from n_encoder_layers "
-                        f"{lerobot_json.get('n_encoder_layers')}: the original's CVAE encoder has as many layers")
+        problems.append(f"n_vae_encoder_layers {vae_layers} differs from n_encoder_layers {layers}: the original's "
+                        f"CVAE encoder has as many layers")
     if lerobot_json.get('n_obs_steps', 1) != 1:
         problems.append(f"n_obs_steps {lerobot_json['n_obs_steps']}: ACT takes one observation")
     if STATE not in inputs:

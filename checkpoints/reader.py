@@ -18,7 +18,7 @@ from common.safe_load import load_torch_file
 from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import get_norm_stats
-from policies.registry import checkpoint_policy_class, make_policy, get_policy_class
+from policies.registry import checkpoint_policy_class, get_policy_class, make_policy
 
 KINDS = ('project', 'original', 'lerobot')
 

@@ -11,7 +11,7 @@ from detr.resnet import BACKBONES
 from evaluation.offline import DIFFUSION_SAMPLES
 from policies.diffusion import PREDICTION_TYPES, SCHEDULERS, STYLES
 from policies.executor import STRATEGIES
-from policies.registry import policy_names, get_policy_class
+from policies.registry import get_policy_class, policy_names
 from policies.rtc import MAX_GUIDANCE_WEIGHT
 from real_robot.settings import ROBOT_BACKENDS, ROBOT_DRIVERS
 from training.settings import TrainSettings
@@ -74,8 +74,8 @@ def flag_problem(args):
     if args.get('image_size') and min(args['image_size']) < 1:
         return f"--image_size must be two positive integers H W, got {' '.join(map(str, args['image_size']))}"
     if args.get('policy_class') in policy_names():
-        return get_policy_class(args['policy_class']).settings_problem({key: args.get(flag)
-                                                                   for flag, key in POLICY_FLAGS.items()})
+        values = {key: args.get(flag) for flag, key in POLICY_FLAGS.items()}  # policy_config key -> flag value
+        return get_policy_class(args['policy_class']).settings_problem(values)
     return None
 
 

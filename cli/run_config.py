@@ -12,7 +12,7 @@ from constants import IMAGE_HW, canonical_task_name, control_hz, get_task_config
 from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
 from formats.normalize import Normalizer
-from policies.registry import policy_names, get_policy_class
+from policies.registry import get_policy_class, policy_names
 from training.settings import TrainSettings
 
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json

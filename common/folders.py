@@ -80,8 +80,13 @@ def _mark(path):
     open(os.path.join(path, STAGING_MARKER), 'w').close()
 
 
+def _real_folder(path):
+    """A folder, not a link to one."""
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
 def is_staging(path):
-    return os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(os.path.join(path, STAGING_MARKER))
+    return _real_folder(path) and os.path.isfile(os.path.join(path, STAGING_MARKER))
 
 
 def rename_no_replace(src, dst):
@@ -107,7 +112,7 @@ def publish_staging(path, target, replaceable=None):
     aside = _move_aside(target, replaceable) if replaceable and _holds_something(target) else None
     os.remove(os.path.join(path, STAGING_MARKER))
     try:
-        if os.path.isdir(target) and not os.path.islink(target):
+        if _real_folder(target):
             os.rename(path, target)  # POSIX replaces an empty folder atomically, never a filled one
         else:
             rename_no_replace(path, target)
@@ -128,8 +133,7 @@ def _taken(target):
 
 
 def _holds_something(target):
-    return os.path.lexists(target) and not (os.path.isdir(target) and not os.path.islink(target)
-                                            and not os.listdir(target))
+    return os.path.lexists(target) and not (_real_folder(target) and not os.listdir(target))
 
 
 def _move_aside(target, replaceable):
@@ -140,7 +144,7 @@ def _move_aside(target, replaceable):
     if os.path.lexists(aside):
         shutil.rmtree(aside)
     rename_no_replace(target, aside)
-    if os.path.islink(aside) or not os.path.isdir(aside) or not replaceable(aside):
+    if not _real_folder(aside) or not replaceable(aside):
         _restore(aside, target)
         raise FileExistsError(_taken(target))
     return aside

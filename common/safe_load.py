@@ -25,22 +25,20 @@ STATS_PICKLE_GLOBALS = {(module, name) for module in ('numpy.core.multiarray', '
 REFUSED_GLOBAL = r'allowed global|allowlisted|unsupported GLOBAL|is blocked'
 TORCH_ADVICE = r'weights_only|Weights only load failed|torch\.load'  # sentences that advise loading unsafely
 JSON_MAX_DEPTH = 100  # deepest nesting of lists and objects a JSON file users share may have
+JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[][{}]')  # a JSON string, or a bracket that opens or closes
 
 
 def json_depth_error(text, limit=JSON_MAX_DEPTH):
-    """Where JSON text nests deeper than `limit` (outside strings): 'depth N at character I', else None.
-    Checked before parsing, so no parser recursion can exhaust the stack."""
-    depth, in_string, escaped = 0, False, False
-    for index, char in enumerate(text):
-        if in_string:
-            escaped, in_string = (not escaped and char == '\\'), in_string and (escaped or char != '"')
-        elif char == '"':
-            in_string = True
-        elif char in '[{':
+    """Where JSON text nests deeper than `limit` (brackets outside strings): 'nested more than N deep at
+    character I', else None. Checked before parsing, so no parser recursion can exhaust the stack."""
+    depth = 0
+    for token in JSON_NESTING.finditer(text):  # strings are whole tokens: their brackets do not count
+        bracket = token.group()
+        if bracket in '[{':
             depth += 1
             if depth > limit:
-                return f'nested more than {limit} deep at character {index}'
-        elif char in ']}':
+                return f'nested more than {limit} deep at character {token.start()}'
+        elif bracket in ']}':
             depth -= 1
     return None
 

@@ -19,13 +19,12 @@ from torch import nn
 from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
 from constants import CONTROL_HZ, PROJECT_VERSION, control_hz, get_task_config
-from deploy.runtime import FORMAT_VERSION, MANIFEST, SAMPLER, PolicyRunner, file_sha256
+from deploy.runtime import FILE_TYPES, FORMAT_VERSION, MANIFEST, SAMPLER, PolicyRunner, file_sha256
 from deploy.samplers import SAMPLERS
 from formats.normalize import standardize, unstandardize
 from policies.diffusion import set_sampling_steps
 from policies.inputs import images_to_unit
 
-FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'}
 EXAMPLE_BATCH = 2  # batch size of the example inputs the graph is traced with (any size runs)
 CHECK_BATCHES = (1, 3)  # batch sizes compared against the eager policy after export
 RECORDED_CHECKS = 8  # recorded observations an int8 export is compared with the eager policy on
@@ -280,8 +279,8 @@ def check_out(out, ckpt_dir, overwrite):
                               f'of its own (e.g. {os.path.join(ckpt_dir, "export")})')
     if not os.path.exists(out) or (os.path.isdir(out) and not os.listdir(out)):
         return
-    if not os.path.isfile(os.path.join(out, MANIFEST)) or not is_export(out):
-        what = f'no {MANIFEST}' if not os.path.isfile(os.path.join(out, MANIFEST)) else f'files beside an export'
+    if not is_export(out):
+        what = 'files beside an export' if os.path.isfile(os.path.join(out, MANIFEST)) else f'no {MANIFEST}'
         raise FileExistsError(f'--out {out} exists and is not an export ({what}): choose another --out; '
                               f'nothing in it was touched')
     if not overwrite:
@@ -320,7 +319,7 @@ def _export(settings, ckpt_name, fmt, out, quantize, calibration):
     try:
         files = {}
         for role, module, inputs, names, output in graphs(policy, normalizer.stats, cfg):
-            files[role] = {'name': role + FORMATS[fmt], 'inputs': list(names), 'output': output}
+            files[role] = {'name': role + FILE_TYPES[fmt], 'inputs': list(names), 'output': output}
             write_graph(module, inputs, names, output, os.path.join(work, files[role]['name']), fmt)
         if quantize:
             from deploy.quantize import quantize_graphs

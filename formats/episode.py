@@ -24,12 +24,19 @@ class Episode:
     shadows: bool = True  # False: simulated frames rendered without shadows
 
 
+def first_non_finite(values):
+    """(step, index, count) of the first NaN or infinite value of `values` (T, D) and how many there are,
+    or None when every value is a finite number."""
+    bad = np.argwhere(~np.isfinite(values))
+    return (int(bad[0][0]), int(bad[0][1]), len(bad)) if len(bad) else None
+
+
 def check_finite(values, where, what):
     """`values` (T, D) when every value is a finite number; else ValueError naming `where`, the array
     `what`, and the first step and index that is NaN or infinite."""
-    bad = np.argwhere(~np.isfinite(values))
-    if len(bad):
-        step, index = bad[0]
-        raise ValueError(f'{where}: {what}[{step}, {index}] is {values[step, index]} ({len(bad)} values are not '
+    found = first_non_finite(values)
+    if found:
+        step, index, count = found
+        raise ValueError(f'{where}: {what}[{step}, {index}] is {values[step, index]} ({count} values are not '
                          f'finite numbers)')
     return values

@@ -27,10 +27,10 @@ import numpy as np
 
 from common.checks import check_values
 from common.folders import inside_folder
-from formats.lerobot_journal import finish_pending_append
 from common.safe_load import load_json
 from constants import CONTROL_HZ
 from formats.episode import Episode
+from formats.lerobot_journal import finish_pending_append
 
 ### Format settings
 SUPPORTED_VERSIONS = ('v2.0', 'v2.1', 'v3.0')

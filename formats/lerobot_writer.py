@@ -72,7 +72,7 @@ class LeRobotWriter:
     files are built in `<root>/.pending`, marked committed once complete, then moved in, info.json
     last: an append interrupted before the mark leaves the dataset as it was, one interrupted after
     it is completed by the next reader or writer (formats.lerobot_journal). One
-    writer at a time: `<root>.lock` names the process writing (common.files.FolderLock).
+    writer at a time: `<root>.lock` names the process writing (common.folders.FolderLock).
     names: of the state and action values in a new dataset (default constants.joint_names).
     """
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from formats.datasets import open_dataset
+from formats.episode import first_non_finite
 from formats.normalize import STATS_KEYS
 
 STD_MIN = 1e-2  # NOTE(faithful): the original clips stds from below only, so a constant joint does not divide by 0
@@ -53,11 +54,11 @@ def check_dims(source, episodes):
 def check_finite(path, arrays):
     """Raise naming the file, dataset and first (step, dim) of a NaN or infinite value in {name: (T, D)}."""
     for name, values in arrays.items():
-        bad = np.argwhere(~np.isfinite(values))
-        if len(bad):
-            step, dim = bad[0]
+        found = first_non_finite(values)
+        if found:
+            step, dim, count = found
             raise ValueError(f'{path}: {name} holds {values[step, dim]} at step {step}, dim {dim} '
-                             f'({len(bad)} non-finite values in all); training on it would give NaN losses')
+                             f'({count} non-finite values in all); training on it would give NaN losses')
 
 
 def dataset_record(source, num_episodes, stats):

@@ -47,14 +47,15 @@ def get_policy_class(policy_class):
     return _POLICIES[policy_class].load()
 
 
-def lerobot_policy_class(lerobot_type):
-    """The policy_class whose checkpoints are LeRobot's policy type `lerobot_type` ('act', ...), or None."""
-    return next((name for name in _POLICIES if get_policy_class(name).lerobot_type == lerobot_type), None)
-
-
 def lerobot_types():
     """{LeRobot policy type: policy_class} of the policies that convert to and from LeRobot's."""
-    return {get_policy_class(name).lerobot_type: name for name in _POLICIES if get_policy_class(name).lerobot_type}
+    kinds = {name: get_policy_class(name).lerobot_type for name in _POLICIES}
+    return {kind: name for name, kind in kinds.items() if kind}
+
+
+def lerobot_policy_class(lerobot_type):
+    """The policy_class whose checkpoints are LeRobot's policy type `lerobot_type` ('act', ...), or None."""
+    return lerobot_types().get(lerobot_type)
 
 
 def resolve_policy_config(policy_class, policy_config):

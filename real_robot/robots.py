@@ -17,8 +17,8 @@ DEFAULT_ROBOT = 'aloha'  # the robot of a task that names none: the original's t
 @dataclass(frozen=True)
 class Robot:
     """One kind of robot: `name` (what a task's 'robot' says), its follower factory
-    followers(task_config, driver, camera_names, image_size) -> RobotEnv, and the --robot_backend
-    values it runs on (the first its own)."""
+    followers(task_config, driver, camera_names, image_size, backend) -> RobotEnv, and the
+    --robot_backend values it runs on."""
     name: str
     followers: callable
     backends: tuple = ('builtin',)

@@ -19,7 +19,7 @@ from detr.resnet import build_resnet_trunk
 from evaluation.rollout import load_policy, load_stats
 from formats.lerobot import LeRobotFormatError
 from formats.normalize import Normalizer
-from policies.registry import make_policy, get_policy_class, resolve_policy_config
+from policies.registry import get_policy_class, make_policy, resolve_policy_config
 from tests.helpers import write_tiny_episode
 from tests.test_lerobot_act import eval_args, write_lerobot_folder
 
