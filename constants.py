@@ -21,7 +21,7 @@ SO_ROBOT_TYPE, BI_SO_ROBOT_TYPE = 'so_follower', 'bi_so_follower'
 
 
 def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top',), num_episodes=50,
-              robot_type=ALOHA_ROBOT_TYPE, **rate):
+              robot_type=ALOHA_ROBOT_TYPE, simulation='aloha', **rate):
     return {
         'dataset_dir': os.path.join(DATA_DIR, name),
         'num_episodes': num_episodes,
@@ -30,6 +30,7 @@ def _sim_task(name, episode_len, reward_stages, instruction, camera_names=('top'
         'reward_stages': reward_stages,  # what reaching reward 1, 2, ... means (sim_env.py's rewards)
         'instruction': instruction,  # a LeRobot dataset's task text
         'robot_type': robot_type,
+        'simulation': simulation,  # the simulation it runs in (simulation/: 'aloha', 'so101', ...)
         **rate,  # 'fps': control steps a second, when not CONTROL_HZ; 'so_arms': simulated SO arms
     }
 
@@ -53,8 +54,8 @@ SIM_TASK_CONFIGS = {
     'sim_insertion_human': _sim_task('sim_insertion_human', 500, INSERTION_STAGES, INSERTION),
     # one SO-101 arm (so101_sim/): 10 s at the SO tasks' 30 Hz, the real so101_pick_place task's cameras
     'sim_so101_pick_place': _sim_task('sim_so101_pick_place', 300, PICK_PLACE_STAGES, PICK_PLACE,
-                                      camera_names=('front', 'wrist'), robot_type=SO_ROBOT_TYPE, so_arms=1,
-                                      fps=30),
+                                      camera_names=('front', 'wrist'), robot_type=SO_ROBOT_TYPE, simulation='so101',
+                                      so_arms=1, fps=30),
 }
 
 

@@ -30,7 +30,6 @@ from common.sim_cameras import CameraSet, resolve_cameras  # noqa: E402,F401 (Ca
 from constants import (DT, IMAGE_HW, START_ARM_POSE, sim_task_names,  # noqa: E402
                        PUPPET_GRIPPER_POSITION_NORMALIZE_FN, PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN,
                        PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN)
-from so101_sim import is_so101_task  # noqa: E402
 
 ### Fixed simulation settings
 TIME_LIMIT = 20  # seconds of simulated time per episode before dm_control ends it (1000 steps)
@@ -122,9 +121,6 @@ def sample_insertion_pose(rng=np.random):
 
 def sample_object_pose(task_name, rng=np.random):
     """Flat object pose for `env.task.set_object_pose`: (7,) cube or (14,) peg + socket."""
-    if is_so101_task(task_name):
-        from so101_sim.env import sample_cube_pose
-        return sample_cube_pose(rng)
     return np.concatenate(_task_class(task_name).sample_pose(rng), axis=None)
 
 
@@ -215,12 +211,6 @@ def resolve_camera_names(physics, camera_names):
 
 def check_camera_names(task_name, camera_names):
     """ValueError naming the task's cameras when one of camera_names is not among them."""
-    if is_so101_task(task_name):
-        from so101_sim.env import CAMERA_NAMES
-        unknown = [name for name in camera_names if name not in CAMERA_NAMES]
-        if unknown:
-            raise ValueError(f"unknown camera '{unknown[0]}': the sim model has {', '.join(CAMERA_NAMES)}")
-        return
     resolve_camera_names(load_physics(task_family(task_name)[0]), camera_names)
 
 
@@ -314,7 +304,8 @@ def task_family(task_name):
     for prefix, family in TASK_FAMILIES.items():
         if prefix in task_name:
             return family
-    raise ValueError(f"unknown sim task '{task_name}': known sim tasks are {sim_task_names()}")
+    raise ValueError(f"unknown sim task '{task_name}': known sim tasks are {sim_task_names()} (sim_env builds "
+                     f"the ALOHA ones; simulation.make_sim_env builds any)")
 
 
 def _task_class(task_name):
@@ -328,16 +319,12 @@ def make_environment(physics, task):
 
 
 def make_sim_env(task_name, camera_names=None, image_size=DEFAULT_IMAGE_SIZE, seed=None, shadows=True):
-    """Joint-space environment of a sim task.
+    """Joint-space environment of an ALOHA sim task (simulation.make_sim_env: of any sim task).
 
-    camera_names: cameras rendered into obs['images'] (None: the original's top, angle, vis, or the
-    SO-101 tasks' front, wrist; [] renders none). The SO-101 tasks (names beginning with sim_so101)
-    are so101_sim/'s. image_size: (H, W) of the frames. seed: the task's own random state,
+    camera_names: cameras rendered into obs['images'] (None: the original's top, angle, vis; [] renders
+    none). image_size: (H, W) of the frames. seed: the task's own random state,
     used for object poses when none was set with env.task.set_object_pose. shadows: as load_physics.
     """
-    if is_so101_task(task_name):
-        from so101_sim.env import make_so101_env
-        return make_so101_env(camera_names, image_size, seed, shadows)
     xml_name, _, task_cls = task_family(task_name)
     physics = load_physics(xml_name, shadows)
     cameras = resolve_camera_names(physics, camera_names)

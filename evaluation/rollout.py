@@ -91,7 +91,7 @@ def make_env(settings):
                                        task_name=settings.task_name)
         # NOTE(faithful): the real robot gives no reward, so "success" is a highest reward of 0.
         return env, 0
-    from sim_env import make_sim_env
+    from simulation import make_sim_env
     env = make_sim_env(settings.task_name, camera_names=settings.camera_names, image_size=settings.image_size,
                        shadows=settings.shadows)
     return env, env.task.max_reward
@@ -99,7 +99,7 @@ def make_env(settings):
 
 def sample_rollout_poses(task_name, num_rollouts):
     """Object pose of every rollout, drawn in rollout order from the global numpy RNG."""
-    from sim_env import sample_object_pose
+    from simulation import sample_object_pose
     return [sample_object_pose(task_name, rng=np.random) for _ in range(num_rollouts)]
 
 

@@ -44,7 +44,7 @@ class SORig(SimRig):
     rate (teleoperation with a leader arm)."""
 
     def __init__(self, image_size=None, realtime=False):  # noqa: SimRig's arms and cameras are not these
-        from sim_env import make_sim_env
+        from simulation import make_sim_env
         self.env = make_sim_env(SIM_TASK, camera_names=[], shadows=False)
         self.dt = self.env.control_timestep()
         self.realtime = realtime

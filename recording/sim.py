@@ -1,9 +1,10 @@
 """Scripted demonstrations in simulation, the work behind record_sim_episodes.py (its docstring
 tells the episode layout and the flags).
 
-`EpisodeRecorder` holds one process's two environments: the scripted end-effector rollout in
-ee_sim_env, then the replay of its joint trajectory (grippers replaced by their normalised
-commands) in sim_env, which renders only the recorded cameras. `main` records the missing
+`EpisodeRecorder` holds one process's scripted demonstrator, which the task's simulation makes
+(simulation/: the original's end-effector rollout for ALOHA), and the joint-space environment
+(simulation.make_sim_env) in which the demonstrator's joint trajectory is replayed, rendering only the
+recorded cameras. `main` records the missing
 episodes of a task, in worker processes when asked, as HDF5 files or staged for a LeRobot dataset.
 """
 import contextlib
@@ -17,22 +18,15 @@ from common.files import prepare_folder
 from common.folders import drop_staging, is_staging, make_staging
 from common.media import OnscreenView
 from common.processes import worker_pool
-from constants import (PUPPET_GRIPPER_POSITION_NORMALIZE_FN, canonical_task_name, get_sim_task_config,
-                       lerobot_settings)
-from ee_sim_env import make_ee_sim_env
+from constants import canonical_task_name, get_sim_task_config, lerobot_settings
 from formats.hdf5 import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
 from formats.lerobot_writer import LeRobotWriter, count_lerobot_episodes
-from scripted_policy import get_scripted_policy_class
-from so101_sim import is_so101_task
+from simulation import DemoSettings, make_sim_env, simulation_of
 
 ### Fixed settings
-RENDER_CAM_NAME = 'angle'  # camera shown with --onscreen_render (SO-101 tasks: SO101_RENDER_CAM_NAME)
-SO101_RENDER_CAM_NAME = 'front'
-EE_PAUSE = 0.002  # seconds between onscreen frames of the EE rollout
-REPLAY_PAUSE = 0.02  # and of the joint replay
+REPLAY_PAUSE = 0.02  # seconds between onscreen frames of the joint replay
 COMPRESSION = 'gzip'  # of --compress: lossless, built into every HDF5
 LP_THREADS_VAR = 'LP_NUM_THREADS'  # Mesa llvmpipe rasteriser threads, read when EGL starts
-LEFT_GRIPPER, RIGHT_GRIPPER = sim_env.ARM_DOF, 2 * sim_env.ARM_DOF + 1  # gripper slots in qpos/action
 # Wall seconds per control step of one worker at 480x640 on a 2-core AVX2 CPU: 19.0 s a 400-step
 # episode (python -m bench.datagen, bench/RESULTS.md). A second worker gains little on 2 cores.
 SECONDS_PER_STEP = 19.0 / 400
@@ -52,27 +46,6 @@ def expected_shapes(episode_len, camera_names, image_size, state_dim=sim_env.STA
 
 ############################ Rollouts ############################
 
-def render_camera(task_name):
-    return SO101_RENDER_CAM_NAME if is_so101_task(task_name) else RENDER_CAM_NAME
-
-
-def state_dim(task_name):
-    """The qpos and action size of a sim task's episodes."""
-    if is_so101_task(task_name):
-        from so101_sim.env import STATE_DIM
-        return STATE_DIM
-    return sim_env.STATE_DIM
-
-
-def replace_gripper_with_commands(qpos, gripper_ctrl):
-    """Joint trajectory to replay: (T + 1, 14) qpos with the grippers set to their normalised
-    commands, taken from the (T + 1, 4) finger targets of the EE rollout."""
-    joint_traj = qpos.copy()
-    joint_traj[:, LEFT_GRIPPER] = PUPPET_GRIPPER_POSITION_NORMALIZE_FN(gripper_ctrl[:, 0])
-    joint_traj[:, RIGHT_GRIPPER] = PUPPET_GRIPPER_POSITION_NORMALIZE_FN(gripper_ctrl[:, 2])
-    return joint_traj
-
-
 def episode_rng(seed, episode_idx):
     """The random generator of recorded episode `episode_idx` under --seed: the same episode whatever
     the worker or the order."""
@@ -85,55 +58,22 @@ def episode_result(rewards, max_reward):
 
 
 class EpisodeRecorder:
-    """Holds the two environments of one process and records episodes with them."""
+    """Holds one process's scripted demonstrator and joint-space environment and records episodes with them."""
 
     def __init__(self, task_name, camera_names, image_size, episode_len, seed=0, inject_noise=False,
                  onscreen_render=False, shadows=True):
         self.task_name, self.episode_len, self.seed, self.shadows = task_name, episode_len, seed, shadows
-        self.image_size, self.inject_noise, self.onscreen = tuple(image_size), inject_noise, onscreen_render
-        view = [render_camera(task_name)] if onscreen_render else []
-        self.env = sim_env.make_sim_env(task_name, camera_names=[], shadows=shadows)  # renders only what is saved
-        if is_so101_task(task_name):  # scripted in joint space (inverse kinematics), in the same environment
-            from so101_sim.scripted import Kinematics
-            self.kinematics, self.rollout_scripted = Kinematics(), self.rollout_so101
-        else:
-            self.policy_cls = get_scripted_policy_class(task_name)
-            self.ee_env = make_ee_sim_env(task_name, camera_names=view, image_size=self.image_size, shadows=shadows)
-            self.rollout_scripted = self.rollout_ee
+        self.image_size, self.onscreen = tuple(image_size), onscreen_render
+        simulation = simulation_of(task_name)
+        self.env = make_sim_env(task_name, camera_names=[], shadows=shadows)  # renders only what is saved
+        settings = DemoSettings(episode_len, self.image_size, inject_noise, onscreen_render, shadows)
+        self.demonstrator = simulation.make_demonstrator(task_name, self.env, settings)
         physics = self.env.physics
         self.cameras = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, camera_names),
                                          self.image_size)
+        self.view_name = simulation.view_camera
+        view = [self.view_name] if onscreen_render else []
         self.view_camera = sim_env.CameraSet(physics, sim_env.resolve_camera_names(physics, view), self.image_size)
-
-    def rollout_ee(self, rng):
-        """Scripted EE rollout -> (joint trajectory (T + 1, 14), object pose, success, return)."""
-        self.ee_env.task.set_object_pose(sim_env.sample_object_pose(self.task_name, rng))
-        ts = self.ee_env.reset()
-        object_pose = ts.observation['env_state']  # the replay starts from the same objects
-        policy = self.policy_cls(self.inject_noise, rng=rng)
-        view = OnscreenView(EE_PAUSE) if self.onscreen else None
-        if view:
-            view.show(ts.observation['images'][RENDER_CAM_NAME])
-        qpos, ctrl, rewards = [ts.observation['qpos']], [ts.observation['gripper_ctrl']], []
-        for _ in range(self.episode_len):
-            ts = self.ee_env.step(policy(ts))
-            qpos.append(ts.observation['qpos'])
-            ctrl.append(ts.observation['gripper_ctrl'])
-            rewards.append(ts.reward)
-            if view:
-                view.show(ts.observation['images'][RENDER_CAM_NAME])
-        if view:
-            view.close()
-        return (replace_gripper_with_commands(np.array(qpos), np.array(ctrl)), object_pose,
-                *episode_result(rewards, self.ee_env.task.max_reward))
-
-    def rollout_so101(self, rng):
-        """Scripted SO-101 rollout -> (its T + 1 joint targets (T + 1, 6), cube pose, success, return)."""
-        from so101_sim.scripted import scripted_episode
-        pose = sim_env.sample_object_pose(self.task_name, rng)
-        actions, rewards = scripted_episode(self.env, self.kinematics, pose, self.episode_len + 1,
-                                            inject_noise=self.inject_noise, rng=rng)
-        return actions, pose, *episode_result(rewards, self.env.task.max_reward)
 
     def replay(self, joint_traj, object_pose):
         """Replay the joint trajectory, rendering the recorded cameras for the first T time steps.
@@ -149,7 +89,7 @@ class EpisodeRecorder:
         ts = self.env.reset()
         view = OnscreenView(REPLAY_PAUSE) if self.onscreen else None
         if view:
-            view.show(self.view_camera.render()[render_camera(self.task_name)])
+            view.show(self.view_camera.render()[self.view_name])
         rewards = []
         for t, action in enumerate(joint_traj):
             if t < steps:
@@ -159,7 +99,7 @@ class EpisodeRecorder:
             ts = self.env.step(action)
             rewards.append(ts.reward)
             if view:
-                view.show(self.view_camera.render()[render_camera(self.task_name)])
+                view.show(self.view_camera.render()[self.view_name])
         if view:
             view.close()
         return data, *episode_result(rewards, self.env.task.max_reward)
@@ -168,7 +108,8 @@ class EpisodeRecorder:
         """Record one episode (written to `path` unless None) -> result dict."""
         start = time.time()
         rng = episode_rng(self.seed, episode_idx)
-        joint_traj, object_pose, ee_success, ee_return = self.rollout_scripted(rng)
+        joint_traj, object_pose, scripted_rewards = self.demonstrator.rollout(rng)
+        ee_success, ee_return = episode_result(scripted_rewards, self.env.task.max_reward)
         data, success, episode_return = self.replay(joint_traj, object_pose)
         if path is not None:  # NOTE(faithful): failed episodes are saved too, as the original did
             write_episode(path, sim=True, compression=COMPRESSION if compress else None, shadows=self.shadows,
@@ -227,8 +168,7 @@ def check_args(args):
         config = get_sim_task_config(task_name)
     except KeyError as e:
         raise ValueError(f'--task_name: {e.args[0]}') from None
-    if not is_so101_task(task_name):
-        get_scripted_policy_class(task_name)
+    simulation_of(task_name).check_scripted(task_name)
     if args.get('num_episodes') is not None and args['num_episodes'] < 0:
         raise ValueError(f"--num_episodes must be 0 or more, got {args['num_episodes']}")
     if args.get('num_workers', 1) < 1:
@@ -295,8 +235,8 @@ def main(args):
                            inject_noise=args.get('inject_noise', False),
                            onscreen_render=args.get('onscreen_render', False),
                            shadows=not args.get('no_shadows', False))
-    sim_env.check_camera_names(task_name, camera_names)
-    shapes = expected_shapes(config['episode_len'], camera_names, image_size, state_dim(task_name))
+    simulation_of(task_name).check_camera_names(task_name, camera_names)
+    shapes = expected_shapes(config['episode_len'], camera_names, image_size, simulation_of(task_name).state_dim)
     lerobot = args.get('format', 'hdf5') == 'lerobot'
     first = count_lerobot_episodes(dataset_dir) if lerobot else 0
     episode_dir = staging_folder(dataset_dir) if lerobot else dataset_dir

@@ -13,6 +13,7 @@ LAYERS = (
     ('training', 'deploy'),
     ('checkpoints',),
     ('policies', 'real_robot'),
+    ('simulation',),
     ('formats', 'sim_env', 'ee_sim_env', 'scripted_policy', 'detr'),
     ('so101_sim',),
     ('common',),
@@ -94,3 +95,16 @@ def test_no_code_outside_policies_tells_a_policy_by_its_name():
              for line, value in compared_constants(ast.parse(open(os.path.join(ROOT, path)).read()))
              if value in names]
     assert found == []  # a policy answers for itself (policies/base.py's hooks)
+
+
+def test_no_code_tells_a_robot_or_a_simulation_by_the_task_name():
+    """A task's simulation and robot come from its config (simulation/, real_robot/robots.py)."""
+    found = []
+    for path in library_files():
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, path)).read())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith('is_') and node.name.endswith('_task'):
+                found.append(f'{path}:{node.lineno} defines {node.name}')
+            if isinstance(node, ast.Call) and getattr(node.func, 'attr', None) == 'startswith' and any(
+                    isinstance(a, ast.Constant) and str(a.value).startswith(('sim_', 'so')) for a in node.args):
+                found.append(f'{path}:{node.lineno} tests a name\'s prefix')
+    assert found == []

@@ -106,8 +106,8 @@ def test_an_exact_replay_succeeds_at_every_delay(delay):
     from sim_env import make_sim_env
     task, chunk_size = 'sim_transfer_cube_scripted', 20
     recorder = EpisodeRecorder(task, camera_names=[], image_size=(8, 8), episode_len=400)
-    joint_traj, object_pose, ee_success, _ = recorder.rollout_ee(np.random.default_rng(3))
-    assert ee_success
+    joint_traj, object_pose, scripted_rewards = recorder.demonstrator.rollout(np.random.default_rng(3))
+    assert max(scripted_rewards) == recorder.env.task.max_reward
     padded = np.concatenate([joint_traj, joint_traj[-1:].repeat(chunk_size, axis=0)])
     executor = ChunkExecutor(chunk_size, threshold=chunk_size, strategy='ensemble')
     delayed = DelayedPolicy(lambda history, guide: padded[executor.t:executor.t + chunk_size], executor,

@@ -9,7 +9,8 @@ import pytest
 import constants
 from recording import sim as record_sim_episodes
 from recording.sim import episode_rng
-from so101_sim import is_so101_task, scene
+from simulation import simulation_of
+from so101_sim import scene
 from tests.test_so_arms import station  # noqa: F401 (the emulated SO arms, a fixture)
 from so101_sim.env import (DEGREES_PER_RADIAN, FEATURE_NAMES, START_POSE, STATE_DIM, Units, make_so101_env,
                            pick_place_reward, sample_cube_pose)
@@ -42,7 +43,8 @@ def test_the_model_has_the_arm_the_cube_and_the_real_task_cameras(env):
     assert np.allclose(model.actuator_gainprm[:, 0], scene.POSITION_GAIN)
     assert sorted(model.id2name(i, 'camera') for i in range(model.ncam)) == ['front', 'wrist']
     assert model.mesh_facenum.sum() < 40_000  # simplified from the asset's 320,000 triangles
-    assert is_so101_task(TASK) and constants.get_sim_task_config(TASK)['camera_names'] == ['front', 'wrist']
+    assert simulation_of(TASK).state_dim == STATE_DIM
+    assert constants.get_sim_task_config(TASK)['camera_names'] == ['front', 'wrist']
     assert env.control_timestep() == pytest.approx(1 / 30)
 
 
