@@ -61,7 +61,7 @@ SIM_TASK_CONFIGS = {
 
 ### Real-robot tasks (aloha_scripts' TASK_CONFIGS)
 # ALOHA tasks: episode_len in control steps of DT (50 Hz). SO-100 / SO-101 tasks name their robot
-# ('robot': 'so', real_robot/robots.py; ALOHA's when a task names none), their arms
+# ('robot': 'so', a folder of real_robot/robots/; ALOHA's when a task names none), their arms
 # (SO_ARMS in real_robot/settings.py: followers and leaders, left arm first), their cameras
 # (CAMERA_DEVICES) and their rate; episode_len is in steps of 1 / fps; state and action have 6
 # values per arm (real_robot/so_env.py).
@@ -79,7 +79,7 @@ REAL_TASK_CONFIGS = {
         'num_episodes': 50,
         'episode_len': 600,  # 20 s at 30 Hz
         'camera_names': ['front', 'wrist'],
-        'robot': 'so',  # real_robot/robots.py
+        'robot': 'so',  # real_robot/robots/so/
         'followers': ['so_follower'],
         'leaders': ['so_leader'],
         'fps': 30,

@@ -130,25 +130,24 @@ def aloha_session(camera_names, driver):
 
 
 @contextlib.contextmanager
-def so_session(task_config, driver):
-    """(env, read_action) of an SO task's followers and leaders, the followers moved to the leaders'
-    pose first; the followers end without torque. driver 'sim': the follower is the simulated SO-101."""
-    from real_robot.so_env import check_driver
-    from real_robot.so_sim import make_so_followers
-    check_driver(driver)
-    # a simulated follower is paced at the task's rate, for the person at the leader
-    make_env = functools.partial(make_so_followers, task_config, driver, realtime=True)
-    leaders = real_robot.make_so_leaders(task_config)
+def leader_arms_session(robot, task_config, driver):
+    """(env, read_action) of a task's followers copying its leader arms (SO, Koch, ...), the followers moved
+    to the leaders' pose first; the followers end without torque. A simulated follower is paced at the
+    task's rate, for the person at the leader."""
+    if robot.check_driver:
+        robot.check_driver(driver)
+    make_env = functools.partial(robot.teleop_env, task_config, driver)
+    leaders = robot.leaders(task_config)
     with followers(make_env, leaders) as env:
-        move_arms(list(env.bots), list(real_robot.get_so_action(leaders).reshape(len(leaders), -1)),
-                  move_time=settings.SO_OPENING_MOVE_TIME_S)
+        move_arms(list(env.bots), list(robot.read_leaders(leaders).reshape(len(leaders), -1)),
+                  move_time=robot.opening_move_s)
         print('Started!')
-        yield env, lambda: real_robot.get_so_action(leaders)
+        yield env, lambda: robot.read_leaders(leaders)
 
 
-SESSIONS = {  # robot name -> its teleoperation session (followers, leaders) for a task
-    'aloha': lambda task_config, driver: aloha_session(task_config['camera_names'], driver),
-    'so': so_session,
+SESSIONS = {  # a robot's Robot.teleop -> its teleoperation session (followers, leaders) for a task
+    'aloha': lambda robot, task_config, driver: aloha_session(task_config['camera_names'], driver),
+    'leader_arms': leader_arms_session,
 }
 
 
@@ -157,8 +156,9 @@ def stop_reason(error):
 
 
 def session(task_config, driver):
-    """The teleoperation session of the task's robot (real_robot/robots.py): SO arms or ALOHA's."""
-    return SESSIONS[robot_of(task_config).name](task_config, driver)
+    """The teleoperation session of the task's robot (real_robot/robots/): ALOHA's ceremony or leader arms."""
+    robot = robot_of(task_config)
+    return SESSIONS[robot.teleop](robot, task_config, driver)
 
 
 def capture_episode(task_config, save, driver):

@@ -98,7 +98,7 @@ def test_no_code_outside_policies_tells_a_policy_by_its_name():
 
 
 def test_no_code_tells_a_robot_or_a_simulation_by_the_task_name():
-    """A task's simulation and robot come from its config (simulation/, real_robot/robots.py)."""
+    """A task's simulation and robot come from its config (simulation/, real_robot/robots/)."""
     found = []
     for path in library_files():
         for node in ast.walk(ast.parse(open(os.path.join(ROOT, path)).read())):

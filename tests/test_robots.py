@@ -1,4 +1,4 @@
-"""real_robot/robots.py: a real task's robot is the one its config names, and a robot registered once
+"""real_robot/robots/: a real task's robot is the one its config names, and a robot registered once
 is what evaluation and replay open for the tasks that name it."""
 import pytest
 
@@ -10,7 +10,7 @@ from real_robot import robots
 def test_a_registered_robot_is_opened_for_the_tasks_that_name_it(monkeypatch):
     opened = []
 
-    def followers(task_config, driver, camera_names, image_size, backend):
+    def followers(task_config, driver, camera_names, image_size, backend, realtime):
         opened.append((task_config['robot'], driver, camera_names, backend))
         return 'the arms'
     monkeypatch.setattr(robots, 'ROBOTS', dict(robots.ROBOTS))
@@ -25,9 +25,9 @@ def test_a_registered_robot_is_opened_for_the_tasks_that_name_it(monkeypatch):
 
 def test_a_task_naming_no_known_robot_is_refused_by_name(monkeypatch):
     monkeypatch.setitem(real_robot.TASK_CONFIGS, 'odd_task', {'robot': 'hexapod'})
-    with pytest.raises(KeyError, match="odd_task: robot 'hexapod' is not one of aloha, so"):
+    with pytest.raises(KeyError, match="odd_task: robot 'hexapod' is not one of aloha, .*so"):
         real_robot.make_eval_env(task_name='odd_task')
     monkeypatch.setitem(real_robot.TASK_CONFIGS, 'old_so_task', {'followers': ['so_follower']})
-    with pytest.raises(KeyError, match="old_so_task: the task names follower arms but no robot: add 'robot': 'so'"):
+    with pytest.raises(KeyError, match="old_so_task: the task names follower arms but no robot: add its 'robot'"):
         real_robot.make_eval_env(task_name='old_so_task')
     assert robots.robot_of({}).name == 'aloha'  # the original's robot when a task names none

@@ -15,6 +15,7 @@ import replay_episodes
 from real_robot import calibrate as calibration_cli
 from real_robot import feetech_protocol as F
 from real_robot import settings
+from real_robot import so_env
 from real_robot.bots import RobotFault
 from real_robot.cameras import TEST_PATTERN
 from real_robot.feetech import CalibrationError, FeetechBus, SOArm, Units, load_calibration, save_calibration
@@ -325,13 +326,13 @@ def test_aloha_drivers_are_refused_for_so_tasks(station):
 
 ### recording, replay, evaluation
 def operator_holds_the_leader(emulators, monkeypatch):
-    make_leaders = real_robot.make_so_leaders
+    make_leaders = so_env.make_so_leaders
 
     def leaders_then_operator(task_config):
         leaders = make_leaders(task_config)
         emulators['so_leader'].servos[1].move_by_hand(LEADER_PAN_RAW)
         return leaders
-    monkeypatch.setattr(real_robot, 'make_so_leaders', leaders_then_operator)
+    monkeypatch.setattr(so_env, 'make_so_leaders', leaders_then_operator)
 
 
 def test_record_then_replay(station, monkeypatch, capsys):
@@ -385,14 +386,14 @@ def test_a_leader_teleoperates_a_simulated_follower(station, monkeypatch):
 def test_teleoperation_ends_at_ctrl_c_with_the_safe_stop(station, monkeypatch, capsys):
     emulators, _ = station
     operator_holds_the_leader(emulators, monkeypatch)
-    read, reads = real_robot.get_so_action, []
+    read, reads = so_env.get_so_action, []
 
     def operator_presses_ctrl_c(leaders):  # one read to reach the leaders' pose, then one per step
         reads.append(1)
         if len(reads) == 5:
             raise KeyboardInterrupt
         return read(leaders)
-    monkeypatch.setattr(real_robot, 'get_so_action', operator_presses_ctrl_c)
+    monkeypatch.setattr(so_env, 'get_so_action', operator_presses_ctrl_c)
     record_episodes.main({'task_name': 'tiny_so_task', 'teleop_only': True})  # returns: Ctrl-C is how it ends
     out = capsys.readouterr().out
     assert 'SAFETY STOP: interrupted (Ctrl-C)' in out and 'Teleoperation ended after 3 steps' in out
