@@ -154,7 +154,8 @@ def observed(observation, camera_names):
 def so_arm_loop(steps, policy_seconds, fps=control_hz(REAL_TASK_CONFIGS['so101_pick_place'])):
     """The same figures for one SO-101 follower arm on a Feetech bus emulator, and the goal-write time."""
     from real_robot.bots import Clock
-    from real_robot.feetech import SOArm, save_calibration
+    from real_robot.feetech import SOArm
+    from real_robot.lerobot_calibration import save_calibration
     from real_robot.feetech_emulator import FeetechBusEmulator
     from real_robot.so_env import SOEnv
     calibration = {joint: {'id': servo_id, 'drive_mode': 0, 'homing_offset': 0, 'range_min': 1024, 'range_max': 3072}

@@ -17,7 +17,8 @@ import threading
 from real_robot import feetech_protocol as F
 from real_robot import settings
 from real_robot.bots import RobotFault
-from real_robot.feetech import CalibrationError, load_calibration, open_so_bus, save_calibration
+from real_robot.feetech import load_calibration, open_so_bus
+from real_robot.lerobot_calibration import CalibrationError, save_calibration
 
 HALF_TURN = (F.RESOLUTION - 1) // 2  # 2047: the position the middle of the range reads after homing
 SWEEP_PERIOD_S = 0.02  # how often positions are read while the joints are swept

@@ -4,34 +4,19 @@ A FeetechBus is one USB-serial adapter; an SOArm is the arm on it, with its cali
 read with one sync read of present position, velocity, load and current for all six servos; goals
 go out as one sync write. Every failure names the arm, its port, the servo ID and the joint.
 
-Units are LeRobot's, so that a LeRobot calibration file and the values of a LeRobot SO dataset are
-used as they are (settings.SO_BODY_UNITS):
-    degrees         (raw - mid) * 360 / 4095, mid the middle of the calibrated range (not clamped)
-    range_m100_100  -100 .. 100 over the calibrated range (clamped)
-    gripper         0 .. 100 over the calibrated range (clamped), in both cases
-Calibration (LeRobot's JSON): per joint {"id", "drive_mode", "homing_offset", "range_min", "range_max"};
+Units and calibration files are LeRobot's (real_robot/lerobot_calibration.py), so that a LeRobot
+calibration file and the values of a LeRobot SO dataset are used as they are (settings.SO_BODY_UNITS).
 Present_Position = encoder position - Homing_Offset; the range is in Present_Position steps and is
 also written to the servos' position-limit registers, so the servo itself refuses to go past it.
 """
-import json
-import os
-
 import numpy as np
 import scservo_sdk
 
-from common.files import atomic_write
-from common.safe_load import load_json
 from real_robot import feetech_protocol as F
-from real_robot import settings
+from real_robot import lerobot_calibration, settings
 from real_robot.bots import Bot, JointState, RobotFault
+from real_robot.lerobot_calibration import ArmLayout, CalibrationError, Units
 from real_robot.servo_bus import ServoBus
-
-CALIBRATION_KEYS = ('id', 'drive_mode', 'homing_offset', 'range_min', 'range_max')
-MAX_STEP_VALUE = F.RESOLUTION - 1  # 4095: LeRobot's "max_res" in the unit conversions
-
-
-class CalibrationError(ValueError):
-    """A calibration file that cannot be used for this arm (the message names the file and key)."""
 
 
 class FeetechBus(ServoBus):
@@ -71,85 +56,15 @@ class FeetechBus(ServoBus):
 
 
 ### calibration files
+SO_LAYOUT = ArmLayout('SO arm', settings.SO_JOINTS, settings.SO_SERVO_IDS, 'settings.SO_SERVO_IDS',
+                      offset_limit=1 << F.SIGN_BITS['homing_offset'],
+                      how_to_calibrate='calibrate the arm with `python -m real_robot.calibrate` (or copy its '
+                                       'LeRobot calibration file there)')
+
+
 def load_calibration(path):
-    """LeRobot's calibration JSON of an SO arm, checked: {joint: {id, drive_mode, homing_offset, range_min,
-    range_max}} for the joints and IDs of settings.SO_JOINTS / SO_SERVO_IDS."""
-    if not os.path.isfile(path):
-        raise CalibrationError(f'{path}: no calibration file; calibrate the arm with '
-                               f'`python -m real_robot.calibrate` (or copy its LeRobot calibration file there)')
-    try:
-        calibration = load_json(path, CalibrationError)
-    except CalibrationError as err:
-        detail = str(err).removeprefix(f'{path}: ')
-        raise CalibrationError(f'{path}: not a calibration file (JSON expected): {detail}') from None
-    expected = dict(zip(settings.SO_JOINTS, settings.SO_SERVO_IDS))
-    if not isinstance(calibration, dict) or set(calibration) != set(expected):
-        found = sorted(calibration) if isinstance(calibration, dict) else type(calibration).__name__
-        raise CalibrationError(f'{path}: a calibration of another arm: joints {found}, expected the SO arm\'s '
-                               f'{list(expected)}')
-    for joint, servo_id in expected.items():
-        _check_joint_calibration(path, joint, servo_id, calibration[joint])
-    return {joint: dict(calibration[joint]) for joint in settings.SO_JOINTS}
-
-
-def _check_joint_calibration(path, joint, servo_id, entry):
-    if not isinstance(entry, dict) or any(not isinstance(entry.get(key), int) for key in CALIBRATION_KEYS):
-        raise CalibrationError(f'{path}: {joint}: expected integer {", ".join(CALIBRATION_KEYS)}, found {entry}')
-    if entry['id'] != servo_id:
-        raise CalibrationError(f'{path}: {joint} has servo ID {entry["id"]}, expected {servo_id} '
-                               f'(settings.SO_SERVO_IDS): a calibration of another arm?')
-    if not 0 <= entry['range_min'] < entry['range_max'] <= MAX_STEP_VALUE:
-        raise CalibrationError(f'{path}: {joint}: range {entry["range_min"]}..{entry["range_max"]} is empty or '
-                               f'outside 0..{MAX_STEP_VALUE}: calibrate again, moving every joint through its range')
-    if abs(entry['homing_offset']) >= 1 << F.SIGN_BITS['homing_offset']:
-        raise CalibrationError(f'{path}: {joint}: homing_offset {entry["homing_offset"]} is outside '
-                               f'+-{(1 << F.SIGN_BITS["homing_offset"]) - 1}')
-
-
-def save_calibration(path, calibration):
-    """Write the calibration as LeRobot does (indented JSON), atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, lambda f: json.dump(calibration, f, indent=4), mode='w')
-
-
-### units
-class Units:
-    """Conversion raw steps <-> calibrated units for the joints of one arm (LeRobot's formulas)."""
-
-    def __init__(self, calibration, body_units=None):
-        self.body_units = body_units or settings.SO_BODY_UNITS
-        if self.body_units not in ('degrees', 'range_m100_100'):
-            raise ValueError(f"SO_BODY_UNITS: '{self.body_units}' is not 'degrees' or 'range_m100_100'")
-        entries = [calibration[joint] for joint in settings.SO_JOINTS]
-        self.low = np.array([e['range_min'] for e in entries], dtype=float)  # (6,)
-        self.high = np.array([e['range_max'] for e in entries], dtype=float)
-        self.flip = np.array([bool(e['drive_mode']) for e in entries])
-        self.gripper = np.array([joint == 'gripper' for joint in settings.SO_JOINTS])
-        self.degrees = ~self.gripper & (self.body_units == 'degrees')
-
-    def to_units(self, raw):
-        """(..., 6) raw Present_Position steps -> calibrated units."""
-        raw = np.asarray(raw, dtype=float)
-        bounded = np.clip(raw, self.low, self.high)
-        fraction = (bounded - self.low) / (self.high - self.low)
-        ranged = np.where(self.gripper, np.where(self.flip, 100 - 100 * fraction, 100 * fraction),
-                          np.where(self.flip, 100 - 200 * fraction, 200 * fraction - 100))
-        return np.where(self.degrees, (raw - (self.low + self.high) / 2) * 360 / MAX_STEP_VALUE, ranged)
-
-    def to_raw(self, units):
-        """(..., 6) calibrated units -> raw goal steps (ints, truncated as LeRobot does)."""
-        units = np.asarray(units, dtype=float)
-        body = np.clip(np.where(self.flip, -units, units), -100, 100)
-        gripper = np.clip(np.where(self.flip, 100 - units, units), 0, 100)
-        ranged = np.where(self.gripper, gripper / 100, (body + 100) / 200) * (self.high - self.low) + self.low
-        raw = np.where(self.degrees, units * MAX_STEP_VALUE / 360 + (self.low + self.high) / 2, ranged)
-        return np.trunc(raw).astype(np.int64)
-
-    def per_step(self):
-        """(6,) units per raw step (signed): velocities and steps in calibrated units."""
-        span = np.where(self.gripper, 100.0, 200.0) / (self.high - self.low)
-        scale = np.where(self.degrees, 360 / MAX_STEP_VALUE, span)
-        return np.where(self.flip & ~self.degrees, -scale, scale)
+    """LeRobot's calibration JSON of an SO arm, checked (lerobot_calibration.load_calibration)."""
+    return lerobot_calibration.load_calibration(path, SO_LAYOUT)
 
 
 ### the arm
@@ -180,7 +95,7 @@ class SOArm(Bot):
         if clock is not None:
             self.clock = clock
         self.calibration = load_calibration(calibration_path)
-        self.units = Units(self.calibration, body_units)
+        self.units = Units(self.calibration, body_units or settings.SO_BODY_UNITS)
         self.ids = tuple(settings.SO_SERVO_IDS)
         self.bus = open_so_bus(name, port)
         try:

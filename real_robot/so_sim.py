@@ -12,7 +12,8 @@ import numpy as np
 
 from real_robot import settings
 from real_robot.bots import Clock
-from real_robot.feetech import SOArm, Units
+from real_robot.feetech import SOArm
+from real_robot.lerobot_calibration import Units
 from real_robot.sim_robot import SimCameraSet, SimRig
 from real_robot.so_env import SOEnv, check_driver, make_so_env
 
@@ -78,7 +79,7 @@ class SimSOArm(SOArm):
         units = rig.env.task.units
         self.calibration_path = f'the simulated arm ({SIM_TASK})'
         self.calibration = sim_calibration(units.low, units.high)
-        self.units = Units(self.calibration)
+        self.units = Units(self.calibration, settings.SO_BODY_UNITS)
         self.ids = tuple(settings.SO_SERVO_IDS)
         self._torque = False
 

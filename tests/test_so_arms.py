@@ -18,7 +18,8 @@ from real_robot import settings
 from real_robot import so_env
 from real_robot.bots import RobotFault
 from real_robot.cameras import TEST_PATTERN
-from real_robot.feetech import CalibrationError, FeetechBus, SOArm, Units, load_calibration, save_calibration
+from real_robot.feetech import FeetechBus, SOArm, load_calibration
+from real_robot.lerobot_calibration import CalibrationError, Units, save_calibration
 from real_robot.feetech_emulator import FeetechBusEmulator
 
 pytestmark = [pytest.mark.usefixtures('patient_servos'), pytest.mark.serial]  # conftest.py, pytest.ini
