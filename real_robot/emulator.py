@@ -21,20 +21,21 @@ import tty
 from real_robot import protocol as P
 from real_robot import settings
 
-MODEL_NUMBER = 1020  # XM430-W350
+MODEL = 'xm430-w350'  # ALOHA's arms' servo, the default
 FOLLOW_TIME_CONSTANT_S = 0.03  # motor lag behind its goal position
 CURRENT_PER_POSITION_ERROR = 0.5  # raw current units per raw position unit of tracking error
 
 
 class EmulatedServo:
-    """One X-series servo: control table bytes plus a first-order motor."""
+    """One X-series servo: control table bytes plus a first-order motor; its shaft (`_position`) is read
+    and commanded through Homing_Offset (Present_Position = shaft position + Homing_Offset)."""
 
-    def __init__(self, servo_id, position=P.POSITION_CENTER):
+    def __init__(self, servo_id, position=P.POSITION_CENTER, model=MODEL):
         self.id = servo_id
         self.table = bytearray(P.CONTROL_TABLE_SIZE)
         self.silent = False
         self.goal_history = []  # every goal position written, for tests
-        self._set('model_number', MODEL_NUMBER)
+        self._set('model_number', P.MODEL_NUMBERS[model])
         self._set('id', servo_id)
         self._set('operating_mode', P.OPERATING_MODES['position'])
         self._set('current_limit', 1193)
@@ -56,11 +57,11 @@ class EmulatedServo:
         return P.ALERT_BIT if self.get('hardware_error_status') else 0
 
     def _sync_present(self, velocity):
-        goal = self.get('goal_position')
-        self._set('present_position', int(round(self._position)))
+        target = self.get('goal_position') - self.get('homing_offset')  # of the shaft
+        self._set('present_position', int(round(self._position)) + self.get('homing_offset'))
         self._set('present_velocity', int(round(velocity)))
         torque_on = self.get('torque_enable')
-        self._set('present_current', int(round(CURRENT_PER_POSITION_ERROR * (goal - self._position)))
+        self._set('present_current', int(round(CURRENT_PER_POSITION_ERROR * (target - self._position)))
                   if torque_on else 0)
 
     def advance(self):
@@ -70,14 +71,15 @@ class EmulatedServo:
         if not self.get('torque_enable') or dt <= 0:
             self._sync_present(0.0)
             return
-        step = (self.get('goal_position') - self._position) * min(1.0, dt / FOLLOW_TIME_CONSTANT_S)
+        target = self.get('goal_position') - self.get('homing_offset')
+        step = (target - self._position) * min(1.0, dt / FOLLOW_TIME_CONSTANT_S)
         self._position += step
         velocity_units = step / dt * P.RAD_PER_POSITION / P.RAD_S_PER_VELOCITY
         self._sync_present(velocity_units)
 
     def set_present_position(self, position):
-        """Move the shaft by hand (a teleoperator holding a leader arm)."""
-        self._position = float(position)
+        """Move the shaft by hand (a teleoperator holding a leader arm) to read `position`."""
+        self._position = float(position) - self.get('homing_offset')
         self._sync_present(0.0)
 
     def read(self, address, size):
@@ -214,9 +216,12 @@ class PtyBusEmulator:
 class ServoBusEmulator(PtyBusEmulator):
     """Dynamixel X-series servos on one pty."""
 
-    def __init__(self, servo_ids=settings.ARM_SERVO_IDS + (settings.GRIPPER_SERVO_ID,), positions=None):
-        positions = positions or {}
-        super().__init__({i: EmulatedServo(i, positions.get(i, P.POSITION_CENTER)) for i in servo_ids})
+    def __init__(self, servo_ids=settings.ARM_SERVO_IDS + (settings.GRIPPER_SERVO_ID,), positions=None, models=None):
+        """positions, models: {servo ID: start position, model name of protocol.MODEL_NUMBERS} (default: the
+        middle and MODEL)."""
+        positions, models = positions or {}, models or {}
+        super().__init__({i: EmulatedServo(i, positions.get(i, P.POSITION_CENTER), models.get(i, MODEL))
+                          for i in servo_ids})
 
     def set_hardware_error(self, servo_id, bits):
         with self._lock:
@@ -245,7 +250,7 @@ class ServoBusEmulator(PtyBusEmulator):
     def _handle_single(self, servo, instruction, params, reply):
         data, error = b'', 0
         if instruction == P.PING:
-            data = struct.pack('<HB', MODEL_NUMBER, 0x2E)  # model number, firmware version
+            data = struct.pack('<HB', servo.get('model_number'), 0x2E)  # model number, firmware version
         elif instruction == P.READ:
             address, size = struct.unpack_from('<HH', params)
             data = servo.read(address, size)

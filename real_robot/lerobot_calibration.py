@@ -79,16 +79,18 @@ def save_calibration(path, calibration):
 
 class Units:
     """Conversion raw steps <-> calibrated units for the joints of one arm (LeRobot's formulas), in the
-    calibration's joint order; the joint named 'gripper' is 0 .. 100."""
+    calibration's joint order; the joint named 'gripper' is 0 .. 100. apply_drive_mode: a joint whose
+    drive_mode is 1 is mirrored here (Feetech servos); False where the servo mirrors itself (Dynamixel's
+    Drive_Mode register), as LeRobot's buses do."""
 
-    def __init__(self, calibration, body_units='degrees'):
+    def __init__(self, calibration, body_units='degrees', apply_drive_mode=True):
         if body_units not in BODY_UNITS:
             raise ValueError(f"body units '{body_units}' are not {' or '.join(BODY_UNITS)}")
         self.body_units = body_units
         entries = list(calibration.values())
         self.low = np.array([e['range_min'] for e in entries], dtype=float)  # (joints,)
         self.high = np.array([e['range_max'] for e in entries], dtype=float)
-        self.flip = np.array([bool(e['drive_mode']) for e in entries])
+        self.flip = np.array([bool(e['drive_mode']) and apply_drive_mode for e in entries])
         self.gripper = np.array([joint == 'gripper' for joint in calibration])
         self.degrees = ~self.gripper & (body_units == 'degrees')
 

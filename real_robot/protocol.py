@@ -24,14 +24,22 @@ STATUS = 0x55
 SYNC_READ = 0x82
 SYNC_WRITE = 0x83
 
-### X-series (XM430 / XM540 / XL430) control table: name -> (address, size in bytes)
+### X-series (XM430 / XM540 / XL430 / XL330) control table: name -> (address, size in bytes)
 CONTROL_TABLE = {
     'model_number': (0, 2),
     'id': (7, 1),
+    'return_delay_time': (9, 1),
+    'drive_mode': (10, 1),
     'operating_mode': (11, 1),
+    'homing_offset': (20, 4),  # Present_Position = actual position + Homing_Offset
     'current_limit': (38, 2),
+    'max_position_limit': (48, 4),
+    'min_position_limit': (52, 4),
     'torque_enable': (64, 1),
     'hardware_error_status': (70, 1),
+    'position_d_gain': (80, 2),
+    'position_i_gain': (82, 2),
+    'position_p_gain': (84, 2),
     'goal_current': (102, 2),
     'goal_position': (116, 4),
     'present_current': (126, 2),
@@ -42,6 +50,7 @@ CONTROL_TABLE_SIZE = 147  # bytes up to and including present temperature
 # One sync read of present current (2), velocity (4) and position (4): addresses 126..135
 STATE_ADDRESS, STATE_SIZE = 126, 10
 
+MODEL_NUMBERS = {'xm430-w350': 1020, 'xl430-w250': 1060, 'xl330-m077': 1190, 'xl330-m288': 1200}  # ping's answer
 OPERATING_MODES = {'current': 0, 'velocity': 1, 'position': 3, 'extended_position': 4,
                    'current_based_position': 5, 'pwm': 16}
 

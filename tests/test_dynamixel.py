@@ -139,3 +139,21 @@ def test_missing_servo_fails_at_connect(emulator):
     emulator.silence(8)
     with pytest.raises(ServoCommError, match=r'servo 8 \(wrist_rotate\)'):
         DynamixelBot('puppet_left', emulator.port, settings.PUPPET_MODEL)
+
+
+def test_emulated_servos_answer_with_their_model_and_read_through_the_homing_offset():
+    with ServoBusEmulator((1, 2), positions={2: 1000}, models={2: 'xl330-m288'}) as emulator:
+        bus = DynamixelBus('koch', emulator.port)
+        try:
+            assert bus.ping(1) == P.MODEL_NUMBERS['xm430-w350'] and bus.ping(2) == 1200
+            bus.write(2, 'homing_offset', 500)  # the shaft stays at 1000; it now reads 1500
+            assert bus.read(2, 'present_position') == 1500 and bus.read(2, 'homing_offset') == 500
+            bus.write(2, 'goal_position', 1600)
+            bus.write(2, 'torque_enable', 1)
+            deadline = time.monotonic() + 60
+            while abs(bus.read(2, 'present_position') - 1600) > 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert abs(bus.read(2, 'present_position') - 1600) <= 2
+            assert abs(emulator.servos[2]._position - 1100) <= 2  # the shaft moved by the goal's 100
+        finally:
+            bus.close()
