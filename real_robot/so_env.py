@@ -25,8 +25,11 @@ SO_DRIVERS = settings.SO_DRIVERS
 
 
 class SOEnv(RobotEnv):
-    """SO follower arms (SOArm) and their cameras; see the module docstring for the layout."""
+    """SO follower arms (SOArm) and their cameras; see the module docstring for the layout. Arms of
+    another kind calibrated as LeRobot calibrates them (Koch's) run in a subclass naming their own."""
     safe_pose = settings.SO_SAFE_POSE
+    max_step = settings.SO_MAX_STEP  # raw steps a joint target may move per control step
+    what = 'SO arm'
 
     def _setup_robots(self):
         """Servo set-up (torque off meanwhile), then power on."""
@@ -59,13 +62,13 @@ class SOEnv(RobotEnv):
         action = np.asarray(action, dtype=float)
         width = len(settings.SO_JOINTS) * len(self.bots)
         if action.shape != (width,):
-            raise ValueError(f'action of shape {action.shape} for {len(self.bots)} SO arm(s): expected ({width},) '
+            raise ValueError(f'action of shape {action.shape} for {len(self.bots)} {self.what}(s): expected ({width},) '
                              f'({", ".join(so_feature_names(len(self.bots)))})')
         if self._targets is None:
             self._targets = [arm.read_raw()[:, 0].astype(float) for arm in self.bots]
         for i, (arm, part) in enumerate(zip(self.bots, action.reshape(len(self.bots), -1))):
             limits = np.stack([arm.units.low, arm.units.high], axis=1)  # (6, 2)
-            self._targets[i] = clamp_arm_targets(arm.units.to_raw(part), self._targets[i], limits, settings.SO_MAX_STEP)
+            self._targets[i] = clamp_arm_targets(arm.units.to_raw(part), self._targets[i], limits, self.max_step)
             arm.command_raw(self._targets[i])
 
     @staticmethod
