@@ -140,7 +140,7 @@ def leader_arms_session(robot, task_config, driver):
     leaders = robot.leaders(task_config)
     with followers(make_env, leaders) as env:
         move_arms(list(env.bots), list(robot.read_leaders(leaders).reshape(len(leaders), -1)),
-                  move_time=robot.opening_move_s)
+                  move_time=robot.opening_move_time())
         print('Started!')
         yield env, lambda: robot.read_leaders(leaders)
 

@@ -27,14 +27,15 @@ class Robot:
     rate, for teleoperation), ValueError naming --robot_driver when it takes no such driver.
     teleop: how record_episodes.py teleoperates it (recording/robot.py): 'leader_arms' (the followers
     copy leaders(task_config), read with read_leaders(leaders) -> action, after moving to the leaders'
-    pose in opening_move_s seconds) or 'aloha' (the original's opening ceremony)."""
+    pose in opening_move_time() seconds, read from its settings when it starts) or 'aloha' (the
+    original's opening ceremony)."""
     name: str
     followers: callable
     backends: tuple = ('builtin',)  # the --robot_backend values it runs on
     teleop: str = 'leader_arms'
     leaders: callable = None
     read_leaders: callable = None
-    opening_move_s: float = 2.0
+    opening_move_time: callable = None
     check_driver: callable = None  # (driver) -> None, ValueError naming --robot_driver; before any port opens
 
     def eval_env(self, task_config, backend='builtin', driver='auto', camera_names=None, image_size=None):

@@ -25,4 +25,4 @@ def check_driver(driver):
 
 
 ROBOT = Robot('so', followers, leaders=leaders, read_leaders=read_leaders,
-              opening_move_s=settings.SO_OPENING_MOVE_TIME_S, check_driver=check_driver)
+              opening_move_time=lambda: settings.SO_OPENING_MOVE_TIME_S, check_driver=check_driver)
