@@ -74,8 +74,9 @@ def robot_of(task_config, task_name='the task'):
     _find_robot_folders()
     name = task_config.get('robot', DEFAULT_ROBOT)
     if 'robot' not in task_config and 'followers' in task_config:  # a task written for an earlier version
-        raise KeyError(f"{task_name}: the task names follower arms but no robot: add its 'robot' ('so', 'koch', "
-                       f"...) to its config (REAL_TASK_CONFIGS in constants.py)")
+        raise KeyError(f"{task_name}: the task names follower arms but no robot: add its 'robot' (a folder of "
+                       f"real_robot/robots/: {', '.join(sorted(ROBOTS))}) to its config (REAL_TASK_CONFIGS in "
+                       f"constants.py)")
     if name not in ROBOTS:
         raise KeyError(f"{task_name}: robot {name!r} is not one of {', '.join(sorted(ROBOTS))} "
                        f"(the folders of real_robot/robots/)")
