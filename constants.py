@@ -96,6 +96,17 @@ REAL_TASK_CONFIGS = {
         'fps': 30,
         'robot_type': BI_SO_ROBOT_TYPE,
     },
+    'koch_pick_place': {  # one Koch arm (real_robot/robots/koch/): state and action 6
+        'dataset_dir': os.path.join(DATA_DIR, 'koch_pick_place'),
+        'num_episodes': 50,
+        'episode_len': 600,  # 20 s at 30 Hz
+        'camera_names': ['front', 'wrist'],
+        'robot': 'koch',
+        'followers': ['koch_follower'],
+        'leaders': ['koch_leader'],
+        'fps': 30,
+        'robot_type': 'koch_follower',  # LeRobot's
+    },
 }
 
 
