@@ -344,14 +344,14 @@ def test_workers_die_with_their_parent(tmp_path, start_method):
 
 
 def test_recording_evaluation_and_loader_workers_die_with_their_parent(monkeypatch, tmp_path):
+    import recording.sim
     from common import processes
-    from recording import sim as record_sim_episodes
     from training import data
     armed = []
     for module in (processes, data):  # the worker pools of recording and evaluation start through processes
         monkeypatch.setattr(module, 'die_with_parent', armed.append)
-    monkeypatch.setattr(record_sim_episodes, 'EpisodeRecorder', lambda **kwargs: None)
-    processes._start_worker(11, record_sim_episodes._init_worker, {}, str(tmp_path), False)
+    monkeypatch.setattr(recording.sim, 'EpisodeRecorder', lambda **kwargs: None)
+    processes._start_worker(11, recording.sim._init_worker, {}, str(tmp_path), False)
     monkeypatch.setattr(rollout, 'Evaluator', lambda *args: None)
     monkeypatch.setattr(rollout, 'load_policy', lambda *args: None)
     monkeypatch.setattr(rollout, 'load_stats', lambda *args: None)

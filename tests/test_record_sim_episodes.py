@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import constants
+import recording.sim
 from formats import hdf5
-from recording import sim as record_sim_episodes
 from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK
 
 STEPS = 10  # recorded steps per test episode (the real task has 400)
@@ -24,7 +24,7 @@ def record(dataset_dir, **overrides):
     args = {'task_name': TASK, 'dataset_dir': str(dataset_dir), 'num_episodes': 2, 'onscreen_render': False,
             'seed': 0, 'num_workers': 1, 'camera_names': CAMERAS, 'image_size': SMALL, 'compress': False}
     args.update(overrides)
-    return record_sim_episodes.main(args)
+    return recording.sim.main(args)
 
 
 @pytest.fixture(scope='module')
@@ -212,7 +212,7 @@ def test_command_line_errors_exit_non_zero(tmp_path):
                                                  ('sim_insertion_scripted', 48)])
 def test_full_scripted_set_succeeds(task_name, required):
     config = constants.get_sim_task_config(task_name)
-    recorder = record_sim_episodes.EpisodeRecorder(task_name, camera_names=[], image_size=(480, 640),
+    recorder = recording.sim.EpisodeRecorder(task_name, camera_names=[], image_size=(480, 640),
                                                    episode_len=config['episode_len'])
     results = [recorder.record(idx) for idx in range(config['num_episodes'])]
     assert sum(r['success'] for r in results) >= required
@@ -221,7 +221,7 @@ def test_full_scripted_set_succeeds(task_name, required):
 
 @pytest.mark.slow
 def test_full_size_episode_layout(tmp_path):
-    record_sim_episodes.main({'task_name': 'sim_transfer_cube_scripted', 'dataset_dir': str(tmp_path),
+    recording.sim.main({'task_name': 'sim_transfer_cube_scripted', 'dataset_dir': str(tmp_path),
                               'num_episodes': 1})
     with h5py.File(tmp_path / 'episode_0.hdf5', 'r') as root:
         images = root['/observations/images/top']

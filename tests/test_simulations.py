@@ -12,10 +12,10 @@ from dm_control.rl import control
 from dm_control.suite import base
 
 import imitate_episodes
+import recording.sim
 import simulation
 from common.sim_cameras import CameraSet, resolve_cameras
 from constants import SIM_TASK_CONFIGS
-from recording import sim as record_sim_episodes
 from simulation import DemoSettings, Simulation, register_simulation, simulation_of
 from tests.helpers import tiny_model_flags
 
@@ -127,7 +127,7 @@ def pointer_task(tmp_path, monkeypatch):
 
 
 def test_a_registered_simulation_records_trains_and_evaluates(pointer_task, capsys):
-    results = record_sim_episodes.main({'task_name': TASK, 'image_size': list(SIZE), 'num_workers': 1})
+    results = recording.sim.main({'task_name': TASK, 'image_size': list(SIZE), 'num_workers': 1})
     assert len(results) == 4 and all(r['success'] for r in results)
     from formats.hdf5 import read_episode
     episode = read_episode(os.path.join(pointer_task, 'data', TASK, 'episode_0.hdf5'))
@@ -150,7 +150,7 @@ def test_each_built_in_task_names_its_simulation():
 
 
 def test_settings_reach_the_demonstrator(pointer_task):
-    recorder = record_sim_episodes.EpisodeRecorder(TASK, ['above'], SIZE, episode_len=6)
+    recorder = recording.sim.EpisodeRecorder(TASK, ['above'], SIZE, episode_len=6)
     assert recorder.demonstrator.settings == DemoSettings(6, SIZE, False, False, True)
     targets, goal, rewards = recorder.demonstrator.rollout(np.random.default_rng(0))
     assert targets.shape == (7, 2) and len(rewards) == 7 and np.allclose(targets[-1], goal[:2])

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import constants
-from recording import sim as record_sim_episodes
+import recording.sim
 from recording.sim import episode_rng
 from simulation import simulation_of
 from so101_sim import scene
-from tests.test_so_arms import station  # noqa: F401 (the emulated SO arms, a fixture)
 from so101_sim.env import (DEGREES_PER_RADIAN, FEATURE_NAMES, START_POSE, STATE_DIM, Units, make_so101_env,
                            pick_place_reward, sample_cube_pose)
+from tests.test_so_arms import station  # noqa: F401 (the emulated SO arms, a fixture)
 
 TASK = 'sim_so101_pick_place'
 SMALL = [24, 32]
@@ -147,7 +147,7 @@ def recorded(tmp_path_factory):
             'image_size': SMALL, 'no_shadows': True}
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
-        results = record_sim_episodes.main(args)
+        results = recording.sim.main(args)
     return root, results
 
 
@@ -167,7 +167,7 @@ def test_lerobot_recording_has_the_so_feature_names(recorded, tmp_path, monkeypa
     from formats.lerobot import LeRobotEpisodes
     monkeypatch.setitem(constants.SIM_TASK_CONFIGS[TASK], 'episode_len', STEPS)
     root = tmp_path / 'lerobot'
-    record_sim_episodes.main({'task_name': TASK, 'dataset_dir': str(root), 'num_episodes': 1, 'image_size': SMALL,
+    recording.sim.main({'task_name': TASK, 'dataset_dir': str(root), 'num_episodes': 1, 'image_size': SMALL,
                               'format': 'lerobot'})
     info = json.load(open(root / 'meta' / 'info.json'))
     assert info['robot_type'] == 'so_follower' and info['fps'] == 30
