@@ -1,7 +1,6 @@
 """evaluation/report.py: report.html after --eval, checked in a real headless browser (Chromium driven by
 Playwright): no console errors, every video playable with the rollout's duration, the numbers of
 result_policy_best.txt on the page."""
-import os
 import re
 import shutil
 
