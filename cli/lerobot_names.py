@@ -9,25 +9,16 @@ import os
 
 from cli.flags import UsageError
 from policies.chunker import TEMPORAL_AGG_K
-from policies.registry import lerobot_types
+from policies.registry import lerobot_types, model_settings
 
 LEROBOT_HOME = os.environ.get('HF_LEROBOT_HOME', os.path.expanduser('~/.cache/huggingface/lerobot'))
 NOISE_SCHEDULERS = ('ddpm', 'ddim')  # LeRobot's noise_scheduler_type values, in capitals there
-# LeRobot name -> our flag (the value passes as it is)
+# LeRobot name -> our flag (the value passes as it is); the policies' settings add theirs (setting_names())
 SAME_VALUE = {
     '--steps': '--num_steps', '--save_freq': '--save_every', '--output_dir': '--ckpt_dir',
-    '--dataset.root': '--dataset_dir',
-    '--policy.path': '--init_from', '--policy.chunk_size': '--chunk_size', '--policy.horizon': '--chunk_size',
-    '--policy.n_action_steps': '--action_horizon', '--policy.n_obs_steps': '--obs_horizon',
-    '--policy.optimizer_lr': '--lr', '--policy.optimizer_lr_backbone': '--lr_backbone',
-    '--policy.optimizer_weight_decay': '--weight_decay', '--policy.dim_model': '--hidden_dim',
-    '--policy.dim_feedforward': '--dim_feedforward', '--policy.n_heads': '--nheads',
-    '--policy.n_encoder_layers': '--enc_layers', '--policy.n_decoder_layers': '--dec_layers',
-    '--policy.kl_weight': '--kl_weight', '--policy.num_inference_steps': '--num_inference_steps',
-    '--policy.prediction_type': '--prediction_type',
+    '--dataset.root': '--dataset_dir', '--policy.path': '--init_from',
 }
-SIZE_LISTS = {'--policy.crop_shape': ('--crop_shape', 2), '--policy.down_dims': ('--down_dims', None)}  # [a, b, ...]
-SWITCHES = {'--wandb.enable': ('--wandb', None), '--policy.use_vae': ('--use_vae', '--no-use_vae')}
+SWITCHES = {'--wandb.enable': ('--wandb', None)}  # LeRobot name -> (our flag when true, when false)
 PREFIXES = ('--policy.', '--dataset.', '--wandb.', '--training.', '--optimizer.', '--scheduler.', '--eval.', '--env.')
 
 
@@ -39,10 +30,31 @@ def truth(name, value):
     raise UsageError(f'{name} {value}: true or false expected')
 
 
+def setting_names():
+    """{LeRobot name: (our flag, its ModelSetting)} of the policies' settings (policies/settings.py)."""
+    return {lerobot: (f'--{setting.flag}', setting) for setting, _ in model_settings() for lerobot in setting.lerobot}
+
+
+def translate_setting(name, value, flag, setting):
+    """A LeRobot name of one of the policies' settings -> our flags: the value as it is, a switch's true or
+    false, or a list of sizes ([84, 84])."""
+    if setting.switch:
+        return [flag] if truth(name, value) else ([f'--no-{setting.flag}'] if setting.switch == 'both' else [])
+    if setting.nargs is None:
+        return [flag, value]
+    count = setting.nargs if isinstance(setting.nargs, int) else None
+    sizes = value.strip('[]() ').replace(',', ' ').split()
+    if not sizes or (count and len(sizes) != count) or not all(n.isdigit() for n in sizes):
+        raise UsageError(f'{name} {value}: {count or "one or more"} whole numbers expected, as [84, 84]')
+    return [flag, *sizes]
+
+
 def translate_one(name, value):
     """(LeRobot name, value) -> our flags (a list)."""
     if name in SAME_VALUE:
         return [SAME_VALUE[name], value]
+    if name in setting_names():
+        return translate_setting(name, value, *setting_names()[name])
     if name in SWITCHES:
         on, off = SWITCHES[name]
         return [on] if truth(name, value) else ([off] if off else [])
@@ -56,12 +68,6 @@ def translate_one(name, value):
             raise UsageError(f'{name} {value}: LeRobot\'s are {" and ".join(s.upper() for s in NOISE_SCHEDULERS)} '
                              f'(here also --scheduler dpmsolver)')
         return ['--scheduler', value.lower()]
-    if name in SIZE_LISTS:
-        flag, count = SIZE_LISTS[name]
-        sizes = value.strip('[]() ').replace(',', ' ').split()
-        if not sizes or (count and len(sizes) != count) or not all(n.isdigit() for n in sizes):
-            raise UsageError(f'{name} {value}: {count or "one or more"} whole numbers expected, as [84, 84]')
-        return [flag, *sizes]
     if name == '--policy.use_amp':
         return ['--amp', 'fp16'] if truth(name, value) else []  # LeRobot's automatic mixed precision
     if name == '--policy.temporal_ensemble_coeff':

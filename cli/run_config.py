@@ -7,7 +7,7 @@ import torch
 
 from checkpoints.folder import CONFIG_FILE, STATS_FILE
 from checkpoints.reader import open_checkpoint
-from cli.flags import CKPT_ROOT, POLICY_FLAGS, UsageError, build_parser
+from cli.flags import CKPT_ROOT, UsageError, build_parser, policy_flags
 from constants import IMAGE_HW, canonical_task_name, control_hz, get_task_config
 from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
@@ -52,9 +52,9 @@ def make_policy_config(args, camera_names, state_dim, action_dim, image_hw, base
     image_hw (H, W) is the size of the images the policy sees (CNNMLP's MLP input depends on it).
     base: a checkpoint's policy_config (--init_from) whose settings without a flag are kept."""
     cls = get_policy_class(args['policy_class'])
-    flagged = set(POLICY_FLAGS.values())
+    flagged = set(policy_flags().values())
     config = {key: value for key, value in (base or {}).items() if key in cls.defaults and key not in flagged}
-    config.update({key: args[flag] for flag, key in POLICY_FLAGS.items()
+    config.update({key: args[flag] for flag, key in policy_flags().items()
                    if key in cls.defaults and args.get(flag) is not None})
     config.update({key: cls.defaults[key] for key in cls.required if key not in config and key in cls.defaults})
     config.update(camera_names=list(camera_names), state_dim=state_dim, action_dim=action_dim)
@@ -156,7 +156,7 @@ def with_saved_config(args, saved, path, run_flags=RUN_FLAGS):
     """args with each of run_flags and each model flag left out taken from config.json; a printed
     note for each given flag that overrides a saved value."""
     values = {flag: saved.get(flag) for flag in run_flags}
-    values.update({flag: saved['policy_config'][key] for flag, key in POLICY_FLAGS.items()
+    values.update({flag: saved['policy_config'][key] for flag, key in policy_flags().items()
                    if key in saved['policy_config']})
     merged = dict(args)
     for flag, value in values.items():
@@ -187,7 +187,7 @@ def eval_config(args, device, checkpoint=None):
     args = with_saved_config(args, saved, os.path.join(args['ckpt_dir'], CONFIG_FILE))
     if args['task_name'] is None:
         raise UsageError(f"--task_name required: {args['ckpt_dir']} (a LeRobot checkpoint) names no task")
-    flag_values = {key: args[flag] for flag, key in POLICY_FLAGS.items() if args[flag] is not None}
+    flag_values = {key: args[flag] for flag, key in policy_flags().items() if args[flag] is not None}
     policy_config = {**saved['policy_config'], **flag_values, 'camera_names': args['camera_names']}
     if args['image_size']:
         policy_config.update(get_policy_class(args['policy_class']).settings_for_images(args['image_size']))

@@ -13,6 +13,7 @@ from constants import IMAGE_HW
 from detr import build_act_model, build_cnnmlp_model
 from detr.state_dict import probable_causes
 from policies.base import IMAGENET_MEAN, IMAGENET_STD, Policy
+from policies.settings import AT_LEAST_0, AT_LEAST_1, FRACTION, ModelSetting
 
 ### Config defaults: one set per policy; the command line falls back on them too
 ACT_DEFAULTS = {
@@ -51,6 +52,32 @@ CNNMLP_DEFAULTS = {
     'num_queries': 1,  # CNNMLP predicts one action
     'image_size': IMAGE_HW,  # (H, W) of its images; sets the MLP input size
 }
+
+# ACT's flags (policies/settings.py); the defaults shown in --help are ACT_DEFAULTS'
+ACT_SETTINGS = (
+    ModelSetting('kl_weight', 'kl_weight', 'ACT: weight of the KL term of the loss', float, range=AT_LEAST_0,
+                 lerobot=('--policy.kl_weight',), original=True),
+    ModelSetting('hidden_dim', 'hidden_dim', 'ACT: transformer width', int, range=AT_LEAST_1,
+                 lerobot=('--policy.dim_model',), original=True),
+    ModelSetting('dim_feedforward', 'dim_feedforward', 'ACT: feed-forward width', int, range=AT_LEAST_1,
+                 lerobot=('--policy.dim_feedforward',), original=True),
+    ModelSetting('enc_layers', 'enc_layers', 'ACT: transformer encoder layers', int, range=AT_LEAST_1,
+                 lerobot=('--policy.n_encoder_layers',)),
+    ModelSetting('dec_layers', 'dec_layers', 'ACT: transformer decoder layers', int, range=AT_LEAST_1,
+                 lerobot=('--policy.n_decoder_layers',)),
+    ModelSetting('nheads', 'nheads', 'ACT: attention heads', int, range=AT_LEAST_1, lerobot=('--policy.n_heads',)),
+    ModelSetting('latent_dim', 'latent_dim', 'ACT: size of the CVAE latent', int, range=AT_LEAST_1),
+    ModelSetting('dropout', 'dropout', 'ACT: transformer dropout', float, range=FRACTION),
+    ModelSetting('use_vae', 'use_vae', "ACT: the CVAE objective; --no-use_vae (or --no_vae, LeRobot's use_vae false) "
+                 'trains without it: the latent is zero in training too and the loss has no KL term', switch='both',
+                 off_alias='--no_vae', lerobot=('--policy.use_vae',)),  # LeRobot's true / false
+    ModelSetting('pre_norm', 'pre_norm', 'ACT: layer norm before attention (pre-norm)', switch='on',
+                 show_default=False),
+    ModelSetting('per_camera_backbone', 'per_camera_backbone', 'ACT: one backbone per camera', switch='on',
+                 show_default=False),
+    ModelSetting('lr_backbone', 'lr_backbone', 'ACT/CNNMLP: learning rate of the backbone', float, range=AT_LEAST_0,
+                 lerobot=('--policy.optimizer_lr_backbone',)),
+)
 
 
 def actions_per_query(cfg):
@@ -117,6 +144,7 @@ class _DETRPolicy(Policy):
 class ACTPolicy(_DETRPolicy):
     """Action Chunking with Transformers: predicts num_queries future actions."""
     policy_class = 'ACT'
+    settings = ACT_SETTINGS
     lerobot_type = 'act'
     defaults = ACT_DEFAULTS
     required = ('camera_names', 'kl_weight')

@@ -81,11 +81,13 @@ class Policy(nn.Module):
                            the runtime draws the noise, --execution rtc guides it); False: one forward
                            pass, predict(qpos, image), exported as one graph
         lerobot_type       LeRobot's policy type its checkpoints convert to and from, or None
+        settings           its own command-line settings (policies/settings.py), beside the common ones
         settings_for_images(image_hw)  settings a run fixes from its image size
         settings_problem(values)       what is wrong with the flag values given for it, or None
     """
     policy_class = None
     defaults = {}
+    settings = ()  # its own flags (policies/settings.py ModelSetting), beside the common ones
     required = ('camera_names',)
     action_normalization = 'mean_std'
     samples = False

@@ -50,6 +50,7 @@ from policies.diffusion_nets import (CAMERA_FEATURE_DIM, DOWN_DIMS, KERNEL_SIZE,
                                      STEP_EMBED_DIM, ConditionalUnet1D, SpatialSoftmax, augment_images, build_trunk,
                                      centre_crop, centre_window, random_windows)
 from policies.rtc import guided_clean_chunk
+from policies.settings import AT_LEAST_1, ModelSetting
 
 ### Fixed values
 BETA_SCHEDULES = ('squaredcos_cap_v2', 'linear', 'scaled_linear')  # diffusers' names
@@ -57,6 +58,32 @@ STYLES = ('act_plus_plus', 'lerobot')  # module conventions: act-plus-plus's or 
 EMA_MAX_DECAY = 0.9999         # ceiling of the EMA decay (warm-up 1 - (1 + step) ** -ema_power)
 SCHEDULERS = ('ddim', 'ddpm', 'dpmsolver')  # dpmsolver: DPM-Solver++, second order, multistep
 PREDICTION_TYPES = ('epsilon', 'sample')  # what the UNet predicts: the noise, or the clean chunk
+
+# Diffusion's flags (policies/settings.py); the defaults shown in --help are DEFAULTS'
+DIFFUSION_SETTINGS = (
+    ModelSetting('num_inference_steps', 'num_inference_steps', 'Diffusion: denoising steps per query', int,
+                 range=AT_LEAST_1, lerobot=('--policy.num_inference_steps',)),
+    ModelSetting('scheduler', 'scheduler', "Diffusion: the sampler (LeRobot's --noise_scheduler_type DDPM or DDIM; "
+                 'dpmsolver: DPM-Solver++, second-order multistep); all three share the training noise, so --eval and '
+                 'export_policy.py may sample a trained policy with another', str.lower, choices=SCHEDULERS,
+                 aliases=('--noise_scheduler_type',)),
+    ModelSetting('prediction_type', 'prediction_type', 'Diffusion: what the UNet predicts, the noise or the clean '
+                 'action chunk; a training setting', choices=PREDICTION_TYPES, lerobot=('--policy.prediction_type',)),
+    ModelSetting('obs_horizon', 'obs_horizon', "Diffusion: observation steps per query (LeRobot's --n_obs_steps)", int,
+                 range=AT_LEAST_1, aliases=('--n_obs_steps',), lerobot=('--policy.n_obs_steps',)),
+    ModelSetting('diffusion_style', 'style', "Diffusion: act_plus_plus (act-plus-plus's network: 64 features per "
+                 "camera, the state after them, crop-rotate-jitter augmentation) or lerobot (LeRobot's: ReLU keypoint "
+                 'features, the state first, images standardised by their statistics and cut to --crop_shape, the '
+                 'chunk starting at the oldest observation, --n_action_steps counted from the current one; a LeRobot '
+                 "checkpoint's style)", choices=STYLES),
+    ModelSetting('crop_shape', 'crop_shape', 'Diffusion, lerobot style: the window of each image the trunk sees, '
+                 'random in training and the centre in evaluation (default: the whole image)', int, nargs=2,
+                 metavar=('H', 'W'), lerobot=('--policy.crop_shape',), show_default=False),
+    ModelSetting('down_dims', 'down_dims', 'Diffusion: channels of the UNet levels, finest first (a smaller UNet '
+                 'trains faster on a CPU)', int, nargs='+', metavar='C', lerobot=('--policy.down_dims',)),
+    ModelSetting('augment_images', 'augment_images', 'Diffusion: random crop, rotation and colour jitter in training, '
+                 'the centre crop in evaluation', switch='both'),
+)
 
 # Optional policy_config keys (a missing key or None takes the default) and the flag that sets each.
 DEFAULTS = {
@@ -218,6 +245,7 @@ class DiffusionPolicy(Policy):
     [-1, 1], sampled with the EMA weights.
     """
     policy_class = 'Diffusion'
+    settings = DIFFUSION_SETTINGS
     samples = True
     lerobot_type = 'diffusion'
     defaults = DEFAULTS

@@ -6,6 +6,8 @@ The Diffusion policy (policies/diffusion.py) is imported only when it is asked f
 import importlib
 from dataclasses import dataclass
 
+from policies.settings import COMMON_SETTINGS, default_text
+
 
 @dataclass
 class Registration:
@@ -74,3 +76,18 @@ def make_policy(policy_class, policy_config, load_pretrained=True):
     """Build a registered policy ('ACT', 'CNNMLP', 'Diffusion', ...) from its config dict. load_pretrained
     False leaves the image trunks without their ImageNet weights, for a checkpoint that replaces them."""
     return get_policy_class(policy_class)(policy_config, load_pretrained=load_pretrained)
+
+
+def model_settings():
+    """[(ModelSetting, its help with the defaults)] of every registered policy's flags: the common ones,
+    then each policy's own in registration order (a flag declared twice counts once)."""
+    classes = {name: get_policy_class(name) for name in _POLICIES}
+    owners = {setting.flag: (setting, setting.defaults_of) for setting in COMMON_SETTINGS}
+    for name, cls in classes.items():
+        for setting in cls.settings:
+            owners.setdefault(setting.flag, (setting, setting.defaults_of or (name,)))
+    found = []
+    for setting, policies in owners.values():
+        defaults = f' {default_text(setting.key, {p: classes[p] for p in policies})}' if setting.show_default else ''
+        found.append((setting, setting.help + defaults))
+    return found

@@ -14,6 +14,7 @@ import imitate_episodes
 from constants import SIM_TASK_CONFIGS
 from policies import registry
 from policies.base import Policy
+from policies.settings import MORE_THAN_0, ModelSetting
 from tests.helpers import TASK
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -22,7 +23,10 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 class ToyPolicy(Policy):
     """Each camera's mean colour and the state, through one linear layer, to a chunk of actions."""
     policy_class = 'Toy'
-    defaults = {'num_queries': 4, 'lr': 1e-3, 'weight_decay': 0.0, 'amp': 'off', 'action_horizon': None}
+    defaults = {'num_queries': 4, 'lr': 1e-3, 'weight_decay': 0.0, 'amp': 'off', 'action_horizon': None,
+                'gain': 1.0}
+    settings = (ModelSetting('toy_gain', 'gain', 'Toy: scale of the chunk', float, range=MORE_THAN_0,
+                             lerobot=('--policy.toy_gain',)),)
 
     def __init__(self, policy_config, load_pretrained=True):
         super().__init__(self.resolve_config(policy_config))
@@ -33,7 +37,8 @@ class ToyPolicy(Policy):
     def predict(self, qpos, image):
         """qpos (B, S), image (B, K, 3, H, W) standardised -> (B, num_queries, A)."""
         colours = image.mean(dim=(-2, -1)).flatten(1)  # (B, 3 K)
-        return self.head(torch.cat([colours, qpos], dim=1)).view(-1, self.num_queries, self.action_dim)
+        chunk = self.head(torch.cat([colours, qpos], dim=1)).view(-1, self.num_queries, self.action_dim)
+        return self.cfg['gain'] * chunk
 
     def action_chunk(self, qpos, image):
         return self.infer(self.predict, qpos, self.normalize(image))
@@ -84,3 +89,16 @@ def test_a_toy_policy_trains_evaluates_exports_and_runs(toy, tiny_dataset, tmp_p
     action = runner.act(np.zeros(14, np.float32), np.zeros((1, height, width, 3), np.uint8))
     assert action.shape == (14,) and np.isfinite(action).all()
     assert registry.checkpoint_policy_class(torch.load(os.path.join(ckpt, 'policy_best.ckpt'))) == 'Toy'
+
+
+def test_a_policys_own_setting_is_a_flag_with_its_range_help_and_lerobot_name(toy):
+    from cli.flags import flag_problem
+    from cli.lerobot_names import translate_lerobot_flags
+    from cli.run_config import make_policy_config
+    parser = imitate_episodes.build_parser()
+    assert 'Toy: scale of the chunk (default: 1.0)' in ' '.join(parser.format_help().split())
+    args = vars(parser.parse_args(['--task_name', TASK, '--policy_class', 'Toy', '--toy_gain', '0.5']))
+    assert make_policy_config(args, ['top'], 14, 14, (24, 32))['gain'] == 0.5
+    args['toy_gain'] = -1.0
+    assert flag_problem(args) == '--toy_gain must be more than 0, got -1.0'
+    assert translate_lerobot_flags(['--policy.toy_gain=2'])[0] == ['--toy_gain', '2']
