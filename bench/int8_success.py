@@ -22,8 +22,9 @@ import time
 import numpy as np
 
 from bench.realtime import ROOT, case_report, evaluate
+from deploy.engines import engine_names
 from deploy.quantize import CALIBRATION_SAMPLES
-from deploy.runtime import ENGINES, PolicyRunner
+from deploy.runtime import PolicyRunner
 from formats.datasets import open_dataset
 from formats.images import resize_images
 
@@ -96,7 +97,8 @@ def parse_args(argv=None):
                         'config.json names) and the recorded episode compared')
     parser.add_argument('--episode', type=int, default=0, help='the recorded episode compared step by step')
     parser.add_argument('--calibration', type=int, default=CALIBRATION_SAMPLES, help="the int8 export's --calibration")
-    parser.add_argument('--runtime', choices=ENGINES, default='onnxruntime', help='the runtime of both evaluations')
+    parser.add_argument('--runtime', choices=engine_names(), default='onnxruntime',
+                        help='the runtime of both evaluations')
     parser.add_argument('--no_temporal_agg', dest='temporal_agg', action='store_false',
                         help='evaluate chunk by chunk (default: with --temporal_agg, as the ACT recipes do)')
     parser.add_argument('--num_rollouts', type=int, default=50)

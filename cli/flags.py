@@ -5,7 +5,7 @@ import argparse
 
 from checkpoints.folder import BEST_CKPT
 from constants import canonical_task_name, get_task_config, sim_task_names
-from deploy.runtime import ENGINES
+from deploy.engines import engine_names
 from evaluation.offline import DIFFUSION_SAMPLES
 from policies.executor import STRATEGIES
 from policies.registry import get_policy_class, model_settings, policy_names
@@ -153,7 +153,7 @@ def _evaluation_flags(parser):
         '(for a checkpoint that lacks its own, such as a LeRobot folder without normaliser files)')
     add('--no_video', action='store_true', help='evaluation: do not write video{i}.mp4')
     add('--eval_workers', type=int, default=1, help='evaluation: parallel rollout processes')
-    add('--runtime', choices=('torch', *ENGINES), default='torch', help='evaluation: run the '
+    add('--runtime', choices=('torch', *engine_names()), default='torch', help='evaluation: run the '
         'policy in torch, or its ONNX export through policy_runtime.PolicyRunner on onnxruntime or OpenVINO '
         '(exported to --ckpt_dir/export_<checkpoint> when --export_dir is not given)')
     add('--export_dir', help='--runtime onnxruntime/openvino: the folder export_policy.py wrote (e.g. an int8 export)')

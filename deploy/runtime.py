@@ -23,6 +23,7 @@ import numpy as np
 from common.checks import check_values, is_name_list, is_positive_int, is_positive_ints
 from common.folders import inside_folder
 from common.safe_load import load_json
+from deploy.engines import check_engine, load_graph
 from deploy.samplers import make_sampler
 from formats.normalize import from_unit_range
 from policies.chunker import ActionChunker, ObservationHistory, checked_action
@@ -30,7 +31,6 @@ from policies.executor import GUIDED, ChunkExecutor, ThreadedPolicy, default_thr
 
 MANIFEST = 'policy.json'
 FORMAT_VERSION = 1
-ENGINES = ('onnxruntime', 'openvino')  # what runs an ONNX export
 FILE_TYPES = {'onnx': '.onnx', 'torchscript': '.pt'}  # policy.json's format -> its graphs' file extension
 SAMPLER = 'diffusion'  # policy.json's sampler constants: the export samples its chunk (and takes observation histories)
 SAMPLED_ROLES, DIRECT_ROLES = ('encoder', 'denoiser'), ('policy',)  # the graphs of a sampled policy, of the others
@@ -105,8 +105,7 @@ def manifest_problem(manifest):
 
 
 class _Session:
-    """One exported graph behind run(inputs dict) -> outputs list: onnxruntime or OpenVINO (ONNX files),
-    or TorchScript."""
+    """One exported graph behind run(inputs dict) -> outputs list, loaded by its engine (deploy/engines.py)."""
 
     def __init__(self, path, fmt, threads, engine='onnxruntime'):
         self.path = path
@@ -118,35 +117,8 @@ class _Session:
                               f'export the policy again') from None
 
     def _load(self, fmt, threads, engine):
-        path = self.path
-        if fmt == 'onnx' and engine == 'openvino':
-            import openvino
-            compiled = openvino.Core().compile_model(path, 'CPU', {
-                'INFERENCE_PRECISION_HINT': 'f32', **({'INFERENCE_NUM_THREADS': threads} if threads else {})})
-            self.inputs = {name: [d.get_length() if d.is_static else 'batch' for d in port.partial_shape]
-                           for port in compiled.inputs for name in port.get_names()}
-            self.run = lambda feeds: list(compiled(feeds).to_tuple())
-        elif fmt == 'onnx':
-            import onnxruntime
-            options = onnxruntime.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-            self.session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-            self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
-            self.run = lambda feeds: self.session.run(None, feeds)
-        else:
-            import torch  # TorchScript exports need torch; ONNX ones do not
-            if threads:
-                torch.set_num_threads(threads)
-            module = torch.jit.load(path, map_location='cpu').eval()
-            self.inputs = None
-
-            def run(feeds):
-                with torch.inference_mode():
-                    out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
-                return [out.numpy()]
-            self.run = run
+        graph = load_graph(self.path, fmt, threads, engine)
+        self.run, self.inputs = graph.run, graph.inputs
 
     def check_input(self, name, shape):
         """The graph's declared shape of input `name` must agree with policy.json (symbolic dims aside)."""
@@ -177,8 +149,7 @@ class PolicyRunner:
         self.chunker = ActionChunker(self.chunk_size, self.action_horizon, temporal_agg, self.obs_horizon)
         self.sampled = SAMPLER in m  # a sampled chunk (Diffusion) from observation histories
         self.rng = np.random.default_rng(seed)  # the sampling noise
-        if engine not in ENGINES:
-            raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        check_engine(engine)
         self.sessions = {role: _Session(os.path.join(folder, entry['name']), m['format'], threads, engine)
                          for role, entry in m['files'].items()}
         if self.sampled:

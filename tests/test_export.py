@@ -15,6 +15,7 @@ import torch
 import export_policy
 from checkpoints.folder import make_run_config, write_config
 from cli import run_config
+from constants import SIM_TASK_CONFIGS
 from deploy import export as deploy_export
 from deploy.runtime import ExportError, PolicyRunner
 from policies.registry import make_policy
@@ -198,6 +199,32 @@ def test_the_realtime_runner_plays_the_export_without_waiting(act_export):
 def test_act_onnx_on_openvino_equals_eager(act_export):
     for eager, exported in eager_and_exported(*act_export, engine='openvino'):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+
+
+def test_a_registered_engine_runs_the_export_in_the_runtime_and_in_evaluation(act_export, monkeypatch, capsys):
+    """An engine added with deploy.engines.register_engine: onnxruntime behind a counter."""
+    from deploy import engines
+    calls = []
+
+    def counting_graph(path, threads):
+        graph = engines.onnxruntime_graph(path, threads)
+        return engines.Graph(lambda feeds: calls.append(path) or graph.run(feeds), graph.inputs)
+    monkeypatch.setattr(engines, 'ENGINES', dict(engines.ENGINES))
+    engines.register_engine('counting', counting_graph)
+    for eager, exported in eager_and_exported(*act_export, engine='counting'):
+        np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
+    assert len(calls) >= 2  # the load's check of the graph, then a query per batch
+    import imitate_episodes
+    ckpt_dir, folder = act_export
+    args = imitate_episodes.build_parser().parse_args(['--eval', '--ckpt_dir', ckpt_dir, '--runtime', 'counting',
+                                                       '--export_dir', str(folder), '--num_rollouts', '1',
+                                                       '--no_video', '--device', 'cpu'])
+    with pytest.raises(ValueError, match="engine 'nope': expected one of onnxruntime, openvino, counting"):
+        PolicyRunner(folder, engine='nope')
+    monkeypatch.setitem(SIM_TASK_CONFIGS[TASK], 'episode_len', 3)
+    imitate_episodes.main(vars(args))
+    runs = len(calls)
+    assert runs > 3 and 'success_rate=' in capsys.readouterr().out
 
 
 @pytest.mark.slow
