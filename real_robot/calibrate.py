@@ -12,16 +12,15 @@ LeRobot's JSON. --from_file writes an existing calibration file to the servos in
 The port and the file default to those of the arm `so_<role>` in SO_ARMS (real_robot/settings.py).
 """
 import sys
-import threading
 
 from real_robot import feetech_protocol as F
 from real_robot import settings
 from real_robot.bots import RobotFault
-from real_robot.feetech import load_calibration, open_so_bus
-from real_robot.lerobot_calibration import CalibrationError, save_calibration
+from real_robot.feetech import SOArm, load_calibration, open_so_bus
+from real_robot.lerobot_calibration import (CalibrationError, record_ranges, save_calibration, swept_ranges,
+                                             write_calibration)
 
 HALF_TURN = (F.RESOLUTION - 1) // 2  # 2047: the position the middle of the range reads after homing
-SWEEP_PERIOD_S = 0.02  # how often positions are read while the joints are swept
 
 
 def release(bus):
@@ -48,46 +47,19 @@ def set_half_turn_homings(bus):
     return offsets
 
 
-def record_ranges(bus, wait_for_enter, show=print):
-    """Extremes of every joint's position, read until wait_for_enter() returns -> (mins, maxes)."""
-    done = threading.Event()
-    waiter = threading.Thread(target=lambda: (wait_for_enter(), done.set()), daemon=True)
-    mins = maxes = positions(bus)
-    waiter.start()
-    while not done.wait(SWEEP_PERIOD_S):
-        now = positions(bus)
-        mins = {joint: min(mins[joint], value) for joint, value in now.items()}
-        maxes = {joint: max(maxes[joint], value) for joint, value in now.items()}
-        show(' | '.join(f'{joint} {mins[joint]}..{maxes[joint]}' for joint in settings.SO_JOINTS), end='\r')
-    show()
-    return mins, maxes
-
-
-def write_calibration(bus, calibration):
-    for entry in calibration.values():
-        bus.write(entry['id'], 'homing_offset', entry['homing_offset'])
-        bus.write(entry['id'], 'min_position_limit', entry['range_min'])
-        bus.write(entry['id'], 'max_position_limit', entry['range_max'])
-
-
 def calibrate(bus, ask=input, show=print):
     """The interactive procedure on an open bus -> the calibration (LeRobot's dict), written to the servos."""
     release(bus)
     ask('Move the arm to the middle of its range of motion, then press Enter...')
     offsets = set_half_turn_homings(bus)
-    swept = [joint for joint in settings.SO_JOINTS if joint != settings.SO_FULL_TURN_JOINT]
     show(f"Move every joint except {settings.SO_FULL_TURN_JOINT} through its whole range, one after the other; "
          'press Enter when done.')
-    mins, maxes = record_ranges(bus, lambda: ask(''), show)
-    still = [joint for joint in swept if maxes[joint] - mins[joint] <= 0]
-    if still:
-        raise CalibrationError(f'{", ".join(still)} did not move (a range of zero width): nothing was saved; '
-                               'run the calibration again and move every joint through its range')
-    mins[settings.SO_FULL_TURN_JOINT], maxes[settings.SO_FULL_TURN_JOINT] = 0, F.RESOLUTION - 1
+    mins, maxes = swept_ranges(*record_ranges(lambda: positions(bus), lambda: ask(''), show),
+                               (settings.SO_FULL_TURN_JOINT,))
     calibration = {joint: {'id': servo_id, 'drive_mode': 0, 'homing_offset': offsets[joint],
                            'range_min': mins[joint], 'range_max': maxes[joint]}
                    for joint, servo_id in zip(settings.SO_JOINTS, settings.SO_SERVO_IDS)}
-    write_calibration(bus, calibration)
+    write_calibration(bus, calibration, SOArm.stored)
     return calibration
 
 
@@ -103,7 +75,7 @@ def main(args):
         if args.get('from_file'):
             calibration = load_calibration(args['from_file'])
             release(bus)
-            write_calibration(bus, calibration)
+            write_calibration(bus, calibration, SOArm.stored)
         else:
             calibration = calibrate(bus)
     finally:

@@ -9,13 +9,13 @@ calibration file and the values of a LeRobot SO dataset are used as they are (se
 Present_Position = encoder position - Homing_Offset; the range is in Present_Position steps and is
 also written to the servos' position-limit registers, so the servo itself refuses to go past it.
 """
-import numpy as np
 import scservo_sdk
 
 from real_robot import feetech_protocol as F
 from real_robot import lerobot_calibration, settings
-from real_robot.bots import Bot, JointState, RobotFault
-from real_robot.lerobot_calibration import ArmLayout, CalibrationError, Units
+from real_robot.bots import RobotFault
+from real_robot.lerobot_arm import LeRobotArm, open_listed_arm
+from real_robot.lerobot_calibration import ArmLayout, Units
 from real_robot.servo_bus import ServoBus
 
 
@@ -83,11 +83,14 @@ def open_so_bus(name, port):
     return bus
 
 
-class SOArm(Bot):
+class SOArm(LeRobotArm):
     """One SO-100 / SO-101 arm (5 joints and a gripper) on its own bus, in calibrated units.
 
     read() -> JointState of (6,) positions (units), velocities (units/s) and currents (mA), in
     settings.SO_JOINTS order; command_arm(positions (6,)) sends goals for all six joints."""
+    stored = (('homing_offset', 'homing_offset'), ('range_min', 'min_position_limit'),
+              ('range_max', 'max_position_limit'))
+    ma_per_current_unit = F.MA_PER_CURRENT
 
     def __init__(self, name, port, calibration_path, role='follower', clock=None, body_units=None):
         super().__init__()
@@ -97,30 +100,18 @@ class SOArm(Bot):
         self.calibration = load_calibration(calibration_path)
         self.units = Units(self.calibration, body_units or settings.SO_BODY_UNITS)
         self.ids = tuple(settings.SO_SERVO_IDS)
-        self.bus = open_so_bus(name, port)
-        try:
-            self._check_calibration()
-        except BaseException:
-            self.bus.close()
-            raise
+        self.connect(open_so_bus(name, port))
 
-    def _check_calibration(self):
-        """The file's calibration must be the one the servos hold."""
-        stored = {}
-        for joint, servo_id in zip(settings.SO_JOINTS, self.ids):
-            stored[joint] = {key: self.bus.read(servo_id, register) for key, register in (
-                ('homing_offset', 'homing_offset'), ('range_min', 'min_position_limit'),
-                ('range_max', 'max_position_limit'))}
-        differ = [f'{joint} {key} {self.calibration[joint][key]} in the file, {value} in the servo'
-                  for joint, values in stored.items() for key, value in values.items()
-                  if self.calibration[joint][key] != value]
-        if differ:
-            listed = '; '.join(differ[:3]) + ('; ...' if len(differ) > 3 else '')
-            raise RobotFault(f"arm '{self.name}' ({self.bus.port}): the calibration in {self.calibration_path} is not "
-                             f'the one stored in the servos ({listed}). If the file belongs to this arm, write it to '
-                             f'the servos with `python -m real_robot.calibrate --role {self.role} --port '
-                             f'{self.bus.port} --from_file {self.calibration_path}`; '
-                             f'otherwise name this arm\'s file in SO_ARMS (real_robot/settings.py) or calibrate')
+    @property
+    def range_margin(self):
+        return settings.SO_RANGE_MARGIN
+
+    def write_hint(self):
+        return (f'python -m real_robot.calibrate --role {self.role} --port {self.bus.port} '
+                f'--from_file {self.calibration_path}')
+
+    def settings_hint(self):
+        return 'SO_ARMS (real_robot/settings.py)'
 
     def configure(self):
         """Servo set-up with torque off (LeRobot's values): return delay, acceleration, position mode; the
@@ -144,55 +135,12 @@ class SOArm(Bot):
         """(6, 4) raw present position, velocity, load, current."""
         return self.bus.sync_read_state(self.ids)
 
-    def read(self):
-        raw = self.read_raw()
-        state = JointState(self.units.to_units(raw[:, 0]), raw[:, 1] * self.units.per_step(),
-                           raw[:, 3] * F.MA_PER_CURRENT)
-        self.last_state = state
-        return state
-
-    def check_in_range(self, raw_positions):
-        """RobotFault naming the joint when a position is further than SO_RANGE_MARGIN outside its range."""
-        for joint, position, low, high in zip(settings.SO_JOINTS, raw_positions, self.units.low, self.units.high):
-            if not low - settings.SO_RANGE_MARGIN <= position <= high + settings.SO_RANGE_MARGIN:
-                raise RobotFault(f"arm '{self.name}': {joint} is at {int(position)} steps, outside its calibrated "
-                                 f'range {int(low)}..{int(high)} ({self.calibration_path}); nothing was moved. Move '
-                                 f'it into its range by hand, or calibrate again if the file is not this arm\'s')
-
-    def command_raw(self, raw):
-        """Goal positions (6,) in raw steps, clamped to the calibrated range."""
-        raw = np.clip(np.round(raw), self.units.low, self.units.high).astype(int)
-        self.bus.sync_write('goal_position', dict(zip(self.ids, raw.tolist())))
-
-    def command_arm(self, qpos):
-        self.command_raw(self.units.to_raw(qpos))
-
-    def torque(self, enable, part='all'):
-        """Torque and the EEPROM lock together (as LeRobot): on + locked, or off + unlocked. Torque off
-        goes out first as one sync write, so that it reaches every servo even on a failing bus."""
-        if not enable:
-            self.bus.sync_write('torque_enable', {servo_id: 0 for servo_id in self.ids})
-        failures = []
-        for servo_id in self.ids:
-            try:
-                self.bus.write(servo_id, 'torque_enable', int(bool(enable)))
-                self.bus.write(servo_id, 'lock', int(bool(enable)))
-            except RobotFault as e:
-                failures.append(e)
-        if failures:
-            raise type(failures[0])('; '.join(str(e) for e in failures))
-
-    def close(self):
-        self.bus.close()
+    def switch_torque(self, servo_id, enable):
+        """Torque and the EEPROM lock together (as LeRobot): on + locked, or off + unlocked."""
+        self.bus.write(servo_id, 'torque_enable', int(bool(enable)))
+        self.bus.write(servo_id, 'lock', int(bool(enable)))
 
 
 def open_arm(name, role, clock=None):
     """The SO arm `name` of settings.SO_ARMS (its port and calibration file)."""
-    if name not in settings.SO_ARMS:
-        raise KeyError(f"unknown SO arm '{name}': known arms are {', '.join(sorted(settings.SO_ARMS))} "
-                       f'(SO_ARMS in real_robot/settings.py)')
-    arm = settings.SO_ARMS[name]
-    try:
-        return SOArm(name, arm['port'], arm['calibration'], role=role, clock=clock)
-    except CalibrationError as e:  # a file to fix, not a fault of the hardware: one line, no torque was on
-        raise CalibrationError(f"arm '{name}': {e}") from None
+    return open_listed_arm(SOArm, settings.SO_ARMS, 'SO_ARMS in real_robot/settings.py', name, role, clock)

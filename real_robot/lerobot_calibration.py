@@ -10,6 +10,7 @@ the range in Present_Position steps of a 4096-step turn.
 """
 import json
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from common.safe_load import load_json
 CALIBRATION_KEYS = ('id', 'drive_mode', 'homing_offset', 'range_min', 'range_max')
 MAX_STEP_VALUE = 4095  # the last step of a 4096-step turn: LeRobot's "max_res" in the unit conversions
 BODY_UNITS = ('degrees', 'range_m100_100')
+SWEEP_PERIOD_S = 0.02  # how often positions are read while the joints are swept
 
 
 class CalibrationError(ValueError):
@@ -75,6 +77,41 @@ def save_calibration(path, calibration):
     """Write the calibration as LeRobot does (indented JSON), atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: json.dump(calibration, f, indent=4), mode='w')
+
+
+def record_ranges(read_positions, wait_for_enter, show=print):
+    """LeRobot's sweep: the extremes of every joint's position ({joint: raw} from read_positions()), read
+    until wait_for_enter() returns -> (mins, maxes)."""
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (wait_for_enter(), done.set()), daemon=True)
+    mins = maxes = read_positions()
+    waiter.start()
+    while not done.wait(SWEEP_PERIOD_S):
+        now = read_positions()
+        mins = {joint: min(mins[joint], value) for joint, value in now.items()}
+        maxes = {joint: max(maxes[joint], value) for joint, value in now.items()}
+        show(' | '.join(f'{joint} {mins[joint]}..{maxes[joint]}' for joint in mins), end='\r')
+    show()
+    return mins, maxes
+
+
+def swept_ranges(mins, maxes, full_turn_joints):
+    """The ranges of a sweep, the full-turn joints over the whole turn -> (mins, maxes); a CalibrationError
+    naming the other joints that did not move."""
+    still = [joint for joint in mins if joint not in full_turn_joints and maxes[joint] - mins[joint] <= 0]
+    if still:
+        raise CalibrationError(f'{", ".join(still)} did not move (a range of zero width): nothing was saved; '
+                               'run the calibration again and move every joint through its range')
+    full = {joint: (0, MAX_STEP_VALUE) for joint in full_turn_joints}
+    return ({joint: full.get(joint, (low, 0))[0] for joint, low in mins.items()},
+            {joint: full.get(joint, (0, high))[1] for joint, high in maxes.items()})
+
+
+def write_calibration(bus, calibration, stored):
+    """Write each joint's calibration into the registers that hold it (stored: (key, register) pairs)."""
+    for entry in calibration.values():
+        for key, register in stored:
+            bus.write(entry['id'], register, entry[key])
 
 
 class Units:

@@ -100,8 +100,8 @@ def check_driver(driver):
                          f"{' or '.join(SO_DRIVERS)}")
 
 
-def open_arms(names, role, clock, stack):
-    from real_robot.feetech import open_arm  # feetech-servo-sdk: needed by SO arms only
+def open_arms(open_arm, names, role, clock, stack):
+    """The arms `names` opened with open_arm(name, role, clock), each closed when `stack` unwinds."""
     arms = []
     for name in names:
         arm = open_arm(name, role, clock)
@@ -110,11 +110,16 @@ def open_arms(names, role, clock, stack):
     return arms
 
 
+def open_so_arms(names, role, clock, stack):
+    from real_robot.feetech import open_arm  # feetech-servo-sdk: needed by SO arms only
+    return open_arms(open_arm, names, role, clock, stack)
+
+
 def make_so_env(task_config, camera_names=None, setup_robots=True):
     """The SO task's follower arms and cameras at its rate (constants.control_hz)."""
     clock = Clock(1 / control_hz(task_config))
     with contextlib.ExitStack() as stack:
-        arms = open_arms(task_config['followers'], 'follower', clock, stack)
+        arms = open_so_arms(task_config['followers'], 'follower', clock, stack)
         names = task_config['camera_names'] if camera_names is None else camera_names
         cameras = make_cameras('feetech', names, stack)
         env = SOEnv(arms, cameras, setup_robots=setup_robots)
@@ -125,7 +130,7 @@ def make_so_env(task_config, camera_names=None, setup_robots=True):
 def make_so_leaders(task_config):
     """The SO task's leader arms, set up with torque off (moved by hand)."""
     with contextlib.ExitStack() as stack:
-        leaders = open_arms(task_config['leaders'], 'leader', Clock(1 / control_hz(task_config)),
+        leaders = open_so_arms(task_config['leaders'], 'leader', Clock(1 / control_hz(task_config)),
                             stack)
         for arm in leaders:
             arm.configure()

@@ -20,7 +20,8 @@ from real_robot.bots import RobotFault
 from real_robot.cameras import TEST_PATTERN
 from real_robot.dynamixel import DynamixelBus
 from real_robot.emulator import ServoBusEmulator
-from real_robot.lerobot_calibration import CalibrationError, Units, load_calibration, save_calibration
+from real_robot.lerobot_calibration import (CalibrationError, Units, load_calibration, save_calibration,
+                                             write_calibration)
 from real_robot.robots.koch import arm as koch_arm
 from real_robot.robots.koch import calibrate as koch_calibrate
 from real_robot.robots.koch import settings
@@ -50,7 +51,7 @@ def emulated_arm(role):
 def write_to_servos(port, calibration):
     bus = DynamixelBus('koch', port)
     try:
-        koch_calibrate.write_calibration(bus, calibration)
+        write_calibration(bus, calibration, koch_arm.STORED)
     finally:
         bus.close()
 

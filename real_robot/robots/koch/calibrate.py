@@ -13,16 +13,15 @@ existing calibration file to the servos instead. The port and the file default t
 KOCH_ARMS (real_robot/robots/koch/settings.py).
 """
 import sys
-import threading
 
 from real_robot import protocol as P
 from real_robot.bots import RobotFault
-from real_robot.lerobot_calibration import MAX_STEP_VALUE, CalibrationError, load_calibration, save_calibration
+from real_robot.lerobot_calibration import (MAX_STEP_VALUE, CalibrationError, load_calibration, record_ranges,
+                                             save_calibration, swept_ranges, write_calibration)
 from real_robot.robots.koch import settings
 from real_robot.robots.koch.arm import LAYOUT, STORED, open_koch_bus
 
 HALF_TURN = MAX_STEP_VALUE // 2  # 2047: the position the middle of the range reads after homing
-SWEEP_PERIOD_S = 0.02  # how often positions are read while the joints are swept
 
 
 def drive_mode(role, joint):
@@ -52,27 +51,6 @@ def set_half_turn_homings(bus):
     return offsets
 
 
-def record_ranges(bus, wait_for_enter, show=print):
-    """Extremes of every joint's position, read until wait_for_enter() returns -> (mins, maxes)."""
-    done = threading.Event()
-    waiter = threading.Thread(target=lambda: (wait_for_enter(), done.set()), daemon=True)
-    mins = maxes = positions(bus)
-    waiter.start()
-    while not done.wait(SWEEP_PERIOD_S):
-        now = positions(bus)
-        mins = {joint: min(mins[joint], value) for joint, value in now.items()}
-        maxes = {joint: max(maxes[joint], value) for joint, value in now.items()}
-        show(' | '.join(f'{joint} {mins[joint]}..{maxes[joint]}' for joint in settings.JOINTS), end='\r')
-    show()
-    return mins, maxes
-
-
-def write_calibration(bus, calibration):
-    for entry in calibration.values():
-        for key, register in STORED:
-            bus.write(entry['id'], register, entry[key])
-
-
 def calibrate(bus, role, ask=input, show=print):
     """The interactive procedure on an open bus -> the calibration (LeRobot's dict), written to the servos."""
     release(bus, role)
@@ -80,18 +58,12 @@ def calibrate(bus, role, ask=input, show=print):
     offsets = set_half_turn_homings(bus)
     show(f"Move every joint except {' and '.join(settings.FULL_TURN_JOINTS)} through its whole range, one after "
          'the other; press Enter when done.')
-    mins, maxes = record_ranges(bus, lambda: ask(''), show)
-    swept = [joint for joint in settings.JOINTS if joint not in settings.FULL_TURN_JOINTS]
-    still = [joint for joint in swept if maxes[joint] - mins[joint] <= 0]
-    if still:
-        raise CalibrationError(f'{", ".join(still)} did not move (a range of zero width): nothing was saved; '
-                               'run the calibration again and move every joint through its range')
-    for joint in settings.FULL_TURN_JOINTS:
-        mins[joint], maxes[joint] = 0, MAX_STEP_VALUE
+    mins, maxes = swept_ranges(*record_ranges(lambda: positions(bus), lambda: ask(''), show),
+                               settings.FULL_TURN_JOINTS)
     calibration = {joint: {'id': servo_id, 'drive_mode': drive_mode(role, joint), 'homing_offset': offsets[joint],
                            'range_min': mins[joint], 'range_max': maxes[joint]}
                    for joint, servo_id in zip(settings.JOINTS, settings.SERVO_IDS)}
-    write_calibration(bus, calibration)
+    write_calibration(bus, calibration, STORED)
     return calibration
 
 
@@ -108,7 +80,7 @@ def main(args):
         if args.get('from_file'):
             calibration = load_calibration(args['from_file'], LAYOUT)
             release(bus, role)
-            write_calibration(bus, calibration)
+            write_calibration(bus, calibration, STORED)
         else:
             calibration = calibrate(bus, role)
     finally:

@@ -11,7 +11,7 @@ from real_robot.bots import Clock
 from real_robot.robot_env import make_cameras
 from real_robot.robots.koch import settings
 from real_robot.robots.koch.arm import open_arm
-from real_robot.so_env import SOEnv
+from real_robot.so_env import SOEnv, open_arms
 
 
 class KochEnv(SOEnv):
@@ -30,20 +30,11 @@ def task_clock(task_config):
     return Clock(1 / control_hz(task_config))
 
 
-def open_arms(names, role, clock, stack):
-    arms = []
-    for name in names:
-        arm = open_arm(name, role, clock)
-        stack.callback(arm.close)
-        arms.append(arm)
-    return arms
-
-
 def make_koch_env(task_config, driver='auto', camera_names=None):
     """The Koch task's follower arms and cameras at its rate (constants.control_hz)."""
     check_driver(driver)
     with contextlib.ExitStack() as stack:
-        arms = open_arms(task_config['followers'], 'follower', task_clock(task_config), stack)
+        arms = open_arms(open_arm, task_config['followers'], 'follower', task_clock(task_config), stack)
         names = task_config['camera_names'] if camera_names is None else camera_names
         env = KochEnv(arms, make_cameras('dynamixel', names, stack))
         stack.pop_all()
@@ -53,7 +44,7 @@ def make_koch_env(task_config, driver='auto', camera_names=None):
 def make_koch_leaders(task_config):
     """The Koch task's leader arms, set up to be moved by hand (their grippers held open as triggers)."""
     with contextlib.ExitStack() as stack:
-        leaders = open_arms(task_config['leaders'], 'leader', task_clock(task_config), stack)
+        leaders = open_arms(open_arm, task_config['leaders'], 'leader', task_clock(task_config), stack)
         for arm in leaders:
             arm.configure()
         stack.pop_all()
