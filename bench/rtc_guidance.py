@@ -39,7 +39,7 @@ def main(args):
     with stdout_to_stderr():  # the loading messages; stdout carries the JSON
         policy, normalizer = load_policy(settings, args['ckpt']).eval(), load_stats(settings)
     episodes = open_dataset(args['dataset_dir'])
-    horizon, delay = policy.num_queries, args['delay']
+    horizon, delay = policy.chunk_size, args['delay']
     executed = horizon - args['queue_threshold']  # s, the actions played before the next query
     rng = np.random.default_rng(0)
     found = {str(beta): [] for beta in [None, *args['betas']]}

@@ -105,7 +105,7 @@ def reference_steps(train_loader, config, num_steps, original):
         start = time.perf_counter()
         image = image.permute(0, 1, 4, 2, 3).contiguous().float() / 255.0
         if original:
-            nq = policy.num_queries
+            nq = policy.chunk_size
             action, is_pad = action[:, :nq], is_pad[:, :nq]
             a_hat, _, mu, logvar = original_forward(policy.model, qpos, policy.normalize(image), action, is_pad)
             l1 = (F.l1_loss(action, a_hat, reduction='none') * ~is_pad.unsqueeze(-1)).mean()

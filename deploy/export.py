@@ -102,7 +102,7 @@ def graphs(policy, stats, cfg):
     observation = example_observation(cfg, EXAMPLE_BATCH, policy.obs_horizon)
     with torch.inference_mode():
         cond = encoder(*observation)
-    sample = torch.randn(EXAMPLE_BATCH, policy.cfg['num_queries'], policy.action_dim)  # (B, horizon, A)
+    sample = torch.randn(EXAMPLE_BATCH, policy.horizon, policy.action_dim)  # (B, horizon, A)
     timestep = torch.full((EXAMPLE_BATCH,), 10, dtype=torch.int64)
     return [('encoder', encoder, observation, ('qpos', 'images'), 'global_cond'),
             ('denoiser', DenoiserGraph(policy), (sample, timestep, cond.clone()), ('sample', 'timestep', 'global_cond'),
@@ -172,7 +172,7 @@ def diffusion_constants(policy, normalizer):
         sampling = {'sigmas': scheduler.sigmas.tolist()}  # (S + 1,), the last 0
     # the sampled chunk of `horizon` steps; the actions from `chunk_start` (the current step) are the policy's
     return {'sampler': cfg['scheduler'], 'num_train_timesteps': cfg['num_train_timesteps'],
-            'horizon': cfg['num_queries'], 'chunk_start': policy.chunk_start,
+            'horizon': policy.horizon, 'chunk_start': policy.chunk_start,
             'prediction_type': cfg['prediction_type'], 'timesteps': scheduler.timesteps.tolist(), **sampling,
             'action_min': np.asarray(normalizer.stats['action_min'], dtype=float).tolist(),
             'action_max': np.asarray(normalizer.stats['action_max'], dtype=float).tolist()}
@@ -191,7 +191,7 @@ def manifest(settings, policy, normalizer, fmt, quantize, files, ckpt_path):
     out = {'format_version': FORMAT_VERSION, 'policy_class': policy.policy_class, 'format': fmt,
            'quantize': quantize, 'files': files, 'camera_names': list(settings.camera_names),
            'image_size': list(settings.image_size), 'state_dim': cfg['state_dim'], 'action_dim': cfg['action_dim'],
-           'chunk_size': policy.num_queries, 'action_horizon': policy.action_horizon,
+           'chunk_size': policy.chunk_size, 'action_horizon': policy.action_horizon,
            'obs_horizon': policy.obs_horizon, 'control_hz': task_control_hz(settings.task_name),
            'task_name': settings.task_name,
            'source_checkpoint': {'file': os.path.basename(ckpt_path), 'sha256': file_sha256(ckpt_path)},
@@ -215,7 +215,7 @@ def eager_chunks(policy, normalizer, qpos, images, seed=0):
 def diffusion_noise(policy, batch, seed=0):
     """The initial sample eager_chunks' Diffusion policy draws: (B, horizon, A)."""
     torch.manual_seed(seed)
-    return torch.randn(batch, policy.cfg['num_queries'], policy.action_dim).numpy()
+    return torch.randn(batch, policy.horizon, policy.action_dim).numpy()
 
 
 NON_FINITE = 'the policy gives non-finite actions (NaN or infinite weights or statistics): not written'

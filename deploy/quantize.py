@@ -168,6 +168,6 @@ def quantize_graphs(paths, mode, policy, diffusion_constants=None, observations=
     if 'denoiser' in paths:
         from deploy.samplers import make_sampler
         feeds['denoiser'] = denoiser_feeds(paths['encoder'], paths['denoiser'], make_sampler(diffusion_constants),
-                                           observations, (policy.cfg['num_queries'], policy.action_dim))
+                                           observations, (policy.horizon, policy.action_dim))
     for role, path in paths.items():
         quantize_static_int8(path, feeds[role])

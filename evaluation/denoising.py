@@ -37,7 +37,7 @@ def chunk_views(policy, normalizer, source, index, episode, image_size, device, 
     policy.action_chunk(q, image, trace=trace)
     shown = np.unique(np.linspace(0, len(trace) - 1, SHOWN_STEPS).round().astype(int))
     draws = [policy.action_chunk(q, image) for _ in range(max(1, samples))]
-    recorded, valid = recorded_chunks(action, is_sim, steps, policy.num_queries)
+    recorded, valid = recorded_chunks(action, is_sim, steps, policy.chunk_size)
     return {'steps': steps, 'recorded': recorded, 'valid': valid, 'names': names or joint_names(action.shape[1]),
             'trace': [(trace[i][0], normalizer.unnormalize_action(trace[i][1].float().cpu().numpy())) for i in shown],
             'samples': np.stack([normalizer.unnormalize_action(d.cpu().numpy()) for d in draws])}

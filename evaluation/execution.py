@@ -58,8 +58,8 @@ class DelayedController:
     def __init__(self, policy, execution, stall_s=None):
         threshold = execution.threshold
         if threshold is None:
-            threshold = default_threshold(execution.strategy, policy.num_queries)
-        executor = ChunkExecutor(policy.num_queries, threshold, execution.strategy)
+            threshold = default_threshold(execution.strategy, policy.chunk_size)
+        executor = ChunkExecutor(policy.chunk_size, threshold, execution.strategy)
         self.policy = policy
         self.max_guidance_weight = execution.max_guidance_weight
         self.history = ObservationHistory(policy.obs_horizon)
@@ -81,7 +81,7 @@ class DelayedController:
         if guide is None:
             return self.policy.action_chunk(*history_inputs(history))[0]
         queued, delay = guide
-        inpainting = Inpainting.of_queue(queued, delay, self.policy.num_queries, self.max_guidance_weight)
+        inpainting = Inpainting.of_queue(queued, delay, self.policy.chunk_size, self.max_guidance_weight)
         return self.policy.action_chunk(*history_inputs(history), inpainting=inpainting)[0]
 
     def __call__(self, qpos, image):

@@ -92,7 +92,7 @@ def evaluate_episode(source, index, episode, policy, normalizer, image_size, dev
         q, image = observations(source, index, steps, norm_qpos, policy, image_size, device)
         draws = [normalizer.unnormalize_action(policy.action_chunk(q, image).cpu().numpy())
                  for _ in range(max(1, samples))]  # each (B, Q, A)
-        recorded, valid = recorded_chunks(action, is_sim, steps, policy.num_queries)
+        recorded, valid = recorded_chunks(action, is_sim, steps, policy.chunk_size)
         sums.add(draws[0], recorded, valid)
         if samples > 1:
             sums.add_samples(np.stack(draws))
@@ -129,7 +129,7 @@ def evaluate_offline(policy, normalizer, source, indices, image_size, device, sa
                          'to evaluate on other recorded episodes')
     policy.eval()
     episodes = [check_episode(source, i, policy, normalizer) for i in indices]
-    sums = ErrorSums(policy.num_queries, normalizer.action_dim)
+    sums = ErrorSums(policy.chunk_size, normalizer.action_dim)
     with tqdm(total=sum(len(qpos) for qpos, _, _ in episodes), desc='offline evaluation', unit='step') as bar:
         for index, episode in zip(indices, episodes):
             evaluate_episode(source, index, episode, policy, normalizer, image_size, device, sums, samples, bar)

@@ -2,9 +2,9 @@
 
 `eval_bc(config, ckpt_name)` is what `imitate_episodes.py --eval` runs. It behaves like the
 original's: a fixed evaluation seed, one object pose per rollout from the original samplers, the
-policy queried every `num_queries` steps (or every step with temporal ensembling), one printed
+policy queried every `chunk_size` steps (or every step with temporal ensembling), one printed
 line per rollout, the success/return summary and `result_<ckpt>.txt`, and `video<i>.mp4` per
-rollout. Differences: temporal ensembling keeps only the last `num_queries` chunks (the original
+rollout. Differences: temporal ensembling keeps only the last `chunk_size` chunks (the original
 kept an episode_len x (episode_len + num_queries) buffer) with identical results; only the
 cameras the policy uses are rendered, at the size it was trained on; rollouts may run in several
 processes (`eval_workers`) with the same per-rollout results.
@@ -48,7 +48,7 @@ class ChunkedController:
 
     def __init__(self, policy, temporal_agg):
         self.policy = policy
-        self.chunker = ActionChunker(policy.num_queries, policy.action_horizon, temporal_agg, policy.obs_horizon)
+        self.chunker = ActionChunker(policy.chunk_size, policy.action_horizon, temporal_agg, policy.obs_horizon)
 
     def reset(self):
         self.chunker.reset()
@@ -62,7 +62,7 @@ class ChunkedController:
         history = self.chunker.observe((qpos, image))
         chunk = None
         if self.chunker.query_due:
-            chunk = self.policy.action_chunk(*history_inputs(history))[0]  # (num_queries, A)
+            chunk = self.policy.action_chunk(*history_inputs(history))[0]  # (chunk_size, A)
         return self.chunker.play(chunk).cpu().numpy()
 
 

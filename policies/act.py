@@ -142,7 +142,7 @@ class _DETRPolicy(Policy):
 
 
 class ACTPolicy(_DETRPolicy):
-    """Action Chunking with Transformers: predicts num_queries future actions."""
+    """Action Chunking with Transformers: predicts chunk_size future actions."""
     policy_class = 'ACT'
     settings = ACT_SETTINGS
     lerobot_type = 'act'
@@ -175,12 +175,12 @@ class ACTPolicy(_DETRPolicy):
         return None
 
     def predict(self, qpos, image):
-        """Normalised qpos (B, S), standardised image (B, K, 3, H, W) -> actions (B, num_queries, A), the latent
+        """Normalised qpos (B, S), standardised image (B, K, 3, H, W) -> actions (B, chunk_size, A), the latent
         at the prior mean; no checks (the export traces it)."""
         return self.model(qpos, image)[0]
 
     def action_chunk(self, qpos, image):
-        """-> actions (B, num_queries, A), the latent at the prior mean."""
+        """-> actions (B, chunk_size, A), the latent at the prior mean."""
         self.check_inputs(qpos, image)
         return self.infer(self.predict, qpos, self.normalize(image))
 
@@ -188,12 +188,12 @@ class ACTPolicy(_DETRPolicy):
         """-> {'l1', 'kl', 'loss'} ({'l1', 'loss'} without the VAE); actions longer than the chunk are cut to it."""
         self.check_inputs(qpos, image, actions, is_pad)
         image = self.normalize(image)
-        if actions.shape[1] < self.num_queries:
-            raise ValueError(f'actions have {actions.shape[1]} steps, fewer than num_queries={self.num_queries}')
+        if actions.shape[1] < self.chunk_size:
+            raise ValueError(f'actions have {actions.shape[1]} steps, fewer than the chunk size {self.chunk_size}')
         if is_pad is None:
             is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
-        actions = actions[:, :self.num_queries]  # (B, Q, A)
-        is_pad = is_pad[:, :self.num_queries]  # (B, Q)
+        actions = actions[:, :self.chunk_size]  # (B, Q, A)
+        is_pad = is_pad[:, :self.chunk_size]  # (B, Q)
         a_hat, mu, logvar = self.model(qpos, image, actions, is_pad)
         all_l1 = F.l1_loss(actions, a_hat, reduction='none')  # (B, Q, A)
         # NOTE(faithful): padded steps are zeroed but still counted in the mean's denominator.

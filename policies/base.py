@@ -5,7 +5,7 @@ Every policy is called as `policy(qpos, image, actions=None, is_pad=None)`, as t
     qpos (B, state_dim) normalised, image (B, num_cams, 3, H, W) float in [0, 1],
     actions (B, T, action_dim) normalised, is_pad (B, T) bool.
 With actions it returns a dict of scalar losses including 'loss'; without, its inference output:
-the action chunk (B, num_queries, action_dim) (CNNMLP: the single action (B, action_dim), as the
+the action chunk (B, chunk_size, action_dim) (CNNMLP: the single action (B, action_dim), as the
 original).
 """
 import torch
@@ -65,12 +65,12 @@ class Policy(nn.Module):
     """What training, evaluation and deployment call on a policy:
 
         loss(qpos, image, actions, is_pad) -> {'loss': scalar, other terms}
-        action_chunk(qpos, image) -> (B, num_queries, action_dim) normalised actions
+        action_chunk(qpos, image) -> (B, chunk_size, action_dim) normalised actions
         reset()            before each rollout
         optimizer_groups() / configure_optimizers()
         post_step()        after each optimizer step
         serialize() / deserialize(obj)
-        num_queries        actions predicted per query
+        chunk_size         actions a query returns (the config's num_queries, the original's name)
         action_horizon     actions executed per query without temporal ensembling
         obs_horizon        past observations a query takes (1: the current one)
         action_normalization  how the data pipeline scales actions ('mean_std' or 'min_max')
@@ -129,8 +129,8 @@ class Policy(nn.Module):
         self.cfg = cfg
         self.camera_names = list(cfg['camera_names'])
         self.state_dim, self.action_dim = cfg['state_dim'], cfg['action_dim']
-        self.num_queries = cfg['num_queries']
-        self.action_horizon = self.num_queries
+        self.chunk_size = cfg['num_queries']
+        self.action_horizon = self.chunk_size
         self.obs_horizon = 1
         self.register_buffer('image_mean', self._image_stat(cfg, 'image_mean', IMAGENET_MEAN), persistent=False)
         self.register_buffer('image_std', self._image_stat(cfg, 'image_std', IMAGENET_STD), persistent=False)

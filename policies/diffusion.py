@@ -240,8 +240,8 @@ class DiffusionPolicy(Policy):
 
     With obs_horizon 1: qpos (B, state_dim), image (B, num_cams, 3, H, W) in [0, 1]; with
     obs_horizon To > 1: qpos (B, To, state_dim), image (B, To, num_cams, 3, H, W).
-    Training (actions (B, T >= num_queries, action_dim) in [-1, 1], is_pad (B, T) bool) returns
-    {'l2_loss', 'loss'}; inference returns the denoised chunk (B, num_queries, action_dim) in
+    Training (actions (B, T >= horizon, action_dim) in [-1, 1], is_pad (B, T) bool) returns
+    {'l2_loss', 'loss'}; inference returns the denoised chunk (B, chunk_size, action_dim) in
     [-1, 1], sampled with the EMA weights.
     """
     policy_class = 'Diffusion'
@@ -269,7 +269,8 @@ class DiffusionPolicy(Policy):
         self.action_horizon = cfg['action_horizon']
         self.obs_horizon = cfg['obs_horizon']
         self.chunk_start = chunk_start(cfg)  # the current step's index in the predicted chunk
-        self.num_queries = cfg['num_queries'] - self.chunk_start  # actions a query returns, from the current step
+        self.horizon = cfg['num_queries']  # the sampled chunk's length (--chunk_size, LeRobot's horizon)
+        self.chunk_size = self.horizon - self.chunk_start  # actions a query returns, from the current step
         self.lerobot_style = cfg['style'] == 'lerobot'
         # ImageNet trunks expect ImageNet statistics; LeRobot standardises images by its statistics
         self.normalise_images = bool(cfg['pretrained_backbone']) or self.lerobot_style
@@ -399,7 +400,7 @@ class DiffusionPolicy(Policy):
 
     def loss(self, qpos, image, actions, is_pad=None):
         qpos, image = self._check_observation(qpos, image)
-        horizon = self.cfg['num_queries']
+        horizon = self.horizon
         if actions.shape[1] < horizon or actions.shape[2] != self.action_dim:
             raise ValueError(f'actions must be (B, T >= {horizon}, {self.action_dim}) '
                              f'(chunk size, action_dim); got {tuple(actions.shape)}')
@@ -419,10 +420,10 @@ class DiffusionPolicy(Policy):
         return {'l2_loss': loss, 'loss': loss}
 
     def action_chunk(self, qpos, image, inpainting=None, trace=None):
-        """Start from Gaussian noise and denoise with the EMA weights: -> (B, num_queries, A) float32,
-        the chunk's actions from the current step on (policy.num_queries of them).
+        """Start from Gaussian noise and denoise with the EMA weights: -> (B, chunk_size, A) float32,
+        the chunk's actions from the current step on (policy.chunk_size of them).
         inpainting: a policies.rtc.Inpainting that guides each step toward the queued actions (RTC).
-        trace: a list that receives (timestep, the clean chunk estimated at that step (B, num_queries, A))
+        trace: a list that receives (timestep, the clean chunk estimated at that step (B, horizon, A))
         for every denoising step, to look inside the sampling (evaluation/denoising.py)."""
         qpos, image = self._check_observation(qpos, image)
         if inpainting is not None and self.chunk_start:
@@ -433,7 +434,7 @@ class DiffusionPolicy(Policy):
             global_cond = self._encode(self.ema_nets, qpos, image)  # (B, G)
             unet = self.ema_nets['policy']['noise_pred_net']
             batch, device = qpos.shape[0], qpos.device
-            actions = torch.randn(batch, self.cfg['num_queries'], self.action_dim, device=device)  # (B, T, A)
+            actions = torch.randn(batch, self.horizon, self.action_dim, device=device)  # (B, horizon, A)
             set_sampling_steps(self.noise_scheduler, self.cfg['num_inference_steps'])
             steps = self.noise_scheduler.timesteps  # (S,) descending
             # FiLM of all S steps in one pass: (S B, C, 1) each, rows [i B, (i + 1) B) for step i
@@ -452,7 +453,7 @@ class DiffusionPolicy(Policy):
                     clean = self._clean_estimate(prediction, int(step), actions)  # (B, T, A)
                     trace.append((int(step), clean[:, self.chunk_start:]))
                 actions = self.noise_scheduler.step(prediction, step, actions).prev_sample
-        return actions[:, self.chunk_start:]  # (B, num_queries, A)
+        return actions[:, self.chunk_start:]  # (B, chunk_size, A)
 
     def _clean_estimate(self, prediction, step, sample):
         """The clean chunk the prediction at `step` stands for, clipped as the sampler clips it: (B, T, A)."""

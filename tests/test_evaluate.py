@@ -127,7 +127,7 @@ class RecordingPolicy:
     chunk number n filled with n."""
 
     def __init__(self, num_queries, action_dim=2, action_horizon=None, obs_horizon=1):
-        self.calls, self.num_queries, self.action_dim = [], num_queries, action_dim
+        self.calls, self.chunk_size, self.action_dim = [], num_queries, action_dim
         self.action_horizon, self.obs_horizon = action_horizon or num_queries, obs_horizon
 
     def reset(self):
@@ -135,7 +135,7 @@ class RecordingPolicy:
 
     def action_chunk(self, qpos, image):
         self.calls.append((qpos.clone(), image.clone()))
-        return torch.full((1, self.num_queries, self.action_dim), float(len(self.calls)))
+        return torch.full((1, self.chunk_size, self.action_dim), float(len(self.calls)))
 
 
 def run_controller(policy, steps, temporal_agg=False):

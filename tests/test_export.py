@@ -71,7 +71,7 @@ def eager_and_exported(ckpt_dir, folder, obs_horizon=None, engine='onnxruntime',
         noise = deploy_export.diffusion_noise(policy, batch, seed=7) if obs_horizon else None
         exported = runner.query(qpos, images, noise=noise)
         eager = deploy_export.eager_chunks(policy, normalizer, qpos, images, seed=7)
-        assert exported.shape == eager.shape == (batch, policy.num_queries, 14)
+        assert exported.shape == eager.shape == (batch, policy.chunk_size, 14)
         pairs.append((eager, exported))
     return pairs
 

@@ -243,7 +243,7 @@ def test_a_lerobot_diffusion_checkpoint_gives_lerobots_actions(tmp_path, case, c
     folder = tiny_lerobot_folder(str(tmp_path / 'lr'), config)
     run, policy, normalizer = loaded(folder)
     assert run['policy_class'] == 'Diffusion' and run['camera_names'] == CAMERAS
-    assert policy.num_queries == 7 and policy.action_horizon == 4 and policy.obs_horizon == 2
+    assert policy.chunk_size == 7 and policy.action_horizon == 4 and policy.obs_horizon == 2
     assert 'LeRobot Diffusion checkpoint' in capsys.readouterr().out
     qpos, images = observation()
     expected = lerobot_pipeline(folder, qpos, images, seed=5)

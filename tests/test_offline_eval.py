@@ -21,14 +21,14 @@ from training.data import load_data, split_episodes
 
 class QposEcho:
     """A known policy: every position k of the chunk is the normalised qpos plus k."""
-    camera_names, num_queries, obs_horizon = ['top'], 3, 1
+    camera_names, chunk_size, obs_horizon = ['top'], 3, 1
 
     def eval(self):
         return self
 
     def action_chunk(self, qpos, image):
         assert image.shape[1:] == (1, 3, *TINY_IMAGE_HW)
-        return qpos[:, None, :] + torch.arange(self.num_queries, dtype=qpos.dtype)[None, :, None]
+        return qpos[:, None, :] + torch.arange(self.chunk_size, dtype=qpos.dtype)[None, :, None]
 
 
 def hand_errors(episodes, normalizer, chunk):

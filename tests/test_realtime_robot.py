@@ -26,7 +26,7 @@ class SlowPolicy:
     releases the GIL) and returns a chunk that holds `pose` (normalised units)."""
 
     def __init__(self, pose, num_queries=100, seconds=QUERY_S, answering=None):
-        self.pose, self.num_queries, self.seconds = torch.as_tensor(pose, dtype=torch.float32), num_queries, seconds
+        self.pose, self.chunk_size, self.seconds = torch.as_tensor(pose, dtype=torch.float32), num_queries, seconds
         self.action_horizon, self.obs_horizon = num_queries, 1
         self.answering = answering  # an Event a stalled policy waits for
         self.queries = 0
@@ -39,7 +39,7 @@ class SlowPolicy:
         if self.answering is not None and self.queries > 1:
             self.answering.wait()
         time.sleep(self.seconds)
-        return self.pose.expand(1, self.num_queries, len(self.pose)).clone()
+        return self.pose.expand(1, self.chunk_size, len(self.pose)).clone()
 
 
 def test_a_slow_query_beside_a_50_hz_loop_misses_no_deadline():

@@ -31,13 +31,13 @@ class ToyPolicy(Policy):
     def __init__(self, policy_config, load_pretrained=True):
         super().__init__(self.resolve_config(policy_config))
         features = 3 * len(self.camera_names) + self.state_dim
-        self.head = nn.Linear(features, self.num_queries * self.action_dim)
-        self.action_horizon = self.cfg['action_horizon'] or self.num_queries
+        self.head = nn.Linear(features, self.chunk_size * self.action_dim)
+        self.action_horizon = self.cfg['action_horizon'] or self.chunk_size
 
     def predict(self, qpos, image):
         """qpos (B, S), image (B, K, 3, H, W) standardised -> (B, num_queries, A)."""
         colours = image.mean(dim=(-2, -1)).flatten(1)  # (B, 3 K)
-        chunk = self.head(torch.cat([colours, qpos], dim=1)).view(-1, self.num_queries, self.action_dim)
+        chunk = self.head(torch.cat([colours, qpos], dim=1)).view(-1, self.chunk_size, self.action_dim)
         return self.cfg['gain'] * chunk
 
     def action_chunk(self, qpos, image):
@@ -45,8 +45,8 @@ class ToyPolicy(Policy):
 
     def loss(self, qpos, image, actions, is_pad=None):
         chunk = self.predict(qpos, self.normalize(image))  # (B, T, A)
-        l1 = F.l1_loss(chunk, actions[:, :self.num_queries], reduction='none')
-        keep = ~is_pad[:, :self.num_queries, None] if is_pad is not None else torch.ones_like(l1, dtype=torch.bool)
+        l1 = F.l1_loss(chunk, actions[:, :self.chunk_size], reduction='none')
+        keep = ~is_pad[:, :self.chunk_size, None] if is_pad is not None else torch.ones_like(l1, dtype=torch.bool)
         l1 = (l1 * keep).sum() / keep.expand_as(l1).sum().clamp(min=1)
         return {'l1': l1, 'loss': l1}
 
