@@ -38,7 +38,6 @@ from policies.inputs import history_inputs, image_to_tensor
 
 ### Fixed evaluation settings (the original's values)
 EVAL_SEED = 1000  # set before the object poses are sampled
-ONSCREEN_CAM = 'angle'  # camera shown by --onscreen_render
 
 
 class ChunkedController:
@@ -138,6 +137,9 @@ class Evaluator:
             self.runner = None
             self.controller = ChunkedController(self.policy, self.settings.temporal_agg)
         self.onscreen = self.settings.onscreen_render and not self.settings.real_robot
+        if self.onscreen:
+            from simulation import simulation_of
+            self.view_camera = simulation_of(self.settings.task_name).view_camera  # what --onscreen_render shows
         self.sim_failures = ()  # what ends a sim rollout early instead of the evaluation
         if not self.settings.real_robot:  # (a real robot stops on its own)
             from dm_control.rl.control import PhysicsError  # after make_env: sim_env chose the GL backend
@@ -237,7 +239,7 @@ class Evaluator:
         with torch.inference_mode():
             for t in range(self.settings.episode_len):
                 if view is not None:
-                    view.show(self.env.physics.render(*IMAGE_HW, camera_id=ONSCREEN_CAM))
+                    view.show(self.env.physics.render(*IMAGE_HW, camera_id=self.view_camera))
                 try:
                     action, frame = self.next_action(ts)  # (A,) in robot units
                     if video is not None:

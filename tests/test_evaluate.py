@@ -287,6 +287,32 @@ def test_no_display_no_video_other_checkpoint(tiny_ckpt_dir, tiny_act_config, mo
     assert not list(tiny_ckpt_dir.glob('*.mp4'))
 
 
+def test_the_onscreen_view_shows_the_camera_the_tasks_simulation_names(tiny_ckpt_dir, tiny_act_config, monkeypatch):
+    from evaluation import rollout
+    from simulation import simulation_of
+    shown = []
+
+    class View:
+        def __init__(self, pause):
+            pass
+
+        def show(self, frame):
+            shown.append(frame)
+
+        def close(self):
+            pass
+    monkeypatch.setattr(rollout, 'display_available', lambda: True)
+    monkeypatch.setattr(rollout, 'OnscreenView', View)
+    cameras = []
+    run_rollout = rollout.Evaluator.rollout
+    monkeypatch.setattr(rollout.Evaluator, 'rollout', lambda self, *a, **k: cameras.append(self.view_camera)
+                        or run_rollout(self, *a, **k))
+    config = eval_config(tiny_ckpt_dir, tiny_act_config, onscreen_render=True, num_rollouts=1, episode_len=2,
+                         save_video=False)
+    eval_bc(config, 'policy_best.ckpt')
+    assert cameras == [simulation_of(TASK).view_camera] and len(shown) == 2 and shown[0].ndim == 3
+
+
 def test_real_robot_path_with_simulated_driver(tiny_ckpt_dir, tiny_act_config, monkeypatch):
     import real_robot
     opened = []
