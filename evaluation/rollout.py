@@ -210,7 +210,8 @@ class Evaluator:
         return {'rollout_id': rollout_id, 'episode_return': episode_return, 'highest_reward': highest_reward,
                 'max_reward': self.max_reward, 'rewards': rewards, 'final_qpos': np.array(ts.observation['qpos']),
                 'final_env_state': np.array(ts.observation.get('env_state')), 'video_path': video_path,
-                'failure': failure, 'wall_s': time.perf_counter() - start, **self._motion(actions, loop_s, missed_before)}
+                'failure': failure, 'wall_s': time.perf_counter() - start,
+                **self._motion(actions, loop_s, missed_before)}
 
     def _motion(self, actions, loop_s, missed_before):
         """The rollout's motion figures (execution.py) and, asynchronously, what its executor met; on
