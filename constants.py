@@ -3,7 +3,8 @@
 Users add a task by adding an entry to SIM_TASK_CONFIGS (its name beginning with `sim_`) or to
 REAL_TASK_CONFIGS (real robots; real_robot.TASK_CONFIGS is the same table, aloha_scripts' name for
 it). Dataset directories default to `<repo>/data/<task_name>`; set the environment variable
-ACT_DATA_DIR to keep data elsewhere, or pass --dataset_dir to the scripts for a one-off run.
+ACT_DATA_DIR to keep data elsewhere, or pass --dataset_dir to the scripts for a one-off run. Looking a
+task up by name (short names too), its rate and its LeRobot names are tasks.py's.
 """
 import os
 import pathlib
@@ -110,53 +111,9 @@ REAL_TASK_CONFIGS = {
 }
 
 
-# Short names of the scripted-data tasks (those record_sim_episodes.py makes): accepted wherever a task name is.
-TASK_ALIASES = {
-    'sim_transfer_cube': 'sim_transfer_cube_scripted',
-    'sim_insertion': 'sim_insertion_scripted',
-}
-
-
-def canonical_task_name(task_name):
-    """The task a name means: the long name of a short one (TASK_ALIASES), else the name itself."""
-    return TASK_ALIASES.get(task_name, task_name)
-
-
-def sim_task_names():
-    """Every sim task name accepted, the short ones with the task they name, for messages and --help."""
-    short = [f'{alias} (= {name})' for alias, name in TASK_ALIASES.items() if name in SIM_TASK_CONFIGS]
-    return ', '.join(short + sorted(SIM_TASK_CONFIGS))
-
-
-def get_sim_task_config(task_name):
-    """Return the config of a sim task (short names too), or raise a KeyError that lists the known tasks."""
-    name = canonical_task_name(task_name)
-    if name not in SIM_TASK_CONFIGS:
-        raise KeyError(f"unknown task '{task_name}': known sim tasks are {sim_task_names()} "
-                       f"(add yours to SIM_TASK_CONFIGS in constants.py)")
-    return SIM_TASK_CONFIGS[name]
-
-
-def get_task_config(task_name):
-    """Sim tasks (names beginning with sim_, short ones too) from SIM_TASK_CONFIGS, real-robot tasks
-    from REAL_TASK_CONFIGS."""
-    # NOTE(faithful): the original tells a simulated task by the name's 'sim_' prefix
-    if task_name[:4] == 'sim_':
-        return get_sim_task_config(task_name)
-    if task_name in SIM_TASK_CONFIGS:
-        raise KeyError(f"task '{task_name}' is in SIM_TASK_CONFIGS (constants.py), whose names must begin with "
-                       f"'sim_' (the prefix marks a simulated task); real-robot tasks go in REAL_TASK_CONFIGS")
-    if task_name not in REAL_TASK_CONFIGS:
-        raise KeyError(f"unknown task '{task_name}': sim tasks (constants.py) are {sim_task_names()}; "
-                       f"real-robot tasks (REAL_TASK_CONFIGS in constants.py) are "
-                       f"{', '.join(sorted(REAL_TASK_CONFIGS))}")
-    return REAL_TASK_CONFIGS[task_name]
-
-
 ### Simulation envs fixed constants
 DT = 0.02  # seconds per control step (50 Hz)
 CONTROL_HZ = round(1 / DT)  # control steps a second: frame rate of sim videos and sim LeRobot datasets
-ROBOT_RATES = {'so': 30}  # control steps a second of a robot's tasks that name none (LeRobot records SO arms at 30)
 IMAGE_HW = (480, 640)  # (H, W) of the original's camera frames: sim rendering, real cameras, evaluation default
 JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
 
@@ -164,49 +121,6 @@ JOINT_NAMES = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wri
 ALOHA_STATE_DIM = 2 * (len(JOINT_NAMES) + 1)  # two arms of 6 joints and a gripper
 # An SO-100 / SO-101 arm's joints in their servo order (IDs 1..6), as LeRobot names them: real and simulated
 SO_JOINT_NAMES = ('shoulder_pan', 'shoulder_lift', 'elbow_flex', 'wrist_flex', 'wrist_roll', 'gripper')
-
-
-def so_feature_names(num_arms):
-    """LeRobot's feature names of SO arms' values: shoulder_pan.pos, ... (left_shoulder_pan.pos, ... for two)."""
-    prefixes = {1: [''], 2: ['left_', 'right_']}.get(num_arms) or [f'arm{i}_' for i in range(num_arms)]
-    return [f'{prefix}{joint}.pos' for prefix in prefixes for joint in SO_JOINT_NAMES]
-
-
-def control_hz(task_config):
-    """Control steps a second of a task (its config): its 'fps', else its robot's rate (ROBOT_RATES),
-    else CONTROL_HZ, the original's 50. The one place a task's rate comes from."""
-    return task_config.get('fps', ROBOT_RATES.get(task_config.get('robot'), CONTROL_HZ))
-
-
-def lerobot_settings(task_name):
-    """What a LeRobot dataset of the task records beside its episodes: {'fps', 'task', 'robot_type',
-    'names'} (names None: constants.joint_names)."""
-    config = get_task_config(task_name)
-    names = None
-    if 'followers' in config:  # real SO arms
-        names = so_feature_names(len(config['followers']))
-    elif 'so_arms' in config:  # simulated SO arms
-        names = so_feature_names(config['so_arms'])
-    return {'fps': control_hz(config), 'task': config.get('instruction'),
-            'robot_type': config.get('robot_type'), 'names': names}
-
-
-def joint_names(dim):
-    """ALOHA's names for its 14 joints (left arm first), else joint_0, joint_1, ..."""
-    if dim == ALOHA_STATE_DIM:
-        return [f'{side}_{name}' for side in ('left', 'right') for name in JOINT_NAMES + ['gripper']]
-    return [f'joint_{i}' for i in range(dim)]
-
-
-def task_joint_names(task_name, dim):
-    """The names of a task's `dim` joints: an SO task's (shoulder_pan, ...), else joint_names(dim)."""
-    try:
-        names = lerobot_settings(task_name)['names']
-    except (KeyError, TypeError):
-        names = None
-    if names and len(names) == dim:
-        return [name.removesuffix('.pos') for name in names]
-    return joint_names(dim)
 
 
 # per arm: 6 joints, then the two finger joints (left finger, right finger = -left finger)

@@ -17,10 +17,11 @@ is refused. The conversions are formats/convert.py.
 import argparse
 
 from cli.errors import run_command
-from constants import ALOHA_ROBOT_TYPE, ALOHA_STATE_DIM, CONTROL_HZ, lerobot_settings
+from constants import ALOHA_ROBOT_TYPE, ALOHA_STATE_DIM, CONTROL_HZ
 from formats.convert import to_hdf5, to_lerobot
 from formats.hdf5 import COMPRESSIONS
 from formats.lerobot import DEFAULT_TASK, LeRobotFormatError
+from tasks import lerobot_settings
 
 
 def lerobot_flags(args):

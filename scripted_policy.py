@@ -6,7 +6,7 @@ around the current step (open loop). Optional noise jitters the commanded positi
 """
 import numpy as np
 
-from constants import TASK_ALIASES, canonical_task_name
+from tasks import TASK_ALIASES, canonical_task_name
 
 ### Fixed settings
 NOISE_SCALE = 0.01  # +- metres of uniform noise on each commanded xyz with inject_noise

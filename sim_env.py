@@ -27,9 +27,9 @@ from dm_control.rl import control  # noqa: E402
 from dm_control.suite import base  # noqa: E402
 
 from common.sim_cameras import CameraSet, resolve_cameras  # noqa: E402,F401 (CameraSet: the recorder's)
-from constants import (DT, IMAGE_HW, START_ARM_POSE, sim_task_names,  # noqa: E402
-                       PUPPET_GRIPPER_POSITION_NORMALIZE_FN, PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN,
-                       PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN)
+from constants import (DT, IMAGE_HW, START_ARM_POSE, PUPPET_GRIPPER_POSITION_NORMALIZE_FN,  # noqa: E402
+                       PUPPET_GRIPPER_POSITION_UNNORMALIZE_FN, PUPPET_GRIPPER_VELOCITY_NORMALIZE_FN)
+from tasks import sim_task_names  # noqa: E402
 
 ### Fixed simulation settings
 TIME_LIMIT = 20  # seconds of simulated time per episode before dm_control ends it (1000 steps)

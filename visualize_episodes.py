@@ -12,8 +12,9 @@ import os
 
 from cli.errors import run_command
 from common.media import save_videos, visualize_joints
-from constants import DT, control_hz, get_task_config, sim_task_names
+from constants import DT
 from formats.datasets import open_dataset
+from tasks import control_hz, get_task_config, sim_task_names
 
 __all__ = ['main', 'save_videos', 'visualize_joints']  # the original's names
 

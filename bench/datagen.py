@@ -17,8 +17,8 @@ import tempfile
 import time
 
 from bench.common import machine_report, print_report, stdout_to_stderr
-from constants import get_sim_task_config
 from recording import sim as record_sim_episodes
+from tasks import get_sim_task_config
 
 TASK = 'sim_transfer_cube_scripted'
 SUCCESS_TASKS = ('sim_transfer_cube_scripted', 'sim_insertion_scripted')

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from bench.common import machine_report, print_report, stdout_to_stderr
-from constants import get_sim_task_config
 from evaluation.rollout import rollout_results
+from tasks import get_sim_task_config
 
 
 def write_checkpoint(ckpt_dir, policy_config, state_dim):

@@ -30,13 +30,14 @@ import time
 import numpy as np
 
 from bench.common import machine_report, print_report, stdout_to_stderr
-from constants import CONTROL_HZ, REAL_TASK_CONFIGS, control_hz
+from constants import CONTROL_HZ, REAL_TASK_CONFIGS
 from real_robot import settings
 from real_robot.cameras import Camera, GeneratedSource
 from real_robot.dynamixel import DynamixelBot
 from real_robot.emulator import ServoBusEmulator
 from real_robot.real_env import RealEnv
 from real_robot.tasks import CAMERA_NAMES
+from tasks import control_hz
 
 
 def main(args):

@@ -11,7 +11,7 @@ approach and miss the successes of `episodes`.
 import argparse
 import json
 
-import constants
+import tasks
 from recording.sim import episode_rng
 from so101_sim.env import make_so101_env, sample_cube_pose
 from so101_sim.scripted import APPROACHES, Kinematics, scripted_episode
@@ -33,7 +33,7 @@ def successes(env, kinematics, approach, miss, episodes, steps):
 
 def main(args):
     env, kinematics = make_so101_env(camera_names=[], shadows=False), Kinematics()
-    steps = constants.get_sim_task_config(TASK)['episode_len'] + 1  # as a recorded episode
+    steps = tasks.get_sim_task_config(TASK)['episode_len'] + 1  # as a recorded episode
     report = {'episodes': args['episodes'], 'successes': {}}
     for approach in args['approaches']:
         report['successes'][approach] = {f'{miss:+.3f}': successes(env, kinematics, approach, miss, args['episodes'],

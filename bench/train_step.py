@@ -61,8 +61,8 @@ def make_config(model, amp, data_dir, ckpt_dir, num_steps, image_hw, recompute=F
     """The training config imitate_episodes.py builds for the README or the small model's flags."""
     from cli.run_config import make_config as make_run_config
     from cli.run_config import make_policy_config
-    from constants import get_task_config
     from imitate_episodes import build_parser
+    from tasks import get_task_config
     from training import loop
     sizes = MODELS[model]
     argv = ['--task_name', TASK, '--policy_class', 'ACT', '--ckpt_dir', ckpt_dir, '--dataset_dir', data_dir,

@@ -13,7 +13,7 @@ from cli.run_config import (check_args, check_required, evaluating, flags_eval_c
                             pick_device, with_default_folder, with_saved_config)
 from common.files import prepare_folder
 from common.seeds import set_seed
-from constants import IMAGE_HW, get_task_config, task_joint_names
+from constants import IMAGE_HW
 from evaluation.denoising import chunk_views, write_figures
 from evaluation.offline import DIFFUSION_SAMPLES, check_episode, evaluate_offline, report_table, write_report
 from evaluation.rollout import eval_bc, load_policy, load_stats
@@ -21,6 +21,7 @@ from formats.datasets import open_dataset
 from formats.normalize import Normalizer
 from formats.stats import dataset_record, get_norm_stats
 from policies.registry import get_policy_class
+from tasks import get_task_config, task_joint_names
 from training.data import load_data, split_episodes, training_image_hw
 from training.loop import TrainingInterrupted, check_resume, train_bc
 from training.settings import TrainSettings

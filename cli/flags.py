@@ -4,7 +4,6 @@ default and help from training.settings.TrainSettings."""
 import argparse
 
 from checkpoints.folder import BEST_CKPT
-from constants import canonical_task_name, get_task_config, sim_task_names
 from deploy.engines import engine_names
 from evaluation.offline import DIFFUSION_SAMPLES
 from policies.executor import STRATEGIES
@@ -12,6 +11,7 @@ from policies.registry import get_policy_class, model_settings, policy_names
 from policies.rtc import MAX_GUIDANCE_WEIGHT
 from policies.settings import AT_LEAST_0, AT_LEAST_1, MORE_THAN_0
 from real_robot.settings import ROBOT_BACKENDS, ROBOT_DRIVERS
+from tasks import canonical_task_name, get_task_config, sim_task_names
 from training.settings import TrainSettings
 
 CKPT_ROOT = 'ckpt'  # --ckpt_dir defaults to CKPT_ROOT/<task_name>, relative to the working folder

@@ -8,11 +8,12 @@ import torch
 from checkpoints.folder import CONFIG_FILE, STATS_FILE
 from checkpoints.reader import open_checkpoint
 from cli.flags import CKPT_ROOT, UsageError, build_parser, policy_flags
-from constants import IMAGE_HW, canonical_task_name, control_hz, get_task_config
+from constants import IMAGE_HW
 from evaluation.execution import Execution
 from evaluation.settings import EvalSettings
 from formats.normalize import Normalizer
 from policies.registry import get_policy_class, policy_names
+from tasks import canonical_task_name, control_hz, get_task_config
 from training.settings import TrainSettings
 
 RUN_FLAGS = ('policy_class', 'task_name', 'camera_names', 'image_size')  # also read back from config.json

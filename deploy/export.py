@@ -18,12 +18,13 @@ from torch import nn
 
 from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
-from constants import CONTROL_HZ, PROJECT_VERSION, control_hz, get_task_config
+from constants import CONTROL_HZ, PROJECT_VERSION
 from deploy.runtime import FILE_TYPES, FORMAT_VERSION, MANIFEST, SAMPLER, PolicyRunner, file_sha256
 from deploy.samplers import SAMPLERS
 from formats.normalize import standardize, unstandardize
 from policies.diffusion import set_sampling_steps
 from policies.inputs import images_to_unit
+from tasks import control_hz, get_task_config
 
 EXAMPLE_BATCH = 2  # batch size of the example inputs the graph is traced with (any size runs)
 CHECK_BATCHES = (1, 3)  # batch sizes compared against the eager policy after export

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from common.files import atomic_path
-from constants import joint_names
 from evaluation.offline import observations, recorded_chunks
+from tasks import joint_names
 
 DENOISING_PLOT = 'offline_denoising.png'
 DIVERSITY_PLOT = 'offline_diversity.png'

@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 from common.files import atomic_path, atomic_write
-from constants import joint_names
 from formats.images import resize_images
 from policies.inputs import image_to_tensor
+from tasks import joint_names
 
 ### Settings
 OFFLINE_EVAL_FILE = 'offline_eval.json'

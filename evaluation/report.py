@@ -18,9 +18,9 @@ import re
 import numpy as np
 
 from common.files import atomic_write
-from constants import get_task_config
 from evaluation.denoising import FIGURES as DENOISING_FIGURES
 from evaluation.offline import OFFLINE_EVAL_PLOT
+from tasks import get_task_config
 
 REPORT_FILE = 'report.html'
 BAR_WIDTH, BAR_HEIGHT, BAR_GAP = 48, 160, 16  # pixels of the reward-stage chart

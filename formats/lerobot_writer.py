@@ -8,7 +8,6 @@ import numpy as np
 
 from common.files import atomic_write, space_checked
 from common.folders import FolderLock, drop_staging, make_staging, publish_staging
-from constants import joint_names
 from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSION, CRF, DATA_FILE_MB,
                              DATA_PATH, DEFAULT_FPS, DEFAULT_TASK, EPISODES_PATH, GOP, IMAGE_PREFIX, INDEX_FEATURES,
                              INFO_PATH, PIX_FMT, SHADOWS_COLUMN, SIM_COLUMN, SIM_MARK, STATS_PATH,
@@ -17,6 +16,7 @@ from formats.lerobot import (ACTION, ARRAY_FEATURES, CHUNKS_SIZE, CODEBASE_VERSI
 from formats.lerobot_journal import COMMIT_FILE, PENDING_DIR, move_in
 from formats.lerobot_stats import aggregate_stats, feature_stats, image_stats, stats_from_row, stats_to_json
 from formats.lerobot_video import VideoFile, available_vcodec, encoder_options
+from tasks import joint_names
 
 
 def next_file(chunk_index, file_index, chunks_size=CHUNKS_SIZE):

@@ -15,11 +15,11 @@ import contextlib
 
 import numpy as np
 
-from constants import control_hz, so_feature_names
 from real_robot import settings
 from real_robot.bots import Clock
 from real_robot.robot_env import RobotEnv, make_cameras
 from real_robot.safety import clamp_arm_targets
+from tasks import control_hz, so_feature_names
 
 SO_DRIVERS = settings.SO_DRIVERS
 
@@ -116,7 +116,7 @@ def open_so_arms(names, role, clock, stack):
 
 
 def make_so_env(task_config, camera_names=None, setup_robots=True):
-    """The SO task's follower arms and cameras at its rate (constants.control_hz)."""
+    """The SO task's follower arms and cameras at its rate (tasks.control_hz)."""
     clock = Clock(1 / control_hz(task_config))
     with contextlib.ExitStack() as stack:
         arms = open_so_arms(task_config['followers'], 'follower', clock, stack)

@@ -12,14 +12,14 @@ from tqdm import tqdm
 
 import real_robot
 from common.files import prepare_folder
-from constants import (DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN,
-                       lerobot_settings)
+from constants import DT, MASTER_GRIPPER_JOINT_MID, PUPPET_GRIPPER_JOINT_CLOSE, PUPPET_GRIPPER_JOINT_OPEN
 from formats.episode import Episode
 from formats.hdf5 import episode_path, store_episode
 from formats.lerobot_writer import append_episodes, count_lerobot_episodes
 from real_robot import settings
 from real_robot.robots import robot_of
 from real_robot.robot_utils import get_arm_gripper_positions, move_arms, move_grippers, torque_off, torque_on
+from tasks import lerobot_settings
 
 MAX_EPISODE_INDEX = 1000  # get_auto_index looks for a free episode_{i} up to this
 

@@ -18,10 +18,10 @@ from common.files import prepare_folder
 from common.folders import drop_staging, is_staging, make_staging
 from common.media import OnscreenView
 from common.processes import worker_pool
-from constants import canonical_task_name, get_sim_task_config, lerobot_settings
 from formats.hdf5 import episode_path, layout_problem, read_episode, rendered_with_shadows, write_episode
 from formats.lerobot_writer import LeRobotWriter, count_lerobot_episodes
 from simulation import DemoSettings, make_sim_env, simulation_of
+from tasks import canonical_task_name, get_sim_task_config, lerobot_settings
 
 ### Fixed settings
 REPLAY_PAUSE = 0.02  # seconds between onscreen frames of the joint replay

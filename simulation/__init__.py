@@ -11,7 +11,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from constants import IMAGE_HW, SIM_TASK_CONFIGS, canonical_task_name
+from constants import IMAGE_HW, SIM_TASK_CONFIGS
+from tasks import canonical_task_name
 
 DEFAULT_SIMULATION = 'aloha'  # the simulation of a sim task that names none: the original's tasks
 

@@ -23,8 +23,9 @@ from dm_control.rl import control
 from dm_control.suite import base
 
 from common.sim_cameras import CameraSet, resolve_cameras
-from constants import IMAGE_HW, so_feature_names
+from constants import IMAGE_HW
 from so101_sim import scene
+from tasks import so_feature_names
 
 TIME_LIMIT = 30  # seconds of simulated time before dm_control ends an episode
 STATE_DIM = len(scene.JOINTS)

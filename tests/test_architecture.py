@@ -17,6 +17,7 @@ LAYERS = (
     ('formats', 'sim_env', 'ee_sim_env', 'scripted_policy', 'detr'),
     ('so101_sim',),
     ('common',),
+    ('tasks',),
     ('constants',),
 )
 LEVEL = {room: len(LAYERS) - i for i, rooms in enumerate(LAYERS) for room in rooms}

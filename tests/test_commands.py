@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-import constants
 import imitate_episodes
+import tasks
 from checkpoints.folder import CONFIG_FILE
 from cli import run_config
-from constants import SIM_TASK_CONFIGS, canonical_task_name, get_sim_task_config
+from constants import SIM_TASK_CONFIGS
+from tasks import canonical_task_name, get_sim_task_config
 from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK, TINY_IMAGE_HW, tiny_model_flags, write_tiny_episode
 
 SHORT = 'sim_transfer_cube'
@@ -157,4 +158,4 @@ def test_a_task_added_to_constants_trains(tmp_path, monkeypatch, capsys):
 def test_a_sim_task_needs_the_sim_prefix(monkeypatch):
     monkeypatch.setitem(SIM_TASK_CONFIGS, 'my_task', SIM_TASK_CONFIGS[TASK])
     with pytest.raises(KeyError, match="must begin with 'sim_'"):
-        constants.get_task_config('my_task')
+        tasks.get_task_config('my_task')

@@ -90,7 +90,7 @@ def operator_holds_the_leader(emulators):
 def test_the_task_runs_on_the_koch_robot():
     task = real_robot.get_task_config('koch_pick_place')
     assert robots.robot_of(task).name == 'koch' and task['robot_type'] == 'koch_follower'
-    from constants import lerobot_settings
+    from tasks import lerobot_settings
     assert lerobot_settings('koch_pick_place')['names'][0] == 'shoulder_pan.pos'
 
 

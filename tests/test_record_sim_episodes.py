@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import constants
+
 import recording.sim
 from formats import hdf5
+import tasks
 from tests.helpers import PROCESS_TIMEOUT_S, ROOT, TASK
 
 STEPS = 10  # recorded steps per test episode (the real task has 400)
@@ -211,7 +213,7 @@ def test_command_line_errors_exit_non_zero(tmp_path):
 @pytest.mark.parametrize('task_name, required', [('sim_transfer_cube_scripted', 49),
                                                  ('sim_insertion_scripted', 48)])
 def test_full_scripted_set_succeeds(task_name, required):
-    config = constants.get_sim_task_config(task_name)
+    config = tasks.get_sim_task_config(task_name)
     recorder = recording.sim.EpisodeRecorder(task_name, camera_names=[], image_size=(480, 640),
                                                    episode_len=config['episode_len'])
     results = [recorder.record(idx) for idx in range(config['num_episodes'])]

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 import constants
+
 import recording.sim
 from recording.sim import episode_rng
 from simulation import simulation_of
 from so101_sim import scene
 from so101_sim.env import (DEGREES_PER_RADIAN, FEATURE_NAMES, START_POSE, STATE_DIM, Units, make_so101_env,
                            pick_place_reward, sample_cube_pose)
+import tasks
 from tests.test_so_arms import station  # noqa: F401 (the emulated SO arms, a fixture)
 
 TASK = 'sim_so101_pick_place'
@@ -44,7 +46,7 @@ def test_the_model_has_the_arm_the_cube_and_the_real_task_cameras(env):
     assert sorted(model.id2name(i, 'camera') for i in range(model.ncam)) == ['front', 'wrist']
     assert model.mesh_facenum.sum() < 40_000  # simplified from the asset's 320,000 triangles
     assert simulation_of(TASK).state_dim == STATE_DIM
-    assert constants.get_sim_task_config(TASK)['camera_names'] == ['front', 'wrist']
+    assert tasks.get_sim_task_config(TASK)['camera_names'] == ['front', 'wrist']
     assert env.control_timestep() == pytest.approx(1 / 30)
 
 
@@ -100,7 +102,7 @@ def test_reward_stages(touching, xy, stage):
 def test_a_scripted_episode_picks_and_places_the_cube(blind_env, kinematics):
     from so101_sim.scripted import scripted_episode
     env = blind_env
-    config = constants.get_sim_task_config(TASK)
+    config = tasks.get_sim_task_config(TASK)
     pose = sample_cube_pose(np.random.default_rng(3))
     actions, rewards = scripted_episode(env, kinematics, pose, config['episode_len'])
     assert actions.shape == (config['episode_len'], STATE_DIM) and rewards.max() == 4
@@ -114,7 +116,7 @@ def test_how_far_off_the_scripted_grasp_may_come_down(blind_env, kinematics, app
     """Coming down with the cube against the fixed jaw (the demonstrations) forgives a miss away from
     that jaw only; with the cube in the middle of the open jaws, a centimetre either way."""
     from so101_sim.scripted import APPROACHES, scripted_episode
-    steps = constants.get_sim_task_config(TASK)['episode_len']
+    steps = tasks.get_sim_task_config(TASK)['episode_len']
     pose = sample_cube_pose(np.random.default_rng(3))
     _, rewards = scripted_episode(blind_env, kinematics, pose, steps, miss=miss, approach=APPROACHES[approach])
     assert (rewards.max() == 4) == succeeds
@@ -242,7 +244,7 @@ def test_a_sim_trained_checkpoint_runs_on_the_emulated_arm(recorded, station, tm
 @pytest.mark.slow
 def test_the_full_scripted_set_succeeds(kinematics):
     from so101_sim.scripted import scripted_episode
-    config = constants.get_sim_task_config(TASK)
+    config = tasks.get_sim_task_config(TASK)
     env = make_so101_env(camera_names=[], shadows=False)
     successes = 0
     for episode in range(config['num_episodes']):

@@ -6,12 +6,12 @@ import contextlib
 
 import numpy as np
 
-from constants import control_hz
 from real_robot.bots import Clock
 from real_robot.robot_env import make_cameras
 from real_robot.robots.koch import settings
 from real_robot.robots.koch.arm import open_arm
 from real_robot.so_env import SOEnv, open_arms
+from tasks import control_hz
 
 
 class KochEnv(SOEnv):
@@ -31,7 +31,7 @@ def task_clock(task_config):
 
 
 def make_koch_env(task_config, driver='auto', camera_names=None):
-    """The Koch task's follower arms and cameras at its rate (constants.control_hz)."""
+    """The Koch task's follower arms and cameras at its rate (tasks.control_hz)."""
     check_driver(driver)
     with contextlib.ExitStack() as stack:
         arms = open_arms(open_arm, task_config['followers'], 'follower', task_clock(task_config), stack)
