@@ -10,6 +10,7 @@ Faults for tests: `corrupt_replies(n)` spoils the CRC of the next n status packe
 the alert bit with a Hardware Error Status (and releases torque, as a servo does).
 
     python -m real_robot.emulator   # prints the port of an arm's bus and serves until Ctrl-C
+    python -m real_robot.emulator --ids 1 2 3 4 5 6 --models xl330-m077   # a Koch leader's bus
 """
 import os
 import select
@@ -280,7 +281,12 @@ def serve_until_interrupted(bus, what):
 
 
 def main(args):
-    serve_until_interrupted(ServoBusEmulator(tuple(args['ids'])), 'Dynamixel bus')
+    models = args.get('models') or [MODEL]
+    if len(models) not in (1, len(args['ids'])):
+        raise SystemExit(f"--models: one model for every servo, or one per --ids entry ({len(args['ids'])}); "
+                         f'got {len(models)}')
+    by_id = dict(zip(args['ids'], models * len(args['ids']) if len(models) == 1 else models))
+    serve_until_interrupted(ServoBusEmulator(tuple(args['ids']), models=by_id), 'Dynamixel bus')
 
 
 if __name__ == '__main__':
@@ -288,4 +294,8 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description='Serve an emulated Dynamixel bus on a pseudo-terminal.')
     parser.add_argument('--ids', type=int, nargs='+', help='servo IDs on the bus',
                         default=list(settings.ARM_SERVO_IDS) + [settings.GRIPPER_SERVO_ID])
+    parser.add_argument('--models', nargs='+', choices=sorted(P.MODEL_NUMBERS), metavar='MODEL',
+                        help=f'servo model of each ID, or one for all: {", ".join(sorted(P.MODEL_NUMBERS))} '
+                             f'(default: {MODEL}, ALOHA\'s; a Koch follower: xl430-w250 xl430-w250 xl330-m288 '
+                             'xl330-m288 xl330-m288 xl330-m288)')
     main(vars(parser.parse_args()))

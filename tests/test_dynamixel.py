@@ -157,3 +157,15 @@ def test_emulated_servos_answer_with_their_model_and_read_through_the_homing_off
             assert abs(emulator.servos[2]._position - 1100) <= 2  # the shaft moved by the goal's 100
         finally:
             bus.close()
+
+
+def test_the_emulator_command_serves_the_models_asked_for(monkeypatch):
+    from real_robot import emulator
+    served = []
+    monkeypatch.setattr(emulator, 'serve_until_interrupted', lambda bus, what: served.append(bus) or bus.close())
+    emulator.main({'ids': [1, 2, 3], 'models': ['xl430-w250', 'xl330-m288', 'xl330-m288']})
+    emulator.main({'ids': [1, 2], 'models': ['xl330-m077']})
+    assert [s.get('model_number') for s in served[0].servos.values()] == [1060, 1200, 1200]
+    assert [s.get('model_number') for s in served[1].servos.values()] == [1190, 1190]
+    with pytest.raises(SystemExit, match='one model for every servo, or one per --ids entry'):
+        emulator.main({'ids': [1, 2], 'models': ['xl330-m077'] * 3})
