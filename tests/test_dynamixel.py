@@ -154,7 +154,7 @@ def test_emulated_servos_answer_with_their_model_and_read_through_the_homing_off
             while abs(bus.read(2, 'present_position') - 1600) > 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert abs(bus.read(2, 'present_position') - 1600) <= 2
-            assert abs(emulator.servos[2]._position - 1100) <= 2  # the shaft moved by the goal's 100
+            assert abs(emulator.servos[2]._position - 1100) <= 3  # the shaft moved by the goal's 100
         finally:
             bus.close()
 
