@@ -23,8 +23,9 @@ deploy.export.INT8_TOLERANCE in normalised action units (ACT: standard deviation
 the action's range). --quantize int8-dynamic quantises the weights of the matrix products only,
 without calibration (onnxruntime's dynamic quantisation). Run an export with policy_runtime.PolicyRunner
 (onnxruntime and numpy, no torch), or evaluate it: imitate_episodes.py --eval --runtime onnxruntime --export_dir DIR.
-The model flags come from config.json in --ckpt_dir; a folder without one (the original's) takes
-imitate_episodes.py's model flags after the ones above. The export itself is deploy/export.py.
+The settings come from config.json in --ckpt_dir, as the run saved them; a folder without one (the
+original's, or LeRobot's) takes imitate_episodes.py's model flags after the ones above, which also
+change a saved setting (--scheduler). The export itself is deploy/export.py.
 """
 import argparse
 import os

@@ -221,9 +221,25 @@ def dims_from_stats(ckpt_dir, policy_class):
     return normalizer.state_dim, normalizer.action_dim
 
 
+def checkpoint_settings(checkpoint, device='cpu'):
+    """The EvalSettings the config.json of a checkpoint folder describes, as its run saved them (no
+    command line): what an export of it takes."""
+    saved = checkpoint.config
+    task_name = saved['task_name']
+    return EvalSettings(ckpt_dir=checkpoint.path, task_name=task_name, policy_class=saved['policy_class'],
+                        policy_config=dict(saved['policy_config']), camera_names=list(saved['camera_names']),
+                        episode_len=get_task_config(task_name)['episode_len'], real_robot=task_name[:4] != 'sim_',
+                        image_size=tuple(saved['image_size']), shadows=saved.get('shadows', True), device=device,
+                        checkpoint=checkpoint)
+
+
 def export_settings(ckpt_dir, ckpt_name, model_flags, device='cpu'):
-    """The EvalSettings export_policy.py exports with: config.json's, and imitate_episodes.py's model
-    flags for a folder without one (the original's)."""
+    """The EvalSettings export_policy.py exports with: config.json's as they are; with model flags given
+    (a folder without config.json, the original's, or LeRobot's; or a setting changed, --scheduler)
+    those of imitate_episodes.py --eval with them."""
+    checkpoint = run_checkpoint({'ckpt_dir': ckpt_dir})
+    if not model_flags and checkpoint.config is not None and checkpoint.config.get('task_name'):
+        return checkpoint_settings(checkpoint, device)
     flags = vars(build_parser().parse_args(['--eval', '--ckpt_dir', ckpt_dir, '--eval_ckpt', ckpt_name,
                                             *model_flags]))
     return EvalSettings.of(flags_eval_config(flags, device))

@@ -201,6 +201,19 @@ def test_act_onnx_on_openvino_equals_eager(act_export):
         np.testing.assert_allclose(exported, eager, atol=TOLERANCE)
 
 
+def test_an_export_takes_its_settings_from_config_json_without_a_command_line(act_export, monkeypatch):
+    ckpt_dir, _ = act_export
+    parsed = run_config.export_settings(ckpt_dir, 'policy_best.ckpt', ['--task_name', TASK])  # through the flags
+
+    def no_command_line(*args, **kwargs):
+        raise AssertionError('a command line was built')
+    monkeypatch.setattr(run_config, 'build_parser', no_command_line)
+    saved = run_config.export_settings(ckpt_dir, 'policy_best.ckpt', [])
+    for name in ('task_name', 'policy_class', 'policy_config', 'camera_names', 'image_size', 'shadows', 'episode_len',
+                 'real_robot', 'ckpt_dir'):
+        assert getattr(saved, name) == getattr(parsed, name), name
+
+
 def test_a_registered_engine_runs_the_export_in_the_runtime_and_in_evaluation(act_export, monkeypatch, capsys):
     """An engine added with deploy.engines.register_engine: onnxruntime behind a counter."""
     from deploy import engines
