@@ -249,3 +249,10 @@ def test_the_robot_is_declared_by_its_folder_alone():
     naming = [path for path in library_files() if not path.startswith(folder)
               and any('koch' in text.lower() for text in names_and_strings(path))]
     assert naming == ['constants.py']
+
+
+def test_a_missing_port_is_named_with_where_to_set_it(tmp_path):
+    path = str(tmp_path / 'koch.json')
+    save_calibration(path, CALIBRATION)
+    with pytest.raises(RobotFault, match=r"arm 'koch_follower': serial port /dev/ttyKOCH_NONE not found.*KOCH_ARMS"):
+        koch_arm.KochArm('koch_follower', '/dev/ttyKOCH_NONE', path)

@@ -27,9 +27,19 @@ STORED = (('drive_mode', 'drive_mode'), ('homing_offset', 'homing_offset'), ('ra
           ('range_max', 'max_position_limit'))  # calibration key -> the register that holds it
 
 
+class KochBus(DynamixelBus):
+    """A Koch arm's adapter: its messages name KOCH_ARMS and the USB serial devices the arms appear as."""
+    what = 'arm'
+    port_globs = ('/dev/ttyACM*', '/dev/ttyUSB*')
+    list_ports_hint = ('list serial devices with `python -m serial.tools.list_ports -v` '
+                       '(Koch arms appear as /dev/ttyACM* or /dev/ttyUSB*)')
+    port_setting = 'its port in KOCH_ARMS in real_robot/robots/koch/settings.py'
+    timeout_advice = 'check its power and cable, and its servo IDs (1..6) and baud rate (1 Mbps, as LeRobot sets them)'
+
+
 def open_koch_bus(name, port, role):
     """The arm's bus with its six servos checked: each answers a ping with its model's number."""
-    bus = DynamixelBus(name, port, settings.BAUDRATE, labels=dict(zip(settings.SERVO_IDS, settings.JOINTS)))
+    bus = KochBus(name, port, settings.BAUDRATE, labels=dict(zip(settings.SERVO_IDS, settings.JOINTS)))
     try:
         for servo_id, model in zip(settings.SERVO_IDS, settings.MODELS[role]):
             found = bus.ping(servo_id)
