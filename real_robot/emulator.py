@@ -296,6 +296,5 @@ if __name__ == '__main__':
                         default=list(settings.ARM_SERVO_IDS) + [settings.GRIPPER_SERVO_ID])
     parser.add_argument('--models', nargs='+', choices=sorted(P.MODEL_NUMBERS), metavar='MODEL',
                         help=f'servo model of each ID, or one for all: {", ".join(sorted(P.MODEL_NUMBERS))} '
-                             f'(default: {MODEL}, ALOHA\'s; a Koch follower: xl430-w250 xl430-w250 xl330-m288 '
-                             'xl330-m288 xl330-m288 xl330-m288)')
+                             f'(default: {MODEL}, ALOHA\'s)')
     main(vars(parser.parse_args()))
