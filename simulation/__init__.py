@@ -27,7 +27,7 @@ class Simulation:
     # (task_name, camera_names) -> None; ValueError naming the cameras the model has
     check_camera_names: Callable
     # (task_name, env, settings: DemoSettings) -> a demonstrator whose rollout(rng) returns the joint targets
-    # to replay in env (T + 1, state_dim), the object pose to replay them on and its T rewards
+    # to replay in env (T + 1, state_dim), the object pose to replay them on and the rewards its rollout reached
     make_demonstrator: Callable
     # (task_name) -> None; ValueError when the task has no scripted demonstrations
     check_scripted: Callable
@@ -56,10 +56,6 @@ def register_simulation(name, simulation):
 
 register_simulation('aloha', 'simulation.aloha:ALOHA')
 register_simulation('so101', 'simulation.so101:SO101')
-
-
-def simulation_names():
-    return tuple(_SIMULATIONS)
 
 
 def get_simulation(name):
