@@ -17,7 +17,7 @@ from real_robot import feetech_protocol as F
 from real_robot import settings
 from real_robot.bots import RobotFault
 from real_robot.feetech import SOArm, load_calibration, open_so_bus
-from real_robot.lerobot_calibration import (CalibrationError, record_ranges, save_calibration, swept_ranges,
+from real_robot.lerobot_calibration import (CalibrationError, calibrate_and_save, record_ranges, swept_ranges,
                                              write_calibration)
 
 HALF_TURN = (F.RESOLUTION - 1) // 2  # 2047: the position the middle of the range reads after homing
@@ -71,17 +71,15 @@ def main(args):
         raise ValueError(f"--arm {arm}: not in SO_ARMS (real_robot/settings.py); give --port and --out")
     print(f"Calibrating the {args['robot'].upper()} {args['role']} on {port}; calibration file {out}")
     bus = open_so_bus(arm, port)
-    try:
-        if args.get('from_file'):
-            calibration = load_calibration(args['from_file'])
-            release(bus)
-            write_calibration(bus, calibration, SOArm.stored)
-        else:
-            calibration = calibrate(bus)
-    finally:
-        bus.close()
-    save_calibration(out, calibration)
-    print(f'Calibration written to the servos and saved to {out}')
+    return calibrate_and_save(bus, out, lambda: from_file(bus, args['from_file']) if args.get('from_file')
+                              else calibrate(bus))
+
+
+def from_file(bus, path):
+    """The calibration file at `path` (LeRobot's), written to the servos -> the calibration."""
+    calibration = load_calibration(path)
+    release(bus)
+    write_calibration(bus, calibration, SOArm.stored)
     return calibration
 
 

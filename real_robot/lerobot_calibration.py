@@ -107,6 +107,18 @@ def swept_ranges(mins, maxes, full_turn_joints):
             {joint: full.get(joint, (0, high))[1] for joint, high in maxes.items()})
 
 
+def calibrate_and_save(bus, out, work):
+    """calibration = work() on the open `bus` (written to its servos; the bus is closed whatever happens),
+    then saved to `out` as LeRobot's JSON -> the calibration."""
+    try:
+        calibration = work()
+    finally:
+        bus.close()
+    save_calibration(out, calibration)
+    print(f'Calibration written to the servos and saved to {out}')
+    return calibration
+
+
 def write_calibration(bus, calibration, stored):
     """Write each joint's calibration into the registers that hold it (stored: (key, register) pairs)."""
     for entry in calibration.values():

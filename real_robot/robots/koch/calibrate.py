@@ -17,7 +17,7 @@ import sys
 from real_robot import protocol as P
 from real_robot.bots import RobotFault
 from real_robot.lerobot_calibration import (MAX_STEP_VALUE, CalibrationError, load_calibration, record_ranges,
-                                             save_calibration, swept_ranges, write_calibration)
+                                             calibrate_and_save, swept_ranges, write_calibration)
 from real_robot.robots.koch import settings
 from real_robot.robots.koch.arm import LAYOUT, STORED, open_koch_bus
 
@@ -76,17 +76,15 @@ def main(args):
         raise ValueError(f"--arm {arm}: not in KOCH_ARMS (real_robot/robots/koch/settings.py); give --port and --out")
     print(f'Calibrating the Koch {role} {arm} on {port}; calibration file {out}')
     bus = open_koch_bus(arm, port, role)
-    try:
-        if args.get('from_file'):
-            calibration = load_calibration(args['from_file'], LAYOUT)
-            release(bus, role)
-            write_calibration(bus, calibration, STORED)
-        else:
-            calibration = calibrate(bus, role)
-    finally:
-        bus.close()
-    save_calibration(out, calibration)
-    print(f'Calibration written to the servos and saved to {out}')
+    return calibrate_and_save(bus, out, lambda: from_file(bus, role, args['from_file']) if args.get('from_file')
+                              else calibrate(bus, role))
+
+
+def from_file(bus, role, path):
+    """The calibration file at `path` (LeRobot's), written to the servos -> the calibration."""
+    calibration = load_calibration(path, LAYOUT)
+    release(bus, role)
+    write_calibration(bus, calibration, STORED)
     return calibration
 
 
