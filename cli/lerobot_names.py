@@ -53,8 +53,9 @@ def translate_one(name, value):
     """(LeRobot name, value) -> our flags (a list)."""
     if name in SAME_VALUE:
         return [SAME_VALUE[name], value]
-    if name in setting_names():
-        return translate_setting(name, value, *setting_names()[name])
+    settings = setting_names()
+    if name in settings:
+        return translate_setting(name, value, *settings[name])
     if name in SWITCHES:
         on, off = SWITCHES[name]
         return [on] if truth(name, value) else ([off] if off else [])
